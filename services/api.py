@@ -1,0 +1,223 @@
+"""The library entry points: request a project, the seed's job API and step-table functions.
+
+Every function takes an ``app`` (see ``services.bootstrap``); without one, the process-wide
+default app is built from the environment on first use.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from services.bootstrap import App, default_app
+from shared.db import ConflictingRequestError, Registration, StepRow, migrate
+from shared.errors import ErrorType, ProvisioningError, classify
+from shared.events import ProvisioningRequested, ProvisionProjectPayload, ProvisionProjectResult, VerifyCompleted, utcnow
+from shared.execution import Busy, Completed, Ignored, Rejected, execute_step
+from shared.kafka import RetryPolicy, add_to_outbox, encode, relay_outbox
+from shared.steps import REQUESTED_TOPIC, STEPS, Stage, StepStatus, derive_stage, resolve_step
+from shared.tracing import new_trace
+
+log = structlog.get_logger("provision.api")
+
+
+class InvalidRequestError(ValueError):
+    """A provision request that fails validation; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceipt:
+    """What a request did: ``requested`` (new), or ``duplicate`` (the same request again)."""
+
+    project_id: str
+    correlation_id: uuid.UUID
+    status: str
+    published: bool
+
+
+def validate_payload(payload: ProvisionProjectPayload | Mapping[str, Any], *, app: App | None = None) -> ProvisionProjectPayload:
+    """The payload as a model, checked against the seed's rules and this platform's settings."""
+    app = app or default_app()
+    if isinstance(payload, ProvisionProjectPayload):
+        model = payload
+    else:
+        try:
+            model = ProvisionProjectPayload.model_validate(dict(payload))
+        except ValidationError as exc:
+            first = exc.errors(include_input=False, include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise InvalidRequestError(f"invalid request: {where}: {first['msg']}") from None
+    if model.database.engine != "postgresql":
+        raise InvalidRequestError(f"database engine {model.database.engine!r} is not supported; only 'postgresql' is")
+    if model.region not in app.settings.regions:
+        raise InvalidRequestError(f"region {model.region!r} is not one of {', '.join(app.settings.regions)}")
+    return model
+
+
+def request_provisioning(
+    payload: ProvisionProjectPayload | Mapping[str, Any], *, app: App | None = None
+) -> RequestReceipt:
+    """Record the project, its seven steps and the request event in one transaction, then
+    publish it through the outbox (a failed publish is retried by the relay later).
+
+    Raises InvalidRequestError for a bad payload and ConflictingRequestError when the
+    project was already requested with a different payload.
+    """
+    app = app or default_app()
+    model = validate_payload(payload, app=app)
+    correlation_id = uuid.uuid4()
+    with app.engine.begin() as conn:
+        registration, record = app.repository.register_request(model, correlation_id, connection=conn)
+        if registration is Registration.CONFLICT:
+            raise ConflictingRequestError(
+                f"project {model.project_id!r} was already requested with a different payload"
+            )
+        if registration is Registration.DUPLICATE:
+            assert record.correlation_id is not None
+            return RequestReceipt(model.project_id, record.correlation_id, "duplicate", published=True)
+        event = ProvisioningRequested(
+            event_id=uuid.uuid4(),
+            occurred_at=utcnow(),
+            project_id=model.project_id,
+            correlation_id=correlation_id,
+            request=model,
+        )
+        add_to_outbox(conn, REQUESTED_TOPIC, *encode(event, new_trace()))
+    published = True
+    try:
+        relay_outbox(app.engine, app.publisher)
+    except Exception as exc:  # noqa: BLE001 - the outbox row stays; the relay publishes it later
+        published = False
+        log.warning("request_publish_deferred", project_id=model.project_id, error=type(exc).__name__)
+    return RequestReceipt(model.project_id, correlation_id, "requested", published=published)
+
+
+def provision_project_handler(
+    payload: ProvisionProjectPayload | Mapping[str, Any], *, app: App | None = None, retry: RetryPolicy | None = None
+) -> ProvisionProjectResult:
+    """Run the seven step handlers in-process, in order, without Kafka, on the same tables.
+
+    The library entry point of seed 004, and the baseline the choreography is measured
+    against. Retryable errors are retried per ``retry`` (the settings' policy by default);
+    a final failure marks the step failed and raises ProvisioningError.
+    """
+    app = app or default_app()
+    model = validate_payload(payload, app=app)
+    registration, record = app.repository.register_request(model, uuid.uuid4())
+    if registration is Registration.CONFLICT:
+        raise ConflictingRequestError(f"project {model.project_id!r} was already requested with a different payload")
+    assert record.correlation_id is not None
+    policy = retry or app.worker_options().retry
+    owner = f"in-process:{uuid.uuid4().hex[:8]}"
+    event: Any = ProvisioningRequested(
+        event_id=uuid.uuid4(),
+        occurred_at=utcnow(),
+        project_id=model.project_id,
+        correlation_id=record.correlation_id,
+        request=model,
+    )
+    for step in STEPS:
+        spec = app.specs[step.key]
+        attempt = 1
+        while True:
+            try:
+                outcome = execute_step(
+                    spec, event, store=app.repository, owner=owner, lease_seconds=app.settings.lease_seconds
+                )
+            except Exception as exc:  # noqa: BLE001 - classified, recorded, re-raised
+                error = classify(exc, default=spec.failure_type)
+                final = not error.retryable or attempt >= policy.max_attempts
+                app.repository.record_attempt_failure(
+                    model.project_id, step.name, owner=owner, error_message=error.message,
+                    error_details={**error.details, "type": error.error_type.value, "attempt": attempt,
+                                   "retryable": error.retryable, "remediation": error.error_type.remediation},
+                    final=final, lease_seconds=app.settings.lease_seconds,
+                )
+                if final:
+                    raise error from exc
+                time.sleep(policy.delay(attempt))
+                attempt += 1
+                continue
+            if isinstance(outcome, Completed):
+                event = outcome.event
+                break
+            if isinstance(outcome, Busy):
+                time.sleep(min(1.0, policy.base_seconds))
+                continue
+            assert isinstance(outcome, Ignored | Rejected)
+            raise ProvisioningError(ErrorType.UNKNOWN_ERROR, f"step {step.key}: {outcome.reason}", retryable=False)
+    assert isinstance(event, VerifyCompleted)
+    return event.result
+
+
+# --- the seed's step-table API (seed 000) -------------------------------------------------
+
+
+def create_provisioning_steps_table(*, app: App | None = None) -> list[str]:
+    """Apply the control-plane migrations; returns the revisions applied (none when current)."""
+    return migrate((app or default_app()).engine)
+
+
+def initialize_provisioning_steps(project_id: str, *, app: App | None = None) -> list[StepRow]:
+    """Seven pending steps for the project, in the seed's order; idempotent."""
+    from shared.naming import validate_project_id  # noqa: PLC0415 - keeps the module's imports flat
+
+    return (app or default_app()).repository.initialize(validate_project_id(project_id))
+
+
+def get_provisioning_steps(project_id: str, *, app: App | None = None) -> list[StepRow]:
+    """The project's steps in step order."""
+    return (app or default_app()).repository.steps(project_id)
+
+
+def update_provisioning_step(
+    project_id: str,
+    step_name: str,
+    status: StepStatus | str,
+    error_message: str | None = None,
+    error_details: Mapping[str, Any] | None = None,
+    *,
+    app: App | None = None,
+) -> StepRow:
+    """Move a step to ``status`` (compare-and-set); InvalidTransitionError if not allowed."""
+    step = resolve_step(step_name)
+    return (app or default_app()).repository.transition(
+        project_id,
+        step.name,
+        status,
+        error_message=error_message,
+        error_details=error_details,
+        owner=f"api:{uuid.uuid4().hex[:8]}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectStatus:
+    """A project's steps and the stage derived from them."""
+
+    project_id: str
+    exists: bool
+    ready: bool
+    stage: Stage
+    steps: list[StepRow]
+
+
+def project_status(project_id: str, *, app: App | None = None) -> ProjectStatus:
+    """Steps and derived stage of a project (stage INITIALIZING and no steps if unknown)."""
+    app = app or default_app()
+    record = app.repository.project(project_id)
+    steps = app.repository.steps(project_id) if record is not None else []
+    stage = derive_stage({s.step_name: s.status for s in steps}, exists=record is not None)
+    return ProjectStatus(
+        project_id=project_id,
+        exists=record is not None,
+        ready=record is not None and record.ready_at is not None,
+        stage=stage,
+        steps=steps,
+    )

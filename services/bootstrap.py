@@ -1,0 +1,230 @@
+"""The one place settings are read and clients are built; everything else is handed what it needs."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer
+from sqlalchemy import Engine
+
+from services.database import handler as database
+from services.database.adapters import PostgresTenantCluster, SqlCredentialStore
+from services.keys import handler as keys
+from services.keys.adapters import SqlKeyStore
+from services.ports import ServiceRegistry
+from services.registration.adapters import CatalogRegistry, HttpRegistry
+from services.registration.handler import register, service_disabled
+from services.schema import handler as schema
+from services.schema.adapters import PostgresTenantSchemas
+from services.tenant_cluster import ClusterAddress
+from services.verify import handler as verify
+from services.verify.adapters import PostgresTenantProbe
+from shared.crypto import SecretBox
+from shared.db import StepRepository, make_engine
+from shared.errors import ErrorType
+from shared.events import ProvisionProjectResult
+from shared.execution import StepSpec
+from shared.infra import LocalInfra
+from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
+from shared.settings import Settings
+from shared.steps import STEPS, step_by_key
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+def local_infra(settings: Settings) -> LocalInfra:
+    """The local Kafka + PostgreSQL of ``provision infra``, as configured."""
+    return LocalInfra(
+        state_dir=settings.state_dir,
+        kafka_port=settings.kafka_port,
+        controller_port=settings.kafka_controller_port,
+        pg_port=settings.pg_port,
+    )
+
+
+def load_secret_key(settings: Settings) -> str:
+    """PROVISION_SECRET_KEY, or for local use a key kept in the state directory (mode 0600)."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value()
+    path = Path(settings.state_dir) / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as fh:
+            fh.write(SecretBox.generate_key())
+    return path.read_text().strip()
+
+
+@dataclass
+class App:
+    """The wired application of one process: one engine, one producer, the step specs."""
+
+    settings: Settings
+    bootstrap_servers: str
+    database_url: str
+    tenant_database_url: str
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @cached_property
+    def engine(self) -> Engine:
+        engine = make_engine(self.database_url)
+        self._closers.append(engine.dispose)
+        return engine
+
+    @cached_property
+    def repository(self) -> StepRepository:
+        return StepRepository(self.engine)
+
+    @cached_property
+    def box(self) -> SecretBox:
+        return SecretBox(load_secret_key(self.settings))
+
+    @cached_property
+    def cluster_address(self) -> ClusterAddress:
+        return ClusterAddress(self.tenant_database_url)
+
+    @cached_property
+    def publisher(self) -> Publisher:
+        publisher = Publisher.connect(self.bootstrap_servers)
+        self._closers.append(lambda: publisher.flush(10))
+        return publisher
+
+    @cached_property
+    def credentials(self) -> SqlCredentialStore:
+        return SqlCredentialStore(self.engine, self.box)
+
+    @cached_property
+    def key_store(self) -> SqlKeyStore:
+        return SqlKeyStore(self.engine, self.box)
+
+    @cached_property
+    def registry(self) -> ServiceRegistry:
+        s = self.settings
+        urls = {"auth": s.auth_url, "realtime": s.realtime_url, "storage": s.storage_url}
+        if s.service_adapter == "http":
+            client = httpx.Client(timeout=s.http_timeout_seconds)
+            self._closers.append(client.close)
+            return HttpRegistry(client, urls)
+        return CatalogRegistry(self.engine, urls)
+
+    @cached_property
+    def specs(self) -> dict[str, StepSpec]:
+        """Every step's handler bound to its collaborators, by step key."""
+        s = self.settings
+        address = self.cluster_address
+        specs = {
+            "database": StepSpec(
+                step_by_key("database"),
+                functools.partial(
+                    database.handle,
+                    cluster=PostgresTenantCluster(address),
+                    credentials=self.credentials,
+                    regions=frozenset(s.regions),
+                    max_tenants=s.max_tenants_per_cluster,
+                ),
+                failure_type=ErrorType.DATABASE_CREATION_FAILED,
+                admits_new_projects=True,
+            ),
+            "schema": StepSpec(
+                step_by_key("schema"),
+                functools.partial(schema.handle, schemas=PostgresTenantSchemas(address)),
+                failure_type=ErrorType.SCHEMA_CREATION_FAILED,
+            ),
+            "keys": StepSpec(
+                step_by_key("keys"),
+                functools.partial(keys.handle, keys=self.key_store),
+                failure_type=ErrorType.API_KEY_GENERATION_FAILED,
+            ),
+            "verify": StepSpec(
+                step_by_key("verify"),
+                functools.partial(
+                    verify.handle,
+                    probe=PostgresTenantProbe(address),
+                    credentials=self.credentials,
+                    registry=self.registry,
+                    keys=self.key_store,
+                    ledger=self.repository,
+                ),
+                failure_type=ErrorType.UNKNOWN_ERROR,
+                extra_models={"result": _result_from_json},
+            ),
+        }
+        for service in ("auth", "realtime", "storage"):
+            specs[service] = StepSpec(
+                step_by_key(service),
+                functools.partial(register, service=service, registry=self.registry),
+                failure_type=ErrorType.SERVICE_REGISTRATION_FAILED,
+                skip_when=service_disabled(service),  # type: ignore[arg-type]
+            )
+        return {step.key: specs[step.key] for step in STEPS}
+
+    def worker_options(self) -> WorkerOptions:
+        s = self.settings
+        return WorkerOptions(
+            retry=RetryPolicy(
+                max_attempts=s.max_attempts,
+                base_seconds=s.retry_base_seconds,
+                max_seconds=s.retry_max_seconds,
+                jitter=s.retry_jitter,
+            ),
+            lease_seconds=s.lease_seconds,
+            poll_timeout=s.poll_timeout_seconds,
+            max_message_bytes=s.max_message_bytes,
+            outbox_interval=s.outbox_interval_seconds,
+            crash_at=s.crash_at,
+            crash_marker=s.crash_marker,
+        )
+
+    def consumer(self, group_id: str, **overrides: Any) -> Consumer:
+        """A consumer with the standard configuration."""
+        return Consumer(
+            consumer_config(
+                self.bootstrap_servers,
+                group_id,
+                **{"session.timeout.ms": self.settings.session_timeout_ms, **overrides},
+            )
+        )
+
+    def close(self) -> None:
+        """Flush the producer, close clients, dispose of the pool."""
+        while self._closers:
+            self._closers.pop()()
+
+
+def _result_from_json(value: Any) -> ProvisionProjectResult:
+    return ProvisionProjectResult.model_validate(value, strict=False)
+
+
+def build_app(settings: Settings | None = None) -> App:
+    """Wire the application from settings (the environment when not given).
+
+    Explicit KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL win; otherwise the local infrastructure's
+    addresses are used (start it with `provision infra up`).
+    """
+    settings = settings or Settings()
+    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
+    if bootstrap is None or database_url is None:
+        local = local_infra(settings).env()
+        bootstrap = bootstrap or local.bootstrap_servers
+        database_url = database_url or local.database_url
+    return App(
+        settings=settings,
+        bootstrap_servers=bootstrap,
+        database_url=database_url,
+        tenant_database_url=settings.tenant_database_url or database_url,
+    )
+
+
+@functools.cache
+def default_app() -> App:
+    """The process-wide app for library calls that are not handed one."""
+    return build_app()

@@ -1,0 +1,477 @@
+"""The ``provision`` command: parses, calls library code, prints. Exit codes: 0 success,
+1 the thing asked failed, 2 bad usage or bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from services.bootstrap import App, ConfigurationError, build_app, local_infra
+from shared.settings import Settings
+from shared.steps import STEP_KEYS, STEPS, Stage, all_topics, resolve_step
+
+app = typer.Typer(
+    help="Tenant provisioning by Kafka choreography: seven step consumers bring a project to life.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="API keys of a project.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+out = Console()
+err = Console(stderr=True)
+
+REPO_SCHEMAS = Path("schemas")
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line, exit code 2."""
+
+
+class Failure(Exception):
+    """The thing asked failed: one line, exit code 1."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        name = "PROVISION_" + "_".join(str(p) for p in first["loc"]).upper()
+        raise UsageError(f"bad setting {name}: {first['msg']}") from None
+
+
+def _app() -> App:
+    return build_app(_settings())
+
+
+def _die(message: str, code: int) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn every error a user can cause into one line and an exit code."""
+    from shared.db import ConflictingRequestError  # noqa: PLC0415 - keep --help fast
+    from shared.errors import InvalidTransitionError, ProvisioningError  # noqa: PLC0415
+    from shared.infra import InfraError  # noqa: PLC0415
+    from sqlalchemy.exc import OperationalError  # noqa: PLC0415
+
+    from services.api import InvalidRequestError  # noqa: PLC0415
+
+    try:
+        yield
+    except (UsageError, InvalidRequestError, ConflictingRequestError, InvalidTransitionError, ConfigurationError) as exc:
+        _die(str(exc), 2)
+    except (Failure, InfraError, ProvisioningError) as exc:
+        _die(str(exc), 1)
+    except OperationalError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        _die(f"cannot reach the control-plane database ({first}); is `provision infra up` running?", 1)
+    except KeyboardInterrupt:
+        _die("interrupted", 130)
+
+
+# --- infrastructure -----------------------------------------------------------------------
+
+
+def _make_infra() -> Any:
+    return local_infra(_settings())
+
+
+def _mount_infra() -> None:
+    from shared.infra.cli import build_infra_app  # noqa: PLC0415
+
+    app.add_typer(build_infra_app(_make_infra), name="infra")
+
+
+_mount_infra()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the control-plane database migrations (idempotent)."""
+    from shared.db import migrate as run_migrations  # noqa: PLC0415
+
+    with _errors():
+        applied = run_migrations(_app().engine)
+    out.print(f"applied {', '.join(applied)}" if applied else "database is up to date")
+
+
+@app.command()
+def topics() -> None:
+    """Create every topic that is missing (partitions and replication from settings)."""
+    from shared.kafka import ensure_topics  # noqa: PLC0415
+
+    with _errors():
+        a = _app()
+        outcome = ensure_topics(
+            a.bootstrap_servers,
+            all_topics(),
+            partitions=a.settings.topic_partitions,
+            replication=a.settings.topic_replication,
+        )
+    created = [t for t, state in outcome.items() if state == "created"]
+    out.print(f"{len(outcome)} topics: {len(created)} created, {len(outcome) - len(created)} already there")
+
+
+@app.command()
+def schemas(
+    check: Annotated[bool, typer.Option("--check", help="Fail (exit 1) if schemas/ is stale; write nothing.")] = False,
+    directory: Annotated[Path, typer.Option(help="Where the schemas live.")] = REPO_SCHEMAS,
+) -> None:
+    """Generate the JSON Schemas of every event into schemas/."""
+    from services.schemas import stale_schemas, write_schemas  # noqa: PLC0415
+
+    with _errors():
+        if check:
+            stale = stale_schemas(directory)
+            if stale:
+                raise Failure(f"schemas are stale: {', '.join(stale)}; run `provision schemas`")
+            out.print(f"{directory}/ is current")
+            return
+        changed = write_schemas(directory)
+    out.print(f"wrote {len(changed)} schema file(s) to {directory}/" if changed else f"{directory}/ is current")
+
+
+# --- workers ------------------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    step: Annotated[str, typer.Argument(help=f"The step to run: {'|'.join(STEP_KEYS)}.")],
+) -> None:
+    """Run one step consumer until SIGTERM/SIGINT (each step is its own consumer group)."""
+    from services.worker import run_worker  # noqa: PLC0415
+
+    with _errors():
+        try:
+            key = resolve_step(step).key
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        run_worker(key, _settings())
+
+
+# --- requesting and following -------------------------------------------------------------
+
+
+@app.command()
+def request(
+    project_id: Annotated[str, typer.Argument(help="The project id: lower-case letters, digits, hyphens.")],
+    region: Annotated[str | None, typer.Option(help="Target region, e.g. us-east-1.")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Do not register with auth.")] = False,
+    no_realtime: Annotated[bool, typer.Option("--no-realtime", help="Do not register with realtime.")] = False,
+    no_storage: Annotated[bool, typer.Option("--no-storage", help="Do not register with storage.")] = False,
+    keys: Annotated[int | None, typer.Option("--keys", help="Number of API keys.")] = None,
+    key_prefix: Annotated[str | None, typer.Option("--key-prefix", help="Visible prefix of the API keys.")] = None,
+    payload: Annotated[Path | None, typer.Option(help="A JSON file with the full ProvisionProjectPayload.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the provisioning until it ends.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 300.0,
+) -> None:
+    """Request a project: recorded with its seven steps and published in one go."""
+    from services.api import request_provisioning  # noqa: PLC0415
+
+    with _errors():
+        body = _payload_from(project_id, region, payload)
+        services = body.setdefault("services", {})
+        for name, off in (("auth", no_auth), ("realtime", no_realtime), ("storage", no_storage)):
+            if off:
+                services[name] = False
+        if keys is not None or key_prefix is not None:
+            api_keys = body.setdefault("api_keys", {})
+            if keys is not None:
+                api_keys["count"] = keys
+            if key_prefix is not None:
+                api_keys["prefix"] = key_prefix
+        a = _app()
+        receipt = request_provisioning(body, app=a)
+        note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
+        verb = "requested" if receipt.status == "requested" else "already requested (same payload)"
+        out.print(f"{receipt.project_id}: {verb}; correlation_id {receipt.correlation_id}{note}")
+        if wait:
+            _follow(a, project_id, timeout)
+
+
+def _payload_from(project_id: str, region: str | None, path: Path | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = json.loads(path.read_text())
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"{path} must hold a JSON object")
+        body = loaded
+        if body.get("project_id", project_id) != project_id:
+            raise UsageError(f"{path} names project {body['project_id']!r}, the command {project_id!r}")
+    body["project_id"] = project_id
+    if region is not None:
+        body["region"] = region
+    if "region" not in body:
+        raise UsageError("--region is required (or a region in --payload)")
+    return body
+
+
+@app.command()
+def status(
+    project_id: Annotated[str, typer.Argument(help="The project id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow live until the project is ready or failed.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --watch: give up after this many seconds.")] = 600.0,
+) -> None:
+    """The project's seven steps: status, timing, retries, errors, and its stage."""
+    from services.api import project_status  # noqa: PLC0415
+
+    with _errors():
+        a = _app()
+        if watch:
+            _follow(a, project_id, timeout)
+            return
+        state = project_status(project_id, app=a)
+        if not state.exists:
+            raise Failure(f"no project {project_id!r}")
+        if as_json:
+            out.print_json(json.dumps(_status_json(state, a)))
+        else:
+            out.print(_status_table(state, a))
+        if state.stage is Stage.FAILED:
+            raise typer.Exit(1)
+
+
+def _status_json(state: Any, a: App) -> dict[str, Any]:
+    lease = a.settings.lease_seconds
+    return {
+        "project_id": state.project_id,
+        "stage": state.stage.value,
+        "ready": state.ready,
+        "steps": [
+            {
+                "step": row.step_name,
+                "status": row.status.value,
+                "started_at": _iso(row.started_at),
+                "completed_at": _iso(row.completed_at),
+                "duration_ms": _duration_ms(row),
+                "retry_count": row.retry_count,
+                "error_message": row.error_message,
+                "error_details": row.error_details,
+                "stuck": _stuck(row, lease),
+            }
+            for row in state.steps
+        ],
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _duration_ms(row: Any) -> float | None:
+    if row.started_at is None or row.completed_at is None:
+        return None
+    return round((row.completed_at - row.started_at).total_seconds() * 1000, 1)
+
+
+def _stuck(row: Any, lease_seconds: float) -> bool:
+    return bool(row.status.value == "running" and row.lease_expired)
+
+
+_STYLE = {"pending": "dim", "running": "yellow", "success": "green", "failed": "red", "skipped": "cyan"}
+
+
+def _status_table(state: Any, a: App) -> Table:
+    table = Table(title=f"{state.project_id}: {state.stage.value}", title_justify="left")
+    for column in ("step", "status", "started", "duration", "retries", "error"):
+        table.add_column(column)
+    for row in state.steps:
+        status_text = f"[{_STYLE[row.status.value]}]{row.status.value}[/]"
+        if _stuck(row, a.settings.lease_seconds):
+            status_text += " [red](stuck: lease expired)[/]"
+        duration = _duration_ms(row)
+        table.add_row(
+            row.step_name,
+            status_text,
+            row.started_at.strftime("%H:%M:%S.%f")[:-3] if row.started_at else "",
+            f"{duration:.0f} ms" if duration is not None else "",
+            str(row.retry_count),
+            (row.error_message or "")[:80],
+        )
+    return table
+
+
+def _follow(a: App, project_id: str, timeout: float) -> None:
+    """Live progress until the project completes (exit 0) or fails (exit 1)."""
+    from services.api import project_status  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    state = project_status(project_id, app=a)
+    with Live(_progress_view(state, a), console=out, refresh_per_second=8, transient=False) as live:
+        while True:
+            state = project_status(project_id, app=a)
+            live.update(_progress_view(state, a))
+            if state.stage in (Stage.COMPLETED, Stage.FAILED):
+                break
+            if time.monotonic() > deadline:
+                raise Failure(f"{project_id} still {state.stage.value} after {timeout:g} s")
+            time.sleep(0.1)
+    if state.stage is Stage.FAILED:
+        failed = next(r for r in state.steps if r.status.value == "failed")
+        raise Failure(f"{project_id} failed at {failed.step_name}: {failed.error_message}")
+
+
+def _progress_view(state: Any, a: App) -> Table:
+    done = sum(1 for r in state.steps if r.status.value in ("success", "skipped"))
+    bar = "█" * done * 4 + "░" * (len(STEPS) - done) * 4
+    table = _status_table(state, a)
+    table.caption = f"{bar} {done}/{len(STEPS)} steps"
+    return table
+
+
+# --- replay and keys ----------------------------------------------------------------------
+
+
+@app.command()
+def replay(
+    step: Annotated[str | None, typer.Option(help=f"Only this step ({'|'.join(STEP_KEYS)}).")] = None,
+    project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be replayed; change nothing.")] = False,
+    max_replays: Annotated[int | None, typer.Option("--max", min=1, help="Replay at most N steps.")] = None,
+) -> None:
+    """Re-drive failed steps from the failed topics, once their cause is fixed."""
+    from services.replay import replay as run_replay  # noqa: PLC0415
+
+    with _errors():
+        key = None
+        if step is not None:
+            try:
+                key = resolve_step(step).key
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        decisions = run_replay(
+            _app(),
+            step_key=key,
+            project_id=project,
+            dry_run=dry_run,
+            max_replays=max_replays,
+            progress=lambda d: out.print(f"{d.action:>12}  {d.project_id} {d.step}: {d.reason}", highlight=False),
+        )
+    acted = sum(1 for d in decisions if d.action != "skipped")
+    verb = "would replay" if dry_run else "replayed"
+    out.print(f"{verb} {acted}, skipped {len(decisions) - acted} (of {len(decisions)} failed records)")
+
+
+@keys_app.command("reveal")
+def keys_reveal(project_id: Annotated[str, typer.Argument(help="The project id.")]) -> None:
+    """Show the project's API key secrets, once: they are erased as they are shown."""
+    from services.keys.adapters import NothingToRevealError  # noqa: PLC0415
+
+    with _errors():
+        try:
+            revealed = _app().key_store.reveal(project_id)
+        except NothingToRevealError as exc:
+            raise Failure(f"{exc.args[0]} (secrets are shown once)") from None
+    for key in revealed:
+        out.print(f"{key.info.key_id}  {key.secret}", highlight=False)
+    err.print("these secrets are now erased from the control plane; store them safely")
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    project_id: Annotated[str | None, typer.Option(help="Project id (default: demo-<random>).")] = None,
+    region: Annotated[str, typer.Option(help="Region.")] = "eu-west-1",
+    keep_infra: Annotated[bool, typer.Option("--keep-infra", help="Leave Kafka and PostgreSQL running.")] = False,
+) -> None:
+    """Everything end to end on the local defaults: infra up, migrate, topics, the seven
+    workers as separate processes, one request, live progress, the result, shutdown."""
+    from shared.db import migrate as run_migrations  # noqa: PLC0415
+    from shared.kafka import ensure_topics  # noqa: PLC0415
+
+    from services.api import request_provisioning  # noqa: PLC0415
+
+    started = time.monotonic()
+    settings = _settings()
+    infra = local_infra(settings)
+    started_infra = False
+    workers: list[subprocess.Popen[bytes]] = []
+    log_dir = Path(settings.state_dir) / "logs"
+    with _errors():
+        if settings.kafka_bootstrap_servers is None or settings.database_url is None:
+            was_running = all(state.startswith("running") for state in infra.status().values())
+            infra.up(lambda line: err.print(f"[dim]infra:[/dim] {line}", highlight=False))
+            started_infra = not was_running
+        a = build_app(settings)
+        applied = run_migrations(a.engine)
+        err.print(f"migrations: {', '.join(applied) if applied else 'up to date'}")
+        ensure_topics(a.bootstrap_servers, all_topics(), partitions=settings.topic_partitions,
+                      replication=settings.topic_replication)
+        err.print(f"topics: {len(all_topics())} ready")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": a.bootstrap_servers, "DATABASE_URL": a.database_url,
+               "PROVISION_LOG_FORMAT": "json"}
+        try:
+            for key in STEP_KEYS:
+                with (log_dir / f"{key}.log").open("ab") as log_file:
+                    workers.append(subprocess.Popen(
+                        [sys.executable, "-m", f"services.{key}"], env=env, stdout=log_file, stderr=log_file
+                    ))
+            err.print(f"workers: {len(workers)} started (logs in {log_dir}/)")
+            pid = project_id or f"demo-{uuid.uuid4().hex[:6]}"
+            receipt = request_provisioning({"project_id": pid, "region": region}, app=a)
+            out.print(f"requested {pid} (correlation_id {receipt.correlation_id})")
+            _follow(a, pid, timeout=180)
+            result = _final_result(a, pid)
+            out.print_json(json.dumps(result))
+        finally:
+            for proc in workers:
+                proc.send_signal(signal.SIGTERM)
+            for proc in workers:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            err.print(f"workers: stopped ({', '.join(str(p.returncode) for p in workers)})")
+            a_closed = locals().get("a")
+            if a_closed is not None:
+                a_closed.close()
+            if started_infra and not keep_infra:
+                infra.down(lambda line: err.print(f"[dim]infra:[/dim] {line}", highlight=False))
+    err.print(f"demo finished in {time.monotonic() - started:.1f} s")
+
+
+def _final_result(a: App, project_id: str) -> dict[str, Any]:
+    """The result the verify step published, read back from its stored outcome."""
+    row = a.repository.step(project_id, STEPS[-1].name)
+    if row is None or row.result is None:
+        raise Failure(f"{project_id} has no result")
+    result: dict[str, Any] = row.result["extra"]["result"]
+    return result
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

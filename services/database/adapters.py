@@ -1,0 +1,88 @@
+"""Side effects of the database step: the tenant's role and database, its stored password."""
+
+from __future__ import annotations
+
+from psycopg import errors as pg_errors
+from psycopg import sql
+from sqlalchemy import Engine, text
+
+from services.tenant_cluster import ClusterAddress
+from shared.crypto import SecretBox, generate_password
+
+
+class PostgresTenantCluster:
+    """Creates tenant roles and databases on a PostgreSQL cluster, create-if-absent."""
+
+    def __init__(self, address: ClusterAddress) -> None:
+        self.address = address
+        self.host = address.host
+        self.port = address.port
+
+    def database_exists(self, name: str) -> bool:
+        with self.address.admin() as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+    def count_tenant_databases(self) -> int:
+        with self.address.admin() as conn:
+            row = conn.execute(r"SELECT count(*) FROM pg_database WHERE datname LIKE 'tenant\_%'").fetchone()
+        return int(row[0]) if row else 0
+
+    def ensure_role(self, role: str, password: str) -> None:
+        """A LOGIN role with no privileges beyond its own database; password set every time
+        so a re-run converges on the stored password."""
+        attributes = sql.SQL(
+            "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
+        ).format(sql.Literal(password))
+        with self.address.admin() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            if exists is None:
+                try:
+                    conn.execute(sql.SQL("CREATE ROLE {} ").format(sql.Identifier(role)) + attributes)
+                    return
+                except pg_errors.DuplicateObject:
+                    pass  # created by a concurrent attempt: converge below
+            conn.execute(sql.SQL("ALTER ROLE {} WITH ").format(sql.Identifier(role)) + attributes)
+
+    def ensure_database(self, name: str, owner: str) -> None:
+        """The database, owned by ``owner``, reachable by its owner alone."""
+        ident, owner_ident = sql.Identifier(name), sql.Identifier(owner)
+        with self.address.admin() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if exists is None:
+                try:
+                    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, owner_ident))
+                except pg_errors.DuplicateDatabase:
+                    pass
+            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, owner_ident))
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
+            conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, owner_ident))
+
+
+class SqlCredentialStore:
+    """Tenant passwords in the control plane, encrypted with the configured key."""
+
+    def __init__(self, engine: Engine, box: SecretBox) -> None:
+        self.engine = engine
+        self.box = box
+
+    def password_for(self, project_id: str, role: str) -> str:
+        candidate = generate_password()
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO tenant_credentials (project_id, role_name, password_encrypted) "
+                    "VALUES (:p, :r, :pw) ON CONFLICT (project_id) DO NOTHING"
+                ),
+                {"p": project_id, "r": role, "pw": self.box.encrypt(candidate)},
+            )
+            stored = conn.execute(
+                text("SELECT password_encrypted FROM tenant_credentials WHERE project_id = :p"), {"p": project_id}
+            ).scalar_one()
+        return self.box.decrypt(stored)
+
+    def existing_password(self, project_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT password_encrypted FROM tenant_credentials WHERE project_id = :p"), {"p": project_id}
+            ).scalar_one_or_none()
+        return self.box.decrypt(stored) if stored is not None else None

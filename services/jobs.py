@@ -1,0 +1,94 @@
+"""The seed's job-handler registry: job types and step names mapped to handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from enum import StrEnum
+from typing import Any
+
+JobHandler = Callable[..., Any]
+
+
+class JobType(StrEnum):
+    """The job types the platform knows."""
+
+    PROVISION_PROJECT = "provision_project"
+
+
+class UnknownJobTypeError(KeyError):
+    """No handler is registered for a job type."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MissingJobHandlersError(LookupError):
+    """Required job types without a handler."""
+
+
+_handlers: dict[str, JobHandler] = {}
+
+
+def register_job_handler(job_type: str, handler: JobHandler) -> None:
+    """Register (or replace) the handler of a job type or step name."""
+    _handlers[str(job_type)] = handler
+
+
+def has_job_handler(job_type: str) -> bool:
+    """Whether a handler is registered for ``job_type``."""
+    _register_defaults()
+    return str(job_type) in _handlers
+
+
+def get_job_handler(job_type: str) -> JobHandler:
+    """The handler of ``job_type``; UnknownJobTypeError naming the known ones otherwise."""
+    _register_defaults()
+    try:
+        return _handlers[str(job_type)]
+    except KeyError:
+        known = ", ".join(sorted(_handlers))
+        raise UnknownJobTypeError(f"no handler for job type {job_type!r}; registered: {known}") from None
+
+
+def get_registered_job_types() -> list[str]:
+    """Every registered job type and step name, sorted."""
+    _register_defaults()
+    return sorted(_handlers)
+
+
+def validate_required_handlers(job_types: Iterable[str]) -> None:
+    """Raise MissingJobHandlersError naming every required type that has no handler."""
+    _register_defaults()
+    missing = [str(t) for t in job_types if str(t) not in _handlers]
+    if missing:
+        raise MissingJobHandlersError(f"no handler registered for: {', '.join(missing)}")
+
+
+def enqueue_job(job_type: str, payload: Any, **kwargs: Any) -> Any:
+    """Enqueue a job. ``provision_project`` publishes ``provisioning.requested`` (through the
+    outbox) and returns the request's receipt; its ``correlation_id`` is the job id."""
+    if str(job_type) != JobType.PROVISION_PROJECT:
+        raise UnknownJobTypeError(f"job type {job_type!r} cannot be enqueued; known: {JobType.PROVISION_PROJECT.value}")
+    from services.api import request_provisioning  # noqa: PLC0415 - api imports the wiring; keep registry light
+
+    return request_provisioning(payload, **kwargs)
+
+
+def _register_defaults() -> None:
+    if JobType.PROVISION_PROJECT in _handlers:
+        return
+    from services import api  # noqa: PLC0415 - see enqueue_job
+    from services.bootstrap import default_app  # noqa: PLC0415
+    from shared.steps import STEPS  # noqa: PLC0415
+
+    _handlers.setdefault(JobType.PROVISION_PROJECT, api.provision_project_handler)
+    for step in STEPS:
+        _handlers.setdefault(step.name, _step_handler(step.key, default_app))
+
+
+def _step_handler(step_key: str, app_factory: Callable[[], Any]) -> JobHandler:
+    def handle(event: Any) -> Any:
+        return app_factory().specs[step_key].handle(event)
+
+    handle.__name__ = f"handle_{step_key}"
+    return handle

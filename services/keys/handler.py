@@ -1,0 +1,14 @@
+"""generate_api_keys: ``count`` keys with the request's prefix; a re-run creates none."""
+
+from __future__ import annotations
+
+from services.ports import KeyStore
+from shared.events import StepInputEvent, StepResults
+from shared.execution import StepOutput
+
+
+def handle(event: StepInputEvent, *, keys: KeyStore) -> StepOutput:
+    """Create the project's API keys if it has none; publish only ids and visible prefixes."""
+    spec = event.request.api_keys
+    infos = keys.ensure_keys(event.project_id, spec.count, spec.prefix)
+    return StepOutput(StepResults(api_keys=infos))

@@ -1,0 +1,1 @@
+"""The realtime step: handler.py is its logic; its adapters (catalog, http) are in services/registration."""

@@ -1,0 +1,1 @@
+"""Tenant registration with the platform services (auth, realtime, storage)."""

@@ -1,0 +1,145 @@
+"""``provision replay``: re-drive failed work from the failed topics once the cause is fixed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from pydantic import ValidationError
+
+from services.bootstrap import App
+from shared.errors import InvalidTransitionError
+from shared.events import StepFailed, failed_event_for, new_event_id, retry_event_for, utcnow
+from shared.kafka import encode
+from shared.steps import STEPS, Step, StepStatus
+from shared.tracing import new_trace
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayDecision:
+    """What replay did (or, with --dry-run, would do) for one failed record."""
+
+    project_id: str
+    step: str
+    action: str  # "replayed" | "would replay" | "skipped"
+    reason: str
+
+
+def read_failed(app: App, steps: list[Step], *, timeout: float = 10.0) -> Iterator[tuple[Step, StepFailed]]:
+    """Every record on the failed topics of ``steps``, oldest first per partition.
+
+    Reads with manual assignment from the beginning up to the high watermark seen at the
+    start, under a throwaway group id that never commits.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": app.bootstrap_servers,
+            "group.id": f"provision-replay-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    try:
+        for step in steps:
+            metadata = consumer.list_topics(step.failed_topic, timeout=timeout).topics.get(step.failed_topic)
+            if metadata is None or metadata.error is not None:
+                continue
+            model = failed_event_for(step.key)
+            for partition in sorted(metadata.partitions):
+                low, high = consumer.get_watermark_offsets(TopicPartition(step.failed_topic, partition), timeout=timeout)
+                if high <= low:
+                    continue
+                consumer.assign([TopicPartition(step.failed_topic, partition, OFFSET_BEGINNING)])
+                position = low
+                while position < high:
+                    msg = consumer.poll(timeout)
+                    if msg is None:
+                        raise TimeoutError(f"reading {step.failed_topic}[{partition}] timed out at offset {position}")
+                    if msg.error() is not None:
+                        continue
+                    position = msg.offset() + 1
+                    try:
+                        event = model.model_validate_json(msg.value() or b"")
+                    except ValidationError:
+                        continue  # not ours to replay; it was never a valid failure record
+                    yield step, event
+    finally:
+        consumer.close()
+
+
+def replay(
+    app: App,
+    *,
+    step_key: str | None = None,
+    project_id: str | None = None,
+    dry_run: bool = False,
+    max_replays: int | None = None,
+    progress: Callable[[ReplayDecision], None] = lambda d: None,
+) -> list[ReplayDecision]:
+    """Move each still-failed step back to pending and republish its original input.
+
+    Only the latest failure of each (project, step) counts. A step that is no longer
+    ``failed`` is skipped, so replaying twice does no work twice; a step replayed
+    ``max_replays_per_step`` times is skipped by the loop guard.
+    """
+    steps = [s for s in STEPS if step_key is None or s.key == step_key]
+    latest: dict[tuple[str, str], tuple[Step, StepFailed]] = {}
+    for step, event in read_failed(app, steps):
+        if project_id is None or event.project_id == project_id:
+            latest[(event.project_id, step.key)] = (step, event)
+
+    decisions: list[ReplayDecision] = []
+    replayed = 0
+    guard = app.settings.max_replays_per_step
+    for (pid, key), (step, failed) in sorted(latest.items()):
+        row = app.repository.step(pid, step.name)
+        decision: ReplayDecision
+        if row is None:
+            decision = ReplayDecision(pid, key, "skipped", "the project no longer exists")
+        elif row.status is not StepStatus.FAILED:
+            decision = ReplayDecision(pid, key, "skipped", f"step is {row.status.value} now, not failed")
+        elif row.replay_count >= guard:
+            decision = ReplayDecision(
+                pid, key, "skipped",
+                f"loop guard: replayed {row.replay_count} times already (PROVISION_MAX_REPLAYS_PER_STEP={guard})",
+            )
+        elif max_replays is not None and replayed >= max_replays:
+            decision = ReplayDecision(pid, key, "skipped", f"--max {max_replays} reached")
+        elif dry_run:
+            decision = ReplayDecision(pid, key, "would replay", f"failed with {failed.error.type}: {failed.error.message}")
+            replayed += 1
+        else:
+            decision = _replay_one(app, step, failed)
+            if decision.action == "replayed":
+                replayed += 1
+        decisions.append(decision)
+        progress(decision)
+    if not dry_run and replayed:
+        app.publisher.flush()
+    return decisions
+
+
+def _replay_one(app: App, step: Step, failed: StepFailed) -> ReplayDecision:
+    pid = failed.project_id
+    try:
+        app.repository.transition(pid, step.name, StepStatus.PENDING, replay=True)
+    except InvalidTransitionError as exc:  # a concurrent replay got there first
+        return ReplayDecision(pid, step.key, "skipped", str(exc))
+    retry = retry_event_for(step.key)(
+        event_id=new_event_id(),
+        occurred_at=utcnow(),
+        project_id=pid,
+        correlation_id=failed.correlation_id,
+        causation_id=failed.event_id,
+        request=failed.request,
+        results=failed.input.results,
+        attempt=1,
+        input=failed.input,
+        not_before=utcnow(),
+        error=failed.error,
+        replayed=True,
+    )
+    app.publisher.produce(step.retry_topic, *encode(retry, new_trace()))
+    return ReplayDecision(pid, step.key, "replayed", f"after {failed.error.type}: {failed.error.message}")

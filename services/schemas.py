@@ -1,0 +1,47 @@
+"""JSON Schemas of every event, generated from the models into ``schemas/``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shared.events import ProvisionProjectPayload, ProvisionProjectResult, event_models
+
+
+def render_schemas() -> dict[str, str]:
+    """File name -> JSON Schema text, for every event plus the seed's payload and result."""
+    models = {f"{event_type}.json": model for event_type, model in event_models().items()}
+    models["ProvisionProjectPayload.json"] = ProvisionProjectPayload
+    models["ProvisionProjectResult.json"] = ProvisionProjectResult
+    rendered = {}
+    for name, model in sorted(models.items()):
+        schema = model.model_json_schema(mode="validation")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = name
+        rendered[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return rendered
+
+
+def write_schemas(directory: Path) -> list[str]:
+    """Write the schemas; returns the files that changed. Stale files are removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rendered = render_schemas()
+    changed = []
+    for name, text in rendered.items():
+        path = directory / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            changed.append(name)
+    for path in directory.glob("*.json"):
+        if path.name not in rendered:
+            path.unlink()
+            changed.append(path.name)
+    return changed
+
+
+def stale_schemas(directory: Path) -> list[str]:
+    """The files under ``directory`` that differ from what the models generate."""
+    rendered = render_schemas()
+    stale = [n for n, t in rendered.items() if not (directory / n).exists() or (directory / n).read_text() != t]
+    stale += [p.name for p in directory.glob("*.json") if p.name not in rendered]
+    return sorted(stale)

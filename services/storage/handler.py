@@ -1,0 +1,16 @@
+"""register_storage_service: the tenant registered with the storage service (skipped when disabled)."""
+
+from __future__ import annotations
+
+from services.ports import ServiceRegistry
+from services.registration.handler import register, service_disabled
+from shared.events import StepInputEvent
+from shared.execution import StepOutput
+
+SERVICE = "storage"
+skip_when = service_disabled(SERVICE)
+
+
+def handle(event: StepInputEvent, *, registry: ServiceRegistry) -> StepOutput:
+    """Register the tenant with the storage service."""
+    return register(event, service=SERVICE, registry=registry)

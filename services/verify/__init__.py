@@ -1,0 +1,1 @@
+"""The verify step: handler.py is its logic, adapters.py its side effects."""

@@ -1,0 +1,90 @@
+"""verify_services: check everything as the tenant sees it, mark the project ready, publish
+the seed's ProvisionProjectResult (without a secret)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from services.ports import CredentialStore, KeyStore, ProjectLedger, ServiceRegistry, TenantProbe
+from shared.errors import ErrorType, ProvisioningError
+from shared.events import (
+    ProvisionProjectPayload,
+    ProvisionProjectResult,
+    ResultDatabase,
+    ResultMetadata,
+    ResultServices,
+    StepInputEvent,
+    StepResults,
+)
+from shared.execution import StepOutput
+
+SERVICES = ("auth", "realtime", "storage")
+
+
+def handle(
+    event: StepInputEvent,
+    *,
+    probe: TenantProbe,
+    credentials: CredentialStore,
+    registry: ServiceRegistry,
+    keys: KeyStore,
+    ledger: ProjectLedger,
+) -> StepOutput:
+    """Verify the tenant database as its own role, every enabled registration and the keys."""
+    request, results = event.request, event.results
+    database, schema = results.database, results.schema_name
+    if database is None or schema is None:
+        raise ProvisioningError(ErrorType.INVALID_REQUEST, "input carries no database or schema result")
+    password = credentials.existing_password(event.project_id)
+    if password is None:
+        raise ProvisioningError(ErrorType.DATABASE_CREATION_FAILED, "the tenant role has no stored password")
+    facts = probe.inspect(database.database_name, database.role_name, password, schema)
+    if facts.current_user != database.role_name:
+        raise ProvisioningError(ErrorType.INSUFFICIENT_PERMISSIONS, f"logged in as {facts.current_user!r}, not the tenant role")
+    if facts.schema_owner != database.role_name:
+        raise ProvisioningError(
+            ErrorType.SCHEMA_CREATION_FAILED, f"schema {schema!r} is owned by {facts.schema_owner!r}, not the tenant role"
+        )
+    if facts.baseline_migrations < 1:
+        raise ProvisioningError(ErrorType.SCHEMA_CREATION_FAILED, "the baseline migration is missing")
+    for service in SERVICES:
+        if getattr(request.services, service) and registry.lookup(service, event.project_id) is None:
+            raise ProvisioningError(ErrorType.SERVICE_REGISTRATION_FAILED, f"no {service} registration for the tenant")
+    found = len(keys.list_keys(event.project_id))
+    if found != request.api_keys.count:
+        raise ProvisioningError(
+            ErrorType.API_KEY_GENERATION_FAILED, f"{found} API keys found, {request.api_keys.count} expected"
+        )
+    ready_at = ledger.mark_ready(event.project_id)
+    return StepOutput(extra={"result": build_result(request, results, ready_at, connection_string=None)})
+
+
+def build_result(
+    request: ProvisionProjectPayload,
+    results: StepResults,
+    provisioned_at: datetime,
+    *,
+    connection_string: str | None,
+) -> ProvisionProjectResult:
+    """The seed's result from the chain's results (passwords and key secrets never included)."""
+    database, schema = results.database, results.schema_name
+    assert database is not None and schema is not None
+    dsn = connection_string or f"postgresql://{database.role_name}@{database.host}:{database.port}/{database.database_name}"
+    return ProvisionProjectResult(
+        project_id=request.project_id,
+        database=ResultDatabase(
+            host=database.host,
+            port=database.port,
+            database_name=database.database_name,
+            schema_name=schema,
+            connection_string=dsn,
+        ),
+        services=ResultServices(auth=results.auth, realtime=results.realtime, storage=results.storage),
+        api_keys=results.api_keys or (),
+        metadata=ResultMetadata(
+            provisioned_at=provisioned_at,
+            region=request.region,
+            owner_id=request.owner_id,
+            organization_id=request.organization_id,
+        ),
+    )

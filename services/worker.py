@@ -1,0 +1,41 @@
+"""Run one step's consumer: the wiring of ``provision worker <step>`` and ``python -m services.<step>``."""
+
+from __future__ import annotations
+
+from shared.kafka import StepWorker, relay_outbox
+from shared.logging import configure_logging
+from shared.observability import Health, Metrics, serve_http
+from shared.settings import Settings
+from shared.steps import step_by_key
+
+from services.bootstrap import build_app
+
+
+def run_worker(step_key: str, settings: Settings | None = None) -> None:
+    """Consume the step's input and retry topics until SIGTERM/SIGINT."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    step = step_by_key(step_key)
+    app = build_app(settings)
+    metrics, health = Metrics(), Health()
+    server = serve_http(settings.metrics_port, metrics, health) if settings.metrics_port else None
+    # The first step also relays the request outbox, so a request whose publish failed at
+    # request time still goes out.
+    relay = (lambda: relay_outbox(app.engine, app.publisher)) if step_key == "database" else None
+    worker = StepWorker(
+        app.specs[step.key],
+        consumer=app.consumer(step.consumer_group),
+        publisher=app.publisher,
+        store=app.repository,
+        options=app.worker_options(),
+        metrics=metrics,
+        health=health,
+        outbox_relay=relay,
+    )
+    worker.install_signal_handlers()
+    try:
+        worker.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+        app.close()

@@ -1,0 +1,27 @@
+"""The control-plane database: tables, migrations and the step-table state machine."""
+
+from shared.db.engine import current_revision, libpq_url, make_engine, migrate, sqlalchemy_url
+from shared.db.repository import (
+    ALLOWED_TRANSITIONS,
+    ConflictingRequestError,
+    ProjectRecord,
+    Registration,
+    StepRepository,
+    StepRow,
+    request_hash,
+)
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "ConflictingRequestError",
+    "ProjectRecord",
+    "Registration",
+    "StepRepository",
+    "StepRow",
+    "current_revision",
+    "libpq_url",
+    "make_engine",
+    "migrate",
+    "request_hash",
+    "sqlalchemy_url",
+]

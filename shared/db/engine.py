@@ -1,0 +1,66 @@
+"""Engines and migrations for the control-plane database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``url`` with the psycopg 3 driver named, as SQLAlchemy wants it."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def libpq_url(url: str) -> str:
+    """``url`` as libpq (psycopg, psql) reads it: no SQLAlchemy driver suffix."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """One pooled engine per process; connections are checked before use so a restarted
+    database costs one failed attempt, not a dead pool."""
+    return create_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Apply every pending migration (the seed's ``create_provisioning_steps_table``).
+
+    Returns the revisions applied; an up-to-date database gives an empty list.
+    """
+    config = _alembic_config()
+    with engine.begin() as connection:
+        before = MigrationContext.configure(connection).get_current_heads()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        after = MigrationContext.configure(connection).get_current_heads()
+    return [rev for rev in after if rev not in before]
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's migration revision, or None before the first migration."""
+    with engine.connect() as connection:
+        heads = MigrationContext.configure(connection).get_current_heads()
+    return heads[0] if heads else None

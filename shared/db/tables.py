@@ -1,0 +1,118 @@
+"""The control-plane tables (SQLAlchemy Core). Migrations create them; code reads them here."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("project_id", Text, primary_key=True),
+    Column("correlation_id", UUID(as_uuid=True)),
+    Column("request", JSONB),
+    Column("request_hash", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("ready_at", DateTime(timezone=True)),
+)
+
+provisioning_steps = Table(
+    "provisioning_steps",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "project_id",
+        Text,
+        ForeignKey("projects.project_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("step_name", String(100), nullable=False),
+    Column("position", SmallInteger, nullable=False),
+    Column("status", String(20), nullable=False, server_default="pending"),
+    Column("started_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("error_message", Text),
+    Column("error_details", JSONB),
+    Column("retry_count", Integer, nullable=False, server_default="0"),
+    Column("replay_count", Integer, nullable=False, server_default="0"),
+    Column("lease_owner", Text),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("result", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("project_id", "step_name", name="uq_provisioning_steps_project_step"),
+    CheckConstraint(
+        "status in ('pending', 'running', 'success', 'failed', 'skipped')",
+        name="ck_provisioning_steps_status",
+    ),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("topic", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("headers", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("published_at", DateTime(timezone=True)),
+    Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at is null")),
+)
+
+tenant_credentials = Table(
+    "tenant_credentials",
+    metadata,
+    Column("project_id", Text, primary_key=True),
+    Column("role_name", Text, nullable=False),
+    Column("password_encrypted", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+service_registrations = Table(
+    "service_registrations",
+    metadata,
+    Column("service", Text, nullable=False),
+    Column("tenant_id", Text, nullable=False),
+    Column("project_id", Text, nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("bucket_name", Text),
+    Column("spec", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("service", "tenant_id", name="pk_service_registrations"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("project_id", Text, nullable=False, index=True),
+    Column("key_prefix", Text, nullable=False),
+    Column("key_hash", Text, nullable=False, unique=True),
+    # Held, encrypted, only until the operator reveals it once; then set to NULL.
+    Column("secret_encrypted", Text),
+    Column("revealed_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+

@@ -1,0 +1,126 @@
+"""The error taxonomy (seed 004 plus ``INVALID_REQUEST``): every failure is retryable or not."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import errors as pg_errors
+
+
+class ErrorType(StrEnum):
+    """Why a step failed; ``retryable`` says whether trying again can help."""
+
+    PROJECT_NOT_FOUND = "PROJECT_NOT_FOUND"
+    DATABASE_CREATION_FAILED = "DATABASE_CREATION_FAILED"
+    SCHEMA_CREATION_FAILED = "SCHEMA_CREATION_FAILED"
+    SERVICE_REGISTRATION_FAILED = "SERVICE_REGISTRATION_FAILED"
+    API_KEY_GENERATION_FAILED = "API_KEY_GENERATION_FAILED"
+    INSUFFICIENT_PERMISSIONS = "INSUFFICIENT_PERMISSIONS"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    NETWORK_ERROR = "NETWORK_ERROR"
+    TIMEOUT = "TIMEOUT"
+    UNKNOWN_ERROR = "UNKNOWN_ERROR"
+    INVALID_REQUEST = "INVALID_REQUEST"
+
+    @property
+    def retryable(self) -> bool:
+        return self in _RETRYABLE
+
+    @property
+    def remediation(self) -> str:
+        return _REMEDIATION[self]
+
+
+_RETRYABLE = frozenset(
+    {
+        ErrorType.DATABASE_CREATION_FAILED,
+        ErrorType.SCHEMA_CREATION_FAILED,
+        ErrorType.SERVICE_REGISTRATION_FAILED,
+        ErrorType.API_KEY_GENERATION_FAILED,
+        ErrorType.NETWORK_ERROR,
+        ErrorType.TIMEOUT,
+        ErrorType.UNKNOWN_ERROR,
+    }
+)
+
+_REMEDIATION = {
+    ErrorType.PROJECT_NOT_FOUND: "the project record is gone; request the project again",
+    ErrorType.DATABASE_CREATION_FAILED: "check the tenant cluster's log, then `provision replay`",
+    ErrorType.SCHEMA_CREATION_FAILED: "check the tenant database, then `provision replay`",
+    ErrorType.SERVICE_REGISTRATION_FAILED: "check the service's registration API, then `provision replay`",
+    ErrorType.API_KEY_GENERATION_FAILED: "check the control-plane database, then `provision replay`",
+    ErrorType.INSUFFICIENT_PERMISSIONS: "grant the admin role the privilege named in the message, then `provision replay`",
+    ErrorType.QUOTA_EXCEEDED: "raise PROVISION_MAX_TENANTS_PER_CLUSTER or free a tenant, then `provision replay`",
+    ErrorType.NETWORK_ERROR: "the dependency was unreachable; once it is back, `provision replay`",
+    ErrorType.TIMEOUT: "the dependency was too slow; once it is healthy, `provision replay`",
+    ErrorType.UNKNOWN_ERROR: "read the worker's log for this event_id, fix the cause, then `provision replay`",
+    ErrorType.INVALID_REQUEST: "the request is invalid; fix it and request the project again",
+}
+
+
+class ProvisioningError(Exception):
+    """A step failure with its type; the message is safe to show (it never holds a secret)."""
+
+    def __init__(
+        self,
+        error_type: ErrorType,
+        message: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+        self.retryable = error_type.retryable if retryable is None else retryable
+
+
+class InvalidTransitionError(Exception):
+    """A step-table transition the state machine does not allow."""
+
+    def __init__(self, project_id: str, step_name: str, from_status: str | None, to_status: str) -> None:
+        shown_from = from_status if from_status is not None else "missing"
+        super().__init__(
+            f"step {step_name!r} of project {project_id!r}: transition "
+            f"{shown_from} -> {to_status} is not allowed"
+        )
+        self.project_id = project_id
+        self.step_name = step_name
+        self.from_status = from_status
+        self.to_status = to_status
+
+
+def classify(exc: BaseException, *, default: ErrorType = ErrorType.UNKNOWN_ERROR) -> ProvisioningError:
+    """Map a real exception onto the taxonomy; ``default`` names what the step was doing."""
+    if isinstance(exc, ProvisioningError):
+        return exc
+    kind = type(exc).__name__
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        return ProvisioningError(ErrorType.INSUFFICIENT_PERMISSIONS, _pg_message(exc), details={"cause": kind})
+    if isinstance(exc, pg_errors.QueryCanceled | pg_errors.LockNotAvailable):
+        return ProvisioningError(ErrorType.TIMEOUT, _pg_message(exc), details={"cause": kind})
+    if isinstance(exc, pg_errors.ConnectionException | pg_errors.AdminShutdown | pg_errors.CannotConnectNow):
+        return ProvisioningError(ErrorType.NETWORK_ERROR, _pg_message(exc), details={"cause": kind})
+    if isinstance(exc, psycopg.OperationalError):
+        # Connection refused or lost surfaces as a bare OperationalError in psycopg 3.
+        return ProvisioningError(ErrorType.NETWORK_ERROR, _pg_message(exc), details={"cause": kind})
+    if isinstance(exc, httpx.TimeoutException | TimeoutError | socket.timeout):
+        return ProvisioningError(ErrorType.TIMEOUT, f"{kind}: the dependency did not answer in time", details={"cause": kind})
+    if isinstance(exc, httpx.TransportError | ConnectionError):
+        return ProvisioningError(ErrorType.NETWORK_ERROR, f"{kind}: {exc}", details={"cause": kind})
+    return ProvisioningError(default, f"{kind}: {exc}", details={"cause": kind})
+
+
+def _pg_message(exc: BaseException) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if not primary:
+        lines = str(exc).strip().splitlines()
+        primary = lines[0] if lines else "no message"
+    return f"{type(exc).__name__}: {primary}"

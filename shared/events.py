@@ -1,0 +1,399 @@
+"""The event contract: the seed-004 payload and result, the envelope, one model per event type.
+
+Every model is frozen, strict and forbids unknown fields; ``schemas/`` is generated from
+these classes (``provision schemas``), never written by hand.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+
+from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+
+# Lower-case letters, digits and single hyphens, 3 to 48 characters, starting with a letter.
+# Every name derived from it (database, role, schema, bucket) stays a valid, short identifier;
+# the pattern is the first line of defence, quoting identifiers is the second.
+PROJECT_ID_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
+PROJECT_ID_MIN, PROJECT_ID_MAX = 3, 48
+REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"
+
+ProjectId = Annotated[
+    str, Field(pattern=PROJECT_ID_PATTERN, min_length=PROJECT_ID_MIN, max_length=PROJECT_ID_MAX)
+]
+Region = Annotated[str, Field(pattern=REGION_PATTERN, max_length=32)]
+
+
+class Model(BaseModel):
+    """Base of every contract model: frozen, strict, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+
+# --- seed 004: the payload ---------------------------------------------------------------
+
+
+class DatabaseSpec(Model):
+    """The tenant database asked for. Only ``postgresql`` is supported; ``mysql`` is refused."""
+
+    engine: Literal["postgresql", "mysql"] = "postgresql"
+    version: Annotated[str, Field(pattern=r"^[0-9]{1,2}(\.[0-9]{1,2})?$")] | None = None
+    size: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{0,31}$")] | None = None
+    storage_gb: Annotated[int, Field(gt=0, le=65536)] | None = None
+
+
+class ServicesSpec(Model):
+    """Which platform services the tenant is registered with."""
+
+    auth: bool = True
+    realtime: bool = True
+    storage: bool = True
+
+
+class ApiKeysSpec(Model):
+    """How many API keys to generate and their visible prefix."""
+
+    count: Annotated[int, Field(gt=0, le=20)] = 2
+    prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,15}$")] = "pk"
+
+
+class ProvisionProjectPayload(Model):
+    """The provision request (seed 004 ``ProvisionProjectPayload``)."""
+
+    project_id: ProjectId
+    region: Region
+    database: DatabaseSpec = DatabaseSpec()
+    services: ServicesSpec = ServicesSpec()
+    api_keys: ApiKeysSpec = ApiKeysSpec()
+    owner_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    organization_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+# --- step outputs carried along the chain (never a password or a key's secret) -------------
+
+
+class DatabaseInfo(Model):
+    """Where the tenant database lives and which role owns it."""
+
+    host: str
+    port: int
+    database_name: str
+    role_name: str
+
+
+class ServiceRegistration(Model):
+    """A tenant's registration with one platform service."""
+
+    enabled: bool
+    tenant_id: str
+    endpoint: str
+    bucket_name: str | None = None
+
+
+class ApiKeyInfo(Model):
+    """The public face of an API key: its id, visible prefix and creation time."""
+
+    key_id: str
+    key_prefix: str
+    created_at: AwareDatetime
+
+
+class StepResults(Model):
+    """Step outputs so far; each step adds its own."""
+
+    database: DatabaseInfo | None = None
+    schema_name: str | None = None
+    auth: ServiceRegistration | None = None
+    realtime: ServiceRegistration | None = None
+    storage: ServiceRegistration | None = None
+    api_keys: tuple[ApiKeyInfo, ...] | None = None
+
+    def merged(self, update: StepResults) -> StepResults:
+        """These results with every field ``update`` sets laid over them."""
+        return self.model_copy(update={k: getattr(update, k) for k in update.model_fields_set})
+
+
+# --- seed 004: the result ----------------------------------------------------------------
+
+
+class ResultDatabase(Model):
+    host: str
+    port: int
+    database_name: str
+    schema_name: str
+    connection_string: str  # without the password, which is never published
+
+
+class ResultServices(Model):
+    auth: ServiceRegistration | None = None
+    realtime: ServiceRegistration | None = None
+    storage: ServiceRegistration | None = None
+
+
+class ResultMetadata(Model):
+    provisioned_at: AwareDatetime
+    region: str
+    owner_id: str | None = None
+    organization_id: str | None = None
+
+
+class ProvisionProjectResult(Model):
+    """The outcome of a provisioning (seed 004 ``ProvisionProjectResult``); holds no secret."""
+
+    project_id: str
+    database: ResultDatabase
+    services: ResultServices
+    api_keys: tuple[ApiKeyInfo, ...]
+    metadata: ResultMetadata
+
+
+# --- the envelope and the events ---------------------------------------------------------
+
+
+class ErrorInfo(Model):
+    """Why a step failed."""
+
+    type: str
+    message: str
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+    retryable: bool
+
+
+class Envelope(Model):
+    """Fields every provisioning event carries."""
+
+    event_id: uuid.UUID
+    event_type: str
+    schema_version: int = SCHEMA_VERSION
+    occurred_at: AwareDatetime
+    project_id: ProjectId
+    correlation_id: uuid.UUID
+    causation_id: uuid.UUID | None = None
+    request: ProvisionProjectPayload
+    results: StepResults = StepResults()
+    attempt: Annotated[int, Field(ge=1)] = 1
+
+
+class ProvisioningRequested(Envelope):
+    """A project was requested; the first step consumes it."""
+
+    event_type: Literal["provisioning.requested"] = "provisioning.requested"
+
+
+class StepCompleted(Envelope):
+    """A step finished (``success``) or had nothing to do (``skipped``)."""
+
+    step_status: Literal["success", "skipped"]
+
+
+class DatabaseCompleted(StepCompleted):
+    event_type: Literal["provisioning.database.completed"] = "provisioning.database.completed"
+
+
+class SchemaCompleted(StepCompleted):
+    event_type: Literal["provisioning.schema.completed"] = "provisioning.schema.completed"
+
+
+class AuthCompleted(StepCompleted):
+    event_type: Literal["provisioning.auth.completed"] = "provisioning.auth.completed"
+
+
+class RealtimeCompleted(StepCompleted):
+    event_type: Literal["provisioning.realtime.completed"] = "provisioning.realtime.completed"
+
+
+class StorageCompleted(StepCompleted):
+    event_type: Literal["provisioning.storage.completed"] = "provisioning.storage.completed"
+
+
+class KeysCompleted(StepCompleted):
+    event_type: Literal["provisioning.keys.completed"] = "provisioning.keys.completed"
+
+
+class VerifyCompleted(StepCompleted):
+    """The project is ready: the last event of the chain, with the seed's result."""
+
+    event_type: Literal["provisioning.verify.completed"] = "provisioning.verify.completed"
+    result: ProvisionProjectResult
+
+
+StepInputEvent = Annotated[
+    ProvisioningRequested
+    | DatabaseCompleted
+    | SchemaCompleted
+    | AuthCompleted
+    | RealtimeCompleted
+    | StorageCompleted
+    | KeysCompleted,
+    Field(discriminator="event_type"),
+]
+"""Any event a step consumes as its input."""
+
+
+class StepFailed(Envelope):
+    """A step failed for good: the input it was given and the error, for replay."""
+
+    input: StepInputEvent
+    error: ErrorInfo
+
+
+class DatabaseFailed(StepFailed):
+    event_type: Literal["provisioning.database.failed"] = "provisioning.database.failed"
+
+
+class SchemaFailed(StepFailed):
+    event_type: Literal["provisioning.schema.failed"] = "provisioning.schema.failed"
+
+
+class AuthFailed(StepFailed):
+    event_type: Literal["provisioning.auth.failed"] = "provisioning.auth.failed"
+
+
+class RealtimeFailed(StepFailed):
+    event_type: Literal["provisioning.realtime.failed"] = "provisioning.realtime.failed"
+
+
+class StorageFailed(StepFailed):
+    event_type: Literal["provisioning.storage.failed"] = "provisioning.storage.failed"
+
+
+class KeysFailed(StepFailed):
+    event_type: Literal["provisioning.keys.failed"] = "provisioning.keys.failed"
+
+
+class VerifyFailed(StepFailed):
+    event_type: Literal["provisioning.verify.failed"] = "provisioning.verify.failed"
+
+
+class StepRetryScheduled(Envelope):
+    """A step's input, to be tried again (attempt ``attempt``) once ``not_before`` has passed.
+
+    Produced by the step itself after a retryable error, or by ``provision replay``
+    (then ``replayed`` is true and ``error`` is the failure being replayed).
+    """
+
+    input: StepInputEvent
+    not_before: AwareDatetime
+    error: ErrorInfo | None = None
+    replayed: bool = False
+
+
+class DatabaseRetryScheduled(StepRetryScheduled):
+    event_type: Literal["provisioning.database.retry"] = "provisioning.database.retry"
+
+
+class SchemaRetryScheduled(StepRetryScheduled):
+    event_type: Literal["provisioning.schema.retry"] = "provisioning.schema.retry"
+
+
+class AuthRetryScheduled(StepRetryScheduled):
+    event_type: Literal["provisioning.auth.retry"] = "provisioning.auth.retry"
+
+
+class RealtimeRetryScheduled(StepRetryScheduled):
+    event_type: Literal["provisioning.realtime.retry"] = "provisioning.realtime.retry"
+
+
+class StorageRetryScheduled(StepRetryScheduled):
+    event_type: Literal["provisioning.storage.retry"] = "provisioning.storage.retry"
+
+
+class KeysRetryScheduled(StepRetryScheduled):
+    event_type: Literal["provisioning.keys.retry"] = "provisioning.keys.retry"
+
+
+class VerifyRetryScheduled(StepRetryScheduled):
+    event_type: Literal["provisioning.verify.retry"] = "provisioning.verify.retry"
+
+
+class DeadLettered(Model):
+    """A message no consumer could decode or validate, kept whole with the reason."""
+
+    event_id: uuid.UUID
+    event_type: Literal["provisioning.deadletter"] = "provisioning.deadletter"
+    schema_version: int = SCHEMA_VERSION
+    occurred_at: AwareDatetime
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    consumer_group: str
+    key_b64: str | None
+    value_b64: str | None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+# --- the catalogue -------------------------------------------------------------------------
+
+_STEP_EVENTS: dict[str, tuple[type[StepCompleted], type[StepFailed], type[StepRetryScheduled]]] = {
+    "database": (DatabaseCompleted, DatabaseFailed, DatabaseRetryScheduled),
+    "schema": (SchemaCompleted, SchemaFailed, SchemaRetryScheduled),
+    "auth": (AuthCompleted, AuthFailed, AuthRetryScheduled),
+    "realtime": (RealtimeCompleted, RealtimeFailed, RealtimeRetryScheduled),
+    "storage": (StorageCompleted, StorageFailed, StorageRetryScheduled),
+    "keys": (KeysCompleted, KeysFailed, KeysRetryScheduled),
+    "verify": (VerifyCompleted, VerifyFailed, VerifyRetryScheduled),
+}
+
+
+def completed_event_for(step_key: str) -> type[StepCompleted]:
+    """The completed-event model of a step."""
+    return _STEP_EVENTS[step_key][0]
+
+
+def failed_event_for(step_key: str) -> type[StepFailed]:
+    """The failed-event model of a step."""
+    return _STEP_EVENTS[step_key][1]
+
+
+def retry_event_for(step_key: str) -> type[StepRetryScheduled]:
+    """The retry-scheduled model of a step."""
+    return _STEP_EVENTS[step_key][2]
+
+
+def event_models() -> dict[str, type[BaseModel]]:
+    """Every event model by its ``event_type`` (also the topic it is published on)."""
+    models: dict[str, type[BaseModel]] = {REQUESTED_TOPIC: ProvisioningRequested}
+    for completed, failed, retry in _STEP_EVENTS.values():
+        for model in (completed, failed, retry):
+            models[_event_type_of(model)] = model
+    models[DEADLETTER_TOPIC] = DeadLettered
+    return models
+
+
+def _event_type_of(model: type[BaseModel]) -> str:
+    default = model.model_fields["event_type"].default
+    assert isinstance(default, str)
+    return default
+
+
+def event_type_of(model: type[BaseModel]) -> str:
+    """The ``event_type`` a model carries."""
+    return _event_type_of(model)
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh event id."""
+    return uuid.uuid4()
+
+
+def outcome_event_id(input_event_id: uuid.UUID, step_key: str) -> uuid.UUID:
+    """The id of a step's completed event, derived from its input so a redelivery repeats it."""
+    return uuid.uuid5(input_event_id, f"{step_key}.completed")
+
+
+def to_jsonable(model: BaseModel) -> dict[str, Any]:
+    """The model as JSON-compatible data."""
+    return model.model_dump(mode="json")

@@ -1,0 +1,23 @@
+"""Kafka plumbing: codec, clients, outbox relay and the consumer runtime."""
+
+from shared.kafka.clients import Publisher, PublishError, consumer_config, ensure_topics, producer_config
+from shared.kafka.codec import DecodeError, decode, encode
+from shared.kafka.outbox import add_to_outbox, relay_outbox
+from shared.kafka.runtime import CRASH_POINTS, RetryPolicy, StepWorker, WorkerOptions
+
+__all__ = [
+    "CRASH_POINTS",
+    "DecodeError",
+    "PublishError",
+    "Publisher",
+    "RetryPolicy",
+    "StepWorker",
+    "WorkerOptions",
+    "add_to_outbox",
+    "consumer_config",
+    "decode",
+    "encode",
+    "ensure_topics",
+    "producer_config",
+    "relay_outbox",
+]

@@ -1,0 +1,103 @@
+"""Bytes to events and back, with every way a message can be bad named as a reason."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from shared.events import SUPPORTED_SCHEMA_VERSIONS, Envelope
+from shared.tracing import TraceContext
+
+Headers = list[tuple[str, bytes]]
+
+
+class DecodeError(Exception):
+    """A message that cannot be decoded or validated; ``reason`` says why, one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def encode(event: Envelope, trace: TraceContext) -> tuple[bytes, bytes, Headers]:
+    """Key (the project id), JSON value and headers of an event."""
+    headers: Headers = [
+        ("event_type", event.event_type.encode()),
+        ("schema_version", str(event.schema_version).encode()),
+        ("traceparent", trace.traceparent.encode()),
+    ]
+    return event.project_id.encode(), event.model_dump_json().encode(), headers
+
+
+def header_map(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """Message headers as text (undecodable bytes replaced)."""
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in headers or ()}
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A validated event and the trace it belongs to."""
+
+    event: Envelope
+    headers: Mapping[str, str]
+
+
+def decode(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]] | None,
+    expected: Mapping[str, type[BaseModel]],
+    *,
+    max_bytes: int,
+) -> Decoded:
+    """Validate a message against the models ``expected`` on its topic (by event_type).
+
+    Accepts what any Kafka client produces: headers are optional, the body decides.
+    """
+    if value is None or not value:
+        raise DecodeError("empty message value")
+    if len(value) > max_bytes:
+        raise DecodeError(f"oversized message: {len(value)} bytes > limit {max_bytes}")
+    if not key:
+        raise DecodeError("message has no key (the project_id is required as key)")
+    try:
+        data: Any = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(f"not JSON: {exc.__class__.__name__} at position {getattr(exc, 'pos', '?')}") from None
+    if not isinstance(data, dict):
+        raise DecodeError(f"not a JSON object but {type(data).__name__}")
+    event_type = data.get("event_type")
+    if not isinstance(event_type, str) or event_type not in expected:
+        shown = event_type if isinstance(event_type, str) else repr(event_type)
+        raise DecodeError(
+            f"unexpected event_type {shown[:80]!r}; this topic carries {', '.join(sorted(expected))}"
+        )
+    version = data.get("schema_version", 1)
+    if version not in SUPPORTED_SCHEMA_VERSIONS or isinstance(version, bool):
+        raise DecodeError(f"unsupported schema_version {version!r}; supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)}")
+    try:
+        event = expected[event_type].model_validate_json(value)
+    except ValidationError as exc:
+        raise DecodeError(f"INVALID_REQUEST: {_summarize(exc)}") from None
+    assert isinstance(event, Envelope)
+    try:
+        key_text = key.decode()
+    except UnicodeDecodeError:
+        raise DecodeError("message key is not UTF-8") from None
+    if key_text != event.project_id:
+        raise DecodeError(f"message key does not match project_id {event.project_id!r}")
+    return Decoded(event, header_map(headers))
+
+
+def _summarize(exc: ValidationError, limit: int = 3) -> str:
+    # The offending input is left out on purpose: it may be hostile or hold a secret.
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:limit]:
+        location = ".".join(str(p) for p in error["loc"]) or "message"
+        parts.append(f"{location}: {error['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

@@ -1,0 +1,48 @@
+"""Names derived from a project id. The id is validated first (``PROJECT_ID_PATTERN``), and
+every name is still quoted as an identifier wherever it reaches SQL."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.events import PROJECT_ID_MAX, PROJECT_ID_MIN, PROJECT_ID_PATTERN
+
+_PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
+
+
+class InvalidProjectIdError(ValueError):
+    """A project id outside the pattern; it must never reach SQL."""
+
+
+def validate_project_id(project_id: str) -> str:
+    """The project id, or InvalidProjectIdError naming the rule it breaks."""
+    if not PROJECT_ID_MIN <= len(project_id) <= PROJECT_ID_MAX:
+        raise InvalidProjectIdError(
+            f"project id must be {PROJECT_ID_MIN} to {PROJECT_ID_MAX} characters, got {len(project_id)}"
+        )
+    if not project_id.isascii() or _PROJECT_ID.fullmatch(project_id) is None:
+        raise InvalidProjectIdError(
+            "project id must be lower-case letters, digits and single hyphens, starting with a letter"
+        )
+    return project_id
+
+
+@dataclass(frozen=True, slots=True)
+class TenantNames:
+    """The tenant's database, login role, schema and storage bucket."""
+
+    project_id: str
+    database: str
+    role: str
+    schema: str
+    bucket: str
+
+    @classmethod
+    def for_project(cls, project_id: str) -> TenantNames:
+        """Names for a (validated) project id; hyphens become underscores in identifiers.
+
+        The mapping is injective because ids never contain underscores.
+        """
+        ident = "tenant_" + validate_project_id(project_id).replace("-", "_")
+        return cls(project_id=project_id, database=ident, role=ident, schema=ident, bucket=f"tenant-{project_id}")

@@ -1,0 +1,83 @@
+"""Configuration from the environment (pydantic-settings); read only by the bootstrap and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REGIONS = (
+    "us-east-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-central-1",
+    "ap-southeast-1",
+    "ap-northeast-1",
+)
+
+
+class Settings(BaseSettings):
+    """Every setting, from ``PROVISION_*`` variables (plus the two standard URLs)."""
+
+    model_config = SettingsConfigDict(env_prefix="PROVISION_", extra="ignore", frozen=True)
+
+    # Where the broker and the databases are. Explicit values always win over local infra.
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "PROVISION_KAFKA_BOOTSTRAP_SERVERS")
+    )
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "PROVISION_DATABASE_URL")
+    )
+    tenant_database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TENANT_DATABASE_URL", "PROVISION_TENANT_DATABASE_URL"),
+        description="admin URL of the cluster where tenant databases are created; the control plane's by default",
+    )
+
+    # Local infrastructure (`provision infra`).
+    state_dir: Path = Path(".provision")
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    pg_port: int = 54329
+
+    # Topics.
+    topic_partitions: int = Field(default=3, ge=1)
+    topic_replication: int = Field(default=1, ge=1)
+    max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    # Retry policy (seed 004: 3 attempts, 300 s base, exponential).
+    max_attempts: int = Field(default=3, ge=1)
+    retry_base_seconds: float = Field(default=300.0, ge=0)
+    retry_max_seconds: float = Field(default=3600.0, ge=0)
+    retry_jitter: float = Field(default=0.2, ge=0, le=1)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    max_replays_per_step: int = Field(default=5, ge=1)
+
+    # Tenants.
+    regions: tuple[str, ...] = DEFAULT_REGIONS
+    max_tenants_per_cluster: int = Field(default=1000, ge=1)
+    secret_key: SecretStr | None = Field(
+        default=None, description="Fernet key encrypting tenant passwords and unrevealed API keys"
+    )
+
+    # Platform services.
+    service_adapter: Literal["catalog", "http"] = "catalog"
+    auth_url: str = "http://127.0.0.1:9999/auth"
+    realtime_url: str = "http://127.0.0.1:9999/realtime"
+    storage_url: str = "http://127.0.0.1:9999/storage"
+    http_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Workers.
+    metrics_port: int | None = Field(default=None, description="Prometheus /metrics and /healthz port; off if unset")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+    poll_timeout_seconds: float = Field(default=0.5, gt=0)
+    session_timeout_ms: int = Field(default=45000, ge=1000, description="consumer group session timeout")
+    outbox_interval_seconds: float = Field(default=1.0, gt=0)
+
+    # Testing switch: kill the worker (SIGKILL) once at a point of a step, to prove crash safety.
+    # Form `<step>:<point>` with point one of before_work, after_work, after_publish.
+    crash_at: str | None = None
+    crash_marker: Path | None = None
