@@ -21,7 +21,9 @@ DEFAULT_REGIONS = (
 class Settings(BaseSettings):
     """Every setting, from ``PROVISION_*`` variables (plus the two standard URLs)."""
 
-    model_config = SettingsConfigDict(env_prefix="PROVISION_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="PROVISION_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # Where the broker and the databases are. Explicit values always win over local infra.
     kafka_bootstrap_servers: str | None = Field(

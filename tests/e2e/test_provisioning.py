@@ -1,0 +1,139 @@
+"""End to end: the seven workers as separate processes provision real tenants on the real
+broker and database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+
+from services.api import project_status, request_provisioning
+from services.bootstrap import App
+from shared.db import libpq_url
+from shared.events import VerifyCompleted
+from shared.naming import TenantNames
+from shared.steps import FINAL_STEP, REQUESTED_TOPIC, Stage, all_topics
+from tests.e2e.kafka_tools import produce_raw, read_all
+from tests.support import WorkerGroup, unique_project, wait_until_stage
+
+pytestmark = pytest.mark.e2e
+
+
+def _connect_as(app: App, database: str, role: str, password: str) -> psycopg.Connection:
+    return app.cluster_address.as_role(database, role, password)
+
+
+def test_full_provision_creates_every_artefact_and_publishes_no_secret(
+    app: App, running_workers: WorkerGroup
+) -> None:
+    """A requested project goes through all seven steps; every artefact exists in PostgreSQL."""
+    pid, other = unique_project("full"), unique_project("other")
+    for project in (pid, other):
+        request_provisioning({"project_id": project, "region": "eu-west-1", "api_keys": {"count": 3}}, app=app)
+    wait_until_stage(app, [pid, other], timeout=90)
+
+    names, other_names = TenantNames.for_project(pid), TenantNames.for_project(other)
+    password = app.credentials.existing_password(pid)
+    assert password is not None
+    with psycopg.connect(libpq_url(app.database_url)) as admin:
+        assert admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (names.database,)).fetchone()
+        owner = admin.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (names.database,)
+        ).fetchone()
+        assert owner == (names.role,)
+        flags = admin.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = %s", (names.role,)
+        ).fetchone()
+        assert flags == (False, False, False)
+        registrations = admin.execute(
+            "SELECT service FROM service_registrations WHERE project_id = %s ORDER BY service", (pid,)
+        ).fetchall()
+        assert [r[0] for r in registrations] == ["auth", "realtime", "storage"]
+        key_rows = admin.execute("SELECT key_hash FROM api_keys WHERE project_id = %s", (pid,)).fetchall()
+        assert len(key_rows) == 3
+
+    with _connect_as(app, names.database, names.role, password) as tenant:
+        schema_owner = tenant.execute(
+            "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = %s", (names.schema,)
+        ).fetchone()
+        assert schema_owner == (names.role,)
+        tenant.execute("CREATE TABLE notes (id int)")  # lands in its own schema via search_path
+    for forbidden in (other_names.database, app.cluster_address.admin_database):
+        with pytest.raises(psycopg.OperationalError, match="permission denied"):
+            _connect_as(app, forbidden, names.role, password).close()
+
+    secrets = [k.secret for k in app.key_store.reveal(pid)]
+    assert len(secrets) == 3
+    everything = b"".join(
+        (m.value() or b"") + b"".join(v or b"" for _, v in (m.headers() or [])) for m in read_all(app.bootstrap_servers, all_topics())
+    )
+    for secret in [password, *secrets]:
+        assert secret.encode() not in everything
+
+
+def test_disabled_services_are_skipped_and_the_project_is_ready(app: App, running_workers: WorkerGroup) -> None:
+    """auth, realtime and storage disabled in the request are skipped; the chain goes on."""
+    pid = unique_project("skip")
+    request_provisioning(
+        {"project_id": pid, "region": "us-east-1", "services": {"auth": False, "realtime": False, "storage": False}},
+        app=app,
+    )
+    wait_until_stage(app, [pid], timeout=60)
+    statuses = {s.step_name: s.status.value for s in project_status(pid, app=app).steps}
+    assert statuses["register_auth_service"] == "skipped"
+    assert statuses["register_realtime_service"] == "skipped"
+    assert statuses["register_storage_service"] == "skipped"
+    assert statuses["verify_services"] == "success"
+    result = app.repository.step(pid, FINAL_STEP.name)
+    assert result is not None and result.result is not None
+    assert result.result["extra"]["result"]["services"] == {"auth": None, "realtime": None, "storage": None}
+
+
+def test_twenty_projects_requested_at_once_are_all_ready(app: App, running_workers: WorkerGroup) -> None:
+    """Twenty projects requested together all reach COMPLETED."""
+    ids = [unique_project("many") for _ in range(20)]
+    for pid in ids:
+        request_provisioning({"project_id": pid, "region": "us-west-2"}, app=app)
+    wait_until_stage(app, ids, timeout=240)
+    with psycopg.connect(libpq_url(app.database_url)) as admin:
+        count = admin.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = ANY(%s)",
+            ([TenantNames.for_project(p).database for p in ids],),
+        ).fetchone()
+    assert count == (20,)
+
+
+def test_raw_json_request_from_a_plain_producer_is_provisioned(app: App, running_workers: WorkerGroup) -> None:
+    """A request produced as raw JSON bytes by a plain Kafka client, no headers, is provisioned."""
+    pid = unique_project("raw")
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "provisioning.requested",
+        "schema_version": 1,
+        "occurred_at": "2026-11-22T10:00:00Z",
+        "project_id": pid,
+        "correlation_id": str(uuid.uuid4()),
+        "request": {"project_id": pid, "region": "eu-central-1", "api_keys": {"count": 1, "prefix": "raw"}},
+    }
+    produce_raw(app.bootstrap_servers, REQUESTED_TOPIC, pid.encode(), json.dumps(body).encode())
+    wait_until_stage(app, [pid], timeout=60)
+    assert project_status(pid, app=app).stage is Stage.COMPLETED
+    final = [
+        m for m in read_all(app.bootstrap_servers, [FINAL_STEP.completed_topic]) if m.key() == pid.encode()
+    ]
+    assert final, "no provisioning.verify.completed for the raw request"
+    event = VerifyCompleted.model_validate_json(final[-1].value() or b"")
+    assert event.result.project_id == pid
+    assert event.result.api_keys[0].key_prefix.startswith("raw_")
+    assert event.correlation_id == uuid.UUID(body["correlation_id"])
+
+
+def test_no_tenant_role_can_reach_the_control_plane_schema(app: App, running_workers: WorkerGroup) -> None:
+    """CONNECT on the control-plane database is revoked from PUBLIC by the migration."""
+    with psycopg.connect(libpq_url(app.database_url)) as admin:
+        granted = admin.execute(
+            "SELECT has_database_privilege('public', current_database(), 'CONNECT')"
+        ).fetchone()
+    assert granted == (False,)
