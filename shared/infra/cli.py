@@ -1,0 +1,89 @@
+"""``infra`` commands: start, stop and locate the local Kafka broker and PostgreSQL server.
+
+The main CLI mounts the app from :func:`build_infra_app`, passing a factory that reads the
+state directory and ports from its settings, e.g.::
+
+    app.add_typer(build_infra_app(make_local_infra), name="infra")
+
+Progress and errors go to stderr so that ``eval "$(provision infra env)"`` only sees the
+variable assignments on stdout.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from shared.infra._common import InfraError
+from shared.infra.local import LocalInfra
+
+
+def _progress(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def _fail(error: InfraError) -> typer.Exit:
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(code=1)
+
+
+def build_infra_app(make_infra: Callable[[], LocalInfra]) -> typer.Typer:
+    """Build the ``infra`` command group around ``make_infra``.
+
+    ``make_infra`` is called once per command, so settings (ports, state directory) are
+    read when the command runs; it may raise InfraError for bad settings.
+    """
+    infra_app = typer.Typer(
+        help="Run a local Kafka broker and PostgreSQL server (no Docker needed).",
+        no_args_is_help=True,
+    )
+
+    @infra_app.command()
+    def up(ctx: typer.Context) -> None:
+        """Start Kafka and PostgreSQL (fetching the broker jars on first use); idempotent."""
+        try:
+            infra = make_infra()
+            infra.up(_progress)
+        except InfraError as exc:
+            raise _fail(exc) from exc
+        group = ctx.parent.command_path if ctx.parent is not None else "infra"
+        _progress(f'ready; load the settings with: eval "$({group} env --export)"')
+
+    @infra_app.command()
+    def down() -> None:
+        """Stop Kafka and PostgreSQL; their data is kept for the next `up`."""
+        try:
+            make_infra().down(_progress)
+        except InfraError as exc:
+            raise _fail(exc) from exc
+
+    @infra_app.command()
+    def env(
+        export: Annotated[
+            bool,
+            typer.Option("--export", "-e", help="Prefix lines with `export `."),
+        ] = False,
+    ) -> None:
+        """Print KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL as shell assignments, for eval."""
+        try:
+            settings = make_infra().env().as_env()
+        except InfraError as exc:
+            raise _fail(exc) from exc
+        prefix = "export " if export else ""
+        for name, value in settings.items():
+            typer.echo(f"{prefix}{name}={shlex.quote(value)}")
+
+    @infra_app.command()
+    def status() -> None:
+        """Show whether Kafka and PostgreSQL are running, with pid and address."""
+        try:
+            states = make_infra().status()
+        except InfraError as exc:
+            raise _fail(exc) from exc
+        for name, state in states.items():
+            typer.echo(f"{name}: {state}")
+
+    return infra_app

@@ -1,0 +1,498 @@
+"""A single-node Apache Kafka broker (KRaft, broker and controller in one JVM) run from plain jars.
+
+Layout under the broker's home directory (``<state dir>/kafka``)::
+
+    pom.xml            copy of the packaged pom that Maven resolved
+    libs/              the broker classpath; libs/.pom.sha256 says which pom produced it
+    cluster.id         KRaft cluster id, generated once
+    server.properties  rewritten on every start from the configured ports
+    data/              the log directory (topics, offsets, KRaft metadata)
+    broker.pid         pid of the running broker
+    broker.log         stdout/stderr of the current run; broker.log.1 holds the previous run
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from importlib import resources
+from pathlib import Path
+
+import psutil
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from shared.infra._common import (
+    LOOPBACK,
+    InfraError,
+    Progress,
+    ensure_port_free,
+    live_process,
+    port_accepts,
+    quiet,
+    tail,
+)
+
+KAFKA_PORT_ENV = "PROVISION_KAFKA_PORT"
+CONTROLLER_PORT_ENV = "PROVISION_KAFKA_CONTROLLER_PORT"
+
+_HEAP = "-Xmx512m"
+_MAVEN_TIMEOUT_S = 900.0
+_FORMAT_TIMEOUT_S = 120.0
+
+# Brokers launched by this Python process, so stopping one can reap it (no zombie) and the
+# Popen object is not collected while its child still runs (which warns).
+_launched: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _probe_logger() -> logging.Logger:
+    """A logger that swallows librdkafka's messages.
+
+    While the broker boots, every readiness probe logs "connection refused" and similar
+    at error level; they are expected and would otherwise spill onto the user's terminal.
+    """
+    logger = logging.getLogger("shared.infra.kafka.probe")
+    logger.propagate = False
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID as 22 characters of unpadded url-safe base64."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+
+
+def wait_until_ready(
+    bootstrap_servers: str,
+    timeout: float,
+    *,
+    still_starting: Callable[[], str | None] | None = None,
+    log_file: Path | None = None,
+) -> None:
+    """Block until a broker at ``bootstrap_servers`` answers a metadata request.
+
+    "Answers" means the metadata lists at least one broker: a KRaft broker only appears
+    there once the controller has unfenced it, i.e. once it can host partitions.
+    ``still_starting`` is polled between attempts; it returns a reason string when the
+    broker can no longer come up (its process died), which is raised at once instead of
+    waiting out the timeout. Raises InfraError on timeout, quoting the end of ``log_file``.
+    """
+    deadline = time.monotonic() + timeout
+    host, _, port_text = bootstrap_servers.split(",", maxsplit=1)[0].rpartition(":")
+    admin: AdminClient | None = None
+    last_error = "no answer yet"
+    while time.monotonic() < deadline:
+        if still_starting is not None and (reason := still_starting()) is not None:
+            raise InfraError(reason)
+        # Creating the client before the port opens only produces reconnect noise.
+        if admin is None and host in (LOOPBACK, "localhost") and not port_accepts(int(port_text)):
+            time.sleep(0.1)
+            continue
+        if admin is None:
+            admin = AdminClient(
+                {"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 2000},
+                logger=_probe_logger(),
+            )
+        try:
+            metadata = admin.list_topics(timeout=2)
+        except KafkaException as exc:
+            last_error = str(exc.args[0]) if exc.args else repr(exc)
+        else:
+            if metadata.brokers:
+                return
+            last_error = "metadata lists no brokers yet"
+        time.sleep(0.2)
+    log_tail = f"; log {log_file}: {tail(log_file)}" if log_file is not None else ""
+    raise InfraError(
+        f"kafka at {bootstrap_servers} did not answer a metadata request within "
+        f"{timeout:.0f} s ({last_error}){log_tail}"
+    )
+
+
+class KafkaBroker:
+    """Start, stop and inspect one local broker whose files live under ``home``."""
+
+    def __init__(self, home: Path, port: int, controller_port: int) -> None:
+        self.home = home
+        self.port = port
+        self.controller_port = controller_port
+        self.libs = home / "libs"
+        self.data = home / "data"
+        self.properties = home / "server.properties"
+        self.pid_file = home / "broker.pid"
+        self.log_file = home / "broker.log"
+        self.cluster_id_file = home / "cluster.id"
+        self._spawned_at: float | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The address clients connect to."""
+        return f"{LOOPBACK}:{self.port}"
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def running_pid(self) -> int | None:
+        """Pid of this home's broker if it is running, else None.
+
+        The pid file alone is not trusted: the pid may have been reused by an unrelated
+        process after a crash or reboot, so the process must also be a ``kafka.Kafka``
+        JVM started with this home's server.properties.
+        """
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        popen = _launched.get(pid)
+        if popen is not None and popen.poll() is not None:
+            del _launched[pid]  # our own child exited; poll() reaped it
+            return None
+        process = live_process(pid)
+        if process is None:
+            return None
+        try:
+            cmdline = process.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        if "kafka.Kafka" in cmdline and str(self.properties) in cmdline:
+            return pid
+        return None
+
+    def running_port(self) -> int | None:
+        """The client port the running broker was started with (from its server.properties)."""
+        try:
+            lines = self.properties.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in lines:
+            if line.startswith("advertised.listeners="):
+                return int(line.rpartition(":")[2])
+        return None
+
+    def status(self) -> str:
+        """One line: ``running pid N on 127.0.0.1:P`` or ``stopped``."""
+        pid = self.running_pid()
+        if pid is None:
+            return "stopped"
+        return f"running pid {pid} on {LOOPBACK}:{self.running_port() or self.port}"
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self, progress: Progress = quiet, timeout: float = 60.0) -> None:
+        """Start the broker if needed and return once it answers metadata requests."""
+        if self.launch(progress):
+            self.wait_ready(progress, timeout)
+
+    def launch(self, progress: Progress = quiet) -> bool:
+        """Start the broker process without waiting for it to be ready.
+
+        Returns False (and says so) when this home's broker is already running. Split
+        from :meth:`wait_ready` so PostgreSQL can start while the JVM boots.
+        """
+        pid = self.running_pid()
+        if pid is not None:
+            running_port = self.running_port()
+            if running_port not in (None, self.port):
+                raise InfraError(
+                    f"kafka is already running on {LOOPBACK}:{running_port}, not port "
+                    f"{self.port}; run `down` first to change {KAFKA_PORT_ENV}"
+                )
+            progress(f"kafka already running on {self.bootstrap_servers}")
+            return False
+        if self.pid_file.exists():
+            self.pid_file.unlink()
+            progress("kafka: removed a stale pid file (the broker it named is gone)")
+
+        java = _java()
+        ensure_port_free(self.port, KAFKA_PORT_ENV)
+        ensure_port_free(self.controller_port, CONTROLLER_PORT_ENV)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.ensure_libs(progress)
+        self._write_properties()
+        self._ensure_formatted(java, progress)
+
+        if self.log_file.exists():
+            # Keep the previous run's log: after a crash it is the one worth reading.
+            self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
+        with self.log_file.open("ab") as log:
+            process = subprocess.Popen(
+                [
+                    java,
+                    _HEAP,
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={_packaged('log4j2.yaml')}",
+                    "-cp",
+                    f"{self.libs}{os.sep}*",
+                    "kafka.Kafka",
+                    str(self.properties),
+                ],
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C in the terminal that ran `up` must not reach it.
+                start_new_session=True,
+            )
+        _launched[process.pid] = process
+        self._spawned_at = time.monotonic()
+        self.pid_file.write_text(f"{process.pid}\n")
+        progress(f"kafka starting on {self.bootstrap_servers} (pid {process.pid})")
+        return True
+
+    def wait_ready(self, progress: Progress = quiet, timeout: float = 60.0) -> None:
+        """Wait until the launched broker answers metadata requests, or raise InfraError.
+
+        ``timeout`` counts from the launch, and so does the start-up time reported.
+        """
+        spawned_at = self._spawned_at if self._spawned_at is not None else time.monotonic()
+
+        def still_starting() -> str | None:
+            if self.running_pid() is None:
+                return (
+                    f"kafka broker exited during start-up (log {self.log_file}): "
+                    f"{tail(self.log_file)}"
+                )
+            return None
+
+        try:
+            wait_until_ready(
+                self.bootstrap_servers,
+                max(0.0, spawned_at + timeout - time.monotonic()),
+                still_starting=still_starting,
+                log_file=self.log_file,
+            )
+        except InfraError:
+            # A failed start leaves nothing behind: no half-started JVM holding the ports,
+            # no pid file for the next run to puzzle over.
+            self.stop(quiet, timeout=10.0)
+            raise
+        progress(
+            f"kafka ready on {self.bootstrap_servers} in {time.monotonic() - spawned_at:.1f} s "
+            f"(pid {self.running_pid()})"
+        )
+
+    def ensure_libs(self, progress: Progress = quiet) -> None:
+        """Resolve the broker classpath with Maven unless this pom's jars are already cached."""
+        pom_text = _packaged("pom.xml").read_bytes()
+        digest = hashlib.sha256(pom_text).hexdigest()
+        marker = self.libs / ".pom.sha256"
+        if marker.is_file() and marker.read_text().strip() == digest:
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise InfraError(
+                "mvn not found on PATH; install Maven (Debian: apt-get install maven) "
+                "to fetch the Kafka broker jars"
+            )
+        progress("kafka: fetching broker jars with Maven (first run only)")
+        pom = self.home / "pom.xml"
+        pom.write_bytes(pom_text)
+        # Resolve into a scratch directory and swap it in, so an interrupted download
+        # never leaves a half-filled libs/ that looks complete.
+        staging = self.home / "libs.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            result = subprocess.run(
+                [
+                    mvn,
+                    "-q",
+                    "-B",
+                    "-Dstyle.color=never",
+                    "-f",
+                    str(pom),
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
+                    f"-DoutputDirectory={staging}",
+                ],
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=_MAVEN_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise InfraError(
+                f"Maven did not finish fetching the Kafka jars within {_MAVEN_TIMEOUT_S:.0f} s"
+            ) from exc
+        if result.returncode != 0 or not any(staging.glob("kafka_*.jar")):
+            output = " | ".join(
+                line.strip()
+                for line in (result.stdout + result.stderr).splitlines()
+                if line.strip()
+            )
+            raise InfraError(
+                f"Maven could not fetch the Kafka jars (exit {result.returncode}): {output[-600:]}"
+            )
+        (staging / ".pom.sha256").write_text(f"{digest}\n")
+        shutil.rmtree(self.libs, ignore_errors=True)
+        staging.rename(self.libs)
+
+    def _write_properties(self) -> None:
+        # Regenerated on every start so a port change takes effect; the data directory
+        # carries the cluster's identity, not this file.
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{LOOPBACK}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},"
+            f"CONTROLLER://{LOOPBACK}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.data),
+            "num.partitions": "1",
+            # One broker: every internal topic must make do with one replica.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # After a crash the restarted broker cannot register until the dead incarnation's
+            # session expires (default 9 s); fault tests kill and restart the broker, so keep
+            # that short. The broker heartbeats its own in-process controller over loopback.
+            "broker.heartbeat.interval.ms": "1000",
+            "broker.session.timeout.ms": "3000",
+            # Consumers in tests join one at a time; do not hold the first rebalance back.
+            "group.initial.rebalance.delay.ms": "0",
+            # Topics are created explicitly by the product; a typo must fail, not create one.
+            "auto.create.topics.enable": "false",
+        }
+        self.properties.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+
+    def _ensure_formatted(self, java: str, progress: Progress) -> None:
+        if (self.data / "meta.properties").is_file():
+            return
+        if self.cluster_id_file.is_file():
+            cluster_id = self.cluster_id_file.read_text().strip()
+        else:
+            cluster_id = new_cluster_id()
+            self.cluster_id_file.write_text(f"{cluster_id}\n")
+        progress(f"kafka: formatting storage in {self.data} (cluster id {cluster_id})")
+        result = subprocess.run(
+            [
+                java,
+                f"-Dlog4j2.configurationFile={_packaged('log4j2.yaml')}",
+                "-cp",
+                f"{self.libs}{os.sep}*",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.properties),
+            ],
+            cwd=self.home,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_FORMAT_TIMEOUT_S,
+            check=False,
+        )
+        if result.returncode != 0:
+            output = " | ".join(
+                line.strip() for line in (result.stdout + result.stderr).splitlines() if line
+            )
+            raise InfraError(f"formatting kafka storage failed: {output[-600:]}")
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(
+        self, progress: Progress = quiet, *, force: bool = False, timeout: float = 30.0
+    ) -> None:
+        """Stop the broker: SIGTERM (controlled shutdown), then SIGKILL after ``timeout``.
+
+        ``force`` sends SIGKILL straight away, simulating a crash. Not running is not an error.
+        """
+        pid = self.running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            progress("kafka is not running")
+            return
+        stopped_at = time.monotonic()
+        if force:
+            _signal(pid, signal.SIGKILL)
+            _wait_exit(pid, timeout)
+            how = "killed"
+        else:
+            _signal(pid, signal.SIGTERM)
+            if _wait_exit(pid, timeout):
+                how = "stopped"
+            else:
+                progress(f"kafka did not stop within {timeout:.0f} s of SIGTERM; killing it")
+                _signal(pid, signal.SIGKILL)
+                _wait_exit(pid, 10.0)
+                how = "killed"
+        self.pid_file.unlink(missing_ok=True)
+        progress(f"kafka {how} (pid {pid}) in {time.monotonic() - stopped_at:.1f} s")
+
+    def wipe(self) -> None:
+        """Delete the broker's data, cluster id and logs, keeping the cached jars."""
+        if self.running_pid() is not None:
+            raise InfraError("kafka is running; stop it before wiping its data")
+        shutil.rmtree(self.data, ignore_errors=True)
+        for path in (
+            self.cluster_id_file,
+            self.properties,
+            self.pid_file,
+            self.log_file,
+            self.log_file.with_name(self.log_file.name + ".1"),
+        ):
+            path.unlink(missing_ok=True)
+
+
+def _packaged(name: str) -> Path:
+    """Path of a data file shipped in this package (pom.xml, log4j2.yaml)."""
+    path = Path(str(resources.files("shared.infra").joinpath(name)))
+    if not path.is_file():
+        raise InfraError(f"packaged file {name} is missing from shared.infra; reinstall it")
+    return path
+
+
+def _java() -> str:
+    """The java executable: $JAVA_HOME/bin/java if set, else the one on PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (candidate := Path(java_home) / "bin" / "java").is_file():
+        return str(candidate)
+    java = shutil.which("java")
+    if java is None:
+        raise InfraError(
+            "java not found on PATH or in JAVA_HOME; install Java 17+ "
+            "(Debian: apt-get install openjdk-17-jre-headless) to run the local Kafka broker"
+        )
+    return java
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with suppress(ProcessLookupError):  # it may have exited on its own meanwhile
+        os.kill(pid, signum)
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Wait for ``pid`` to exit, reaping it if this process started it. True if it exited."""
+    popen = _launched.get(pid)
+    if popen is not None:
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        del _launched[pid]
+        return True
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
+    return True

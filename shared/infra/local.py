@@ -1,0 +1,145 @@
+"""LocalInfra: the project's Kafka broker and PostgreSQL server as plain local processes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.infra._common import LOOPBACK, InfraError, Progress, quiet, state_lock, validate_port
+from shared.infra.kafka import CONTROLLER_PORT_ENV, KAFKA_PORT_ENV, KafkaBroker
+from shared.infra.postgres import DATABASE, PG_PORT_ENV, SUPERUSER, LocalPostgres
+
+
+@dataclass(frozen=True)
+class InfraEnv:
+    """Where the broker and the database are, as the services expect to be told."""
+
+    bootstrap_servers: str
+    database_url: str
+    """SQLAlchemy-style URL, e.g. ``postgresql+psycopg://postgres@127.0.0.1:54329/postgres``."""
+
+    @property
+    def libpq_url(self) -> str:
+        """``database_url`` without the SQLAlchemy driver suffix, for psycopg/psql directly."""
+        scheme, sep, rest = self.database_url.partition("://")
+        return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+    def as_env(self) -> dict[str, str]:
+        """The environment variables the services read."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "DATABASE_URL": self.database_url,
+        }
+
+
+class LocalInfra:
+    """A single-node Kafka (KRaft) and a PostgreSQL server whose files live in ``state_dir``.
+
+    Both run detached from the calling process, so ``up`` in one command and ``down`` in
+    another work; everything is found again from the files under ``state_dir``.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        kafka_port: int = 19092,
+        controller_port: int = 19093,
+        pg_port: int = 54329,
+    ) -> None:
+        validate_port(kafka_port, KAFKA_PORT_ENV)
+        validate_port(controller_port, CONTROLLER_PORT_ENV)
+        validate_port(pg_port, PG_PORT_ENV)
+        if len({kafka_port, controller_port, pg_port}) != 3:
+            raise InfraError(
+                f"kafka port {kafka_port}, controller port {controller_port} and postgres port "
+                f"{pg_port} must all differ"
+            )
+        # Absolute, because the paths end up in process command lines that are matched later.
+        self.state_dir = state_dir.expanduser().resolve()
+        self.kafka = KafkaBroker(self.state_dir / "kafka", kafka_port, controller_port)
+        self.postgres = LocalPostgres(self.state_dir / "postgres", pg_port)
+
+    def env(self) -> InfraEnv:
+        """Connection settings for this infrastructure; starts nothing."""
+        return InfraEnv(
+            bootstrap_servers=self.kafka.bootstrap_servers,
+            database_url=(
+                f"postgresql+psycopg://{SUPERUSER}@{LOOPBACK}:{self.postgres.port}/{DATABASE}"
+            ),
+        )
+
+    def up(self, progress: Progress = quiet) -> InfraEnv:
+        """Start whatever is not running and return once both answer; idempotent.
+
+        The broker's JVM boots while PostgreSQL starts, which saves about a second.
+        Raises InfraError if either cannot start within 60 s.
+        """
+        with state_lock(self.state_dir):
+            launched = self.kafka.launch(progress)
+            self.postgres.start(progress)
+            if launched:
+                self.kafka.wait_ready(progress)
+        return self.env()
+
+    def down(self, progress: Progress = quiet) -> None:
+        """Stop both servers cleanly; data is kept. Not running is not an error."""
+        with state_lock(self.state_dir):
+            self.kafka.stop(progress)
+            self.postgres.stop(progress)
+
+    def status(self) -> dict[str, str]:
+        """``{"kafka": ..., "postgres": ...}``: ``running pid N on HOST:PORT`` or ``stopped``."""
+        return {"kafka": self.kafka.status(), "postgres": self.postgres.status()}
+
+    def start_kafka(self, progress: Progress = quiet) -> None:
+        """Start only the broker (e.g. after :meth:`stop_kafka` in a fault test)."""
+        with state_lock(self.state_dir):
+            self.kafka.start(progress)
+
+    def stop_kafka(self, progress: Progress = quiet, *, force: bool = False) -> None:
+        """Stop only the broker; ``force`` kills it with SIGKILL, like a crash."""
+        with state_lock(self.state_dir):
+            self.kafka.stop(progress, force=force)
+
+    def start_postgres(self, progress: Progress = quiet) -> None:
+        """Start only PostgreSQL (e.g. after :meth:`stop_postgres` in a fault test)."""
+        with state_lock(self.state_dir):
+            self.postgres.start(progress)
+
+    def stop_postgres(self, progress: Progress = quiet, *, force: bool = False) -> None:
+        """Stop only PostgreSQL; ``force`` uses immediate shutdown, like a crash."""
+        with state_lock(self.state_dir):
+            self.postgres.stop(progress, force=force)
+
+    def wipe_data(self) -> None:
+        """Delete all topics, offsets and databases, keeping the cached broker jars.
+
+        Both servers must be stopped first (InfraError otherwise).
+        """
+        with state_lock(self.state_dir):
+            self.kafka.wipe()
+            self.postgres.wipe()
+
+
+def docker_engine_available(timeout: float = 5.0) -> bool:
+    """True only if a Docker daemon answers ``docker info`` within ``timeout`` seconds.
+
+    The CLI alone is not enough: it is often installed without a reachable engine.
+    """
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    try:
+        result = subprocess.run(
+            [docker, "info"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+    return result.returncode == 0

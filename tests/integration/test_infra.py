@@ -1,0 +1,144 @@
+"""The test infrastructure itself: a real Kafka broker and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Message, Producer
+
+# NewTopic's documented home; the package's typing re-exports it only implicitly.
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from shared.infra import InfraEnv, LocalInfra
+
+if TYPE_CHECKING:
+    from tests.conftest import InfraHandle
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_kafka_round_trip_with_key(infra_env: InfraEnv) -> None:
+    """A keyed record produced to a fresh topic is consumed back with the same key and value."""
+    topic = f"infra-test-{uuid.uuid4().hex[:12]}"
+    admin = AdminClient({"bootstrap.servers": infra_env.bootstrap_servers})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(
+        timeout=30
+    )
+    try:
+        producer = Producer(
+            {"bootstrap.servers": infra_env.bootstrap_servers, "enable.idempotence": True}
+        )
+        producer.produce(topic, key=b"tenant-42", value=b'{"step": "create-database"}')
+        assert producer.flush(30) == 0, "the record was not delivered within 30 s"
+
+        received = _consume_one(infra_env.bootstrap_servers, topic, timeout=30)
+        assert received.key() == b"tenant-42"
+        assert received.value() == b'{"step": "create-database"}'
+    finally:
+        admin.delete_topics([topic])[topic].result(timeout=30)
+
+
+def test_postgres_answers_version(infra_env: InfraEnv) -> None:
+    """psycopg connects to the session's database URL and `select version()` names PostgreSQL."""
+    with psycopg.connect(infra_env.libpq_url, connect_timeout=10) as conn:
+        row = conn.execute("select version()").fetchone()
+    assert row is not None
+    assert row[0].startswith("PostgreSQL ")
+
+
+def test_login_role_needs_its_password_over_tcp(infra_env: InfraEnv) -> None:
+    """A login role with a password connects over TCP with it and is refused with a wrong one."""
+    role = f"infra_test_{uuid.uuid4().hex[:12]}"
+    password = secrets.token_urlsafe(18)
+    host = str(conninfo_to_dict(infra_env.libpq_url).get("host", ""))
+    assert host, "the database URL must name a host"
+    assert not host.startswith("/"), f"the database URL must be TCP, not a socket: {host}"
+    with psycopg.connect(infra_env.libpq_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    try:
+        with psycopg.connect(_as_role(infra_env, role, password)) as conn:
+            assert conn.execute("select current_user").fetchone() == (role,)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(_as_role(infra_env, role, f"not-{password}"))
+    finally:
+        with psycopg.connect(infra_env.libpq_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_local_up_again_is_a_no_op(infra_handle: InfraHandle, local_infra: LocalInfra) -> None:
+    """A second LocalInfra.up() leaves the running servers alone and says they already run."""
+    infra = local_infra
+    before = infra.status()
+    assert all(state.startswith("running pid ") for state in before.values()), before
+
+    lines: list[str] = []
+    assert infra.up(progress=lines.append) == infra_handle.env
+
+    assert lines == [
+        f"kafka already running on {infra_handle.env.bootstrap_servers}",
+        f"postgres already running on 127.0.0.1:{infra.postgres.port}",
+    ]
+    assert infra.status() == before
+
+
+def test_docker_compose_file_is_valid() -> None:
+    """docker-compose.yml at the repository root passes `docker-compose config -q`."""
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.fail("docker-compose not found on PATH; install Debian's docker-compose package")
+    compose_file = REPO_ROOT / "docker-compose.yml"
+    assert compose_file.is_file(), f"{compose_file} does not exist"
+    result = subprocess.run(
+        [compose, "-f", str(compose_file), "config", "-q"],
+        cwd=REPO_ROOT,
+        # The file insists on a real key; any value satisfies the interpolation check.
+        env={**os.environ, "PROVISION_SECRET_KEY": "validation-only"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr or result.stdout
+
+
+def _as_role(infra_env: InfraEnv, role: str, password: str) -> str:
+    """The session's database URL with another role and password (same host, port, database)."""
+    return make_conninfo(infra_env.libpq_url, user=role, password=password, connect_timeout=10)
+
+
+def _consume_one(bootstrap_servers: str, topic: str, timeout: float) -> Message:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"infra-test-{uuid.uuid4().hex[:12]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            assert message.error() is None, message.error()
+            return message
+    finally:
+        consumer.close()
+    pytest.fail(f"no record arrived on {topic} within {timeout:.0f} s")
