@@ -186,13 +186,10 @@ class App:
 
     def consumer(self, group_id: str, **overrides: Any) -> Consumer:
         """A consumer with the standard configuration."""
-        return Consumer(
-            consumer_config(
-                self.bootstrap_servers,
-                group_id,
-                **{"session.timeout.ms": self.settings.session_timeout_ms, **overrides},
-            )
-        )
+        settings: dict[str, Any] = {"session.timeout.ms": self.settings.session_timeout_ms}
+        if self.settings.group_instance_id:
+            settings["group.instance.id"] = self.settings.group_instance_id
+        return Consumer(consumer_config(self.bootstrap_servers, group_id, **{**settings, **overrides}))
 
     def close(self) -> None:
         """Flush the producer, close clients, dispose of the pool."""

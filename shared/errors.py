@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import psycopg
 from psycopg import errors as pg_errors
+from sqlalchemy import exc as sa_exc
 
 
 class ErrorType(StrEnum):
@@ -100,6 +101,8 @@ def classify(exc: BaseException, *, default: ErrorType = ErrorType.UNKNOWN_ERROR
     """Map a real exception onto the taxonomy; ``default`` names what the step was doing."""
     if isinstance(exc, ProvisioningError):
         return exc
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig  # SQLAlchemy wraps the driver's exception; classify the real one
     kind = type(exc).__name__
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return ProvisioningError(ErrorType.INSUFFICIENT_PERMISSIONS, _pg_message(exc), details={"cause": kind})

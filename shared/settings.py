@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     poll_timeout_seconds: float = Field(default=0.5, gt=0)
+    group_instance_id: str | None = Field(
+        default=None, description="static group membership: a restarted worker takes its partitions back at once"
+    )
     session_timeout_ms: int = Field(default=45000, ge=1000, description="consumer group session timeout")
     outbox_interval_seconds: float = Field(default=1.0, gt=0)
 

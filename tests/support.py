@@ -91,7 +91,15 @@ class WorkerGroup:
             proc = self.procs.get(step)
             if proc is not None and proc.poll() is None:
                 continue
-            environment = {**os.environ, **settings_env(self.settings), **self.extra_env, **env}
+            environment = {
+                **os.environ,
+                **settings_env(self.settings),
+                # Static membership: a restarted worker gets its partitions back at once
+                # instead of waiting out the dead member's session.
+                "PROVISION_GROUP_INSTANCE_ID": f"{step}-test",
+                **self.extra_env,
+                **env,
+            }
             with (self.log_dir / f"{step}.log").open("ab") as log:
                 self.procs[step] = subprocess.Popen(
                     [sys.executable, "-m", f"services.{step}"],
@@ -138,6 +146,14 @@ class WorkerGroup:
         """The worker's log so far."""
         path = self.log_dir / f"{step}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_log(self, step: str, event: str, *, timeout: float = 60.0) -> None:
+        """Wait until the worker has logged ``event`` (a structlog event name)."""
+        wait_for(
+            lambda: f'"event": "{event}"' in self.logs(step),
+            timeout=timeout,
+            message=lambda: f"{step} worker never logged {event!r}; log tail: {self.logs(step)[-800:]}",
+        )
 
 
 def wait_for(

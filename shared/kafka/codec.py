@@ -68,6 +68,8 @@ def decode(
         data: Any = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DecodeError(f"not JSON: {exc.__class__.__name__} at position {getattr(exc, 'pos', '?')}") from None
+    except RecursionError:
+        raise DecodeError("not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise DecodeError(f"not a JSON object but {type(data).__name__}")
     event_type = data.get("event_type")
@@ -77,8 +79,9 @@ def decode(
             f"unexpected event_type {shown[:80]!r}; this topic carries {', '.join(sorted(expected))}"
         )
     version = data.get("schema_version", 1)
-    if version not in SUPPORTED_SCHEMA_VERSIONS or isinstance(version, bool):
-        raise DecodeError(f"unsupported schema_version {version!r}; supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)}")
+    if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
+        shown = repr(version)[:40]
+        raise DecodeError(f"unsupported schema_version {shown}; supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)}")
     try:
         event = expected[event_type].model_validate_json(value)
     except ValidationError as exc:

@@ -41,7 +41,7 @@ from shared.events import (
     utcnow,
 )
 from shared.execution import Busy, Completed, Ignored, Rejected, StepSpec, execute_step
-from shared.kafka.clients import Publisher
+from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import DecodeError, decode, encode, header_map
 from shared.observability import Health, Metrics
 from shared.steps import DEADLETTER_TOPIC
@@ -117,6 +117,7 @@ class StepWorker:
         self._expected: dict[str, dict[str, type[BaseModel]]] = {
             topic: {topic: models[topic]} for topic in (self.step.input_topic, self.step.retry_topic)
         }
+        self._publish_backoff = 0.5
         self._last_outbox = 0.0
         self._last_lag = 0.0
 
@@ -200,7 +201,12 @@ class StepWorker:
                 msg.key(), msg.value(), msg.headers(), self._expected[topic], max_bytes=self.options.max_message_bytes
             )
         except DecodeError as exc:
-            self._publish([self._dead_letter(msg, exc.reason)], new_trace())
+            try:
+                self._publish([self._dead_letter(msg, exc.reason)], new_trace())
+            except PublishError as publish_error:
+                log.warning("publish_failed_will_redeliver", error=str(publish_error))
+                self._rewind(msg)
+                return
             self.metrics.deadlettered.labels(self.step.key).inc()
             log.warning("message_deadlettered", topic=topic, partition=partition, offset=offset, reason=exc.reason)
             self._commit(msg)
@@ -234,9 +240,17 @@ class StepWorker:
         try:
             with span(f"provision.{self.step.key}", parent, project_id=event.project_id) as trace:
                 publications = self._run(event, attempt)  # type: ignore[arg-type]
-                self._publish(publications, trace)
+                try:
+                    self._publish(publications, trace)
+                except PublishError as exc:
+                    # Not acknowledged: leave the offset alone and take the message again
+                    # shortly; the step's recorded outcome makes the second pass a replay.
+                    log.warning("publish_failed_will_redeliver", error=str(exc))
+                    self._rewind(msg)
+                    return
             self._crash_point("after_publish")
             self._commit(msg)
+            self._publish_backoff = 0.5
         finally:
             self.metrics.in_flight.labels(self.step.key).set(0)
             structlog.contextvars.clear_contextvars()
@@ -380,7 +394,17 @@ class StepWorker:
             self.publisher.flush()
 
     def _commit(self, msg: Message) -> None:
-        self.consumer.commit(message=msg, asynchronous=False)
+        try:
+            self.consumer.commit(message=msg, asynchronous=False)
+        except KafkaException as exc:
+            # The outcome is recorded and published; a lost commit only means a redelivery,
+            # which the step absorbs. The next successful commit covers this offset too.
+            log.warning("commit_failed", error=str(exc.args[0]) if exc.args else type(exc).__name__)
+
+    def _rewind(self, msg: Message) -> None:
+        """Take ``msg`` again after a pause, without committing it."""
+        self._pause_until(msg, time.time() + self._publish_backoff)
+        self._publish_backoff = min(self._publish_backoff * 2, 10.0)
 
     def _pause_until(self, msg: Message, resume_at: float) -> None:
         tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())

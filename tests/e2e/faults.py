@@ -1,0 +1,131 @@
+"""Helpers of the fault tests: side-effect counts read straight from PostgreSQL, and a real
+HTTP stand-in for the platform services."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psycopg
+
+from services.bootstrap import App
+from shared.db import libpq_url
+from shared.naming import TenantNames
+
+
+@dataclass(frozen=True)
+class SideEffects:
+    """How many of each artefact exist for a set of projects."""
+
+    databases: int
+    roles: int
+    registrations: dict[tuple[str, str], int]
+    keys: dict[str, int]
+
+
+def side_effects(app: App, project_ids: Sequence[str]) -> SideEffects:
+    """Count tenant databases, roles, registrations and keys of ``project_ids``."""
+    names = [TenantNames.for_project(p).database for p in project_ids]
+    with psycopg.connect(libpq_url(app.database_url)) as admin:
+        databases = admin.execute("SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", (names,)).fetchone()
+        roles = admin.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (names,)).fetchone()
+        registrations = admin.execute(
+            "SELECT project_id, service, count(*) FROM service_registrations "
+            "WHERE project_id = ANY(%s) GROUP BY 1, 2",
+            (list(project_ids),),
+        ).fetchall()
+        keys = admin.execute(
+            "SELECT project_id, count(*) FROM api_keys WHERE project_id = ANY(%s) GROUP BY 1", (list(project_ids),)
+        ).fetchall()
+    assert databases is not None and roles is not None
+    return SideEffects(
+        databases=int(databases[0]),
+        roles=int(roles[0]),
+        registrations={(p, s): int(n) for p, s, n in registrations},
+        keys={p: int(n) for p, n in keys},
+    )
+
+
+def assert_each_side_effect_once(app: App, project_ids: Sequence[str], *, keys: int = 2) -> None:
+    """One database, one role, one registration per service and exactly ``keys`` keys each."""
+    found = side_effects(app, project_ids)
+    assert found.databases == len(project_ids)
+    assert found.roles == len(project_ids)
+    assert found.registrations == {(p, s): 1 for p in project_ids for s in ("auth", "realtime", "storage")}
+    assert found.keys == {p: keys for p in project_ids}
+
+
+@dataclass
+class ServiceStandIn:
+    """A platform service's tenant API: ``PUT``/``GET /<service>/tenants/<id>``.
+
+    ``reject`` holds services answering 400 to registrations, to make a permanent failure.
+    """
+
+    port: int = 0
+    reject: set[str] = field(default_factory=set)
+    tenants: dict[tuple[str, str], dict[str, object]] = field(default_factory=dict)
+    puts: int = 0
+
+    def base_url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{service}"
+
+
+@contextmanager
+def service_stand_in() -> Iterator[ServiceStandIn]:
+    """Run a ServiceStandIn on a free loopback port for the block."""
+    state = ServiceStandIn()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _parts(self) -> tuple[str, str] | None:
+            parts = self.path.strip("/").split("/")
+            return (parts[0], parts[2]) if len(parts) == 3 and parts[1] == "tenants" else None
+
+        def _reply(self, status: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_PUT(self) -> None:
+            parts = self._parts()
+            length = int(self.headers.get("Content-Length", "0"))
+            spec = json.loads(self.rfile.read(length) or b"{}")
+            if parts is None:
+                self._reply(404, {"error": "no such route"})
+                return
+            service, tenant = parts
+            with lock:
+                state.puts += 1
+                if service in state.reject:
+                    self._reply(400, {"error": f"{service} refuses tenant {tenant}"})
+                    return
+                body = {"endpoint": f"{state.base_url(service)}/{tenant}", "bucket_name": spec.get("bucket_name")}
+                state.tenants[(service, tenant)] = body
+            self._reply(200, body)
+
+        def do_GET(self) -> None:
+            parts = self._parts()
+            with lock:
+                body = state.tenants.get(parts) if parts else None
+            self._reply(200, body) if body is not None else self._reply(404, {"error": "unknown tenant"})
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,185 @@
+"""Fault tests on the real broker and database, the workers as separate OS processes:
+nothing lost, nothing done twice, under crashes, outages and broken services."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.api import project_status, request_provisioning
+from services.bootstrap import App
+from services.replay import replay
+from shared.events import DeadLettered
+from shared.infra import LocalInfra
+from shared.kafka import CRASH_POINTS
+from shared.steps import (
+    DEADLETTER_TOPIC,
+    STEP_KEYS,
+    Stage,
+    StepStatus,
+    step_by_key,
+)
+from tests.e2e.faults import assert_each_side_effect_once, service_stand_in, side_effects
+from tests.e2e.kafka_tools import read_all
+from tests.support import WorkerGroup, make_app, unique_project, wait_until_stage
+
+pytestmark = pytest.mark.e2e
+
+HOSTILE_IDS = [
+    "x'; DROP TABLE projects; --",
+    'quote"d',
+    "semi;colon",
+    "p\u0430yments",  # Cyrillic 'а', a look-alike of 'a'
+    "a" * 200,
+    "UPPER-case",
+    "tenant_underscore",
+]
+
+
+def _request(app: App, pid: str, **extra: object) -> None:
+    request_provisioning({"project_id": pid, "region": "eu-west-1", **extra}, app=app)
+
+
+def _raw_request(pid: str, *, correlation_id: str | None = None, region: str = "eu-west-1") -> dict[str, object]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "provisioning.requested",
+        "schema_version": 1,
+        "occurred_at": "2026-11-22T10:00:00Z",
+        "project_id": pid,
+        "correlation_id": correlation_id or str(uuid.uuid4()),
+        "request": {"project_id": pid, "region": region},
+    }
+
+
+def _dead_letters(app: App) -> list[DeadLettered]:
+    return [DeadLettered.model_validate_json(m.value() or b"") for m in read_all(app.bootstrap_servers, [DEADLETTER_TOPIC])]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_9_of_every_worker_mid_step_loses_and_doubles_nothing(
+    app: App, workers: WorkerGroup, tmp_path: Path, point: str
+) -> None:
+    """Each of the seven workers SIGKILLed once at `point`; after restart every project is
+    ready and every side effect exists exactly once."""
+    markers = tmp_path / "crashed"
+    markers.mkdir()
+    for step in STEP_KEYS:
+        workers.start([step], PROVISION_CRASH_AT=f"{step}:{point}", PROVISION_CRASH_MARKER=str(markers / step))
+    ids = [unique_project("crash") for _ in range(3)]
+    for pid in ids:
+        _request(app, pid)
+    # Restarted workers keep the crash switch; the marker file makes it fire only once.
+    wait_until_stage(app, ids, timeout=240, while_waiting=workers.restart_dead)
+    assert sorted(p.name for p in markers.iterdir()) == sorted(STEP_KEYS), "every worker crashed once"
+    assert_each_side_effect_once(app, ids)
+
+
+def test_broker_restart_with_twenty_projects_in_flight(
+    app: App, workers: WorkerGroup, local_infra: LocalInfra
+) -> None:
+    """Kafka stopped and restarted while twenty projects are in flight: all twenty finish."""
+    workers.start()
+    ids = [unique_project("broker") for _ in range(20)]
+    for pid in ids:
+        _request(app, pid)
+    time.sleep(1.0)
+    local_infra.stop_kafka()
+    time.sleep(3.0)
+    local_infra.start_kafka()
+    wait_until_stage(app, ids, timeout=240, while_waiting=workers.restart_dead)
+    assert not workers.dead(), "no worker died of the outage"
+    assert_each_side_effect_once(app, ids)
+
+
+def test_short_database_outage_is_absorbed_by_retries(
+    app: App, workers: WorkerGroup, local_infra: LocalInfra, state_dir: Path
+) -> None:
+    """PostgreSQL down for less than the retry budget: the projects finish by themselves."""
+    slow_retries = make_app(app_env(app), state_dir, retry_base_seconds=2.0, retry_max_seconds=16.0, max_attempts=6)
+    workers.settings = slow_retries.settings
+    ids = [unique_project("pgshort") for _ in range(3)]
+    for pid in ids:
+        _request(app, pid)
+    local_infra.stop_postgres()
+    try:
+        workers.start()  # they meet the outage at the first step
+        workers.wait_for_log("database", "step_retry_scheduled")
+    finally:
+        local_infra.start_postgres()
+    wait_until_stage(app, ids, timeout=180)
+    assert any(s.retry_count > 0 for pid in ids for s in project_status(pid, app=app).steps)
+    assert_each_side_effect_once(app, ids)
+
+
+def test_long_database_outage_fails_the_steps_and_replay_finishes_them(
+    app: App, workers: WorkerGroup, local_infra: LocalInfra, state_dir: Path
+) -> None:
+    """PostgreSQL down for longer than the retry budget: steps end failed; replay finishes them."""
+    quick = make_app(app_env(app), state_dir, retry_base_seconds=0.2, retry_max_seconds=0.4, max_attempts=2)
+    workers.settings = quick.settings
+    ids = [unique_project("pglong")]  # one worker holds one failure in hand at a time
+    for pid in ids:
+        _request(app, pid)
+    local_infra.stop_postgres()
+    try:
+        workers.start()
+        # The last attempt failed and waits for the database to record `failed`.
+        workers.wait_for_log("database", "failure_unrecorded_waiting_for_database")
+    finally:
+        local_infra.start_postgres()
+    wait_until_stage(app, ids, Stage.FAILED, timeout=120)
+    for pid in ids:
+        database_step = app.repository.step(pid, step_by_key("database").name)
+        assert database_step is not None and database_step.status is StepStatus.FAILED
+        assert database_step.error_details is not None
+        assert database_step.error_details["type"] == "NETWORK_ERROR"
+    decisions = replay(app)
+    assert {(d.project_id, d.action) for d in decisions if d.project_id in ids} == {(p, "replayed") for p in ids}
+    wait_until_stage(app, ids, timeout=120)
+    assert_each_side_effect_once(app, ids)
+    again = [d for d in replay(app) if d.project_id in ids]
+    assert {d.action for d in again} == {"skipped"}, "a second replay does no work"
+
+
+def test_permanent_registration_failure_goes_to_the_failed_topic_and_replay_fixes_it(
+    app: App, workers: WorkerGroup, state_dir: Path
+) -> None:
+    """The auth service answers 400: the step fails for good, later steps stay pending; once
+    the service is fixed, replay brings the project to ready."""
+    with service_stand_in() as services:
+        services.reject.add("auth")
+        http = make_app(
+            app_env(app), state_dir, service_adapter="http",
+            auth_url=services.base_url("auth"), realtime_url=services.base_url("realtime"),
+            storage_url=services.base_url("storage"),
+        )
+        workers.settings = http.settings
+        workers.start()
+        pid = unique_project("http")
+        _request(app, pid)
+        wait_until_stage(app, [pid], Stage.FAILED, timeout=60)
+        steps = {s.step_name: s for s in project_status(pid, app=app).steps}
+        auth = steps["register_auth_service"]
+        assert auth.status is StepStatus.FAILED and auth.retry_count == 0, "a 400 is not retried"
+        assert auth.error_details is not None and auth.error_details["type"] == "SERVICE_REGISTRATION_FAILED"
+        assert all(steps[n].status is StepStatus.PENDING for n in ("register_realtime_service", "generate_api_keys"))
+        failed = [m for m in read_all(app.bootstrap_servers, ["provisioning.auth.failed"]) if m.key() == pid.encode()]
+        assert len(failed) == 1
+
+        services.reject.clear()
+        decisions = [d for d in replay(app, step_key="auth", project_id=pid)]
+        assert [d.action for d in decisions] == ["replayed"]
+        wait_until_stage(app, [pid], timeout=60)
+        assert (("auth", pid) in services.tenants) and len(services.tenants) == 3
+        assert side_effects(app, [pid]).keys == {pid: 2}
+
+
+def app_env(app: App):  # type: ignore[no-untyped-def]
+    """The InfraEnv an app points at."""
+    from shared.infra import InfraEnv
+
+    return InfraEnv(bootstrap_servers=app.bootstrap_servers, database_url=app.database_url)

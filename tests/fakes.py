@@ -1,0 +1,580 @@
+"""In-memory fakes for the unit tests: the step table and every port, plus wiring helpers.
+
+Each fake keeps its state in plain dicts and records every call it receives in ``calls``,
+so a test can assert what a step did and that a second run did nothing. The step store
+enforces the same state machine as ``shared.db.repository`` (``ALLOWED_TRANSITIONS``,
+take-over of an expired lease, ``expected_owner``), on a clock the test controls.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from services.bootstrap import _result_from_json
+from services.database import handler as database
+from services.keys import handler as keys
+from services.ports import Registered, TenantFacts
+from services.registration.handler import register, service_disabled
+from services.schema import handler as schema
+from services.verify import handler as verify
+from shared.crypto import generate_api_key, generate_password
+from shared.db.repository import (
+    ALLOWED_TRANSITIONS,
+    ProjectRecord,
+    Registration,
+    StepRow,
+    request_hash,
+)
+from shared.errors import ErrorType, InvalidTransitionError, ProvisioningError
+from shared.events import (
+    ApiKeyInfo,
+    ProvisioningRequested,
+    ProvisionProjectPayload,
+    StepCompleted,
+    StepInputEvent,
+)
+from shared.execution import Completed, Outcome, StepSpec, execute_step
+from shared.settings import DEFAULT_REGIONS
+from shared.steps import STEP_NAMES, STEPS, StepStatus, step_by_key
+
+S = StepStatus
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+# --- the step table -------------------------------------------------------------------------
+
+
+class FakeStepStore:
+    """``StepRepository`` in memory: projects, their seven steps and the state machine."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.projects: dict[str, ProjectRecord] = {}
+        self.rows: dict[tuple[str, str], StepRow] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    # projects
+
+    def register_request(
+        self, payload: ProvisionProjectPayload, correlation_id: uuid.UUID
+    ) -> tuple[Registration, ProjectRecord]:
+        self.calls.append(("register_request", payload.project_id, correlation_id))
+        digest = request_hash(payload)
+        existing = self.projects.get(payload.project_id)
+        if existing is None or existing.request is None:
+            record = ProjectRecord(
+                project_id=payload.project_id,
+                correlation_id=correlation_id,
+                request=payload.model_dump(mode="json"),
+                request_hash=digest,
+                created_at=existing.created_at if existing else self.clock(),
+                ready_at=None,
+            )
+            self.projects[payload.project_id] = record
+            self._initialize(payload.project_id)
+            return Registration.NEW, record
+        if existing.request_hash == digest:
+            return Registration.DUPLICATE, existing
+        return Registration.CONFLICT, existing
+
+    def project(self, project_id: str) -> ProjectRecord | None:
+        self.calls.append(("project", project_id))
+        return self.projects.get(project_id)
+
+    def remove_project(self, project_id: str) -> None:
+        """The project and its steps are gone (deleted by an operator)."""
+        self.projects.pop(project_id, None)
+        for key in [k for k in self.rows if k[0] == project_id]:
+            del self.rows[key]
+
+    # steps
+
+    def initialize(self, project_id: str) -> list[StepRow]:
+        """A bare project record (if absent) and seven pending steps; idempotent."""
+        self.projects.setdefault(
+            project_id, ProjectRecord(project_id, None, None, None, self.clock(), None)
+        )
+        self._initialize(project_id)
+        return self.steps(project_id)
+
+    def _initialize(self, project_id: str) -> None:
+        now = self.clock()
+        for position, name in enumerate(STEP_NAMES, start=1):
+            self.rows.setdefault(
+                (project_id, name),
+                StepRow(
+                    id=uuid.uuid4(),
+                    project_id=project_id,
+                    step_name=name,
+                    position=position,
+                    status=S.PENDING,
+                    started_at=None,
+                    completed_at=None,
+                    error_message=None,
+                    error_details=None,
+                    retry_count=0,
+                    replay_count=0,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    result=None,
+                    created_at=now,
+                    updated_at=now,
+                ),
+            )
+
+    def steps(self, project_id: str) -> list[StepRow]:
+        rows = [self._read(r) for (p, _), r in self.rows.items() if p == project_id]
+        return sorted(rows, key=lambda r: r.position)
+
+    def step(self, project_id: str, step_name: str) -> StepRow | None:
+        self.calls.append(("step", project_id, step_name))
+        row = self.rows.get((project_id, step_name))
+        return self._read(row) if row is not None else None
+
+    def _read(self, row: StepRow) -> StepRow:
+        expires = row.lease_expires_at
+        return replace(row, lease_expired=expires is not None and expires < self.clock())
+
+    def transition(
+        self,
+        project_id: str,
+        step_name: str,
+        to: StepStatus | str,
+        *,
+        error_message: str | None = None,
+        error_details: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+        expected_owner: str | None = None,
+        lease_seconds: float = 300.0,
+        replay: bool = False,
+    ) -> StepRow:
+        """Compare-and-set, as the repository's ``UPDATE ... WHERE`` does it."""
+        target = StepStatus(to)
+        self.calls.append(("transition", project_id, step_name, target.value))
+        key = (project_id, step_name)
+        current = self.rows.get(key)
+        if current is None:
+            raise InvalidTransitionError(project_id, step_name, None, target.value)
+        now = self.clock()
+        allowed = current.status in ALLOWED_TRANSITIONS[target]
+        if target is S.RUNNING and current.status is S.RUNNING:
+            lease_expired = current.lease_expires_at is not None and current.lease_expires_at < now
+            same_owner = owner is not None and current.lease_owner == owner
+            allowed = lease_expired or same_owner
+        if expected_owner is not None and current.lease_owner != expected_owner:
+            allowed = False
+        if not allowed:
+            raise InvalidTransitionError(project_id, step_name, current.status.value, target.value)
+
+        changes: dict[str, Any] = {"status": target, "updated_at": now}
+        if target is S.RUNNING:
+            changes |= {
+                "started_at": now,
+                "completed_at": None,
+                "retry_count": current.retry_count + (1 if current.status is S.RUNNING else 0),
+                "lease_owner": owner,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            }
+        elif target is S.SUCCESS:
+            changes |= {
+                "completed_at": now,
+                "result": _as_json(result),
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
+        elif target is S.FAILED:
+            changes |= {
+                "completed_at": now,
+                "error_message": error_message,
+                "error_details": _as_json(error_details),
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
+        elif target is S.PENDING:
+            changes |= {
+                "retry_count": current.retry_count + 1,
+                "replay_count": current.replay_count + (1 if replay else 0),
+                "started_at": None,
+                "completed_at": None,
+            }
+        elif target is S.SKIPPED:
+            changes |= {
+                "started_at": current.started_at or now,
+                "completed_at": now,
+                "result": _as_json(result),
+            }
+        self.rows[key] = replace(current, **changes)
+        return self._read(self.rows[key])
+
+
+def _as_json(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a jsonb column gives back: a JSON round trip (non-JSON values fail here too)."""
+    return json.loads(json.dumps(value)) if value is not None else None
+
+
+# --- the ports --------------------------------------------------------------------------------
+
+
+class FakeTenantCluster:
+    """The tenant cluster: roles (with their passwords) and databases (with their owner)."""
+
+    host = "tenants.internal"
+    port = 6543
+
+    def __init__(self, *, other_tenants: int = 0) -> None:
+        self.other_tenants = other_tenants  # tenant databases of other projects
+        self.roles: dict[str, str] = {}
+        self.databases: dict[str, str] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def database_exists(self, name: str) -> bool:
+        self.calls.append(("database_exists", name))
+        return name in self.databases
+
+    def count_tenant_databases(self) -> int:
+        self.calls.append(("count_tenant_databases",))
+        return self.other_tenants + len(self.databases)
+
+    def ensure_role(self, role: str, password: str) -> None:
+        self.calls.append(("ensure_role", role))  # the password is not recorded
+        self.roles[role] = password  # set every time, like ALTER ROLE ... PASSWORD
+
+    def ensure_database(self, name: str, owner: str) -> None:
+        self.calls.append(("ensure_database", name, owner))
+        self.databases[name] = owner
+
+
+class FakeTenantSchemas:
+    """Schemas inside tenant databases, with their owner and baseline migrations."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[tuple[str, str], str] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def ensure_schema(self, database: str, schema: str, owner: str) -> None:
+        self.calls.append(("ensure_schema", database, schema, owner))
+        self.schemas[(database, schema)] = owner
+
+    def owner_of(self, database: str, schema: str) -> str | None:
+        return self.schemas.get((database, schema))
+
+
+class FakeCredentialStore:
+    """Tenant passwords: generated (for real) on first use, the same one afterwards."""
+
+    def __init__(self) -> None:
+        self.passwords: dict[str, str] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def password_for(self, project_id: str, role: str) -> str:
+        self.calls.append(("password_for", project_id, role))
+        return self.passwords.setdefault(project_id, generate_password())
+
+    def existing_password(self, project_id: str) -> str | None:
+        self.calls.append(("existing_password", project_id))
+        return self.passwords.get(project_id)
+
+
+class FakeServiceRegistry:
+    """The platform services' registration APIs: an idempotent PUT by tenant id."""
+
+    def __init__(self) -> None:
+        self.registrations: dict[tuple[str, str], Registered] = {}
+        self.specs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.failures: dict[str | None, ProvisioningError] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def fail_with(self, error: ProvisioningError, *, service: str | None = None) -> None:
+        """Make ``register`` raise ``error`` (for ``service`` only, or for every service)."""
+        self.failures[service] = error
+
+    def forget(self, service: str, tenant_id: str) -> None:
+        """Drop a registration, as if the service lost it."""
+        self.registrations.pop((service, tenant_id), None)
+
+    def register(self, service: str, tenant_id: str, spec: Mapping[str, Any]) -> Registered:
+        self.calls.append(("register", service, tenant_id))
+        failure = self.failures.get(service) or self.failures.get(None)
+        if failure is not None:
+            raise failure
+        registered = Registered(
+            tenant_id=tenant_id,
+            endpoint=f"https://{service}.platform.test/tenants/{tenant_id}",
+            bucket_name=spec.get("bucket_name"),
+        )
+        self.registrations[(service, tenant_id)] = registered
+        self.specs[(service, tenant_id)] = dict(spec)
+        return registered
+
+    def lookup(self, service: str, tenant_id: str) -> Registered | None:
+        self.calls.append(("lookup", service, tenant_id))
+        return self.registrations.get((service, tenant_id))
+
+
+@dataclass
+class _Key:
+    info: ApiKeyInfo
+    secret: str
+
+
+class FakeKeyStore:
+    """API keys: created only when the project has none; secrets kept for the tests to find."""
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.keys: dict[str, list[_Key]] = {}
+        self.created = 0
+        self.calls: list[tuple[Any, ...]] = []
+
+    def ensure_keys(self, project_id: str, count: int, prefix: str) -> tuple[ApiKeyInfo, ...]:
+        self.calls.append(("ensure_keys", project_id, count, prefix))
+        if not self.keys.get(project_id):
+            made = []
+            for _ in range(count):
+                secret = generate_api_key(prefix)
+                info = ApiKeyInfo(
+                    key_id=f"key_{secrets.token_hex(8)}",
+                    key_prefix=secret[: len(prefix) + 1 + 6],
+                    created_at=self.clock(),
+                )
+                made.append(_Key(info, secret))
+            self.keys[project_id] = made
+            self.created += count
+        return self._infos(project_id)
+
+    def list_keys(self, project_id: str) -> tuple[ApiKeyInfo, ...]:
+        self.calls.append(("list_keys", project_id))
+        return self._infos(project_id)
+
+    def secrets_of(self, project_id: str) -> list[str]:
+        return [k.secret for k in self.keys.get(project_id, [])]
+
+    def _infos(self, project_id: str) -> tuple[ApiKeyInfo, ...]:
+        return tuple(k.info for k in self.keys.get(project_id, []))
+
+
+class FakeTenantProbe:
+    """Logs in (in spirit) as the tenant role: answers from the fake cluster and schemas.
+
+    ``current_user``, ``schema_owner`` and ``baseline_migrations`` override what it finds.
+    """
+
+    def __init__(self, cluster: FakeTenantCluster, schemas: FakeTenantSchemas) -> None:
+        self.cluster = cluster
+        self.schemas = schemas
+        self.current_user: str | None = None
+        self.schema_owner: str | None = None
+        self.baseline_migrations: int | None = None
+        self.calls: list[tuple[Any, ...]] = []
+
+    def inspect(self, database: str, role: str, password: str, schema: str) -> TenantFacts:
+        self.calls.append(("inspect", database, role, schema))
+        if self.cluster.roles.get(role) != password or database not in self.cluster.databases:
+            raise psycopg.OperationalError(f'password authentication failed for user "{role}"')
+        owner = self.schemas.owner_of(database, schema)
+        return TenantFacts(
+            current_user=self.current_user or role,
+            schema_owner=self.schema_owner or owner,
+            baseline_migrations=(
+                self.baseline_migrations
+                if self.baseline_migrations is not None
+                else (1 if owner is not None else 0)
+            ),
+        )
+
+
+class FakeLedger:
+    """The projects' readiness: marked once, the first time stays."""
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.ready: dict[str, datetime] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def mark_ready(self, project_id: str) -> datetime:
+        self.calls.append(("mark_ready", project_id))
+        return self.ready.setdefault(project_id, self.clock())
+
+
+# --- wiring -------------------------------------------------------------------------------------
+
+OWNER = "unit-test:1"
+LEASE_SECONDS = 300.0
+
+
+@dataclass
+class Fakes:
+    """The step store and every port, on one clock."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    regions: frozenset[str] = frozenset(DEFAULT_REGIONS)
+    max_tenants: int = 1000
+    store: FakeStepStore = field(init=False)
+    cluster: FakeTenantCluster = field(default_factory=FakeTenantCluster)
+    schemas: FakeTenantSchemas = field(default_factory=FakeTenantSchemas)
+    credentials: FakeCredentialStore = field(default_factory=FakeCredentialStore)
+    registry: FakeServiceRegistry = field(default_factory=FakeServiceRegistry)
+    keys: FakeKeyStore = field(init=False)
+    probe: FakeTenantProbe = field(init=False)
+    ledger: FakeLedger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = FakeStepStore(self.clock)
+        self.keys = FakeKeyStore(self.clock)
+        self.probe = FakeTenantProbe(self.cluster, self.schemas)
+        self.ledger = FakeLedger(self.clock)
+
+    @property
+    def ports(self) -> dict[str, Any]:
+        """Every port fake by name (the store is not a port)."""
+        return {
+            "cluster": self.cluster,
+            "schemas": self.schemas,
+            "credentials": self.credentials,
+            "registry": self.registry,
+            "keys": self.keys,
+            "probe": self.probe,
+            "ledger": self.ledger,
+        }
+
+    def port_calls(self) -> dict[str, list[tuple[Any, ...]]]:
+        """A copy of every port's call log, to compare before and after a run."""
+        return {name: list(port.calls) for name, port in self.ports.items()}
+
+    @functools.cached_property
+    def specs(self) -> dict[str, StepSpec]:
+        return build_specs(self)
+
+    def run(self, step_key: str, event: StepInputEvent, *, owner: str = OWNER) -> Outcome:
+        """Run one step through ``execute_step`` on these fakes."""
+        return execute_step(
+            self.specs[step_key], event, store=self.store, owner=owner, lease_seconds=LEASE_SECONDS
+        )
+
+    def input_for(self, step_key: str, requested: ProvisioningRequested) -> StepInputEvent:
+        """The input event of ``step_key``: the chain run for real (on the fakes) up to it."""
+        event: StepInputEvent = requested
+        for step in STEPS:
+            if step.key == step_key:
+                return event
+            outcome = self.run(step.key, event)
+            assert isinstance(outcome, Completed), f"{step.key}: {outcome}"
+            event = outcome.event  # type: ignore[assignment]
+        raise KeyError(step_key)
+
+    def run_chain(self, requested: ProvisioningRequested) -> list[StepCompleted]:
+        """Every step in order; the completed events."""
+        events: list[StepCompleted] = []
+        event: StepInputEvent = requested
+        for step in STEPS:
+            outcome = self.run(step.key, event)
+            assert isinstance(outcome, Completed), f"{step.key}: {outcome}"
+            events.append(outcome.event)
+            event = outcome.event  # type: ignore[assignment]
+        return events
+
+
+def build_specs(fakes: Fakes) -> dict[str, StepSpec]:
+    """Every step's StepSpec wired to the fakes, as ``services.bootstrap.App.specs`` wires them."""
+    specs = {
+        "database": StepSpec(
+            step_by_key("database"),
+            functools.partial(
+                database.handle,
+                cluster=fakes.cluster,
+                credentials=fakes.credentials,
+                regions=fakes.regions,
+                max_tenants=fakes.max_tenants,
+            ),
+            failure_type=ErrorType.DATABASE_CREATION_FAILED,
+            admits_new_projects=True,
+        ),
+        "schema": StepSpec(
+            step_by_key("schema"),
+            functools.partial(schema.handle, schemas=fakes.schemas),
+            failure_type=ErrorType.SCHEMA_CREATION_FAILED,
+        ),
+        "keys": StepSpec(
+            step_by_key("keys"),
+            functools.partial(keys.handle, keys=fakes.keys),
+            failure_type=ErrorType.API_KEY_GENERATION_FAILED,
+        ),
+        "verify": StepSpec(
+            step_by_key("verify"),
+            functools.partial(
+                verify.handle,
+                probe=fakes.probe,
+                credentials=fakes.credentials,
+                registry=fakes.registry,
+                keys=fakes.keys,
+                ledger=fakes.ledger,
+            ),
+            failure_type=ErrorType.UNKNOWN_ERROR,
+            extra_models={"result": _result_from_json},
+        ),
+    }
+    for service in ("auth", "realtime", "storage"):
+        specs[service] = StepSpec(
+            step_by_key(service),
+            functools.partial(register, service=service, registry=fakes.registry),
+            failure_type=ErrorType.SERVICE_REGISTRATION_FAILED,
+            skip_when=service_disabled(service),  # type: ignore[arg-type]
+        )
+    return {step.key: specs[step.key] for step in STEPS}
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+def make_payload(
+    project_id: str = "acme-app", region: str = "us-east-1", **fields: Any
+) -> ProvisionProjectPayload:
+    """A request through the real model; nested specs may be given as dicts."""
+    body = {"project_id": project_id, "region": region, **fields}
+    return ProvisionProjectPayload.model_validate(body)
+
+
+def make_requested(
+    payload: ProvisionProjectPayload | None = None,
+    *,
+    correlation_id: uuid.UUID | None = None,
+    event_id: uuid.UUID | None = None,
+    **fields: Any,
+) -> ProvisioningRequested:
+    """A ``provisioning.requested`` event (for ``payload``, or ``make_payload(**fields)``)."""
+    request = payload or make_payload(**fields)
+    return ProvisioningRequested(
+        event_id=event_id or uuid.uuid4(),
+        occurred_at=T0,
+        project_id=request.project_id,
+        correlation_id=correlation_id or uuid.uuid4(),
+        request=request,
+    )
+
+
+def requested_json(**overrides: Any) -> dict[str, Any]:
+    """A valid ``provisioning.requested`` message as JSON data, with top-level overrides."""
+    return {**make_requested().model_dump(mode="json"), **overrides}

@@ -1,0 +1,1 @@
+"""Unit tests: in-memory fakes, no Kafka and no PostgreSQL."""

@@ -1,0 +1,136 @@
+"""The fakes are honest: the step store follows the repository's state machine, and the
+fake wiring mirrors the real one."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from services.bootstrap import App
+from shared.db.repository import ALLOWED_TRANSITIONS, Registration
+from shared.errors import InvalidTransitionError
+from shared.settings import Settings
+from shared.steps import STEP_KEYS, STEP_NAMES, StepStatus
+from tests.fakes import Fakes, FakeStepStore, make_payload
+
+S = StepStatus
+STEP = STEP_NAMES[0]
+
+
+def _store_with(
+    status: StepStatus, *, owner: str | None = None, lease: float = 300.0
+) -> FakeStepStore:
+    store = FakeStepStore()
+    store.initialize("acme-app")
+    key = ("acme-app", STEP)
+    expires = store.clock() + timedelta(seconds=lease) if owner else None
+    store.rows[key] = replace(
+        store.rows[key], status=status, lease_owner=owner, lease_expires_at=expires
+    )
+    return store
+
+
+@pytest.mark.parametrize("target", list(S))
+@pytest.mark.parametrize("source", list(S))
+def test_transition_table_matches_repository(source: StepStatus, target: StepStatus) -> None:
+    """Every (from, to) pair is allowed by the fake exactly when ALLOWED_TRANSITIONS allows it."""
+    store = _store_with(source, owner="holder" if source is S.RUNNING else None)
+    allowed = source in ALLOWED_TRANSITIONS[target]
+    if allowed:
+        row = store.transition("acme-app", STEP, target, owner="other", result={})
+        assert row.status is target
+    else:
+        with pytest.raises(InvalidTransitionError) as caught:
+            store.transition("acme-app", STEP, target, owner="other", result={})
+        assert caught.value.from_status == source.value
+        assert caught.value.to_status == target.value
+        assert store.rows[("acme-app", STEP)].status is source
+
+
+def test_running_to_running_only_on_expired_lease() -> None:
+    """running -> running is refused under another live lease and allowed once it expired."""
+    store = _store_with(S.RUNNING, owner="holder", lease=10)
+    with pytest.raises(InvalidTransitionError):
+        store.transition("acme-app", STEP, S.RUNNING, owner="other")
+    store.clock.advance(11)
+    assert store.step("acme-app", STEP).lease_expired  # type: ignore[union-attr]
+    row = store.transition("acme-app", STEP, S.RUNNING, owner="other")
+    assert (row.lease_owner, row.retry_count, row.lease_expired) == ("other", 1, False)
+
+
+def test_running_to_running_allowed_for_same_owner() -> None:
+    """The lease holder may claim its own running step again (after an unrecorded failure)."""
+    store = _store_with(S.RUNNING, owner="holder")
+    row = store.transition("acme-app", STEP, S.RUNNING, owner="holder")
+    assert row.lease_owner == "holder"
+
+
+def test_expected_owner_guards_success() -> None:
+    """success with expected_owner fails when another consumer holds the lease."""
+    store = _store_with(S.RUNNING, owner="holder")
+    with pytest.raises(InvalidTransitionError):
+        store.transition("acme-app", STEP, S.SUCCESS, result={}, expected_owner="me")
+    row = store.transition("acme-app", STEP, S.SUCCESS, result={"a": 1}, expected_owner="holder")
+    assert (row.status, row.result, row.lease_owner) == (S.SUCCESS, {"a": 1}, None)
+
+
+def test_transition_of_missing_step_is_invalid() -> None:
+    """A transition of a step with no row raises InvalidTransitionError from 'missing'."""
+    with pytest.raises(InvalidTransitionError, match="missing -> running"):
+        FakeStepStore().transition("ghost", STEP, S.RUNNING, owner="me")
+
+
+def test_register_request_new_duplicate_conflict() -> None:
+    """register_request tells a new, a duplicate and a conflicting request apart by hash."""
+    store = FakeStepStore()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    registration, record = store.register_request(make_payload(), first)
+    assert registration is Registration.NEW
+    assert record.correlation_id == first
+    assert [r.step_name for r in store.steps("acme-app")] == list(STEP_NAMES)
+    assert all(r.status is S.PENDING for r in store.steps("acme-app"))
+    registration, record = store.register_request(make_payload(), second)
+    assert (registration, record.correlation_id) == (Registration.DUPLICATE, first)
+    registration, _ = store.register_request(make_payload(region="eu-west-1"), second)
+    assert registration is Registration.CONFLICT
+
+
+def test_register_request_adopts_bare_project() -> None:
+    """A project initialised without a request is adopted by the first request (NEW)."""
+    store = FakeStepStore()
+    store.initialize("acme-app")
+    registration, record = store.register_request(make_payload(), uuid.uuid4())
+    assert registration is Registration.NEW
+    assert record.request is not None
+
+
+def test_fake_specs_mirror_bootstrap(tmp_path: Path) -> None:
+    """The fake wiring matches App.specs: order, steps, failure types, skip rules, extras."""
+    settings = Settings(
+        state_dir=tmp_path, secret_key="m1d2Yk1sS3dVQ0hZbVh3b2pGb2xIVzBvWjZtM0lqZ0E="
+    )
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # never connected to: specs are lazy
+    real = App(
+        settings=settings,
+        bootstrap_servers="127.0.0.1:1",
+        database_url=url,
+        tenant_database_url=url,
+    ).specs
+    fake = Fakes().specs
+    assert list(real) == list(fake) == list(STEP_KEYS)
+    samples = [make_payload(), make_payload(services={"auth": False, "storage": False})]
+    for key in STEP_KEYS:
+        r, f = real[key], fake[key]
+        assert (r.step, r.failure_type, r.admits_new_projects) == (
+            f.step,
+            f.failure_type,
+            f.admits_new_projects,
+        )
+        assert set(r.extra_models) == set(f.extra_models)
+        assert (r.skip_when is None) == (f.skip_when is None)
+        if r.skip_when is not None and f.skip_when is not None:
+            assert [r.skip_when(p) for p in samples] == [f.skip_when(p) for p in samples]

@@ -1,0 +1,127 @@
+"""The seed's job registry: defaults, registration and errors, without any infrastructure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from services import jobs
+from services.jobs import (
+    JobType,
+    MissingJobHandlersError,
+    UnknownJobTypeError,
+    enqueue_job,
+    get_job_handler,
+    get_registered_job_types,
+    has_job_handler,
+    register_job_handler,
+    validate_required_handlers,
+)
+from shared.steps import STEP_NAMES
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _no_connection(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the job registry must not connect to anything")
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Restore the registry after each test; any engine or connection attempt fails the test."""
+    import services.bootstrap
+
+    monkeypatch.setattr(services.bootstrap, "make_engine", _no_connection)
+    monkeypatch.setattr(psycopg, "connect", _no_connection)
+    services.bootstrap.default_app.cache_clear()
+    saved = dict(jobs._handlers)
+    yield
+    jobs._handlers.clear()
+    jobs._handlers.update(saved)
+    assert services.bootstrap.default_app.cache_info().currsize == 0, "an app was built"
+
+
+def test_provision_project_registered_by_default() -> None:
+    """provision_project has a handler without anyone registering it."""
+    from services.api import provision_project_handler
+
+    assert has_job_handler("provision_project")
+    assert get_job_handler(JobType.PROVISION_PROJECT) is provision_project_handler
+
+
+def test_step_names_registered_by_default() -> None:
+    """Every seed step name has a default handler, named after its step."""
+    for name in STEP_NAMES:
+        assert has_job_handler(name)
+    assert get_job_handler("create_tenant_database").__name__ == "handle_database"
+    assert set(get_registered_job_types()) >= {"provision_project", *STEP_NAMES}
+
+
+def test_register_has_get_list() -> None:
+    """A registered handler is found, returned and listed; registering again replaces it."""
+
+    def first(payload: Any) -> str:
+        return "first"
+
+    def second(payload: Any) -> str:
+        return "second"
+
+    assert not has_job_handler("rotate_keys")
+    register_job_handler("rotate_keys", first)
+    assert has_job_handler("rotate_keys")
+    assert get_job_handler("rotate_keys") is first
+    assert "rotate_keys" in get_registered_job_types()
+    assert get_registered_job_types() == sorted(get_registered_job_types())
+    register_job_handler("rotate_keys", second)
+    assert get_job_handler("rotate_keys") is second
+
+
+def test_unknown_job_type_names_known_ones() -> None:
+    """get_job_handler of an unknown type raises UnknownJobTypeError listing the registered ones."""
+    with pytest.raises(UnknownJobTypeError) as caught:
+        get_job_handler("nope")
+    message = str(caught.value)
+    assert "'nope'" in message
+    assert "provision_project" in message
+    assert "create_tenant_database" in message
+    assert isinstance(caught.value, KeyError)
+
+
+def test_validate_required_handlers_names_missing() -> None:
+    """validate_required_handlers raises MissingJobHandlersError naming every missing type."""
+    validate_required_handlers(["provision_project", *STEP_NAMES])
+    with pytest.raises(MissingJobHandlersError, match="no handler registered for: nope, other"):
+        validate_required_handlers(["provision_project", "nope", "other"])
+
+
+def test_enqueue_unknown_job_type() -> None:
+    """enqueue_job of an unknown type raises UnknownJobTypeError before touching anything."""
+    with pytest.raises(
+        UnknownJobTypeError, match="'unknown' cannot be enqueued; known: provision_project"
+    ):
+        enqueue_job("unknown", {"project_id": "acme-app"})
+
+
+def test_registry_module_imports_api_lazily() -> None:
+    """Importing services.jobs imports neither the api nor the wiring (they come on first use)."""
+    code = (
+        "import sys, services.jobs\n"
+        "heavy = ('services.api', 'services.bootstrap', 'sqlalchemy')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
