@@ -17,8 +17,14 @@ from pydantic import ValidationError
 
 from services.bootstrap import App, default_app
 from shared.db import ConflictingRequestError, Registration, StepRow, migrate
-from shared.errors import ErrorType, ProvisioningError, classify
-from shared.events import ProvisioningRequested, ProvisionProjectPayload, ProvisionProjectResult, VerifyCompleted, utcnow
+from shared.errors import ErrorType, ProvisioningError, classify, failure_details
+from shared.events import (
+    ProvisioningRequested,
+    ProvisionProjectPayload,
+    ProvisionProjectResult,
+    VerifyCompleted,
+    utcnow,
+)
 from shared.execution import Busy, Completed, Ignored, Rejected, execute_step
 from shared.kafka import RetryPolicy, add_to_outbox, encode, relay_outbox
 from shared.steps import REQUESTED_TOPIC, STEPS, Stage, StepStatus, derive_stage, resolve_step
@@ -41,7 +47,9 @@ class RequestReceipt:
     published: bool
 
 
-def validate_payload(payload: ProvisionProjectPayload | Mapping[str, Any], *, app: App | None = None) -> ProvisionProjectPayload:
+def validate_payload(
+    payload: ProvisionProjectPayload | Mapping[str, Any], *, app: App | None = None
+) -> ProvisionProjectPayload:
     """The payload as a model, checked against the seed's rules and this platform's settings."""
     app = app or default_app()
     if isinstance(payload, ProvisionProjectPayload):
@@ -54,7 +62,9 @@ def validate_payload(payload: ProvisionProjectPayload | Mapping[str, Any], *, ap
             where = ".".join(str(p) for p in first["loc"]) or "payload"
             raise InvalidRequestError(f"invalid request: {where}: {first['msg']}") from None
     if model.database.engine != "postgresql":
-        raise InvalidRequestError(f"database engine {model.database.engine!r} is not supported; only 'postgresql' is")
+        raise InvalidRequestError(
+            f"database engine {model.database.engine!r} is not supported; only 'postgresql' is"
+        )
     if model.region not in app.settings.regions:
         raise InvalidRequestError(f"region {model.region!r} is not one of {', '.join(app.settings.regions)}")
     return model
@@ -78,28 +88,32 @@ def request_provisioning(
             raise ConflictingRequestError(
                 f"project {model.project_id!r} was already requested with a different payload"
             )
-        if registration is Registration.DUPLICATE:
-            assert record.correlation_id is not None
-            return RequestReceipt(model.project_id, record.correlation_id, "duplicate", published=True)
-        event = ProvisioningRequested(
-            event_id=uuid.uuid4(),
-            occurred_at=utcnow(),
-            project_id=model.project_id,
-            correlation_id=correlation_id,
-            request=model,
-        )
-        add_to_outbox(conn, REQUESTED_TOPIC, *encode(event, new_trace()))
+        if registration is Registration.NEW:
+            event = ProvisioningRequested(
+                event_id=uuid.uuid4(),
+                occurred_at=utcnow(),
+                project_id=model.project_id,
+                correlation_id=correlation_id,
+                request=model,
+            )
+            add_to_outbox(conn, REQUESTED_TOPIC, *encode(event, new_trace()))
+    # Relayed for a duplicate too: the first request's publish may be the one that failed.
     published = True
     try:
         relay_outbox(app.engine, app.publisher)
-    except Exception as exc:  # noqa: BLE001 - the outbox row stays; the relay publishes it later
+    except Exception as exc:
         published = False
         log.warning("request_publish_deferred", project_id=model.project_id, error=type(exc).__name__)
-    return RequestReceipt(model.project_id, correlation_id, "requested", published=published)
+    assert record.correlation_id is not None
+    status = "requested" if registration is Registration.NEW else "duplicate"
+    return RequestReceipt(model.project_id, record.correlation_id, status, published=published)
 
 
 def provision_project_handler(
-    payload: ProvisionProjectPayload | Mapping[str, Any], *, app: App | None = None, retry: RetryPolicy | None = None
+    payload: ProvisionProjectPayload | Mapping[str, Any],
+    *,
+    app: App | None = None,
+    retry: RetryPolicy | None = None,
 ) -> ProvisionProjectResult:
     """Run the seven step handlers in-process, in order, without Kafka, on the same tables.
 
@@ -111,7 +125,9 @@ def provision_project_handler(
     model = validate_payload(payload, app=app)
     registration, record = app.repository.register_request(model, uuid.uuid4())
     if registration is Registration.CONFLICT:
-        raise ConflictingRequestError(f"project {model.project_id!r} was already requested with a different payload")
+        raise ConflictingRequestError(
+            f"project {model.project_id!r} was already requested with a different payload"
+        )
     assert record.correlation_id is not None
     policy = retry or app.worker_options().retry
     owner = f"in-process:{uuid.uuid4().hex[:8]}"
@@ -130,14 +146,19 @@ def provision_project_handler(
                 outcome = execute_step(
                     spec, event, store=app.repository, owner=owner, lease_seconds=app.settings.lease_seconds
                 )
-            except Exception as exc:  # noqa: BLE001 - classified, recorded, re-raised
+            except Exception as exc:
                 error = classify(exc, default=spec.failure_type)
                 final = not error.retryable or attempt >= policy.max_attempts
                 app.repository.record_attempt_failure(
-                    model.project_id, step.name, owner=owner, error_message=error.message,
-                    error_details={**error.details, "type": error.error_type.value, "attempt": attempt,
-                                   "retryable": error.retryable, "remediation": error.error_type.remediation},
-                    final=final, lease_seconds=app.settings.lease_seconds,
+                    model.project_id,
+                    step.name,
+                    owner=owner,
+                    error_message=error.message,
+                    error_details=failure_details(
+                        error, attempt=attempt, max_attempts=policy.max_attempts, cause=exc
+                    ),
+                    final=final,
+                    lease_seconds=app.settings.lease_seconds,
                 )
                 if final:
                     raise error from exc
@@ -151,7 +172,9 @@ def provision_project_handler(
                 time.sleep(min(1.0, policy.base_seconds))
                 continue
             assert isinstance(outcome, Ignored | Rejected)
-            raise ProvisioningError(ErrorType.UNKNOWN_ERROR, f"step {step.key}: {outcome.reason}", retryable=False)
+            raise ProvisioningError(
+                ErrorType.UNKNOWN_ERROR, f"step {step.key}: {outcome.reason}", retryable=False
+            )
     assert isinstance(event, VerifyCompleted)
     return event.result
 

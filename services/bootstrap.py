@@ -163,7 +163,7 @@ class App:
                 step_by_key(service),
                 functools.partial(register, service=service, registry=self.registry),
                 failure_type=ErrorType.SERVICE_REGISTRATION_FAILED,
-                skip_when=service_disabled(service),  # type: ignore[arg-type]
+                skip_when=service_disabled(service),
             )
         return {step.key: specs[step.key] for step in STEPS}
 

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.bootstrap import App, ConfigurationError, build_app, local_infra
+from shared.db import StepRow
 from shared.settings import Settings
 from shared.steps import STEP_KEYS, STEPS, Stage, all_topics, resolve_step
 
@@ -70,16 +71,22 @@ def _die(message: str, code: int) -> NoReturn:
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn every error a user can cause into one line and an exit code."""
-    from shared.db import ConflictingRequestError  # noqa: PLC0415 - keep --help fast
-    from shared.errors import InvalidTransitionError, ProvisioningError  # noqa: PLC0415
-    from shared.infra import InfraError  # noqa: PLC0415
     from sqlalchemy.exc import OperationalError  # noqa: PLC0415
 
     from services.api import InvalidRequestError  # noqa: PLC0415
+    from shared.db import ConflictingRequestError  # noqa: PLC0415 - keep --help fast
+    from shared.errors import InvalidTransitionError, ProvisioningError  # noqa: PLC0415
+    from shared.infra import InfraError  # noqa: PLC0415
 
     try:
         yield
-    except (UsageError, InvalidRequestError, ConflictingRequestError, InvalidTransitionError, ConfigurationError) as exc:
+    except (
+        UsageError,
+        InvalidRequestError,
+        ConflictingRequestError,
+        InvalidTransitionError,
+        ConfigurationError,
+    ) as exc:
         _die(str(exc), 2)
     except (Failure, InfraError, ProvisioningError) as exc:
         _die(str(exc), 1)
@@ -135,7 +142,9 @@ def topics() -> None:
 
 @app.command()
 def schemas(
-    check: Annotated[bool, typer.Option("--check", help="Fail (exit 1) if schemas/ is stale; write nothing.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Fail (exit 1) if schemas/ is stale; write nothing.")
+    ] = False,
     directory: Annotated[Path, typer.Option(help="Where the schemas live.")] = REPO_SCHEMAS,
 ) -> None:
     """Generate the JSON Schemas of every event into schemas/."""
@@ -149,7 +158,9 @@ def schemas(
             out.print(f"{directory}/ is current")
             return
         changed = write_schemas(directory)
-    out.print(f"wrote {len(changed)} schema file(s) to {directory}/" if changed else f"{directory}/ is current")
+    out.print(
+        f"wrote {len(changed)} schema file(s) to {directory}/" if changed else f"{directory}/ is current"
+    )
 
 
 # --- workers ------------------------------------------------------------------------------
@@ -178,11 +189,17 @@ def request(
     project_id: Annotated[str, typer.Argument(help="The project id: lower-case letters, digits, hyphens.")],
     region: Annotated[str | None, typer.Option(help="Target region, e.g. us-east-1.")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Do not register with auth.")] = False,
-    no_realtime: Annotated[bool, typer.Option("--no-realtime", help="Do not register with realtime.")] = False,
+    no_realtime: Annotated[
+        bool, typer.Option("--no-realtime", help="Do not register with realtime.")
+    ] = False,
     no_storage: Annotated[bool, typer.Option("--no-storage", help="Do not register with storage.")] = False,
     keys: Annotated[int | None, typer.Option("--keys", help="Number of API keys.")] = None,
-    key_prefix: Annotated[str | None, typer.Option("--key-prefix", help="Visible prefix of the API keys.")] = None,
-    payload: Annotated[Path | None, typer.Option(help="A JSON file with the full ProvisionProjectPayload.")] = None,
+    key_prefix: Annotated[
+        str | None, typer.Option("--key-prefix", help="Visible prefix of the API keys.")
+    ] = None,
+    payload: Annotated[
+        Path | None, typer.Option(help="A JSON file with the full ProvisionProjectPayload.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the provisioning until it ends.")] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 300.0,
 ) -> None:
@@ -236,7 +253,9 @@ def _payload_from(project_id: str, region: str | None, path: Path | None) -> dic
 def status(
     project_id: Annotated[str, typer.Argument(help="The project id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Follow live until the project is ready or failed.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Follow live until the project is ready or failed.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="With --watch: give up after this many seconds.")] = 600.0,
 ) -> None:
     """The project's seven steps: status, timing, retries, errors, and its stage."""
@@ -285,7 +304,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _duration_ms(row: Any) -> float | None:
+def _duration_ms(row: StepRow) -> float | None:
     if row.started_at is None or row.completed_at is None:
         return None
     return round((row.completed_at - row.started_at).total_seconds() * 1000, 1)
@@ -353,7 +372,9 @@ def _progress_view(state: Any, a: App) -> Table:
 def replay(
     step: Annotated[str | None, typer.Option(help=f"Only this step ({'|'.join(STEP_KEYS)}).")] = None,
     project: Annotated[str | None, typer.Option(help="Only this project.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be replayed; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be replayed; change nothing.")
+    ] = False,
     max_replays: Annotated[int | None, typer.Option("--max", min=1, help="Replay at most N steps.")] = None,
 ) -> None:
     """Re-drive failed steps from the failed topics, once their cause is fixed."""
@@ -372,7 +393,9 @@ def replay(
             project_id=project,
             dry_run=dry_run,
             max_replays=max_replays,
-            progress=lambda d: out.print(f"{d.action:>12}  {d.project_id} {d.step}: {d.reason}", highlight=False),
+            progress=lambda d: out.print(
+                f"{d.action:>12}  {d.project_id} {d.step}: {d.reason}", highlight=False
+            ),
         )
     acted = sum(1 for d in decisions if d.action != "skipped")
     verb = "would replay" if dry_run else "replayed"
@@ -401,14 +424,15 @@ def keys_reveal(project_id: Annotated[str, typer.Argument(help="The project id."
 def demo(
     project_id: Annotated[str | None, typer.Option(help="Project id (default: demo-<random>).")] = None,
     region: Annotated[str, typer.Option(help="Region.")] = "eu-west-1",
-    keep_infra: Annotated[bool, typer.Option("--keep-infra", help="Leave Kafka and PostgreSQL running.")] = False,
+    keep_infra: Annotated[
+        bool, typer.Option("--keep-infra", help="Leave Kafka and PostgreSQL running.")
+    ] = False,
 ) -> None:
     """Everything end to end on the local defaults: infra up, migrate, topics, the seven
     workers as separate processes, one request, live progress, the result, shutdown."""
+    from services.api import request_provisioning  # noqa: PLC0415
     from shared.db import migrate as run_migrations  # noqa: PLC0415
     from shared.kafka import ensure_topics  # noqa: PLC0415
-
-    from services.api import request_provisioning  # noqa: PLC0415
 
     started = time.monotonic()
     settings = _settings()
@@ -424,18 +448,31 @@ def demo(
         a = build_app(settings)
         applied = run_migrations(a.engine)
         err.print(f"migrations: {', '.join(applied) if applied else 'up to date'}")
-        ensure_topics(a.bootstrap_servers, all_topics(), partitions=settings.topic_partitions,
-                      replication=settings.topic_replication)
+        ensure_topics(
+            a.bootstrap_servers,
+            all_topics(),
+            partitions=settings.topic_partitions,
+            replication=settings.topic_replication,
+        )
         err.print(f"topics: {len(all_topics())} ready")
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": a.bootstrap_servers, "DATABASE_URL": a.database_url,
-               "PROVISION_LOG_FORMAT": "json"}
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": a.bootstrap_servers,
+            "DATABASE_URL": a.database_url,
+            "PROVISION_LOG_FORMAT": "json",
+        }
         try:
             for key in STEP_KEYS:
                 with (log_dir / f"{key}.log").open("ab") as log_file:
-                    workers.append(subprocess.Popen(
-                        [sys.executable, "-m", f"services.{key}"], env=env, stdout=log_file, stderr=log_file
-                    ))
+                    workers.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", f"services.{key}"],
+                            env=env,
+                            stdout=log_file,
+                            stderr=log_file,
+                        )
+                    )
             err.print(f"workers: {len(workers)} started (logs in {log_dir}/)")
             pid = project_id or f"demo-{uuid.uuid4().hex[:6]}"
             receipt = request_provisioning({"project_id": pid, "region": region}, app=a)

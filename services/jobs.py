@@ -68,7 +68,9 @@ def enqueue_job(job_type: str, payload: Any, **kwargs: Any) -> Any:
     """Enqueue a job. ``provision_project`` publishes ``provisioning.requested`` (through the
     outbox) and returns the request's receipt; its ``correlation_id`` is the job id."""
     if str(job_type) != JobType.PROVISION_PROJECT:
-        raise UnknownJobTypeError(f"job type {job_type!r} cannot be enqueued; known: {JobType.PROVISION_PROJECT.value}")
+        raise UnknownJobTypeError(
+            f"job type {job_type!r} cannot be enqueued; known: {JobType.PROVISION_PROJECT.value}"
+        )
     from services.api import request_provisioning  # noqa: PLC0415 - api imports the wiring; keep registry light
 
     return request_provisioning(payload, **kwargs)

@@ -39,6 +39,8 @@ def read_failed(app: App, steps: list[Step], *, timeout: float = 10.0) -> Iterat
             "group.id": f"provision-replay-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            # Reading to a known end: do not let each fetch idle for the default 500 ms.
+            "fetch.wait.max.ms": 10,
         }
     )
     try:
@@ -48,7 +50,9 @@ def read_failed(app: App, steps: list[Step], *, timeout: float = 10.0) -> Iterat
                 continue
             model = failed_event_for(step.key)
             for partition in sorted(metadata.partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(step.failed_topic, partition), timeout=timeout)
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(step.failed_topic, partition), timeout=timeout
+                )
                 if high <= low:
                     continue
                 consumer.assign([TopicPartition(step.failed_topic, partition, OFFSET_BEGINNING)])
@@ -56,10 +60,12 @@ def read_failed(app: App, steps: list[Step], *, timeout: float = 10.0) -> Iterat
                 while position < high:
                     msg = consumer.poll(timeout)
                     if msg is None:
-                        raise TimeoutError(f"reading {step.failed_topic}[{partition}] timed out at offset {position}")
+                        raise TimeoutError(
+                            f"reading {step.failed_topic}[{partition}] timed out at offset {position}"
+                        )
                     if msg.error() is not None:
                         continue
-                    position = msg.offset() + 1
+                    position = (msg.offset() or position) + 1
                     try:
                         event = model.model_validate_json(msg.value() or b"")
                     except ValidationError:
@@ -102,13 +108,18 @@ def replay(
             decision = ReplayDecision(pid, key, "skipped", f"step is {row.status.value} now, not failed")
         elif row.replay_count >= guard:
             decision = ReplayDecision(
-                pid, key, "skipped",
-                f"loop guard: replayed {row.replay_count} times already (PROVISION_MAX_REPLAYS_PER_STEP={guard})",
+                pid,
+                key,
+                "skipped",
+                f"loop guard: replayed {row.replay_count} times already "
+                f"(PROVISION_MAX_REPLAYS_PER_STEP={guard})",
             )
         elif max_replays is not None and replayed >= max_replays:
             decision = ReplayDecision(pid, key, "skipped", f"--max {max_replays} reached")
         elif dry_run:
-            decision = ReplayDecision(pid, key, "would replay", f"failed with {failed.error.type}: {failed.error.message}")
+            decision = ReplayDecision(
+                pid, key, "would replay", f"failed with {failed.error.type}: {failed.error.message}"
+            )
             replayed += 1
         else:
             decision = _replay_one(app, step, failed)
@@ -129,6 +140,7 @@ def _replay_one(app: App, step: Step, failed: StepFailed) -> ReplayDecision:
         return ReplayDecision(pid, step.key, "skipped", str(exc))
     retry = retry_event_for(step.key)(
         event_id=new_event_id(),
+        event_type=step.retry_topic,
         occurred_at=utcnow(),
         project_id=pid,
         correlation_id=failed.correlation_id,

@@ -42,6 +42,8 @@ def write_schemas(directory: Path) -> list[str]:
 def stale_schemas(directory: Path) -> list[str]:
     """The files under ``directory`` that differ from what the models generate."""
     rendered = render_schemas()
-    stale = [n for n, t in rendered.items() if not (directory / n).exists() or (directory / n).read_text() != t]
+    stale = [
+        n for n, t in rendered.items() if not (directory / n).exists() or (directory / n).read_text() != t
+    ]
     stale += [p.name for p in directory.glob("*.json") if p.name not in rendered]
     return sorted(stale)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from services.bootstrap import build_app
 from shared.kafka import StepWorker, relay_outbox
 from shared.logging import configure_logging
 from shared.observability import Health, Metrics, serve_http
 from shared.settings import Settings
 from shared.steps import step_by_key
-
-from services.bootstrap import build_app
 
 
 def run_worker(step_key: str, settings: Settings | None = None) -> None:

@@ -55,11 +55,15 @@ _REMEDIATION = {
     ErrorType.SCHEMA_CREATION_FAILED: "check the tenant database, then `provision replay`",
     ErrorType.SERVICE_REGISTRATION_FAILED: "check the service's registration API, then `provision replay`",
     ErrorType.API_KEY_GENERATION_FAILED: "check the control-plane database, then `provision replay`",
-    ErrorType.INSUFFICIENT_PERMISSIONS: "grant the admin role the privilege named in the message, then `provision replay`",
-    ErrorType.QUOTA_EXCEEDED: "raise PROVISION_MAX_TENANTS_PER_CLUSTER or free a tenant, then `provision replay`",
+    ErrorType.INSUFFICIENT_PERMISSIONS: (
+        "grant the admin role the privilege named in the message, then `provision replay`"
+    ),
+    ErrorType.QUOTA_EXCEEDED: (
+        "raise PROVISION_MAX_TENANTS_PER_CLUSTER or free a tenant, then `provision replay`"
+    ),
     ErrorType.NETWORK_ERROR: "the dependency was unreachable; once it is back, `provision replay`",
     ErrorType.TIMEOUT: "the dependency was too slow; once it is healthy, `provision replay`",
-    ErrorType.UNKNOWN_ERROR: "read the worker's log for this event_id, fix the cause, then `provision replay`",
+    ErrorType.UNKNOWN_ERROR: "read the worker's log for this event_id, fix the cause, then replay",
     ErrorType.INVALID_REQUEST: "the request is invalid; fix it and request the project again",
 }
 
@@ -105,7 +109,9 @@ def classify(exc: BaseException, *, default: ErrorType = ErrorType.UNKNOWN_ERROR
         exc = exc.orig  # SQLAlchemy wraps the driver's exception; classify the real one
     kind = type(exc).__name__
     if isinstance(exc, pg_errors.InsufficientPrivilege):
-        return ProvisioningError(ErrorType.INSUFFICIENT_PERMISSIONS, _pg_message(exc), details={"cause": kind})
+        return ProvisioningError(
+            ErrorType.INSUFFICIENT_PERMISSIONS, _pg_message(exc), details={"cause": kind}
+        )
     if isinstance(exc, pg_errors.QueryCanceled | pg_errors.LockNotAvailable):
         return ProvisioningError(ErrorType.TIMEOUT, _pg_message(exc), details={"cause": kind})
     if isinstance(exc, pg_errors.ConnectionException | pg_errors.AdminShutdown | pg_errors.CannotConnectNow):
@@ -114,7 +120,9 @@ def classify(exc: BaseException, *, default: ErrorType = ErrorType.UNKNOWN_ERROR
         # Connection refused or lost surfaces as a bare OperationalError in psycopg 3.
         return ProvisioningError(ErrorType.NETWORK_ERROR, _pg_message(exc), details={"cause": kind})
     if isinstance(exc, httpx.TimeoutException | TimeoutError | socket.timeout):
-        return ProvisioningError(ErrorType.TIMEOUT, f"{kind}: the dependency did not answer in time", details={"cause": kind})
+        return ProvisioningError(
+            ErrorType.TIMEOUT, f"{kind}: the dependency did not answer in time", details={"cause": kind}
+        )
     if isinstance(exc, httpx.TransportError | ConnectionError):
         return ProvisioningError(ErrorType.NETWORK_ERROR, f"{kind}: {exc}", details={"cause": kind})
     return ProvisioningError(default, f"{kind}: {exc}", details={"cause": kind})
@@ -127,3 +135,18 @@ def _pg_message(exc: BaseException) -> str:
         lines = str(exc).strip().splitlines()
         primary = lines[0] if lines else "no message"
     return f"{type(exc).__name__}: {primary}"
+
+
+def failure_details(
+    error: ProvisioningError, *, attempt: int, max_attempts: int, cause: BaseException
+) -> dict[str, Any]:
+    """What ``error_details`` records of a failed attempt: never a secret, always a hint."""
+    return {
+        **error.details,
+        "type": error.error_type.value,
+        "attempt": attempt,
+        "max_attempts": max_attempts,
+        "cause": error.details.get("cause", type(cause).__name__),
+        "retryable": error.retryable,
+        "remediation": error.error_type.remediation,
+    }

@@ -29,15 +29,18 @@ from shared.events import (
 )
 from shared.steps import Step, StepStatus
 
+
 @dataclass(frozen=True, slots=True)
 class StepOutput:
     """What a handler's work produced: its results and any extra fields of its event."""
 
-    results: StepResults = StepResults()
+    results: StepResults = field(default_factory=StepResults)
     extra: Mapping[str, Any] = field(default_factory=dict)
+
 
 Handler = Callable[[StepInputEvent], StepOutput]
 """A step's work: given the input event, do it (idempotently) and return its output."""
+
 
 @dataclass(frozen=True, slots=True)
 class StepSpec:
@@ -49,6 +52,7 @@ class StepSpec:
     skip_when: Callable[[ProvisionProjectPayload], bool] | None = None
     admits_new_projects: bool = False
     extra_models: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+
 
 class StepStore(Protocol):
     """What the flow needs of the step table (the repository, or a fake in unit tests)."""
@@ -73,6 +77,7 @@ class StepStore(Protocol):
         lease_seconds: float = ...,
     ) -> StepRow: ...
 
+
 @dataclass(frozen=True, slots=True)
 class Completed:
     """The step is done (now or earlier): publish this event."""
@@ -80,11 +85,13 @@ class Completed:
     event: StepCompleted
     replayed: bool  # True when rebuilt from a stored result, with no work done
 
+
 @dataclass(frozen=True, slots=True)
 class Ignored:
     """Nothing to do or publish (a duplicate or stale delivery); commit and go on."""
 
     reason: str
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
@@ -92,13 +99,16 @@ class Rejected:
 
     reason: str
 
+
 @dataclass(frozen=True, slots=True)
 class Busy:
     """Another live consumer holds the step's lease: try again once it may have expired."""
 
     until: datetime | None
 
+
 Outcome = Completed | Ignored | Rejected | Busy
+
 
 def execute_step(
     spec: StepSpec,
@@ -142,9 +152,7 @@ def execute_step(
         return Completed(rebuild_outcome(spec, event, row), replayed=False)
 
     try:
-        store.transition(
-            project_id, step.name, StepStatus.RUNNING, owner=owner, lease_seconds=lease_seconds
-        )
+        store.transition(project_id, step.name, StepStatus.RUNNING, owner=owner, lease_seconds=lease_seconds)
     except InvalidTransitionError:
         return _after_lost_race(spec, event, store)
 
@@ -158,6 +166,7 @@ def execute_step(
         return _after_lost_race(spec, event, store)
     return Completed(rebuild_outcome(spec, event, row), replayed=False)
 
+
 def _after_lost_race(spec: StepSpec, event: StepInputEvent, store: StepStore) -> Outcome:
     row = store.step(event.project_id, spec.step.name)
     if row is None:
@@ -168,17 +177,20 @@ def _after_lost_race(spec: StepSpec, event: StepInputEvent, store: StepStore) ->
         return Busy(row.lease_expires_at)
     return Ignored(f"step is {row.status.value}")
 
+
 def _stored(output: StepOutput) -> dict[str, Any]:
     return {
         "results": output.results.model_dump(mode="json", exclude_unset=True),
         "extra": json.loads(json.dumps(dict(output.extra), default=_json_default)),
     }
 
+
 def _json_default(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)
     if dump is not None:
         return dump(mode="json")
     raise TypeError(f"cannot store {type(value).__name__}")
+
 
 def rebuild_outcome(spec: StepSpec, event: StepInputEvent, row: StepRow) -> StepCompleted:
     """The completed event of a done step, from its stored result: the same every time."""
@@ -201,5 +213,6 @@ def rebuild_outcome(spec: StepSpec, event: StepInputEvent, row: StepRow) -> Step
         attempt=row.retry_count + 1,
         **extra,
     )
+
 
 StepStatusName = Literal["success", "skipped"]

@@ -45,4 +45,6 @@ class TenantNames:
         The mapping is injective because ids never contain underscores.
         """
         ident = "tenant_" + validate_project_id(project_id).replace("-", "_")
-        return cls(project_id=project_id, database=ident, role=ident, schema=ident, bucket=f"tenant-{project_id}")
+        return cls(
+            project_id=project_id, database=ident, role=ident, schema=ident, bucket=f"tenant-{project_id}"
+        )

@@ -7,7 +7,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -42,17 +49,28 @@ class Metrics:
             registry=r,
         )
         self.retried = Counter(
-            "provisioning_steps_retried_total", "Retries scheduled after a retryable error.", ["step", "error_type"], registry=r
+            "provisioning_steps_retried_total",
+            "Retries scheduled after a retryable error.",
+            ["step", "error_type"],
+            registry=r,
         )
         self.failed = Counter(
             "provisioning_steps_failed_total", "Steps failed for good.", ["step", "error_type"], registry=r
         )
         self.deadlettered = Counter(
-            "provisioning_messages_deadlettered_total", "Messages sent to the dead-letter topic.", ["step"], registry=r
+            "provisioning_messages_deadlettered_total",
+            "Messages sent to the dead-letter topic.",
+            ["step"],
+            registry=r,
         )
-        self.in_flight = Gauge("provisioning_in_flight", "Messages being handled now (0 or 1).", ["step"], registry=r)
+        self.in_flight = Gauge(
+            "provisioning_in_flight", "Messages being handled now (0 or 1).", ["step"], registry=r
+        )
         self.consumer_lag = Gauge(
-            "provisioning_consumer_lag", "Messages behind the high watermark, by topic.", ["step", "topic"], registry=r
+            "provisioning_consumer_lag",
+            "Messages behind the high watermark, by topic.",
+            ["step", "topic"],
+            registry=r,
         )
 
 
@@ -95,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         """Scrapes are not worth a log line each."""
 
 

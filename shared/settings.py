@@ -27,7 +27,8 @@ class Settings(BaseSettings):
 
     # Where the broker and the databases are. Explicit values always win over local infra.
     kafka_bootstrap_servers: str | None = Field(
-        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "PROVISION_KAFKA_BOOTSTRAP_SERVERS")
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "PROVISION_KAFKA_BOOTSTRAP_SERVERS"),
     )
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "PROVISION_DATABASE_URL")
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
     tenant_database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("TENANT_DATABASE_URL", "PROVISION_TENANT_DATABASE_URL"),
-        description="admin URL of the cluster where tenant databases are created; the control plane's by default",
+        description="admin URL of the tenant cluster; the control plane's by default",
     )
 
     # Local infrastructure (`provision infra`).
@@ -72,12 +73,15 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # Workers.
-    metrics_port: int | None = Field(default=None, description="Prometheus /metrics and /healthz port; off if unset")
+    metrics_port: int | None = Field(
+        default=None, description="Prometheus /metrics and /healthz port; off if unset"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
     poll_timeout_seconds: float = Field(default=0.5, gt=0)
     group_instance_id: str | None = Field(
-        default=None, description="static group membership: a restarted worker takes its partitions back at once"
+        default=None,
+        description="static group membership: a restarted worker takes its partitions back at once",
     )
     session_timeout_ms: int = Field(default=45000, ge=1000, description="consumer group session timeout")
     outbox_interval_seconds: float = Field(default=1.0, gt=0)

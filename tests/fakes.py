@@ -113,9 +113,7 @@ class FakeStepStore:
 
     def initialize(self, project_id: str) -> list[StepRow]:
         """A bare project record (if absent) and seven pending steps; idempotent."""
-        self.projects.setdefault(
-            project_id, ProjectRecord(project_id, None, None, None, self.clock(), None)
-        )
+        self.projects.setdefault(project_id, ProjectRecord(project_id, None, None, None, self.clock(), None))
         self._initialize(project_id)
         return self.steps(project_id)
 

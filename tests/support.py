@@ -3,6 +3,7 @@ and waits that poll the real database."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -57,11 +58,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(exclude={"kafka_bootstrap_servers", "database_url"}).items():
         if value is None:
             continue
+        text = str(value)
         if name == "secret_key":
-            value = settings.secret_key.get_secret_value() if settings.secret_key else ""
+            text = settings.secret_key.get_secret_value() if settings.secret_key else ""
         elif isinstance(value, tuple | list):
-            value = __import__("json").dumps(list(value))
-        env[f"PROVISION_{name.upper()}"] = str(value)
+            text = json.dumps(list(value))  # pydantic-settings reads complex values as JSON
+        env[f"PROVISION_{name.upper()}"] = text
     return env
 
 

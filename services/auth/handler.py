@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from services.ports import ServiceRegistry
 from services.registration.handler import register, service_disabled
 from shared.events import StepInputEvent
 from shared.execution import StepOutput
 
-SERVICE = "auth"
+SERVICE: Final = "auth"
 skip_when = service_disabled(SERVICE)
 
 

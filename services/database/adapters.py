@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from psycopg import errors as pg_errors
 from psycopg import sql
 from sqlalchemy import Engine, text
@@ -20,7 +22,9 @@ class PostgresTenantCluster:
 
     def database_exists(self, name: str) -> bool:
         with self.address.admin() as conn:
-            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+            return (
+                conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+            )
 
     def count_tenant_databases(self) -> int:
         with self.address.admin() as conn:
@@ -39,7 +43,7 @@ class PostgresTenantCluster:
                 try:
                     conn.execute(sql.SQL("CREATE ROLE {} ").format(sql.Identifier(role)) + attributes)
                     return
-                except pg_errors.DuplicateObject:
+                except (pg_errors.DuplicateObject, pg_errors.UniqueViolation):
                     pass  # created by a concurrent attempt: converge below
             conn.execute(sql.SQL("ALTER ROLE {} WITH ").format(sql.Identifier(role)) + attributes)
 
@@ -49,10 +53,9 @@ class PostgresTenantCluster:
         with self.address.admin() as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if exists is None:
-                try:
+                # A concurrent attempt may create it first; either way it exists after this.
+                with contextlib.suppress(pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
                     conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, owner_ident))
-                except pg_errors.DuplicateDatabase:
-                    pass
             conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, owner_ident))
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
             conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, owner_ident))
@@ -76,13 +79,15 @@ class SqlCredentialStore:
                 {"p": project_id, "r": role, "pw": self.box.encrypt(candidate)},
             )
             stored = conn.execute(
-                text("SELECT password_encrypted FROM tenant_credentials WHERE project_id = :p"), {"p": project_id}
+                text("SELECT password_encrypted FROM tenant_credentials WHERE project_id = :p"),
+                {"p": project_id},
             ).scalar_one()
         return self.box.decrypt(stored)
 
     def existing_password(self, project_id: str) -> str | None:
         with self.engine.connect() as conn:
             stored = conn.execute(
-                text("SELECT password_encrypted FROM tenant_credentials WHERE project_id = :p"), {"p": project_id}
+                text("SELECT password_encrypted FROM tenant_credentials WHERE project_id = :p"),
+                {"p": project_id},
             ).scalar_one_or_none()
         return self.box.decrypt(stored) if stored is not None else None

@@ -66,11 +66,14 @@ class SqlKeyStore:
     def _list(conn: object, project_id: str) -> tuple[ApiKeyInfo, ...]:
         rows = conn.execute(  # type: ignore[attr-defined]
             text(
-                "SELECT key_id, key_prefix, created_at FROM api_keys WHERE project_id = :p ORDER BY created_at, key_id"
+                "SELECT key_id, key_prefix, created_at FROM api_keys "
+                "WHERE project_id = :p ORDER BY created_at, key_id"
             ),
             {"p": project_id},
         )
-        return tuple(ApiKeyInfo(key_id=r.key_id, key_prefix=r.key_prefix, created_at=r.created_at) for r in rows)
+        return tuple(
+            ApiKeyInfo(key_id=r.key_id, key_prefix=r.key_prefix, created_at=r.created_at) for r in rows
+        )
 
     def reveal(self, project_id: str) -> list[RevealedKey]:
         """The secrets, once: they are erased in the same transaction."""
@@ -78,7 +81,8 @@ class SqlKeyStore:
             rows = conn.execute(
                 text(
                     "SELECT key_id, key_prefix, created_at, secret_encrypted FROM api_keys "
-                    "WHERE project_id = :p AND secret_encrypted IS NOT NULL ORDER BY created_at, key_id FOR UPDATE"
+                    "WHERE project_id = :p AND secret_encrypted IS NOT NULL "
+                    "ORDER BY created_at, key_id FOR UPDATE"
                 ),
                 {"p": project_id},
             ).all()

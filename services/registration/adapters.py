@@ -1,7 +1,7 @@
 """The two registry adapters: ``catalog`` (control-plane table) and ``http`` (the service's API).
 
 HTTP contract (each service): ``PUT {base_url}/tenants/{tenant_id}`` with a JSON body
-``{"project_id", "region", "spec": {...}}``; 200 or 201 with ``{"endpoint": str,
+``{"project_id", "region", "database", "schema_name", "bucket_name"?}``; 200 or 201 with ``{"endpoint": str,
 "bucket_name": str | null}``; idempotent by tenant id. ``GET`` the same URL answers 200
 with the same body, or 404. 5xx and timeouts are retryable; 4xx are not.
 """
@@ -32,7 +32,8 @@ class CatalogRegistry:
             row = conn.execute(
                 text(
                     """
-                    INSERT INTO service_registrations (service, tenant_id, project_id, endpoint, bucket_name, spec)
+                    INSERT INTO service_registrations
+                        (service, tenant_id, project_id, endpoint, bucket_name, spec)
                     VALUES (:service, :tenant, :project, :endpoint, :bucket, CAST(:spec AS jsonb))
                     ON CONFLICT (service, tenant_id) DO UPDATE
                         SET spec = EXCLUDED.spec, bucket_name = EXCLUDED.bucket_name, updated_at = now()
@@ -59,7 +60,11 @@ class CatalogRegistry:
                 ),
                 {"service": service, "tenant": tenant_id},
             ).first()
-        return Registered(tenant_id=tenant_id, endpoint=row.endpoint, bucket_name=row.bucket_name) if row else None
+        return (
+            Registered(tenant_id=tenant_id, endpoint=row.endpoint, bucket_name=row.bucket_name)
+            if row
+            else None
+        )
 
 
 class HttpRegistry:
@@ -100,7 +105,9 @@ def _raise_for(service: str, response: httpx.Response) -> None:
 def _registered(service: str, tenant_id: str, response: httpx.Response) -> Registered:
     try:
         body = response.json()
-        return Registered(tenant_id=tenant_id, endpoint=str(body["endpoint"]), bucket_name=body.get("bucket_name"))
+        return Registered(
+            tenant_id=tenant_id, endpoint=str(body["endpoint"]), bucket_name=body.get("bucket_name")
+        )
     except (ValueError, KeyError, TypeError):
         raise ProvisioningError(
             ErrorType.SERVICE_REGISTRATION_FAILED,

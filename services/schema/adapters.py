@@ -18,15 +18,23 @@ class PostgresTenantSchemas:
     def ensure_schema(self, database: str, schema: str, owner: str) -> None:
         s, r, d = sql.Identifier(schema), sql.Identifier(owner), sql.Identifier(database)
         with self.address.admin(database, autocommit=False) as conn, conn.transaction():
+            # IF NOT EXISTS is not safe against a concurrent CREATE; serialise on the name.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"schema:{schema}",))
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(s, r))
             conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(s, r))
             # Nothing in the tenant database is open to PUBLIC: not `public`, not new functions.
             conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
-            conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC").format(r))
+            conn.execute(
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC"
+                ).format(r)
+            )
             # Objects the platform (admin) later creates in the tenant schema belong to the tenant too.
             for kind in ("TABLES", "SEQUENCES", "FUNCTIONS"):
                 conn.execute(
-                    sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT ALL ON " + kind + " TO {}").format(s, r)
+                    sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT ALL ON " + kind + " TO {}").format(
+                        s, r
+                    )
                 )
             conn.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(r, d, s))
             conn.execute(sql.SQL("SET LOCAL ROLE {}").format(r))
@@ -37,6 +45,8 @@ class PostgresTenantSchemas:
                 ).format(s)
             )
             conn.execute(
-                sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s) ON CONFLICT DO NOTHING").format(s),
+                sql.SQL(
+                    "INSERT INTO {}.schema_migrations (version) VALUES (%s) ON CONFLICT DO NOTHING"
+                ).format(s),
                 (BASELINE_VERSION,),
             )

@@ -40,16 +40,21 @@ def handle(
         raise ProvisioningError(ErrorType.DATABASE_CREATION_FAILED, "the tenant role has no stored password")
     facts = probe.inspect(database.database_name, database.role_name, password, schema)
     if facts.current_user != database.role_name:
-        raise ProvisioningError(ErrorType.INSUFFICIENT_PERMISSIONS, f"logged in as {facts.current_user!r}, not the tenant role")
+        raise ProvisioningError(
+            ErrorType.INSUFFICIENT_PERMISSIONS, f"logged in as {facts.current_user!r}, not the tenant role"
+        )
     if facts.schema_owner != database.role_name:
         raise ProvisioningError(
-            ErrorType.SCHEMA_CREATION_FAILED, f"schema {schema!r} is owned by {facts.schema_owner!r}, not the tenant role"
+            ErrorType.SCHEMA_CREATION_FAILED,
+            f"schema {schema!r} is owned by {facts.schema_owner!r}, not the tenant role",
         )
     if facts.baseline_migrations < 1:
         raise ProvisioningError(ErrorType.SCHEMA_CREATION_FAILED, "the baseline migration is missing")
     for service in SERVICES:
         if getattr(request.services, service) and registry.lookup(service, event.project_id) is None:
-            raise ProvisioningError(ErrorType.SERVICE_REGISTRATION_FAILED, f"no {service} registration for the tenant")
+            raise ProvisioningError(
+                ErrorType.SERVICE_REGISTRATION_FAILED, f"no {service} registration for the tenant"
+            )
     found = len(keys.list_keys(event.project_id))
     if found != request.api_keys.count:
         raise ProvisioningError(
@@ -68,8 +73,12 @@ def build_result(
 ) -> ProvisionProjectResult:
     """The seed's result from the chain's results (passwords and key secrets never included)."""
     database, schema = results.database, results.schema_name
-    assert database is not None and schema is not None
-    dsn = connection_string or f"postgresql://{database.role_name}@{database.host}:{database.port}/{database.database_name}"
+    assert database is not None
+    assert schema is not None
+    dsn = (
+        connection_string
+        or f"postgresql://{database.role_name}@{database.host}:{database.port}/{database.database_name}"
+    )
     return ProvisionProjectResult(
         project_id=request.project_id,
         database=ResultDatabase(

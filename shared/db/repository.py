@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, RowMapping, text
 
 from shared.errors import InvalidTransitionError
 from shared.events import ProvisionProjectPayload
@@ -116,7 +116,7 @@ def request_hash(payload: ProvisionProjectPayload) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _row(mapping: Mapping[str, Any]) -> StepRow:
+def _row(mapping: RowMapping) -> StepRow:
     values = dict(mapping)
     values["status"] = StepStatus(values["status"])
     values["lease_expired"] = bool(values.get("lease_expired"))
@@ -184,13 +184,17 @@ class StepRepository:
             return self._project(conn, project_id)
 
     def _project(self, conn: Connection, project_id: str, *, lock: bool = False) -> ProjectRecord | None:
-        row = conn.execute(
-            text(
-                "SELECT project_id, correlation_id, request, request_hash, created_at, ready_at "
-                "FROM projects WHERE project_id = :p" + (" FOR UPDATE" if lock else "")
-            ),
-            {"p": project_id},
-        ).mappings().first()
+        row = (
+            conn.execute(
+                text(
+                    "SELECT project_id, correlation_id, request, request_hash, created_at, ready_at "
+                    "FROM projects WHERE project_id = :p" + (" FOR UPDATE" if lock else "")
+                ),
+                {"p": project_id},
+            )
+            .mappings()
+            .first()
+        )
         return ProjectRecord(**row) if row is not None else None
 
     def mark_ready(self, project_id: str) -> datetime:
@@ -252,7 +256,9 @@ class StepRepository:
         """The project's steps in step order (empty if it has none)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                text(f"SELECT {_STEP_COLUMNS} FROM provisioning_steps WHERE project_id = :p ORDER BY position"),
+                text(
+                    f"SELECT {_STEP_COLUMNS} FROM provisioning_steps WHERE project_id = :p ORDER BY position"
+                ),
                 {"p": project_id},
             ).mappings()
             return [_row(r) for r in rows]
@@ -263,10 +269,16 @@ class StepRepository:
             return self._step(conn, project_id, step_name)
 
     def _step(self, conn: Connection, project_id: str, step_name: str) -> StepRow | None:
-        row = conn.execute(
-            text(f"SELECT {_STEP_COLUMNS} FROM provisioning_steps WHERE project_id = :p AND step_name = :s"),
-            {"p": project_id, "s": step_name},
-        ).mappings().first()
+        row = (
+            conn.execute(
+                text(
+                    f"SELECT {_STEP_COLUMNS} FROM provisioning_steps WHERE project_id = :p AND step_name = :s"
+                ),
+                {"p": project_id, "s": step_name},
+            )
+            .mappings()
+            .first()
+        )
         return _row(row) if row is not None else None
 
     def transition(
@@ -292,10 +304,17 @@ class StepRepository:
         if connection is None:
             with self.engine.begin() as conn:
                 return self.transition(
-                    project_id, step_name, to, error_message=error_message,
-                    error_details=error_details, result=result, owner=owner,
-                    expected_owner=expected_owner, lease_seconds=lease_seconds,
-                    replay=replay, connection=conn,
+                    project_id,
+                    step_name,
+                    to,
+                    error_message=error_message,
+                    error_details=error_details,
+                    result=result,
+                    owner=owner,
+                    expected_owner=expected_owner,
+                    lease_seconds=lease_seconds,
+                    replay=replay,
+                    connection=conn,
                 )
         target = StepStatus(to)
         sources = [s.value for s in ALLOWED_TRANSITIONS[target]]
@@ -309,29 +328,33 @@ class StepRepository:
             )
         if expected_owner is not None:
             condition += " AND lease_owner = :expected_owner"
-        row = connection.execute(
-            text(
-                f"""
+        row = (
+            connection.execute(
+                text(
+                    f"""
                 UPDATE provisioning_steps
                 SET status = :to, updated_at = now(), {_SET_CLAUSES[target]}
                 WHERE project_id = :p AND step_name = :s AND {condition}
                 RETURNING {_STEP_COLUMNS}
                 """
-            ),
-            {
-                "to": target.value,
-                "p": project_id,
-                "s": step_name,
-                "sources": sources,
-                "owner": owner,
-                "expected_owner": expected_owner,
-                "lease_seconds": lease_seconds,
-                "result": json.dumps(result) if result is not None else None,
-                "error_message": error_message,
-                "error_details": json.dumps(error_details) if error_details is not None else None,
-                "replay": 1 if replay else 0,
-            },
-        ).mappings().first()
+                ),
+                {
+                    "to": target.value,
+                    "p": project_id,
+                    "s": step_name,
+                    "sources": sources,
+                    "owner": owner,
+                    "expected_owner": expected_owner,
+                    "lease_seconds": lease_seconds,
+                    "result": json.dumps(result) if result is not None else None,
+                    "error_message": error_message,
+                    "error_details": json.dumps(error_details) if error_details is not None else None,
+                    "replay": 1 if replay else 0,
+                },
+            )
+            .mappings()
+            .first()
+        )
         if row is not None:
             return _row(row)
         current = self._step(connection, project_id, step_name)
@@ -358,13 +381,17 @@ class StepRepository:
         that is done, or held by another live consumer, is left untouched and returned.
         """
         with self.engine.begin() as conn:
-            row = conn.execute(
-                text(
-                    f"SELECT {_STEP_COLUMNS} FROM provisioning_steps "
-                    "WHERE project_id = :p AND step_name = :s FOR UPDATE"
-                ),
-                {"p": project_id, "s": step_name},
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    text(
+                        f"SELECT {_STEP_COLUMNS} FROM provisioning_steps "
+                        "WHERE project_id = :p AND step_name = :s FOR UPDATE"
+                    ),
+                    {"p": project_id, "s": step_name},
+                )
+                .mappings()
+                .first()
+            )
             if row is None:
                 return None
             current = _row(row)
@@ -375,11 +402,20 @@ class StepRepository:
                 return current
             if current.status is not S.RUNNING or current.lease_owner != owner:
                 self.transition(
-                    project_id, step_name, S.RUNNING, owner=owner, lease_seconds=lease_seconds, connection=conn
+                    project_id,
+                    step_name,
+                    S.RUNNING,
+                    owner=owner,
+                    lease_seconds=lease_seconds,
+                    connection=conn,
                 )
             failed = self.transition(
-                project_id, step_name, S.FAILED, error_message=error_message,
-                error_details=error_details, connection=conn,
+                project_id,
+                step_name,
+                S.FAILED,
+                error_message=error_message,
+                error_details=error_details,
+                connection=conn,
             )
             if final:
                 return failed

@@ -115,4 +115,3 @@ api_keys = Table(
     Column("revealed_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
-

@@ -67,9 +67,7 @@ def ensure_port_free(port: int, env_var: str) -> None:
             probe.bind((LOOPBACK, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise InfraError(
-                    f"port {port} is in use by another process; set {env_var}"
-                ) from exc
+                raise InfraError(f"port {port} is in use by another process; set {env_var}") from exc
             raise InfraError(f"cannot bind 127.0.0.1:{port}: {exc.strerror}") from exc
 
 

@@ -257,10 +257,7 @@ class KafkaBroker:
 
         def still_starting() -> str | None:
             if self.running_pid() is None:
-                return (
-                    f"kafka broker exited during start-up (log {self.log_file}): "
-                    f"{tail(self.log_file)}"
-                )
+                return f"kafka broker exited during start-up (log {self.log_file}): {tail(self.log_file)}"
             return None
 
         try:
@@ -326,9 +323,7 @@ class KafkaBroker:
             ) from exc
         if result.returncode != 0 or not any(staging.glob("kafka_*.jar")):
             output = " | ".join(
-                line.strip()
-                for line in (result.stdout + result.stderr).splitlines()
-                if line.strip()
+                line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()
             )
             raise InfraError(
                 f"Maven could not fetch the Kafka jars (exit {result.returncode}): {output[-600:]}"
@@ -344,8 +339,7 @@ class KafkaBroker:
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{LOOPBACK}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},"
-            f"CONTROLLER://{LOOPBACK}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -401,16 +395,12 @@ class KafkaBroker:
             check=False,
         )
         if result.returncode != 0:
-            output = " | ".join(
-                line.strip() for line in (result.stdout + result.stderr).splitlines() if line
-            )
+            output = " | ".join(line.strip() for line in (result.stdout + result.stderr).splitlines() if line)
             raise InfraError(f"formatting kafka storage failed: {output[-600:]}")
 
     # -- stop -----------------------------------------------------------------------------------
 
-    def stop(
-        self, progress: Progress = quiet, *, force: bool = False, timeout: float = 30.0
-    ) -> None:
+    def stop(self, progress: Progress = quiet, *, force: bool = False, timeout: float = 30.0) -> None:
         """Stop the broker: SIGTERM (controlled shutdown), then SIGKILL after ``timeout``.
 
         ``force`` sends SIGKILL straight away, simulating a crash. Not running is not an error.

@@ -65,9 +65,7 @@ class LocalInfra:
         """Connection settings for this infrastructure; starts nothing."""
         return InfraEnv(
             bootstrap_servers=self.kafka.bootstrap_servers,
-            database_url=(
-                f"postgresql+psycopg://{SUPERUSER}@{LOOPBACK}:{self.postgres.port}/{DATABASE}"
-            ),
+            database_url=(f"postgresql+psycopg://{SUPERUSER}@{LOOPBACK}:{self.postgres.port}/{DATABASE}"),
         )
 
     def up(self, progress: Progress = quiet) -> InfraEnv:

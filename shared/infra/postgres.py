@@ -166,8 +166,7 @@ class LocalPostgres:
         )
         if code != 0:
             raise InfraError(
-                f"postgres did not start ({_one_line(output)}); "
-                f"log {self.log_file}: {tail(self.log_file)}"
+                f"postgres did not start ({_one_line(output)}); log {self.log_file}: {tail(self.log_file)}"
             )
         self._wait_accepting(started_at + timeout)
         progress(
@@ -241,9 +240,7 @@ class LocalPostgres:
 
     # -- stop -----------------------------------------------------------------------------------
 
-    def stop(
-        self, progress: Progress = quiet, *, force: bool = False, timeout: float = 60.0
-    ) -> None:
+    def stop(self, progress: Progress = quiet, *, force: bool = False, timeout: float = 60.0) -> None:
         """Stop the server with ``pg_ctl stop -m fast`` (``-m immediate`` if ``force``).
 
         Immediate mode skips the shutdown checkpoint, like a crash: the next start runs

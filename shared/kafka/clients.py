@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from shared.kafka.codec import Headers
 
@@ -66,7 +67,9 @@ class Publisher:
         """Queue one message; ``flush`` confirms it."""
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                self._producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                )
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
@@ -96,7 +99,11 @@ def ensure_topics(
     """Create missing topics; returns topic -> "created" | "exists". Idempotent."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = [NewTopic(t, num_partitions=partitions, replication_factor=replication) for t in topics if t not in existing]
+    wanted = [
+        NewTopic(t, num_partitions=partitions, replication_factor=replication)
+        for t in topics
+        if t not in existing
+    ]
     outcome = {t: "exists" for t in topics if t in existing}
     if wanted:
         for topic, future in admin.create_topics(wanted, request_timeout=timeout).items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,11 @@ from pydantic import BaseModel, ValidationError
 from shared.events import SUPPORTED_SCHEMA_VERSIONS, Envelope
 from shared.tracing import TraceContext
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
+"""Outgoing headers, as confluent-kafka takes them."""
+
+RawHeaders = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
+"""Headers as a consumed message carries them."""
 
 
 class DecodeError(Exception):
@@ -33,9 +37,10 @@ def encode(event: Envelope, trace: TraceContext) -> tuple[bytes, bytes, Headers]
     return event.project_id.encode(), event.model_dump_json().encode(), headers
 
 
-def header_map(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
+def header_map(headers: RawHeaders) -> dict[str, str]:
     """Message headers as text (undecodable bytes replaced)."""
-    return {k: (v or b"").decode("utf-8", "replace") for k, v in headers or ()}
+    pairs = headers.items() if isinstance(headers, dict) else (headers or [])
+    return {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "") for k, v in pairs}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +54,7 @@ class Decoded:
 def decode(
     key: bytes | None,
     value: bytes | None,
-    headers: Sequence[tuple[str, bytes | None]] | None,
+    headers: RawHeaders,
     expected: Mapping[str, type[BaseModel]],
     *,
     max_bytes: int,
@@ -67,7 +72,9 @@ def decode(
     try:
         data: Any = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"not JSON: {exc.__class__.__name__} at position {getattr(exc, 'pos', '?')}") from None
+        raise DecodeError(
+            f"not JSON: {exc.__class__.__name__} at position {getattr(exc, 'pos', '?')}"
+        ) from None
     except RecursionError:
         raise DecodeError("not JSON: nested too deeply") from None
     if not isinstance(data, dict):
@@ -81,7 +88,9 @@ def decode(
     version = data.get("schema_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
         shown = repr(version)[:40]
-        raise DecodeError(f"unsupported schema_version {shown}; supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)}")
+        raise DecodeError(
+            f"unsupported schema_version {shown}; supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)}"
+        )
     try:
         event = expected[event_type].model_validate_json(value)
     except ValidationError as exc:

@@ -7,7 +7,7 @@ import json
 from sqlalchemy import Connection, Engine, text
 
 from shared.kafka.clients import Publisher
-from shared.kafka.codec import Headers
+from shared.kafka.codec import Headers, header_map
 
 
 def add_to_outbox(connection: Connection, topic: str, key: bytes, value: bytes, headers: Headers) -> int:
@@ -21,7 +21,7 @@ def add_to_outbox(connection: Connection, topic: str, key: bytes, value: bytes, 
             "topic": topic,
             "key": key.decode(),
             "value": value,
-            "headers": json.dumps({k: v.decode() for k, v in headers}),
+            "headers": json.dumps(header_map(headers)),
         },
     ).scalar_one()
     assert isinstance(outbox_id, int)
@@ -46,7 +46,7 @@ def relay_outbox(engine: Engine, publisher: Publisher, *, batch: int = 200) -> i
         if not rows:
             return 0
         for row in rows:
-            headers = [(k, str(v).encode()) for k, v in row.headers.items()]
+            headers: Headers = [(k, str(v).encode()) for k, v in row.headers.items()]
             publisher.produce(row.topic, row.key.encode(), bytes(row.value), headers)
         publisher.flush()
         conn.execute(

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from shared.db.repository import StepRepository
-from shared.errors import ErrorType, ProvisioningError, classify
+from shared.errors import ProvisioningError, classify, failure_details
 from shared.events import (
     DeadLettered,
     Envelope,
@@ -65,7 +65,8 @@ class RetryPolicy:
         """Seconds to wait before attempt ``attempt + 1``."""
         raw = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
         spread = raw * self.jitter
-        return max(0.0, raw + random.uniform(-spread, spread))  # noqa: S311 - jitter, not security
+        jittered: float = raw + random.uniform(-spread, spread)  # noqa: S311 - jitter, not security
+        return max(0.0, jittered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +140,13 @@ class StepWorker:
     def run(self) -> None:
         """Consume until stopped; always closes the consumer and flushes the producer."""
         self.consumer.subscribe(
-            [self.step.input_topic, self.step.retry_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+            [self.step.input_topic, self.step.retry_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
         )
-        log.info("worker_started", step=self.step.key, group=self.step.consumer_group, owner=self.options.owner)
+        log.info(
+            "worker_started", step=self.step.key, group=self.step.consumer_group, owner=self.options.owner
+        )
         try:
             while not self._stopping:
                 self._tick()
@@ -161,8 +166,9 @@ class StepWorker:
         msg = self.consumer.poll(self._poll_timeout())
         if msg is None:
             return
-        if msg.error() is not None:
-            self._on_consumer_error(msg.error())
+        error = msg.error()
+        if error is not None:
+            self._on_consumer_error(error)
             return
         self.handle(msg)
 
@@ -190,7 +196,7 @@ class StepWorker:
 
     def handle(self, msg: Message) -> None:
         """Process one message end to end; the offset is committed unless it must be retried."""
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        topic, partition, offset = _position(msg)
         if (topic, partition) in self._paused:
             # Prefetched before the pause took effect: rewind, it will come again when due.
             self.consumer.seek(TopicPartition(topic, partition, offset))
@@ -198,7 +204,11 @@ class StepWorker:
         self.metrics.consumed.labels(self.step.key, topic).inc()
         try:
             decoded = decode(
-                msg.key(), msg.value(), msg.headers(), self._expected[topic], max_bytes=self.options.max_message_bytes
+                msg.key(),
+                msg.value(),
+                msg.headers(),
+                self._expected[topic],
+                max_bytes=self.options.max_message_bytes,
             )
         except DecodeError as exc:
             try:
@@ -208,7 +218,9 @@ class StepWorker:
                 self._rewind(msg)
                 return
             self.metrics.deadlettered.labels(self.step.key).inc()
-            log.warning("message_deadlettered", topic=topic, partition=partition, offset=offset, reason=exc.reason)
+            log.warning(
+                "message_deadlettered", topic=topic, partition=partition, offset=offset, reason=exc.reason
+            )
             self._commit(msg)
             return
 
@@ -266,7 +278,7 @@ class StepWorker:
                 lease_seconds=self.options.lease_seconds,
                 before_work=lambda: self._crash_point("before_work"),
             )
-        except Exception as exc:  # noqa: BLE001 - every failure is classified, recorded and published
+        except Exception as exc:
             error = classify(exc, default=self.spec.failure_type)
             self.metrics.step_duration.labels(self.step.key, "error").observe(time.perf_counter() - started)
             return self._on_error(event, attempt, error, exc)
@@ -276,7 +288,12 @@ class StepWorker:
                 label = "replayed" if replayed else completed.step_status
                 self.metrics.step_duration.labels(self.step.key, label).observe(elapsed)
                 self.metrics.processed.labels(self.step.key, label).inc()
-                log.info("step_completed", status=completed.step_status, replayed=replayed, duration_ms=round(elapsed * 1000, 2))
+                log.info(
+                    "step_completed",
+                    status=completed.step_status,
+                    replayed=replayed,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
                 self._crash_point("after_work")
                 return [(self.step.completed_topic, completed)]
             case Ignored(reason=reason):
@@ -289,7 +306,9 @@ class StepWorker:
                 return [(DEADLETTER_TOPIC, self._rejection(event, reason))]
             case Busy(until=until):
                 self.metrics.processed.labels(self.step.key, "busy").inc()
-                not_before = until if until is not None else utcnow() + timedelta(seconds=self.options.lease_seconds)
+                not_before = (
+                    until if until is not None else utcnow() + timedelta(seconds=self.options.lease_seconds)
+                )
                 log.info("step_busy", not_before=not_before.isoformat())
                 return [(self.step.retry_topic, self._retry_event(event, attempt, not_before, None))]
         raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
@@ -298,25 +317,29 @@ class StepWorker:
         self, event: StepInputEvent, attempt: int, error: ProvisioningError, exc: BaseException
     ) -> list[Publication]:
         final = not error.retryable or attempt >= self.options.retry.max_attempts
-        details: dict[str, Any] = {
-            **error.details,
-            "type": error.error_type.value,
-            "attempt": attempt,
-            "max_attempts": self.options.retry.max_attempts,
-            "cause": error.details.get("cause", type(exc).__name__),
-            "retryable": error.retryable,
-            "remediation": error.error_type.remediation,
-        }
-        info = ErrorInfo(type=error.error_type.value, message=error.message, details=details, retryable=error.retryable)
+        details = failure_details(
+            error, attempt=attempt, max_attempts=self.options.retry.max_attempts, cause=exc
+        )
+        info = ErrorInfo(
+            type=error.error_type.value, message=error.message, details=details, retryable=error.retryable
+        )
         row = self._record_failure(event, error.message, details, final=final)
-        if row is not None and (row.done or (row.status.value == "running" and row.lease_owner != self.options.owner)):
+        if row is not None and (
+            row.done or (row.status.value == "running" and row.lease_owner != self.options.owner)
+        ):
             log.info("failure_superseded", status=row.status.value)
             return []
         if final:
             self.metrics.failed.labels(self.step.key, error.error_type.value).inc()
-            log.error("step_failed", error_type=error.error_type.value, error=error.message, retryable=error.retryable)
+            log.error(
+                "step_failed",
+                error_type=error.error_type.value,
+                error=error.message,
+                retryable=error.retryable,
+            )
             failed = failed_event_for(self.step.key)(
                 event_id=new_event_id(),
+                event_type=self.step.failed_topic,
                 occurred_at=utcnow(),
                 project_id=event.project_id,
                 correlation_id=event.correlation_id,
@@ -330,8 +353,18 @@ class StepWorker:
             return [(self.step.failed_topic, failed)]
         delay = self.options.retry.delay(attempt)
         self.metrics.retried.labels(self.step.key, error.error_type.value).inc()
-        log.warning("step_retry_scheduled", error_type=error.error_type.value, error=error.message, delay_s=round(delay, 3))
-        return [(self.step.retry_topic, self._retry_event(event, attempt + 1, utcnow() + timedelta(seconds=delay), info))]
+        log.warning(
+            "step_retry_scheduled",
+            error_type=error.error_type.value,
+            error=error.message,
+            delay_s=round(delay, 3),
+        )
+        return [
+            (
+                self.step.retry_topic,
+                self._retry_event(event, attempt + 1, utcnow() + timedelta(seconds=delay), info),
+            )
+        ]
 
     def _record_failure(
         self, event: StepInputEvent, message: str, details: dict[str, Any], *, final: bool
@@ -356,7 +389,9 @@ class StepWorker:
                     return None
                 if self._stopping:
                     raise
-                log.warning("failure_unrecorded_waiting_for_database", error=classify(exc.orig or exc).message)
+                log.warning(
+                    "failure_unrecorded_waiting_for_database", error=classify(exc.orig or exc).message
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -365,6 +400,7 @@ class StepWorker:
     ) -> StepRetryScheduled:
         return retry_event_for(self.step.key)(
             event_id=new_event_id(),
+            event_type=self.step.retry_topic,
             occurred_at=utcnow(),
             project_id=event.project_id,
             correlation_id=event.correlation_id,
@@ -386,7 +422,10 @@ class StepWorker:
                 key, value, headers = encode(model, trace)
             else:
                 assert isinstance(model, DeadLettered)
-                key, value = (base64.b64decode(model.key_b64) if model.key_b64 else b""), model.model_dump_json().encode()
+                key, value = (
+                    (base64.b64decode(model.key_b64) if model.key_b64 else b""),
+                    model.model_dump_json().encode(),
+                )
                 headers = [("event_type", model.event_type.encode()), ("schema_version", b"1")]
             self.publisher.produce(topic, key, value, headers)
             sent = True
@@ -407,10 +446,11 @@ class StepWorker:
         self._publish_backoff = min(self._publish_backoff * 2, 10.0)
 
     def _pause_until(self, msg: Message, resume_at: float) -> None:
-        tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())
+        topic, partition, offset = _position(msg)
+        tp = TopicPartition(topic, partition, offset)
         self.consumer.pause([tp])
         self.consumer.seek(tp)
-        self._paused[(msg.topic(), msg.partition())] = resume_at
+        self._paused[(topic, partition)] = resume_at
 
     def _resume_due(self) -> None:
         now = time.time()
@@ -426,8 +466,10 @@ class StepWorker:
         self._last_outbox = time.monotonic()
         try:
             relayed = self.outbox_relay()
-        except Exception as exc:  # noqa: BLE001 - the relay retries on its next turn; the rows stay
-            log.warning("outbox_relay_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except Exception as exc:
+            log.warning(
+                "outbox_relay_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            )
             return
         if relayed:
             log.info("outbox_relayed", messages=relayed)
@@ -452,15 +494,16 @@ class StepWorker:
 
     def _dead_letter(self, msg: Message, reason: str) -> Publication:
         key, value = msg.key(), msg.value()
+        topic, partition, offset = _position(msg)
         return (
             DEADLETTER_TOPIC,
             DeadLettered(
                 event_id=new_event_id(),
                 occurred_at=utcnow(),
                 reason=reason,
-                source_topic=msg.topic(),
-                source_partition=msg.partition(),
-                source_offset=msg.offset(),
+                source_topic=topic,
+                source_partition=partition,
+                source_offset=offset,
                 consumer_group=self.step.consumer_group,
                 key_b64=base64.b64encode(key).decode() if key is not None else None,
                 value_b64=base64.b64encode(value).decode() if value is not None else None,
@@ -495,3 +538,10 @@ class StepWorker:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _position(msg: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed message (always set on one without error)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None
+    assert partition is not None
+    assert offset is not None
+    return topic, partition, offset

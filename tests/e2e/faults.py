@@ -31,7 +31,9 @@ def side_effects(app: App, project_ids: Sequence[str]) -> SideEffects:
     """Count tenant databases, roles, registrations and keys of ``project_ids``."""
     names = [TenantNames.for_project(p).database for p in project_ids]
     with psycopg.connect(libpq_url(app.database_url)) as admin:
-        databases = admin.execute("SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", (names,)).fetchone()
+        databases = admin.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", (names,)
+        ).fetchone()
         roles = admin.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)", (names,)).fetchone()
         registrations = admin.execute(
             "SELECT project_id, service, count(*) FROM service_registrations "
@@ -39,7 +41,8 @@ def side_effects(app: App, project_ids: Sequence[str]) -> SideEffects:
             (list(project_ids),),
         ).fetchall()
         keys = admin.execute(
-            "SELECT project_id, count(*) FROM api_keys WHERE project_id = ANY(%s) GROUP BY 1", (list(project_ids),)
+            "SELECT project_id, count(*) FROM api_keys WHERE project_id = ANY(%s) GROUP BY 1",
+            (list(project_ids),),
         ).fetchall()
     assert databases is not None and roles is not None
     return SideEffects(
@@ -107,7 +110,10 @@ def service_stand_in() -> Iterator[ServiceStandIn]:
                 if service in state.reject:
                     self._reply(400, {"error": f"{service} refuses tenant {tenant}"})
                     return
-                body = {"endpoint": f"{state.base_url(service)}/{tenant}", "bucket_name": spec.get("bucket_name")}
+                body = {
+                    "endpoint": f"{state.base_url(service)}/{tenant}",
+                    "bucket_name": spec.get("bucket_name"),
+                }
                 state.tenants[(service, tenant)] = body
             self._reply(200, body)
 

@@ -11,7 +11,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 def read_all(bootstrap: str, topics: Iterable[str], *, timeout: float = 10.0) -> list[Message]:
     """Every message now on ``topics``, from the beginning up to the current end."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
     )
     messages: list[Message] = []
     try:

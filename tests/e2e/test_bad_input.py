@@ -40,7 +40,9 @@ def _request(app: App, pid: str, **extra: object) -> None:
     request_provisioning({"project_id": pid, "region": "eu-west-1", **extra}, app=app)
 
 
-def _raw_request(pid: str, *, correlation_id: str | None = None, region: str = "eu-west-1") -> dict[str, object]:
+def _raw_request(
+    pid: str, *, correlation_id: str | None = None, region: str = "eu-west-1"
+) -> dict[str, object]:
     return {
         "event_id": str(uuid.uuid4()),
         "event_type": "provisioning.requested",
@@ -53,7 +55,10 @@ def _raw_request(pid: str, *, correlation_id: str | None = None, region: str = "
 
 
 def _dead_letters(app: App) -> list[DeadLettered]:
-    return [DeadLettered.model_validate_json(m.value() or b"") for m in read_all(app.bootstrap_servers, [DEADLETTER_TOPIC])]
+    return [
+        DeadLettered.model_validate_json(m.value() or b"")
+        for m in read_all(app.bootstrap_servers, [DEADLETTER_TOPIC])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,10 @@ def test_poison_messages_are_dead_lettered_and_good_ones_behind_them_flow(
     poison: dict[str, tuple[bytes | None, bytes]] = {
         "not JSON": (b"k", b"{not json"),
         "not a JSON object": (b"k", b"[1, 2, 3]"),
-        "INVALID_REQUEST": (b"k", json.dumps({"event_type": "provisioning.requested", "project_id": "k"}).encode()),
+        "INVALID_REQUEST": (
+            b"k",
+            json.dumps({"event_type": "provisioning.requested", "project_id": "k"}).encode(),
+        ),
         "unexpected event_type": (b"k", json.dumps({**valid, "event_type": "provisioning.bogus"}).encode()),
         "unsupported schema_version": (b"k", json.dumps({**valid, "schema_version": 99}).encode()),
         "oversized": (b"k", json.dumps({**valid, "padding": "x" * 300_000}).encode()),
@@ -82,7 +90,9 @@ def test_poison_messages_are_dead_lettered_and_good_ones_behind_them_flow(
     }
     for key, value in poison.values():
         produce_raw(app.bootstrap_servers, REQUESTED_TOPIC, key, value)
-    produce_raw(app.bootstrap_servers, REQUESTED_TOPIC, good.encode(), json.dumps(_raw_request(good)).encode())
+    produce_raw(
+        app.bootstrap_servers, REQUESTED_TOPIC, good.encode(), json.dumps(_raw_request(good)).encode()
+    )
     wait_until_stage(app, [good], timeout=60)
 
     letters = {base64.b64decode(d.value_b64 or ""): d for d in _dead_letters(app)}
@@ -104,15 +114,21 @@ def test_hostile_project_ids_are_refused_and_never_reach_sql(
         body["request"] = {"project_id": hostile, "region": "eu-west-1"}
         produce_raw(app.bootstrap_servers, REQUESTED_TOPIC, hostile.encode(), json.dumps(body).encode())
     marker = unique_project("after-hostile")
-    produce_raw(app.bootstrap_servers, REQUESTED_TOPIC, marker.encode(), json.dumps(_raw_request(marker)).encode())
+    produce_raw(
+        app.bootstrap_servers, REQUESTED_TOPIC, marker.encode(), json.dumps(_raw_request(marker)).encode()
+    )
     wait_until_stage(app, [marker], timeout=60)
 
-    reasons = {base64.b64decode(d.key_b64 or "").decode("utf-8", "replace"): d.reason for d in _dead_letters(app)}
+    reasons = {
+        base64.b64decode(d.key_b64 or "").decode("utf-8", "replace"): d.reason for d in _dead_letters(app)
+    }
     for hostile in HOSTILE_IDS:
         assert reasons[hostile].startswith("INVALID_REQUEST")
         assert hostile not in reasons[hostile], "the reason never echoes the hostile input"
     with psycopg.connect(libpq_url(app.database_url)) as admin:
-        rows = admin.execute("SELECT count(*) FROM projects WHERE project_id = ANY(%s)", (HOSTILE_IDS,)).fetchone()
+        rows = admin.execute(
+            "SELECT count(*) FROM projects WHERE project_id = ANY(%s)", (HOSTILE_IDS,)
+        ).fetchone()
         tenants = admin.execute(r"SELECT count(*) FROM pg_database WHERE datname ~ '[;'' \"]'").fetchone()
     assert rows == (0,) and tenants == (0,)
 
@@ -130,9 +146,18 @@ def test_duplicate_requests_provision_once_and_a_conflicting_one_is_answered(
     # The same from a raw producer: a duplicate of the request and a conflicting one.
     record = app.repository.project(pid)
     assert record is not None
-    produce_raw(app.bootstrap_servers, REQUESTED_TOPIC, pid.encode(),
-                json.dumps(_raw_request(pid, correlation_id=str(record.correlation_id))).encode())
-    produce_raw(app.bootstrap_servers, REQUESTED_TOPIC, pid.encode(), json.dumps(_raw_request(pid, region="us-east-1")).encode())
+    produce_raw(
+        app.bootstrap_servers,
+        REQUESTED_TOPIC,
+        pid.encode(),
+        json.dumps(_raw_request(pid, correlation_id=str(record.correlation_id))).encode(),
+    )
+    produce_raw(
+        app.bootstrap_servers,
+        REQUESTED_TOPIC,
+        pid.encode(),
+        json.dumps(_raw_request(pid, region="us-east-1")).encode(),
+    )
     wait_until_stage(app, [pid], timeout=60)
     time.sleep(2.0)  # let the duplicates pass through
     assert_each_side_effect_once(app, [pid])

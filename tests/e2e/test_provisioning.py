@@ -31,7 +31,9 @@ def test_full_provision_creates_every_artefact_and_publishes_no_secret(
     """A requested project goes through all seven steps; every artefact exists in PostgreSQL."""
     pid, other = unique_project("full"), unique_project("other")
     for project in (pid, other):
-        request_provisioning({"project_id": project, "region": "eu-west-1", "api_keys": {"count": 3}}, app=app)
+        request_provisioning(
+            {"project_id": project, "region": "eu-west-1", "api_keys": {"count": 3}}, app=app
+        )
     wait_until_stage(app, [pid, other], timeout=90)
 
     names, other_names = TenantNames.for_project(pid), TenantNames.for_project(other)
@@ -67,17 +69,24 @@ def test_full_provision_creates_every_artefact_and_publishes_no_secret(
     secrets = [k.secret for k in app.key_store.reveal(pid)]
     assert len(secrets) == 3
     everything = b"".join(
-        (m.value() or b"") + b"".join(v or b"" for _, v in (m.headers() or [])) for m in read_all(app.bootstrap_servers, all_topics())
+        (m.value() or b"") + b"".join(v or b"" for _, v in (m.headers() or []))
+        for m in read_all(app.bootstrap_servers, all_topics())
     )
     for secret in [password, *secrets]:
         assert secret.encode() not in everything
 
 
-def test_disabled_services_are_skipped_and_the_project_is_ready(app: App, running_workers: WorkerGroup) -> None:
+def test_disabled_services_are_skipped_and_the_project_is_ready(
+    app: App, running_workers: WorkerGroup
+) -> None:
     """auth, realtime and storage disabled in the request are skipped; the chain goes on."""
     pid = unique_project("skip")
     request_provisioning(
-        {"project_id": pid, "region": "us-east-1", "services": {"auth": False, "realtime": False, "storage": False}},
+        {
+            "project_id": pid,
+            "region": "us-east-1",
+            "services": {"auth": False, "realtime": False, "storage": False},
+        },
         app=app,
     )
     wait_until_stage(app, [pid], timeout=60)
@@ -105,7 +114,9 @@ def test_twenty_projects_requested_at_once_are_all_ready(app: App, running_worke
     assert count == (20,)
 
 
-def test_raw_json_request_from_a_plain_producer_is_provisioned(app: App, running_workers: WorkerGroup) -> None:
+def test_raw_json_request_from_a_plain_producer_is_provisioned(
+    app: App, running_workers: WorkerGroup
+) -> None:
     """A request produced as raw JSON bytes by a plain Kafka client, no headers, is provisioned."""
     pid = unique_project("raw")
     body = {

@@ -32,13 +32,9 @@ def test_kafka_round_trip_with_key(infra_env: InfraEnv) -> None:
     """A keyed record produced to a fresh topic is consumed back with the same key and value."""
     topic = f"infra-test-{uuid.uuid4().hex[:12]}"
     admin = AdminClient({"bootstrap.servers": infra_env.bootstrap_servers})
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(
-        timeout=30
-    )
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=30)
     try:
-        producer = Producer(
-            {"bootstrap.servers": infra_env.bootstrap_servers, "enable.idempotence": True}
-        )
+        producer = Producer({"bootstrap.servers": infra_env.bootstrap_servers, "enable.idempotence": True})
         producer.produce(topic, key=b"tenant-42", value=b'{"step": "create-database"}')
         assert producer.flush(30) == 0, "the record was not delivered within 30 s"
 
@@ -66,8 +62,13 @@ def test_login_role_needs_its_password_over_tcp(infra_env: InfraEnv) -> None:
     assert not host.startswith("/"), f"the database URL must be TCP, not a socket: {host}"
     with psycopg.connect(infra_env.libpq_url, autocommit=True) as admin:
         admin.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(password)
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
+        )
+        # The control-plane migration revokes CONNECT from PUBLIC on this database.
+        admin.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(str(conninfo_to_dict(infra_env.libpq_url).get("dbname", "postgres"))),
+                sql.Identifier(role),
             )
         )
     try:
@@ -77,6 +78,7 @@ def test_login_role_needs_its_password_over_tcp(infra_env: InfraEnv) -> None:
             psycopg.connect(_as_role(infra_env, role, f"not-{password}"))
     finally:
         with psycopg.connect(infra_env.libpq_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.bench.stats import (
+    Completion,
     StepLog,
     StepSpan,
     Target,
@@ -21,6 +22,7 @@ from services.bench.stats import (
     percentile,
     rate,
     ratio,
+    saturated_gaps,
     split_hop,
     summarize,
     summarize_or_none,
@@ -262,3 +264,21 @@ def test_split_hop_accounts_for_the_whole_hop() -> None:
     assert parts.pre_claim_ms == pytest.approx(3.0)
     total = parts.finish_prev_ms + parts.transit_ms + parts.pre_claim_ms
     assert total == pytest.approx(ms(at(23) - at(10)))
+
+
+def test_saturated_gaps_keep_only_back_to_back_messages() -> None:
+    """A gap counts only when the next message was waiting before the previous one finished."""
+    completions = [
+        Completion(available_at=at(0), logged_at=at(100), duration_ms=80.0),
+        Completion(available_at=at(10), logged_at=at(190), duration_ms=70.0),  # waiting: counts
+        Completion(available_at=at(300), logged_at=at(390), duration_ms=60.0),  # idle before
+        Completion(available_at=at(375), logged_at=at(470), duration_ms=65.0),  # within margin
+    ]
+    assert saturated_gaps(completions, margin_ms=20.0) == [(pytest.approx(90.0), 70.0)]
+
+
+def test_saturated_gaps_sort_by_completion_time() -> None:
+    """Completions may come in any order; they are taken in the order they were logged."""
+    first = Completion(at(0), at(100), 50.0)
+    second = Completion(at(0), at(160), 55.0)
+    assert saturated_gaps([second, first]) == [(pytest.approx(60.0), 55.0)]

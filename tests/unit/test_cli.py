@@ -107,9 +107,7 @@ def test_request_bad_payload_file(content: str, expected: str) -> None:
 
 def test_request_bad_key_count() -> None:
     """request --keys 0 exits 2 with one line naming api_keys."""
-    line = _one_line_usage_error(
-        _run("request", "acme-app", "--region", "us-east-1", "--keys", "0")
-    )
+    line = _one_line_usage_error(_run("request", "acme-app", "--region", "us-east-1", "--keys", "0"))
     assert "api_keys" in line
 
 

@@ -115,17 +115,13 @@ def test_missing_event_type() -> None:
 @pytest.mark.parametrize("version", [2, 0, "1", True])
 def test_unsupported_schema_version(version: Any) -> None:
     """A schema_version other than 1 (including "1" and true) is refused as unsupported."""
-    assert _reason(_dumps(requested_json(schema_version=version))).startswith(
-        "unsupported schema_version"
-    )
+    assert _reason(_dumps(requested_json(schema_version=version))).startswith("unsupported schema_version")
 
 
 @pytest.mark.parametrize("version", [[1], {"v": 1}])
 def test_unhashable_schema_version(version: Any) -> None:
     """An unhashable schema_version (list, object) is refused as unsupported, not a crash."""
-    assert _reason(_dumps(requested_json(schema_version=version))).startswith(
-        "unsupported schema_version"
-    )
+    assert _reason(_dumps(requested_json(schema_version=version))).startswith("unsupported schema_version")
 
 
 @pytest.mark.parametrize("value", [b"[" * 100_000, b'{"a":' * 50_000])
@@ -134,9 +130,7 @@ def test_deeply_nested_json(value: bytes) -> None:
     _reason(value)
 
 
-@pytest.mark.parametrize(
-    "missing", ["event_id", "occurred_at", "project_id", "correlation_id", "request"]
-)
+@pytest.mark.parametrize("missing", ["event_id", "occurred_at", "project_id", "correlation_id", "request"])
 def test_missing_field(missing: str) -> None:
     """A body missing a required field is INVALID_REQUEST naming the field."""
     body = requested_json()

@@ -31,9 +31,7 @@ def test_errors_needing_a_person_are_not_retryable(error_type: ErrorType) -> Non
     assert error_type.retryable is False
 
 
-@pytest.mark.parametrize(
-    "error_type", [ErrorType.NETWORK_ERROR, ErrorType.TIMEOUT, ErrorType.UNKNOWN_ERROR]
-)
+@pytest.mark.parametrize("error_type", [ErrorType.NETWORK_ERROR, ErrorType.TIMEOUT, ErrorType.UNKNOWN_ERROR])
 def test_transient_errors_are_retryable(error_type: ErrorType) -> None:
     """Network errors, timeouts and unknown errors are retryable."""
     assert error_type.retryable is True

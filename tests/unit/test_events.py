@@ -169,9 +169,7 @@ def _info(key_id: str = "key_1") -> ApiKeyInfo:
 
 
 def _registration(service: str) -> ServiceRegistration:
-    return ServiceRegistration(
-        enabled=True, tenant_id="acme-app", endpoint=f"https://{service}/acme-app"
-    )
+    return ServiceRegistration(enabled=True, tenant_id="acme-app", endpoint=f"https://{service}/acme-app")
 
 
 def _full_results() -> StepResults:

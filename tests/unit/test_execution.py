@@ -79,9 +79,7 @@ def test_failed_step_is_ignored(fakes: Fakes) -> None:
 def test_step_running_under_another_live_lease_is_busy(fakes: Fakes) -> None:
     """A step held by another consumer's live lease gives Busy until that lease ends."""
     event = fakes.input_for("schema", make_requested())
-    held = fakes.store.transition(
-        PROJECT, SCHEMA, StepStatus.RUNNING, owner="other", lease_seconds=60
-    )
+    held = fakes.store.transition(PROJECT, SCHEMA, StepStatus.RUNNING, owner="other", lease_seconds=60)
     outcome = fakes.run("schema", event)
     assert outcome == Busy(held.lease_expires_at)
     assert held.lease_expires_at == fakes.clock() + timedelta(seconds=60)

@@ -21,16 +21,12 @@ S = StepStatus
 STEP = STEP_NAMES[0]
 
 
-def _store_with(
-    status: StepStatus, *, owner: str | None = None, lease: float = 300.0
-) -> FakeStepStore:
+def _store_with(status: StepStatus, *, owner: str | None = None, lease: float = 300.0) -> FakeStepStore:
     store = FakeStepStore()
     store.initialize("acme-app")
     key = ("acme-app", STEP)
     expires = store.clock() + timedelta(seconds=lease) if owner else None
-    store.rows[key] = replace(
-        store.rows[key], status=status, lease_owner=owner, lease_expires_at=expires
-    )
+    store.rows[key] = replace(store.rows[key], status=status, lease_owner=owner, lease_expires_at=expires)
     return store
 
 
@@ -110,9 +106,7 @@ def test_register_request_adopts_bare_project() -> None:
 
 def test_fake_specs_mirror_bootstrap(tmp_path: Path) -> None:
     """The fake wiring matches App.specs: order, steps, failure types, skip rules, extras."""
-    settings = Settings(
-        state_dir=tmp_path, secret_key="m1d2Yk1sS3dVQ0hZbVh3b2pGb2xIVzBvWjZtM0lqZ0E="
-    )
+    settings = Settings(state_dir=tmp_path, secret_key="m1d2Yk1sS3dVQ0hZbVh3b2pGb2xIVzBvWjZtM0lqZ0E=")
     url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # never connected to: specs are lazy
     real = App(
         settings=settings,

@@ -232,9 +232,7 @@ def test_registration_skipped_when_service_disabled(fakes: Fakes, service: str) 
 def test_registration_failure_propagates(fakes: Fakes, service: str) -> None:
     """A registry failure propagates its ProvisioningError and leaves the step running."""
     event = fakes.input_for(service, make_requested())
-    failure = ProvisioningError(
-        ErrorType.SERVICE_REGISTRATION_FAILED, f"{service} answered HTTP 503"
-    )
+    failure = ProvisioningError(ErrorType.SERVICE_REGISTRATION_FAILED, f"{service} answered HTTP 503")
     fakes.registry.fail_with(failure, service=service)
     assert _error_of(fakes, service, event) is failure
     assert _row_status(fakes, service) is StepStatus.RUNNING
@@ -244,9 +242,7 @@ def test_registration_failure_propagates(fakes: Fakes, service: str) -> None:
     ("module", "service"),
     [(auth_handler, "auth"), (realtime_handler, "realtime"), (storage_handler, "storage")],
 )
-def test_service_handler_modules_register_their_service(
-    fakes: Fakes, module: Any, service: str
-) -> None:
+def test_service_handler_modules_register_their_service(fakes: Fakes, module: Any, service: str) -> None:
     """Each per-service handler module registers with its own service and skips when it is off."""
     event = fakes.input_for(service, make_requested())
     before = len(fakes.registry.calls)
@@ -260,9 +256,7 @@ def test_service_handler_modules_register_their_service(
 
 def test_all_services_disabled_chain_still_completes(fakes: Fakes) -> None:
     """With every service disabled the chain completes and the result has no registration."""
-    events = fakes.run_chain(
-        make_requested(services={"auth": False, "realtime": False, "storage": False})
-    )
+    events = fakes.run_chain(make_requested(services={"auth": False, "realtime": False, "storage": False}))
     assert [e.step_status for e in events] == [
         "success",
         "success",

@@ -102,9 +102,7 @@ def test_validate_required_handlers_names_missing() -> None:
 
 def test_enqueue_unknown_job_type() -> None:
     """enqueue_job of an unknown type raises UnknownJobTypeError before touching anything."""
-    with pytest.raises(
-        UnknownJobTypeError, match="'unknown' cannot be enqueued; known: provision_project"
-    ):
+    with pytest.raises(UnknownJobTypeError, match="'unknown' cannot be enqueued; known: provision_project"):
         enqueue_job("unknown", {"project_id": "acme-app"})
 
 

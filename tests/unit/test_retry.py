@@ -7,14 +7,10 @@ import pytest
 from shared.kafka.runtime import RetryPolicy
 
 
-@pytest.mark.parametrize(
-    ("attempt", "expected"), [(1, 300.0), (2, 600.0), (3, 1200.0), (4, 2400.0)]
-)
+@pytest.mark.parametrize(("attempt", "expected"), [(1, 300.0), (2, 600.0), (3, 1200.0), (4, 2400.0)])
 def test_exponential_from_base(attempt: int, expected: float) -> None:
     """Without jitter the delay is base * 2**(attempt-1)."""
-    assert (
-        RetryPolicy(base_seconds=300.0, max_seconds=3600.0, jitter=0.0).delay(attempt) == expected
-    )
+    assert RetryPolicy(base_seconds=300.0, max_seconds=3600.0, jitter=0.0).delay(attempt) == expected
 
 
 @pytest.mark.parametrize("attempt", [5, 6, 20, 100])

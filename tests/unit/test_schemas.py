@@ -69,10 +69,7 @@ def test_schema_valid_event_is_accepted_by_model(fields: dict[str, Any]) -> None
     document = make_requested(**fields).model_dump(mode="json")
     errors = list(_validator("provisioning.requested.json").iter_errors(document))
     assert errors == []
-    assert (
-        ProvisioningRequested.model_validate_json(json.dumps(document)).model_dump(mode="json")
-        == document
-    )
+    assert ProvisioningRequested.model_validate_json(json.dumps(document)).model_dump(mode="json") == document
     request = document["request"]
     assert list(_validator("ProvisionProjectPayload.json").iter_errors(request)) == []
     assert ProvisionProjectPayload.model_validate_json(json.dumps(request)).project_id == "acme-app"
@@ -100,9 +97,7 @@ def _bad(document: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[st
         (("attempt",), 0),
     ],
 )
-def test_document_rejected_by_model_is_rejected_by_schema(
-    path: tuple[str, ...], value: Any
-) -> None:
+def test_document_rejected_by_model_is_rejected_by_schema(path: tuple[str, ...], value: Any) -> None:
     """A document the model rejects (bad id, region, count...) is rejected by the schema too."""
     document = _bad(make_requested().model_dump(mode="json"), path, value)
     with pytest.raises(ValidationError):

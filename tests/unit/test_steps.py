@@ -74,9 +74,7 @@ def test_lookup_by_key_name_or_either() -> None:
         resolve_step("nope")
 
 
-def _statuses(
-    *pairs: tuple[str, StepStatus], rest: StepStatus = S.PENDING
-) -> dict[str, StepStatus]:
+def _statuses(*pairs: tuple[str, StepStatus], rest: StepStatus = S.PENDING) -> dict[str, StepStatus]:
     statuses = dict.fromkeys(STEP_NAMES, rest)
     for key, status in pairs:
         statuses[step_by_key(key).name] = status
@@ -126,7 +124,5 @@ def test_stage_failed() -> None:
 def test_stage_completed() -> None:
     """Every step success or skipped is COMPLETED."""
     assert derive_stage(_statuses(rest=S.SUCCESS)) is Stage.COMPLETED
-    skipped = _statuses(
-        ("auth", S.SKIPPED), ("realtime", S.SKIPPED), ("storage", S.SKIPPED), rest=S.SUCCESS
-    )
+    skipped = _statuses(("auth", S.SKIPPED), ("realtime", S.SKIPPED), ("storage", S.SKIPPED), rest=S.SUCCESS)
     assert derive_stage(skipped) is Stage.COMPLETED

@@ -108,5 +108,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("api_keys", "service_registrations", "tenant_credentials", "outbox", "provisioning_steps", "projects"):
+    for table in (
+        "api_keys",
+        "service_registrations",
+        "tenant_credentials",
+        "outbox",
+        "provisioning_steps",
+        "projects",
+    ):
         op.drop_table(table)

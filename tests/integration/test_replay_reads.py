@@ -1,0 +1,208 @@
+"""``provision replay``: failed records read back from the real failed topics and re-driven."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from services.bootstrap import App
+from services.replay import replay
+from shared.events import (
+    DatabaseInfo,
+    ErrorInfo,
+    ProvisionProjectPayload,
+    StepFailed,
+    StepResults,
+    completed_event_for,
+    failed_event_for,
+    retry_event_for,
+    utcnow,
+)
+from shared.infra import InfraEnv
+from shared.kafka import consumer_config, encode
+from shared.steps import StepStatus, step_by_key
+from shared.tracing import new_trace
+from tests.support import make_app, unique_project
+
+SCHEMA = step_by_key("schema")
+S = StepStatus
+
+
+def publish_failure(app: App, project_id: str, message: str = "owner mismatch") -> StepFailed:
+    """Publish a StepFailed record of the schema step for ``project_id`` to its failed topic."""
+    request = ProvisionProjectPayload(project_id=project_id, region="eu-west-1")
+    project = app.repository.project(project_id)
+    correlation_id = project.correlation_id if project and project.correlation_id else uuid.uuid4()
+    database = DatabaseInfo(host="127.0.0.1", port=5432, database_name="tenant_x", role_name="tenant_x")
+    input_event = completed_event_for("database")(
+        event_id=uuid.uuid4(),
+        occurred_at=utcnow(),
+        project_id=project_id,
+        correlation_id=correlation_id,
+        request=request,
+        results=StepResults(database=database),
+        step_status="success",
+    )
+    failed = failed_event_for("schema")(
+        event_id=uuid.uuid4(),
+        occurred_at=utcnow(),
+        project_id=project_id,
+        correlation_id=correlation_id,
+        causation_id=input_event.event_id,
+        request=request,
+        results=input_event.results,
+        attempt=3,
+        input=input_event,
+        error=ErrorInfo(type="SCHEMA_CREATION_FAILED", message=message, retryable=True),
+    )
+    app.publisher.produce(SCHEMA.failed_topic, *encode(failed, new_trace()))
+    app.publisher.flush()
+    return failed
+
+
+def fail_schema_step(app: App, project_id: str) -> None:
+    """Drive the project's schema step to failed through the state machine."""
+    repo = app.repository
+    repo.transition(project_id, SCHEMA.name, S.RUNNING, owner="schema-worker")
+    repo.transition(
+        project_id,
+        SCHEMA.name,
+        S.FAILED,
+        error_message="schema owner mismatch",
+        error_details={"type": "SCHEMA_CREATION_FAILED", "attempt": 3},
+    )
+
+
+@pytest.fixture
+def failed_project(app: App) -> tuple[str, StepFailed]:
+    """A requested project whose schema step failed, with its failure on the failed topic."""
+    project_id = unique_project("replay")
+    request = ProvisionProjectPayload(project_id=project_id, region="eu-west-1")
+    app.repository.register_request(request, uuid.uuid4())
+    fail_schema_step(app, project_id)
+    return project_id, publish_failure(app, project_id)
+
+
+def retries_for(app: App, project_id: str) -> list[bytes]:
+    """Values of the records keyed ``project_id`` on the schema retry topic, from the start."""
+    topic = SCHEMA.retry_topic
+    consumer = Consumer(consumer_config(app.bootstrap_servers, f"it-replay-{uuid.uuid4().hex[:8]}"))
+    values: list[bytes] = []
+    try:
+        for partition in sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            consumer.assign([TopicPartition(topic, partition, low)])
+            position = low
+            while position < high:
+                msg = consumer.poll(10)
+                assert msg is not None, f"{topic}[{partition}] stalled at offset {position}"
+                if msg.error() is not None:
+                    raise KafkaException(msg.error())
+                position = msg.offset() + 1
+                if msg.key() == project_id.encode():
+                    values.append(msg.value() or b"")
+    finally:
+        consumer.close()
+    return values
+
+
+def test_dry_run_says_would_replay_and_changes_nothing(
+    app: App, failed_project: tuple[str, StepFailed]
+) -> None:
+    """replay(dry_run=True) reports 'would replay' with the error, and changes no row or topic."""
+    project_id, failed = failed_project
+    before = app.repository.step(project_id, SCHEMA.name)
+
+    decisions = replay(app, project_id=project_id, dry_run=True)
+
+    assert [(d.project_id, d.step, d.action) for d in decisions] == [(project_id, "schema", "would replay")]
+    assert decisions[0].reason == f"failed with SCHEMA_CREATION_FAILED: {failed.error.message}"
+    assert app.repository.step(project_id, SCHEMA.name) == before
+    assert retries_for(app, project_id) == []
+
+
+def test_replay_moves_the_step_to_pending_and_republishes_its_input(
+    app: App, failed_project: tuple[str, StepFailed]
+) -> None:
+    """replay moves the failed step to pending (replay_count 1) and publishes a replayed retry."""
+    project_id, failed = failed_project
+
+    decisions = replay(app, step_key="schema", project_id=project_id)
+
+    assert [(d.step, d.action) for d in decisions] == [("schema", "replayed")]
+    row = app.repository.step(project_id, SCHEMA.name)
+    assert row is not None
+    assert (row.status, row.replay_count, row.retry_count) == (S.PENDING, 1, 1)
+    [value] = retries_for(app, project_id)
+    retry = retry_event_for("schema").model_validate_json(value)
+    assert retry.replayed
+    assert retry.causation_id == failed.event_id
+    assert retry.correlation_id == failed.correlation_id
+    assert (retry.input, retry.error, retry.attempt) == (failed.input, failed.error, 1)
+
+
+def test_replay_again_skips_a_step_no_longer_failed(app: App, failed_project: tuple[str, StepFailed]) -> None:
+    """A second replay skips the step ('not failed') and publishes nothing more."""
+    project_id, _ = failed_project
+    replay(app, step_key="schema", project_id=project_id)
+
+    decisions = replay(app, step_key="schema", project_id=project_id)
+
+    assert [(d.step, d.action) for d in decisions] == [("schema", "skipped")]
+    assert "step is pending now, not failed" in decisions[0].reason
+    assert len(retries_for(app, project_id)) == 1
+    row = app.repository.step(project_id, SCHEMA.name)
+    assert row is not None
+    assert row.replay_count == 1
+
+
+def test_only_the_latest_failure_of_a_step_counts(app: App, failed_project: tuple[str, StepFailed]) -> None:
+    """With two failure records for one step, replay decides once, on the latest."""
+    project_id, _ = failed_project
+    latest = publish_failure(app, project_id, message="baseline migration missing")
+
+    decisions = replay(app, step_key="schema", project_id=project_id, dry_run=True)
+
+    assert len(decisions) == 1
+    assert decisions[0].reason.endswith(latest.error.message)
+
+
+def test_replay_skips_a_failure_of_an_unknown_project(app: App) -> None:
+    """A failure record of a project the control plane does not know is skipped."""
+    project_id = unique_project("ghost")
+    publish_failure(app, project_id)
+
+    decisions = replay(app, step_key="schema", project_id=project_id)
+
+    assert [(d.action, d.reason) for d in decisions] == [("skipped", "the project no longer exists")]
+    assert retries_for(app, project_id) == []
+
+
+@pytest.fixture
+def guarded_app(infra_env: InfraEnv, state_dir: Path) -> Iterator[App]:
+    """An app that allows one replay per step."""
+    guarded = make_app(infra_env, state_dir, max_replays_per_step=1)
+    yield guarded
+    guarded.close()
+
+
+def test_loop_guard_stops_replaying_a_step_that_keeps_failing(
+    guarded_app: App, failed_project: tuple[str, StepFailed]
+) -> None:
+    """A step replayed max_replays_per_step times is skipped by the loop guard."""
+    project_id, _ = failed_project
+    first = replay(guarded_app, step_key="schema", project_id=project_id)
+    assert [d.action for d in first] == ["replayed"]
+    fail_schema_step(guarded_app, project_id)
+
+    decisions = replay(guarded_app, step_key="schema", project_id=project_id)
+
+    assert [d.action for d in decisions] == ["skipped"]
+    assert decisions[0].reason.startswith("loop guard: replayed 1 times already")
+    row = guarded_app.repository.step(project_id, SCHEMA.name)
+    assert row is not None
+    assert (row.status, row.replay_count) == (S.FAILED, 1)
