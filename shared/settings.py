@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".provision")
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
-    pg_port: int = 54329
+    pg_port: int = 15432
 
     # Topics.
     topic_partitions: int = Field(default=3, ge=1)

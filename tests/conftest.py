@@ -5,7 +5,7 @@ Where they come from, in order of preference:
 1. ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` both set: use those servers as they are.
 2. A Docker engine answers: start throwaway containers with testcontainers.
 3. Otherwise: :class:`shared.infra.LocalInfra` under ``<repo>/.provision/test`` on ports
-   29092/29093/54339 (clear of the development defaults), wiped at session start (the broker
+   29092/29093/25432 (clear of the development defaults), wiped at session start (the broker
    jars are kept) and stopped at session end.
 
 If none of them can start, every test that needs them fails with the reason: a test suite
@@ -34,7 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_STATE_DIR = Path(os.environ.get("PROVISION_TEST_STATE_DIR", REPO_ROOT / ".provision" / "test"))
 TEST_KAFKA_PORT = int(os.environ.get("PROVISION_TEST_KAFKA_PORT", "29092"))
 TEST_CONTROLLER_PORT = int(os.environ.get("PROVISION_TEST_CONTROLLER_PORT", "29093"))
-TEST_PG_PORT = int(os.environ.get("PROVISION_TEST_PG_PORT", "54339"))
+TEST_PG_PORT = int(os.environ.get("PROVISION_TEST_PG_PORT", "25432"))
+# All below 32768, where Linux picks ephemeral ports for outgoing connections: a client
+# socket can otherwise take a server port between two sessions.
 
 # Same broker version as shared/infra/pom.xml, so both paths test against one Kafka.
 KAFKA_IMAGE = os.environ.get("PROVISION_TEST_KAFKA_IMAGE", "apache/kafka:4.3.1")

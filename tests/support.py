@@ -72,6 +72,11 @@ def make_app(env: InfraEnv, state_dir: Path, **overrides: Any) -> App:
     return build_app(test_settings(env, state_dir, **overrides))
 
 
+def env_of(app: App) -> InfraEnv:
+    """Where an app's broker and database are."""
+    return InfraEnv(bootstrap_servers=app.bootstrap_servers, database_url=app.database_url)
+
+
 def unique_project(prefix: str = "t") -> str:
     """A project id no other test uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
-from psycopg import errors as pg_errors
+import psycopg
 from psycopg import sql
 from sqlalchemy import Engine, text
 
@@ -37,28 +39,33 @@ class PostgresTenantCluster:
         attributes = sql.SQL(
             "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
         ).format(sql.Literal(password))
-        with self.address.admin() as conn:
+        with self._locked(f"role:{role}") as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            if exists is None:
-                try:
-                    conn.execute(sql.SQL("CREATE ROLE {} ").format(sql.Identifier(role)) + attributes)
-                    return
-                except (pg_errors.DuplicateObject, pg_errors.UniqueViolation):
-                    pass  # created by a concurrent attempt: converge below
-            conn.execute(sql.SQL("ALTER ROLE {} WITH ").format(sql.Identifier(role)) + attributes)
+            verb = "ALTER ROLE {} WITH " if exists else "CREATE ROLE {} "
+            conn.execute(sql.SQL(verb).format(sql.Identifier(role)) + attributes)
 
     def ensure_database(self, name: str, owner: str) -> None:
         """The database, owned by ``owner``, reachable by its owner alone."""
         ident, owner_ident = sql.Identifier(name), sql.Identifier(owner)
-        with self.address.admin() as conn:
+        with self._locked(f"database:{name}") as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
             if exists is None:
-                # A concurrent attempt may create it first; either way it exists after this.
-                with contextlib.suppress(pg_errors.DuplicateDatabase, pg_errors.UniqueViolation):
-                    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, owner_ident))
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, owner_ident))
             conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, owner_ident))
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
             conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, owner_ident))
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[psycopg.Connection[Any]]:
+        """An admin connection holding an advisory lock on ``name``. Catalog changes to one
+        role or database (CREATE, ALTER, GRANT) fail rather than wait when they race, so
+        concurrent attempts for the same tenant take turns."""
+        with self.address.admin() as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+            try:
+                yield conn
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
 
 
 class SqlCredentialStore:

@@ -18,7 +18,8 @@ class InfraEnv:
 
     bootstrap_servers: str
     database_url: str
-    """SQLAlchemy-style URL, e.g. ``postgresql+psycopg://postgres@127.0.0.1:54329/postgres``."""
+    """A libpq URL, e.g. ``postgresql://postgres@127.0.0.1:15432/postgres``: psql opens it as
+    it is, and the product picks the psycopg 3 driver for SQLAlchemy itself."""
 
     @property
     def libpq_url(self) -> str:
@@ -46,7 +47,7 @@ class LocalInfra:
         state_dir: Path,
         kafka_port: int = 19092,
         controller_port: int = 19093,
-        pg_port: int = 54329,
+        pg_port: int = 15432,
     ) -> None:
         validate_port(kafka_port, KAFKA_PORT_ENV)
         validate_port(controller_port, CONTROLLER_PORT_ENV)
@@ -65,7 +66,7 @@ class LocalInfra:
         """Connection settings for this infrastructure; starts nothing."""
         return InfraEnv(
             bootstrap_servers=self.kafka.bootstrap_servers,
-            database_url=(f"postgresql+psycopg://{SUPERUSER}@{LOOPBACK}:{self.postgres.port}/{DATABASE}"),
+            database_url=f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.postgres.port}/{DATABASE}",
         )
 
     def up(self, progress: Progress = quiet) -> InfraEnv:

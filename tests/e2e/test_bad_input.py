@@ -7,6 +7,7 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -36,10 +37,6 @@ HOSTILE_IDS = [
 ]
 
 
-def _request(app: App, pid: str, **extra: object) -> None:
-    request_provisioning({"project_id": pid, "region": "eu-west-1", **extra}, app=app)
-
-
 def _raw_request(
     pid: str, *, correlation_id: str | None = None, region: str = "eu-west-1"
 ) -> dict[str, object]:
@@ -62,7 +59,7 @@ def _dead_letters(app: App) -> list[DeadLettered]:
 
 
 @pytest.fixture(scope="module")
-def running_poison_workers(app: App, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def running_poison_workers(app: App, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
     """Workers shared by the bad-input tests, which do not disturb them."""
     group = WorkerGroup(app.settings, tmp_path_factory.mktemp("poison-logs"))
     group.start()

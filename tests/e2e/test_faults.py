@@ -4,7 +4,6 @@ nothing lost, nothing done twice, under crashes, outages and broken services."""
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,9 @@ import pytest
 from services.api import project_status, request_provisioning
 from services.bootstrap import App
 from services.replay import replay
-from shared.events import DeadLettered
 from shared.infra import LocalInfra
 from shared.kafka import CRASH_POINTS
 from shared.steps import (
-    DEADLETTER_TOPIC,
     STEP_KEYS,
     Stage,
     StepStatus,
@@ -24,44 +21,13 @@ from shared.steps import (
 )
 from tests.e2e.faults import assert_each_side_effect_once, service_stand_in, side_effects
 from tests.e2e.kafka_tools import read_all
-from tests.support import WorkerGroup, make_app, unique_project, wait_until_stage
+from tests.support import WorkerGroup, env_of, make_app, unique_project, wait_until_stage
 
 pytestmark = pytest.mark.e2e
-
-HOSTILE_IDS = [
-    "x'; DROP TABLE projects; --",
-    'quote"d',
-    "semi;colon",
-    "p\u0430yments",  # Cyrillic 'а', a look-alike of 'a'
-    "a" * 200,
-    "UPPER-case",
-    "tenant_underscore",
-]
 
 
 def _request(app: App, pid: str, **extra: object) -> None:
     request_provisioning({"project_id": pid, "region": "eu-west-1", **extra}, app=app)
-
-
-def _raw_request(
-    pid: str, *, correlation_id: str | None = None, region: str = "eu-west-1"
-) -> dict[str, object]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": "provisioning.requested",
-        "schema_version": 1,
-        "occurred_at": "2026-11-22T10:00:00Z",
-        "project_id": pid,
-        "correlation_id": correlation_id or str(uuid.uuid4()),
-        "request": {"project_id": pid, "region": region},
-    }
-
-
-def _dead_letters(app: App) -> list[DeadLettered]:
-    return [
-        DeadLettered.model_validate_json(m.value() or b"")
-        for m in read_all(app.bootstrap_servers, [DEADLETTER_TOPIC])
-    ]
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -107,7 +73,7 @@ def test_short_database_outage_is_absorbed_by_retries(
 ) -> None:
     """PostgreSQL down for less than the retry budget: the projects finish by themselves."""
     slow_retries = make_app(
-        app_env(app), state_dir, retry_base_seconds=2.0, retry_max_seconds=16.0, max_attempts=6
+        env_of(app), state_dir, retry_base_seconds=2.0, retry_max_seconds=16.0, max_attempts=6
     )
     workers.settings = slow_retries.settings
     ids = [unique_project("pgshort") for _ in range(3)]
@@ -127,7 +93,7 @@ def test_long_database_outage_fails_the_steps_and_replay_finishes_them(
     app: App, workers: WorkerGroup, local_infra: LocalInfra, state_dir: Path
 ) -> None:
     """PostgreSQL down for longer than the retry budget: steps end failed; replay finishes them."""
-    quick = make_app(app_env(app), state_dir, retry_base_seconds=0.2, retry_max_seconds=0.4, max_attempts=2)
+    quick = make_app(env_of(app), state_dir, retry_base_seconds=0.2, retry_max_seconds=0.4, max_attempts=2)
     workers.settings = quick.settings
     ids = [unique_project("pglong")]  # one worker holds one failure in hand at a time
     for pid in ids:
@@ -163,7 +129,7 @@ def test_permanent_registration_failure_goes_to_the_failed_topic_and_replay_fixe
     with service_stand_in() as services:
         services.reject.add("auth")
         http = make_app(
-            app_env(app),
+            env_of(app),
             state_dir,
             service_adapter="http",
             auth_url=services.base_url("auth"),
@@ -195,10 +161,3 @@ def test_permanent_registration_failure_goes_to_the_failed_topic_and_replay_fixe
         wait_until_stage(app, [pid], timeout=60)
         assert (("auth", pid) in services.tenants) and len(services.tenants) == 3
         assert side_effects(app, [pid]).keys == {pid: 2}
-
-
-def app_env(app: App):  # type: ignore[no-untyped-def]
-    """The InfraEnv an app points at."""
-    from shared.infra import InfraEnv
-
-    return InfraEnv(bootstrap_servers=app.bootstrap_servers, database_url=app.database_url)
