@@ -110,7 +110,14 @@ def _mount_infra() -> None:
     app.add_typer(build_infra_app(_make_infra), name="infra")
 
 
+def _mount_bench() -> None:
+    from services.bench.cli import bench_app  # noqa: PLC0415
+
+    app.add_typer(bench_app, name="bench")
+
+
 _mount_infra()
+_mount_bench()
 
 
 @app.command()

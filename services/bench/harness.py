@@ -1,0 +1,448 @@
+"""The benchmark's set-up: infrastructure, migrations, topics, the seven worker processes,
+a watcher of completion events, and a sampler of the workers' RSS and CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from services.bootstrap import App, build_app, local_infra
+from shared.infra import LocalInfra
+from shared.settings import Settings
+from shared.steps import DEADLETTER_TOPIC, FINAL_STEP, STEP_KEYS, STEPS, all_topics
+
+Say = Callable[[str], None]
+
+
+class BenchFailure(Exception):
+    """The benchmark could not run or found the product misbehaving (one line, exit 1)."""
+
+
+# --- infrastructure and schema ------------------------------------------------------------
+
+
+@dataclass
+class Infra:
+    """How the run reached its servers, and whether it started them (then it stops them)."""
+
+    local: LocalInfra | None
+    started: bool
+
+
+def bring_up(settings: Settings, say: Say) -> Infra:
+    """Start the local infrastructure unless both servers are given by URL."""
+    if settings.kafka_bootstrap_servers is not None and settings.database_url is not None:
+        return Infra(local=None, started=False)
+    infra = local_infra(settings)
+    was_running = all(state.startswith("running") for state in infra.status().values())
+    infra.up(lambda line: say(f"infra: {line}"))
+    return Infra(local=infra, started=not was_running)
+
+
+def prepare(settings: Settings, say: Say) -> App:
+    """The app wired to the servers, with migrations applied and every topic created."""
+    from shared.db import migrate  # noqa: PLC0415 - alembic is slow to import
+    from shared.kafka import ensure_topics  # noqa: PLC0415
+
+    app = build_app(settings)
+    applied = migrate(app.engine)
+    say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
+    outcome = ensure_topics(
+        app.bootstrap_servers,
+        all_topics(),
+        partitions=settings.topic_partitions,
+        replication=settings.topic_replication,
+    )
+    created = sum(1 for state in outcome.values() if state == "created")
+    say(f"topics: {len(outcome)} ready ({created} created)")
+    return app
+
+
+# --- the workers as processes -------------------------------------------------------------
+
+# metrics_port is left out (seven workers cannot all listen on one port), and so is the
+# testing switch that kills a worker on purpose.
+_NOT_PASSED = {"kafka_bootstrap_servers", "database_url", "metrics_port", "crash_at", "crash_marker"}
+
+
+def worker_env(settings: Settings, app: App) -> dict[str, str]:
+    """The environment that makes a worker process read the same settings as the bench.
+
+    Logs are JSON at INFO at least: the profile reads the workers' ``step_completed`` lines.
+    """
+    env: dict[str, str] = {
+        "KAFKA_BOOTSTRAP_SERVERS": app.bootstrap_servers,
+        "DATABASE_URL": app.database_url,
+        "PROVISION_LOG_FORMAT": "json",
+        "PROVISION_LOG_LEVEL": "INFO",
+    }
+    for name, value in settings.model_dump(exclude=_NOT_PASSED | {"log_format", "log_level"}).items():
+        if value is None:
+            continue
+        if name == "secret_key":
+            text = settings.secret_key.get_secret_value() if settings.secret_key is not None else ""
+        elif isinstance(value, tuple | list):
+            text = json.dumps(list(value))
+        else:
+            text = str(value)
+        env[f"PROVISION_{name.upper()}"] = text
+    return env
+
+
+@dataclass
+class WorkerFleet:
+    """The seven step workers, each its own OS process (``python -m services.<step>``)."""
+
+    env: dict[str, str]
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, **self.env}
+        for step in STEP_KEYS:
+            with (self.log_dir / f"{step}.log").open("ab") as log:
+                self.procs[step] = subprocess.Popen(
+                    [sys.executable, "-m", f"services.{step}"],
+                    env=environment,
+                    stdout=log,
+                    stderr=log,
+                    stdin=subprocess.DEVNULL,
+                    # Their own process group: a Ctrl-C at the terminal reaches the bench
+                    # only, which then stops every worker the one way, by SIGTERM.
+                    process_group=0,
+                )
+
+    def pids(self) -> dict[str, int]:
+        return {step: proc.pid for step, proc in self.procs.items()}
+
+    def check_alive(self) -> None:
+        """BenchFailure naming the first worker that exited, with the end of its log."""
+        for step, proc in self.procs.items():
+            code = proc.poll()
+            if code is not None:
+                raise BenchFailure(f"the {step} worker exited with code {code}: {self.tail(step)}")
+
+    def tail(self, step: str, lines: int = 2) -> str:
+        path = self.log_dir / f"{step}.log"
+        if not path.exists():
+            return "(no log)"
+        kept = [line.strip()[:240] for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        return " | ".join(kept[-lines:]) or "(empty log)"
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM every worker, wait, SIGKILL the ones that do not stop; their exit codes."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        deadline = time.monotonic() + timeout
+        for step, proc in self.procs.items():
+            try:
+                codes[step] = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[step] = proc.wait(5)
+        self.procs.clear()
+        return codes
+
+
+@contextmanager
+def running_workers(settings: Settings, app: App, log_dir: Path, say: Say) -> Iterator[WorkerFleet]:
+    """The fleet, stopped with SIGTERM on the way out whatever happens (errors, Ctrl-C)."""
+    fleet = WorkerFleet(worker_env(settings, app), log_dir)
+    # A SIGTERM to the bench unwinds like Ctrl-C, so the workers are never left behind.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        fleet.start()
+        say(f"workers: {len(fleet.procs)} started (logs in {log_dir}/)")
+        yield fleet
+    finally:
+        codes = fleet.stop()
+        signal.signal(signal.SIGTERM, previous)
+        say(f"workers: stopped (exit codes {', '.join(f'{k}={v}' for k, v in codes.items())})")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# --- completion events --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the watcher saw for a project: its final step completed, or a failure."""
+
+    project_id: str
+    ok: bool
+    topic: str
+    seen_at: float  # time.time() when the bench received it
+
+
+def end_offset(consumer: Consumer, partition: TopicPartition, timeout: float = 30.0) -> int:
+    """The partition's high watermark, waiting out a leader election of a new topic."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, high = consumer.get_watermark_offsets(partition, timeout=10)
+            return int(high)
+        except KafkaException as exc:  # e.g. NOT_LEADER_FOR_PARTITION just after creation
+            if time.monotonic() > deadline:
+                raise BenchFailure(f"cannot read the end of {partition.topic}: {exc}") from None
+            time.sleep(0.2)
+
+
+class CompletionWatcher:
+    """Reads ``provisioning.verify.completed`` and every failed topic from their current end.
+
+    Partitions are assigned explicitly at the high watermarks read before any request, so
+    no event of the run can be missed and no consumer group is joined.
+    """
+
+    def __init__(self, app: App, *, poll_seconds: float = 0.005) -> None:
+        self.poll_seconds = poll_seconds
+        self.topics = [
+            FINAL_STEP.completed_topic,
+            *(s.failed_topic for s in STEPS),
+            DEADLETTER_TOPIC,
+        ]
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": app.bootstrap_servers,
+                "group.id": f"bench-watch-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "socket.nagle.disable": True,
+                # As the workers: the broker answers as soon as an event is there, and a
+                # shorter wait only adds fetch requests competing with what is measured.
+                "fetch.wait.max.ms": 100,
+            }
+        )
+        assignment: list[TopicPartition] = []
+        for topic in self.topics:
+            metadata = self.consumer.list_topics(topic, timeout=10).topics[topic]
+            for partition in metadata.partitions:
+                high = end_offset(self.consumer, TopicPartition(topic, partition))
+                assignment.append(TopicPartition(topic, partition, high))
+        self.consumer.assign(assignment)
+        self.seen: dict[str, Outcome] = {}
+
+    def drain(self, timeout: float) -> list[Outcome]:
+        """Outcomes that arrive within ``timeout`` seconds (returns at the first batch)."""
+        found: list[Outcome] = []
+        for msg in self.consumer.consume(num_messages=500, timeout=timeout):
+            if msg.error() is not None:
+                continue
+            key = msg.key()
+            if key is None:
+                continue
+            project_id, topic = key.decode(errors="replace"), str(msg.topic())
+            outcome = Outcome(project_id, topic == FINAL_STEP.completed_topic, topic, time.time())
+            # A completion wins over an earlier failure of a retried step.
+            if project_id not in self.seen or outcome.ok:
+                self.seen[project_id] = outcome
+            found.append(outcome)
+        return found
+
+    def wait(
+        self,
+        project_ids: Iterable[str],
+        *,
+        timeout: float,
+        on_done: Callable[[Outcome], None] = lambda _: None,
+        while_waiting: Callable[[], None] = lambda: None,
+        failures_are_final: bool = False,
+    ) -> dict[str, Outcome]:
+        """Wait until every project completed; BenchFailure after ``timeout`` seconds.
+
+        A failed-topic event of a retryable attempt is not final (the step retries), so by
+        default failures only count once the project's step row says ``failed``; pass
+        ``failures_are_final`` to stop at the first one.
+        """
+        wanted = set(project_ids)
+        pending = {pid for pid in wanted if not (pid in self.seen and self.seen[pid].ok)}
+        for pid in wanted - pending:
+            on_done(self.seen[pid])
+        deadline = time.monotonic() + timeout
+        last_check = time.monotonic()
+        while pending:
+            for outcome in self.drain(self.poll_seconds):
+                if outcome.project_id not in pending:
+                    continue
+                if outcome.ok:
+                    pending.discard(outcome.project_id)
+                    on_done(outcome)
+                elif failures_are_final:
+                    raise BenchFailure(f"{outcome.project_id} failed ({outcome.topic})")
+            if time.monotonic() - last_check > 1.0:
+                last_check = time.monotonic()
+                while_waiting()
+            if pending and time.monotonic() > deadline:
+                some = ", ".join(sorted(pending)[:5])
+                raise BenchFailure(
+                    f"{len(pending)} project(s) not completed after {timeout:g} s (e.g. {some})"
+                )
+        return {pid: self.seen[pid] for pid in wanted}
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+# --- footprint ----------------------------------------------------------------------------
+
+
+@dataclass
+class ProcessSample:
+    """CPU and memory of one worker over a window."""
+
+    cpu_percent: float  # average over the window (100 = one core)
+    cpu_peak_percent: float  # the highest of the sub-intervals
+    cpu_seconds: float
+    rss_mb_max: float
+    rss_mb_mean: float
+    uss_mb: float  # memory unique to the process (not shared libraries), at the end
+    seconds: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.__dict__.items()}
+
+
+class FootprintSampler:
+    """Samples each worker's RSS and CPU every ``interval`` seconds, in a daemon thread."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.5) -> None:
+        self.interval = interval
+        self.processes = {step: psutil.Process(pid) for step, pid in pids.items()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-footprint", daemon=True)
+        self._rss: dict[str, list[float]] = {step: [] for step in pids}
+        self._cpu: dict[str, list[float]] = {step: [] for step in pids}
+        self._start_cpu: dict[str, float] = {}
+        self._started = 0.0
+        self.result: dict[str, ProcessSample] = {}
+
+    @staticmethod
+    def _cpu_seconds(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    def start(self) -> FootprintSampler:
+        self._started = time.monotonic()
+        for step, process in self.processes.items():
+            self._start_cpu[step] = self._cpu_seconds(process)
+            process.cpu_percent(None)  # primes the per-interval reading
+            self._rss[step].append(process.memory_info().rss / 2**20)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        for step, process in self.processes.items():
+            try:
+                self._cpu[step].append(process.cpu_percent(None))
+                self._rss[step].append(process.memory_info().rss / 2**20)
+            except psutil.Error:
+                continue
+
+    def stop(self) -> dict[str, ProcessSample]:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        seconds = time.monotonic() - self._started
+        for step, process in self.processes.items():
+            try:
+                used = self._cpu_seconds(process) - self._start_cpu[step]
+                uss = float(process.memory_full_info().uss) / 2**20
+            except psutil.Error:
+                used = uss = float("nan")
+            rss, cpu = self._rss[step], self._cpu[step]
+            self.result[step] = ProcessSample(
+                cpu_percent=100.0 * used / seconds if seconds > 0 else 0.0,
+                cpu_peak_percent=max(cpu) if cpu else 0.0,
+                cpu_seconds=used,
+                rss_mb_max=max(rss),
+                rss_mb_mean=sum(rss) / len(rss),
+                uss_mb=uss,
+                seconds=seconds,
+            )
+        return self.result
+
+
+def sample_idle(pids: dict[str, int], seconds: float) -> dict[str, ProcessSample]:
+    """The workers' footprint over ``seconds`` with no traffic."""
+    sampler = FootprintSampler(pids).start()
+    time.sleep(seconds)
+    return sampler.stop()
+
+
+# --- machine ------------------------------------------------------------------------------
+
+
+def machine_info(app: App, infra: Infra) -> dict[str, Any]:
+    """CPU, memory and the server versions, where cheaply known."""
+    import platform  # noqa: PLC0415
+
+    import confluent_kafka  # noqa: PLC0415
+    from sqlalchemy import text  # noqa: PLC0415
+
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "confluent_kafka": confluent_kafka.version()[0],
+        "librdkafka": confluent_kafka.libversion()[0],
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    with app.engine.connect() as conn:
+        info["postgresql"] = conn.execute(text("SHOW server_version")).scalar_one()
+        info["postgresql_settings"] = {
+            name: conn.execute(text(f"SHOW {name}")).scalar_one()
+            for name in ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
+        }
+    info["kafka"] = "unknown (external broker)"
+    if infra.local is not None:
+        jars = sorted(infra.local.kafka.libs.glob("kafka-server-[0-9]*.jar"))
+        if jars:
+            info["kafka"] = jars[0].stem.removeprefix("kafka-server-")
+    info["code"] = _code_version()
+    return info
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit measured, and how many tracked files differ from it (others may be editing)."""
+    git = shutil.which("git")
+    if git is None:
+        return {"commit": None}
+    repo = Path(__file__).resolve().parents[2]
+
+    def run(*args: str) -> str:
+        done = subprocess.run([git, *args], capture_output=True, text=True, check=True, timeout=5, cwd=repo)
+        return done.stdout
+
+    try:
+        commit = run("rev-parse", "--short", "HEAD").strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no").splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+    return {"commit": commit, "modified_tracked_files": len(dirty)}
