@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from confluent_kafka import Consumer
@@ -31,10 +31,12 @@ from shared.db import StepRepository, make_engine
 from shared.errors import ErrorType
 from shared.events import ProvisionProjectResult
 from shared.execution import StepSpec
-from shared.infra import LocalInfra
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
 from shared.settings import Settings
 from shared.steps import STEPS, step_by_key
+
+if TYPE_CHECKING:
+    from shared.infra import LocalInfra
 
 
 class ConfigurationError(Exception):
@@ -43,6 +45,8 @@ class ConfigurationError(Exception):
 
 def local_infra(settings: Settings) -> LocalInfra:
     """The local Kafka + PostgreSQL of ``provision infra``, as configured."""
+    from shared.infra import LocalInfra  # noqa: PLC0415 - workers never need it; it is heavy
+
     return LocalInfra(
         state_dir=settings.state_dir,
         kafka_port=settings.kafka_port,
@@ -90,7 +94,9 @@ class App:
 
     @cached_property
     def cluster_address(self) -> ClusterAddress:
-        return ClusterAddress(self.tenant_database_url)
+        address = ClusterAddress(self.tenant_database_url)
+        self._closers.append(address.close)
+        return address
 
     @cached_property
     def publisher(self) -> Publisher:

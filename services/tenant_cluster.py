@@ -1,32 +1,61 @@
-"""Connections to the tenant cluster: admin ones, and ones as a tenant role."""
+"""Connections to the tenant cluster: pooled admin ones, and ones as a tenant role."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
 
 from shared.db.engine import libpq_url
 
 
 class ClusterAddress:
-    """The tenant cluster's admin connection parameters, parsed once."""
+    """The tenant cluster's admin connection parameters, parsed once, and a small pool of
+    admin connections to its admin database (opened on first use, never at import)."""
 
-    def __init__(self, admin_url: str, *, connect_timeout: int = 10) -> None:
+    def __init__(self, admin_url: str, *, connect_timeout: int = 10, pool_size: int = 4) -> None:
         params: dict[str, Any] = conninfo_to_dict(libpq_url(admin_url))
         self._params = params
         self.connect_timeout = connect_timeout
+        self.pool_size = pool_size
         self.host = str(params.get("host") or "localhost")
         self.port = int(params.get("port") or 5432)
         self.admin_database = str(params.get("dbname") or "postgres")
 
-    def admin(self, database: str | None = None, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-        """An admin connection (to ``database``, or the admin URL's own)."""
+    @cached_property
+    def _pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            make_conninfo(**{**self._params, "connect_timeout": self.connect_timeout}),
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True},
+            # A restarted server leaves dead connections behind: check each on checkout.
+            check=ConnectionPool.check_connection,
+            open=False,
+            name="tenant-admin",
+        )
+        pool.open(wait=False)
+        return pool
+
+    @contextmanager
+    def admin(
+        self, database: str | None = None, *, autocommit: bool = True
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """An admin connection: pooled for the admin database, fresh for a tenant database."""
+        if database is None and autocommit:
+            with self._pool.connection(timeout=self.connect_timeout) as conn:
+                yield conn
+            return
         overrides: dict[str, Any] = {"connect_timeout": self.connect_timeout}
         if database is not None:
             overrides["dbname"] = database
-        return psycopg.connect(make_conninfo(**{**self._params, **overrides}), autocommit=autocommit)
+        with psycopg.connect(make_conninfo(**{**self._params, **overrides}), autocommit=autocommit) as conn:
+            yield conn
 
     def as_role(self, database: str, role: str, password: str) -> psycopg.Connection[Any]:
         """A connection as a tenant role, authenticated by its own password."""
@@ -37,3 +66,8 @@ class ClusterAddress:
         """The tenant's connection string, without its password (which is never published)."""
         host = self.host if not self.host.startswith("/") else "localhost"
         return f"postgresql://{role}@{host}:{self.port}/{database}"
+
+    def close(self) -> None:
+        """Close the admin pool, if it was ever opened."""
+        if "_pool" in self.__dict__:
+            self._pool.close()

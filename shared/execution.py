@@ -65,6 +65,10 @@ class StepStore(Protocol):
 
     def step(self, project_id: str, step_name: str) -> StepRow | None: ...
 
+    def claim(
+        self, project_id: str, step_name: str, *, correlation_id: Any, owner: str, lease_seconds: float
+    ) -> StepRow | None: ...
+
     def transition(
         self,
         project_id: str,
@@ -126,35 +130,24 @@ def execute_step(
         registration, project = store.register_request(event.request, event.correlation_id)
         if registration is Registration.CONFLICT:
             return Rejected(f"project {project_id!r} was already requested with a different payload")
-    else:
-        found = store.project(project_id)
-        if found is None:
-            raise ProvisioningError(
-                ErrorType.PROJECT_NOT_FOUND, f"project {project_id!r} has no record in the control plane"
-            )
-        project = found
-    if project.correlation_id is not None and project.correlation_id != event.correlation_id:
-        return Ignored("event of another request for this project")
-
-    row = store.step(project_id, step.name)
-    if row is None:
-        raise ProvisioningError(ErrorType.PROJECT_NOT_FOUND, f"project {project_id!r} has no step rows")
-    if row.done:
-        return Completed(rebuild_outcome(spec, event, row), replayed=True)
-    if row.status is StepStatus.FAILED:
-        return Ignored("step failed; `provision replay` re-drives it")
+        if project.correlation_id != event.correlation_id:
+            return Ignored("event of another request for this project")
 
     if spec.skip_when is not None and spec.skip_when(event.request):
-        try:
-            row = store.transition(project_id, step.name, StepStatus.SKIPPED, result=_stored(StepOutput()))
-        except InvalidTransitionError:
-            return _after_lost_race(spec, event, store)
-        return Completed(rebuild_outcome(spec, event, row), replayed=False)
+        return _skip(spec, event, store)
 
-    try:
-        store.transition(project_id, step.name, StepStatus.RUNNING, owner=owner, lease_seconds=lease_seconds)
-    except InvalidTransitionError:
-        return _after_lost_race(spec, event, store)
+    # The hot path: claim in one statement; read the row only when that did not work.
+    if (
+        store.claim(
+            project_id,
+            step.name,
+            correlation_id=event.correlation_id,
+            owner=owner,
+            lease_seconds=lease_seconds,
+        )
+        is None
+    ):
+        return _unclaimed(spec, event, store)
 
     before_work()
     output = spec.handle(event)
@@ -163,19 +156,52 @@ def execute_step(
             project_id, step.name, StepStatus.SUCCESS, result=_stored(output), expected_owner=owner
         )
     except InvalidTransitionError:
-        return _after_lost_race(spec, event, store)
+        return _unclaimed(spec, event, store)
     return Completed(rebuild_outcome(spec, event, row), replayed=False)
 
 
-def _after_lost_race(spec: StepSpec, event: StepInputEvent, store: StepStore) -> Outcome:
+def _skip(spec: StepSpec, event: StepInputEvent, store: StepStore) -> Outcome:
+    current = _current_row(spec, event, store)
+    if isinstance(current, StepRow) and current.status is StepStatus.PENDING:
+        try:
+            row = store.transition(
+                event.project_id, spec.step.name, StepStatus.SKIPPED, result=_stored(StepOutput())
+            )
+        except InvalidTransitionError:
+            return _unclaimed(spec, event, store)
+        return Completed(rebuild_outcome(spec, event, row), replayed=False)
+    return _unclaimed(spec, event, store, current)
+
+
+def _current_row(spec: StepSpec, event: StepInputEvent, store: StepStore) -> StepRow | Ignored:
+    """The step's row for this request; PROJECT_NOT_FOUND when it is gone."""
+    project = store.project(event.project_id)
+    if project is None:
+        raise ProvisioningError(
+            ErrorType.PROJECT_NOT_FOUND, f"project {event.project_id!r} has no record in the control plane"
+        )
+    if project.correlation_id is not None and project.correlation_id != event.correlation_id:
+        return Ignored("event of another request for this project")
     row = store.step(event.project_id, spec.step.name)
     if row is None:
         raise ProvisioningError(ErrorType.PROJECT_NOT_FOUND, f"project {event.project_id!r} has no step rows")
+    return row
+
+
+def _unclaimed(
+    spec: StepSpec, event: StepInputEvent, store: StepStore, current: StepRow | Ignored | None = None
+) -> Outcome:
+    """Why a step could not be claimed (or finished), and what to do about it."""
+    row = current if current is not None else _current_row(spec, event, store)
+    if isinstance(row, Ignored):
+        return row
     if row.done:
         return Completed(rebuild_outcome(spec, event, row), replayed=True)
+    if row.status is StepStatus.FAILED:
+        return Ignored("step failed; `provision replay` re-drives it")
     if row.status is StepStatus.RUNNING:
         return Busy(row.lease_expires_at)
-    return Ignored(f"step is {row.status.value}")
+    return Busy(None)  # pending again under our feet (a concurrent replay): try once more
 
 
 def _stored(output: StepOutput) -> dict[str, Any]:

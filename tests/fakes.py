@@ -151,6 +151,27 @@ class FakeStepStore:
         row = self.rows.get((project_id, step_name))
         return self._read(row) if row is not None else None
 
+    def claim(
+        self,
+        project_id: str,
+        step_name: str,
+        *,
+        correlation_id: uuid.UUID,
+        owner: str,
+        lease_seconds: float,
+    ) -> StepRow | None:
+        """The repository's one-statement claim: running for this request, or None."""
+        self.calls.append(("claim", project_id, step_name))
+        project = self.projects.get(project_id)
+        if project is None or project.correlation_id not in (None, correlation_id):
+            return None
+        try:
+            return self._transition(
+                project_id, step_name, S.RUNNING, owner=owner, lease_seconds=lease_seconds
+            )
+        except InvalidTransitionError:
+            return None
+
     def _read(self, row: StepRow) -> StepRow:
         expires = row.lease_expires_at
         return replace(row, lease_expired=expires is not None and expires < self.clock())
@@ -170,8 +191,35 @@ class FakeStepStore:
         replay: bool = False,
     ) -> StepRow:
         """Compare-and-set, as the repository's ``UPDATE ... WHERE`` does it."""
+        self.calls.append(("transition", project_id, step_name, StepStatus(to).value))
+        return self._transition(
+            project_id,
+            step_name,
+            to,
+            error_message=error_message,
+            error_details=error_details,
+            result=result,
+            owner=owner,
+            expected_owner=expected_owner,
+            lease_seconds=lease_seconds,
+            replay=replay,
+        )
+
+    def _transition(
+        self,
+        project_id: str,
+        step_name: str,
+        to: StepStatus | str,
+        *,
+        error_message: str | None = None,
+        error_details: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+        expected_owner: str | None = None,
+        lease_seconds: float = 300.0,
+        replay: bool = False,
+    ) -> StepRow:
         target = StepStatus(to)
-        self.calls.append(("transition", project_id, step_name, target.value))
         key = (project_id, step_name)
         current = self.rows.get(key)
         if current is None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -40,6 +41,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config  # noqa: PLC0415 - workers never migrate: keep it out of them
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     return config
@@ -50,6 +53,9 @@ def migrate(engine: Engine) -> list[str]:
 
     Returns the revisions applied; an up-to-date database gives an empty list.
     """
+    from alembic import command  # noqa: PLC0415
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
     config = _alembic_config()
     with engine.begin() as connection:
         before = MigrationContext.configure(connection).get_current_heads()
@@ -61,6 +67,8 @@ def migrate(engine: Engine) -> list[str]:
 
 def current_revision(engine: Engine) -> str | None:
     """The database's migration revision, or None before the first migration."""
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
     with engine.connect() as connection:
         heads = MigrationContext.configure(connection).get_current_heads()
     return heads[0] if heads else None

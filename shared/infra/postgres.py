@@ -68,6 +68,10 @@ _CONF_APPENDIX = """
 password_encryption = 'scram-sha-256'
 # Seven step workers with connection pools, plus the tests, outgrow the default of 100.
 max_connections = 200
+# Every tenant database is a WAL-logged copy of template1 (about 7 MB of WAL): with the
+# default 1 GB a burst of requests forces checkpoints mid-burst that stall everything.
+max_wal_size = '8GB'
+checkpoint_timeout = '15min'
 """
 
 # Longest unix socket path the kernel accepts (sun_path is 108 bytes with the trailing NUL).

@@ -119,6 +119,7 @@ class StepWorker:
             topic: {topic: models[topic]} for topic in (self.step.input_topic, self.step.retry_topic)
         }
         self._publish_backoff = 0.5
+        self._handled_since_commit = False
         self._last_outbox = 0.0
         self._last_lag = 0.0
 
@@ -153,6 +154,7 @@ class StepWorker:
         finally:
             try:
                 self.publisher.flush(10)
+                self._commit_positions()
             finally:
                 self.consumer.close()
                 self.health.ready = False
@@ -306,9 +308,8 @@ class StepWorker:
                 return [(DEADLETTER_TOPIC, self._rejection(event, reason))]
             case Busy(until=until):
                 self.metrics.processed.labels(self.step.key, "busy").inc()
-                not_before = (
-                    until if until is not None else utcnow() + timedelta(seconds=self.options.lease_seconds)
-                )
+                # No lease to wait out (the step went back to pending under our feet): soon.
+                not_before = until if until is not None else utcnow() + timedelta(seconds=1)
                 log.info("step_busy", not_before=not_before.isoformat())
                 return [(self.step.retry_topic, self._retry_event(event, attempt, not_before, None))]
         raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
@@ -433,12 +434,28 @@ class StepWorker:
             self.publisher.flush()
 
     def _commit(self, msg: Message) -> None:
+        # Asynchronous: the outcome is already recorded and acknowledged, so a commit lost to
+        # a crash only redelivers a message the step absorbs. Shutdown commits synchronously.
         try:
-            self.consumer.commit(message=msg, asynchronous=False)
+            self.consumer.commit(message=msg, asynchronous=True)
+            self._handled_since_commit = True
         except KafkaException as exc:
             # The outcome is recorded and published; a lost commit only means a redelivery,
             # which the step absorbs. The next successful commit covers this offset too.
             log.warning("commit_failed", error=str(exc.args[0]) if exc.args else type(exc).__name__)
+
+    def _commit_positions(self) -> None:
+        """Commit, and wait for, every handled offset: the last step of a clean stop.
+
+        Positions never run past a message that was not handled: unhandled ones were
+        rewound with a seek.
+        """
+        if not self._handled_since_commit:
+            return
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            log.warning("final_commit_failed", error=str(exc.args[0]) if exc.args else type(exc).__name__)
 
     def _rewind(self, msg: Message) -> None:
         """Take ``msg`` again after a pause, without committing it."""
