@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Iterator
@@ -46,7 +47,9 @@ def parse_traceparent(value: str | bytes | None) -> TraceContext | None:
     return TraceContext(match.group(1), match.group(2), match.group(3))
 
 
+@functools.cache
 def _otel_tracer() -> Any | None:
+    # Cached: a failed import is not, and would search sys.path again for every message.
     try:
         from opentelemetry import trace  # noqa: PLC0415 - optional dependency
     except ImportError:
