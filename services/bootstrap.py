@@ -101,7 +101,7 @@ class App:
     @cached_property
     def publisher(self) -> Publisher:
         publisher = Publisher.connect(self.bootstrap_servers)
-        self._closers.append(lambda: publisher.flush(10))
+        self._closers.append(publisher.close)
         return publisher
 
     @cached_property

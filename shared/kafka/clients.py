@@ -87,6 +87,13 @@ class Publisher:
         """Serve delivery callbacks."""
         self._producer.poll(timeout)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush what is queued, then release the client (no reconnect attempts after)."""
+        try:
+            self.flush(timeout)
+        finally:
+            self._producer.close()
+
 
 def ensure_topics(
     bootstrap_servers: str,
