@@ -485,6 +485,7 @@ def demo(
             receipt = request_provisioning({"project_id": pid, "region": region}, app=a)
             out.print(f"requested {pid} (correlation_id {receipt.correlation_id})")
             _follow(a, pid, timeout=180)
+            out.print()
             result = _final_result(a, pid)
             out.print_json(json.dumps(result))
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import string
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -34,9 +35,14 @@ def generate_password() -> str:
     return secrets.token_urlsafe(32)
 
 
+_KEY_ALPHABET = string.ascii_letters + string.digits
+_KEY_LENGTH = 43  # 43 base-62 characters carry 256 bits
+
+
 def generate_api_key(prefix: str) -> str:
-    """An API key secret, ``{prefix}_{random}``, from the CSPRNG."""
-    return f"{prefix}_{secrets.token_urlsafe(32)}"
+    """An API key secret, ``{prefix}_{random}``, from the CSPRNG; letters and digits only,
+    so the key (and its visible prefix) survives copy-paste and double-click selection."""
+    return f"{prefix}_{''.join(secrets.choice(_KEY_ALPHABET) for _ in range(_KEY_LENGTH))}"
 
 
 def hash_api_key(secret: str) -> str:
