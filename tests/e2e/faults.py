@@ -66,11 +66,13 @@ def assert_each_side_effect_once(app: App, project_ids: Sequence[str], *, keys: 
 class ServiceStandIn:
     """A platform service's tenant API: ``PUT``/``GET /<service>/tenants/<id>``.
 
-    ``reject`` holds services answering 400 to registrations, to make a permanent failure.
+    ``reject`` holds services answering 400 to registrations, to make a permanent failure;
+    ``unavailable`` holds tenant ids answered with 503, a retryable one.
     """
 
     port: int = 0
     reject: set[str] = field(default_factory=set)
+    unavailable: set[str] = field(default_factory=set)
     tenants: dict[tuple[str, str], dict[str, object]] = field(default_factory=dict)
     puts: int = 0
 
@@ -109,6 +111,9 @@ def service_stand_in() -> Iterator[ServiceStandIn]:
                 state.puts += 1
                 if service in state.reject:
                     self._reply(400, {"error": f"{service} refuses tenant {tenant}"})
+                    return
+                if tenant in state.unavailable:
+                    self._reply(503, {"error": "try again later"})
                     return
                 body = {
                     "endpoint": f"{state.base_url(service)}/{tenant}",

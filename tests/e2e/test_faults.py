@@ -4,6 +4,7 @@ nothing lost, nothing done twice, under crashes, outages and broken services."""
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from shared.steps import (
 )
 from tests.e2e.faults import assert_each_side_effect_once, service_stand_in, side_effects
 from tests.e2e.kafka_tools import read_all
-from tests.support import WorkerGroup, env_of, make_app, unique_project, wait_until_stage
+from tests.support import WorkerGroup, env_of, make_app, unique_project, wait_for, wait_until_stage
 
 pytestmark = pytest.mark.e2e
 
@@ -161,3 +162,56 @@ def test_permanent_registration_failure_goes_to_the_failed_topic_and_replay_fixe
         wait_until_stage(app, [pid], timeout=60)
         assert (("auth", pid) in services.tenants) and len(services.tenants) == 3
         assert side_effects(app, [pid]).keys == {pid: 2}
+
+
+def _partition_of(key: str, partitions: int) -> int:
+    """librdkafka's default partitioner for a keyed message: CRC32 of the key."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+def test_a_project_waiting_to_retry_blocks_nobody_on_its_partition(
+    app: App, workers: WorkerGroup, state_dir: Path
+) -> None:
+    """While one project waits out its retry backoff, another project on the same partition
+    goes through the same step and finishes."""
+    partitions = app.settings.topic_partitions
+    waiting = unique_project("wait")
+    flowing = next(
+        pid
+        for pid in (unique_project("flow") for _ in range(100))
+        if _partition_of(pid, partitions) == _partition_of(waiting, partitions)
+    )
+    with service_stand_in() as services:
+        services.unavailable.add(waiting)
+        http = make_app(
+            env_of(app),
+            state_dir,
+            service_adapter="http",
+            auth_url=services.base_url("auth"),
+            realtime_url=services.base_url("realtime"),
+            storage_url=services.base_url("storage"),
+            retry_base_seconds=4.0,
+            retry_max_seconds=8.0,
+            max_attempts=5,
+        )
+        workers.settings = http.settings
+        workers.start()
+        _request(app, waiting)
+        wait_for(
+            lambda: (
+                (row := app.repository.step(waiting, "register_auth_service")) is not None
+                and row.retry_count >= 1
+            ),
+            timeout=60,
+            message="the waiting project never had a retry recorded",
+        )
+        _request(app, flowing)
+        wait_until_stage(app, [flowing], timeout=60)
+        auth = app.repository.step(waiting, "register_auth_service")
+        assert auth is not None
+        assert auth.status is StepStatus.PENDING, "still waiting for its retry while the other finished"
+        services.unavailable.clear()
+        wait_until_stage(app, [waiting], timeout=60)
+    auth_input = read_all(app.bootstrap_servers, [step_by_key("auth").input_topic])
+    partitions_used = {m.partition() for m in auth_input if m.key() in (waiting.encode(), flowing.encode())}
+    assert len(partitions_used) == 1, "both projects shared the auth step's input partition"
