@@ -109,7 +109,7 @@ def _execute_overhead(
     logs: dict[tuple[str, str], list[StepLog]],
 ) -> dict[str, Any]:
     """execute_step's duration against the step's recorded work, per step (p50): the rest
-    is the reads before the claim and the success commit."""
+    is the claim and the success commit (and the reads of a claim that failed)."""
     rows: dict[str, dict[str, list[float]]] = {
         key: {"execute_step_ms": [], "work_ms": []} for key in STEP_KEYS
     }

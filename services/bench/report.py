@@ -225,8 +225,8 @@ def _latency_findings(lat: dict[str, Any], prof: dict[str, Any]) -> list[str]:
         lines.append(
             f"a hop between steps (p50 of each part) = previous step finishing (success commit, "
             f"event rebuilt, log line) {parts['finish_prev_ms']['p50']:.1f} ms + Kafka transit "
-            f"(publish+flush, fetch, decode) {parts['transit_ms']['p50']:.1f} ms + reads before the "
-            f"claim (project, step, claim BEGIN) {parts['pre_claim_ms']['p50']:.1f} ms"
+            f"(publish+flush, fetch, decode) {parts['transit_ms']['p50']:.1f} ms + the claim's "
+            f"checkout and BEGIN {parts['pre_claim_ms']['p50']:.1f} ms"
         )
     first = prof.get("first_hop") or {}
     if first.get("request_commit_publish_ms") and first.get("after_request_ms"):
@@ -252,7 +252,7 @@ def _latency_findings(lat: dict[str, Any], prof: dict[str, Any]) -> list[str]:
             f"({db['checkout_query_no_pre_ping_ms']['p50']:.2f} without pool_pre_ping), short "
             f"transaction {db['transaction_ms']['p50']:.2f} ms, bare round trip "
             f"{db['round_trip_ms']['p50']:.2f} ms, new connection {db['new_connection_ms']['p50']:.2f}"
-            f" ms; the reads each step makes before its claim: repository.project "
+            f" ms; the reads a step makes only when its claim fails: repository.project "
             f"{db['repository_project_ms']['p50']:.2f} ms + repository.step "
             f"{db['repository_step_ms']['p50']:.2f} ms"
         )
