@@ -14,7 +14,7 @@ from services.bootstrap import App
 from shared.db import libpq_url
 from shared.events import VerifyCompleted
 from shared.naming import TenantNames
-from shared.steps import FINAL_STEP, REQUESTED_TOPIC, Stage, all_topics
+from shared.steps import FINAL_STEP, REQUESTED_TOPIC, STEP_KEYS, Stage, all_topics
 from tests.e2e.kafka_tools import produce_raw, read_all
 from tests.support import WorkerGroup, unique_project, wait_until_stage
 
@@ -25,10 +25,10 @@ def _connect_as(app: App, database: str, role: str, password: str) -> psycopg.Co
     return app.cluster_address.as_role(database, role, password)
 
 
-def test_full_provision_creates_every_artefact_and_publishes_no_secret(
+def test_full_provision_creates_every_artefact_and_publishes_or_logs_no_secret(
     app: App, running_workers: WorkerGroup
 ) -> None:
-    """A requested project goes through all seven steps; every artefact exists in PostgreSQL."""
+    """A requested project passes all seven steps, every artefact exists, no secret is published or logged."""
     pid, other = unique_project("full"), unique_project("other")
     for project in (pid, other):
         request_provisioning(
@@ -72,8 +72,10 @@ def test_full_provision_creates_every_artefact_and_publishes_no_secret(
         (m.value() or b"") + b"".join(v or b"" for _, v in (m.headers() or []))
         for m in read_all(app.bootstrap_servers, all_topics())
     )
+    logs = "".join(running_workers.logs(step) for step in STEP_KEYS)
     for secret in [password, *secrets]:
         assert secret.encode() not in everything
+        assert secret not in logs
 
 
 def test_disabled_services_are_skipped_and_the_project_is_ready(
