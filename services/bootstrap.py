@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -225,6 +226,30 @@ def build_app(settings: Settings | None = None) -> App:
         database_url=database_url,
         tenant_database_url=settings.tenant_database_url or database_url,
     )
+
+
+def worker_environment(
+    settings: Settings, *, bootstrap_servers: str, database_url: str, exclude: Collection[str] = ()
+) -> dict[str, str]:
+    """The environment that makes a worker process read these settings: the broker and
+    database addresses, every ``PROVISION_*`` value that is set (less ``exclude``), JSON logs."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "DATABASE_URL": database_url,
+        "PROVISION_LOG_FORMAT": "json",
+    }
+    skip = {"kafka_bootstrap_servers", "database_url", "log_format", *exclude}
+    for name, value in settings.model_dump(exclude=skip).items():
+        if value is None:
+            continue
+        if name == "secret_key":
+            text = settings.secret_key.get_secret_value() if settings.secret_key is not None else ""
+        elif isinstance(value, tuple | list):
+            text = json.dumps(list(value))  # pydantic-settings reads complex values as JSON
+        else:
+            text = str(value)
+        env[f"PROVISION_{name.upper()}"] = text
+    return env
 
 
 @functools.cache

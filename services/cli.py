@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from services.bootstrap import App, ConfigurationError, build_app, local_infra
+from services.bootstrap import App, ConfigurationError, build_app, local_infra, worker_environment
 from shared.db import StepRow
 from shared.settings import Settings
 from shared.steps import STEP_KEYS, STEPS, Stage, all_topics, resolve_step
@@ -465,9 +465,9 @@ def demo(
         log_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": a.bootstrap_servers,
-            "DATABASE_URL": a.database_url,
-            "PROVISION_LOG_FORMAT": "json",
+            **worker_environment(
+                settings, bootstrap_servers=a.bootstrap_servers, database_url=a.database_url
+            ),
         }
         try:
             for key in STEP_KEYS:

@@ -3,7 +3,6 @@ and waits that poll the real database."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.bootstrap import App, build_app
+from services.bootstrap import App, build_app, worker_environment
 from shared.infra import InfraEnv
 from shared.settings import Settings
 from shared.steps import STEP_KEYS, Stage
@@ -50,21 +49,11 @@ def test_settings(env: InfraEnv, state_dir: Path, **overrides: Any) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a worker process read the same settings."""
-    env: dict[str, str] = {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
-        "DATABASE_URL": settings.database_url or "",
-        "PROVISION_LOG_FORMAT": "json",
-    }
-    for name, value in settings.model_dump(exclude={"kafka_bootstrap_servers", "database_url"}).items():
-        if value is None:
-            continue
-        text = str(value)
-        if name == "secret_key":
-            text = settings.secret_key.get_secret_value() if settings.secret_key else ""
-        elif isinstance(value, tuple | list):
-            text = json.dumps(list(value))  # pydantic-settings reads complex values as JSON
-        env[f"PROVISION_{name.upper()}"] = text
-    return env
+    return worker_environment(
+        settings,
+        bootstrap_servers=settings.kafka_bootstrap_servers or "",
+        database_url=settings.database_url or "",
+    )
 
 
 def make_app(env: InfraEnv, state_dir: Path, **overrides: Any) -> App:

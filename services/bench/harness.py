@@ -3,7 +3,6 @@ a watcher of completion events, and a sampler of the workers' RSS and CPU."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ from typing import Any
 import psutil
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from services.bootstrap import App, build_app, local_infra
+from services.bootstrap import App, build_app, local_infra, worker_environment
 from shared.infra import LocalInfra
 from shared.settings import Settings
 from shared.steps import DEADLETTER_TOPIC, FINAL_STEP, STEP_KEYS, STEPS, all_topics
@@ -85,23 +84,13 @@ def worker_env(settings: Settings, app: App) -> dict[str, str]:
 
     Logs are JSON at INFO at least: the profile reads the workers' ``step_completed`` lines.
     """
-    env: dict[str, str] = {
-        "KAFKA_BOOTSTRAP_SERVERS": app.bootstrap_servers,
-        "DATABASE_URL": app.database_url,
-        "PROVISION_LOG_FORMAT": "json",
-        "PROVISION_LOG_LEVEL": "INFO",
-    }
-    for name, value in settings.model_dump(exclude=_NOT_PASSED | {"log_format", "log_level"}).items():
-        if value is None:
-            continue
-        if name == "secret_key":
-            text = settings.secret_key.get_secret_value() if settings.secret_key is not None else ""
-        elif isinstance(value, tuple | list):
-            text = json.dumps(list(value))
-        else:
-            text = str(value)
-        env[f"PROVISION_{name.upper()}"] = text
-    return env
+    env = worker_environment(
+        settings,
+        bootstrap_servers=app.bootstrap_servers,
+        database_url=app.database_url,
+        exclude=_NOT_PASSED | {"log_level"},
+    )
+    return {**env, "PROVISION_LOG_LEVEL": "INFO"}
 
 
 @dataclass

@@ -9,12 +9,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from services.bootstrap import App
 from shared.db import libpq_url
 from shared.naming import TenantNames
+from shared.settings import Settings
+from tests.support import env_of, make_app
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,11 @@ class ServiceStandIn:
 
     def base_url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.port}/{service}"
+
+    def settings_for(self, app: App, state_dir: Path, **overrides: Any) -> Settings:
+        """Worker settings that register through this stand-in with the ``http`` adapter."""
+        urls = {f"{s}_url": self.base_url(s) for s in ("auth", "realtime", "storage")}
+        return make_app(env_of(app), state_dir, service_adapter="http", **urls, **overrides).settings
 
 
 @contextmanager

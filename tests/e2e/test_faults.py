@@ -129,15 +129,7 @@ def test_permanent_registration_failure_goes_to_the_failed_topic_and_replay_fixe
     the service is fixed, replay brings the project to ready."""
     with service_stand_in() as services:
         services.reject.add("auth")
-        http = make_app(
-            env_of(app),
-            state_dir,
-            service_adapter="http",
-            auth_url=services.base_url("auth"),
-            realtime_url=services.base_url("realtime"),
-            storage_url=services.base_url("storage"),
-        )
-        workers.settings = http.settings
+        workers.settings = services.settings_for(app, state_dir)
         workers.start()
         pid = unique_project("http")
         _request(app, pid)
@@ -183,18 +175,9 @@ def test_a_project_waiting_to_retry_blocks_nobody_on_its_partition(
     )
     with service_stand_in() as services:
         services.unavailable.add(waiting)
-        http = make_app(
-            env_of(app),
-            state_dir,
-            service_adapter="http",
-            auth_url=services.base_url("auth"),
-            realtime_url=services.base_url("realtime"),
-            storage_url=services.base_url("storage"),
-            retry_base_seconds=4.0,
-            retry_max_seconds=8.0,
-            max_attempts=5,
+        workers.settings = services.settings_for(
+            app, state_dir, retry_base_seconds=4.0, retry_max_seconds=8.0, max_attempts=5
         )
-        workers.settings = http.settings
         workers.start()
         _request(app, waiting)
         wait_for(
