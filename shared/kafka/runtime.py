@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from shared.db.repository import StepRepository
+from shared.db.repository import StepRepository, StepRow
 from shared.errors import ProvisioningError, classify, failure_details
 from shared.events import (
     DeadLettered,
@@ -44,7 +44,7 @@ from shared.execution import Busy, Completed, Ignored, Rejected, StepSpec, execu
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import DecodeError, decode, encode, header_map
 from shared.observability import Health, Metrics
-from shared.steps import DEADLETTER_TOPIC
+from shared.steps import DEADLETTER_TOPIC, StepStatus
 from shared.tracing import TraceContext, new_trace, parse_traceparent, span
 
 log = structlog.get_logger("provision.worker")
@@ -326,7 +326,7 @@ class StepWorker:
         )
         row = self._record_failure(event, error.message, details, final=final)
         if row is not None and (
-            row.done or (row.status.value == "running" and row.lease_owner != self.options.owner)
+            row.done or (row.status is StepStatus.RUNNING and row.lease_owner != self.options.owner)
         ):
             log.info("failure_superseded", status=row.status.value)
             return []
@@ -369,7 +369,7 @@ class StepWorker:
 
     def _record_failure(
         self, event: StepInputEvent, message: str, details: dict[str, Any], *, final: bool
-    ) -> Any:
+    ) -> StepRow | None:
         """Record the failed attempt. A retry goes on even if the database cannot take the
         record; a final failure waits for the database, so `failed` is never lost."""
         delay = 0.5
@@ -397,7 +397,7 @@ class StepWorker:
                 delay = min(delay * 2, 10.0)
 
     def _retry_event(
-        self, event: StepInputEvent, attempt: int, not_before: Any, error: ErrorInfo | None
+        self, event: StepInputEvent, attempt: int, not_before: datetime, error: ErrorInfo | None
     ) -> StepRetryScheduled:
         return retry_event_for(self.step.key)(
             event_id=new_event_id(),
