@@ -166,8 +166,8 @@ class FakeStepStore:
         if project is None or project.correlation_id not in (None, correlation_id):
             return None
         try:
-            return self._transition(
-                project_id, step_name, S.RUNNING, owner=owner, lease_seconds=lease_seconds
+            return self.transition(
+                project_id, step_name, S.RUNNING, owner=owner, lease_seconds=lease_seconds, record=False
             )
         except InvalidTransitionError:
             return None
@@ -189,36 +189,12 @@ class FakeStepStore:
         expected_owner: str | None = None,
         lease_seconds: float = 300.0,
         replay: bool = False,
+        record: bool = True,
     ) -> StepRow:
-        """Compare-and-set, as the repository's ``UPDATE ... WHERE`` does it."""
-        self.calls.append(("transition", project_id, step_name, StepStatus(to).value))
-        return self._transition(
-            project_id,
-            step_name,
-            to,
-            error_message=error_message,
-            error_details=error_details,
-            result=result,
-            owner=owner,
-            expected_owner=expected_owner,
-            lease_seconds=lease_seconds,
-            replay=replay,
-        )
-
-    def _transition(
-        self,
-        project_id: str,
-        step_name: str,
-        to: StepStatus | str,
-        *,
-        error_message: str | None = None,
-        error_details: Mapping[str, Any] | None = None,
-        result: Mapping[str, Any] | None = None,
-        owner: str | None = None,
-        expected_owner: str | None = None,
-        lease_seconds: float = 300.0,
-        replay: bool = False,
-    ) -> StepRow:
+        """Compare-and-set, as the repository's ``UPDATE ... WHERE`` does it (``record=False``:
+        part of another recorded call)."""
+        if record:
+            self.calls.append(("transition", project_id, step_name, StepStatus(to).value))
         target = StepStatus(to)
         key = (project_id, step_name)
         current = self.rows.get(key)
