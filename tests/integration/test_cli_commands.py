@@ -1,4 +1,4 @@
-"""`provision status` on the real database: stages, timings, errors and stuck leases."""
+"""The command line on the real broker and database: migrate, topics, status."""
 
 from __future__ import annotations
 
@@ -65,3 +65,13 @@ def test_status_of_an_unknown_project_is_one_line_and_exit_1(app: App, cli_env: 
     assert result.exit_code == 1
     assert "no project" in result.output
     assert "Traceback" not in result.output
+
+
+def test_migrate_and_topics_are_idempotent(app: App, cli_env: None) -> None:
+    """`provision migrate` and `provision topics` on a ready system change nothing and say so."""
+    migrated = CliRunner().invoke(cli, ["migrate"])
+    assert migrated.exit_code == 0, migrated.output
+    assert "up to date" in migrated.output
+    topics = CliRunner().invoke(cli, ["topics"])
+    assert topics.exit_code == 0, topics.output
+    assert "23 topics: 0 created, 23 already there" in topics.output
