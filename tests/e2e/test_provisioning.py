@@ -8,15 +8,17 @@ import uuid
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from services.api import project_status, request_provisioning
 from services.bootstrap import App
+from services.cli import app as cli
 from shared.db import libpq_url
 from shared.events import VerifyCompleted
 from shared.naming import TenantNames
 from shared.steps import FINAL_STEP, REQUESTED_TOPIC, STEP_KEYS, Stage, all_topics
 from tests.e2e.kafka_tools import produce_raw, read_all
-from tests.support import WorkerGroup, unique_project, wait_until_stage
+from tests.support import TEST_SECRET_KEY, WorkerGroup, unique_project, wait_until_stage
 
 pytestmark = pytest.mark.e2e
 
@@ -150,3 +152,29 @@ def test_no_tenant_role_can_reach_the_control_plane_schema(app: App, running_wor
             "SELECT has_database_privilege('public', current_database(), 'CONNECT')"
         ).fetchone()
     assert granted == (False,)
+
+
+def test_command_line_request_wait_then_reveal_keys_once(
+    app: App, running_workers: WorkerGroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`provision request --wait` ends 0 when the project is ready; `keys reveal` shows the
+    secrets once, and a second reveal fails with one line."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", app.bootstrap_servers)
+    monkeypatch.setenv("DATABASE_URL", app.database_url)
+    monkeypatch.setenv("PROVISION_SECRET_KEY", TEST_SECRET_KEY)
+    pid = unique_project("cli")
+    runner = CliRunner()
+    requested = runner.invoke(cli, ["request", pid, "--region", "ap-southeast-1", "--keys", "3", "--wait"])
+    assert requested.exit_code == 0, requested.output
+    assert "COMPLETED" in requested.output
+
+    revealed = runner.invoke(cli, ["keys", "reveal", pid])
+    assert revealed.exit_code == 0, revealed.output
+    secrets = [line.split()[1] for line in revealed.stdout.splitlines() if line.startswith("key_")]
+    assert len(secrets) == 3
+    assert all(s.startswith("pk_") for s in secrets)
+    assert all(app.key_store.verify_secret(s) for s in secrets)
+
+    again = runner.invoke(cli, ["keys", "reveal", pid])
+    assert again.exit_code == 1
+    assert "shown once" in again.output
