@@ -27,6 +27,7 @@ from shared.events import (
 )
 from shared.execution import Busy, Completed, Ignored, Rejected, execute_step
 from shared.kafka import RetryPolicy, add_to_outbox, encode, relay_outbox
+from shared.naming import validate_project_id
 from shared.steps import REQUESTED_TOPIC, STEPS, Stage, StepStatus, derive_stage, resolve_step
 from shared.tracing import new_trace
 
@@ -189,8 +190,6 @@ def create_provisioning_steps_table(*, app: App | None = None) -> list[str]:
 
 def initialize_provisioning_steps(project_id: str, *, app: App | None = None) -> list[StepRow]:
     """Seven pending steps for the project, in the seed's order; idempotent."""
-    from shared.naming import validate_project_id  # noqa: PLC0415 - keeps the module's imports flat
-
     return (app or default_app()).repository.initialize(validate_project_id(project_id))
 
 

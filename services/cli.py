@@ -22,11 +22,23 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
+from services.api import InvalidRequestError, ProjectStatus, project_status, request_provisioning
+from services.bench.cli import bench_app
 from services.bootstrap import App, ConfigurationError, build_app, local_infra, worker_environment
-from shared.db import StepRow
+from services.keys.adapters import NothingToRevealError
+from services.replay import replay as run_replay
+from services.schemas import stale_schemas, write_schemas
+from services.worker import run_worker
+from shared.db import ConflictingRequestError, StepRow
+from shared.db import migrate as run_migrations
+from shared.errors import InvalidTransitionError, ProvisioningError
+from shared.infra import InfraError
+from shared.infra.cli import build_infra_app
+from shared.kafka import ensure_topics
 from shared.settings import Settings
-from shared.steps import STEP_KEYS, STEPS, Stage, all_topics, resolve_step
+from shared.steps import STEP_KEYS, STEPS, Stage, StepStatus, all_topics, resolve_step
 
 app = typer.Typer(
     help="Tenant provisioning by Kafka choreography: seven step consumers bring a project to life.",
@@ -71,12 +83,6 @@ def _die(message: str, code: int) -> NoReturn:
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn every error a user can cause into one line and an exit code."""
-    from sqlalchemy.exc import OperationalError  # noqa: PLC0415
-
-    from services.api import InvalidRequestError  # noqa: PLC0415
-    from shared.db import ConflictingRequestError  # noqa: PLC0415 - keep --help fast
-    from shared.errors import InvalidTransitionError, ProvisioningError  # noqa: PLC0415
-    from shared.infra import InfraError  # noqa: PLC0415
 
     try:
         yield
@@ -100,30 +106,13 @@ def _errors() -> Iterator[None]:
 # --- infrastructure -----------------------------------------------------------------------
 
 
-def _make_infra() -> Any:
-    return local_infra(_settings())
-
-
-def _mount_infra() -> None:
-    from shared.infra.cli import build_infra_app  # noqa: PLC0415
-
-    app.add_typer(build_infra_app(_make_infra), name="infra")
-
-
-def _mount_bench() -> None:
-    from services.bench.cli import bench_app  # noqa: PLC0415
-
-    app.add_typer(bench_app, name="bench")
-
-
-_mount_infra()
-_mount_bench()
+app.add_typer(build_infra_app(lambda: local_infra(_settings())), name="infra")
+app.add_typer(bench_app, name="bench")
 
 
 @app.command()
 def migrate() -> None:
     """Apply the control-plane database migrations (idempotent)."""
-    from shared.db import migrate as run_migrations  # noqa: PLC0415
 
     with _errors():
         applied = run_migrations(_app().engine)
@@ -133,7 +122,6 @@ def migrate() -> None:
 @app.command()
 def topics() -> None:
     """Create every topic that is missing (partitions and replication from settings)."""
-    from shared.kafka import ensure_topics  # noqa: PLC0415
 
     with _errors():
         a = _app()
@@ -155,7 +143,6 @@ def schemas(
     directory: Annotated[Path, typer.Option(help="Where the schemas live.")] = REPO_SCHEMAS,
 ) -> None:
     """Generate the JSON Schemas of every event into schemas/."""
-    from services.schemas import stale_schemas, write_schemas  # noqa: PLC0415
 
     with _errors():
         if check:
@@ -178,7 +165,6 @@ def worker(
     step: Annotated[str, typer.Argument(help=f"The step to run: {'|'.join(STEP_KEYS)}.")],
 ) -> None:
     """Run one step consumer until SIGTERM/SIGINT (each step is its own consumer group)."""
-    from services.worker import run_worker  # noqa: PLC0415
 
     with _errors():
         try:
@@ -211,7 +197,6 @@ def request(
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 300.0,
 ) -> None:
     """Request a project: recorded with its seven steps and published in one go."""
-    from services.api import request_provisioning  # noqa: PLC0415
 
     with _errors():
         body = _payload_from(project_id, region, payload)
@@ -266,7 +251,6 @@ def status(
     timeout: Annotated[float, typer.Option(help="With --watch: give up after this many seconds.")] = 600.0,
 ) -> None:
     """The project's seven steps: status, timing, retries, errors, and its stage."""
-    from services.api import project_status  # noqa: PLC0415
 
     with _errors():
         a = _app()
@@ -277,15 +261,14 @@ def status(
         if not state.exists:
             raise Failure(f"no project {project_id!r}")
         if as_json:
-            out.print_json(json.dumps(_status_json(state, a)))
+            out.print_json(json.dumps(_status_json(state)))
         else:
-            out.print(_status_table(state, a))
+            out.print(_status_table(state))
         if state.stage is Stage.FAILED:
             raise typer.Exit(1)
 
 
-def _status_json(state: Any, a: App) -> dict[str, Any]:
-    lease = a.settings.lease_seconds
+def _status_json(state: ProjectStatus) -> dict[str, Any]:
     return {
         "project_id": state.project_id,
         "stage": state.stage.value,
@@ -300,7 +283,7 @@ def _status_json(state: Any, a: App) -> dict[str, Any]:
                 "retry_count": row.retry_count,
                 "error_message": row.error_message,
                 "error_details": row.error_details,
-                "stuck": _stuck(row, lease),
+                "stuck": _stuck(row),
             }
             for row in state.steps
         ],
@@ -317,20 +300,21 @@ def _duration_ms(row: StepRow) -> float | None:
     return round((row.completed_at - row.started_at).total_seconds() * 1000, 1)
 
 
-def _stuck(row: Any, lease_seconds: float) -> bool:
-    return bool(row.status.value == "running" and row.lease_expired)
+def _stuck(row: StepRow) -> bool:
+    """Running past its lease: its consumer died, and a redelivery will take it over."""
+    return row.status is StepStatus.RUNNING and row.lease_expired
 
 
 _STYLE = {"pending": "dim", "running": "yellow", "success": "green", "failed": "red", "skipped": "cyan"}
 
 
-def _status_table(state: Any, a: App) -> Table:
+def _status_table(state: ProjectStatus) -> Table:
     table = Table(title=f"{state.project_id}: {state.stage.value}", title_justify="left")
     for column in ("step", "status", "started", "duration", "retries", "error"):
         table.add_column(column)
     for row in state.steps:
         status_text = f"[{_STYLE[row.status.value]}]{row.status.value}[/]"
-        if _stuck(row, a.settings.lease_seconds):
+        if _stuck(row):
             status_text += " [red](stuck: lease expired)[/]"
         duration = _duration_ms(row)
         table.add_row(
@@ -346,14 +330,13 @@ def _status_table(state: Any, a: App) -> Table:
 
 def _follow(a: App, project_id: str, timeout: float) -> None:
     """Live progress until the project completes (exit 0) or fails (exit 1)."""
-    from services.api import project_status  # noqa: PLC0415
 
     deadline = time.monotonic() + timeout
     state = project_status(project_id, app=a)
-    with Live(_progress_view(state, a), console=out, refresh_per_second=8, transient=False) as live:
+    with Live(_progress_view(state), console=out, refresh_per_second=8, transient=False) as live:
         while True:
             state = project_status(project_id, app=a)
-            live.update(_progress_view(state, a))
+            live.update(_progress_view(state))
             if state.stage in (Stage.COMPLETED, Stage.FAILED):
                 break
             if time.monotonic() > deadline:
@@ -364,10 +347,10 @@ def _follow(a: App, project_id: str, timeout: float) -> None:
         raise Failure(f"{project_id} failed at {failed.step_name}: {failed.error_message}")
 
 
-def _progress_view(state: Any, a: App) -> Table:
+def _progress_view(state: ProjectStatus) -> Table:
     done = sum(1 for r in state.steps if r.status.value in ("success", "skipped"))
     bar = "█" * done * 4 + "░" * (len(STEPS) - done) * 4
-    table = _status_table(state, a)
+    table = _status_table(state)
     table.caption = f"{bar} {done}/{len(STEPS)} steps"
     return table
 
@@ -385,7 +368,6 @@ def replay(
     max_replays: Annotated[int | None, typer.Option("--max", min=1, help="Replay at most N steps.")] = None,
 ) -> None:
     """Re-drive failed steps from the failed topics, once their cause is fixed."""
-    from services.replay import replay as run_replay  # noqa: PLC0415
 
     with _errors():
         key = None
@@ -412,7 +394,6 @@ def replay(
 @keys_app.command("reveal")
 def keys_reveal(project_id: Annotated[str, typer.Argument(help="The project id.")]) -> None:
     """Show the project's API key secrets, once: they are erased as they are shown."""
-    from services.keys.adapters import NothingToRevealError  # noqa: PLC0415
 
     with _errors():
         try:
@@ -437,9 +418,6 @@ def demo(
 ) -> None:
     """Everything end to end on the local defaults: infra up, migrate, topics, the seven
     workers as separate processes, one request, live progress, the result, shutdown."""
-    from services.api import request_provisioning  # noqa: PLC0415
-    from shared.db import migrate as run_migrations  # noqa: PLC0415
-    from shared.kafka import ensure_topics  # noqa: PLC0415
 
     started = time.monotonic()
     settings = _settings()
@@ -497,9 +475,7 @@ def demo(
                 except subprocess.TimeoutExpired:
                     proc.kill()
             err.print(f"workers: stopped ({', '.join(str(p.returncode) for p in workers)})")
-            a_closed = locals().get("a")
-            if a_closed is not None:
-                a_closed.close()
+            a.close()
             if started_infra and not keep_infra:
                 infra.down(lambda line: err.print(f"[dim]infra:[/dim] {line}", highlight=False))
     err.print(f"demo finished in {time.monotonic() - started:.1f} s")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import ValidationError
 
 from services.bootstrap import App
 from shared.errors import InvalidTransitionError
 from shared.events import StepFailed, failed_event_for, new_event_id, retry_event_for, utcnow
-from shared.kafka import encode
+from shared.kafka import encode, read_to_end
 from shared.steps import STEPS, Step, StepStatus
 from shared.tracing import new_trace
 
@@ -28,51 +26,15 @@ class ReplayDecision:
 
 
 def read_failed(app: App, steps: list[Step], *, timeout: float = 10.0) -> Iterator[tuple[Step, StepFailed]]:
-    """Every record on the failed topics of ``steps``, oldest first per partition.
-
-    Reads with manual assignment from the beginning up to the high watermark seen at the
-    start, under a throwaway group id that never commits.
-    """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": app.bootstrap_servers,
-            "group.id": f"provision-replay-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            # Reading to a known end: do not let each fetch idle for the default 500 ms.
-            "fetch.wait.max.ms": 10,
-        }
-    )
-    try:
-        for step in steps:
-            metadata = consumer.list_topics(step.failed_topic, timeout=timeout).topics.get(step.failed_topic)
-            if metadata is None or metadata.error is not None:
-                continue
-            model = failed_event_for(step.key)
-            for partition in sorted(metadata.partitions):
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(step.failed_topic, partition), timeout=timeout
-                )
-                if high <= low:
-                    continue
-                consumer.assign([TopicPartition(step.failed_topic, partition, OFFSET_BEGINNING)])
-                position = low
-                while position < high:
-                    msg = consumer.poll(timeout)
-                    if msg is None:
-                        raise TimeoutError(
-                            f"reading {step.failed_topic}[{partition}] timed out at offset {position}"
-                        )
-                    if msg.error() is not None:
-                        continue
-                    position = (msg.offset() or position) + 1
-                    try:
-                        event = model.model_validate_json(msg.value() or b"")
-                    except ValidationError:
-                        continue  # not ours to replay; it was never a valid failure record
-                    yield step, event
-    finally:
-        consumer.close()
+    """Every failure record on the failed topics of ``steps``, oldest first per partition."""
+    by_topic = {step.failed_topic: step for step in steps}
+    for msg in read_to_end(app.bootstrap_servers, by_topic, timeout=timeout):
+        step = by_topic[msg.topic() or ""]
+        try:
+            event = failed_event_for(step.key).model_validate_json(msg.value() or b"")
+        except ValidationError:
+            continue  # not ours to replay; it was never a valid failure record
+        yield step, event
 
 
 def replay(

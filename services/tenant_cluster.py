@@ -62,11 +62,6 @@ class ClusterAddress:
         params = {**self._params, "dbname": database, "user": role, "password": password}
         return psycopg.connect(make_conninfo(**params, connect_timeout=self.connect_timeout))
 
-    def public_dsn(self, database: str, role: str) -> str:
-        """The tenant's connection string, without its password (which is never published)."""
-        host = self.host if not self.host.startswith("/") else "localhost"
-        return f"postgresql://{role}@{host}:{self.port}/{database}"
-
     def close(self) -> None:
         """Close the admin pool, if it was ever opened."""
         if "_pool" in self.__dict__:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
@@ -363,20 +363,16 @@ def event_models() -> dict[str, type[BaseModel]]:
     models: dict[str, type[BaseModel]] = {REQUESTED_TOPIC: ProvisioningRequested}
     for completed, failed, retry in _STEP_EVENTS.values():
         for model in (completed, failed, retry):
-            models[_event_type_of(model)] = model
+            models[event_type_of(model)] = model
     models[DEADLETTER_TOPIC] = DeadLettered
     return models
 
 
-def _event_type_of(model: type[BaseModel]) -> str:
+def event_type_of(model: type[BaseModel]) -> str:
+    """The ``event_type`` a model carries."""
     default = model.model_fields["event_type"].default
     assert isinstance(default, str)
     return default
-
-
-def event_type_of(model: type[BaseModel]) -> str:
-    """The ``event_type`` a model carries."""
-    return _event_type_of(model)
 
 
 def utcnow() -> datetime:
@@ -392,8 +388,3 @@ def new_event_id() -> uuid.UUID:
 def outcome_event_id(input_event_id: uuid.UUID, step_key: str) -> uuid.UUID:
     """The id of a step's completed event, derived from its input so a redelivery repeats it."""
     return uuid.uuid5(input_event_id, f"{step_key}.completed")
-
-
-def to_jsonable(model: BaseModel) -> dict[str, Any]:
-    """The model as JSON-compatible data."""
-    return model.model_dump(mode="json")

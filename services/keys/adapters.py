@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from shared.crypto import SecretBox, generate_api_key, hash_api_key
 from shared.events import ApiKeyInfo
@@ -63,8 +63,8 @@ class SqlKeyStore:
             return self._list(conn, project_id)
 
     @staticmethod
-    def _list(conn: object, project_id: str) -> tuple[ApiKeyInfo, ...]:
-        rows = conn.execute(  # type: ignore[attr-defined]
+    def _list(conn: Connection, project_id: str) -> tuple[ApiKeyInfo, ...]:
+        rows = conn.execute(
             text(
                 "SELECT key_id, key_prefix, created_at FROM api_keys "
                 "WHERE project_id = :p ORDER BY created_at, key_id"

@@ -61,24 +61,20 @@ def handle(
             ErrorType.API_KEY_GENERATION_FAILED, f"{found} API keys found, {request.api_keys.count} expected"
         )
     ready_at = ledger.mark_ready(event.project_id)
-    return StepOutput(extra={"result": build_result(request, results, ready_at, connection_string=None)})
+    return StepOutput(extra={"result": build_result(request, results, ready_at)})
 
 
 def build_result(
     request: ProvisionProjectPayload,
     results: StepResults,
     provisioned_at: datetime,
-    *,
-    connection_string: str | None,
 ) -> ProvisionProjectResult:
     """The seed's result from the chain's results (passwords and key secrets never included)."""
     database, schema = results.database, results.schema_name
     assert database is not None
     assert schema is not None
-    dsn = (
-        connection_string
-        or f"postgresql://{database.role_name}@{database.host}:{database.port}/{database.database_name}"
-    )
+    # Without the password, which is never published.
+    dsn = f"postgresql://{database.role_name}@{database.host}:{database.port}/{database.database_name}"
     return ProvisionProjectResult(
         project_id=request.project_id,
         database=ResultDatabase(

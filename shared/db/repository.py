@@ -233,18 +233,6 @@ class StepRepository:
         assert isinstance(ready_at, datetime)
         return ready_at
 
-    def list_projects(self, *, limit: int = 100) -> list[ProjectRecord]:
-        """The most recently created projects."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT project_id, correlation_id, request, request_hash, created_at, ready_at "
-                    "FROM projects ORDER BY created_at DESC LIMIT :n"
-                ),
-                {"n": limit},
-            ).mappings()
-            return [ProjectRecord(**row) for row in rows]
-
     # --- steps ----------------------------------------------------------------------------
 
     def initialize(self, project_id: str) -> list[StepRow]:

@@ -3,6 +3,7 @@
 from shared.kafka.clients import Publisher, PublishError, consumer_config, ensure_topics, producer_config
 from shared.kafka.codec import DecodeError, decode, encode
 from shared.kafka.outbox import add_to_outbox, relay_outbox
+from shared.kafka.reader import read_to_end
 from shared.kafka.runtime import CRASH_POINTS, RetryPolicy, StepWorker, WorkerOptions
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "encode",
     "ensure_topics",
     "producer_config",
+    "read_to_end",
     "relay_outbox",
 ]

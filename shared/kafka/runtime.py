@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -213,11 +213,7 @@ class StepWorker:
                 max_bytes=self.options.max_message_bytes,
             )
         except DecodeError as exc:
-            try:
-                self._publish([self._dead_letter(msg, exc.reason)], new_trace())
-            except PublishError as publish_error:
-                log.warning("publish_failed_will_redeliver", error=str(publish_error))
-                self._rewind(msg)
+            if not self._deliver(msg, [self._dead_letter(msg, exc.reason)], new_trace()):
                 return
             self.metrics.deadlettered.labels(self.step.key).inc()
             log.warning(
@@ -235,7 +231,7 @@ class StepWorker:
                 return
             attempt = event.attempt
             event = event.input
-        assert isinstance(event, Envelope)
+        step_input = cast(StepInputEvent, event)  # each input topic carries one input-event model
         parent = parse_traceparent(decoded.headers.get("traceparent")) or new_trace()
 
         structlog.contextvars.clear_contextvars()
@@ -253,18 +249,10 @@ class StepWorker:
         self.metrics.in_flight.labels(self.step.key).set(1)
         try:
             with span(f"provision.{self.step.key}", parent, project_id=event.project_id) as trace:
-                publications = self._run(event, attempt)  # type: ignore[arg-type]
-                try:
-                    self._publish(publications, trace)
-                except PublishError as exc:
-                    # Not acknowledged: leave the offset alone and take the message again
-                    # shortly; the step's recorded outcome makes the second pass a replay.
-                    log.warning("publish_failed_will_redeliver", error=str(exc))
-                    self._rewind(msg)
+                if not self._deliver(msg, self._run(step_input, attempt), trace):
                     return
             self._crash_point("after_publish")
             self._commit(msg)
-            self._publish_backoff = 0.5
         finally:
             self.metrics.in_flight.labels(self.step.key).set(0)
             structlog.contextvars.clear_contextvars()
@@ -415,6 +403,19 @@ class StepWorker:
         )
 
     # --- plumbing -------------------------------------------------------------------------
+
+    def _deliver(self, msg: Message, publications: Iterable[Publication], trace: TraceContext) -> bool:
+        """Publish a message's outcome; if the broker does not acknowledge it, leave the
+        offset alone and take the message again shortly (the step's recorded outcome makes
+        the second pass a replay). True when delivered."""
+        try:
+            self._publish(publications, trace)
+        except PublishError as exc:
+            log.warning("publish_failed_will_redeliver", error=str(exc))
+            self._rewind(msg)
+            return False
+        self._publish_backoff = 0.5
+        return True
 
     def _publish(self, publications: Iterable[Publication], trace: TraceContext) -> None:
         sent = False

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.bootstrap import App
 from services.replay import replay
@@ -23,7 +22,7 @@ from shared.events import (
     utcnow,
 )
 from shared.infra import InfraEnv
-from shared.kafka import consumer_config, encode
+from shared.kafka import encode, read_to_end
 from shared.steps import StepStatus, step_by_key
 from shared.tracing import new_trace
 from tests.support import make_app, unique_project
@@ -89,25 +88,8 @@ def failed_project(app: App) -> tuple[str, StepFailed]:
 
 def retries_for(app: App, project_id: str) -> list[bytes]:
     """Values of the records keyed ``project_id`` on the schema retry topic, from the start."""
-    topic = SCHEMA.retry_topic
-    consumer = Consumer(consumer_config(app.bootstrap_servers, f"it-replay-{uuid.uuid4().hex[:8]}"))
-    values: list[bytes] = []
-    try:
-        for partition in sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            consumer.assign([TopicPartition(topic, partition, low)])
-            position = low
-            while position < high:
-                msg = consumer.poll(10)
-                assert msg is not None, f"{topic}[{partition}] stalled at offset {position}"
-                if msg.error() is not None:
-                    raise KafkaException(msg.error())
-                position = msg.offset() + 1
-                if msg.key() == project_id.encode():
-                    values.append(msg.value() or b"")
-    finally:
-        consumer.close()
-    return values
+    messages = read_to_end(app.bootstrap_servers, [SCHEMA.retry_topic])
+    return [m.value() or b"" for m in messages if m.key() == project_id.encode()]
 
 
 def test_dry_run_says_would_replay_and_changes_nothing(

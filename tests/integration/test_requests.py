@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Message
 from psycopg import sql
 from sqlalchemy import text
 
@@ -32,7 +32,7 @@ from shared.events import (
     utcnow,
 )
 from shared.infra import InfraEnv
-from shared.kafka import Publisher, add_to_outbox, consumer_config, encode, relay_outbox
+from shared.kafka import Publisher, add_to_outbox, encode, read_to_end, relay_outbox
 from shared.naming import TenantNames
 from shared.steps import REQUESTED_TOPIC, STEP_NAMES, Stage, StepStatus
 from shared.tracing import new_trace
@@ -88,25 +88,9 @@ def created_at(app: App, project_id: str) -> set[Any]:
 
 def messages_for(app: App, topic: str, key: str, *, timeout: float = 10.0) -> list[Message]:
     """Every record of ``topic`` keyed ``key``, read from the beginning to the current end."""
-    consumer = Consumer(consumer_config(app.bootstrap_servers, f"it-requests-{uuid.uuid4().hex[:8]}"))
-    found: list[Message] = []
-    try:
-        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
-        for partition in sorted(partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-            consumer.assign([TopicPartition(topic, partition, low)])
-            position = low
-            while position < high:
-                msg = consumer.poll(timeout)
-                assert msg is not None, f"{topic}[{partition}] stalled at offset {position}"
-                if msg.error() is not None:
-                    raise KafkaException(msg.error())
-                position = msg.offset() + 1
-                if msg.key() == key.encode():
-                    found.append(msg)
-    finally:
-        consumer.close()
-    return found
+    return [
+        m for m in read_to_end(app.bootstrap_servers, [topic], timeout=timeout) if m.key() == key.encode()
+    ]
 
 
 def relay_everything(app: App) -> None:

@@ -1,0 +1,46 @@
+"""Reading topics to their current end, outside any consumer group's progress."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+
+def read_to_end(bootstrap_servers: str, topics: Iterable[str], *, timeout: float = 10.0) -> Iterator[Message]:
+    """Every message now on ``topics``, partition by partition, from the beginning up to the
+    end offset each partition has when it is reached.
+
+    Manual assignment under a throwaway group id that never commits: nobody's offsets move.
+    A missing topic yields nothing; a partition that stops answering raises TimeoutError.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"provision-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            # Reading to a known end: do not let each fetch idle for the default 500 ms.
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    try:
+        for topic in topics:
+            metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                continue
+            for partition in sorted(metadata.partitions):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+                consumer.assign([TopicPartition(topic, partition, low)])
+                position = low
+                while position < high:
+                    msg = consumer.poll(timeout)
+                    if msg is None:
+                        raise TimeoutError(f"reading {topic}[{partition}] timed out at offset {position}")
+                    error = msg.error()
+                    if error is not None:
+                        raise KafkaException(error)
+                    position = (msg.offset() or position) + 1
+                    yield msg
+    finally:
+        consumer.close()
