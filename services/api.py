@@ -17,15 +17,27 @@ from pydantic import ValidationError
 
 from services.bootstrap import App, default_app
 from shared.db import ConflictingRequestError, Registration, StepRow, migrate
-from shared.errors import ErrorType, ProvisioningError, classify, failure_details
+from shared.errors import ErrorType, ProvisioningError, StoreUnavailableError
 from shared.events import (
     ProvisioningRequested,
     ProvisionProjectPayload,
     ProvisionProjectResult,
+    StepCompleted,
     VerifyCompleted,
     utcnow,
 )
-from shared.execution import Busy, Completed, Ignored, Rejected, execute_step
+from shared.execution import (
+    Busy,
+    Completed,
+    Failed,
+    Ignored,
+    Rejected,
+    Retry,
+    StepSpec,
+    Superseded,
+    Trigger,
+    run_step,
+)
 from shared.kafka import RetryPolicy, add_to_outbox, encode, relay_outbox
 from shared.naming import validate_project_id
 from shared.steps import REQUESTED_TOPIC, STEPS, Stage, StepStatus, derive_stage, resolve_step
@@ -132,52 +144,56 @@ def provision_project_handler(
     assert record.correlation_id is not None
     policy = retry or app.worker_options().retry
     owner = f"in-process:{uuid.uuid4().hex[:8]}"
-    event: Any = ProvisioningRequested(
-        event_id=uuid.uuid4(),
-        occurred_at=utcnow(),
-        project_id=model.project_id,
-        correlation_id=record.correlation_id,
-        request=model,
-    )
+    causation: uuid.UUID | None = None
+    event: StepCompleted | None = None
     for step in STEPS:
         spec = app.specs[step.key]
-        attempt = 1
-        while True:
-            try:
-                outcome = execute_step(
-                    spec, event, store=app.repository, owner=owner, lease_seconds=app.settings.lease_seconds
-                )
-            except Exception as exc:
-                error = classify(exc, default=spec.failure_type)
-                final = not error.retryable or attempt >= policy.max_attempts
-                app.repository.record_attempt_failure(
-                    model.project_id,
-                    step.name,
-                    owner=owner,
-                    error_message=error.message,
-                    error_details=failure_details(
-                        error, attempt=attempt, max_attempts=policy.max_attempts, cause=exc
-                    ),
-                    final=final,
-                    lease_seconds=app.settings.lease_seconds,
-                )
-                if final:
-                    raise error from exc
-                time.sleep(policy.delay(attempt))
-                attempt += 1
-                continue
-            if isinstance(outcome, Completed):
-                event = outcome.event
-                break
-            if isinstance(outcome, Busy):
-                time.sleep(min(1.0, policy.base_seconds))
-                continue
-            assert isinstance(outcome, Ignored | Rejected)
-            raise ProvisioningError(
-                ErrorType.UNKNOWN_ERROR, f"step {step.key}: {outcome.reason}", retryable=False
-            )
+        trigger = Trigger(model.project_id, record.correlation_id, causation, request=model)
+        event = _run_in_process(app, spec, trigger, owner=owner, policy=policy)
+        causation = event.event_id
     assert isinstance(event, VerifyCompleted)
     return event.result
+
+
+def _run_in_process(
+    app: App, spec: StepSpec, trigger: Trigger, *, owner: str, policy: RetryPolicy
+) -> StepCompleted:
+    """One step through the same policy as a worker, waiting where a worker would publish a
+    retry; ProvisioningError when the step fails for good."""
+    unavailable = 0
+    while True:
+        try:
+            outcome = run_step(
+                spec,
+                trigger,
+                store=app.repository,
+                owner=owner,
+                lease_seconds=app.settings.lease_seconds,
+                max_attempts=policy.max_attempts,
+            )
+        except StoreUnavailableError as exc:
+            unavailable += 1
+            if unavailable >= policy.max_attempts:
+                raise ProvisioningError(ErrorType.NETWORK_ERROR, str(exc)) from exc
+            time.sleep(min(policy.delay(unavailable), 10.0))
+            continue
+        match outcome:
+            case Completed(event=completed):
+                return completed
+            case Retry(attempt=attempt):
+                time.sleep(policy.delay(attempt))
+            case Busy():
+                time.sleep(min(1.0, policy.base_seconds))
+            case Failed(error=error):
+                raise ProvisioningError(ErrorType(error.type), error.message, retryable=False)
+            case Ignored(reason=reason) | Rejected(reason=reason):
+                raise ProvisioningError(
+                    ErrorType.UNKNOWN_ERROR, f"step {spec.step.key}: {reason}", retryable=False
+                )
+            case Superseded(error=error):
+                raise ProvisioningError(
+                    ErrorType(error.type), f"step {spec.step.key} was taken over: {error.message}"
+                )
 
 
 # --- the seed's step-table API (seed 000) -------------------------------------------------

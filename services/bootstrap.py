@@ -15,26 +15,19 @@ import httpx
 from confluent_kafka import Consumer
 from sqlalchemy import Engine
 
-from services.database import handler as database
 from services.database.adapters import PostgresTenantCluster, SqlCredentialStore
-from services.keys import handler as keys
 from services.keys.adapters import SqlKeyStore
 from services.ports import ServiceRegistry
 from services.registration.adapters import CatalogRegistry, HttpRegistry
-from services.registration.handler import register, service_disabled
-from services.schema import handler as schema
 from services.schema.adapters import PostgresTenantSchemas
+from services.specs import build_specs
 from services.tenant_cluster import ClusterAddress
-from services.verify import handler as verify
 from services.verify.adapters import PostgresTenantProbe
 from shared.crypto import SecretBox
 from shared.db import StepRepository, make_engine
-from shared.errors import ErrorType
-from shared.events import ProvisionProjectResult
 from shared.execution import StepSpec
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
 from shared.settings import Settings
-from shared.steps import STEPS, step_by_key
 
 if TYPE_CHECKING:
     from shared.infra import LocalInfra
@@ -126,53 +119,18 @@ class App:
     @cached_property
     def specs(self) -> dict[str, StepSpec]:
         """Every step's handler bound to its collaborators, by step key."""
-        s = self.settings
         address = self.cluster_address
-        specs = {
-            "database": StepSpec(
-                step_by_key("database"),
-                functools.partial(
-                    database.handle,
-                    cluster=PostgresTenantCluster(address),
-                    credentials=self.credentials,
-                    regions=frozenset(s.regions),
-                    max_tenants=s.max_tenants_per_cluster,
-                ),
-                failure_type=ErrorType.DATABASE_CREATION_FAILED,
-                admits_new_projects=True,
-            ),
-            "schema": StepSpec(
-                step_by_key("schema"),
-                functools.partial(schema.handle, schemas=PostgresTenantSchemas(address)),
-                failure_type=ErrorType.SCHEMA_CREATION_FAILED,
-            ),
-            "keys": StepSpec(
-                step_by_key("keys"),
-                functools.partial(keys.handle, keys=self.key_store),
-                failure_type=ErrorType.API_KEY_GENERATION_FAILED,
-            ),
-            "verify": StepSpec(
-                step_by_key("verify"),
-                functools.partial(
-                    verify.handle,
-                    probe=PostgresTenantProbe(address),
-                    credentials=self.credentials,
-                    registry=self.registry,
-                    keys=self.key_store,
-                    ledger=self.repository,
-                ),
-                failure_type=ErrorType.UNKNOWN_ERROR,
-                extra_models={"result": _result_from_json},
-            ),
-        }
-        for service in ("auth", "realtime", "storage"):
-            specs[service] = StepSpec(
-                step_by_key(service),
-                functools.partial(register, service=service, registry=self.registry),
-                failure_type=ErrorType.SERVICE_REGISTRATION_FAILED,
-                skip_when=service_disabled(service),
-            )
-        return {step.key: specs[step.key] for step in STEPS}
+        return build_specs(
+            cluster=PostgresTenantCluster(address),
+            schemas=PostgresTenantSchemas(address),
+            credentials=self.credentials,
+            registry=self.registry,
+            keys_store=self.key_store,
+            probe=PostgresTenantProbe(address),
+            ledger=self.repository,
+            regions=self.settings.regions,
+            max_tenants=self.settings.max_tenants_per_cluster,
+        )
 
     def worker_options(self) -> WorkerOptions:
         s = self.settings
@@ -193,7 +151,11 @@ class App:
 
     def consumer(self, group_id: str, **overrides: Any) -> Consumer:
         """A consumer with the standard configuration."""
-        settings: dict[str, Any] = {"session.timeout.ms": self.settings.session_timeout_ms}
+        session = self.settings.session_timeout_ms
+        settings: dict[str, Any] = {
+            "session.timeout.ms": session,
+            "heartbeat.interval.ms": max(100, min(3000, session // 3)),
+        }
         if self.settings.group_instance_id:
             settings["group.instance.id"] = self.settings.group_instance_id
         return Consumer(consumer_config(self.bootstrap_servers, group_id, **{**settings, **overrides}))
@@ -202,10 +164,6 @@ class App:
         """Flush the producer, close clients, dispose of the pool."""
         while self._closers:
             self._closers.pop()()
-
-
-def _result_from_json(value: Any) -> ProvisionProjectResult:
-    return ProvisionProjectResult.model_validate(value, strict=False)
 
 
 def build_app(settings: Settings | None = None) -> App:

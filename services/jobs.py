@@ -89,8 +89,8 @@ def _register_defaults() -> None:
 
 
 def _step_handler(step_key: str, app_factory: Callable[[], Any]) -> JobHandler:
-    def handle(event: Any) -> Any:
-        return app_factory().specs[step_key].handle(event)
+    def handle(context: Any) -> Any:
+        return app_factory().specs[step_key].handle(context)
 
     handle.__name__ = f"handle_{step_key}"
     return handle

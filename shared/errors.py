@@ -101,6 +101,11 @@ class InvalidTransitionError(Exception):
         self.to_status = to_status
 
 
+class StoreUnavailableError(Exception):
+    """The control-plane database did not answer. Not a failure of any step: the caller
+    waits and tries the same work again, spending no attempt."""
+
+
 def classify(exc: BaseException, *, default: ErrorType = ErrorType.UNKNOWN_ERROR) -> ProvisioningError:
     """Map a real exception onto the taxonomy; ``default`` names what the step was doing."""
     if isinstance(exc, ProvisioningError):

@@ -314,7 +314,9 @@ class VerifyRetryScheduled(StepRetryScheduled):
 
 
 class DeadLettered(Model):
-    """A message no consumer could decode or validate, kept whole with the reason."""
+    """A message a consumer could not take, with the reason: its bytes whole when they fit,
+    else a bounded prefix (``truncated``) plus the original's size and SHA-256, so the
+    dead-letter copy itself can always be published."""
 
     event_id: uuid.UUID
     event_type: Literal["provisioning.deadletter"] = "provisioning.deadletter"
@@ -328,6 +330,10 @@ class DeadLettered(Model):
     key_b64: str | None
     value_b64: str | None
     headers: dict[str, str] = Field(default_factory=dict)
+    key_size: int = 0
+    value_size: int = 0
+    value_sha256: str | None = None
+    truncated: bool = False
 
 
 # --- the catalogue -------------------------------------------------------------------------

@@ -63,12 +63,24 @@ class Metrics:
             ["step"],
             registry=r,
         )
+        self.store_unavailable = Counter(
+            "provisioning_control_plane_unavailable_total",
+            "Messages set aside because the control-plane database did not answer (no attempt spent).",
+            ["step"],
+            registry=r,
+        )
+        self.publish_failed = Counter(
+            "provisioning_publish_failed_total",
+            "Outcomes the broker did not acknowledge; the message is taken again after a pause.",
+            ["step"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "provisioning_in_flight", "Messages being handled now (0 or 1).", ["step"], registry=r
         )
         self.consumer_lag = Gauge(
             "provisioning_consumer_lag",
-            "Messages behind the high watermark, by topic.",
+            "The group's lag: high watermark minus the group's committed offset, by topic.",
             ["step", "topic"],
             registry=r,
         )

@@ -83,7 +83,12 @@ class Settings(BaseSettings):
         default=None,
         description="static group membership: a restarted worker takes its partitions back at once",
     )
-    session_timeout_ms: int = Field(default=45000, ge=1000, description="consumer group session timeout")
+    session_timeout_ms: int = Field(
+        default=10000,
+        ge=1000,
+        description="consumer group session timeout: a dead worker's partitions move after it; keep "
+        "it well under lease_seconds",
+    )
     outbox_interval_seconds: float = Field(default=1.0, gt=0)
 
     # Testing switch: kill the worker (SIGKILL) once at a point of a step, to prove crash safety.

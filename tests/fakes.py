@@ -19,22 +19,19 @@ from typing import Any
 
 import psycopg
 
-from services.bootstrap import _result_from_json
-from services.database import handler as database
-from services.keys import handler as keys
 from services.ports import Registered, TenantFacts
-from services.registration.handler import register, service_disabled
-from services.schema import handler as schema
-from services.verify import handler as verify
+from services.specs import build_specs
 from shared.crypto import generate_api_key, generate_password
 from shared.db.repository import (
     ALLOWED_TRANSITIONS,
+    Claim,
     ProjectRecord,
     Registration,
+    Snapshot,
     StepRow,
     request_hash,
 )
-from shared.errors import ErrorType, InvalidTransitionError, ProvisioningError
+from shared.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.events import (
     ApiKeyInfo,
     ProvisioningRequested,
@@ -42,9 +39,9 @@ from shared.events import (
     StepCompleted,
     StepInputEvent,
 )
-from shared.execution import Completed, Outcome, StepSpec, execute_step
+from shared.execution import Completed, Outcome, StepContext, StepSpec, Trigger, run_step
 from shared.settings import DEFAULT_REGIONS
-from shared.steps import STEP_NAMES, STEPS, StepStatus, step_by_key
+from shared.steps import STEP_NAMES, STEPS, StepStatus
 
 S = StepStatus
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -74,12 +71,19 @@ class FakeStepStore:
         self.projects: dict[str, ProjectRecord] = {}
         self.rows: dict[tuple[str, str], StepRow] = {}
         self.calls: list[tuple[Any, ...]] = []
+        self.unavailable = False
+        """While True, every call raises StoreUnavailableError (the database is away)."""
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise StoreUnavailableError("NETWORK_ERROR: connection refused (fake)")
 
     # projects
 
     def register_request(
         self, payload: ProvisionProjectPayload, correlation_id: uuid.UUID
     ) -> tuple[Registration, ProjectRecord]:
+        self._check()
         self.calls.append(("register_request", payload.project_id, correlation_id))
         digest = request_hash(payload)
         existing = self.projects.get(payload.project_id)
@@ -100,8 +104,14 @@ class FakeStepStore:
         return Registration.CONFLICT, existing
 
     def project(self, project_id: str) -> ProjectRecord | None:
+        self._check()
         self.calls.append(("project", project_id))
         return self.projects.get(project_id)
+
+    def snapshot(self, project_id: str) -> Snapshot:
+        self._check()
+        self.calls.append(("snapshot", project_id))
+        return Snapshot(self.projects.get(project_id), self.steps(project_id))
 
     def remove_project(self, project_id: str) -> None:
         """The project and its steps are gone (deleted by an operator)."""
@@ -134,6 +144,7 @@ class FakeStepStore:
                     error_details=None,
                     retry_count=0,
                     replay_count=0,
+                    attempt=0,
                     lease_owner=None,
                     lease_expires_at=None,
                     result=None,
@@ -147,6 +158,7 @@ class FakeStepStore:
         return sorted(rows, key=lambda r: r.position)
 
     def step(self, project_id: str, step_name: str) -> StepRow | None:
+        self._check()
         self.calls.append(("step", project_id, step_name))
         row = self.rows.get((project_id, step_name))
         return self._read(row) if row is not None else None
@@ -159,18 +171,64 @@ class FakeStepStore:
         correlation_id: uuid.UUID,
         owner: str,
         lease_seconds: float,
-    ) -> StepRow | None:
-        """The repository's one-statement claim: running for this request, or None."""
+        skip_service: str | None = None,
+        skip_result: Mapping[str, Any] | None = None,
+    ) -> Claim | None:
+        """The repository's one-statement claim: the record must show the request and every
+        earlier step done; ``running`` (or ``skipped``) for this request, or None."""
+        self._check()
         self.calls.append(("claim", project_id, step_name))
         project = self.projects.get(project_id)
-        if project is None or project.correlation_id not in (None, correlation_id):
+        row = self.rows.get((project_id, step_name))
+        if project is None or project.request is None or project.correlation_id != correlation_id:
             return None
+        if row is None:
+            return None
+        earlier = [r for r in self.steps(project_id) if r.position < row.position]
+        if any(not r.done for r in earlier):
+            return None
+        services = project.request.get("services") or {}
+        skips = row.status is S.PENDING and skip_service is not None and services.get(skip_service) is False
         try:
-            return self.transition(
-                project_id, step_name, S.RUNNING, owner=owner, lease_seconds=lease_seconds, record=False
-            )
+            if skips:
+                claimed = self.transition(
+                    project_id, step_name, S.SKIPPED, result=skip_result or {}, record=False
+                )
+            else:
+                claimed = self.transition(
+                    project_id, step_name, S.RUNNING, owner=owner, lease_seconds=lease_seconds, record=False
+                )
         except InvalidTransitionError:
             return None
+        return Claim(claimed, dict(project.request), [r.result for r in earlier if r.result is not None])
+
+    def record_attempt_failure(
+        self,
+        project_id: str,
+        step_name: str,
+        *,
+        owner: str,
+        error_message: str,
+        error_details: Mapping[str, Any],
+        final: bool,
+    ) -> StepRow | None:
+        """``running -> failed`` (``-> pending`` unless final) for the lease holder, else None."""
+        self._check()
+        self.calls.append(("record_attempt_failure", project_id, step_name, final))
+        row = self.rows.get((project_id, step_name))
+        if row is None or row.status is not S.RUNNING or row.lease_owner != owner:
+            return None
+        failed = self.transition(
+            project_id,
+            step_name,
+            S.FAILED,
+            error_message=error_message,
+            error_details=error_details,
+            record=False,
+        )
+        if final:
+            return failed
+        return self.transition(project_id, step_name, S.PENDING, record=False)
 
     def _read(self, row: StepRow) -> StepRow:
         expires = row.lease_expires_at
@@ -193,6 +251,7 @@ class FakeStepStore:
     ) -> StepRow:
         """Compare-and-set, as the repository's ``UPDATE ... WHERE`` does it (``record=False``:
         part of another recorded call)."""
+        self._check()
         if record:
             self.calls.append(("transition", project_id, step_name, StepStatus(to).value))
         target = StepStatus(to)
@@ -213,10 +272,13 @@ class FakeStepStore:
 
         changes: dict[str, Any] = {"status": target, "updated_at": now}
         if target is S.RUNNING:
+            own = current.status is S.RUNNING and current.lease_owner == owner
+            takeover = current.status is S.RUNNING and not own
             changes |= {
                 "started_at": now,
                 "completed_at": None,
-                "retry_count": current.retry_count + (1 if current.status is S.RUNNING else 0),
+                "attempt": current.attempt + (0 if own else 1),
+                "retry_count": current.retry_count + (1 if takeover else 0),
                 "lease_owner": owner,
                 "lease_expires_at": now + timedelta(seconds=lease_seconds),
             }
@@ -239,8 +301,7 @@ class FakeStepStore:
             changes |= {
                 "retry_count": current.retry_count + 1,
                 "replay_count": current.replay_count + (1 if replay else 0),
-                "started_at": None,
-                "completed_at": None,
+                "attempt": 0 if replay else current.attempt,
             }
         elif target is S.SKIPPED:
             changes |= {
@@ -445,6 +506,7 @@ class FakeLedger:
 
 OWNER = "unit-test:1"
 LEASE_SECONDS = 300.0
+MAX_ATTEMPTS = 3
 
 
 @dataclass
@@ -488,12 +550,35 @@ class Fakes:
 
     @functools.cached_property
     def specs(self) -> dict[str, StepSpec]:
-        return build_specs(self)
+        """Every step's spec wired to these fakes, by the function the application uses."""
+        return build_specs(
+            cluster=self.cluster,
+            schemas=self.schemas,
+            credentials=self.credentials,
+            registry=self.registry,
+            keys_store=self.keys,
+            probe=self.probe,
+            ledger=self.ledger,
+            regions=self.regions,
+            max_tenants=self.max_tenants,
+        )
 
-    def run(self, step_key: str, event: StepInputEvent, *, owner: str = OWNER) -> Outcome:
-        """Run one step through ``execute_step`` on these fakes."""
-        return execute_step(
-            self.specs[step_key], event, store=self.store, owner=owner, lease_seconds=LEASE_SECONDS
+    def run(
+        self,
+        step_key: str,
+        event: StepInputEvent | Trigger,
+        *,
+        owner: str = OWNER,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> Outcome:
+        """Run one step through ``run_step`` on these fakes, woken by ``event``."""
+        return run_step(
+            self.specs[step_key],
+            event if isinstance(event, Trigger) else trigger_of(event),
+            store=self.store,
+            owner=owner,
+            lease_seconds=LEASE_SECONDS,
+            max_attempts=max_attempts,
         )
 
     def input_for(self, step_key: str, requested: ProvisioningRequested) -> StepInputEvent:
@@ -507,6 +592,18 @@ class Fakes:
             event = outcome.event  # type: ignore[assignment]
         raise KeyError(step_key)
 
+    def run_chain_from(self, step_key: str, event: StepInputEvent) -> StepCompleted:
+        """The steps from ``step_key`` on, each woken by the one before; the last outcome."""
+        keys = [s.key for s in STEPS]
+        last: StepCompleted | None = None
+        for key in keys[keys.index(step_key) :]:
+            outcome = self.run(key, event)
+            assert isinstance(outcome, Completed), f"{key}: {outcome}"
+            last = outcome.event
+            event = outcome.event  # type: ignore[assignment]
+        assert last is not None
+        return last
+
     def run_chain(self, requested: ProvisioningRequested) -> list[StepCompleted]:
         """Every step in order; the completed events."""
         events: list[StepCompleted] = []
@@ -519,53 +616,19 @@ class Fakes:
         return events
 
 
-def build_specs(fakes: Fakes) -> dict[str, StepSpec]:
-    """Every step's StepSpec wired to the fakes, as ``services.bootstrap.App.specs`` wires them."""
-    specs = {
-        "database": StepSpec(
-            step_by_key("database"),
-            functools.partial(
-                database.handle,
-                cluster=fakes.cluster,
-                credentials=fakes.credentials,
-                regions=fakes.regions,
-                max_tenants=fakes.max_tenants,
-            ),
-            failure_type=ErrorType.DATABASE_CREATION_FAILED,
-            admits_new_projects=True,
-        ),
-        "schema": StepSpec(
-            step_by_key("schema"),
-            functools.partial(schema.handle, schemas=fakes.schemas),
-            failure_type=ErrorType.SCHEMA_CREATION_FAILED,
-        ),
-        "keys": StepSpec(
-            step_by_key("keys"),
-            functools.partial(keys.handle, keys=fakes.keys),
-            failure_type=ErrorType.API_KEY_GENERATION_FAILED,
-        ),
-        "verify": StepSpec(
-            step_by_key("verify"),
-            functools.partial(
-                verify.handle,
-                probe=fakes.probe,
-                credentials=fakes.credentials,
-                registry=fakes.registry,
-                keys=fakes.keys,
-                ledger=fakes.ledger,
-            ),
-            failure_type=ErrorType.UNKNOWN_ERROR,
-            extra_models={"result": _result_from_json},
-        ),
-    }
-    for service in ("auth", "realtime", "storage"):
-        specs[service] = StepSpec(
-            step_by_key(service),
-            functools.partial(register, service=service, registry=fakes.registry),
-            failure_type=ErrorType.SERVICE_REGISTRATION_FAILED,
-            skip_when=service_disabled(service),  # type: ignore[arg-type]
-        )
-    return {step.key: specs[step.key] for step in STEPS}
+def context_of(event: StepInputEvent, attempt: int = 1) -> StepContext:
+    """A handler's context as the record would give it, here taken from a (trusted) event."""
+    return StepContext(event.project_id, event.correlation_id, event.request, event.results, attempt)
+
+
+def trigger_of(event: StepInputEvent) -> Trigger:
+    """What a step may take from an input event, as the worker core builds it."""
+    return Trigger(
+        project_id=event.project_id,
+        correlation_id=event.correlation_id,
+        causation_id=event.event_id,
+        request=event.request if isinstance(event, ProvisioningRequested) else None,
+    )
 
 
 # --- events -------------------------------------------------------------------------------------

@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Final
 
 from services.ports import ServiceRegistry
-from services.registration.handler import register, service_disabled
-from shared.events import StepInputEvent
-from shared.execution import StepOutput
+from services.registration.handler import register
+from shared.execution import StepContext, StepOutput
 
 SERVICE: Final = "auth"
-skip_when = service_disabled(SERVICE)
 
 
-def handle(event: StepInputEvent, *, registry: ServiceRegistry) -> StepOutput:
+def handle(context: StepContext, *, registry: ServiceRegistry) -> StepOutput:
     """Register the tenant with the auth service."""
-    return register(event, service=SERVICE, registry=registry)
+    return register(context, service=SERVICE, registry=registry)

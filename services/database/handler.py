@@ -6,13 +6,13 @@ from collections.abc import Collection
 
 from services.ports import CredentialStore, TenantCluster
 from shared.errors import ErrorType, ProvisioningError
-from shared.events import DatabaseInfo, StepInputEvent, StepResults
-from shared.execution import StepOutput
+from shared.events import DatabaseInfo, StepResults
+from shared.execution import StepContext, StepOutput
 from shared.naming import TenantNames
 
 
 def handle(
-    event: StepInputEvent,
+    context: StepContext,
     *,
     cluster: TenantCluster,
     credentials: CredentialStore,
@@ -20,7 +20,7 @@ def handle(
     max_tenants: int,
 ) -> StepOutput:
     """Create (if absent) the tenant role and database; CONNECT is the owner's alone."""
-    request = event.request
+    request = context.request
     if request.database.engine != "postgresql":
         raise ProvisioningError(
             ErrorType.INVALID_REQUEST,
@@ -30,12 +30,12 @@ def handle(
         raise ProvisioningError(
             ErrorType.INVALID_REQUEST, f"region {request.region!r} is not one of {', '.join(sorted(regions))}"
         )
-    names = TenantNames.for_project(event.project_id)
+    names = TenantNames.for_project(context.project_id)
     if not cluster.database_exists(names.database) and cluster.count_tenant_databases() >= max_tenants:
         raise ProvisioningError(
             ErrorType.QUOTA_EXCEEDED, f"the tenant cluster already holds its maximum of {max_tenants} tenants"
         )
-    password = credentials.password_for(event.project_id, names.role)
+    password = credentials.password_for(context.project_id, names.role)
     cluster.ensure_role(names.role, password)
     cluster.ensure_database(names.database, owner=names.role)
     return StepOutput(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from services.ports import KeyStore
-from shared.events import StepInputEvent, StepResults
-from shared.execution import StepOutput
+from shared.events import StepResults
+from shared.execution import StepContext, StepOutput
 
 
-def handle(event: StepInputEvent, *, keys: KeyStore) -> StepOutput:
+def handle(context: StepContext, *, keys: KeyStore) -> StepOutput:
     """Create the project's API keys if it has none; publish only ids and visible prefixes."""
-    spec = event.request.api_keys
-    infos = keys.ensure_keys(event.project_id, spec.count, spec.prefix)
+    spec = context.request.api_keys
+    infos = keys.ensure_keys(context.project_id, spec.count, spec.prefix)
     return StepOutput(StepResults(api_keys=infos))

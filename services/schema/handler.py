@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from services.ports import TenantSchemas
-from shared.errors import ErrorType, ProvisioningError
-from shared.events import StepInputEvent, StepResults
-from shared.execution import StepOutput
+from shared.events import StepResults
+from shared.execution import StepContext, StepOutput
 from shared.naming import TenantNames
 
 
-def handle(event: StepInputEvent, *, schemas: TenantSchemas) -> StepOutput:
-    """Create (if absent) the schema, its default privileges and baseline migrations table."""
-    database = event.results.database
-    if database is None:
-        raise ProvisioningError(ErrorType.INVALID_REQUEST, "input carries no database result")
-    names = TenantNames.for_project(event.project_id)
-    schemas.ensure_schema(database.database_name, names.schema, owner=database.role_name)
+def handle(context: StepContext, *, schemas: TenantSchemas) -> StepOutput:
+    """Create (if absent) the schema, its default privileges and baseline migrations table.
+
+    Every name comes from the registered project id: the database step created exactly
+    these, and nothing a message says can point the schema step anywhere else.
+    """
+    names = TenantNames.for_project(context.project_id)
+    schemas.ensure_schema(names.database, names.schema, owner=names.role)
     return StepOutput(StepResults(schema_name=names.schema))

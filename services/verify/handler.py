@@ -13,16 +13,16 @@ from shared.events import (
     ResultDatabase,
     ResultMetadata,
     ResultServices,
-    StepInputEvent,
     StepResults,
 )
-from shared.execution import StepOutput
+from shared.execution import StepContext, StepOutput
+from shared.naming import TenantNames
 
 SERVICES = ("auth", "realtime", "storage")
 
 
 def handle(
-    event: StepInputEvent,
+    context: StepContext,
     *,
     probe: TenantProbe,
     credentials: CredentialStore,
@@ -30,37 +30,43 @@ def handle(
     keys: KeyStore,
     ledger: ProjectLedger,
 ) -> StepOutput:
-    """Verify the tenant database as its own role, every enabled registration and the keys."""
-    request, results = event.request, event.results
-    database, schema = results.database, results.schema_name
-    if database is None or schema is None:
-        raise ProvisioningError(ErrorType.INVALID_REQUEST, "input carries no database or schema result")
-    password = credentials.existing_password(event.project_id)
+    """Verify the tenant database as its own role, every enabled registration and the keys.
+
+    The result is built from the record (the registered request and the recorded results),
+    never from a message.
+    """
+    request, results = context.request, context.results
+    if results.database is None or results.schema_name is None:
+        raise ProvisioningError(
+            ErrorType.SCHEMA_CREATION_FAILED, "the record holds no database or schema result for the project"
+        )
+    names = TenantNames.for_project(context.project_id)
+    password = credentials.existing_password(context.project_id)
     if password is None:
         raise ProvisioningError(ErrorType.DATABASE_CREATION_FAILED, "the tenant role has no stored password")
-    facts = probe.inspect(database.database_name, database.role_name, password, schema)
-    if facts.current_user != database.role_name:
+    facts = probe.inspect(names.database, names.role, password, names.schema)
+    if facts.current_user != names.role:
         raise ProvisioningError(
             ErrorType.INSUFFICIENT_PERMISSIONS, f"logged in as {facts.current_user!r}, not the tenant role"
         )
-    if facts.schema_owner != database.role_name:
+    if facts.schema_owner != names.role:
         raise ProvisioningError(
             ErrorType.SCHEMA_CREATION_FAILED,
-            f"schema {schema!r} is owned by {facts.schema_owner!r}, not the tenant role",
+            f"schema {names.schema!r} is owned by {facts.schema_owner!r}, not the tenant role",
         )
     if facts.baseline_migrations < 1:
         raise ProvisioningError(ErrorType.SCHEMA_CREATION_FAILED, "the baseline migration is missing")
     for service in SERVICES:
-        if getattr(request.services, service) and registry.lookup(service, event.project_id) is None:
+        if getattr(request.services, service) and registry.lookup(service, context.project_id) is None:
             raise ProvisioningError(
                 ErrorType.SERVICE_REGISTRATION_FAILED, f"no {service} registration for the tenant"
             )
-    found = len(keys.list_keys(event.project_id))
+    found = len(keys.list_keys(context.project_id))
     if found != request.api_keys.count:
         raise ProvisioningError(
             ErrorType.API_KEY_GENERATION_FAILED, f"{found} API keys found, {request.api_keys.count} expected"
         )
-    ready_at = ledger.mark_ready(event.project_id)
+    ready_at = ledger.mark_ready(context.project_id)
     return StepOutput(extra={"result": build_result(request, results, ready_at)})
 
 

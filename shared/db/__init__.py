@@ -3,9 +3,11 @@
 from shared.db.engine import current_revision, libpq_url, make_engine, migrate, sqlalchemy_url
 from shared.db.repository import (
     ALLOWED_TRANSITIONS,
+    Claim,
     ConflictingRequestError,
     ProjectRecord,
     Registration,
+    Snapshot,
     StepRepository,
     StepRow,
     request_hash,
@@ -13,9 +15,11 @@ from shared.db.repository import (
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "Claim",
     "ConflictingRequestError",
     "ProjectRecord",
     "Registration",
+    "Snapshot",
     "StepRepository",
     "StepRow",
     "current_revision",

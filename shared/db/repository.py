@@ -6,18 +6,20 @@ consumers racing on a step cannot both win, and nothing is decided on a stale re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, RowMapping, text
+from sqlalchemy import exc as sa_exc
 
-from shared.errors import InvalidTransitionError
+from shared.errors import InvalidTransitionError, StoreUnavailableError, classify
 from shared.events import ProvisionProjectPayload
 from shared.steps import STEP_NAMES, StepStatus
 
@@ -32,10 +34,14 @@ ALLOWED_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
     S.SKIPPED: frozenset({S.PENDING}),
 }
 
+# A consumer re-claiming its own running step (it could not record the outcome while the
+# database was away) spends no attempt; a take-over of a dead consumer's lease does.
 _SET_CLAUSES: Mapping[StepStatus, str] = {
     S.RUNNING: """
         started_at = now(), completed_at = NULL,
-        retry_count = retry_count + CASE WHEN status = 'running' THEN 1 ELSE 0 END,
+        attempt = attempt + CASE WHEN status = 'running' AND lease_owner = :owner THEN 0 ELSE 1 END,
+        retry_count = retry_count
+            + CASE WHEN status = 'running' AND lease_owner IS DISTINCT FROM :owner THEN 1 ELSE 0 END,
         lease_owner = :owner,
         lease_expires_at = now() + make_interval(secs => :lease_seconds)""",
     S.SUCCESS: """
@@ -45,9 +51,11 @@ _SET_CLAUSES: Mapping[StepStatus, str] = {
         completed_at = now(), error_message = :error_message,
         error_details = CAST(:error_details AS jsonb),
         lease_owner = NULL, lease_expires_at = NULL""",
+    # The last attempt's timing and error stay visible until the next claim; a replay
+    # gives the step a fresh attempt budget.
     S.PENDING: """
         retry_count = retry_count + 1, replay_count = replay_count + :replay,
-        started_at = NULL, completed_at = NULL""",
+        attempt = CASE WHEN :replay = 1 THEN 0 ELSE attempt END""",
     S.SKIPPED: """
         started_at = coalesce(started_at, now()), completed_at = now(),
         result = CAST(:result AS jsonb)""",
@@ -68,6 +76,7 @@ def _step_columns(alias: str = "") -> str:
         "error_details",
         "retry_count",
         "replay_count",
+        "attempt",
         "lease_owner",
         "lease_expires_at",
         "result",
@@ -95,6 +104,7 @@ class StepRow:
     error_details: dict[str, Any] | None
     retry_count: int
     replay_count: int
+    attempt: int
     lease_owner: str | None
     lease_expires_at: datetime | None
     result: dict[str, Any] | None
@@ -119,6 +129,28 @@ class ProjectRecord:
     ready_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A step claimed for its request, with what the record says the step works from."""
+
+    row: StepRow
+    request: dict[str, Any]
+    earlier_results: list[dict[str, Any]] = field(default_factory=list)
+    """The stored results of the steps before it, in step order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A project's record and every step row, read together."""
+
+    project: ProjectRecord | None
+    steps: list[StepRow]
+
+    def step(self, step_name: str) -> StepRow | None:
+        """The row of ``step_name``, or None."""
+        return next((row for row in self.steps if row.step_name == step_name), None)
+
+
 class Registration(StrEnum):
     """What registering a request found."""
 
@@ -137,11 +169,72 @@ def request_hash(payload: ProvisionProjectPayload) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _row(mapping: RowMapping) -> StepRow:
-    values = dict(mapping)
+def _row(mapping: RowMapping | Mapping[str, Any]) -> StepRow:
+    values = {name: mapping[name] for name in StepRow.__dataclass_fields__ if name in mapping}
     values["status"] = StepStatus(values["status"])
     values["lease_expired"] = bool(values.get("lease_expired"))
     return StepRow(**values)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unavailable_as_error(method: Callable[P, R]) -> Callable[P, R]:
+    """Report a database that does not answer as StoreUnavailableError, so a consumer can
+    tell "the control plane is away" (wait, spend nothing) from a step's own failure."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise StoreUnavailableError(classify(exc).message) from exc
+
+    return wrapper
+
+
+# Fragments of the claim statement (``s`` the step row, ``p`` its project).
+_CLAIMABLE = (
+    "(s.status = 'pending' OR (s.status = 'running' "
+    "AND (s.lease_expires_at < now() OR s.lease_owner = :owner)))"
+)
+_EARLIER_DONE = (
+    "NOT EXISTS (SELECT 1 FROM provisioning_steps AS e WHERE e.project_id = s.project_id "
+    "AND e.position < s.position AND e.status NOT IN ('success', 'skipped'))"
+)
+_SKIPS = (
+    "(s.status = 'pending' AND CAST(:skip_service AS text) IS NOT NULL "
+    "AND p.request -> 'services' ->> CAST(:skip_service AS text) = 'false')"
+)
+_CLAIM = f"""
+WITH claimed AS (
+    UPDATE provisioning_steps AS s
+    SET status = CASE WHEN {_SKIPS} THEN 'skipped' ELSE 'running' END,
+        updated_at = now(),
+        started_at = CASE WHEN {_SKIPS} THEN coalesce(s.started_at, now()) ELSE now() END,
+        completed_at = CASE WHEN {_SKIPS} THEN now() END,
+        result = CASE WHEN {_SKIPS} THEN CAST(:skip_result AS jsonb) ELSE s.result END,
+        attempt = s.attempt
+            + CASE WHEN {_SKIPS} OR (s.status = 'running' AND s.lease_owner = :owner) THEN 0 ELSE 1 END,
+        retry_count = s.retry_count
+            + CASE WHEN s.status = 'running' AND s.lease_owner IS DISTINCT FROM :owner THEN 1 ELSE 0 END,
+        lease_owner = CASE WHEN {_SKIPS} THEN NULL ELSE CAST(:owner AS text) END,
+        lease_expires_at = CASE WHEN {_SKIPS} THEN NULL
+                                ELSE now() + make_interval(secs => :lease_seconds) END
+    FROM projects AS p
+    WHERE s.project_id = :p AND s.step_name = :s AND p.project_id = s.project_id
+      AND p.correlation_id = :correlation_id AND p.request IS NOT NULL
+      AND {_CLAIMABLE} AND {_EARLIER_DONE}
+    RETURNING {_step_columns("s")}, p.request AS project_request
+)
+SELECT claimed.*,
+       (SELECT coalesce(jsonb_agg(e.result ORDER BY e.position), '[]'::jsonb)
+        FROM provisioning_steps AS e
+        WHERE e.project_id = claimed.project_id AND e.position < claimed.position
+          AND e.result IS NOT NULL) AS earlier_results
+FROM claimed
+"""
 
 
 class StepRepository:
@@ -152,6 +245,7 @@ class StepRepository:
 
     # --- projects -------------------------------------------------------------------------
 
+    @_unavailable_as_error
     def register_request(
         self,
         payload: ProvisionProjectPayload,
@@ -199,6 +293,7 @@ class StepRepository:
             return Registration.DUPLICATE, record
         return Registration.CONFLICT, record
 
+    @_unavailable_as_error
     def project(self, project_id: str) -> ProjectRecord | None:
         """The project's record, or None."""
         with self.engine.connect() as conn:
@@ -218,6 +313,7 @@ class StepRepository:
         )
         return ProjectRecord(**row) if row is not None else None
 
+    @_unavailable_as_error
     def mark_ready(self, project_id: str) -> datetime:
         """Mark the project ready (once); returns when it became ready."""
         with self.engine.begin() as conn:
@@ -261,6 +357,7 @@ class StepRepository:
             {"p": project_id, "names": list(STEP_NAMES)},
         )
 
+    @_unavailable_as_error
     def steps(self, project_id: str) -> list[StepRow]:
         """The project's steps in step order (empty if it has none)."""
         with self.engine.connect() as conn:
@@ -272,6 +369,7 @@ class StepRepository:
             ).mappings()
             return [_row(r) for r in rows]
 
+    @_unavailable_as_error
     def step(self, project_id: str, step_name: str) -> StepRow | None:
         """One step's row, or None."""
         with self.engine.connect() as conn:
@@ -290,6 +388,7 @@ class StepRepository:
         )
         return _row(row) if row is not None else None
 
+    @_unavailable_as_error
     def claim(
         self,
         project_id: str,
@@ -298,42 +397,54 @@ class StepRepository:
         correlation_id: uuid.UUID,
         owner: str,
         lease_seconds: float,
-    ) -> StepRow | None:
-        """Claim a step for the request ``correlation_id`` in one statement: ``pending ->
-        running``, or a take-over of an expired (or our own) lease. None when the step is
-        not claimable (done, failed, held by a live lease, gone, or of another request);
-        the caller then reads the row to learn which.
+        skip_service: str | None = None,
+        skip_result: Mapping[str, Any] | None = None,
+    ) -> Claim | None:
+        """Claim a step for the request ``correlation_id`` in one statement, if the record
+        allows it: the project is registered under that request, every earlier step is
+        ``success`` or ``skipped``, and the step is ``pending`` (or ``running`` under an
+        expired lease, or our own). The step goes ``running``, or ``skipped`` when
+        ``skip_service`` is turned off in the registered request.
 
-        The hot path of every step: one round trip instead of read, read, update.
+        Returns the row with the registered request and the earlier steps' stored results,
+        or None when the record refuses (read a :meth:`snapshot` to learn why). The
+        predecessor check and the reads ride on the claim: no extra round trip.
         """
         with self.engine.begin() as conn:
             row = (
                 conn.execute(
-                    text(
-                        f"""
-                    UPDATE provisioning_steps AS s
-                    SET status = 'running', updated_at = now(), {_SET_CLAUSES[S.RUNNING]}
-                    FROM projects AS p
-                    WHERE s.project_id = :p AND s.step_name = :s AND p.project_id = s.project_id
-                      AND (p.correlation_id IS NULL OR p.correlation_id = :correlation_id)
-                      AND (s.status = 'pending' OR (s.status = 'running'
-                           AND (s.lease_expires_at < now() OR s.lease_owner = :owner)))
-                    RETURNING {_step_columns("s")}
-                    """
-                    ),
+                    text(_CLAIM),
                     {
                         "p": project_id,
                         "s": step_name,
                         "correlation_id": correlation_id,
                         "owner": owner,
                         "lease_seconds": lease_seconds,
+                        "skip_service": skip_service,
+                        "skip_result": json.dumps(skip_result or {}),
                     },
                 )
                 .mappings()
                 .first()
             )
-        return _row(row) if row is not None else None
+        if row is None:
+            return None
+        return Claim(_row(row), dict(row["project_request"]), list(row["earlier_results"]))
 
+    @_unavailable_as_error
+    def snapshot(self, project_id: str) -> Snapshot:
+        """The project's record and all its step rows, read in one transaction."""
+        with self.engine.begin() as conn:
+            project = self._project(conn, project_id)
+            rows = conn.execute(
+                text(
+                    f"SELECT {_STEP_COLUMNS} FROM provisioning_steps WHERE project_id = :p ORDER BY position"
+                ),
+                {"p": project_id},
+            ).mappings()
+            return Snapshot(project, [_row(r) for r in rows])
+
+    @_unavailable_as_error
     def transition(
         self,
         project_id: str,
@@ -415,6 +526,7 @@ class StepRepository:
             project_id, step_name, current.status.value if current else None, target.value
         )
 
+    @_unavailable_as_error
     def record_attempt_failure(
         self,
         project_id: str,
@@ -424,52 +536,38 @@ class StepRepository:
         error_message: str,
         error_details: Mapping[str, Any],
         final: bool,
-        lease_seconds: float = 300.0,
     ) -> StepRow | None:
-        """Record a failed attempt: ``running -> failed``, then ``failed -> pending`` unless final.
+        """Record a failed attempt of a step ``owner`` holds: ``running -> failed``, then
+        ``failed -> pending`` unless final, in one transaction.
 
-        A step still pending (the attempt failed before it could be claimed, e.g. with the
-        database unreachable) is claimed first, so every failure passes through the state
-        machine. Returns the row as left, or None when the project has no such step. A step
-        that is done, or held by another live consumer, is left untouched and returned.
+        None when ``owner`` no longer holds the step (its lease was taken over, or the step
+        moved on): the failure is superseded and nothing is written.
         """
         with self.engine.begin() as conn:
             row = (
                 conn.execute(
                     text(
-                        f"SELECT {_STEP_COLUMNS} FROM provisioning_steps "
-                        "WHERE project_id = :p AND step_name = :s FOR UPDATE"
+                        f"""
+                        UPDATE provisioning_steps
+                        SET status = 'failed', updated_at = now(), {_SET_CLAUSES[S.FAILED]}
+                        WHERE project_id = :p AND step_name = :s AND status = 'running'
+                          AND lease_owner = :owner
+                        RETURNING {_STEP_COLUMNS}
+                        """
                     ),
-                    {"p": project_id, "s": step_name},
+                    {
+                        "p": project_id,
+                        "s": step_name,
+                        "owner": owner,
+                        "error_message": error_message,
+                        "error_details": json.dumps(error_details),
+                    },
                 )
                 .mappings()
                 .first()
             )
             if row is None:
                 return None
-            current = _row(row)
-            held_elsewhere = (
-                current.status is S.RUNNING and current.lease_owner != owner and not current.lease_expired
-            )
-            if current.done or current.status is S.FAILED or held_elsewhere:
-                return current
-            if current.status is not S.RUNNING or current.lease_owner != owner:
-                self.transition(
-                    project_id,
-                    step_name,
-                    S.RUNNING,
-                    owner=owner,
-                    lease_seconds=lease_seconds,
-                    connection=conn,
-                )
-            failed = self.transition(
-                project_id,
-                step_name,
-                S.FAILED,
-                error_message=error_message,
-                error_details=error_details,
-                connection=conn,
-            )
             if final:
-                return failed
+                return _row(row)
             return self.transition(project_id, step_name, S.PENDING, connection=conn)

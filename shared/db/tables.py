@@ -55,6 +55,7 @@ provisioning_steps = Table(
     Column("error_details", JSONB),
     Column("retry_count", Integer, nullable=False, server_default="0"),
     Column("replay_count", Integer, nullable=False, server_default="0"),
+    Column("attempt", Integer, nullable=False, server_default="0"),
     Column("lease_owner", Text),
     Column("lease_expires_at", DateTime(timezone=True)),
     Column("result", JSONB),

@@ -2,9 +2,10 @@
 
 from shared.kafka.clients import Publisher, PublishError, consumer_config, ensure_topics, producer_config
 from shared.kafka.codec import DecodeError, decode, encode
+from shared.kafka.core import CRASH_POINTS, RetryPolicy, StepCore, WorkerOptions
 from shared.kafka.outbox import add_to_outbox, relay_outbox
 from shared.kafka.reader import read_to_end
-from shared.kafka.runtime import CRASH_POINTS, RetryPolicy, StepWorker, WorkerOptions
+from shared.kafka.runtime import StepWorker
 
 __all__ = [
     "CRASH_POINTS",
@@ -12,6 +13,7 @@ __all__ = [
     "PublishError",
     "Publisher",
     "RetryPolicy",
+    "StepCore",
     "StepWorker",
     "WorkerOptions",
     "add_to_outbox",

@@ -10,10 +10,32 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from shared.kafka.codec import Headers
+from shared.kafka.ports import ProducerLike
 
 
 class PublishError(Exception):
-    """A message was not acknowledged by the broker."""
+    """A message was not acknowledged by the broker. ``permanent`` when the broker or the
+    client refuses that message for good (too large, invalid): sending it again cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# Errors about the message itself, not the broker's health: retrying the same bytes is futile.
+_PERMANENT: frozenset[int] = frozenset(
+    getattr(KafkaError, name)
+    for name in (
+        "MSG_SIZE_TOO_LARGE",
+        "INVALID_MSG_SIZE",
+        "RECORD_LIST_TOO_LARGE",
+        "INVALID_RECORD",
+        "CORRUPT_MESSAGE",
+        "_INVALID_ARG",
+        "_BAD_MSG",
+    )
+    if hasattr(KafkaError, name)
+)
 
 
 def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
@@ -31,12 +53,19 @@ def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
 
 
 def consumer_config(bootstrap_servers: str, group_id: str, **overrides: Any) -> dict[str, Any]:
-    """Manual commits only, from the earliest offset for a new group."""
+    """Offsets committed only once stored by the caller (after the outcome is durable): the
+    client commits stored offsets every second and on ``close()``. From the earliest offset
+    for a new group. A member that stops heartbeating loses its partitions after
+    ``session.timeout.ms`` (10 s; keep it well under the step lease, so a dead worker's
+    partitions and then its step are taken over within the lease)."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
         "group.id": group_id,
-        "enable.auto.commit": False,
+        "enable.auto.commit": True,
+        "auto.commit.interval.ms": 1000,
         "enable.auto.offset.store": False,
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 3000,
         "auto.offset.reset": "earliest",
         "socket.nagle.disable": True,
         # The broker answers a fetch as soon as one byte is there; this only bounds idle waits.
@@ -50,9 +79,10 @@ def consumer_config(bootstrap_servers: str, group_id: str, **overrides: Any) -> 
 class Publisher:
     """One idempotent producer per process; ``publish`` then ``flush`` confirms delivery."""
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: ProducerLike) -> None:
         self._producer = producer
         self._errors: list[str] = []
+        self._permanent = False
 
     @classmethod
     def connect(cls, bootstrap_servers: str, **overrides: Any) -> Publisher:
@@ -62,9 +92,10 @@ class Publisher:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._errors.append(f"{msg.topic()}: {err.str()}")
+            self._permanent = self._permanent or err.code() in _PERMANENT
 
     def produce(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
-        """Queue one message; ``flush`` confirms it."""
+        """Queue one message; ``flush`` confirms it. PublishError when the client refuses it."""
         while True:
             try:
                 self._producer.produce(
@@ -73,15 +104,21 @@ class Publisher:
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                code = error.code() if isinstance(error, KafkaError) else None
+                text = error.str() if isinstance(error, KafkaError) else str(exc)
+                raise PublishError(f"{topic}: {text}", permanent=code in _PERMANENT) from None
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every queued message is acknowledged; raise PublishError otherwise."""
         remaining = self._producer.flush(timeout)
         errors, self._errors = self._errors, []
+        permanent, self._permanent = self._permanent, False
         if remaining:
             errors.append(f"{remaining} message(s) not delivered within {timeout:g} s")
         if errors:
-            raise PublishError("; ".join(errors))
+            raise PublishError("; ".join(errors), permanent=permanent and not remaining)
 
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery callbacks."""
@@ -92,7 +129,9 @@ class Publisher:
         try:
             self.flush(timeout)
         finally:
-            self._producer.close()
+            close = getattr(self._producer, "close", None)
+            if close is not None:
+                close()
 
 
 def ensure_topics(

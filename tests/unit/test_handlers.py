@@ -1,4 +1,4 @@
-"""The seven step handlers through ``execute_step``, on in-memory fakes."""
+"""The seven step handlers through ``run_step``, on in-memory fakes."""
 
 from __future__ import annotations
 
@@ -18,11 +18,10 @@ from shared.events import (
     StepInputEvent,
     VerifyCompleted,
     completed_event_for,
-    outcome_event_id,
 )
-from shared.execution import Completed
+from shared.execution import Completed, Failed, Retry, outcome_event_id
 from shared.steps import STEP_KEYS, StepStatus, step_by_key
-from tests.fakes import OWNER, Fakes, make_requested
+from tests.fakes import OWNER, Fakes, context_of, make_requested
 
 PROJECT = "acme-app"
 TENANT = "tenant_acme_app"
@@ -39,7 +38,7 @@ def _complete(fakes: Fakes, step_key: str, event: StepInputEvent) -> StepComplet
 def _assert_envelope(out: StepCompleted, step_key: str, event: StepInputEvent) -> None:
     assert type(out) is completed_event_for(step_key)
     assert out.event_type == f"provisioning.{step_key}.completed"
-    assert out.event_id == outcome_event_id(event.event_id, step_key)
+    assert out.event_id == outcome_event_id(event.project_id, event.correlation_id, step_key)
     assert out.causation_id == event.event_id
     assert out.correlation_id == event.correlation_id
     assert out.project_id == event.project_id
@@ -53,9 +52,10 @@ def _row_status(fakes: Fakes, step_key: str) -> StepStatus:
 
 
 def _error_of(fakes: Fakes, step_key: str, event: StepInputEvent) -> ProvisioningError:
-    with pytest.raises(ProvisioningError) as caught:
-        fakes.run(step_key, event)
-    return caught.value
+    outcome = fakes.run(step_key, event)
+    assert isinstance(outcome, Failed | Retry), outcome
+    error = outcome.error
+    return ProvisioningError(ErrorType(error.type), error.message, retryable=error.retryable)
 
 
 # --- idempotency, every step -------------------------------------------------------------
@@ -155,9 +155,9 @@ def test_database_quota_does_not_refuse_existing_tenant() -> None:
     """Re-running the handler for a tenant whose database exists is not refused by quota."""
     fakes = Fakes(max_tenants=1)
     event = make_requested()
-    first = fakes.specs["database"].handle(event)
+    first = fakes.specs["database"].handle(context_of(event))
     assert fakes.cluster.count_tenant_databases() == 1
-    again = fakes.specs["database"].handle(event)
+    again = fakes.specs["database"].handle(context_of(event))
     assert again == first
     assert fakes.cluster.databases == {TENANT: TENANT}
 
@@ -175,13 +175,21 @@ def test_schema_happy_path(fakes: Fakes) -> None:
     assert out.results.database == event.results.database
 
 
-def test_schema_without_database_result_is_invalid(fakes: Fakes) -> None:
-    """The schema step refuses an input that carries no database result (INVALID_REQUEST)."""
+def test_schema_ignores_results_the_message_carries(fakes: Fakes) -> None:
+    """Forged database results in the message change nothing: names come from the project id."""
     event = fakes.input_for("schema", make_requested())
-    bare = event.model_copy(update={"results": event.results.model_copy(update={"database": None})})
-    error = _error_of(fakes, "schema", bare)
-    assert error.error_type is ErrorType.INVALID_REQUEST
-    assert fakes.schemas.calls == []
+    forged = event.model_copy(
+        update={
+            "results": event.results.model_copy(
+                update={
+                    "database": DatabaseInfo(host="h", port=1, database_name="postgres", role_name="postgres")
+                }
+            )
+        }
+    )
+    out = _complete(fakes, "schema", forged)
+    assert fakes.schemas.schemas == {(TENANT, TENANT): TENANT}
+    assert out.results.database == event.results.database
 
 
 # --- auth, realtime, storage ----------------------------------------------------------------
@@ -230,12 +238,18 @@ def test_registration_skipped_when_service_disabled(fakes: Fakes, service: str) 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_registration_failure_propagates(fakes: Fakes, service: str) -> None:
-    """A registry failure propagates its ProvisioningError and leaves the step running."""
+    """A retryable registry failure is a Retry with its error, and the step is pending again."""
     event = fakes.input_for(service, make_requested())
     failure = ProvisioningError(ErrorType.SERVICE_REGISTRATION_FAILED, f"{service} answered HTTP 503")
     fakes.registry.fail_with(failure, service=service)
-    assert _error_of(fakes, service, event) is failure
-    assert _row_status(fakes, service) is StepStatus.RUNNING
+    outcome = fakes.run(service, event)
+    assert isinstance(outcome, Retry)
+    assert (outcome.error.type, outcome.error.message, outcome.attempt) == (
+        failure.error_type,
+        failure.message,
+        1,
+    )
+    assert _row_status(fakes, service) is StepStatus.PENDING
 
 
 @pytest.mark.parametrize(
@@ -243,15 +257,14 @@ def test_registration_failure_propagates(fakes: Fakes, service: str) -> None:
     [(auth_handler, "auth"), (realtime_handler, "realtime"), (storage_handler, "storage")],
 )
 def test_service_handler_modules_register_their_service(fakes: Fakes, module: Any, service: str) -> None:
-    """Each per-service handler module registers with its own service and skips when it is off."""
+    """Each per-service handler module registers with its own service; its spec skips on it."""
     event = fakes.input_for(service, make_requested())
     before = len(fakes.registry.calls)
-    output = module.handle(event, registry=fakes.registry)
+    output = module.handle(context_of(event), registry=fakes.registry)
     assert service == module.SERVICE
     assert fakes.registry.calls[before:] == [("register", service, PROJECT)]
     assert getattr(output.results, service).tenant_id == PROJECT
-    assert module.skip_when(make_requested(services={service: False}).request) is True
-    assert module.skip_when(event.request) is False
+    assert fakes.specs[service].skip_service == service
 
 
 def test_all_services_disabled_chain_still_completes(fakes: Fakes) -> None:
@@ -295,7 +308,7 @@ def test_keys_happy_path(fakes: Fakes) -> None:
 def test_keys_rerun_creates_no_extra_keys(fakes: Fakes) -> None:
     """Running the keys handler again (a crash before success was recorded) adds no key."""
     event = fakes.input_for("keys", make_requested(api_keys={"count": 2, "prefix": "pk"}))
-    first = fakes.specs["keys"].handle(event)
+    first = fakes.specs["keys"].handle(context_of(event))
     assert fakes.keys.created == 2
     # The first attempt's worker crashed after its work: the step is still ours, running.
     fakes.store.transition(PROJECT, step_by_key("keys").name, StepStatus.RUNNING, owner=OWNER)
@@ -360,7 +373,7 @@ def test_verify_fails_when_role_logs_in_as_someone_else(fakes: Fakes) -> None:
     error = _error_of(fakes, "verify", event)
     assert error.error_type is ErrorType.INSUFFICIENT_PERMISSIONS
     assert fakes.ledger.ready == {}
-    assert _row_status(fakes, "verify") is StepStatus.RUNNING
+    assert _row_status(fakes, "verify") is StepStatus.FAILED
 
 
 def test_verify_fails_when_schema_owned_by_another_role(fakes: Fakes) -> None:
@@ -418,5 +431,5 @@ def test_chain_carries_correlation_and_causation(fakes: Fakes) -> None:
     for key, event in zip(STEP_KEYS, events, strict=True):
         assert event.correlation_id == requested.correlation_id
         assert event.causation_id == previous.event_id
-        assert event.event_id == outcome_event_id(previous.event_id, key)
+        assert event.event_id == outcome_event_id(PROJECT, requested.correlation_id, key)
         previous = event

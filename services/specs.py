@@ -1,0 +1,94 @@
+"""The seven step specs, wired to whatever adapters they are given: built here once, for the
+application (real adapters, by ``services.bootstrap``) and for the unit tests (fakes)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection
+from typing import Any
+
+from services.database import handler as database
+from services.keys import handler as keys
+from services.ports import (
+    CredentialStore,
+    KeyStore,
+    ProjectLedger,
+    ServiceRegistry,
+    TenantCluster,
+    TenantProbe,
+    TenantSchemas,
+)
+from services.registration.handler import Service, register
+from services.schema import handler as schema
+from services.verify import handler as verify
+from shared.errors import ErrorType
+from shared.events import ProvisionProjectResult
+from shared.execution import StepSpec
+from shared.steps import STEPS, step_by_key
+
+SERVICES: tuple[Service, ...] = ("auth", "realtime", "storage")
+
+
+def build_specs(
+    *,
+    cluster: TenantCluster,
+    schemas: TenantSchemas,
+    credentials: CredentialStore,
+    registry: ServiceRegistry,
+    keys_store: KeyStore,
+    probe: TenantProbe,
+    ledger: ProjectLedger,
+    regions: Collection[str],
+    max_tenants: int,
+) -> dict[str, StepSpec]:
+    """Every step's handler bound to its collaborators, by step key, in chain order."""
+    specs = {
+        "database": StepSpec(
+            step_by_key("database"),
+            functools.partial(
+                database.handle,
+                cluster=cluster,
+                credentials=credentials,
+                regions=frozenset(regions),
+                max_tenants=max_tenants,
+            ),
+            failure_type=ErrorType.DATABASE_CREATION_FAILED,
+            admits_new_projects=True,
+        ),
+        "schema": StepSpec(
+            step_by_key("schema"),
+            functools.partial(schema.handle, schemas=schemas),
+            failure_type=ErrorType.SCHEMA_CREATION_FAILED,
+        ),
+        "keys": StepSpec(
+            step_by_key("keys"),
+            functools.partial(keys.handle, keys=keys_store),
+            failure_type=ErrorType.API_KEY_GENERATION_FAILED,
+        ),
+        "verify": StepSpec(
+            step_by_key("verify"),
+            functools.partial(
+                verify.handle,
+                probe=probe,
+                credentials=credentials,
+                registry=registry,
+                keys=keys_store,
+                ledger=ledger,
+            ),
+            failure_type=ErrorType.UNKNOWN_ERROR,
+            extra_models={"result": result_from_json},
+        ),
+    }
+    for service in SERVICES:
+        specs[service] = StepSpec(
+            step_by_key(service),
+            functools.partial(register, service=service, registry=registry),
+            failure_type=ErrorType.SERVICE_REGISTRATION_FAILED,
+            skip_service=service,
+        )
+    return {step.key: specs[step.key] for step in STEPS}
+
+
+def result_from_json(value: Any) -> ProvisionProjectResult:
+    """The verify step's stored result, read back as the seed's result model."""
+    return ProvisionProjectResult.model_validate(value, strict=False)

@@ -1,0 +1,381 @@
+"""The worker's decisions, with no Kafka in them: bytes in, publications (or a wait) out.
+
+``StepCore.decide`` takes one consumed message and says what to publish before its offset
+may go, or how long to wait before taking the same message again. Every way a message can
+be bad ends in a dead letter carrying at most a bounded copy of it; every outcome of the step
+maps onto one publication; a control plane that does not answer is a wait, never a failure.
+The shell (``shared.kafka.runtime``) only polls, pauses, publishes and stores offsets, so
+every branch here is a unit test of microseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import cast
+
+import structlog
+from pydantic import BaseModel
+
+from shared.errors import StoreUnavailableError
+from shared.events import (
+    DeadLettered,
+    Envelope,
+    ErrorInfo,
+    StepInputEvent,
+    StepRetryScheduled,
+    event_models,
+    failed_event_for,
+    new_event_id,
+    retry_event_for,
+    utcnow,
+)
+from shared.execution import (
+    Busy,
+    Completed,
+    Failed,
+    Ignored,
+    Outcome,
+    Rejected,
+    Retry,
+    StepSpec,
+    StepStore,
+    Superseded,
+    Trigger,
+    run_step,
+)
+from shared.kafka.codec import DecodeError, decode, header_map
+from shared.observability import Metrics
+from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
+
+log = structlog.get_logger("provision.worker")
+
+CRASH_POINTS = ("before_work", "after_work", "after_publish")
+
+DEADLETTER_VALUE_BYTES = 64 * 1024
+"""The most of a message's value a dead letter carries; past it, a prefix and the digest."""
+DEADLETTER_KEY_BYTES = 1024
+DEADLETTER_HEADER_BYTES = 1024
+DEADLETTER_HEADERS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: ``base * 2**(attempt-1)``, capped, +/- ``jitter``."""
+
+    max_attempts: int = 3
+    base_seconds: float = 300.0
+    max_seconds: float = 3600.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1``."""
+        raw = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+        spread = raw * self.jitter
+        jittered: float = raw + random.uniform(-spread, spread)  # noqa: S311 - jitter, not security
+        return max(0.0, jittered)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How a worker behaves; built from settings by the bootstrap."""
+
+    retry: RetryPolicy = RetryPolicy()
+    lease_seconds: float = 300.0
+    poll_timeout: float = 0.5
+    max_message_bytes: int = 256 * 1024
+    outbox_interval: float = 1.0
+    lag_interval: float = 5.0
+    store_backoff_max: float = 10.0
+    crash_at: str | None = None
+    crash_marker: Path | None = None
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One consumed message, as plain data."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, str | bytes | None]] | None = None
+
+
+Publication = tuple[str, BaseModel]
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Publish these (possibly none), then let the message's offset go."""
+
+    publications: list[Publication]
+    completed: bool = False
+    """The step's work was done or replayed (the after_work crash point applies)."""
+    traceparent: str | None = None
+    bind: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Take the same message again in ``seconds``; publish nothing, keep the offset."""
+
+    seconds: float
+    reason: str
+
+
+Decision = Deliver | Wait
+
+
+class StepCore:
+    """One step's decisions for the messages of its input and retry topics."""
+
+    def __init__(
+        self,
+        spec: StepSpec,
+        *,
+        store: StepStore,
+        options: WorkerOptions,
+        metrics: Metrics,
+        crash_point: Callable[[str], None] = lambda point: None,
+    ) -> None:
+        self.spec = spec
+        self.step = spec.step
+        self.store = store
+        self.options = options
+        self.metrics = metrics
+        self.crash_point = crash_point
+        models = event_models()
+        # Each topic carries one event type, named like the topic.
+        self._expected: dict[str, dict[str, type[BaseModel]]] = {
+            topic: {topic: models[topic]} for topic in (self.step.input_topic, self.step.retry_topic)
+        }
+        self._store_backoff = 0.5
+
+    def decide(self, msg: Incoming) -> Decision:
+        """What to do with one message of the step's input or retry topic."""
+        expected = self._expected.get(msg.topic)
+        if expected is None:
+            return self._dead(msg, f"topic {msg.topic!r} is not an input of step {self.step.key}")
+        try:
+            decoded = decode(
+                msg.key, msg.value, msg.headers, expected, max_bytes=self.options.max_message_bytes
+            )
+        except DecodeError as exc:
+            return self._dead(msg, exc.reason)
+
+        event = decoded.event
+        if isinstance(event, StepRetryScheduled):
+            wait = (event.not_before - utcnow()).total_seconds()
+            if wait > 0:
+                return Wait(wait, "retry not yet due")
+            step_input: StepInputEvent = event.input
+        else:
+            step_input = cast(StepInputEvent, event)  # each input topic carries one input model
+        contradiction = _contradiction(event, step_input)
+        if contradiction is not None:
+            return self._dead(msg, contradiction)
+
+        trigger = Trigger(
+            project_id=step_input.project_id,
+            correlation_id=step_input.correlation_id,
+            causation_id=step_input.event_id,
+            request=step_input.request if step_input.event_type == REQUESTED_TOPIC else None,
+        )
+        bind: dict[str, object] = {
+            "project_id": trigger.project_id,
+            "step": self.step.key,
+            "correlation_id": str(trigger.correlation_id),
+            "event_id": str(event.event_id),
+        }
+        structlog.contextvars.bind_contextvars(**bind)
+        self.metrics.hop_latency.labels(self.step.key).observe(
+            max(0.0, (utcnow() - event.occurred_at).total_seconds())
+        )
+        try:
+            outcome = run_step(
+                self.spec,
+                trigger,
+                store=self.store,
+                owner=self.options.owner,
+                lease_seconds=self.options.lease_seconds,
+                max_attempts=self.options.retry.max_attempts,
+                before_work=lambda: self.crash_point("before_work"),
+            )
+        except StoreUnavailableError as exc:
+            seconds = self._store_backoff
+            self._store_backoff = min(self._store_backoff * 2, self.options.store_backoff_max)
+            self.metrics.store_unavailable.labels(self.step.key).inc()
+            log.warning("control_plane_unavailable", error=str(exc), retry_in_s=round(seconds, 3))
+            return Wait(seconds, "control plane unavailable")
+        self._store_backoff = 0.5
+        return self._publications(msg, step_input, outcome, decoded.headers.get("traceparent"), bind)
+
+    # --- outcomes to publications ---------------------------------------------------------
+
+    def _publications(
+        self,
+        msg: Incoming,
+        event: StepInputEvent,
+        outcome: Outcome,
+        traceparent: str | None,
+        bind: dict[str, object],
+    ) -> Decision:
+        key = self.step.key
+        match outcome:
+            case Completed(event=completed, replayed=replayed):
+                label = "replayed" if replayed else completed.step_status
+                self.metrics.processed.labels(key, label).inc()
+                return Deliver(
+                    [(self.step.completed_topic, completed)],
+                    completed=True,
+                    traceparent=traceparent,
+                    bind={
+                        **bind,
+                        "attempt": completed.attempt,
+                        "status": completed.step_status,
+                        "replayed": replayed,
+                    },
+                )
+            case Ignored(reason=reason):
+                self.metrics.processed.labels(key, "ignored").inc()
+                log.info("message_ignored", reason=reason)
+                return Deliver([], traceparent=traceparent, bind=bind)
+            case Rejected(reason=reason):
+                return self._dead(msg, reason)
+            case Busy(until=until):
+                self.metrics.processed.labels(key, "busy").inc()
+                # No lease to wait out (the step went back to pending under our feet): soon.
+                not_before = until if until is not None else utcnow() + timedelta(seconds=1)
+                log.info("step_busy", not_before=not_before.isoformat())
+                retry = self._retry_event(event, event.attempt, not_before, None)
+                return Deliver([(self.step.retry_topic, retry)], traceparent=traceparent, bind=bind)
+            case Retry(error=error, attempt=attempt):
+                delay = self.options.retry.delay(attempt)
+                self.metrics.retried.labels(key, error.type).inc()
+                log.warning(
+                    "step_retry_scheduled",
+                    attempt=attempt,
+                    error_type=error.type,
+                    error=error.message,
+                    delay_s=round(delay, 3),
+                )
+                retry = self._retry_event(event, attempt + 1, utcnow() + timedelta(seconds=delay), error)
+                return Deliver([(self.step.retry_topic, retry)], traceparent=traceparent, bind=bind)
+            case Failed(error=error, attempt=attempt):
+                self.metrics.failed.labels(key, error.type).inc()
+                log.error(
+                    "step_failed",
+                    attempt=attempt,
+                    error_type=error.type,
+                    error=error.message,
+                    retryable=error.retryable,
+                )
+                return Deliver(
+                    [(self.step.failed_topic, self._failed_event(event, attempt, error))],
+                    traceparent=traceparent,
+                    bind=bind,
+                )
+            case Superseded(error=error):
+                log.info("failure_superseded", error_type=error.type)
+                return Deliver([], traceparent=traceparent, bind=bind)
+        raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
+
+    def _retry_event(
+        self, event: StepInputEvent, attempt: int, not_before: datetime, error: ErrorInfo | None
+    ) -> StepRetryScheduled:
+        return retry_event_for(self.step.key)(
+            event_id=new_event_id(),
+            event_type=self.step.retry_topic,
+            occurred_at=utcnow(),
+            project_id=event.project_id,
+            correlation_id=event.correlation_id,
+            causation_id=event.event_id,
+            request=event.request,
+            results=event.results,
+            attempt=max(1, attempt),
+            input=event,
+            not_before=not_before,
+            error=error,
+        )
+
+    def _failed_event(self, event: StepInputEvent, attempt: int, error: ErrorInfo) -> BaseModel:
+        return failed_event_for(self.step.key)(
+            event_id=new_event_id(),
+            event_type=self.step.failed_topic,
+            occurred_at=utcnow(),
+            project_id=event.project_id,
+            correlation_id=event.correlation_id,
+            causation_id=event.event_id,
+            request=event.request,
+            results=event.results,
+            attempt=max(1, attempt),
+            input=event,
+            error=error,
+        )
+
+    def _dead(self, msg: Incoming, reason: str) -> Deliver:
+        self.metrics.deadlettered.labels(self.step.key).inc()
+        log.warning(
+            "message_deadlettered",
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            reason=reason,
+        )
+        return Deliver([(DEADLETTER_TOPIC, dead_letter(msg, reason, self.step.consumer_group))])
+
+
+def _contradiction(outer: Envelope, event: StepInputEvent) -> str | None:
+    """A fact the message contradicts within itself; None when it is consistent."""
+    if event.request.project_id != event.project_id:
+        return (
+            f"envelope project_id {event.project_id!r} differs from request.project_id "
+            f"{event.request.project_id!r}"
+        )
+    if outer is not event and (
+        outer.project_id != event.project_id or outer.correlation_id != event.correlation_id
+    ):
+        return "retry envelope and its input name different projects or requests"
+    return None
+
+
+def dead_letter(msg: Incoming, reason: str, consumer_group: str) -> DeadLettered:
+    """The dead-letter record of ``msg``: whole when small, else a bounded prefix with the
+    original's size and SHA-256, so it always fits on the dead-letter topic."""
+    key, value = msg.key, msg.value
+    value_part = value[:DEADLETTER_VALUE_BYTES] if value is not None else None
+    key_part = key[:DEADLETTER_KEY_BYTES] if key is not None else None
+    headers = {
+        name[:DEADLETTER_HEADER_BYTES]: text[:DEADLETTER_HEADER_BYTES]
+        for name, text in list(header_map(msg.headers).items())[:DEADLETTER_HEADERS]
+    }
+    truncated = (value_part is not None and len(value_part) < len(value or b"")) or (
+        key_part is not None and len(key_part) < len(key or b"")
+    )
+    return DeadLettered(
+        event_id=new_event_id(),
+        occurred_at=utcnow(),
+        reason=reason[:2000],
+        source_topic=msg.topic[:255],
+        source_partition=msg.partition,
+        source_offset=msg.offset,
+        consumer_group=consumer_group,
+        key_b64=base64.b64encode(key_part).decode() if key_part is not None else None,
+        value_b64=base64.b64encode(value_part).decode() if value_part is not None else None,
+        headers=headers,
+        key_size=len(key or b""),
+        value_size=len(value or b""),
+        value_sha256=hashlib.sha256(value).hexdigest() if value is not None else None,
+        truncated=truncated,
+    )
