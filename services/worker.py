@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.bootstrap import build_app
 from shared.kafka import StepWorker, relay_outbox
+from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
 from shared.observability import Health, Metrics, serve_http
 from shared.settings import Settings
@@ -21,15 +22,17 @@ def run_worker(step_key: str, settings: Settings | None = None) -> None:
     # The first step also relays the request outbox, so a request whose publish failed at
     # request time still goes out.
     relay = (lambda: relay_outbox(app.engine, app.publisher)) if step_key == "database" else None
+    committed = CommittedOffsets()
     worker = StepWorker(
         app.specs[step.key],
-        consumer=app.consumer(step.consumer_group),
+        consumer=app.consumer(step.consumer_group, on_commit=committed.on_commit),
         publisher=app.publisher,
         store=app.repository,
         options=app.worker_options(),
         metrics=metrics,
         health=health,
         outbox_relay=relay,
+        committed=committed,
     )
     worker.install_signal_handlers()
     try:

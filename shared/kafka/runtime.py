@@ -48,9 +48,25 @@ from shared.observability import Health, Metrics
 from shared.steps import DEADLETTER_TOPIC
 from shared.tracing import TraceContext, new_trace, parse_traceparent, span
 
-__all__ = ["CRASH_POINTS", "RetryPolicy", "StepWorker", "WorkerOptions"]
+__all__ = ["CRASH_POINTS", "CommittedOffsets", "RetryPolicy", "StepWorker", "WorkerOptions"]
 
 log = structlog.get_logger("provision.worker")
+
+
+class CommittedOffsets:
+    """The group's committed offsets as the client reports them (its ``on_commit``
+    callback), so the lag metric needs no broker round trip in the consumer loop."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Record what a commit acknowledged (the client calls this from ``poll``)."""
+        if error is not None:
+            return
+        for tp in partitions:
+            if tp.error is None and tp.offset >= 0:
+                self.offsets[(tp.topic, tp.partition)] = tp.offset
 
 
 @dataclass(slots=True)
@@ -73,6 +89,7 @@ class StepWorker:
         metrics: Metrics,
         health: Health,
         outbox_relay: Callable[[], int] | None = None,
+        committed: CommittedOffsets | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.step = spec.step
@@ -83,6 +100,7 @@ class StepWorker:
         self.health = health
         self.outbox_relay = outbox_relay
         self.clock = clock
+        self.committed = committed or CommittedOffsets()
         self.core = StepCore(
             spec, store=store, options=options, metrics=metrics, crash_point=self._crash_point
         )
@@ -343,8 +361,10 @@ class StepWorker:
             log.info("outbox_relayed", messages=relayed)
 
     def _maybe_report_lag(self) -> None:
-        """The group's lag per topic: high watermark minus the group's committed offset (a
-        partition the group never committed counts from its low watermark)."""
+        """The group's lag per topic: high watermark minus the group's committed offset (the
+        consumer's position until the group has committed on a partition). Partitions the
+        client knows nothing of yet are left out rather than counted whole. Local figures
+        only: no broker round trip in the loop."""
         if self.clock() - self._last_lag < self.options.lag_interval:
             return
         self._last_lag = self.clock()
@@ -352,11 +372,12 @@ class StepWorker:
             assignment = self.consumer.assignment()
             if not assignment:
                 return
-            lag: dict[str, int] = {}
-            for tp in self.consumer.committed(assignment, timeout=2.0):
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
-                committed = tp.offset if tp.offset >= 0 else low
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - committed)
+            lag: dict[str, int] = {tp.topic: 0 for tp in assignment}
+            for tp in self.consumer.position(assignment):
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                base = self.committed.offsets.get((tp.topic, tp.partition), tp.offset)
+                if high >= 0 and base >= 0:
+                    lag[tp.topic] += max(0, high - base)
             for topic, value in lag.items():
                 self.metrics.consumer_lag.labels(self.step.key, topic).set(value)
         except KafkaException as exc:
