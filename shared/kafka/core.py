@@ -65,6 +65,9 @@ DEADLETTER_VALUE_BYTES = 64 * 1024
 DEADLETTER_KEY_BYTES = 1024
 DEADLETTER_HEADER_BYTES = 1024
 DEADLETTER_HEADERS = 32
+UNEXPECTED_ERRORS_BEFORE_DEADLETTER = 3
+"""A message whose handling raises an unforeseen error is tried this many times, then
+dead-lettered, so even a bug cannot hold a partition for good."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +164,27 @@ class StepCore:
             topic: {topic: models[topic]} for topic in (self.step.input_topic, self.step.retry_topic)
         }
         self._store_backoff = 0.5
+        self._unexpected: dict[tuple[str, int, int], int] = {}
 
     def decide(self, msg: Incoming) -> Decision:
-        """What to do with one message of the step's input or retry topic."""
+        """What to do with one message of the step's input or retry topic. Never raises: an
+        unforeseen error sets the message aside a few times, then dead-letters it."""
+        position = (msg.topic, msg.partition, msg.offset)
+        try:
+            decision = self._decide(msg)
+        except Exception as exc:
+            tries = self._unexpected.get(position, 0) + 1
+            log.exception("message_handling_crashed", tries=tries)
+            if tries < UNEXPECTED_ERRORS_BEFORE_DEADLETTER:
+                self._unexpected = {position: tries}
+                return Wait(float(tries), f"unexpected {type(exc).__name__}")
+            self._unexpected.pop(position, None)
+            first_line = (str(exc).splitlines() or [""])[0][:300]
+            return self._dead(msg, f"unhandled {type(exc).__name__} after {tries} tries: {first_line}")
+        self._unexpected.pop(position, None)
+        return decision
+
+    def _decide(self, msg: Incoming) -> Decision:
         expected = self._expected.get(msg.topic)
         if expected is None:
             return self._dead(msg, f"topic {msg.topic!r} is not an input of step {self.step.key}")

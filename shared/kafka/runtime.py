@@ -402,7 +402,10 @@ def _incoming(msg: Message) -> Incoming:
     assert topic is not None
     assert partition is not None
     assert offset is not None
-    headers = msg.headers()
+    try:
+        headers = msg.headers()
+    except (UnicodeDecodeError, ValueError):  # header names that are not text
+        headers = None
     if isinstance(headers, dict):
         headers = list(headers.items())
     return Incoming(topic, partition, offset, msg.key(), msg.value(), headers or None)
