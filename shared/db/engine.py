@@ -55,14 +55,17 @@ def migrate(engine: Engine) -> list[str]:
     """
     from alembic import command  # noqa: PLC0415
     from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
 
     config = _alembic_config()
     with engine.begin() as connection:
         before = MigrationContext.configure(connection).get_current_heads()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-        after = MigrationContext.configure(connection).get_current_heads()
-    return [rev for rev in after if rev not in before]
+    # Oldest first: the revisions between what the database had and the head.
+    script = ScriptDirectory.from_config(config)
+    applied = script.iterate_revisions("heads", before[0] if before else "base")
+    return [rev.revision for rev in reversed(list(applied))]
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -111,9 +111,11 @@ def test_legal_transition_succeeds(repo: StepRepository, source: StepStatus, tar
         assert after.error_message == "tenant cluster unreachable"
         assert after.error_details == ERROR_DETAILS
     if target is S.PENDING:
+        # The failed attempt stays visible (its timing and error) until the next claim.
         assert after.retry_count == before.retry_count + 1
-        assert after.started_at is None
-        assert after.completed_at is None
+        assert after.attempt == before.attempt
+        assert (after.started_at, after.completed_at) == (before.started_at, before.completed_at)
+        assert after.error_message == before.error_message
 
 
 @pytest.mark.parametrize(("source", "target"), ILLEGAL)
@@ -152,21 +154,23 @@ def test_running_step_is_taken_over_only_after_its_lease_expires(repo: StepRepos
     taken = repo.transition(project_id, STEP, S.RUNNING, owner="second")
     assert taken.lease_owner == "second"
     assert taken.retry_count == first.retry_count + 1
+    assert taken.attempt == first.attempt + 1
     assert taken.started_at is not None
     assert first.started_at is not None
     assert taken.started_at > first.started_at
 
 
 def test_lease_holder_may_claim_its_own_running_step_again(repo: StepRepository) -> None:
-    """The lease holder itself may re-claim its running step while the lease is live."""
+    """The lease holder may re-claim its running step while the lease is live, spending no
+    attempt: it could not record an outcome, it did not try again."""
     project_id = unique_project()
     repo.initialize(project_id)
-    repo.transition(project_id, STEP, S.RUNNING, owner="holder")
+    first = repo.transition(project_id, STEP, S.RUNNING, owner="holder")
 
     again = repo.transition(project_id, STEP, S.RUNNING, owner="holder")
 
     assert again.lease_owner == "holder"
-    assert again.retry_count == 1
+    assert (again.retry_count, again.attempt) == (first.retry_count, first.attempt) == (0, 1)
 
 
 def test_success_requires_the_expected_lease_owner(repo: StepRepository) -> None:
@@ -249,7 +253,7 @@ def test_migrate_twice_applies_nothing_the_second_time(empty_database: str) -> N
     """migrate on an empty database applies the control-plane revision; a second run none."""
     engine = make_engine(empty_database, pool_size=1)
     try:
-        assert migrate(engine) == ["0001"]
+        assert migrate(engine) == ["0001", "0002"]
         assert migrate(engine) == []
         repo = StepRepository(engine)
         assert [r.step_name for r in repo.initialize("fresh-db")] == list(STEP_NAMES)
@@ -326,12 +330,12 @@ def step_held(repo: StepRepository, *path: tuple[StepStatus, str, float]) -> str
 @pytest.mark.parametrize(
     ("path", "final", "status", "retries"),
     [
-        ((), False, S.PENDING, 1),
         (((S.RUNNING, "me", 300.0),), False, S.PENDING, 1),
         (((S.RUNNING, "me", 300.0),), True, S.FAILED, 0),
-        (((S.RUNNING, "other", 0.0),), False, S.PENDING, 2),  # a zero lease is expired at once
+        # a zero lease is expired at once: taken over by "me", whose attempt then fails
+        (((S.RUNNING, "other", 0.0), (S.RUNNING, "me", 300.0)), False, S.PENDING, 2),
     ],
-    ids=["pending", "own-lease", "own-lease-final", "expired-lease-of-another"],
+    ids=["own-lease", "own-lease-final", "own-lease-after-take-over"],
 )
 def test_attempt_failure_is_recorded_through_the_state_machine(
     repo: StepRepository,
@@ -340,7 +344,8 @@ def test_attempt_failure_is_recorded_through_the_state_machine(
     status: StepStatus,
     retries: int,
 ) -> None:
-    """record_attempt_failure records the error and leaves the step failed (final) or pending."""
+    """record_attempt_failure by the lease holder records the error, leaves the step failed
+    (final) or pending."""
     project_id = step_held(repo, *path)
 
     row = repo.record_attempt_failure(
@@ -362,17 +367,19 @@ def test_attempt_failure_is_recorded_through_the_state_machine(
 @pytest.mark.parametrize(
     "path",
     [
+        (),
         ((S.RUNNING, "other", 300.0),),
-        ((S.RUNNING, "other", 300.0), (S.SUCCESS, "other", 300.0)),
-        ((S.RUNNING, "other", 300.0), (S.FAILED, "other", 300.0)),
+        ((S.RUNNING, "other", 0.0),),
+        ((S.RUNNING, "me", 300.0), (S.SUCCESS, "me", 300.0)),
+        ((S.RUNNING, "me", 300.0), (S.FAILED, "me", 300.0)),
         ((S.SKIPPED, "other", 300.0),),
     ],
-    ids=["live-lease-of-another", "success", "failed", "skipped"],
+    ids=["pending", "live-lease-of-another", "expired-lease-of-another", "success", "failed", "skipped"],
 )
 def test_attempt_failure_leaves_a_step_it_does_not_own_untouched(
     repo: StepRepository, path: tuple[tuple[StepStatus, str, float], ...]
 ) -> None:
-    """record_attempt_failure leaves a done, failed or otherwise-held step as it is."""
+    """record_attempt_failure by anyone but the lease holder writes nothing and returns None."""
     project_id = step_held(repo, *path)
     before = repo.step(project_id, STEP)
 
@@ -380,7 +387,8 @@ def test_attempt_failure_leaves_a_step_it_does_not_own_untouched(
         project_id, STEP, owner="me", error_message="late", error_details=FAILURE, final=False
     )
 
-    assert row == before == repo.step(project_id, STEP)
+    assert row is None
+    assert before == repo.step(project_id, STEP)
 
 
 def test_attempt_failure_of_a_missing_step_is_none(repo: StepRepository) -> None:

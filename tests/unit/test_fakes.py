@@ -116,7 +116,6 @@ def test_fake_specs_mirror_bootstrap(tmp_path: Path) -> None:
     ).specs
     fake = Fakes().specs
     assert list(real) == list(fake) == list(STEP_KEYS)
-    samples = [make_payload(), make_payload(services={"auth": False, "storage": False})]
     for key in STEP_KEYS:
         r, f = real[key], fake[key]
         assert (r.step, r.failure_type, r.admits_new_projects, r.skip_service) == (

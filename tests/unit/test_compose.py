@@ -1,0 +1,117 @@
+"""docker-compose.yml is checked without a Docker engine: the Compose Specification's own
+schema (as vendored by check-jsonschema), then what `docker compose config` adds on top of it:
+references between services, volumes and files, interpolation syntax, and commands that
+the image's entry point really has."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from typer.main import get_command
+
+from services.cli import app
+from shared.steps import STEP_KEYS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}, ${VAR:+x}, $VAR, $$.
+INTERPOLATION = re.compile(r"\$(?:\$|[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?[-?+])[^}]*)?\})")
+
+
+def _compose() -> dict[str, Any]:
+    document = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def _spec_schema() -> dict[str, Any]:
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema = json.loads(vendor.joinpath("compose-spec.json").read_text(encoding="utf-8"))
+    assert isinstance(schema, dict)
+    return schema
+
+
+def _validator() -> jsonschema.protocols.Validator:
+    schema = _spec_schema()
+    validator: jsonschema.protocols.Validator = jsonschema.validators.validator_for(schema)(schema)
+    return validator
+
+
+def _strings(node: object) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in (*_strings(key), *_strings(value))]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return []
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    """docker-compose.yml validates against the Compose Specification's JSON Schema."""
+    validator = _validator()
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(_compose())
+    ]
+    assert errors == []
+
+
+def test_compose_file_references_resolve() -> None:
+    """Every depends_on names a service, every named volume is declared, every build exists."""
+    compose = _compose()
+    services: dict[str, dict[str, Any]] = compose["services"]
+    volumes = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        depends = service.get("depends_on") or {}
+        assert set(depends) <= set(services), f"{name} depends on an unknown service"
+        for mount in service.get("volumes") or []:
+            source = mount.split(":", 1)[0] if isinstance(mount, str) else mount.get("source", "")
+            if source and not source.startswith((".", "/", "~")):
+                assert source in volumes, f"{name} mounts undeclared volume {source!r}"
+        build = service.get("build")
+        if isinstance(build, dict):
+            context = REPO_ROOT / build.get("context", ".")
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), f"{name}: no Dockerfile"
+
+
+def test_compose_interpolations_are_well_formed() -> None:
+    """Every `$` in the file is a valid Compose interpolation (or an escaped `$$`)."""
+    for text in _strings(_compose()):
+        leftover = INTERPOLATION.sub("", text)
+        assert "$" not in leftover, f"malformed interpolation in {text!r}"
+
+
+def test_compose_runs_one_worker_per_step_with_real_commands() -> None:
+    """There is one worker service per step, and every command is a real `provision` command."""
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    image_services = {
+        n: s for n, s in services.items() if s.get("image", "").startswith("tenant-provisioning")
+    }
+    for name, service in image_services.items():
+        command = service.get("command")
+        assert isinstance(command, list) and command, f"{name} has no command"
+        assert command[0] in commands, f"{name} runs unknown command {command[0]!r}"
+    workers = sorted(s["command"][1] for s in image_services.values() if s["command"][0] == "worker")
+    assert workers == sorted(STEP_KEYS)
+
+
+@pytest.mark.parametrize("broken", ["${PROVISION_SECRET_KEY", "$ {X}", "${1X}"])
+def test_malformed_interpolation_is_caught(broken: str) -> None:
+    """The interpolation check itself refuses malformed forms."""
+    assert "$" in INTERPOLATION.sub("", broken)
+
+
+def test_the_specification_check_refuses_an_unknown_service_key() -> None:
+    """The schema check is live: a misspelt service key is refused."""
+    compose = _compose()
+    compose["services"]["database"]["comand"] = ["worker", "database"]
+    validator = _validator()
+    assert any("comand" in e.message for e in validator.iter_errors(compose))
