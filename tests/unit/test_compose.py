@@ -14,9 +14,11 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from pydantic import AliasChoices
 from typer.main import get_command
 
 from services.cli import app
+from shared.settings import Settings
 from shared.steps import STEP_KEYS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -115,3 +117,28 @@ def test_the_specification_check_refuses_an_unknown_service_key() -> None:
     compose["services"]["database"]["comand"] = ["worker", "database"]
     validator = _validator()
     assert any("comand" in e.message for e in validator.iter_errors(compose))
+
+
+def _setting_names() -> set[str]:
+    """Every environment variable Settings reads: PROVISION_<FIELD> and each alias."""
+    names: set[str] = set()
+    for name, field in Settings.model_fields.items():
+        names.add(f"PROVISION_{name.upper()}")
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice) for choice in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias)
+    return names
+
+
+def test_every_variable_given_to_the_image_is_a_setting_the_code_reads() -> None:
+    """Each environment variable of a service running the image is read by Settings."""
+    settings = _setting_names()
+    for name, service in _compose()["services"].items():
+        if not service.get("image", "").startswith("tenant-provisioning"):
+            continue
+        environment = service.get("environment") or {}
+        keys = [e.split("=", 1)[0] for e in environment] if isinstance(environment, list) else environment
+        unknown = sorted(set(keys) - settings)
+        assert unknown == [], f"{name} sets variables nothing reads: {unknown}"
