@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from shared.events import ProvisionProjectPayload, ProvisionProjectResult, event_models
+
+
+class ContractJsonSchema(GenerateJsonSchema):
+    """Pydantic's generator, with a constrained dict key stated as ``propertyNames``.
+
+    Pydantic writes a key pattern as ``patternProperties``, which leaves a key that does not
+    match it unchecked (a NUL in a metadata key would pass); the models refuse such a key.
+    """
+
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        json_schema: dict[str, Any] = super().dict_schema(schema)
+        patterns = json_schema.pop("patternProperties", None)
+        if patterns:
+            ((pattern, values),) = patterns.items()
+            json_schema["additionalProperties"] = values
+            json_schema["propertyNames"] = {**json_schema.get("propertyNames", {}), "pattern": pattern}
+        return json_schema
 
 
 def render_schemas() -> dict[str, str]:
@@ -15,7 +36,7 @@ def render_schemas() -> dict[str, str]:
     models["ProvisionProjectResult.json"] = ProvisionProjectResult
     rendered = {}
     for name, model in sorted(models.items()):
-        schema = model.model_json_schema(mode="validation")
+        schema = model.model_json_schema(mode="validation", schema_generator=ContractJsonSchema)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = name
         rendered[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"

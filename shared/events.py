@@ -6,11 +6,15 @@ these classes (``provision schemas``), never written by hand.
 
 from __future__ import annotations
 
+import math
+import re
+import sys
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from typing_extensions import TypeAliasType
 
 from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
 
@@ -24,10 +28,75 @@ PROJECT_ID_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 PROJECT_ID_MIN, PROJECT_ID_MAX = 3, 48
 REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"
 
+# Limits every free-text field shares; the schemas state them and the models enforce them alike.
+NO_NUL_PATTERN = r"^[^\x00]*$"
+"""No NUL anywhere: PostgreSQL cannot store it in text or jsonb, so it is refused at the door."""
+NAME_MAX = 255
+TEXT_MAX = 2048
+MESSAGE_MAX = 16384
+METADATA_KEY_MAX = 256
+METADATA_TEXT_MAX = 4096
+FLOAT_MAX = sys.float_info.max
+INT32_MAX = 2**31 - 1
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type and JSON Schema counts 10.0 as an integer: so do the models.
+    # A bool is left alone for the strict int to refuse (true is not 1 in JSON).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")  # noqa: TRY004 - pydantic wants ValueError
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+"""An integer that also arrives as an integral JSON float (``10.0``), never as a bool."""
+
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_not_bool), BeforeValidator(_integral)]
+"""The only schema version: ``1`` (``1.0`` too, as JSON Schema's ``const`` has it; not ``true``)."""
+
+Name = Annotated[str, Field(max_length=NAME_MAX, pattern=NO_NUL_PATTERN)]
+Text = Annotated[str, Field(max_length=TEXT_MAX, pattern=NO_NUL_PATTERN)]
+Message = Annotated[str, Field(max_length=MESSAGE_MAX, pattern=NO_NUL_PATTERN)]
+
 ProjectId = Annotated[
     str, Field(pattern=PROJECT_ID_PATTERN, min_length=PROJECT_ID_MIN, max_length=PROJECT_ID_MAX)
 ]
 Region = Annotated[str, Field(pattern=REGION_PATTERN, max_length=32)]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("NaN and infinity are not JSON numbers")
+    return value
+
+
+# A metadata number keeps its JSON form (10.0 stays a float: strict int leaves it to float).
+# NaN and the infinities are no JSON; bounding to the float range also refuses 1e400, which
+# Python reads as inf (the schema states the bounds, so JSON Schema validators refuse it too).
+_Finite = Annotated[float, Field(ge=-FLOAT_MAX, le=FLOAT_MAX), AfterValidator(_finite)]
+_MetaKey = Annotated[str, Field(max_length=METADATA_KEY_MAX, pattern=NO_NUL_PATTERN)]
+
+_MetaText = Annotated[str, Field(max_length=METADATA_TEXT_MAX, pattern=NO_NUL_PATTERN)]
+_DetailText = Annotated[str, Field(pattern=NO_NUL_PATTERN)]
+
+# Union, not |: the recursive forward references are strings at run time.
+MetadataValue = TypeAliasType(
+    "MetadataValue",
+    Union[None, bool, int, _Finite, _MetaText, list["MetadataValue"], dict[_MetaKey, "MetadataValue"]],  # noqa: UP007
+)
+"""Any JSON value without NUL, NaN or infinity; keys and strings of bounded length."""
+
+DetailValue = TypeAliasType(
+    "DetailValue",
+    Union[None, bool, int, _Finite, _DetailText, list["DetailValue"], dict[_MetaKey, "DetailValue"]],  # noqa: UP007
+)
+"""An error's details: JSON without NUL, NaN or infinity (its text bounded by the message size)."""
 
 
 class Model(BaseModel):
@@ -45,7 +114,7 @@ class DatabaseSpec(Model):
     engine: Literal["postgresql", "mysql"] = "postgresql"
     version: Annotated[str, Field(pattern=r"^[0-9]{1,2}(\.[0-9]{1,2})?$")] | None = None
     size: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{0,31}$")] | None = None
-    storage_gb: Annotated[int, Field(gt=0, le=65536)] | None = None
+    storage_gb: Annotated[int, Field(gt=0, le=65536), BeforeValidator(_integral)] | None = None
 
 
 class ServicesSpec(Model):
@@ -59,7 +128,7 @@ class ServicesSpec(Model):
 class ApiKeysSpec(Model):
     """How many API keys to generate and their visible prefix."""
 
-    count: Annotated[int, Field(gt=0, le=20)] = 2
+    count: Annotated[int, Field(gt=0, le=20), BeforeValidator(_integral)] = 2
     prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,15}$")] = "pk"
 
 
@@ -71,9 +140,9 @@ class ProvisionProjectPayload(Model):
     database: DatabaseSpec = DatabaseSpec()
     services: ServicesSpec = ServicesSpec()
     api_keys: ApiKeysSpec = ApiKeysSpec()
-    owner_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    organization_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    owner_id: Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)] | None = None
+    organization_id: Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)] | None = None
+    metadata: dict[_MetaKey, MetadataValue] = Field(default_factory=dict)
 
 
 # --- step outputs carried along the chain (never a password or a key's secret) -------------
@@ -82,26 +151,26 @@ class ProvisionProjectPayload(Model):
 class DatabaseInfo(Model):
     """Where the tenant database lives and which role owns it."""
 
-    host: str
-    port: int
-    database_name: str
-    role_name: str
+    host: Name
+    port: Annotated[int, Field(ge=1, le=65535), BeforeValidator(_integral)]
+    database_name: Name
+    role_name: Name
 
 
 class ServiceRegistration(Model):
     """A tenant's registration with one platform service."""
 
     enabled: bool
-    tenant_id: str
-    endpoint: str
-    bucket_name: str | None = None
+    tenant_id: Name
+    endpoint: Text
+    bucket_name: Name | None = None
 
 
 class ApiKeyInfo(Model):
     """The public face of an API key: its id, visible prefix and creation time."""
 
-    key_id: str
-    key_prefix: str
+    key_id: Name
+    key_prefix: Name
     created_at: AwareDatetime
 
 
@@ -109,7 +178,7 @@ class StepResults(Model):
     """Step outputs so far; each step adds its own."""
 
     database: DatabaseInfo | None = None
-    schema_name: str | None = None
+    schema_name: Name | None = None
     auth: ServiceRegistration | None = None
     realtime: ServiceRegistration | None = None
     storage: ServiceRegistration | None = None
@@ -124,11 +193,11 @@ class StepResults(Model):
 
 
 class ResultDatabase(Model):
-    host: str
-    port: int
-    database_name: str
-    schema_name: str
-    connection_string: str  # without the password, which is never published
+    host: Name
+    port: Annotated[int, Field(ge=1, le=65535), BeforeValidator(_integral)]
+    database_name: Name
+    schema_name: Name
+    connection_string: Text  # without the password, which is never published
 
 
 class ResultServices(Model):
@@ -139,15 +208,15 @@ class ResultServices(Model):
 
 class ResultMetadata(Model):
     provisioned_at: AwareDatetime
-    region: str
-    owner_id: str | None = None
-    organization_id: str | None = None
+    region: Name
+    owner_id: Name | None = None
+    organization_id: Name | None = None
 
 
 class ProvisionProjectResult(Model):
     """The outcome of a provisioning (seed 004 ``ProvisionProjectResult``); holds no secret."""
 
-    project_id: str
+    project_id: ProjectId
     database: ResultDatabase
     services: ResultServices
     api_keys: tuple[ApiKeyInfo, ...]
@@ -160,25 +229,35 @@ class ProvisionProjectResult(Model):
 class ErrorInfo(Model):
     """Why a step failed."""
 
-    type: str
-    message: str
-    details: dict[str, JsonValue] = Field(default_factory=dict)
+    type: Name
+    message: Message
+    details: dict[_MetaKey, DetailValue] = Field(default_factory=dict)
     retryable: bool
+
+
+def _require_event_type(schema: dict[str, Any]) -> None:
+    # The models default event_type for the producers' sake, but a consumer picks the model
+    # by it: the published schema has it required.
+    required = schema.setdefault("required", [])
+    if "event_type" not in required:
+        required.insert(0, "event_type")
 
 
 class Envelope(Model):
     """Fields every provisioning event carries."""
 
+    model_config = ConfigDict(json_schema_extra=_require_event_type)
+
     event_id: uuid.UUID
-    event_type: str
-    schema_version: int = SCHEMA_VERSION
+    event_type: Name
+    schema_version: SchemaVersion = SCHEMA_VERSION
     occurred_at: AwareDatetime
     project_id: ProjectId
     correlation_id: uuid.UUID
     causation_id: uuid.UUID | None = None
     request: ProvisionProjectPayload
     results: StepResults = StepResults()
-    attempt: Annotated[int, Field(ge=1)] = 1
+    attempt: Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_integral)] = 1
 
 
 class ProvisioningRequested(Envelope):
@@ -318,20 +397,24 @@ class DeadLettered(Model):
     else a bounded prefix (``truncated``) plus the original's size and SHA-256, so the
     dead-letter copy itself can always be published."""
 
+    # Its text fields record hostile input as it came (a NUL in a header included): they are
+    # not refused here, or the dead-letter copy itself could not be made.
+    model_config = ConfigDict(json_schema_extra=_require_event_type)
+
     event_id: uuid.UUID
     event_type: Literal["provisioning.deadletter"] = "provisioning.deadletter"
-    schema_version: int = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     occurred_at: AwareDatetime
     reason: str
     source_topic: str
-    source_partition: int
-    source_offset: int
+    source_partition: Int
+    source_offset: Int
     consumer_group: str
     key_b64: str | None
     value_b64: str | None
     headers: dict[str, str] = Field(default_factory=dict)
-    key_size: int = 0
-    value_size: int = 0
+    key_size: Int = 0
+    value_size: Int = 0
     value_sha256: str | None = None
     truncated: bool = False
 
@@ -394,3 +477,48 @@ def new_event_id() -> uuid.UUID:
 def outcome_event_id(input_event_id: uuid.UUID, step_key: str) -> uuid.UUID:
     """The id of a step's completed event, derived from its input so a redelivery repeats it."""
     return uuid.uuid5(input_event_id, f"{step_key}.completed")
+
+
+def json_defect(value: Any, *, max_depth: int = 128) -> str | None:
+    """Why parsed JSON cannot be taken whatever its schema, in one line, or None.
+
+    A NUL (PostgreSQL stores none), a lone surrogate (not UTF-8), NaN or an infinity (no JSON
+    number), a non-text key or nesting deeper than ``max_depth``. The value is never echoed:
+    it is hostile.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        where = path or "top level"
+        if depth > max_depth:
+            return f"nested deeper than {max_depth} levels at {where}"
+        if isinstance(item, str):
+            if problem := _text_defect(item):
+                return f"{problem} in a string at {where}"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"NaN or infinity at {where} (not a JSON number)"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"a key that is not text at {where}"
+                if problem := _text_defect(key):
+                    return f"{problem} in a key at {where}"
+                shown = key if _PLAIN_KEY.fullmatch(key) else "?"
+                stack.append((child, f"{path}.{shown}" if path else shown, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+    return None
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def _text_defect(text: str) -> str | None:
+    if "\x00" in text:
+        return "a NUL character"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "a lone surrogate"
+    return None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from shared.events import SUPPORTED_SCHEMA_VERSIONS, Envelope
+from shared.events import SUPPORTED_SCHEMA_VERSIONS, Envelope, json_defect
 from shared.tracing import TraceContext
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -69,16 +70,11 @@ def decode(
         raise DecodeError(f"oversized message: {len(value)} bytes > limit {max_bytes}")
     if not key:
         raise DecodeError("message has no key (the project_id is required as key)")
-    try:
-        data: Any = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(
-            f"not JSON: {exc.__class__.__name__} at position {getattr(exc, 'pos', '?')}"
-        ) from None
-    except RecursionError:
-        raise DecodeError("not JSON: nested too deeply") from None
+    data = loads_strict(value)
     if not isinstance(data, dict):
         raise DecodeError(f"not a JSON object but {type(data).__name__}")
+    if defect := json_defect(data):
+        raise DecodeError(f"INVALID_REQUEST: {defect}")
     event_type = data.get("event_type")
     if not isinstance(event_type, str) or event_type not in expected:
         shown = event_type if isinstance(event_type, str) else repr(event_type)
@@ -86,7 +82,8 @@ def decode(
             f"unexpected event_type {shown[:80]!r}; this topic carries {', '.join(sorted(expected))}"
         )
     version = data.get("schema_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
+    # 1.0 is the JSON number 1 (JSON Schema's const 1 takes it); true is not.
+    if not isinstance(version, int | float) or isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
         shown = repr(version)[:40]
         raise DecodeError(
             f"unsupported schema_version {shown}; supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)}"
@@ -103,6 +100,32 @@ def decode(
     if key_text != event.project_id:
         raise DecodeError(f"message key does not match project_id {event.project_id!r}")
     return Decoded(event, header_map(headers))
+
+
+def loads_strict(value: bytes | str) -> Any:
+    """JSON as RFC 8259 has it: NaN, Infinity and numbers beyond the float range (1e400) are
+    refused, not read as nan or inf; any defect is a DecodeError with a one-line reason."""
+    try:
+        return json.loads(value, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(
+            f"not JSON: {exc.__class__.__name__} at position {getattr(exc, 'pos', '?')}"
+        ) from None
+    except RecursionError:
+        raise DecodeError("not JSON: nested too deeply") from None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise DecodeError("not JSON: a number too long to read") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise DecodeError(f"not JSON: {name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise DecodeError("not JSON: a number beyond the float range")
+    return number
 
 
 def _summarize(exc: ValidationError, limit: int = 3) -> str:

@@ -98,15 +98,17 @@ def test_invalid_regions(region: str) -> None:
         _payload(region=region)
 
 
-@pytest.mark.parametrize("count", [1, 2, 20])
+@pytest.mark.parametrize("count", [1, 2, 20, 2.0])
 def test_api_key_count_in_range(count: int) -> None:
-    """api_keys.count from 1 to 20 is accepted."""
-    assert _payload(api_keys={"count": count}).api_keys.count == count
+    """api_keys.count from 1 to 20 is accepted, an integral float (2.0) as the int it is."""
+    got = _payload(api_keys={"count": count}).api_keys.count
+    assert got == count
+    assert type(got) is int
 
 
-@pytest.mark.parametrize("count", [0, -1, 21, "3", 2.0])
+@pytest.mark.parametrize("count", [0, -1, 21, "3", 2.5, True, 21.0, float("nan")])
 def test_api_key_count_out_of_range_or_not_int(count: Any) -> None:
-    """api_keys.count must be an int greater than 0 and at most 20 (strict: no strings)."""
+    """api_keys.count must be an integer from 1 to 20 (strict: no strings, bools or fractions)."""
     with pytest.raises(ValidationError):
         _payload(api_keys={"count": count})
 
