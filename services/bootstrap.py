@@ -55,7 +55,7 @@ def load_secret_key(settings: Settings) -> str:
         return settings.secret_key.get_secret_value()
     path = Path(settings.state_dir) / "secret.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as fh:
             fh.write(SecretBox.generate_key())
@@ -166,15 +166,36 @@ class App:
             self._closers.pop()()
 
 
+def missing_connection_settings(settings: Settings) -> list[str]:
+    """The names of the connection variables that are unset (empty: fully configured)."""
+    return [
+        name
+        for name, value in (
+            ("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers),
+            ("DATABASE_URL", settings.database_url),
+        )
+        if not value
+    ]
+
+
 def build_app(settings: Settings | None = None) -> App:
     """Wire the application from settings (the environment when not given).
 
-    Explicit KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL win; otherwise the local infrastructure's
-    addresses are used (start it with `provision infra up`).
+    Explicit KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL win. A missing one is a ConfigurationError
+    unless local mode is asked for (``PROVISION_LOCAL=1``); then the local infrastructure's
+    addresses fill in (start it with `provision infra up`). Connecting to whatever listens on
+    the local ports by default would let a misconfigured production worker join the wrong servers.
     """
     settings = settings or Settings()
     bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
-    if bootstrap is None or database_url is None:
+    missing = missing_connection_settings(settings)
+    if missing and not settings.local:
+        raise ConfigurationError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; set "
+            f"{'it' if len(missing) == 1 else 'them'}, or use the local servers of `provision infra up` "
+            "with PROVISION_LOCAL=1 (or --local)"
+        )
+    if not bootstrap or not database_url:
         local = local_infra(settings).env()
         bootstrap = bootstrap or local.bootstrap_servers
         database_url = database_url or local.database_url
@@ -196,7 +217,8 @@ def worker_environment(
         "DATABASE_URL": database_url,
         "PROVISION_LOG_FORMAT": "json",
     }
-    skip = {"kafka_bootstrap_servers", "database_url", "log_format", *exclude}
+    # The addresses are explicit, so the worker needs no local mode.
+    skip = {"kafka_bootstrap_servers", "database_url", "log_format", "local", *exclude}
     for name, value in settings.model_dump(exclude=skip).items():
         if value is None:
             continue

@@ -62,17 +62,30 @@ class Failure(Exception):
     """The thing asked failed: one line, exit code 1."""
 
 
-def _settings() -> Settings:
+LocalFlag = Annotated[
+    bool,
+    typer.Option(
+        "--local",
+        help="Use the local servers of `provision infra up` for an unset KAFKA_BOOTSTRAP_SERVERS or "
+        "DATABASE_URL (same as PROVISION_LOCAL=1).",
+    ),
+]
+
+
+def _settings(*, local: bool = False) -> Settings:
+    """The settings from the environment; ``local`` turns local mode on (never off)."""
     try:
-        return Settings()
+        return Settings(local=True) if local else Settings()
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         name = "PROVISION_" + "_".join(str(p) for p in first["loc"]).upper()
         raise UsageError(f"bad setting {name}: {first['msg']}") from None
 
 
-def _app() -> App:
-    return build_app(_settings())
+def _app(*, local: bool = False) -> App:
+    """The app; refuses (ConfigurationError, exit 2) when a server address is missing and
+    local mode is off."""
+    return build_app(_settings(local=local))
 
 
 def _die(message: str, code: int) -> NoReturn:
@@ -111,20 +124,20 @@ app.add_typer(bench_app, name="bench")
 
 
 @app.command()
-def migrate() -> None:
+def migrate(local: LocalFlag = False) -> None:
     """Apply the control-plane database migrations (idempotent)."""
 
     with _errors():
-        applied = run_migrations(_app().engine)
+        applied = run_migrations(_app(local=local).engine)
     out.print(f"applied {', '.join(applied)}" if applied else "database is up to date")
 
 
 @app.command()
-def topics() -> None:
+def topics(local: LocalFlag = False) -> None:
     """Create every topic that is missing (partitions and replication from settings)."""
 
     with _errors():
-        a = _app()
+        a = _app(local=local)
         outcome = ensure_topics(
             a.bootstrap_servers,
             all_topics(),
@@ -163,6 +176,7 @@ def schemas(
 @app.command()
 def worker(
     step: Annotated[str, typer.Argument(help=f"The step to run: {'|'.join(STEP_KEYS)}.")],
+    local: LocalFlag = False,
 ) -> None:
     """Run one step consumer until SIGTERM/SIGINT (each step is its own consumer group)."""
 
@@ -171,7 +185,7 @@ def worker(
             key = resolve_step(step).key
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        run_worker(key, _settings())
+        run_worker(key, _settings(local=local))
 
 
 # --- requesting and following -------------------------------------------------------------
@@ -195,6 +209,7 @@ def request(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the provisioning until it ends.")] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 300.0,
+    local: LocalFlag = False,
 ) -> None:
     """Request a project: recorded with its seven steps and published in one go."""
 
@@ -210,7 +225,7 @@ def request(
                 api_keys["count"] = keys
             if key_prefix is not None:
                 api_keys["prefix"] = key_prefix
-        a = _app()
+        a = _app(local=local)
         receipt = request_provisioning(body, app=a)
         note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
         verb = "requested" if receipt.status == "requested" else "already requested (same payload)"
@@ -249,11 +264,12 @@ def status(
         bool, typer.Option("--watch", help="Follow live until the project is ready or failed.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="With --watch: give up after this many seconds.")] = 600.0,
+    local: LocalFlag = False,
 ) -> None:
     """The project's seven steps: status, timing, retries, errors, and its stage."""
 
     with _errors():
-        a = _app()
+        a = _app(local=local)
         if watch:
             _follow(a, project_id, timeout)
             return
@@ -366,6 +382,7 @@ def replay(
         bool, typer.Option("--dry-run", help="Say what would be replayed; change nothing.")
     ] = False,
     max_replays: Annotated[int | None, typer.Option("--max", min=1, help="Replay at most N steps.")] = None,
+    local: LocalFlag = False,
 ) -> None:
     """Re-drive failed steps from the failed topics, once their cause is fixed."""
 
@@ -377,7 +394,7 @@ def replay(
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
         decisions = run_replay(
-            _app(),
+            _app(local=local),
             step_key=key,
             project_id=project,
             dry_run=dry_run,
@@ -392,12 +409,14 @@ def replay(
 
 
 @keys_app.command("reveal")
-def keys_reveal(project_id: Annotated[str, typer.Argument(help="The project id.")]) -> None:
+def keys_reveal(
+    project_id: Annotated[str, typer.Argument(help="The project id.")], local: LocalFlag = False
+) -> None:
     """Show the project's API key secrets, once: they are erased as they are shown."""
 
     with _errors():
         try:
-            revealed = _app().key_store.reveal(project_id)
+            revealed = _app(local=local).key_store.reveal(project_id)
         except NothingToRevealError as exc:
             raise Failure(f"{exc.args[0]} (secrets are shown once)") from None
     for key in revealed:
@@ -420,7 +439,7 @@ def demo(
     workers as separate processes, one request, live progress, the result, shutdown."""
 
     started = time.monotonic()
-    settings = _settings()
+    settings = _settings(local=True)  # local by nature: it starts the servers it lacks
     infra = local_infra(settings)
     started_infra = False
     workers: list[subprocess.Popen[bytes]] = []

@@ -25,7 +25,8 @@ class Settings(BaseSettings):
         env_prefix="PROVISION_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    # Where the broker and the databases are. Explicit values always win over local infra.
+    # Where the broker and the databases are. Explicit values always win over local infra; without
+    # them and without ``local`` nothing connects (a worker must never join whatever listens locally).
     kafka_bootstrap_servers: str | None = Field(
         default=None,
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "PROVISION_KAFKA_BOOTSTRAP_SERVERS"),
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
     )
 
     # Local infrastructure (`provision infra`).
+    local: bool = Field(
+        default=False,
+        description="use the local servers of `provision infra up` for whichever of "
+        "KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL is unset; without it a missing one is an error",
+    )
     state_dir: Path = Path(".provision")
     kafka_port: int = 19092
     kafka_controller_port: int = 19093

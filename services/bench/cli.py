@@ -207,7 +207,8 @@ def _execute(plan: Plan) -> None:
 
     with _errors():
         try:
-            result = BenchRun(plan, _settings(), out, err).execute()
+            # Local by nature: it starts the servers it is not given by URL.
+            result = BenchRun(plan, _settings(local=True), out, err).execute()
         except BenchFailure as exc:
             raise Failure(str(exc)) from None
         except KafkaException as exc:

@@ -104,6 +104,20 @@ def validate_port(port: int, env_var: str) -> None:
         raise InfraError(f"port {port} is outside 1024-65535; set {env_var}")
 
 
+def private_dir(path: Path, *, traverse_gid: int | None = None) -> None:
+    """Create ``path`` (and parents) if needed and make it 0700: it holds secrets and data.
+
+    ``traverse_gid`` gives that group search (``x``) permission only, mode 0710: when root
+    runs PostgreSQL as an unprivileged user, that user must pass through to its data directory.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if traverse_gid is None:
+        path.chmod(0o700)
+        return
+    os.chown(path, -1, traverse_gid)
+    path.chmod(0o710)
+
+
 @contextmanager
 def state_lock(state_dir: Path) -> Iterator[None]:
     """Serialise up/down on one state directory across processes.
@@ -111,7 +125,7 @@ def state_lock(state_dir: Path) -> Iterator[None]:
     Two ``up`` calls racing (say two pytest sessions) would otherwise both find the
     broker stopped and both try to start it on the same files.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with (state_dir / ".lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

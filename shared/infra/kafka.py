@@ -38,6 +38,7 @@ from shared.infra._common import (
     ensure_port_free,
     live_process,
     port_accepts,
+    private_dir,
     quiet,
     tail,
 )
@@ -215,7 +216,9 @@ class KafkaBroker:
         java = _java()
         ensure_port_free(self.port, KAFKA_PORT_ENV)
         ensure_port_free(self.controller_port, CONTROLLER_PORT_ENV)
-        self.home.mkdir(parents=True, exist_ok=True)
+        # Owner-only: the topics hold tenant provisioning events.
+        private_dir(self.home)
+        private_dir(self.data)
         self.ensure_libs(progress)
         self._write_properties()
         self._ensure_formatted(java, progress)

@@ -7,9 +7,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.infra._common import LOOPBACK, InfraError, Progress, quiet, state_lock, validate_port
+from shared.infra._common import InfraError, Progress, quiet, state_lock, validate_port
 from shared.infra.kafka import CONTROLLER_PORT_ENV, KAFKA_PORT_ENV, KafkaBroker
-from shared.infra.postgres import DATABASE, PG_PORT_ENV, SUPERUSER, LocalPostgres
+from shared.infra.postgres import PG_PORT_ENV, LocalPostgres
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,8 @@ class InfraEnv:
 
     bootstrap_servers: str
     database_url: str
-    """A libpq URL, e.g. ``postgresql://postgres@127.0.0.1:15432/postgres``: psql opens it as
-    it is, and the product picks the psycopg 3 driver for SQLAlchemy itself."""
+    """A libpq URL, e.g. ``postgresql://postgres:<password>@127.0.0.1:15432/postgres``: psql opens
+    it as it is, and the product picks the psycopg 3 driver for SQLAlchemy itself."""
 
     @property
     def libpq_url(self) -> str:
@@ -39,7 +39,9 @@ class LocalInfra:
     """A single-node Kafka (KRaft) and a PostgreSQL server whose files live in ``state_dir``.
 
     Both run detached from the calling process, so ``up`` in one command and ``down`` in
-    another work; everything is found again from the files under ``state_dir``.
+    another work; everything is found again from the files under ``state_dir``. That directory
+    is private (mode 0700) and holds the PostgreSQL superuser's password in ``postgres.password``
+    (mode 0600), generated once.
     """
 
     def __init__(
@@ -60,13 +62,21 @@ class LocalInfra:
         # Absolute, because the paths end up in process command lines that are matched later.
         self.state_dir = state_dir.expanduser().resolve()
         self.kafka = KafkaBroker(self.state_dir / "kafka", kafka_port, controller_port)
-        self.postgres = LocalPostgres(self.state_dir / "postgres", pg_port)
+        self.postgres = LocalPostgres(
+            self.state_dir / "postgres", pg_port, password_file=self.state_dir / "postgres.password"
+        )
+
+    @property
+    def password_file(self) -> Path:
+        """Where the PostgreSQL superuser's password is kept (mode 0600)."""
+        return self.postgres.password_file
 
     def env(self) -> InfraEnv:
-        """Connection settings for this infrastructure; starts nothing."""
+        """Connection settings for this infrastructure, the superuser's password included (it is
+        generated on first use); starts nothing."""
         return InfraEnv(
             bootstrap_servers=self.kafka.bootstrap_servers,
-            database_url=f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.postgres.port}/{DATABASE}",
+            database_url=self.postgres.superuser_url,
         )
 
     def up(self, progress: Progress = quiet) -> InfraEnv:
@@ -76,6 +86,7 @@ class LocalInfra:
         Raises InfraError if either cannot start within 60 s.
         """
         with state_lock(self.state_dir):
+            self.postgres.secure_home()
             launched = self.kafka.launch(progress)
             self.postgres.start(progress)
             if launched:

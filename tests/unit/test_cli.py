@@ -32,11 +32,17 @@ def _no_server(*args: Any, **kwargs: Any) -> Any:
 
 @pytest.fixture(autouse=True)
 def no_infra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Run in an empty directory, with any engine, connection or worker start failing the test."""
+    """Run in an empty directory, with any engine, connection or worker start failing the test.
+
+    The addresses are set (to nothing that listens) so a command gets past its configuration
+    check to the input checks; tests/unit/test_local_mode.py covers the check itself.
+    """
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TENANT_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("TENANT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("PROVISION_LOCAL", raising=False)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/nothing")
     monkeypatch.setattr(services.bootstrap, "make_engine", _no_server)
     monkeypatch.setattr(psycopg, "connect", _no_server)
     monkeypatch.setattr("services.worker.run_worker", _no_server)
