@@ -9,6 +9,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from shared.kafka.clientlog import client_logger
 from shared.kafka.codec import Headers
 from shared.kafka.ports import ProducerLike
 
@@ -47,6 +48,7 @@ def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
         "linger.ms": 0,
         "message.timeout.ms": 30000,
         "socket.nagle.disable": True,
+        "logger": client_logger(),
     }
     config.update(overrides)
     return config
@@ -71,6 +73,7 @@ def consumer_config(bootstrap_servers: str, group_id: str, **overrides: Any) -> 
         # The broker answers a fetch as soon as one byte is there; this only bounds idle waits.
         "fetch.wait.max.ms": 100,
         "partition.assignment.strategy": "cooperative-sticky",
+        "logger": client_logger(),
     }
     config.update(overrides)
     return config
@@ -143,7 +146,8 @@ def ensure_topics(
     timeout: float = 30.0,
 ) -> dict[str, str]:
     """Create missing topics; returns topic -> "created" | "exists". Idempotent."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": client_logger()}
+    admin = AdminClient(config)
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
         NewTopic(t, num_partitions=partitions, replication_factor=replication)

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from shared.kafka.clientlog import client_logger
+
 
 def read_to_end(bootstrap_servers: str, topics: Iterable[str], *, timeout: float = 10.0) -> Iterator[Message]:
     """Every message now on ``topics``, partition by partition, from the beginning up to the
@@ -22,6 +24,7 @@ def read_to_end(bootstrap_servers: str, topics: Iterable[str], *, timeout: float
             "enable.auto.commit": False,
             # Reading to a known end: do not let each fetch idle for the default 500 ms.
             "fetch.wait.max.ms": 10,
+            "logger": client_logger(),
         }
     )
     try:
