@@ -12,11 +12,16 @@ from shared.steps import step_by_key
 
 
 def run_worker(step_key: str, settings: Settings | None = None) -> None:
-    """Consume the step's input and retry topics until SIGTERM/SIGINT."""
+    """Consume the step's input and retry topics until SIGTERM/SIGINT.
+
+    Raises ConfigurationError when KAFKA_BOOTSTRAP_SERVERS or DATABASE_URL is missing and local
+    mode (``PROVISION_LOCAL``) is off.
+    """
     settings = settings or Settings()
-    configure_logging(settings.log_level, settings.log_format)
     step = step_by_key(step_key)
+    # First, so a worker without its addresses refuses (ConfigurationError) before anything else.
     app = build_app(settings)
+    configure_logging(settings.log_level, settings.log_format)
     metrics, health = Metrics(), Health()
     server = serve_http(settings.metrics_port, metrics, health) if settings.metrics_port else None
     # The first step also relays the request outbox, so a request whose publish failed at

@@ -1,0 +1,243 @@
+"""Without KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL a command refuses; local mode must be asked for."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner, Result
+
+import services.bench.cli
+import services.bootstrap
+import services.cli
+import services.worker
+from services.bootstrap import ConfigurationError, build_app, worker_environment
+from services.cli import app
+from shared.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Every command that connects to the broker or the database, with the arguments it needs.
+CONNECTING = (
+    ("worker", "database"),
+    ("migrate",),
+    ("topics",),
+    ("status", "acme-app"),
+    ("replay",),
+    ("request", "acme-app", "--region", "us-east-1"),
+    ("keys", "reveal", "acme-app"),
+)
+
+# Ports of no running server: local mode must only compute addresses from them.
+PORTS = {
+    "PROVISION_KAFKA_PORT": "23992",
+    "PROVISION_KAFKA_CONTROLLER_PORT": "23993",
+    "PROVISION_PG_PORT": "23932",
+}
+
+
+def _no_server(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("this must not connect to anything")
+
+
+class _Stop(Exception):
+    """Raised by a stand-in to end a command once it has shown what it was given."""
+
+
+@pytest.fixture(autouse=True)
+def unconfigured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No server addresses, no local mode, a private state dir; connecting fails the test."""
+    monkeypatch.chdir(tmp_path)
+    state_dir = tmp_path / "state"
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(state_dir))
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TENANT_DATABASE_URL", "PROVISION_LOCAL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in PORTS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(services.bootstrap, "make_engine", _no_server)
+    monkeypatch.setattr(psycopg, "connect", _no_server)
+    # The real run_worker runs (it is where a worker refuses), but no worker or logging may start.
+    monkeypatch.setattr(services.worker, "StepWorker", _no_server)
+    monkeypatch.setattr(services.worker, "configure_logging", _no_server)
+    return state_dir
+
+
+def _run(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("command", CONNECTING, ids=" ".join)
+def test_connecting_command_refuses_without_configuration(command: tuple[str, ...]) -> None:
+    """A connecting command with neither address set exits 2 with one line naming both and local mode."""
+    result = _run(*command)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are not set" in lines[0]
+    assert "PROVISION_LOCAL=1" in lines[0]
+    assert "--local" in lines[0]
+
+
+def test_refusal_names_only_the_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With only DATABASE_URL set, the refusal names KAFKA_BOOTSTRAP_SERVERS alone."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/nothing")
+    result = _run("worker", "database")
+    assert result.exit_code == 2, result.output
+    assert "KAFKA_BOOTSTRAP_SERVERS is not set" in result.output
+    assert "DATABASE_URL" not in result.output
+
+
+def test_refusal_creates_no_state(unconfigured: Path) -> None:
+    """A refused command leaves no state directory or password file behind."""
+    _run("migrate")
+    assert not unconfigured.exists()
+
+
+def test_worker_refusal_in_a_real_process_is_one_line_on_stderr(tmp_path: Path) -> None:
+    """`provision worker database` unconfigured: exit 2, one line on stderr, nothing on stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "worker", "database"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are not set")
+
+
+def test_build_app_refuses_without_configuration() -> None:
+    """build_app with no addresses and local mode off raises ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="PROVISION_LOCAL=1"):
+        build_app(Settings())
+
+
+def test_provision_local_turns_local_mode_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROVISION_LOCAL=1 in the environment reads as Settings.local."""
+    monkeypatch.setenv("PROVISION_LOCAL", "1")
+    assert Settings().local is True
+
+
+def test_local_mode_uses_the_local_servers_and_the_password_file(unconfigured: Path) -> None:
+    """In local mode the app points at the configured local ports, with the password kept in the
+    state dir (file 0600, dir private), and connects to nothing while being built."""
+    a = build_app(Settings(local=True))
+    password_file = unconfigured / "postgres.password"
+    password = password_file.read_text().strip()
+    assert a.bootstrap_servers == "127.0.0.1:23992"
+    assert a.database_url == f"postgresql://postgres:{password}@127.0.0.1:23932/postgres"
+    assert len(password) >= 24
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(unconfigured.stat().st_mode) & 0o067 == 0, "only the owner (and a traversing group)"
+    assert build_app(Settings(local=True)).database_url == a.database_url, "the password is made once"
+
+
+def test_explicit_addresses_win_over_local_mode() -> None:
+    """In local mode an explicit DATABASE_URL is kept and only the missing broker address is local."""
+    url = "postgresql://app:secret@db.example:5432/control"
+    a = build_app(Settings(local=True, database_url=url))
+    assert a.database_url == url
+    assert a.bootstrap_servers == "127.0.0.1:23992"
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_worker_honours_local_mode(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """`worker database --local` (or PROVISION_LOCAL=1) starts the worker with local mode on."""
+    seen: list[tuple[str, Settings]] = []
+
+    def fake_run_worker(step_key: str, settings: Settings) -> None:
+        seen.append((step_key, settings))
+
+    monkeypatch.setattr(services.cli, "run_worker", fake_run_worker)
+    if how == "env":
+        monkeypatch.setenv("PROVISION_LOCAL", "1")
+    result = _run("worker", "database", *(["--local"] if how == "flag" else []))
+    assert result.exit_code == 0, result.output
+    [(step_key, settings)] = seen
+    assert step_key == "database"
+    assert settings.local is True
+    assert build_app(settings).bootstrap_servers == "127.0.0.1:23992"
+
+
+@pytest.mark.parametrize("command", [c for c in CONNECTING if c[0] != "worker"], ids=" ".join)
+def test_connecting_commands_accept_local(monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]) -> None:
+    """Every connecting command takes --local and gets past the configuration check with it."""
+    built: list[Settings] = []
+
+    def fake_build_app(settings: Settings) -> Any:
+        built.append(settings)
+        raise _Stop
+
+    monkeypatch.setattr(services.cli, "build_app", fake_build_app)
+    result = _run(*command, "--local")
+    assert isinstance(result.exception, _Stop), result.output
+    assert [s.local for s in built] == [True]
+
+
+def test_infra_env_needs_no_configuration(unconfigured: Path) -> None:
+    """`infra env` works unconfigured and prints the local URL with the password from the file."""
+    result = _run("infra", "env")
+    assert result.exit_code == 0, result.output
+    password = (unconfigured / "postgres.password").read_text().strip()
+    assert "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:23992" in result.output
+    assert f"DATABASE_URL=postgresql://postgres:{password}@127.0.0.1:23932/postgres" in result.output
+
+
+def test_demo_is_local_without_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`demo` unconfigured starts the local servers and builds its app in local mode."""
+    built: list[Settings] = []
+
+    class FakeInfra:
+        def status(self) -> dict[str, str]:
+            return {"kafka": "running", "postgres": "running"}
+
+        def up(self, progress: Any) -> None:
+            pass
+
+    def fake_build_app(settings: Settings) -> Any:
+        built.append(settings)
+        raise _Stop
+
+    monkeypatch.setattr(services.cli, "local_infra", lambda settings: FakeInfra())
+    monkeypatch.setattr(services.cli, "build_app", fake_build_app)
+    result = _run("demo")
+    assert isinstance(result.exception, _Stop), result.output
+    assert [s.local for s in built] == [True]
+
+
+def test_bench_is_local_without_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench latency` unconfigured runs with local mode on."""
+    given: list[Settings] = []
+
+    class FakeRun:
+        def __init__(self, plan: Any, settings: Settings, out: Any, err: Any) -> None:
+            given.append(settings)
+
+        def execute(self) -> dict[str, Any]:
+            raise _Stop
+
+    monkeypatch.setattr(services.bench.cli, "BenchRun", FakeRun)
+    result = _run("bench", "latency")
+    assert isinstance(result.exception, _Stop), result.output
+    assert [s.local for s in given] == [True]
+
+
+def test_worker_environment_does_not_pass_local_mode() -> None:
+    """Workers started by demo or bench get explicit addresses, so PROVISION_LOCAL is not passed on."""
+    env = worker_environment(Settings(local=True), bootstrap_servers="b:1", database_url="postgresql://d")
+    assert "PROVISION_LOCAL" not in env
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == "b:1"
