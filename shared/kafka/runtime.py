@@ -68,6 +68,11 @@ class CommittedOffsets:
             if tp.error is None and tp.offset >= 0:
                 self.offsets[(tp.topic, tp.partition)] = tp.offset
 
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        """Drop what we knew of ``partitions``: another member may have committed since."""
+        for tp in partitions:
+            self.offsets.pop((tp.topic, tp.partition), None)
+
 
 @dataclass(slots=True)
 class _Pause:
@@ -185,6 +190,8 @@ class StepWorker:
         # The client applies the assignment when this callback returns; pauses are
         # re-applied on the next tick, and until then `handle` turns paused messages back.
         self._assigned.extend(partitions)
+        # Our last commit on a partition coming back is stale if another member moved it on.
+        self.committed.forget(partitions)
         self.health.ready = True
         log.info("partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
@@ -370,10 +377,10 @@ class StepWorker:
         self._last_lag = self.clock()
         try:
             assignment = self.consumer.assignment()
-            if not assignment:
-                return
-            lag: dict[str, int] = {tp.topic: 0 for tp in assignment}
-            for tp in self.consumer.position(assignment):
+            # Topics with no partition here report 0, not the figure from before a revocation.
+            lag: dict[str, int] = {topic: 0 for topic in (self.step.input_topic, self.step.retry_topic)}
+            lag.update({tp.topic: 0 for tp in assignment})
+            for tp in self.consumer.position(assignment) if assignment else []:
                 _, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 base = self.committed.offsets.get((tp.topic, tp.partition), tp.offset)
                 if high >= 0 and base >= 0:

@@ -540,8 +540,8 @@ def test_lag_is_the_high_watermark_minus_the_committed_offset(fakes: Fakes) -> N
         rig.send(f"project-{n}")
     for n in range(7):
         rig.send(f"other-{n}", partition=1)
-    rig.worker.tick()  # assigned in this poll, message 0 handled: no figure yet
-    assert rig.sample("provisioning_consumer_lag", topic=REQUESTED_TOPIC) is None
+    rig.worker.tick()  # assigned in this poll, message 0 handled: nothing assigned before it
+    assert rig.sample("provisioning_consumer_lag", topic=REQUESTED_TOPIC) == 0
     rig.worker.tick()
     rig.consumer.commit()  # offset 2 committed, on_commit hears of it
     rig.worker.tick()
@@ -578,3 +578,36 @@ def test_a_commit_the_broker_refused_is_not_taken_as_committed() -> None:
     committed.on_commit(KafkaError(KafkaError._TRANSPORT), [TopicPartition("t", 0, 5)])
     committed.on_commit(None, [TopicPartition("t", 1, -1001), TopicPartition("t", 2, 7)])
     assert committed.offsets == {("t", 2): 7}
+
+
+def test_lag_forgets_our_commit_on_a_partition_that_comes_back(rig: Rig) -> None:
+    """A partition re-assigned after another member committed further does not report our old commit."""
+    rig.send("project-0")
+    rig.send("project-1")
+    rig.drain()
+    rig.consumer.rebalance(revoke=[IN])
+    rig.worker.tick()
+    assert rig.committed.offsets == {IN: 2}
+    for n in range(2, 5):  # meanwhile another member takes and commits three more
+        rig.send(f"project-{n}")
+    rig.consumer.committed[IN] = 5
+    rig.consumer.rebalance(assign=[IN])
+    rig.drain()
+    rig.clock.advance(5)
+    rig.drain()
+    assert rig.sample("provisioning_consumer_lag", topic=REQUESTED_TOPIC) == 0
+
+
+def test_lag_of_a_topic_no_longer_assigned_drops_to_zero(rig: Rig) -> None:
+    """A worker that lost its partitions reports no lag for them, not its last figure."""
+    for n in range(3):
+        rig.send(f"project-{n}")
+    rig.worker.tick()
+    rig.clock.advance(5)
+    rig.worker.tick()
+    assert rig.sample("provisioning_consumer_lag", topic=REQUESTED_TOPIC) == 2
+    rig.consumer.rebalance(revoke=[IN])
+    rig.worker.tick()
+    rig.clock.advance(5)
+    rig.worker.tick()
+    assert rig.sample("provisioning_consumer_lag", topic=REQUESTED_TOPIC) == 0
