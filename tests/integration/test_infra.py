@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shared.infra import InfraEnv, LocalInfra
+from shared.infra.postgres import LocalPostgres
 
 if TYPE_CHECKING:
     from tests.conftest import InfraHandle
@@ -93,6 +97,68 @@ def test_local_up_again_is_a_no_op(infra_handle: InfraHandle, local_infra: Local
         f"postgres already running on 127.0.0.1:{infra.postgres.port}",
     ]
     assert infra.status() == before
+
+
+def test_local_postgres_superuser_needs_the_password_from_the_file(local_infra: LocalInfra) -> None:
+    """The local superuser is refused over TCP without a password or with a wrong one, and let in
+    with the one kept in the state directory."""
+    port = local_infra.postgres.port
+    no_password = make_conninfo(
+        f"postgresql://postgres@127.0.0.1:{port}/postgres", passfile=os.devnull, connect_timeout=10
+    )
+    with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+        psycopg.connect(no_password)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(make_conninfo(no_password, password="postgres"))
+    password = local_infra.password_file.read_text().strip()
+    with psycopg.connect(make_conninfo(no_password, password=password)) as conn:
+        assert conn.execute("select current_user").fetchone() == ("postgres",)
+    assert f":{password}@" in local_infra.env().database_url
+
+
+def test_local_state_is_private(local_infra: LocalInfra) -> None:
+    """The state dir is owner-only (0700, or 0710 for the server's group when root runs postgres as
+    another user), the Kafka and PostgreSQL dirs are 0700 and the password file is 0600."""
+    state = local_infra.state_dir.stat()
+    server_user = local_infra.postgres.server_user()
+    if server_user is None:
+        assert stat.S_IMODE(state.st_mode) == 0o700
+    else:
+        assert stat.S_IMODE(state.st_mode) == 0o710
+        assert state.st_gid == local_infra.postgres.traverse_gid()
+    for directory in (
+        local_infra.kafka.home,
+        local_infra.kafka.data,
+        local_infra.postgres.home,
+        local_infra.postgres.pgdata,
+    ):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    assert stat.S_IMODE(local_infra.password_file.stat().st_mode) == 0o600
+    assert "trust" not in (local_infra.postgres.pgdata / "pg_hba.conf").read_text().replace("# ", "")
+
+
+def test_cluster_trusting_its_superuser_is_made_to_require_the_password(local_infra: LocalInfra) -> None:
+    """Starting a cluster whose pg_hba.conf still trusts the superuser (an earlier version's) sets the
+    password and replaces the rules: afterwards a password-less connection is refused."""
+    home = local_infra.state_dir / "legacy-test" / "postgres"
+    postgres = LocalPostgres(home, local_infra.postgres.port + 7)
+    bare = make_conninfo(
+        f"postgresql://postgres@127.0.0.1:{postgres.port}/postgres", passfile=os.devnull, connect_timeout=10
+    )
+    try:
+        postgres.start()
+        postgres.stop()
+        (postgres.pgdata / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+        lines: list[str] = []
+        postgres.start(progress=lines.append)
+        assert "postgres: requiring passwords for every role, the superuser included" in lines
+        with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+            psycopg.connect(bare)
+        with psycopg.connect(make_conninfo(bare, password=postgres.password())) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        postgres.stop()
+        shutil.rmtree(home.parent, ignore_errors=True)
 
 
 def _as_role(infra_env: InfraEnv, role: str, password: str) -> str:
