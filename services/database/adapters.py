@@ -91,6 +91,66 @@ class SqlCredentialStore:
             ).scalar_one()
         return self.box.decrypt(stored)
 
+    def reveal(self, project_id: str) -> tuple[str, str] | None:
+        """The tenant's role and password, once: the first call marks them revealed and
+        returns them; later ones (until a rotation) return None. LookupError if the project
+        has no stored password."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT role_name, password_encrypted, revealed_at FROM tenant_credentials "
+                    "WHERE project_id = :p FOR UPDATE"
+                ),
+                {"p": project_id},
+            ).one_or_none()
+            if row is None:
+                raise LookupError(project_id)
+            if row.revealed_at is not None:
+                return None
+            conn.execute(
+                text("UPDATE tenant_credentials SET revealed_at = now() WHERE project_id = :p"),
+                {"p": project_id},
+            )
+        return str(row.role_name), self.box.decrypt(row.password_encrypted)
+
+    def begin_rotation(self, project_id: str) -> tuple[str, str]:
+        """The role and the rotation's new password, generated and stored as pending on the
+        first call; a rotation cut off and run again gets the same password back."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT role_name, pending_password_encrypted FROM tenant_credentials "
+                    "WHERE project_id = :p FOR UPDATE"
+                ),
+                {"p": project_id},
+            ).one_or_none()
+            if row is None:
+                raise LookupError(project_id)
+            pending = row.pending_password_encrypted
+            if pending is None:
+                pending = self.box.encrypt(generate_password())
+                conn.execute(
+                    text(
+                        "UPDATE tenant_credentials SET pending_password_encrypted = :pw WHERE project_id = :p"
+                    ),
+                    {"p": project_id, "pw": pending},
+                )
+        return str(row.role_name), self.box.decrypt(pending)
+
+    def finish_rotation(self, project_id: str) -> bool:
+        """Make the pending password the stored one (to be revealed once more). False when
+        no rotation was pending (a concurrent run finished it)."""
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                text(
+                    "UPDATE tenant_credentials SET password_encrypted = pending_password_encrypted, "
+                    "pending_password_encrypted = NULL, rotated_at = now(), revealed_at = NULL "
+                    "WHERE project_id = :p AND pending_password_encrypted IS NOT NULL"
+                ),
+                {"p": project_id},
+            ).rowcount
+        return bool(moved)
+
     def existing_password(self, project_id: str) -> str | None:
         with self.engine.connect() as conn:
             stored = conn.execute(

@@ -88,6 +88,9 @@ tenant_credentials = Table(
     Column("role_name", Text, nullable=False),
     Column("password_encrypted", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revealed_at", DateTime(timezone=True)),
+    Column("pending_password_encrypted", Text),
+    Column("rotated_at", DateTime(timezone=True)),
 )
 
 service_registrations = Table(

@@ -1,0 +1,110 @@
+"""The tenant's own database credentials: delivered once, rotated safely.
+
+The database step creates the tenant's login role with a generated password, kept
+encrypted in the control plane; the result's ``connection_string`` never carries it.
+:func:`reveal_credentials` hands the full connection string to the tenant once, like the
+API keys. :func:`rotate_credentials` gives the role a new password in three moves — store it
+as pending, alter the role, make it the stored one — so that whatever instant a run is cut
+off at, running it again finishes the same rotation and leaves the role and the stored
+password in agreement. Passwords never reach a topic or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import structlog
+
+from services.bootstrap import App, default_app
+from services.database.adapters import PostgresTenantCluster
+from shared.events import DatabaseInfo
+from shared.steps import STEPS, StepStatus
+
+log = structlog.get_logger("provision.credentials")
+
+_DATABASE_STEP = STEPS[0].name
+
+
+class CredentialsError(LookupError):
+    """The project has no credentials to give: unknown, its database not created yet, or
+    already revealed (say which)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCredentials:
+    """Everything a tenant needs to connect to its database as its own role."""
+
+    host: str
+    port: int
+    database: str
+    role: str
+    password: str
+
+    @property
+    def connection_string(self) -> str:
+        """A libpq URL with the password, percent-encoded."""
+        return (
+            f"postgresql://{quote(self.role, safe='')}:{quote(self.password, safe='')}"
+            f"@{self.host}:{self.port}/{quote(self.database, safe='')}"
+        )
+
+    def __repr__(self) -> str:  # never print the password by accident
+        return f"TenantCredentials({self.role}@{self.host}:{self.port}/{self.database})"
+
+
+def _database_of(app: App, project_id: str) -> DatabaseInfo:
+    """Where the tenant's database is, as its database step recorded it."""
+    if app.repository.project(project_id) is None:
+        raise CredentialsError(f"project {project_id!r} does not exist")
+    row = app.repository.step(project_id, _DATABASE_STEP)
+    stored = (row.result or {}).get("results", {}).get("database") if row is not None else None
+    if row is None or row.status is not StepStatus.SUCCESS or not stored:
+        status = row.status.value if row is not None else "missing"
+        raise CredentialsError(
+            f"project {project_id!r} has no tenant database yet (its database step is {status})"
+        )
+    return DatabaseInfo.model_validate(stored)
+
+
+def reveal_credentials(project_id: str, *, app: App | None = None) -> TenantCredentials:
+    """The tenant's connection details with its password, once; CredentialsError after."""
+    app = app or default_app()
+    database = _database_of(app, project_id)
+    try:
+        revealed = app.credentials.reveal(project_id)
+    except LookupError:
+        raise CredentialsError(f"project {project_id!r} has no stored credentials") from None
+    if revealed is None:
+        raise CredentialsError(
+            f"the credentials of project {project_id!r} were revealed already; "
+            f"`provision credentials rotate {project_id}` sets a new password to reveal"
+        )
+    role, password = revealed
+    log.info("credentials_revealed", project_id=project_id, role=role)
+    return TenantCredentials(database.host, database.port, database.database_name, role, password)
+
+
+def rotate_credentials(project_id: str, *, app: App | None = None) -> str:
+    """Give the tenant's role a new password (revealed once by :func:`reveal_credentials`).
+    Idempotent and crash-safe: rerun after any failure, it finishes the same rotation.
+    Returns the role."""
+    app = app or default_app()
+    _database_of(app, project_id)
+    try:
+        role, password = app.credentials.begin_rotation(project_id)
+    except LookupError:
+        raise CredentialsError(f"project {project_id!r} has no stored credentials") from None
+    PostgresTenantCluster(app.cluster_address).ensure_role(role, password)
+    _crash_point(app, "credentials:after_role_change")
+    app.credentials.finish_rotation(project_id)
+    log.info("credentials_rotated", project_id=project_id, role=role)
+    return role
+
+
+def _crash_point(app: App, point: str) -> None:
+    """Testing switch (``PROVISION_CRASH_AT``): die here, as a kill -9 would."""
+    if app.settings.crash_at == point:
+        os.kill(os.getpid(), signal.SIGKILL)
