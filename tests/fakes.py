@@ -94,24 +94,26 @@ class FakeStepStore:
                 request=payload.model_dump(mode="json"),
                 request_hash=digest,
                 created_at=existing.created_at if existing else self.clock(),
-                ready_at=None,
+                ready_at=existing.ready_at if existing else None,
             )
             self.projects[payload.project_id] = record
             self._initialize(payload.project_id)
-            return Registration.NEW, record
+            return Registration.NEW, self._copied(record)
         if existing.request_hash == digest:
-            return Registration.DUPLICATE, existing
-        return Registration.CONFLICT, existing
+            return Registration.DUPLICATE, self._copied(existing)
+        return Registration.CONFLICT, self._copied(existing)
 
     def project(self, project_id: str) -> ProjectRecord | None:
         self._check()
         self.calls.append(("project", project_id))
-        return self.projects.get(project_id)
+        record = self.projects.get(project_id)
+        return self._copied(record) if record is not None else None
 
     def snapshot(self, project_id: str) -> Snapshot:
         self._check()
         self.calls.append(("snapshot", project_id))
-        return Snapshot(self.projects.get(project_id), self.steps(project_id))
+        record = self.projects.get(project_id)
+        return Snapshot(self._copied(record) if record is not None else None, self.steps(project_id))
 
     def remove_project(self, project_id: str) -> None:
         """The project and its steps are gone (deleted by an operator)."""
@@ -200,7 +202,8 @@ class FakeStepStore:
                 )
         except InvalidTransitionError:
             return None
-        return Claim(claimed, dict(project.request), [r.result for r in earlier if r.result is not None])
+        request = json.loads(json.dumps(project.request))
+        return Claim(claimed, request, [r.result for r in earlier if r.result is not None])
 
     def record_attempt_failure(
         self,
@@ -230,9 +233,20 @@ class FakeStepStore:
             return failed
         return self.transition(project_id, step_name, S.PENDING, record=False)
 
+    @staticmethod
+    def _copied(record: ProjectRecord) -> ProjectRecord:
+        """A project record as a read returns it: its request a fresh copy, as the database's is."""
+        return replace(record, request=_as_json(record.request))
+
     def _read(self, row: StepRow) -> StepRow:
+        """The row as a read returns it: a copy (a caller changing it changes no record)."""
         expires = row.lease_expires_at
-        return replace(row, lease_expired=expires is not None and expires < self.clock())
+        return replace(
+            row,
+            lease_expired=expires is not None and expires < self.clock(),
+            result=_as_json(row.result),
+            error_details=_as_json(row.error_details),
+        )
 
     def transition(
         self,
