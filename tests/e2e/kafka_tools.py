@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
+from shared.events import DeadLettered
 from shared.kafka import read_to_end
+from shared.steps import DEADLETTER_TOPIC
 
 
 def read_all(bootstrap: str, topics: Iterable[str], *, timeout: float = 10.0) -> list[Message]:
@@ -14,8 +16,31 @@ def read_all(bootstrap: str, topics: Iterable[str], *, timeout: float = 10.0) ->
     return list(read_to_end(bootstrap, topics, timeout=timeout))
 
 
-def produce_raw(bootstrap: str, topic: str, key: bytes | None, value: bytes | None) -> None:
-    """Produce bytes as they are, with no headers: a plain client, not the project's code."""
-    producer = Producer({"bootstrap.servers": bootstrap})
-    producer.produce(topic, key=key, value=value)
+def produce_raw(
+    bootstrap: str,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    config: Mapping[str, object] | None = None,
+) -> None:
+    """Produce bytes as they are, with no headers: a plain client, not the project's code.
+
+    ``config`` adds client settings, e.g. a larger ``message.max.bytes`` for huge messages.
+    """
+    errors: list[str] = []
+
+    def delivered(error: KafkaError | None, msg: Message) -> None:
+        if error is not None:
+            errors.append(error.str())
+
+    producer = Producer({"bootstrap.servers": bootstrap, **(config or {})})
+    producer.produce(topic, key=key, value=value, on_delivery=delivered)
     assert producer.flush(10) == 0
+    assert not errors, f"the broker refused the message: {errors}"
+
+
+def dead_letters(bootstrap: str) -> list[DeadLettered]:
+    """Every dead letter now on the dead-letter topic."""
+    letters = read_all(bootstrap, [DEADLETTER_TOPIC])
+    return [DeadLettered.model_validate_json(m.value() or b"") for m in letters]
