@@ -187,8 +187,8 @@ class StepWorker:
         log.warning("consumer_error", error=error.str())
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # The client applies the assignment when this callback returns; pauses are
-        # re-applied on the next tick, and until then `handle` turns paused messages back.
+        # The client applies the assignment when this callback returns; the next tick
+        # resumes these partitions, in case the client kept a pause from an earlier owner.
         self._assigned.extend(partitions)
         # Our last commit on a partition coming back is stale if another member moved it on.
         self.committed.forget(partitions)
@@ -196,23 +196,27 @@ class StepWorker:
         log.info("partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        # Pauses are kept: if a partition comes back before its wait is over, it waits on.
+        # A revoked partition's wait is forgotten: whoever gets it next, us included, starts
+        # from the group's committed offset (never past the message set aside, whose offset
+        # was not stored) and decides that message afresh. Seeking back to our old offset
+        # instead would replay what another member handled meanwhile.
+        for tp in partitions:
+            self._paused.pop((tp.topic, tp.partition), None)
         log.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _apply_assignment(self) -> None:
         if not self._assigned:
             return
         assigned, self._assigned = self._assigned, []
-        paused = [tp for tp in assigned if (tp.topic, tp.partition) in self._paused]
+        # librdkafka keeps a partition's pause across revocation and re-assignment; nobody
+        # else would lift it. A pause of ours set since the assignment stands.
         flowing = [tp for tp in assigned if (tp.topic, tp.partition) not in self._paused]
+        if not flowing:
+            return
         try:
-            if paused:
-                self.consumer.pause(paused)
-            if flowing:
-                # The client may remember a pause from before a revocation; nobody would lift it.
-                self.consumer.resume(flowing)
+            self.consumer.resume(flowing)
         except KafkaException as exc:
-            log.warning("reassignment_pause_failed", error=_kafka_text(exc))
+            log.warning("reassignment_resume_failed", error=_kafka_text(exc))
 
     # --- one message ----------------------------------------------------------------------
 
@@ -221,8 +225,9 @@ class StepWorker:
         incoming = _incoming(msg)
         pause = self._paused.get((incoming.topic, incoming.partition))
         if pause is not None:
-            # Prefetched before the pause took effect: the partition starts again from the
-            # message that was set aside, when it is due.
+            # Prefetched before the pause took effect, or the client did not pause (it
+            # refused, or forgot): pause again, and start from the message set aside.
+            self._hold(incoming.topic, incoming.partition)
             self._seek(incoming.topic, incoming.partition, pause.offset)
             return
         self.metrics.consumed.labels(self.step.key, incoming.topic).inc()
@@ -317,13 +322,15 @@ class StepWorker:
         self._publish_backoff = min(self._publish_backoff * 2, 10.0)
 
     def _pause(self, incoming: Incoming, seconds: float) -> None:
-        tp = TopicPartition(incoming.topic, incoming.partition, incoming.offset)
         self._paused[(incoming.topic, incoming.partition)] = _Pause(incoming.offset, self.clock() + seconds)
+        self._hold(incoming.topic, incoming.partition)
+        self._seek(incoming.topic, incoming.partition, incoming.offset)
+
+    def _hold(self, topic: str, partition: int) -> None:
         try:
-            self.consumer.pause([tp])
+            self.consumer.pause([TopicPartition(topic, partition)])
         except KafkaException as exc:
             log.warning("pause_failed", error=_kafka_text(exc))
-        self._seek(incoming.topic, incoming.partition, incoming.offset)
 
     def _seek(self, topic: str, partition: int, offset: int) -> None:
         try:
