@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from services.bootstrap import build_app
+import sys
+
+from pydantic import ValidationError
+
+from services.bootstrap import ConfigurationError, build_app
 from shared.kafka import StepWorker, relay_outbox
 from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
@@ -46,3 +50,22 @@ def run_worker(step_key: str, settings: Settings | None = None) -> None:
         if server is not None:
             server.shutdown()
         app.close()
+
+
+def main(step_key: str) -> None:
+    """``python -m services.<step>``: run the worker; bad configuration is one line on
+    stderr and exit code 2, never a traceback."""
+    try:
+        settings = Settings()
+        run_worker(step_key, settings)
+    except ConfigurationError as exc:
+        _refuse(str(exc))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        _refuse(f"invalid setting {where}: {first['msg']}")
+
+
+def _refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from shared.infra import InfraEnv, LocalInfra, docker_engine_available
 from shared.infra.kafka import wait_until_ready
@@ -72,7 +73,8 @@ def infra_handle(request: pytest.FixtureRequest) -> Iterator[InfraHandle]:
             pytest.fail(failure, pytrace=False)
         report.append(
             f"{handle.source} infra ready in {time.monotonic() - started_at:.1f} s: "
-            f"{handle.env.bootstrap_servers}, {handle.env.database_url}"
+            f"{handle.env.bootstrap_servers}, "
+            f"{make_url(handle.env.database_url).render_as_string(hide_password=True)}"
         )
         yield handle
 

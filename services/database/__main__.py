@@ -1,6 +1,6 @@
 """`python -m services.database`: run the database step's consumer."""
 
-from services.worker import run_worker
+from services.worker import main
 
 if __name__ == "__main__":
-    run_worker("database")
+    main("database")

@@ -1,6 +1,6 @@
 """`python -m services.keys`: run the keys step's consumer."""
 
-from services.worker import run_worker
+from services.worker import main
 
 if __name__ == "__main__":
-    run_worker("keys")
+    main("keys")

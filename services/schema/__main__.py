@@ -1,6 +1,6 @@
 """`python -m services.schema`: run the schema step's consumer."""
 
-from services.worker import run_worker
+from services.worker import main
 
 if __name__ == "__main__":
-    run_worker("schema")
+    main("schema")
