@@ -371,28 +371,36 @@ def test_claim_of_a_pending_step_runs_it_under_our_lease(store: Store) -> None:
     assert row_of(store, project_id) == RUNNING_MINE
 
 
+@pytest.mark.parametrize("skip_service", [None, "auth"], ids=["no-skip", "skip-service-off"])
 @pytest.mark.parametrize("expired", [False, True], ids=["live", "expired"])
-def test_claim_of_our_own_running_step_spends_no_attempt(store: Store, elapse: Elapse, expired: bool) -> None:
-    """Re-claiming our own running step (live or expired lease) keeps attempt and retry count."""
-    project_id, correlation_id, _ = register(store)
+def test_claim_of_our_own_running_step_spends_no_attempt(
+    store: Store, elapse: Elapse, expired: bool, skip_service: str | None
+) -> None:
+    """Re-claiming our own running step (live or expired lease) keeps attempt and retry count,
+    and a running step is never skipped."""
+    project_id, correlation_id, _ = register(store, services={"auth": False})
     assert claim(store, project_id, correlation_id, lease=SHORT) is not None
     if expired:
         elapse(PAST_SHORT)
         assert row_of(store, project_id) == RUNNING_MINE | {"lease_expired": True}
 
-    again = claim(store, project_id, correlation_id)
+    again = claim(store, project_id, correlation_id, skip_service=skip_service)
 
     assert again is not None
     assert view(again.row) == RUNNING_MINE
 
 
-def test_claim_takes_over_an_expired_lease_of_another_for_a_new_attempt(store: Store, elapse: Elapse) -> None:
-    """Another consumer's expired lease is taken over: ours now, attempt and retry count +1."""
-    project_id, correlation_id, _ = register(store)
+@pytest.mark.parametrize("skip_service", [None, "auth"], ids=["no-skip", "skip-service-off"])
+def test_claim_takes_over_an_expired_lease_of_another_for_a_new_attempt(
+    store: Store, elapse: Elapse, skip_service: str | None
+) -> None:
+    """Another consumer's expired lease is taken over (never skipped): ours now, attempt and
+    retry count +1."""
+    project_id, correlation_id, _ = register(store, services={"auth": False})
     assert claim(store, project_id, correlation_id, owner=OTHER, lease=SHORT) is not None
     elapse(PAST_SHORT)
 
-    taken = claim(store, project_id, correlation_id)
+    taken = claim(store, project_id, correlation_id, skip_service=skip_service)
 
     assert taken is not None
     assert view(taken.row) == RUNNING_MINE | {"attempt": 2, "retry_count": 1}
@@ -411,6 +419,18 @@ def test_claim_skips_a_step_whose_service_is_off_without_spending_an_attempt(sto
     assert view(skipped.row) == done
     assert row_of(store, project_id) == done
     assert claim(store, project_id, correlation_id, skip_service="auth") is None
+
+
+def test_claim_skipping_without_a_skip_result_stores_an_empty_one(store: Store) -> None:
+    """A skip with no skip_result given records an empty result, not none."""
+    project_id, correlation_id, _ = register(store, services={"auth": False})
+
+    skipped = store.claim(
+        project_id, FIRST, correlation_id=correlation_id, owner=ME, lease_seconds=LIVE, skip_service="auth"
+    )
+
+    assert skipped is not None
+    assert view(skipped.row) == expect(status=S.SKIPPED, result={}, started=True, completed=True)
 
 
 @pytest.mark.parametrize(
@@ -704,9 +724,10 @@ def story(store: Store, elapse: Elapse) -> list[object]:
             seen.append(value)
 
     note(claim(store, project_id, correlation_id, SECOND))
-    note(claim(store, project_id, correlation_id, owner=OTHER, lease=SHORT))
+    # long enough to be live still when the next claim is refused, on a busy machine too
+    note(claim(store, project_id, correlation_id, owner=OTHER, lease=1.0))
     note(claim(store, project_id, correlation_id))
-    elapse(PAST_SHORT)
+    elapse(1.2)
     note(claim(store, project_id, correlation_id))
     note(
         store.record_attempt_failure(
