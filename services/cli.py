@@ -11,12 +11,14 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
+from confluent_kafka import KafkaError, KafkaException
 from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
@@ -34,9 +36,10 @@ from services.worker import run_worker
 from shared.db import ConflictingRequestError, StepRow
 from shared.db import migrate as run_migrations
 from shared.errors import InvalidTransitionError, ProvisioningError
-from shared.infra import InfraError
+from shared.infra import InfraError, LocalInfra
 from shared.infra.cli import build_infra_app
 from shared.kafka import ensure_topics
+from shared.naming import InvalidProjectIdError, validate_project_id
 from shared.settings import Settings
 from shared.steps import STEP_KEYS, STEPS, Stage, StepStatus, all_topics, resolve_step
 
@@ -104,6 +107,7 @@ def _errors() -> Iterator[None]:
         InvalidRequestError,
         ConflictingRequestError,
         InvalidTransitionError,
+        InvalidProjectIdError,
         ConfigurationError,
     ) as exc:
         _die(str(exc), 2)
@@ -112,8 +116,16 @@ def _errors() -> Iterator[None]:
     except OperationalError as exc:
         first = str(exc.orig or exc).strip().splitlines()[0]
         _die(f"cannot reach the control-plane database ({first}); is `provision infra up` running?", 1)
+    except KafkaException as exc:
+        _die(f"Kafka did not answer ({_kafka_reason(exc)}); is the broker up?", 1)
     except KeyboardInterrupt:
         _die("interrupted", 130)
+
+
+def _kafka_reason(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    text = error.str() if isinstance(error, KafkaError) else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 # --- infrastructure -----------------------------------------------------------------------
@@ -439,65 +451,86 @@ def demo(
     workers as separate processes, one request, live progress, the result, shutdown."""
 
     started = time.monotonic()
-    settings = _settings(local=True)  # local by nature: it starts the servers it lacks
-    infra = local_infra(settings)
-    started_infra = False
-    workers: list[subprocess.Popen[bytes]] = []
-    log_dir = Path(settings.state_dir) / "logs"
     with _errors():
-        if settings.kafka_bootstrap_servers is None or settings.database_url is None:
-            was_running = all(state.startswith("running") for state in infra.status().values())
-            infra.up(lambda line: err.print(f"[dim]infra:[/dim] {line}", highlight=False))
-            started_infra = not was_running
-        a = build_app(settings)
-        applied = run_migrations(a.engine)
-        err.print(f"migrations: {', '.join(applied) if applied else 'up to date'}")
-        ensure_topics(
-            a.bootstrap_servers,
-            all_topics(),
-            partitions=settings.topic_partitions,
-            replication=settings.topic_replication,
-        )
-        err.print(f"topics: {len(all_topics())} ready")
-        log_dir.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            **worker_environment(
-                settings, bootstrap_servers=a.bootstrap_servers, database_url=a.database_url
-            ),
-        }
-        try:
-            for key in STEP_KEYS:
-                with (log_dir / f"{key}.log").open("ab") as log_file:
-                    workers.append(
-                        subprocess.Popen(
-                            [sys.executable, "-m", f"services.{key}"],
-                            env=env,
-                            stdout=log_file,
-                            stderr=log_file,
-                        )
-                    )
-            err.print(f"workers: {len(workers)} started (logs in {log_dir}/)")
-            pid = project_id or f"demo-{uuid.uuid4().hex[:6]}"
-            receipt = request_provisioning({"project_id": pid, "region": region}, app=a)
-            out.print(f"requested {pid} (correlation_id {receipt.correlation_id})")
-            _follow(a, pid, timeout=180)
-            out.print()
-            result = _final_result(a, pid)
-            out.print_json(json.dumps(result))
-        finally:
-            for proc in workers:
-                proc.send_signal(signal.SIGTERM)
-            for proc in workers:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            err.print(f"workers: stopped ({', '.join(str(p.returncode) for p in workers)})")
-            a.close()
-            if started_infra and not keep_infra:
-                infra.down(lambda line: err.print(f"[dim]infra:[/dim] {line}", highlight=False))
+        # Every argument and setting is checked before anything starts.
+        settings = _settings(local=True)  # local by nature: it starts the servers it lacks
+        pid = validate_project_id(project_id) if project_id else f"demo-{uuid.uuid4().hex[:6]}"
+        if region not in settings.regions:
+            raise UsageError(f"region {region!r} is not one of {', '.join(sorted(settings.regions))}")
+        # SIGTERM unwinds like Ctrl-C, so everything started below is stopped again.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        with ExitStack() as cleanup:
+            _demo(settings, pid, region, keep_infra=keep_infra, cleanup=cleanup)
     err.print(f"demo finished in {time.monotonic() - started:.1f} s")
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanup: ExitStack) -> None:
+    """The demo's work; each thing it starts registers its own stop on ``cleanup`` first,
+    so any exit (an error, a port taken, Ctrl-C, SIGTERM) stops exactly what it started."""
+    infra = local_infra(settings)
+    if settings.kafka_bootstrap_servers is None or settings.database_url is None:
+        before = infra.status()
+        if not keep_infra:
+            cleanup.callback(_stop_started, infra, before)
+        infra.up(lambda line: err.print(f"[dim]infra:[/dim] {line}", highlight=False))
+    a = build_app(settings)
+    cleanup.callback(a.close)
+    applied = run_migrations(a.engine)
+    err.print(f"migrations: {', '.join(applied) if applied else 'up to date'}")
+    ensure_topics(
+        a.bootstrap_servers,
+        all_topics(),
+        partitions=settings.topic_partitions,
+        replication=settings.topic_replication,
+    )
+    err.print(f"topics: {len(all_topics())} ready")
+    log_dir = Path(settings.state_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        **worker_environment(settings, bootstrap_servers=a.bootstrap_servers, database_url=a.database_url),
+    }
+    workers: list[subprocess.Popen[bytes]] = []
+    cleanup.callback(_stop_workers, workers)
+    for key in STEP_KEYS:
+        with (log_dir / f"{key}.log").open("ab") as log_file:
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", f"services.{key}"], env=env, stdout=log_file, stderr=log_file
+                )
+            )
+    err.print(f"workers: {len(workers)} started (logs in {log_dir}/)")
+    receipt = request_provisioning({"project_id": pid, "region": region}, app=a)
+    out.print(f"requested {pid} (correlation_id {receipt.correlation_id})")
+    _follow(a, pid, timeout=180)
+    out.print()
+    out.print_json(json.dumps(_final_result(a, pid)))
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for proc in workers:
+        proc.send_signal(signal.SIGTERM)
+    for proc in workers:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if workers:
+        err.print(f"workers: stopped ({', '.join(str(p.returncode) for p in workers)})")
+
+
+def _stop_started(infra: LocalInfra, before: dict[str, str]) -> None:
+    """Stop the servers that were not running before the demo (a partial start included)."""
+    progress = lambda line: err.print(f"[dim]infra:[/dim] {line}", highlight=False)  # noqa: E731
+    if not before["kafka"].startswith("running"):
+        infra.stop_kafka(progress)
+    if not before["postgres"].startswith("running"):
+        infra.stop_postgres(progress)
 
 
 def _final_result(a: App, project_id: str) -> dict[str, Any]:

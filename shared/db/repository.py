@@ -331,6 +331,7 @@ class StepRepository:
 
     # --- steps ----------------------------------------------------------------------------
 
+    @_unavailable_as_error
     def initialize(self, project_id: str) -> list[StepRow]:
         """Seven pending rows in the seed's order, creating a bare project record if needed.
 

@@ -146,3 +146,17 @@ def test_usage_error_text_is_not_markup() -> None:
 def test_usage_error_shows_pattern_intact() -> None:
     """The project id error shows the pattern with its character classes."""
     assert "[a-z]" in _one_line_usage_error(_run("request", "BAD_ID", "--region", "us-east-1"))
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [(("--project-id", "Bad_ID"), "project id"), (("--region", "mars-1"), "region 'mars-1'")],
+    ids=["bad-id", "unknown-region"],
+)
+def test_demo_refuses_bad_arguments_before_starting_anything(
+    tmp_path: Path, args: tuple[str, ...], names: str
+) -> None:
+    """demo with a bad id or region exits 2 with one line, and starts nothing (no state dir)."""
+    line = _one_line_usage_error(_run("demo", *args))
+    assert names in line
+    assert not (tmp_path / "state").exists()
