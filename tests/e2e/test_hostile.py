@@ -17,8 +17,10 @@ import signal
 import subprocess
 import sys
 import uuid
+import zlib
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -26,6 +28,7 @@ import pytest
 
 from services.api import project_status, request_provisioning
 from services.bootstrap import App
+from services.replay import replay
 from shared.db import libpq_url
 from shared.events import DeadLettered, ProvisionProjectPayload, utcnow
 from shared.execution import outcome_event_id
@@ -540,3 +543,59 @@ def test_sigterm_exits_cleanly_and_the_restart_reprocesses_nothing(
     ]
     assert len(sources) == len(set(sources)), "a message was dead-lettered twice"
     assert_integrity(app, [pid])
+
+
+def _partition_of(key: str, partitions: int) -> int:
+    """librdkafka's default partitioner for a keyed message: CRC32 of the key."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+# Last in the module: on failure the forged message keeps a retry partition paused a while.
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "StepCore waits out any retry event's not_before before checking anything else: a forged "
+        "retry, even for an unknown project, pauses its retry-topic partition until that time "
+        "(unbounded), holding up every due retry and replay behind it"
+    ),
+)
+def test_a_forged_far_future_retry_does_not_hold_up_due_retries(
+    app: App, running_workers: WorkerGroup
+) -> None:
+    """A retry event forged with a not_before far beyond the retry policy, for a made-up
+    project, does not stop a due replay on the same retry partition from running."""
+    failing = unique_project("heldup")
+    request = {"project_id": failing, "region": "eu-west-1", "database": {"engine": "mysql"}}
+    _produce(app, REQUESTED_TOPIC, _envelope(failing, request=request))
+    wait_until_stage(app, [failing], Stage.FAILED, timeout=WAIT_S)
+
+    partitions = app.settings.topic_partitions
+    stranger = next(
+        pid
+        for pid in (unique_project("stranger") for _ in range(100))
+        if _partition_of(pid, partitions) == _partition_of(failing, partitions)
+    )
+    first = step_by_key("database")
+    seen = _envelope(stranger)
+    # Far beyond the policy (retries at most retry_max_seconds apart, leases lease_seconds long),
+    # yet short enough that the partition frees itself soon after this test.
+    not_before = utcnow() + timedelta(seconds=40)
+    forged = _envelope(
+        stranger,
+        first.retry_topic,
+        correlation_id=seen["correlation_id"],
+        input=seen,
+        not_before=not_before.isoformat(),
+    )
+    _produce(app, first.retry_topic, forged)
+    assert [d.action for d in replay(app, step_key="database", project_id=failing)] == ["replayed"]
+    row = wait_for(
+        lambda: (
+            (r := app.repository.step(failing, first.name)) is not None
+            and r.status is StepStatus.FAILED
+            and r
+        ),
+        timeout=15,
+        message="the replayed step never ran: its retry partition is held by the forged message",
+    )
+    assert row.replay_count == 1
