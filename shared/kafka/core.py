@@ -54,7 +54,7 @@ from shared.execution import (
 )
 from shared.kafka.codec import DecodeError, decode, header_map
 from shared.observability import Metrics
-from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
+from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, StepStatus
 
 log = structlog.get_logger("provision.worker")
 
@@ -65,6 +65,8 @@ DEADLETTER_VALUE_BYTES = 64 * 1024
 DEADLETTER_KEY_BYTES = 1024
 DEADLETTER_HEADER_BYTES = 1024
 DEADLETTER_HEADERS = 32
+RETRY_WAIT_SLACK_SECONDS = 5.0
+"""Clock skew allowed between the worker that scheduled a retry and the one that waits it out."""
 UNEXPECTED_ERRORS_BEFORE_DEADLETTER = 3
 """A message whose handling raises an unforeseen error is tried this many times, then
 dead-lettered, so even a bug cannot hold a partition for good."""
@@ -85,6 +87,11 @@ class RetryPolicy:
         spread = raw * self.jitter
         jittered: float = raw + random.uniform(-spread, spread)  # noqa: S311 - jitter, not security
         return max(0.0, jittered)
+
+    def longest_delay(self, attempt: int) -> float:
+        """The most :meth:`delay` can give for ``attempt``, jitter included."""
+        raw: float = min(self.max_seconds, self.base_seconds * 2 ** (max(attempt, 1) - 1))
+        return raw * (1 + self.jitter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,15 +204,19 @@ class StepCore:
 
         event = decoded.event
         if isinstance(event, StepRetryScheduled):
-            wait = (event.not_before - utcnow()).total_seconds()
-            if wait > 0:
-                return Wait(wait, "retry not yet due")
             step_input: StepInputEvent = event.input
         else:
             step_input = cast(StepInputEvent, event)  # each input topic carries one input model
         contradiction = _contradiction(event, step_input)
         if contradiction is not None:
             return self._dead(msg, contradiction)
+        if isinstance(event, StepRetryScheduled):
+            try:
+                wait = self._retry_wait(event)
+            except StoreUnavailableError as exc:
+                return self._store_unavailable(exc)
+            if wait > 0:
+                return Wait(wait, "retry not yet due")
 
         trigger = Trigger(
             project_id=step_input.project_id,
@@ -234,13 +245,40 @@ class StepCore:
                 before_work=lambda: self.crash_point("before_work"),
             )
         except StoreUnavailableError as exc:
-            seconds = self._store_backoff
-            self._store_backoff = min(self._store_backoff * 2, self.options.store_backoff_max)
-            self.metrics.store_unavailable.labels(self.step.key).inc()
-            log.warning("control_plane_unavailable", error=str(exc), retry_in_s=round(seconds, 3))
-            return Wait(seconds, "control plane unavailable")
+            return self._store_unavailable(exc)
         self._store_backoff = 0.5
         return self._publications(msg, step_input, outcome, decoded.headers.get("traceparent"), bind)
+
+    def _store_unavailable(self, exc: StoreUnavailableError) -> Wait:
+        seconds = self._store_backoff
+        self._store_backoff = min(self._store_backoff * 2, self.options.store_backoff_max)
+        self.metrics.store_unavailable.labels(self.step.key).inc()
+        log.warning("control_plane_unavailable", error=str(exc), retry_in_s=round(seconds, 3))
+        return Wait(seconds, "control plane unavailable")
+
+    def _retry_wait(self, event: StepRetryScheduled) -> float:
+        """How long a retry not yet due may hold its partition: as long as the record allows,
+        never as long as the message alone says. A retry of a step the record does not show
+        waiting (unknown project, other correlation, step done or failed) waits not at all:
+        it is decided at once, and refused or ignored there. A genuine retry is scheduled
+        when its step's row last changed, at most the policy's longest delay (or a lease)
+        later; a ``not_before`` beyond that is cut back to it."""
+        wait = (event.not_before - utcnow()).total_seconds()
+        if wait <= 0:
+            return 0.0
+        snapshot = self.store.snapshot(event.input.project_id)
+        row = snapshot.step(self.step.name)
+        project = snapshot.project
+        if (
+            row is None
+            or project is None
+            or project.correlation_id != event.correlation_id
+            or row.status not in (StepStatus.PENDING, StepStatus.RUNNING)
+        ):
+            return 0.0
+        longest = max(self.options.retry.longest_delay(row.attempt), self.options.lease_seconds)
+        latest = row.updated_at + timedelta(seconds=longest + RETRY_WAIT_SLACK_SECONDS)
+        return max(0.0, min(wait, (latest - utcnow()).total_seconds()))
 
     # --- outcomes to publications ---------------------------------------------------------
 

@@ -550,15 +550,7 @@ def _partition_of(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
-# Last in the module: on failure the forged message keeps a retry partition paused a while.
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "StepCore waits out any retry event's not_before before checking anything else: a forged "
-        "retry, even for an unknown project, pauses its retry-topic partition until that time "
-        "(unbounded), holding up every due retry and replay behind it"
-    ),
-)
+# Last in the module: were the fix undone, the forged message would hold a retry partition a while.
 def test_a_forged_far_future_retry_does_not_hold_up_due_retries(
     app: App, running_workers: WorkerGroup
 ) -> None:

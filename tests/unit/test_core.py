@@ -3,18 +3,25 @@ partition for good."""
 
 from __future__ import annotations
 
-from shared.events import DeadLettered
+import uuid
+from datetime import UTC, datetime
+
+from shared.events import DeadLettered, new_event_id, retry_event_for, utcnow
+from shared.kafka.codec import encode
 from shared.kafka.core import (
+    RETRY_WAIT_SLACK_SECONDS,
     UNEXPECTED_ERRORS_BEFORE_DEADLETTER,
     Deliver,
     Incoming,
+    RetryPolicy,
     StepCore,
     Wait,
     WorkerOptions,
 )
 from shared.observability import Metrics
-from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
-from tests.fakes import Fakes, make_requested
+from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
+from shared.tracing import new_trace
+from tests.fakes import FakeClock, Fakes, make_requested
 
 
 def _message(offset: int = 7) -> Incoming:
@@ -65,3 +72,58 @@ def test_a_passing_error_is_forgotten_once_the_message_is_handled(fakes: Fakes) 
     assert isinstance(decision, Deliver)
     assert decision.completed
     assert core._unexpected == {}
+
+
+def _retry(
+    not_before: datetime, *, project: str = "acme-app", correlation: uuid.UUID | None = None
+) -> Incoming:
+    requested = make_requested(project_id=project)
+    if correlation is not None:
+        requested = requested.model_copy(update={"correlation_id": correlation})
+    step = step_by_key("database")
+    retry = retry_event_for("database")(
+        event_id=new_event_id(),
+        event_type=step.retry_topic,
+        occurred_at=utcnow(),
+        project_id=requested.project_id,
+        correlation_id=requested.correlation_id,
+        causation_id=requested.event_id,
+        request=requested.request,
+        results=requested.results,
+        attempt=2,
+        input=requested,
+        not_before=not_before,
+    )
+    key, value, headers = encode(retry, new_trace())
+    return Incoming(step.retry_topic, 0, 3, key, value, list(headers))
+
+
+FAR = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def test_a_forged_retry_of_an_unknown_project_does_not_hold_its_partition(fakes: Fakes) -> None:
+    """A retry for a project the record does not know, due in the year 9999, is decided at
+    once, not waited for (wrapping a request, it is a request like any other)."""
+    decision = _core(fakes).decide(_retry(FAR, project="nobody-here"))
+    assert isinstance(decision, Deliver)
+
+
+def test_a_far_off_retry_of_a_waiting_step_is_cut_back_to_what_the_policy_allows() -> None:
+    """A genuine pending step, a retry claiming the year 9999: the wait is at most the retry
+    policy's longest delay (or a lease) after the row last changed."""
+    fakes = Fakes(clock=FakeClock(utcnow()))
+    event = make_requested()
+    fakes.store.register_request(event.request, event.correlation_id)
+    options = WorkerOptions(retry=RetryPolicy(base_seconds=10, max_seconds=60, jitter=0.2), lease_seconds=30)
+    core = StepCore(fakes.specs["database"], store=fakes.store, options=options, metrics=Metrics())
+    decision = core.decide(_retry(FAR, correlation=event.correlation_id))
+    assert isinstance(decision, Wait)
+    assert 25 < decision.seconds <= 30 + RETRY_WAIT_SLACK_SECONDS  # attempt 0: max(12, lease 30) + slack
+
+
+def test_a_retry_of_a_step_already_done_is_not_waited_for(fakes: Fakes) -> None:
+    """A retry of a step the record shows succeeded is decided at once: no wait, no work."""
+    event = make_requested()
+    fakes.run_chain_from("database", event)
+    decision = _core(fakes).decide(_retry(FAR, correlation=event.correlation_id))
+    assert not isinstance(decision, Wait)

@@ -23,7 +23,7 @@ from shared.observability import Health, Metrics
 from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.tracing import new_trace
 from tests.fakebroker import FakeBroker, FakeConsumer, FakeProducer, MonotonicClock
-from tests.fakes import Fakes, make_requested
+from tests.fakes import FakeClock, Fakes, make_requested
 
 STEP = step_by_key("database")
 IN = (REQUESTED_TOPIC, 0)
@@ -214,11 +214,12 @@ def test_an_unavailable_store_waits_without_spending_an_attempt(rig: Rig) -> Non
     assert rig.fakes.store.rows[("acme-app", STEP.name)].attempt == 1
 
 
-def test_a_retry_not_yet_due_waits_until_its_not_before(fakes: Fakes) -> None:
-    """A retry message whose time has not come pauses its partition until then, stores nothing."""
-    rig = Rig(fakes)
+def test_a_retry_not_yet_due_waits_until_its_not_before() -> None:
+    """A retry of a step the record shows waiting pauses its partition until then, stores nothing."""
+    rig = Rig(Fakes(clock=FakeClock(utcnow())))
     rig.subscribe((STEP.retry_topic, 0))
     requested = make_requested()
+    rig.fakes.store.register_request(requested.request, requested.correlation_id)
     retry = retry_event_for(STEP.key)(
         event_id=new_event_id(),
         event_type=STEP.retry_topic,
