@@ -29,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 from services.api import InvalidRequestError, ProjectStatus, project_status, request_provisioning
 from services.bench.cli import bench_app
 from services.bootstrap import App, ConfigurationError, build_app, local_infra, worker_environment
+from services.credentials import CredentialsError, reveal_credentials, rotate_credentials
 from services.keys.adapters import NothingToRevealError
 from services.replay import replay as run_replay
 from services.schemas import stale_schemas, write_schemas
@@ -39,18 +40,31 @@ from shared.errors import InvalidTransitionError, ProvisioningError
 from shared.infra import InfraError, LocalInfra
 from shared.infra.cli import build_infra_app
 from shared.kafka import ensure_topics
+from shared.logging import configure_logging
 from shared.naming import InvalidProjectIdError, validate_project_id
 from shared.settings import Settings
 from shared.steps import STEP_KEYS, STEPS, Stage, StepStatus, all_topics, resolve_step
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="Tenant provisioning by Kafka choreography: seven step consumers bring a project to life.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _configure() -> None:
+    """Log lines go to stderr, warnings and worse unless PROVISION_LOG_LEVEL says otherwise:
+    stdout is the command's answer (a connection string, JSON) and nothing else."""
+    configure_logging(os.environ.get("PROVISION_LOG_LEVEL", "WARNING"), "auto")
+
+
 keys_app = typer.Typer(help="API keys of a project.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+credentials_app = typer.Typer(help="The tenant's own database credentials.", no_args_is_help=True)
+app.add_typer(credentials_app, name="credentials")
 out = Console()
 err = Console(stderr=True)
 
@@ -206,7 +220,9 @@ def worker(
 @app.command()
 def request(
     project_id: Annotated[str, typer.Argument(help="The project id: lower-case letters, digits, hyphens.")],
-    region: Annotated[str | None, typer.Option(help="Target region, e.g. us-east-1.")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="Target region, e.g. us-east-1 (required unless --payload has one).")
+    ] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Do not register with auth.")] = False,
     no_realtime: Annotated[
         bool, typer.Option("--no-realtime", help="Do not register with realtime.")
@@ -361,6 +377,8 @@ def _follow(a: App, project_id: str, timeout: float) -> None:
 
     deadline = time.monotonic() + timeout
     state = project_status(project_id, app=a)
+    if not state.exists:
+        raise Failure(f"no project {project_id!r}")
     with Live(_progress_view(state), console=out, refresh_per_second=8, transient=False) as live:
         while True:
             state = project_status(project_id, app=a)
@@ -370,6 +388,8 @@ def _follow(a: App, project_id: str, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise Failure(f"{project_id} still {state.stage.value} after {timeout:g} s")
             time.sleep(0.1)
+    if not out.is_terminal:  # off a terminal, Live leaves the last line unterminated
+        out.line()
     if state.stage is Stage.FAILED:
         failed = next(r for r in state.steps if r.status.value == "failed")
         raise Failure(f"{project_id} failed at {failed.step_name}: {failed.error_message}")
@@ -427,13 +447,46 @@ def keys_reveal(
     """Show the project's API key secrets, once: they are erased as they are shown."""
 
     with _errors():
+        a = _app(local=local)
+        if a.repository.project(project_id) is None:
+            raise Failure(f"no project {project_id!r}")
         try:
-            revealed = _app(local=local).key_store.reveal(project_id)
+            revealed = a.key_store.reveal(project_id)
         except NothingToRevealError as exc:
             raise Failure(f"{exc.args[0]} (secrets are shown once)") from None
     for key in revealed:
         out.print(f"{key.info.key_id}  {key.secret}", highlight=False)
     err.print("these secrets are now erased from the control plane; store them safely")
+
+
+@credentials_app.command("reveal")
+def credentials_reveal(
+    project_id: Annotated[str, typer.Argument(help="The project id.")], local: LocalFlag = False
+) -> None:
+    """Show the tenant's database connection string with its password, once."""
+
+    with _errors():
+        try:
+            credentials = reveal_credentials(project_id, app=_app(local=local))
+        except CredentialsError as exc:
+            raise Failure(str(exc)) from None
+    out.print(credentials.connection_string, highlight=False, soft_wrap=True)
+    err.print("shown once; `provision credentials rotate` sets a new password to show")
+
+
+@credentials_app.command("rotate")
+def credentials_rotate(
+    project_id: Annotated[str, typer.Argument(help="The project id.")], local: LocalFlag = False
+) -> None:
+    """Give the tenant's role a new password (then shown once by `credentials reveal`).
+    Safe to run again after any failure: it finishes the same rotation."""
+
+    with _errors():
+        try:
+            role = rotate_credentials(project_id, app=_app(local=local))
+        except CredentialsError as exc:
+            raise Failure(str(exc)) from None
+    out.print(f"{project_id}: new password set on role {role}; `provision credentials reveal` shows it once")
 
 
 # --- demo ---------------------------------------------------------------------------------

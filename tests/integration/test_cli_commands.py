@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from services.api import provision_project_handler
 from services.bootstrap import App
 from services.cli import app as cli
 from shared.steps import StepStatus
+from tests.integration.test_requests import payload
 from tests.support import TEST_SECRET_KEY, unique_project
 
 
@@ -75,3 +78,37 @@ def test_migrate_and_topics_are_idempotent(app: App, cli_env: None) -> None:
     topics = CliRunner().invoke(cli, ["topics"])
     assert topics.exit_code == 0, topics.output
     assert "23 topics: 0 created, 23 already there" in topics.output
+
+
+def test_watch_and_keys_of_an_unknown_project_say_so_at_once(app: App, cli_env: None) -> None:
+    """status --watch and keys reveal on an unknown project: one line 'no project', exit 1, at once."""
+    pid = unique_project("nobody")
+    for args in (["status", pid, "--watch"], ["keys", "reveal", pid], ["credentials", "reveal", pid]):
+        started = time.monotonic()
+        result = CliRunner().invoke(cli, args)
+        assert (result.exit_code, time.monotonic() - started < 5) == (1, True), (args, result.output)
+        assert result.output.strip().splitlines() == [
+            f"error: no project {pid!r}"
+            if args[0] != "credentials"
+            else f"error: project {pid!r} does not exist"
+        ]
+
+
+def test_credentials_reveal_twice_then_rotate(app: App, cli_env: None) -> None:
+    """credentials reveal prints a working connection string once; the second says rotate; after
+    credentials rotate, reveal shows the new one."""
+    pid = unique_project("clicred")
+    provision_project_handler(payload(pid), app=app)
+    first = CliRunner().invoke(cli, ["credentials", "reveal", pid])
+    assert first.exit_code == 0, first.output
+    url = first.stdout.strip()
+    assert url.startswith("postgresql://tenant_")
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user").fetchone() is not None
+    second = CliRunner().invoke(cli, ["credentials", "reveal", pid])
+    assert second.exit_code == 1
+    assert "revealed already" in second.output
+    rotated = CliRunner().invoke(cli, ["credentials", "rotate", pid])
+    assert rotated.exit_code == 0, rotated.output
+    third = CliRunner().invoke(cli, ["credentials", "reveal", pid])
+    assert third.exit_code == 0 and third.stdout.strip() != url

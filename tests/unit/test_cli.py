@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from typer.main import get_command
 from typer.testing import CliRunner, Result
 
 import services.bootstrap
@@ -160,3 +161,18 @@ def test_demo_refuses_bad_arguments_before_starting_anything(
     line = _one_line_usage_error(_run("demo", *args))
     assert names in line
     assert not (tmp_path / "state").exists()
+
+
+def _commands(command: object, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    sub = getattr(command, "commands", None)
+    if not sub:
+        return [path]
+    return [path, *(p for name, c in sub.items() for p in _commands(c, (*path, name)))]
+
+
+def test_help_of_every_command_shows_no_type_on_flags() -> None:
+    """Every command's --help is clean: no `<bool>` metavar on flags, no traceback."""
+    for path in _commands(get_command(app)):
+        result = _run(*path, "--help")
+        assert result.exit_code == 0, (path, result.output)
+        assert "<bool>" not in result.output, path
