@@ -38,8 +38,14 @@ class ConfigurationError(Exception):
 
 
 def local_infra(settings: Settings) -> LocalInfra:
-    """The local Kafka + PostgreSQL of ``provision infra``, as configured."""
-    from shared.infra import LocalInfra  # noqa: PLC0415 - workers never need it; it is heavy
+    """The local Kafka + PostgreSQL of ``provision infra``, as configured; InfraError naming
+    the 'local' extra when its packages are not installed (a worker image lacks them)."""
+    from shared.infra import LOCAL_EXTRA_HINT, InfraError  # noqa: PLC0415
+
+    try:
+        from shared.infra import LocalInfra  # noqa: PLC0415 - workers never need it; it is heavy
+    except ImportError as exc:
+        raise InfraError(f"{LOCAL_EXTRA_HINT} ({exc.name} is missing)") from None
 
     return LocalInfra(
         state_dir=settings.state_dir,

@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from confluent_kafka import KafkaError, KafkaException
@@ -37,13 +37,16 @@ from services.worker import run_worker
 from shared.db import ConflictingRequestError, StepRow
 from shared.db import migrate as run_migrations
 from shared.errors import InvalidTransitionError, ProvisioningError
-from shared.infra import InfraError, LocalInfra
+from shared.infra import InfraError
 from shared.infra.cli import build_infra_app
 from shared.kafka import ensure_topics
 from shared.logging import configure_logging
 from shared.naming import InvalidProjectIdError, validate_project_id
 from shared.settings import Settings
 from shared.steps import STEP_KEYS, STEPS, Stage, StepStatus, all_topics, resolve_step
+
+if TYPE_CHECKING:
+    from shared.infra import LocalInfra
 
 app = typer.Typer(
     rich_markup_mode=None,

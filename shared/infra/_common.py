@@ -10,8 +10,10 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 _STACK_FRAME = re.compile(r"(at [\w$.<>/]+\(.*\)|\.\.\. \d+ more)")
 
@@ -87,6 +89,8 @@ def live_process(pid: int) -> psutil.Process | None:
     zombie after it dies until its parent reaps it, and a zombie still "exists" to
     ``kill(pid, 0)``; reap it here so a crashed broker reads as stopped.
     """
+    import psutil  # noqa: PLC0415 - only the local servers need it (the 'local' extra)
+
     try:
         process = psutil.Process(pid)
         if process.status() != psutil.STATUS_ZOMBIE:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from shared.infra._common import InfraError
-from shared.infra.local import LocalInfra
+
+if TYPE_CHECKING:
+    from shared.infra.local import LocalInfra
 
 
 def _progress(line: str) -> None:
