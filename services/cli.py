@@ -36,7 +36,7 @@ from services.schemas import stale_schemas, write_schemas
 from services.worker import run_worker
 from shared.db import ConflictingRequestError, StepRow
 from shared.db import migrate as run_migrations
-from shared.errors import InvalidTransitionError, ProvisioningError
+from shared.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.infra import InfraError
 from shared.infra.cli import build_infra_app
 from shared.kafka import ensure_topics
@@ -92,6 +92,14 @@ LocalFlag = Annotated[
 ]
 
 
+BrokerTimeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout", min=0.1, help="Give up on an unanswering Kafka broker after this many seconds."
+    ),
+]
+
+
 def _settings(*, local: bool = False) -> Settings:
     """The settings from the environment; ``local`` turns local mode on (never off)."""
     try:
@@ -130,8 +138,9 @@ def _errors() -> Iterator[None]:
         _die(str(exc), 2)
     except (Failure, InfraError, ProvisioningError) as exc:
         _die(str(exc), 1)
-    except OperationalError as exc:
-        first = str(exc.orig or exc).strip().splitlines()[0]
+    except (OperationalError, StoreUnavailableError) as exc:
+        cause = exc.orig if isinstance(exc, OperationalError) else exc
+        first = (str(cause or exc).strip().splitlines() or [type(exc).__name__])[0]
         _die(f"cannot reach the control-plane database ({first}); is `provision infra up` running?", 1)
     except KafkaException as exc:
         _die(f"Kafka did not answer ({_kafka_reason(exc)}); is the broker up?", 1)
@@ -162,7 +171,7 @@ def migrate(local: LocalFlag = False) -> None:
 
 
 @app.command()
-def topics(local: LocalFlag = False) -> None:
+def topics(local: LocalFlag = False, timeout: BrokerTimeout = 10.0) -> None:
     """Create every topic that is missing (partitions and replication from settings)."""
 
     with _errors():
@@ -172,6 +181,7 @@ def topics(local: LocalFlag = False) -> None:
             all_topics(),
             partitions=a.settings.topic_partitions,
             replication=a.settings.topic_replication,
+            timeout=timeout,
         )
     created = [t for t, state in outcome.items() if state == "created"]
     out.print(f"{len(outcome)} topics: {len(created)} created, {len(outcome) - len(created)} already there")
@@ -418,6 +428,7 @@ def replay(
     ] = False,
     max_replays: Annotated[int | None, typer.Option("--max", min=1, help="Replay at most N steps.")] = None,
     local: LocalFlag = False,
+    timeout: BrokerTimeout = 10.0,
 ) -> None:
     """Re-drive failed steps from the failed topics, once their cause is fixed."""
 
@@ -437,6 +448,7 @@ def replay(
             progress=lambda d: out.print(
                 f"{d.action:>12}  {d.project_id} {d.step}: {d.reason}", highlight=False
             ),
+            timeout=timeout,
         )
     acted = sum(1 for d in decisions if d.action != "skipped")
     verb = "would replay" if dry_run else "replayed"

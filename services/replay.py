@@ -45,16 +45,18 @@ def replay(
     dry_run: bool = False,
     max_replays: int | None = None,
     progress: Callable[[ReplayDecision], None] = lambda d: None,
+    timeout: float = 10.0,
 ) -> list[ReplayDecision]:
     """Move each still-failed step back to pending and republish its original input.
 
     Only the latest failure of each (project, step) counts. A step that is no longer
     ``failed`` is skipped, so replaying twice does no work twice; a step replayed
-    ``max_replays_per_step`` times is skipped by the loop guard.
+    ``max_replays_per_step`` times is skipped by the loop guard. Each wait on the broker
+    (reading the failed topics, the final flush) gives up after ``timeout`` seconds.
     """
     steps = [s for s in STEPS if step_key is None or s.key == step_key]
     latest: dict[tuple[str, str], tuple[Step, StepFailed]] = {}
-    for step, event in read_failed(app, steps):
+    for step, event in read_failed(app, steps, timeout=timeout):
         if project_id is None or event.project_id == project_id:
             latest[(event.project_id, step.key)] = (step, event)
 
@@ -90,7 +92,7 @@ def replay(
         decisions.append(decision)
         progress(decision)
     if not dry_run and replayed:
-        app.publisher.flush()
+        app.publisher.flush(timeout)
     return decisions
 
 

@@ -5,8 +5,8 @@ refused" lines a second while the broker is away, and a command run against a st
 floods the terminal before its one-line answer. Given a Python ``logger`` in its
 configuration, the client hands each line to it instead (served from ``poll()``); this module
 is that logger. Each facility (FAIL, GETPID, ...) gets its first line through, then at most
-one per interval with the number held back, at warning level at most: the worker's own
-events say what an outage means for the work."""
+one per interval with the number held back, at info level at most: the worker's and the
+command's own events say what an outage means for the work (a command's answer is one line)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class _ToStructlog(logging.Handler):
             return
         self._next[facility] = now + self._interval
         held = self._held.pop(facility, 0)
-        level = logging.DEBUG if facility in _ROUTINE else min(record.levelno, logging.WARNING)
+        level = logging.DEBUG if facility in _ROUTINE else min(record.levelno, logging.INFO)
         event = {"facility": facility, "client": client, "message": text.split("]: ", 1)[-1][:500]}
         if held:
             event["held_back"] = str(held)

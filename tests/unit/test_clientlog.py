@@ -38,7 +38,7 @@ def test_a_flood_of_one_facility_becomes_one_line_per_interval() -> None:
     first, second = logs
     assert first["facility"] == "FAIL"
     assert first["message"] == "127.0.0.1:1/bootstrap: Connect failed: Connection refused"
-    assert first["log_level"] == "warning"  # an error of the client is at most a warning of ours
+    assert first["log_level"] == "info"  # the client's own error is context for ours, at most info
     assert second["held_back"] == "49"
 
 
@@ -49,7 +49,7 @@ def test_facilities_are_limited_separately_and_routine_ones_are_debug() -> None:
         _line(logger, "FAIL")
         _line(logger, "GETPID", logging.WARNING)
         _line(logger, "FAIL")
-    assert [(e["facility"], e["log_level"]) for e in logs] == [("FAIL", "warning"), ("GETPID", "debug")]
+    assert [(e["facility"], e["log_level"]) for e in logs] == [("FAIL", "info"), ("GETPID", "debug")]
 
 
 def test_a_line_that_is_not_the_clients_shape_is_kept_whole() -> None:
