@@ -6,6 +6,7 @@ default app is built from the environment on first use.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from shared.events import (
     ProvisionProjectResult,
     StepCompleted,
     VerifyCompleted,
+    json_defect,
     utcnow,
 )
 from shared.execution import (
@@ -63,17 +65,16 @@ class RequestReceipt:
 def validate_payload(
     payload: ProvisionProjectPayload | Mapping[str, Any], *, app: App | None = None
 ) -> ProvisionProjectPayload:
-    """The payload as a model, checked against the seed's rules and this platform's settings."""
+    """The payload as a model, checked against the seed's rules and this platform's settings.
+
+    What no schema could make safe (not an object, a NUL, NaN or infinity, too large) is
+    refused first, before any other check or connection; every refusal is one line.
+    """
+    model = payload if isinstance(payload, ProvisionProjectPayload) else parse_payload(payload)
     app = app or default_app()
-    if isinstance(payload, ProvisionProjectPayload):
-        model = payload
-    else:
-        try:
-            model = ProvisionProjectPayload.model_validate(dict(payload))
-        except ValidationError as exc:
-            first = exc.errors(include_input=False, include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "payload"
-            raise InvalidRequestError(f"invalid request: {where}: {first['msg']}") from None
+    size = len(model.model_dump_json().encode())
+    if size > (limit := _payload_limit(app)):
+        raise InvalidRequestError(f"invalid request: payload of {size} bytes is over the limit of {limit}")
     if model.database.engine != "postgresql":
         raise InvalidRequestError(
             f"database engine {model.database.engine!r} is not supported; only 'postgresql' is"
@@ -81,6 +82,46 @@ def validate_payload(
     if model.region not in app.settings.regions:
         raise InvalidRequestError(f"region {model.region!r} is not one of {', '.join(app.settings.regions)}")
     return model
+
+
+# The request travels in every event of the chain, twice in a failed or retried one (the
+# event and its input): a quarter of the message limit leaves room for the rest.
+_PAYLOAD_SHARE = 4
+
+
+def _payload_limit(app: App) -> int:
+    return app.settings.max_message_bytes // _PAYLOAD_SHARE
+
+
+def parse_payload(payload: object) -> ProvisionProjectPayload:
+    """The payload as a model by the contract alone (no settings read, nothing connected);
+    InvalidRequestError with a one-line reason for anything else, a non-object included."""
+    if isinstance(payload, ProvisionProjectPayload):
+        return payload
+    if not isinstance(payload, Mapping):
+        raise InvalidRequestError(
+            f"invalid request: the payload must be a JSON object, not {type(payload).__name__}"
+        )
+    if defect := json_defect(payload, max_depth=_PAYLOAD_MAX_DEPTH):
+        raise InvalidRequestError(f"invalid request: {defect}")
+    try:
+        size = len(json.dumps(payload, ensure_ascii=False, default=str).encode())
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"invalid request: not JSON ({type(exc).__name__})") from None
+    if size > _PAYLOAD_HARD_MAX:
+        raise InvalidRequestError(f"invalid request: payload of {size} bytes is over the limit")
+    try:
+        return ProvisionProjectPayload.model_validate(dict(payload))
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise InvalidRequestError(f"invalid request: {where}: {first['msg']}") from None
+
+
+# Bounds checked before the settings are read, so a hostile payload costs nothing to refuse;
+# the settings' own, lower, limit is applied to the validated model.
+_PAYLOAD_MAX_DEPTH = 32
+_PAYLOAD_HARD_MAX = 4 * 1024 * 1024
 
 
 def request_provisioning(

@@ -66,14 +66,20 @@ def validate_required_handlers(job_types: Iterable[str]) -> None:
 
 def enqueue_job(job_type: str, payload: Any, **kwargs: Any) -> Any:
     """Enqueue a job. ``provision_project`` publishes ``provisioning.requested`` (through the
-    outbox) and returns the request's receipt; its ``correlation_id`` is the job id."""
+    outbox) and returns the request's receipt; its ``correlation_id`` is the job id.
+
+    A payload that is not a valid request raises InvalidRequestError (a ValueError) first."""
     if str(job_type) != JobType.PROVISION_PROJECT:
         raise UnknownJobTypeError(
             f"job type {job_type!r} cannot be enqueued; known: {JobType.PROVISION_PROJECT.value}"
         )
-    from services.api import request_provisioning  # noqa: PLC0415 - api imports the wiring; keep registry light
+    from services.api import (  # noqa: PLC0415 - api imports the wiring; keep registry light
+        parse_payload,
+        request_provisioning,
+    )
 
-    return request_provisioning(payload, **kwargs)
+    # Refused before any settings are read or anything connects: "hello", a NUL, NaN...
+    return request_provisioning(parse_payload(payload), **kwargs)
 
 
 def _register_defaults() -> None:

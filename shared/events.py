@@ -11,14 +11,14 @@ import re
 import sys
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from typing_extensions import TypeAliasType
 
 from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
 # Lower-case letters, digits and single hyphens, 3 to 48 characters, starting with a letter.
@@ -85,18 +85,22 @@ _MetaKey = Annotated[str, Field(max_length=METADATA_KEY_MAX, pattern=NO_NUL_PATT
 _MetaText = Annotated[str, Field(max_length=METADATA_TEXT_MAX, pattern=NO_NUL_PATTERN)]
 _DetailText = Annotated[str, Field(pattern=NO_NUL_PATTERN)]
 
-# Union, not |: the recursive forward references are strings at run time.
-MetadataValue = TypeAliasType(
-    "MetadataValue",
-    Union[None, bool, int, _Finite, _MetaText, list["MetadataValue"], dict[_MetaKey, "MetadataValue"]],  # noqa: UP007
-)
-"""Any JSON value without NUL, NaN or infinity; keys and strings of bounded length."""
+if TYPE_CHECKING:  # mypy resolves no recursive TypeAliasType; pydantic is the checker here
+    MetadataValue = Any
+    DetailValue = Any
+else:
+    # Union, not |: the recursive forward references are strings at run time.
+    MetadataValue = TypeAliasType(
+        "MetadataValue",
+        Union[bool, int, _Finite, _MetaText, list["MetadataValue"], dict[_MetaKey, "MetadataValue"], None],  # noqa: UP007
+    )
+    """Any JSON value without NUL, NaN or infinity; keys and strings of bounded length."""
 
-DetailValue = TypeAliasType(
-    "DetailValue",
-    Union[None, bool, int, _Finite, _DetailText, list["DetailValue"], dict[_MetaKey, "DetailValue"]],  # noqa: UP007
-)
-"""An error's details: JSON without NUL, NaN or infinity (its text bounded by the message size)."""
+    DetailValue = TypeAliasType(
+        "DetailValue",
+        Union[bool, int, _Finite, _DetailText, list["DetailValue"], dict[_MetaKey, "DetailValue"], None],  # noqa: UP007
+    )
+    """An error's details: JSON without NUL, NaN or infinity (text bounded by the message size)."""
 
 
 class Model(BaseModel):

@@ -83,7 +83,11 @@ def decode(
         )
     version = data.get("schema_version", 1)
     # 1.0 is the JSON number 1 (JSON Schema's const 1 takes it); true is not.
-    if not isinstance(version, int | float) or isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
+    if (
+        not isinstance(version, int | float)
+        or isinstance(version, bool)
+        or version not in SUPPORTED_SCHEMA_VERSIONS
+    ):
         shown = repr(version)[:40]
         raise DecodeError(
             f"unsupported schema_version {shown}; supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)}"
