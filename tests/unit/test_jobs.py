@@ -123,3 +123,25 @@ def test_registry_module_imports_api_lazily() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "hello",
+        [1],
+        {"project_id": "acme-app", "region": "eu-west-1", "metadata": {"x": float("nan")}},
+        {"project_id": "acme-app", "region": "eu-west-1", "metadata": {"x": float("inf")}},
+        {"project_id": "acme-app", "region": "eu-west-1", "metadata": {"a\x00": 1}},
+        {"project_id": "acme-app", "region": "eu-west-1", "owner_id": "o\x00"},
+        {"project_id": "acme-app", "region": "eu-west-1", "metadata": {"x": "v" * 5_000_000}},
+    ],
+)
+def test_enqueue_hostile_payload_is_invalid_request(payload: Any) -> None:
+    """A non-object, NUL, NaN/inf or oversized payload is one-line InvalidRequestError, unconnected."""
+    from services.api import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError) as caught:
+        enqueue_job(JobType.PROVISION_PROJECT, payload)
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith("invalid request: ")
