@@ -478,11 +478,6 @@ def new_event_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
-def outcome_event_id(input_event_id: uuid.UUID, step_key: str) -> uuid.UUID:
-    """The id of a step's completed event, derived from its input so a redelivery repeats it."""
-    return uuid.uuid5(input_event_id, f"{step_key}.completed")
-
-
 def json_defect(value: Any, *, max_depth: int = 128) -> str | None:
     """Why parsed JSON cannot be taken whatever its schema, in one line, or None.
 

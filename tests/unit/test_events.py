@@ -23,9 +23,9 @@ from shared.events import (
     event_models,
     event_type_of,
     failed_event_for,
-    outcome_event_id,
     retry_event_for,
 )
+from shared.execution import outcome_event_id
 from shared.steps import STEP_KEYS, all_topics
 from tests.fakes import T0, make_payload, make_requested
 
@@ -234,7 +234,7 @@ def _completed(step_key: str) -> Any:
     requested = make_requested(make_payload(metadata={"team": "core", "tags": ["a", 1, None]}))
     extra: dict[str, Any] = {"result": _result()} if step_key == "verify" else {}
     return completed_event_for(step_key)(
-        event_id=outcome_event_id(requested.event_id, step_key),
+        event_id=outcome_event_id("acme-app", requested.correlation_id, step_key),
         occurred_at=T0,
         project_id="acme-app",
         correlation_id=requested.correlation_id,
@@ -293,8 +293,10 @@ def test_event_models_cover_every_topic() -> None:
 
 
 def test_outcome_event_id_is_deterministic() -> None:
-    """A step's outcome id depends only on its input id and the step."""
-    input_id = uuid.uuid4()
-    assert outcome_event_id(input_id, "schema") == outcome_event_id(input_id, "schema")
-    assert outcome_event_id(input_id, "schema") != outcome_event_id(input_id, "auth")
-    assert outcome_event_id(input_id, "schema") != outcome_event_id(uuid.uuid4(), "schema")
+    """A step's outcome id depends on the project, the request's correlation and the step
+    alone: the same on every redelivery, different for another project with the same ids."""
+    correlation = uuid.uuid4()
+    assert outcome_event_id("acme", correlation, "schema") == outcome_event_id("acme", correlation, "schema")
+    assert outcome_event_id("acme", correlation, "schema") != outcome_event_id("acme", correlation, "auth")
+    assert outcome_event_id("acme", correlation, "schema") != outcome_event_id("other", correlation, "schema")
+    assert outcome_event_id("acme", correlation, "schema") != outcome_event_id("acme", uuid.uuid4(), "schema")
