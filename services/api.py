@@ -41,7 +41,7 @@ from shared.execution import (
     run_step,
 )
 from shared.kafka import RetryPolicy, add_to_outbox, encode, relay_outbox
-from shared.naming import validate_project_id
+from shared.naming import normalize_project_id, validate_project_id
 from shared.steps import REQUESTED_TOPIC, STEPS, Stage, StepStatus, derive_stage, resolve_step
 from shared.tracing import new_trace
 
@@ -110,8 +110,11 @@ def parse_payload(payload: object) -> ProvisionProjectPayload:
         raise InvalidRequestError(f"invalid request: not JSON ({type(exc).__name__})") from None
     if size > _PAYLOAD_HARD_MAX:
         raise InvalidRequestError(f"invalid request: payload of {size} bytes is over the limit")
+    body = dict(payload)
+    if isinstance(body.get("project_id"), str):
+        body["project_id"] = normalize_project_id(body["project_id"])  # an upper-case UUID
     try:
-        return ProvisionProjectPayload.model_validate(dict(payload))
+        return ProvisionProjectPayload.model_validate(body)
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "payload"
@@ -125,14 +128,20 @@ _PAYLOAD_HARD_MAX = 4 * 1024 * 1024
 
 
 def request_provisioning(
-    payload: ProvisionProjectPayload | Mapping[str, Any], *, app: App | None = None
+    payload: ProvisionProjectPayload | Mapping[str, Any],
+    *,
+    app: App | None = None,
+    publish_timeout: float = 5.0,
 ) -> RequestReceipt:
     """Record the project, its seven steps and the request event in one transaction, then
-    publish it through the outbox (a failed publish is retried by the relay later).
+    publish it through the outbox. A publish the broker does not acknowledge within
+    ``publish_timeout`` seconds is left to the relay (the database worker's), and the
+    receipt says ``published=False``: the request is kept either way.
 
     Raises InvalidRequestError for a bad payload and ConflictingRequestError when the
     project was already requested with a different payload.
     """
+    payload = parse_payload(payload)  # a bad payload is refused before any configuration is read
     app = app or default_app()
     model = validate_payload(payload, app=app)
     correlation_id = uuid.uuid4()
@@ -154,7 +163,7 @@ def request_provisioning(
     # Relayed for a duplicate too: the first request's publish may be the one that failed.
     published = True
     try:
-        relay_outbox(app.engine, app.publisher)
+        relay_outbox(app.engine, app.publisher, timeout=publish_timeout)
     except Exception as exc:
         published = False
         log.warning("request_publish_deferred", project_id=model.project_id, error=type(exc).__name__)
@@ -175,6 +184,7 @@ def provision_project_handler(
     against. Retryable errors are retried per ``retry`` (the settings' policy by default);
     a final failure marks the step failed and raises ProvisioningError.
     """
+    payload = parse_payload(payload)  # a bad payload is refused before any configuration is read
     app = app or default_app()
     model = validate_payload(payload, app=app)
     registration, record = app.repository.register_request(model, uuid.uuid4())
@@ -255,19 +265,61 @@ def get_provisioning_steps(project_id: str, *, app: App | None = None) -> list[S
     return (app or default_app()).repository.steps(project_id)
 
 
+_OPTION_NAMES = {
+    "errorMessage": "error_message",
+    "error_message": "error_message",
+    "errorDetails": "error_details",
+    "error_details": "error_details",
+}
+
+
 def update_provisioning_step(
     project_id: str,
     step_name: str,
     status: StepStatus | str,
-    error_message: str | None = None,
+    options: Mapping[str, Any] | str | None = None,
     error_details: Mapping[str, Any] | None = None,
     *,
+    error_message: str | None = None,
     app: App | None = None,
 ) -> StepRow:
-    """Move a step to ``status`` (compare-and-set); InvalidTransitionError if not allowed."""
+    """Move a step to ``status`` (compare-and-set); InvalidTransitionError if not allowed.
+
+    The seed's call shape works as it is: ``update_provisioning_step(p, step, 'failed',
+    {'errorMessage': ..., 'errorDetails': {...}})`` (snake_case keys too), as do keyword
+    arguments and, for the message, a plain string in the fourth place. ``error_details``
+    is stored as JSONB; anything that is not a JSON object is an InvalidRequestError.
+    """
+    if isinstance(options, Mapping):
+        unknown = sorted(set(options) - set(_OPTION_NAMES))
+        if unknown:
+            raise InvalidRequestError(f"unknown step update option(s): {', '.join(map(str, unknown))}")
+        given = {_OPTION_NAMES[key]: value for key, value in options.items()}
+        error_message = given.get("error_message", error_message)
+        error_details = given.get("error_details", error_details)
+    elif isinstance(options, str):
+        error_message = options
+    elif options is not None:
+        raise InvalidRequestError(f"step update options must be an object, not {type(options).__name__}")
+    if error_message is not None and not isinstance(error_message, str):
+        raise InvalidRequestError(f"errorMessage must be text, not {type(error_message).__name__}")
+    if error_message is not None and "\x00" in error_message:
+        raise InvalidRequestError("errorMessage holds a NUL character, which PostgreSQL cannot store")
+    if error_details is not None:
+        if not isinstance(error_details, Mapping):
+            raise InvalidRequestError(
+                f"errorDetails must be a JSON object, not {type(error_details).__name__}"
+            )
+        defect = json_defect(dict(error_details))
+        try:
+            json.dumps(dict(error_details), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            defect = defect or str(exc)
+        if defect is not None:
+            raise InvalidRequestError(f"errorDetails is not storable JSON: {defect}")
     step = resolve_step(step_name)
     return (app or default_app()).repository.transition(
-        project_id,
+        validate_project_id(project_id),
         step.name,
         status,
         error_message=error_message,
@@ -290,6 +342,7 @@ class ProjectStatus:
 def project_status(project_id: str, *, app: App | None = None) -> ProjectStatus:
     """Steps and derived stage of a project (stage INITIALIZING and no steps if unknown)."""
     app = app or default_app()
+    project_id = normalize_project_id(project_id)
     record = app.repository.project(project_id)
     steps = app.repository.steps(project_id) if record is not None else []
     stage = derive_stage({s.step_name: s.status for s in steps}, exists=record is not None)

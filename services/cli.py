@@ -26,7 +26,13 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
-from services.api import InvalidRequestError, ProjectStatus, project_status, request_provisioning
+from services.api import (
+    InvalidRequestError,
+    ProjectStatus,
+    parse_payload,
+    project_status,
+    request_provisioning,
+)
 from services.bench.cli import bench_app
 from services.bootstrap import App, ConfigurationError, build_app, local_infra, worker_environment
 from services.credentials import CredentialsError, reveal_credentials, rotate_credentials
@@ -41,7 +47,7 @@ from shared.infra import InfraError
 from shared.infra.cli import build_infra_app
 from shared.kafka import ensure_topics
 from shared.logging import configure_logging
-from shared.naming import InvalidProjectIdError, validate_project_id
+from shared.naming import InvalidProjectIdError, normalize_project_id, validate_project_id
 from shared.settings import Settings
 from shared.steps import STEP_KEYS, STEPS, Stage, StepStatus, all_topics, resolve_step
 
@@ -232,7 +238,9 @@ def worker(
 
 @app.command()
 def request(
-    project_id: Annotated[str, typer.Argument(help="The project id: lower-case letters, digits, hyphens.")],
+    project_id: Annotated[
+        str, typer.Argument(help="The project id: a UUID, or lower-case letters, digits and hyphens.")
+    ],
     region: Annotated[
         str | None, typer.Option(help="Target region, e.g. us-east-1 (required unless --payload has one).")
     ] = None,
@@ -266,13 +274,14 @@ def request(
                 api_keys["count"] = keys
             if key_prefix is not None:
                 api_keys["prefix"] = key_prefix
+        model = parse_payload(body)  # a bad payload is refused before any server is needed
         a = _app(local=local)
-        receipt = request_provisioning(body, app=a)
+        receipt = request_provisioning(model, app=a)
         note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
         verb = "requested" if receipt.status == "requested" else "already requested (same payload)"
         out.print(f"{receipt.project_id}: {verb}; correlation_id {receipt.correlation_id}{note}")
         if wait:
-            _follow(a, project_id, timeout)
+            _follow(a, receipt.project_id, timeout)
 
 
 def _payload_from(project_id: str, region: str | None, path: Path | None) -> dict[str, Any]:
@@ -390,6 +399,7 @@ def _follow(a: App, project_id: str, timeout: float) -> None:
 
     deadline = time.monotonic() + timeout
     state = project_status(project_id, app=a)
+    project_id = state.project_id
     if not state.exists:
         raise Failure(f"no project {project_id!r}")
     with Live(_progress_view(state), console=out, refresh_per_second=8, transient=False) as live:
@@ -463,6 +473,7 @@ def keys_reveal(
 
     with _errors():
         a = _app(local=local)
+        project_id = normalize_project_id(project_id)
         if a.repository.project(project_id) is None:
             raise Failure(f"no project {project_id!r}")
         try:

@@ -21,6 +21,7 @@ import structlog
 from services.bootstrap import App, default_app
 from services.database.adapters import PostgresTenantCluster
 from shared.events import DatabaseInfo
+from shared.naming import normalize_project_id
 from shared.steps import STEPS, StepStatus
 
 log = structlog.get_logger("provision.credentials")
@@ -72,6 +73,7 @@ def _database_of(app: App, project_id: str) -> DatabaseInfo:
 def reveal_credentials(project_id: str, *, app: App | None = None) -> TenantCredentials:
     """The tenant's connection details with its password, once; CredentialsError after."""
     app = app or default_app()
+    project_id = normalize_project_id(project_id)
     database = _database_of(app, project_id)
     try:
         revealed = app.credentials.reveal(project_id)
@@ -92,6 +94,7 @@ def rotate_credentials(project_id: str, *, app: App | None = None) -> str:
     Idempotent and crash-safe: rerun after any failure, it finishes the same rotation.
     Returns the role."""
     app = app or default_app()
+    project_id = normalize_project_id(project_id)
     _database_of(app, project_id)
     try:
         role, password = app.credentials.begin_rotation(project_id)

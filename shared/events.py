@@ -21,10 +21,12 @@ from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
 SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
-# Lower-case letters, digits and single hyphens, 3 to 48 characters, starting with a letter.
-# Every name derived from it (database, role, schema, bucket) stays a valid, short identifier;
-# the pattern is the first line of defence, quoting identifiers is the second.
-PROJECT_ID_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
+# Lower-case letters, digits and single hyphens, 3 to 48 characters: a slug (acme-shop) or a
+# UUID as seed 000 has it (550e8400-e29b-41d4-a716-446655440000; the request entry points
+# lower-case an upper-case one). Every name derived from it (database, role, schema, bucket)
+# stays a valid identifier within PostgreSQL's 63 bytes ("tenant_" + 48); the pattern is the
+# first line of defence, quoting identifiers is the second.
+PROJECT_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 PROJECT_ID_MIN, PROJECT_ID_MAX = 3, 48
 REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]$"
 

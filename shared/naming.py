@@ -15,15 +15,26 @@ class InvalidProjectIdError(ValueError):
     """A project id outside the pattern; it must never reach SQL."""
 
 
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+
+
+def normalize_project_id(project_id: str) -> str:
+    """A UUID in any case as the lower-case form the record keeps; anything else unchanged."""
+    return project_id.lower() if _UUID.fullmatch(project_id) else project_id
+
+
 def validate_project_id(project_id: str) -> str:
-    """The project id, or InvalidProjectIdError naming the rule it breaks."""
+    """The project id (a UUID lower-cased), or InvalidProjectIdError naming the rule it breaks."""
+    if not isinstance(project_id, str):
+        raise InvalidProjectIdError(f"project id must be text, not {type(project_id).__name__}")
+    project_id = normalize_project_id(project_id)
     if not PROJECT_ID_MIN <= len(project_id) <= PROJECT_ID_MAX:
         raise InvalidProjectIdError(
             f"project id must be {PROJECT_ID_MIN} to {PROJECT_ID_MAX} characters, got {len(project_id)}"
         )
     if not project_id.isascii() or _PROJECT_ID.fullmatch(project_id) is None:
         raise InvalidProjectIdError(
-            "project id must be lower-case letters, digits and single hyphens, starting with a letter"
+            "project id must be lower-case letters, digits and single hyphens (a slug or a UUID)"
         )
     return project_id
 
@@ -44,7 +55,8 @@ class TenantNames:
 
         The mapping is injective because ids never contain underscores.
         """
-        ident = "tenant_" + validate_project_id(project_id).replace("-", "_")
+        project_id = validate_project_id(project_id)
+        ident = "tenant_" + project_id.replace("-", "_")
         return cls(
             project_id=project_id, database=ident, role=ident, schema=ident, bucket=f"tenant-{project_id}"
         )

@@ -28,12 +28,13 @@ def add_to_outbox(connection: Connection, topic: str, key: bytes, value: bytes, 
     return outbox_id
 
 
-def relay_outbox(engine: Engine, publisher: Publisher, *, batch: int = 200) -> int:
+def relay_outbox(engine: Engine, publisher: Publisher, *, batch: int = 200, timeout: float = 30.0) -> int:
     """Publish unpublished outbox rows in id order and mark them; returns how many.
 
     Rows are locked with SKIP LOCKED so several relays never publish the same batch at
     once; a crash after publishing and before marking republishes, which the first step
-    absorbs as a duplicate of the same request.
+    absorbs as a duplicate of the same request. PublishError when the broker does not
+    acknowledge within ``timeout`` seconds; the rows stay unpublished for the next relay.
     """
     with engine.begin() as conn:
         rows = conn.execute(
@@ -48,7 +49,7 @@ def relay_outbox(engine: Engine, publisher: Publisher, *, batch: int = 200) -> i
         for row in rows:
             headers: Headers = [(k, str(v).encode()) for k, v in row.headers.items()]
             publisher.produce(row.topic, row.key.encode(), bytes(row.value), headers)
-        publisher.flush()
+        publisher.flush(timeout)
         conn.execute(
             text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"),
             {"ids": [row.id for row in rows]},

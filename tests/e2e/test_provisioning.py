@@ -178,3 +178,30 @@ def test_command_line_request_wait_then_reveal_keys_once(
     again = runner.invoke(cli, ["keys", "reveal", pid])
     assert again.exit_code == 1
     assert "shown once" in again.output
+
+
+def test_a_seed_uuid_project_from_the_command_line_to_its_credentials(
+    app: App, running_workers: WorkerGroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A UUID project id starting with a digit, given upper-case: `request --wait` brings it
+    to ready under its lower-case id; `credentials reveal` then connects once, not twice."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", app.bootstrap_servers)
+    monkeypatch.setenv("DATABASE_URL", app.database_url)
+    monkeypatch.setenv("PROVISION_SECRET_KEY", TEST_SECRET_KEY)
+    pid = "7" + str(uuid.uuid4())[1:]
+    runner = CliRunner()
+    requested = runner.invoke(cli, ["request", pid.upper(), "--region", "eu-west-1", "--wait"])
+    assert requested.exit_code == 0, requested.output
+    assert requested.output.startswith(f"{pid}: requested")
+    assert "COMPLETED" in requested.output
+    assert app.repository.project(pid) is not None
+
+    revealed = runner.invoke(cli, ["credentials", "reveal", pid])
+    assert revealed.exit_code == 0, revealed.output
+    url = revealed.stdout.strip()
+    assert url.startswith(f"postgresql://tenant_{pid.replace('-', '_')}:")
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (f"tenant_{pid.replace('-', '_')}",)
+    again = runner.invoke(cli, ["credentials", "reveal", pid])
+    assert again.exit_code == 1
+    assert "revealed already" in again.output

@@ -13,6 +13,7 @@ import pytest
 from psycopg import sql
 
 from services.api import (
+    InvalidRequestError,
     create_provisioning_steps_table,
     get_provisioning_steps,
     initialize_provisioning_steps,
@@ -415,3 +416,53 @@ def test_mark_ready_is_set_once(repo: StepRepository) -> None:
     assert project.ready_at == first
     with pytest.raises(LookupError, match="not found"):
         repo.mark_ready(unique_project())
+
+
+def test_the_seeds_own_call_sequence_with_a_uuid_project(app: App) -> None:
+    """Seed 000's calls as written: a UUID project id (starting with a digit, given upper-case
+    too), initialize, get, then running/success and a failure with the options object."""
+    project_id = str(uuid.UUID(int=uuid.uuid4().int & ~(0xF << 124)))  # first hex digit 0
+    assert project_id[0] == "0"
+    created = initialize_provisioning_steps(project_id.upper(), app=app)
+    assert [r.project_id for r in created] == [project_id] * 7
+
+    update_provisioning_step(project_id, "create_tenant_database", "running", app=app)
+    update_provisioning_step(project_id, "create_tenant_database", "success", app=app)
+    update_provisioning_step(project_id, "create_tenant_schema", "running", app=app)
+    failed = update_provisioning_step(
+        project_id,
+        "create_tenant_schema",
+        "failed",
+        {
+            "errorMessage": "Schema creation failed",
+            "errorDetails": {"errorCode": "SCHEMA_ERROR", "details": "..."},
+        },
+        app=app,
+    )
+
+    assert (failed.status, failed.error_message) == (S.FAILED, "Schema creation failed")
+    assert failed.error_details == {"errorCode": "SCHEMA_ERROR", "details": "..."}
+    steps = get_provisioning_steps(project_id, app=app)
+    assert [r.status for r in steps] == [S.SUCCESS, S.FAILED, *[S.PENDING] * 5]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"errorMesage": "typo"}, "unknown step update option"),
+        ({"errorDetails": "not an object"}, "errorDetails must be a JSON object"),
+        ({"errorDetails": {"x": float("nan")}}, "errorDetails is not storable JSON"),
+        ({"errorMessage": "a\x00b"}, "NUL"),
+        (42, "options must be an object"),
+    ],
+    ids=["unknown-key", "details-not-object", "details-nan", "message-nul", "not-an-object"],
+)
+def test_seed_update_refuses_bad_options_in_one_line(app: App, options: object, message: str) -> None:
+    """Bad update options are an InvalidRequestError naming the problem; nothing is written."""
+    project_id = unique_project()
+    initialize_provisioning_steps(project_id, app=app)
+    update_provisioning_step(project_id, "create_tenant_database", "running", app=app)
+    with pytest.raises(InvalidRequestError, match=message):
+        update_provisioning_step(project_id, "create_tenant_database", "failed", options, app=app)  # type: ignore[arg-type]
+    row = app.repository.step(project_id, "create_tenant_database")
+    assert row is not None and row.status is S.RUNNING

@@ -146,7 +146,7 @@ def test_usage_error_text_is_not_markup() -> None:
 
 def test_usage_error_shows_pattern_intact() -> None:
     """The project id error shows the pattern with its character classes."""
-    assert "[a-z]" in _one_line_usage_error(_run("request", "BAD_ID", "--region", "us-east-1"))
+    assert "[a-z0-9]" in _one_line_usage_error(_run("request", "BAD_ID", "--region", "us-east-1"))
 
 
 @pytest.mark.parametrize(

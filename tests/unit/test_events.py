@@ -54,7 +54,10 @@ def test_payload_defaults() -> None:
     assert (payload.owner_id, payload.organization_id, payload.metadata) == (None, None, {})
 
 
-@pytest.mark.parametrize("project_id", ["abc", "acme-app", "a1-b2-c3", "x" * 48, "app2"])
+@pytest.mark.parametrize(
+    "project_id",
+    ["abc", "acme-app", "a1-b2-c3", "x" * 48, "app2", "550e8400-e29b-41d4-a716-446655440000", "1acme"],
+)
 def test_valid_project_ids(project_id: str) -> None:
     """Lower-case letters, digits and single hyphens, 3 to 48 characters, are accepted."""
     assert _payload(project_id=project_id).project_id == project_id
@@ -66,7 +69,7 @@ def test_valid_project_ids(project_id: str) -> None:
         "ab",
         "x" * 49,
         "Acme",
-        "1abc",
+        "550E8400-E29B-41D4-A716-446655440000",  # the model takes the record's lower case only
         "-abc",
         "abc-",
         "a--b",
