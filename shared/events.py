@@ -13,7 +13,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from typing_extensions import TypeAliasType
 
 from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
@@ -164,12 +174,25 @@ class DatabaseInfo(Model):
 
 
 class ServiceRegistration(Model):
-    """A tenant's registration with one platform service."""
+    """A tenant's registration with one platform service (seed 004's auth and realtime)."""
 
     enabled: bool
     tenant_id: Name
     endpoint: Text
-    bucket_name: Name | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_bucket(cls, data: Any) -> Any:
+        # Records written before storage had its own model carry "bucket_name": null here.
+        if isinstance(data, dict) and "bucket_name" in data and data["bucket_name"] is None:
+            return {k: v for k, v in data.items() if k != "bucket_name"}
+        return data
+
+
+class StorageRegistration(ServiceRegistration):
+    """The storage service's registration: its bucket too."""
+
+    bucket_name: Name
 
 
 class ApiKeyInfo(Model):
@@ -187,7 +210,7 @@ class StepResults(Model):
     schema_name: Name | None = None
     auth: ServiceRegistration | None = None
     realtime: ServiceRegistration | None = None
-    storage: ServiceRegistration | None = None
+    storage: StorageRegistration | None = None
     api_keys: tuple[ApiKeyInfo, ...] | None = None
 
     def merged(self, update: StepResults) -> StepResults:
@@ -206,13 +229,24 @@ class ResultDatabase(Model):
     connection_string: Text  # without the password, which is never published
 
 
-class ResultServices(Model):
+class _OmitsAbsent(Model):
+    """Optional fields (``?`` in seed 004) are left out of the output when unset, never null."""
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
+
+
+class ResultServices(_OmitsAbsent):
+    """A service turned off in the request is absent, as in seed 004."""
+
     auth: ServiceRegistration | None = None
     realtime: ServiceRegistration | None = None
-    storage: ServiceRegistration | None = None
+    storage: StorageRegistration | None = None
 
 
-class ResultMetadata(Model):
+class ResultMetadata(_OmitsAbsent):
     provisioned_at: AwareDatetime
     region: Name
     owner_id: Name | None = None

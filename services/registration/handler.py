@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from services.ports import ServiceRegistry
 from shared.errors import ErrorType, ProvisioningError
-from shared.events import ServiceRegistration, StepResults
+from shared.events import ServiceRegistration, StepResults, StorageRegistration
 from shared.execution import StepContext, StepOutput
 from shared.naming import TenantNames
 
@@ -30,10 +30,16 @@ def register(context: StepContext, *, service: Service, registry: ServiceRegistr
     if service == "storage":
         spec["bucket_name"] = names.bucket
     registered = registry.register(service, context.project_id, spec)
-    registration = ServiceRegistration(
-        enabled=True,
-        tenant_id=registered.tenant_id,
-        endpoint=registered.endpoint,
-        bucket_name=registered.bucket_name if service == "storage" else None,
-    )
+    registration: ServiceRegistration
+    if service == "storage":
+        registration = StorageRegistration(
+            enabled=True,
+            tenant_id=registered.tenant_id,
+            endpoint=registered.endpoint,
+            bucket_name=registered.bucket_name or names.bucket,
+        )
+    else:
+        registration = ServiceRegistration(
+            enabled=True, tenant_id=registered.tenant_id, endpoint=registered.endpoint
+        )
     return StepOutput(StepResults.model_validate({service: registration}))

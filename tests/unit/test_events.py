@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -19,6 +20,7 @@ from shared.events import (
     ResultServices,
     ServiceRegistration,
     StepResults,
+    StorageRegistration,
     completed_event_for,
     event_models,
     event_type_of,
@@ -185,7 +187,7 @@ def _full_results() -> StepResults:
         schema_name="tenant_acme_app",
         auth=_registration("auth"),
         realtime=_registration("realtime"),
-        storage=ServiceRegistration(
+        storage=StorageRegistration(
             enabled=True,
             tenant_id="acme-app",
             endpoint="https://s/acme-app",
@@ -303,3 +305,40 @@ def test_outcome_event_id_is_deterministic() -> None:
     assert outcome_event_id("acme", correlation, "schema") != outcome_event_id("acme", correlation, "auth")
     assert outcome_event_id("acme", correlation, "schema") != outcome_event_id("other", correlation, "schema")
     assert outcome_event_id("acme", correlation, "schema") != outcome_event_id("acme", uuid.uuid4(), "schema")
+
+
+def test_the_result_has_seed_004s_shape() -> None:
+    """A disabled service is absent (not null), only storage carries bucket_name, and unset
+    optional metadata is absent."""
+    result = ProvisionProjectResult(
+        project_id="acme-app",
+        database=ResultDatabase(
+            host="h",
+            port=5432,
+            database_name="d",
+            schema_name="s",
+            connection_string="postgresql://r@h:5432/d",
+        ),
+        services=ResultServices(
+            realtime=_registration("realtime"),
+            storage=StorageRegistration(
+                enabled=True, tenant_id="t", endpoint="e", bucket_name="tenant-acme-app"
+            ),
+        ),
+        api_keys=(),
+        metadata=ResultMetadata(provisioned_at=T0, region="eu-west-1"),
+    )
+    body = json.loads(result.model_dump_json())
+    assert set(body["services"]) == {"realtime", "storage"}
+    assert set(body["services"]["realtime"]) == {"enabled", "tenant_id", "endpoint"}
+    assert body["services"]["storage"]["bucket_name"] == "tenant-acme-app"
+    assert set(body["metadata"]) == {"provisioned_at", "region"}
+    assert ProvisionProjectResult.model_validate_json(result.model_dump_json()) == result
+
+
+def test_a_registration_recorded_with_a_null_bucket_still_reads() -> None:
+    """A record written before storage had its own model ("bucket_name": null) reads back."""
+    old = {"enabled": True, "tenant_id": "t", "endpoint": "e", "bucket_name": None}
+    assert ServiceRegistration.model_validate(old) == ServiceRegistration(
+        enabled=True, tenant_id="t", endpoint="e"
+    )

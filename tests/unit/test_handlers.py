@@ -217,7 +217,7 @@ def test_registration_happy_path(fakes: Fakes, service: str) -> None:
     assert registration.enabled is True
     assert registration.tenant_id == PROJECT
     assert registration.endpoint == fakes.registry.registrations[(service, PROJECT)].endpoint
-    assert registration.bucket_name == ("tenant-acme-app" if service == "storage" else None)
+    assert getattr(registration, "bucket_name", None) == ("tenant-acme-app" if service == "storage" else None)
     assert out.results.schema_name == event.results.schema_name
     assert out.results.database == event.results.database
 
