@@ -30,8 +30,13 @@ _handlers: dict[str, JobHandler] = {}
 
 
 def register_job_handler(job_type: str, handler: JobHandler) -> None:
-    """Register (or replace) the handler of a job type or step name."""
-    _handlers[str(job_type)] = handler
+    """Register (or replace) the handler of a job type or step name; ValueError for an
+    empty or non-text type or a handler that cannot be called."""
+    if not isinstance(job_type, str) or not job_type.strip():
+        raise ValueError(f"a job type must be non-empty text, not {job_type!r}")
+    if not callable(handler):
+        raise TypeError(f"the handler of {job_type!r} must be callable, not {type(handler).__name__}")
+    _handlers[job_type] = handler
 
 
 def has_job_handler(job_type: str) -> bool:

@@ -145,3 +145,22 @@ def test_enqueue_hostile_payload_is_invalid_request(payload: Any) -> None:
         enqueue_job(JobType.PROVISION_PROJECT, payload)
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith("invalid request: ")
+
+
+@pytest.mark.parametrize(
+    ("job_type", "handler", "error"),
+    [
+        ("", print, ValueError),
+        ("   ", print, ValueError),
+        (None, print, ValueError),
+        ("bad", None, TypeError),
+    ],
+    ids=["empty", "blank", "not-text", "not-callable"],
+)
+def test_the_registry_refuses_an_empty_type_or_a_handler_that_cannot_run(
+    job_type: object, handler: object, error: type[Exception]
+) -> None:
+    """register_job_handler refuses an empty or non-text type and a non-callable handler."""
+    with pytest.raises(error):
+        register_job_handler(job_type, handler)  # type: ignore[arg-type]
+    assert not has_job_handler("bad")
