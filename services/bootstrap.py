@@ -98,9 +98,15 @@ class App:
         self._closers.append(address.close)
         return address
 
+    one_shot: bool = False
+    """A short-lived process (a command): its producer skips the idempotent producer's
+    handshake, half a second per process. A duplicate it could cause on a retried send is
+    absorbed like any redelivery; long-lived workers keep idempotence."""
+
     @cached_property
     def publisher(self) -> Publisher:
-        publisher = Publisher.connect(self.bootstrap_servers)
+        overrides = {"enable.idempotence": False} if self.one_shot else {}
+        publisher = Publisher.connect(self.bootstrap_servers, **overrides)
         self._closers.append(publisher.close)
         return publisher
 

@@ -117,9 +117,11 @@ def _settings(*, local: bool = False) -> Settings:
 
 
 def _app(*, local: bool = False) -> App:
-    """The app; refuses (ConfigurationError, exit 2) when a server address is missing and
-    local mode is off."""
-    return build_app(_settings(local=local))
+    """The app of one command; refuses (ConfigurationError, exit 2) when a server address is
+    missing and local mode is off."""
+    app = build_app(_settings(local=local))
+    app.one_shot = True
+    return app
 
 
 def _die(message: str, code: int) -> NoReturn:
