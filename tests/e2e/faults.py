@@ -79,6 +79,8 @@ class ServiceStandIn:
     unavailable: set[str] = field(default_factory=set)
     tenants: dict[tuple[str, str], dict[str, object]] = field(default_factory=dict)
     puts: int = 0
+    put_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Registration calls per (service, tenant): what no database constraint would show."""
 
     def base_url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.port}/{service}"
@@ -118,6 +120,7 @@ def service_stand_in() -> Iterator[ServiceStandIn]:
             service, tenant = parts
             with lock:
                 state.puts += 1
+                state.put_counts[(service, tenant)] = state.put_counts.get((service, tenant), 0) + 1
                 if service in state.reject:
                     self._reply(400, {"error": f"{service} refuses tenant {tenant}"})
                     return

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import uuid
 import zlib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -42,7 +43,7 @@ from shared.steps import (
     StepStatus,
     step_by_key,
 )
-from tests.e2e.faults import side_effects
+from tests.e2e.faults import ServiceStandIn, service_stand_in, side_effects
 from tests.e2e.kafka_tools import dead_letters, produce_raw, read_all
 from tests.support import REPO_ROOT, WorkerGroup, settings_env, unique_project, wait_for, wait_until_stage
 
@@ -205,11 +206,34 @@ def _cli_status(app: App, pid: str) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(done.stdout)
 
 
-def assert_integrity(app: App, project_ids: Sequence[str], *, forged: Collection[str] = ()) -> None:
+@pytest.fixture(scope="module")
+def services() -> Iterator[ServiceStandIn]:
+    """The platform services' HTTP API, counting every registration call."""
+    with service_stand_in() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture(scope="module")
+def running_workers(
+    app: App, services: ServiceStandIn, state_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerGroup]:
+    """The seven workers, registering over HTTP with the stand-in (the ``http`` adapter), so
+    a repeated registration shows as a second call, which no database constraint would."""
+    group = WorkerGroup(services.settings_for(app, state_dir), tmp_path_factory.mktemp("worker-logs"))
+    group.start()
+    yield group
+    codes = group.stop()
+    assert all(code == 0 for code in codes.values()), f"workers did not stop cleanly: {codes}"
+
+
+def assert_integrity(
+    app: App, project_ids: Sequence[str], *, forged: Collection[str] = (), calls: ServiceStandIn
+) -> None:
     """Nothing twice, nothing unrecorded: per project and step, the completion topic holds
     exactly the record's one outcome id if the step is done (none otherwise) and one failure
-    event if it failed; the tenant's database, role, registrations and API keys exist exactly
-    as the record says. Messages this module forged (``forged`` event ids) are left out."""
+    event if it failed; the tenant's database, role and API keys exist exactly as the record
+    says, and each enabled service was called to register the tenant exactly once. Messages
+    this module forged (``forged`` event ids) are left out."""
     events = _events(app, [*COMPLETED_TOPICS, *FAILED_TOPICS])
     for pid in project_ids:
         record = app.repository.project(pid)
@@ -230,11 +254,12 @@ def assert_integrity(app: App, project_ids: Sequence[str], *, forged: Collection
         database_done = rows[step_by_key("database").name].status is StepStatus.SUCCESS
         assert (found.databases, found.roles) == ((1, 1) if database_done else (0, 0)), pid
         registered = {
-            (pid, s): 1
+            (s, pid): 1
             for s in SERVICES
             if getattr(request.services, s) and rows[step_by_key(s).name].status is StepStatus.SUCCESS
         }
-        assert found.registrations == registered, pid
+        made = {(s, t): n for (s, t), n in calls.put_counts.items() if t == pid}
+        assert made == registered, f"{pid}: registration calls {made}"
         keys_done = rows[step_by_key("keys").name].status is StepStatus.SUCCESS
         assert found.keys == ({pid: request.api_keys.count} if keys_done else {}), pid
 
@@ -281,7 +306,10 @@ def _aimed_at(tenants: Tenants) -> list[dict[str, Any]]:
 
 
 def test_forged_completions_for_a_failed_project_run_no_step(
-    app: App, tenants: Tenants, running_workers: WorkerGroup
+    app: App,
+    tenants: Tenants,
+    running_workers: WorkerGroup,
+    services: ServiceStandIn,
 ) -> None:
     """Every completion forged for a project whose first step failed, naming the victim's or
     the admin's database, is dead-lettered: no step runs, no catalog or record changes."""
@@ -333,10 +361,14 @@ def test_forged_completions_for_a_failed_project_run_no_step(
     assert (code, status["stage"]) == (0, Stage.COMPLETED.value)
     code, status = _cli_status(app, tenants.failing)
     assert (code, status["stage"]) == (1, Stage.FAILED.value)
-    assert_integrity(app, [tenants.victim, tenants.failing], forged={b["event_id"] for b in forged})
+    assert_integrity(
+        app, [tenants.victim, tenants.failing], forged={b["event_id"] for b in forged}, calls=services
+    )
 
 
-def test_forged_completions_for_a_finished_project_replay_only_its_record(app: App, tenants: Tenants) -> None:
+def test_forged_completions_for_a_finished_project_replay_only_its_record(
+    app: App, tenants: Tenants, services: ServiceStandIn
+) -> None:
     """Database completions forged for a finished project, naming the victim's or the admin's
     database, only wake replays of its own recorded results; a made-up correlation id is refused."""
     catalogs_before = {db: _catalog(app, db, role) for db, role in _targets(tenants).items()}
@@ -382,11 +414,13 @@ def test_forged_completions_for_a_finished_project_replay_only_its_record(app: A
         assert (database["database_name"], database["role_name"]) == (own.database, own.role)
         if "result" in event:
             assert event["result"]["database"]["database_name"] == own.database
-    assert_integrity(app, [tenants.victim, tenants.honest], forged=forged_ids)
+    assert_integrity(app, [tenants.victim, tenants.honest], forged=forged_ids, calls=services)
 
 
 def test_forged_results_on_a_request_never_reach_the_final_result(
-    app: App, running_workers: WorkerGroup
+    app: App,
+    running_workers: WorkerGroup,
+    services: ServiceStandIn,
 ) -> None:
     """A request carrying forged `results` (an evil auth endpoint) ends with the record's
     registrations only: absent when auth is off, the real one when it is on."""
@@ -411,11 +445,13 @@ def test_forged_results_on_a_request_never_reach_the_final_result(
     assert app.repository.step(off, step_by_key("auth").name).status is StepStatus.SKIPPED  # type: ignore[union-attr]
     assert final[on]["services"]["auth"]["tenant_id"] != "stolen"
     assert final[on]["services"]["auth"]["endpoint"] != EVIL
-    assert_integrity(app, [off, on], forged=forged)
+    assert_integrity(app, [off, on], forged=forged, calls=services)
 
 
 def test_an_envelope_naming_another_project_than_its_request_is_dead_lettered(
-    app: App, running_workers: WorkerGroup
+    app: App,
+    running_workers: WorkerGroup,
+    services: ServiceStandIn,
 ) -> None:
     """Envelope and request naming different projects are dead-lettered, on the request topic
     and on a completion topic, registering nothing; honest requests for both ids then finish."""
@@ -437,11 +473,13 @@ def test_an_envelope_naming_another_project_than_its_request_is_dead_lettered(
     for pid in (outer, inner):
         request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=app)
     wait_until_stage(app, [outer, inner], timeout=WAIT_S)
-    assert_integrity(app, [outer, inner], forged={mismatched["event_id"]})
+    assert_integrity(app, [outer, inner], forged={mismatched["event_id"]}, calls=services)
 
 
 def test_huge_values_and_keys_are_dead_lettered_as_bounded_copies(
-    app: App, running_workers: WorkerGroup
+    app: App,
+    running_workers: WorkerGroup,
+    services: ServiceStandIn,
 ) -> None:
     """An ~800 KB value and a ~700 KB key are each dead-lettered as a bounded copy with the
     original's size and digest; a request behind them finishes."""
@@ -478,11 +516,13 @@ def test_huge_values_and_keys_are_dead_lettered_as_bounded_copies(
         if letter in (by_value, by_key):
             assert len(msg.value() or b"") < 100 * 1024 and len(msg.key() or b"") <= 256
     assert app.repository.project(huge_value_pid) is None and app.repository.project(huge_key_pid) is None
-    assert_integrity(app, [after])
+    assert_integrity(app, [after], calls=services)
 
 
 def test_two_projects_with_the_same_event_id_get_distinct_outcome_ids(
-    app: App, running_workers: WorkerGroup
+    app: App,
+    running_workers: WorkerGroup,
+    services: ServiceStandIn,
 ) -> None:
     """Projects requested under one raw event_id (and, for a second pair, one correlation_id
     too) both finish, and no outcome event id is shared between them."""
@@ -506,11 +546,13 @@ def test_two_projects_with_the_same_event_id_get_distinct_outcome_ids(
     }
     assert all(len(found) == len(STEPS) for found in outcome_ids.values()), outcome_ids
     assert len(set().union(*outcome_ids.values())) == len(STEPS) * len(ids), "an outcome id is shared"
-    assert_integrity(app, ids)
+    assert_integrity(app, ids, calls=services)
 
 
 def test_sigterm_exits_cleanly_and_the_restart_reprocesses_nothing(
-    app: App, running_workers: WorkerGroup
+    app: App,
+    running_workers: WorkerGroup,
+    services: ServiceStandIn,
 ) -> None:
     """SIGTERM stops a worker with exit 0 and no failed final commit; restarted, it takes only
     new messages: one step run for one new project, no dead letter or replay repeated."""
@@ -542,7 +584,7 @@ def test_sigterm_exits_cleanly_and_the_restart_reprocesses_nothing(
         for d in dead_letters(app.bootstrap_servers)
     ]
     assert len(sources) == len(set(sources)), "a message was dead-lettered twice"
-    assert_integrity(app, [pid])
+    assert_integrity(app, [pid], calls=services)
 
 
 def _partition_of(key: str, partitions: int) -> int:
