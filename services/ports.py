@@ -1,5 +1,9 @@
 """The side effects the step handlers need, as ports. Real adapters live beside each step;
-fakes for unit tests live in ``tests/fakes.py``."""
+fakes for unit tests live in ``tests/fakes.py``.
+
+Teardown operations (``drop_*``, ``deregister``, ``revoke_keys``, ``erase``) are idempotent:
+what is already gone counts as done, so a rerun after a crash at any point converges.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from shared.errors import ProvisioningError
 from shared.events import ApiKeyInfo
+
+TENANT_PREFIX = "tenant_"
+"""Every tenant database and role is named ``tenant_<id>`` (see ``shared.naming``)."""
+
+
+def require_tenant_names(*names: str) -> None:
+    """ValueError unless every name is a tenant's: a teardown must never reach a platform
+    database, role or schema, whatever its caller passed."""
+    for name in names:
+        if not name.startswith(TENANT_PREFIX) or len(name) == len(TENANT_PREFIX):
+            raise ValueError(f"refusing to drop {name!r}: not a tenant name ({TENANT_PREFIX}...)")
+
+
+class TenantListingError(ProvisioningError):
+    """A service could not list its tenants: an inventory built without it would be wrong,
+    so whoever asked (``provision reconcile``) must abort rather than guess."""
 
 
 class TenantCluster(Protocol):
@@ -25,11 +46,28 @@ class TenantCluster(Protocol):
 
     def ensure_database(self, name: str, owner: str) -> None: ...
 
+    def drop_tenant(self, database: str, role: str) -> None:
+        """End every session of the role or in the database, then drop the database and the
+        role; either already gone is fine."""
+        ...
+
+    def list_tenant_databases(self) -> frozenset[str]:
+        """Every database named ``tenant_...``."""
+        ...
+
+    def list_tenant_roles(self) -> frozenset[str]:
+        """Every role named ``tenant_...``."""
+        ...
+
 
 class TenantSchemas(Protocol):
     """Schemas inside tenant databases (admin side)."""
 
     def ensure_schema(self, database: str, schema: str, owner: str) -> None: ...
+
+    def drop_schema(self, database: str, schema: str) -> None:
+        """Drop the schema and everything in it; a missing schema or database is fine."""
+        ...
 
 
 class CredentialStore(Protocol):
@@ -40,6 +78,10 @@ class CredentialStore(Protocol):
         ...
 
     def existing_password(self, project_id: str) -> str | None: ...
+
+    def erase(self, project_id: str) -> None:
+        """Forget the project's stored password (nothing stored is fine)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +94,19 @@ class Registered:
 
 
 class ServiceRegistry(Protocol):
-    """A platform service's tenant registration API (idempotent PUT by tenant id)."""
+    """A platform service's tenant registration API (idempotent PUT and DELETE by tenant id)."""
 
     def register(self, service: str, tenant_id: str, spec: Mapping[str, Any]) -> Registered: ...
 
     def lookup(self, service: str, tenant_id: str) -> Registered | None: ...
+
+    def deregister(self, service: str, tenant_id: str) -> None:
+        """Remove the tenant's registration; an unknown tenant is fine."""
+        ...
+
+    def list_tenants(self, service: str) -> frozenset[str]:
+        """Every tenant id the service has registered; TenantListingError when it cannot say."""
+        ...
 
 
 class KeyStore(Protocol):
@@ -66,6 +116,10 @@ class KeyStore(Protocol):
     def ensure_keys(self, project_id: str, count: int, prefix: str) -> tuple[ApiKeyInfo, ...]: ...
 
     def list_keys(self, project_id: str) -> tuple[ApiKeyInfo, ...]: ...
+
+    def revoke_keys(self, project_id: str) -> int:
+        """Delete the project's keys (hash, prefix and any unrevealed secret); how many were removed."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

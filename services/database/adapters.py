@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from sqlalchemy import Engine, text
 
+from services.ports import TENANT_PREFIX, require_tenant_names
 from services.tenant_cluster import ClusterAddress
 from shared.crypto import SecretBox, generate_password
+
+# LIKE's own wildcard escaped: ``tenant_%`` would also match ``tenantX...``.
+_TENANT_LIKE = TENANT_PREFIX.replace("_", "\\_") + "%"
 
 
 class PostgresTenantCluster:
@@ -32,6 +36,38 @@ class PostgresTenantCluster:
         with self.address.admin() as conn:
             row = conn.execute(r"SELECT count(*) FROM pg_database WHERE datname LIKE 'tenant\_%'").fetchone()
         return int(row[0]) if row else 0
+
+    def list_tenant_databases(self) -> frozenset[str]:
+        with self.address.admin() as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s ESCAPE '\\'", (_TENANT_LIKE,)
+            ).fetchall()
+        return frozenset(str(r[0]) for r in rows)
+
+    def list_tenant_roles(self) -> frozenset[str]:
+        with self.address.admin() as conn:
+            rows = conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE %s ESCAPE '\\'", (_TENANT_LIKE,)
+            ).fetchall()
+        return frozenset(str(r[0]) for r in rows)
+
+    def drop_tenant(self, database: str, role: str) -> None:
+        """The role loses LOGIN, every session of the role or in the database is ended, then the
+        database and the role are dropped. Under both of the ensure_* locks, so a drop never
+        interleaves with a create of the same tenant; whatever is already gone is skipped."""
+        require_tenant_names(database, role)
+        ident, role_ident = sql.Identifier(database), sql.Identifier(role)
+        with self._locked(f"database:{database}", f"role:{role}") as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                # No new session between the terminations below and the DROP ROLE.
+                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role_ident))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE (usename = %s OR datname = %s) AND pid <> pg_backend_pid()",
+                (role, database),
+            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role_ident))
 
     def ensure_role(self, role: str, password: str) -> None:
         """A LOGIN role with no privileges beyond its own database; password set every time
@@ -56,16 +92,15 @@ class PostgresTenantCluster:
             conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, owner_ident))
 
     @contextmanager
-    def _locked(self, name: str) -> Iterator[psycopg.Connection[Any]]:
-        """An admin connection holding an advisory lock on ``name``. Catalog changes to one
-        role or database (CREATE, ALTER, GRANT) fail rather than wait when they race, so
-        concurrent attempts for the same tenant take turns."""
-        with self.address.admin() as conn:
-            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
-            try:
-                yield conn
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+    def _locked(self, *names: str) -> Iterator[psycopg.Connection[Any]]:
+        """An admin connection holding an advisory lock on each of ``names`` (taken in order).
+        Catalog changes to one role or database (CREATE, ALTER, GRANT, DROP) fail rather than
+        wait when they race, so concurrent attempts for the same tenant take turns."""
+        with self.address.admin() as conn, ExitStack() as held:
+            for name in names:
+                conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+                held.callback(conn.execute, "SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+            yield conn
 
 
 class SqlCredentialStore:
@@ -158,3 +193,8 @@ class SqlCredentialStore:
                 {"p": project_id},
             ).scalar_one_or_none()
         return self.box.decrypt(stored) if stored is not None else None
+
+    def erase(self, project_id: str) -> None:
+        """The stored password (and any pending rotation) deleted; nothing stored is fine."""
+        with self.engine.begin() as conn:
+            conn.execute(text("DELETE FROM tenant_credentials WHERE project_id = :p"), {"p": project_id})

@@ -62,6 +62,14 @@ class SqlKeyStore:
         with self.engine.connect() as conn:
             return self._list(conn, project_id)
 
+    def revoke_keys(self, project_id: str) -> int:
+        """Every key of the project deleted (hash, prefix and any unrevealed secret): how many."""
+        with self.engine.begin() as conn:
+            # The lock ensure_keys takes: a revoke never interleaves with a creation.
+            conn.execute(text("SELECT 1 FROM projects WHERE project_id = :p FOR UPDATE"), {"p": project_id})
+            removed = conn.execute(text("DELETE FROM api_keys WHERE project_id = :p"), {"p": project_id})
+            return int(removed.rowcount)
+
     @staticmethod
     def _list(conn: Connection, project_id: str) -> tuple[ApiKeyInfo, ...]:
         rows = conn.execute(

@@ -3,7 +3,9 @@
 HTTP contract (each service): ``PUT {base_url}/tenants/{tenant_id}`` with a JSON body
 ``{"project_id", "region", "database", "schema_name", "bucket_name"?}``; 200 or 201 with ``{"endpoint": str,
 "bucket_name": str | null}``; idempotent by tenant id. ``GET`` the same URL answers 200
-with the same body, or 404. 5xx and timeouts are retryable; 4xx are not.
+with the same body, or 404. ``DELETE`` the same URL removes the registration: any 2xx, and
+404 (already gone), mean done. ``GET {base_url}/tenants`` answers 200 with a JSON array of
+every registered tenant id (strings). 5xx, 429 and timeouts are retryable; other 4xx are not.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, text
 
-from services.ports import Registered
-from shared.errors import ErrorType, ProvisioningError
+from services.ports import Registered, TenantListingError
+from shared.errors import ErrorType, ProvisioningError, classify
 
 
 class CatalogRegistry:
@@ -66,6 +68,23 @@ class CatalogRegistry:
             else None
         )
 
+    def deregister(self, service: str, tenant_id: str) -> None:
+        """The tenant's row for ``service`` deleted; no row is fine."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM service_registrations WHERE service = :service AND tenant_id = :tenant"),
+                {"service": service, "tenant": tenant_id},
+            )
+
+    def list_tenants(self, service: str) -> frozenset[str]:
+        """Every tenant with a row for ``service``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT tenant_id FROM service_registrations WHERE service = :service"),
+                {"service": service},
+            )
+            return frozenset(str(r.tenant_id) for r in rows)
+
 
 class HttpRegistry:
     """Registrations through each service's HTTP API (one pooled client per process)."""
@@ -88,6 +107,53 @@ class HttpRegistry:
             return None
         _raise_for(service, response)
         return _registered(service, tenant_id, response)
+
+    def deregister(self, service: str, tenant_id: str) -> None:
+        """``DELETE`` the registration: 2xx or 404 is done; errors as ``register`` raises them
+        (a timeout propagates as httpx's, which ``classify`` makes a retryable TIMEOUT)."""
+        response = self.client.delete(self._url(service, tenant_id))
+        if response.status_code == 404:
+            return
+        _raise_for(service, response)
+
+    def list_tenants(self, service: str) -> frozenset[str]:
+        """``GET {base_url}/tenants``: 200 with a JSON array of tenant ids (strings). Anything
+        else — an error status, no answer, another shape — raises TenantListingError."""
+        url = f"{self.base_urls[service].rstrip('/')}/tenants"
+        try:
+            response = self.client.get(url)
+        except httpx.TransportError as exc:
+            cause = classify(exc)
+            raise TenantListingError(
+                cause.error_type,
+                f"{service} service cannot list its tenants: {cause.message}",
+                details={"service": service, **cause.details},
+            ) from exc
+        try:
+            _raise_for(service, response)
+        except ProvisioningError as exc:
+            raise TenantListingError(
+                exc.error_type,
+                f"{service} service cannot list its tenants: {exc.message}",
+                details=exc.details,
+                retryable=exc.retryable,
+            ) from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, list) or not all(isinstance(t, str) for t in body):
+            raise TenantListingError(
+                ErrorType.SERVICE_REGISTRATION_FAILED,
+                f"{service} service answered its tenant list without a JSON array of tenant ids",
+                details={
+                    "service": service,
+                    "status_code": response.status_code,
+                    "body": response.text[:200],
+                },
+                retryable=False,
+            )
+        return frozenset(body)
 
 
 def _raise_for(service: str, response: httpx.Response) -> None:
