@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from services.ports import Registered, TenantFacts
+from services.ports import TENANT_PREFIX, Registered, TenantFacts, TenantListingError, require_tenant_names
 from services.specs import build_specs
 from shared.crypto import generate_api_key, generate_password
 from shared.db.repository import (
@@ -363,6 +363,27 @@ class FakeTenantCluster:
         self.calls.append(("ensure_database", name, owner))
         self.databases[name] = owner
 
+    def drop_tenant(self, database: str, role: str) -> None:
+        """The database, then the role, dropped if present. Like ``DROP ROLE``, refused while the
+        role still owns another database (the one given is dropped first, as for real)."""
+        self.calls.append(("drop_tenant", database, role))
+        require_tenant_names(database, role)
+        self.databases.pop(database, None)
+        if role in self.roles and role in self.databases.values():
+            raise psycopg.errors.DependentObjectsStillExist(
+                f'role "{role}" cannot be dropped because some objects depend on it'
+            )
+        self.roles.pop(role, None)
+
+    def list_tenant_databases(self) -> frozenset[str]:
+        """The named tenant databases (``other_tenants`` have no names, so are not listed)."""
+        self.calls.append(("list_tenant_databases",))
+        return frozenset(d for d in self.databases if d.startswith(TENANT_PREFIX))
+
+    def list_tenant_roles(self) -> frozenset[str]:
+        self.calls.append(("list_tenant_roles",))
+        return frozenset(r for r in self.roles if r.startswith(TENANT_PREFIX))
+
 
 class FakeTenantSchemas:
     """Schemas inside tenant databases, with their owner and baseline migrations."""
@@ -374,6 +395,13 @@ class FakeTenantSchemas:
     def ensure_schema(self, database: str, schema: str, owner: str) -> None:
         self.calls.append(("ensure_schema", database, schema, owner))
         self.schemas[(database, schema)] = owner
+
+    def drop_schema(self, database: str, schema: str) -> None:
+        """Dropped if present; a missing schema or database is done (this fake does not see the
+        cluster, so the schemas of a dropped database stay here until dropped themselves)."""
+        self.calls.append(("drop_schema", database, schema))
+        require_tenant_names(database, schema)
+        self.schemas.pop((database, schema), None)
 
     def owner_of(self, database: str, schema: str) -> str | None:
         return self.schemas.get((database, schema))
@@ -394,6 +422,10 @@ class FakeCredentialStore:
         self.calls.append(("existing_password", project_id))
         return self.passwords.get(project_id)
 
+    def erase(self, project_id: str) -> None:
+        self.calls.append(("erase", project_id))
+        self.passwords.pop(project_id, None)
+
 
 class FakeServiceRegistry:
     """The platform services' registration APIs: an idempotent PUT by tenant id."""
@@ -402,11 +434,21 @@ class FakeServiceRegistry:
         self.registrations: dict[tuple[str, str], Registered] = {}
         self.specs: dict[tuple[str, str], dict[str, Any]] = {}
         self.failures: dict[str | None, ProvisioningError] = {}
+        self.deregister_failures: dict[str | None, ProvisioningError] = {}
+        self.listing_failures: dict[str | None, TenantListingError] = {}
         self.calls: list[tuple[Any, ...]] = []
 
     def fail_with(self, error: ProvisioningError, *, service: str | None = None) -> None:
         """Make ``register`` raise ``error`` (for ``service`` only, or for every service)."""
         self.failures[service] = error
+
+    def fail_deregister_with(self, error: ProvisioningError, *, service: str | None = None) -> None:
+        """Make ``deregister`` raise ``error`` (for ``service`` only, or for every service)."""
+        self.deregister_failures[service] = error
+
+    def fail_listing_with(self, error: TenantListingError, *, service: str | None = None) -> None:
+        """Make ``list_tenants`` raise ``error`` (for ``service`` only, or for every service)."""
+        self.listing_failures[service] = error
 
     def forget(self, service: str, tenant_id: str) -> None:
         """Drop a registration, as if the service lost it."""
@@ -429,6 +471,22 @@ class FakeServiceRegistry:
     def lookup(self, service: str, tenant_id: str) -> Registered | None:
         self.calls.append(("lookup", service, tenant_id))
         return self.registrations.get((service, tenant_id))
+
+    def deregister(self, service: str, tenant_id: str) -> None:
+        """The registration removed; an unknown tenant is done (as a 404 is)."""
+        self.calls.append(("deregister", service, tenant_id))
+        failure = self.deregister_failures.get(service) or self.deregister_failures.get(None)
+        if failure is not None:
+            raise failure
+        self.registrations.pop((service, tenant_id), None)
+        self.specs.pop((service, tenant_id), None)
+
+    def list_tenants(self, service: str) -> frozenset[str]:
+        self.calls.append(("list_tenants", service))
+        failure = self.listing_failures.get(service) or self.listing_failures.get(None)
+        if failure is not None:
+            raise failure
+        return frozenset(t for s, t in self.registrations if s == service)
 
 
 @dataclass
@@ -465,6 +523,11 @@ class FakeKeyStore:
     def list_keys(self, project_id: str) -> tuple[ApiKeyInfo, ...]:
         self.calls.append(("list_keys", project_id))
         return self._infos(project_id)
+
+    def revoke_keys(self, project_id: str) -> int:
+        """Every key of the project (and its secret) removed; how many."""
+        self.calls.append(("revoke_keys", project_id))
+        return len(self.keys.pop(project_id, []))
 
     def secrets_of(self, project_id: str) -> list[str]:
         return [k.secret for k in self.keys.get(project_id, [])]

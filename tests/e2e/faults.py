@@ -68,10 +68,13 @@ def assert_each_side_effect_once(app: App, project_ids: Sequence[str], *, keys: 
 
 @dataclass
 class ServiceStandIn:
-    """A platform service's tenant API: ``PUT``/``GET /<service>/tenants/<id>``.
+    """A platform service's tenant API: ``PUT``/``GET``/``DELETE /<service>/tenants/<id>`` and
+    ``GET /<service>/tenants`` (a JSON array of the service's tenant ids).
 
     ``reject`` holds services answering 400 to registrations, to make a permanent failure;
-    ``unavailable`` holds tenant ids answered with 503, a retryable one.
+    ``unavailable`` holds tenant ids answered with 503 (to PUT and DELETE), a retryable one;
+    ``delete_status`` forces the status of a DELETE by tenant id; ``unlistable`` forces the
+    status of ``GET /<service>/tenants`` by service.
     """
 
     port: int = 0
@@ -81,6 +84,10 @@ class ServiceStandIn:
     puts: int = 0
     put_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     """Registration calls per (service, tenant): what no database constraint would show."""
+    delete_status: dict[str, int] = field(default_factory=dict)
+    unlistable: dict[str, int] = field(default_factory=dict)
+    deletes: list[tuple[str, str, int]] = field(default_factory=list)
+    """Every DELETE as (service, tenant, status answered)."""
 
     def base_url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.port}/{service}"
@@ -135,10 +142,40 @@ def service_stand_in() -> Iterator[ServiceStandIn]:
             self._reply(200, body)
 
         def do_GET(self) -> None:
+            listed = self.path.strip("/").split("/")
+            if len(listed) == 2 and listed[1] == "tenants":
+                self._list(listed[0])
+                return
             parts = self._parts()
             with lock:
                 body = state.tenants.get(parts) if parts else None
             self._reply(200, body) if body is not None else self._reply(404, {"error": "unknown tenant"})
+
+        def _list(self, service: str) -> None:
+            with lock:
+                status = state.unlistable.get(service)
+                ids = sorted(t for s, t in state.tenants if s == service)
+            if status is not None:
+                self._reply(status, {"error": f"{service} cannot list its tenants"})
+                return
+            self._reply(200, ids)
+
+        def do_DELETE(self) -> None:
+            parts = self._parts()
+            if parts is None:
+                self._reply(404, {"error": "no such route"})
+                return
+            service, tenant = parts
+            with lock:
+                status = state.delete_status.get(tenant) or (503 if tenant in state.unavailable else None)
+                if status is None:
+                    status = 204 if state.tenants.pop(parts, None) is not None else 404
+                state.deletes.append((service, tenant, status))
+            if status == 204:
+                self.send_response(204)
+                self.end_headers()
+                return
+            self._reply(status, {"error": "unknown tenant"} if status == 404 else {"error": "refused"})
 
         def log_message(self, format: str, *args: object) -> None:
             """Quiet."""

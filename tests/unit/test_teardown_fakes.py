@@ -1,0 +1,237 @@
+"""The teardown side of the port fakes behaves like the real adapters on the idempotency cases
+(the same cases run on the real ones in tests/integration/test_teardown_adapters.py)."""
+
+from __future__ import annotations
+
+import inspect
+
+import psycopg
+import pytest
+
+from services.database.adapters import PostgresTenantCluster, SqlCredentialStore
+from services.keys.adapters import SqlKeyStore
+from services.ports import (
+    CredentialStore,
+    KeyStore,
+    ServiceRegistry,
+    TenantCluster,
+    TenantListingError,
+    TenantSchemas,
+    require_tenant_names,
+)
+from services.registration.adapters import CatalogRegistry, HttpRegistry
+from services.schema.adapters import PostgresTenantSchemas
+from shared.errors import ErrorType, ProvisioningError
+from shared.naming import TenantNames
+from tests.fakes import (
+    FakeCredentialStore,
+    FakeKeyStore,
+    FakeServiceRegistry,
+    FakeTenantCluster,
+    FakeTenantSchemas,
+)
+
+NAMES = TenantNames.for_project("acme-app")
+
+
+TEARDOWN = [
+    (TenantCluster, FakeTenantCluster, PostgresTenantCluster, "drop_tenant"),
+    (TenantCluster, FakeTenantCluster, PostgresTenantCluster, "list_tenant_databases"),
+    (TenantCluster, FakeTenantCluster, PostgresTenantCluster, "list_tenant_roles"),
+    (TenantSchemas, FakeTenantSchemas, PostgresTenantSchemas, "drop_schema"),
+    (CredentialStore, FakeCredentialStore, SqlCredentialStore, "erase"),
+    (ServiceRegistry, FakeServiceRegistry, CatalogRegistry, "deregister"),
+    (ServiceRegistry, FakeServiceRegistry, CatalogRegistry, "list_tenants"),
+    (ServiceRegistry, FakeServiceRegistry, HttpRegistry, "deregister"),
+    (ServiceRegistry, FakeServiceRegistry, HttpRegistry, "list_tenants"),
+    (KeyStore, FakeKeyStore, SqlKeyStore, "revoke_keys"),
+]
+
+
+@pytest.mark.parametrize(("port", "fake", "real", "method"), TEARDOWN)
+def test_fake_and_real_teardown_methods_have_the_ports_signature(
+    port: type, fake: type, real: type, method: str
+) -> None:
+    """The port's teardown method, its fake's and its real adapter's take the same parameters."""
+    expected = inspect.signature(getattr(port, method))
+    assert inspect.signature(getattr(fake, method)) == expected
+    assert inspect.signature(getattr(real, method)) == expected
+
+
+# --- cluster ----------------------------------------------------------------------------------
+
+
+def test_drop_tenant_removes_database_and_role_and_a_rerun_is_a_no_op() -> None:
+    """drop_tenant removes the database and the role; twice raises nothing and changes nothing."""
+    cluster = FakeTenantCluster()
+    cluster.ensure_role(NAMES.role, "pw")
+    cluster.ensure_database(NAMES.database, owner=NAMES.role)
+
+    cluster.drop_tenant(NAMES.database, NAMES.role)
+    cluster.drop_tenant(NAMES.database, NAMES.role)
+
+    assert NAMES.database not in cluster.databases
+    assert NAMES.role not in cluster.roles
+    assert not cluster.database_exists(NAMES.database)
+
+
+def test_drop_tenant_of_a_tenant_never_created_is_done() -> None:
+    """drop_tenant of names that never existed raises nothing (DROP ... IF EXISTS)."""
+    FakeTenantCluster().drop_tenant(NAMES.database, NAMES.role)
+
+
+def test_drop_tenant_refuses_a_role_owning_another_database() -> None:
+    """Like DROP ROLE, the role is kept while it still owns another database; the given one goes."""
+    cluster = FakeTenantCluster()
+    other = TenantNames.for_project("other-app")
+    cluster.ensure_role(NAMES.role, "pw")
+    cluster.ensure_database(NAMES.database, owner=NAMES.role)
+    cluster.ensure_database(other.database, owner=NAMES.role)
+
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist):
+        cluster.drop_tenant(NAMES.database, NAMES.role)
+
+    assert NAMES.database not in cluster.databases
+    assert NAMES.role in cluster.roles
+
+
+@pytest.mark.parametrize(
+    ("database", "role"), [("postgres", NAMES.role), (NAMES.database, "admin"), ("tenant_", "tenant_")]
+)
+def test_drop_tenant_refuses_names_that_are_not_a_tenants(database: str, role: str) -> None:
+    """A database or role not named tenant_<id> is refused before anything is dropped."""
+    cluster = FakeTenantCluster()
+    cluster.databases[database] = role
+    with pytest.raises(ValueError, match="not a tenant name"):
+        cluster.drop_tenant(database, role)
+    assert database in cluster.databases
+
+
+def test_list_tenant_databases_and_roles_keep_only_tenant_names() -> None:
+    """Listings hold the tenant_-prefixed names only, and follow creates and drops."""
+    cluster = FakeTenantCluster()
+    cluster.ensure_role(NAMES.role, "pw")
+    cluster.ensure_database(NAMES.database, owner=NAMES.role)
+    cluster.ensure_role("tenantless", "pw")
+    cluster.ensure_database("tenantless", owner="tenantless")
+
+    assert cluster.list_tenant_databases() == {NAMES.database}
+    assert cluster.list_tenant_roles() == {NAMES.role}
+    cluster.drop_tenant(NAMES.database, NAMES.role)
+    assert cluster.list_tenant_databases() == frozenset()
+    assert cluster.list_tenant_roles() == frozenset()
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+def test_drop_schema_twice_and_on_a_missing_database_is_done() -> None:
+    """drop_schema removes the schema; again, and in a database never made, raises nothing."""
+    schemas = FakeTenantSchemas()
+    schemas.ensure_schema(NAMES.database, NAMES.schema, owner=NAMES.role)
+
+    schemas.drop_schema(NAMES.database, NAMES.schema)
+    schemas.drop_schema(NAMES.database, NAMES.schema)
+    schemas.drop_schema("tenant_never_made", NAMES.schema)
+
+    assert schemas.owner_of(NAMES.database, NAMES.schema) is None
+
+
+def test_drop_schema_refuses_a_platform_schema() -> None:
+    """drop_schema of a schema not named tenant_<id> (e.g. public) is refused."""
+    with pytest.raises(ValueError, match="not a tenant name"):
+        FakeTenantSchemas().drop_schema(NAMES.database, "public")
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_deregister_twice_and_an_unknown_tenant_is_done() -> None:
+    """deregister removes the registration; again, and for an unknown tenant, raises nothing."""
+    registry = FakeServiceRegistry()
+    registry.register("auth", "acme-app", {"project_id": "acme-app"})
+    registry.register("storage", "acme-app", {"project_id": "acme-app"})
+
+    registry.deregister("auth", "acme-app")
+    registry.deregister("auth", "acme-app")
+    registry.deregister("auth", "never-registered")
+
+    assert registry.lookup("auth", "acme-app") is None
+    assert registry.lookup("storage", "acme-app") is not None
+
+
+def test_list_tenants_is_per_service() -> None:
+    """list_tenants gives the tenant ids registered with that service only."""
+    registry = FakeServiceRegistry()
+    registry.register("auth", "a-app", {})
+    registry.register("auth", "b-app", {})
+    registry.register("realtime", "a-app", {})
+
+    assert registry.list_tenants("auth") == {"a-app", "b-app"}
+    assert registry.list_tenants("realtime") == {"a-app"}
+    assert registry.list_tenants("storage") == frozenset()
+
+
+def test_deregister_failure_is_raised_as_given() -> None:
+    """A failure set for deregister is raised with its retryability; the registration stays."""
+    registry = FakeServiceRegistry()
+    registry.register("auth", "acme-app", {})
+    error = ProvisioningError(ErrorType.SERVICE_REGISTRATION_FAILED, "auth service answered HTTP 500")
+    registry.fail_deregister_with(error, service="auth")
+
+    with pytest.raises(ProvisioningError) as caught:
+        registry.deregister("auth", "acme-app")
+
+    assert caught.value.retryable
+    assert registry.lookup("auth", "acme-app") is not None
+
+
+def test_listing_failure_raises_tenant_listing_error() -> None:
+    """A service that cannot list raises TenantListingError, a ProvisioningError."""
+    registry = FakeServiceRegistry()
+    registry.fail_listing_with(
+        TenantListingError(ErrorType.SERVICE_REGISTRATION_FAILED, "realtime cannot list"), service="realtime"
+    )
+    assert registry.list_tenants("auth") == frozenset()
+    with pytest.raises(TenantListingError, match="realtime cannot list"):
+        registry.list_tenants("realtime")
+
+
+# --- keys and credentials ---------------------------------------------------------------------
+
+
+def test_revoke_keys_returns_how_many_then_zero() -> None:
+    """revoke_keys removes the keys and their secrets: n the first time, 0 the second."""
+    keys = FakeKeyStore()
+    keys.ensure_keys("acme-app", 3, "pk")
+    keys.ensure_keys("other-app", 2, "pk")
+
+    assert keys.revoke_keys("acme-app") == 3
+    assert keys.revoke_keys("acme-app") == 0
+    assert keys.list_keys("acme-app") == ()
+    assert keys.secrets_of("acme-app") == []
+    assert len(keys.list_keys("other-app")) == 2
+
+
+def test_revoke_keys_of_a_project_without_keys_is_zero() -> None:
+    """revoke_keys of a project that never had keys returns 0."""
+    assert FakeKeyStore().revoke_keys("acme-app") == 0
+
+
+def test_erase_twice_forgets_the_password() -> None:
+    """erase forgets the stored password; twice raises nothing; a later password_for makes a new one."""
+    credentials = FakeCredentialStore()
+    first = credentials.password_for("acme-app", NAMES.role)
+
+    credentials.erase("acme-app")
+    credentials.erase("acme-app")
+
+    assert credentials.existing_password("acme-app") is None
+    assert credentials.password_for("acme-app", NAMES.role) != first
+
+
+def test_require_tenant_names_accepts_tenant_names_only() -> None:
+    """require_tenant_names passes tenant_<id> names and refuses any other, naming it."""
+    require_tenant_names(NAMES.database, NAMES.role, NAMES.schema)
+    with pytest.raises(ValueError, match="'public'"):
+        require_tenant_names(NAMES.schema, "public")
