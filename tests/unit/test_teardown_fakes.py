@@ -1,10 +1,13 @@
 """The teardown side of the port fakes behaves like the real adapters on the idempotency cases
-(the same cases run on the real ones in tests/integration/test_teardown_adapters.py)."""
+(the same cases run on the real ones in tests/integration/test_teardown_adapters.py), plus
+HttpRegistry's answers no stand-in gives (odd bodies, timeouts), answered in process."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
+import httpx
 import psycopg
 import pytest
 
@@ -21,7 +24,7 @@ from services.ports import (
 )
 from services.registration.adapters import CatalogRegistry, HttpRegistry
 from services.schema.adapters import PostgresTenantSchemas
-from shared.errors import ErrorType, ProvisioningError
+from shared.errors import ErrorType, ProvisioningError, classify
 from shared.naming import TenantNames
 from tests.fakes import (
     FakeCredentialStore,
@@ -235,3 +238,64 @@ def test_require_tenant_names_accepts_tenant_names_only() -> None:
     require_tenant_names(NAMES.database, NAMES.role, NAMES.schema)
     with pytest.raises(ValueError, match="'public'"):
         require_tenant_names(NAMES.schema, "public")
+
+
+# --- HttpRegistry's answers the stand-in cannot give ------------------------------------------
+
+
+def http_registry_answering(handler: Callable[[httpx.Request], httpx.Response]) -> HttpRegistry:
+    """An HttpRegistry whose every request is answered in process by ``handler``."""
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    return HttpRegistry(client, {"auth": "http://auth.platform.test/v1/"})
+
+
+@pytest.mark.parametrize("body", [b'{"tenants": []}', b"[1, 2]", b"not json", b'["a-app", null]'])
+def test_http_listing_of_another_shape_raises_tenant_listing_error(body: bytes) -> None:
+    """A 200 whose body is not a JSON array of tenant ids raises a permanent TenantListingError."""
+    registry = http_registry_answering(lambda request: httpx.Response(200, content=body))
+    with pytest.raises(TenantListingError, match="without a JSON array of tenant ids") as caught:
+        registry.list_tenants("auth")
+    assert not caught.value.retryable
+
+
+def test_http_listing_reads_the_array_at_the_tenants_url() -> None:
+    """list_tenants GETs {base_url}/tenants and returns the ids of the JSON array."""
+    seen: list[tuple[str, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, str(request.url)))
+        return httpx.Response(200, json=["a-app", "b-app"])
+
+    assert http_registry_answering(answer).list_tenants("auth") == {"a-app", "b-app"}
+    assert seen == [("GET", "http://auth.platform.test/v1/tenants")]
+
+
+def test_http_deregister_timeout_propagates_as_a_retryable_timeout() -> None:
+    """A DELETE timing out raises httpx's timeout, which classify makes a retryable TIMEOUT."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with pytest.raises(httpx.TimeoutException) as caught:
+        http_registry_answering(answer).deregister("auth", "acme-app")
+    error = classify(caught.value, default=ErrorType.SERVICE_REGISTRATION_FAILED)
+    assert error.error_type is ErrorType.TIMEOUT
+    assert error.retryable
+
+
+def test_http_listing_timeout_raises_a_retryable_tenant_listing_error() -> None:
+    """A tenant list timing out raises TenantListingError of type TIMEOUT, retryable."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with pytest.raises(TenantListingError) as caught:
+        http_registry_answering(answer).list_tenants("auth")
+    assert caught.value.error_type is ErrorType.TIMEOUT
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize("status", [200, 202, 204, 404])
+def test_http_deregister_accepts_any_2xx_and_404(status: int) -> None:
+    """A DELETE answered with any 2xx, or 404, is done."""
+    http_registry_answering(lambda request: httpx.Response(status)).deregister("auth", "acme-app")

@@ -1,0 +1,423 @@
+"""The teardown side of the step adapters against the real PostgreSQL cluster and a real HTTP
+stand-in: every operation converges when run again, and "already gone" counts as done."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import text
+
+from services.bootstrap import App
+from services.database.adapters import PostgresTenantCluster, SqlCredentialStore
+from services.keys.adapters import SqlKeyStore
+from services.ports import TenantListingError
+from services.registration.adapters import CatalogRegistry, HttpRegistry
+from services.schema.adapters import PostgresTenantSchemas
+from services.tenant_cluster import ClusterAddress
+from shared.crypto import generate_password
+from shared.errors import ErrorType, ProvisioningError, classify
+from shared.naming import TenantNames
+from tests.e2e.faults import ServiceStandIn, service_stand_in
+from tests.integration.test_adapters import admin_value, connect_as, race
+from tests.support import unique_project
+
+SERVICES = ("auth", "realtime", "storage")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant's names and its role's password."""
+
+    names: TenantNames
+    password: str
+
+
+@pytest.fixture
+def address(app: App) -> ClusterAddress:
+    return app.cluster_address
+
+
+@pytest.fixture
+def cluster(address: ClusterAddress) -> PostgresTenantCluster:
+    return PostgresTenantCluster(address)
+
+
+@pytest.fixture
+def schemas(address: ClusterAddress) -> PostgresTenantSchemas:
+    return PostgresTenantSchemas(address)
+
+
+@pytest.fixture
+def tenant(
+    address: ClusterAddress, cluster: PostgresTenantCluster, schemas: PostgresTenantSchemas
+) -> Iterator[Tenant]:
+    """A fully created tenant (role, database, schema with its baseline); dropped after."""
+    names = TenantNames.for_project(unique_project())
+    made = Tenant(names, generate_password())
+    cluster.ensure_role(names.role, made.password)
+    cluster.ensure_database(names.database, owner=names.role)
+    schemas.ensure_schema(names.database, names.schema, owner=names.role)
+    yield made
+    with address.admin() as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(names.database))
+        )
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(names.role)))
+
+
+def tenant_counts(address: ClusterAddress, names: TenantNames) -> tuple[int, int]:
+    """How many databases and roles bear the tenant's names."""
+    databases = admin_value(address, "SELECT count(*) FROM pg_database WHERE datname = %s", names.database)
+    roles = admin_value(address, "SELECT count(*) FROM pg_roles WHERE rolname = %s", names.role)
+    return int(databases), int(roles)
+
+
+# --- PostgresTenantCluster ---------------------------------------------------------------------
+
+
+def test_drop_tenant_leaves_nothing_and_twice_is_fine(
+    cluster: PostgresTenantCluster, address: ClusterAddress, tenant: Tenant
+) -> None:
+    """drop_tenant removes the database and the role from the catalog; a second drop raises nothing."""
+    names = tenant.names
+    assert tenant_counts(address, names) == (1, 1)
+    assert names.database in cluster.list_tenant_databases()
+    assert names.role in cluster.list_tenant_roles()
+
+    cluster.drop_tenant(names.database, names.role)
+    cluster.drop_tenant(names.database, names.role)
+
+    assert tenant_counts(address, names) == (0, 0)
+    assert names.database not in cluster.list_tenant_databases()
+    assert names.role not in cluster.list_tenant_roles()
+    assert not cluster.database_exists(names.database)
+
+
+def test_drop_tenant_never_created_is_done(cluster: PostgresTenantCluster, address: ClusterAddress) -> None:
+    """drop_tenant of a tenant that never existed raises nothing."""
+    names = TenantNames.for_project(unique_project())
+    cluster.drop_tenant(names.database, names.role)
+    assert tenant_counts(address, names) == (0, 0)
+
+
+def test_drop_tenant_terminates_a_session_of_the_tenant_role(
+    cluster: PostgresTenantCluster, address: ClusterAddress, tenant: Tenant
+) -> None:
+    """A session connected as the tenant role is terminated, and the database and role are dropped."""
+    names = tenant.names
+    session = connect_as(address, names.database, names.role, tenant.password)
+    try:
+        assert session.execute("SELECT current_user").fetchone() == (names.role,)
+
+        cluster.drop_tenant(names.database, names.role)
+
+        assert tenant_counts(address, names) == (0, 0)
+        with pytest.raises(psycopg.OperationalError):
+            session.execute("SELECT 1")
+    finally:
+        session.close()
+    with pytest.raises(psycopg.OperationalError):
+        connect_as(address, names.database, names.role, tenant.password)
+
+
+def test_concurrent_drop_tenant_calls_all_succeed(
+    cluster: PostgresTenantCluster, address: ClusterAddress, tenant: Tenant
+) -> None:
+    """Four concurrent drop_tenant calls for one tenant all succeed and leave nothing."""
+    names = tenant.names
+
+    _, raised = race(4, lambda: cluster.drop_tenant(names.database, names.role))
+
+    assert not raised, sorted({f"{type(e).__name__}: {e}".splitlines()[0] for e in raised})
+    assert tenant_counts(address, names) == (0, 0)
+
+
+def test_drop_tenant_refuses_a_name_that_is_not_a_tenants(
+    cluster: PostgresTenantCluster, address: ClusterAddress
+) -> None:
+    """drop_tenant refuses a platform database or role before touching the cluster."""
+    with pytest.raises(ValueError, match="not a tenant name"):
+        cluster.drop_tenant("postgres", "postgres")
+    assert admin_value(address, "SELECT count(*) FROM pg_database WHERE datname = 'postgres'") == 1
+
+
+def test_tenant_listings_escape_the_underscore(
+    cluster: PostgresTenantCluster, address: ClusterAddress
+) -> None:
+    """A database and a role named tenantX... (no underscore) are not listed as tenants."""
+    lookalike = f"tenantx{uuid.uuid4().hex[:10]}"
+    ident = sql.Identifier(lookalike)
+    with address.admin() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, ident))
+    try:
+        assert lookalike not in cluster.list_tenant_databases()
+        assert lookalike not in cluster.list_tenant_roles()
+        assert all(d.startswith("tenant_") for d in cluster.list_tenant_databases())
+        assert all(r.startswith("tenant_") for r in cluster.list_tenant_roles())
+    finally:
+        with address.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+
+
+# --- PostgresTenantSchemas ---------------------------------------------------------------------
+
+
+def schema_count(address: ClusterAddress, names: TenantNames) -> int:
+    with address.admin(names.database) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (names.schema,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_drop_schema_drops_its_objects_and_twice_is_fine(
+    schemas: PostgresTenantSchemas, address: ClusterAddress, tenant: Tenant
+) -> None:
+    """drop_schema drops the schema with the tenant's own tables in it; a second drop raises nothing."""
+    names = tenant.names
+    with connect_as(address, names.database, names.role, tenant.password) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY)")
+    assert schema_count(address, names) == 1
+
+    schemas.drop_schema(names.database, names.schema)
+    schemas.drop_schema(names.database, names.schema)
+
+    assert schema_count(address, names) == 0
+    assert admin_value(address, "SELECT count(*) FROM pg_database WHERE datname = %s", names.database) == 1
+
+
+def test_drop_schema_in_a_missing_database_is_done(
+    schemas: PostgresTenantSchemas, cluster: PostgresTenantCluster, tenant: Tenant
+) -> None:
+    """drop_schema in a database already dropped (or never made) raises nothing."""
+    names = tenant.names
+    cluster.drop_tenant(names.database, names.role)
+
+    schemas.drop_schema(names.database, names.schema)
+    schemas.drop_schema("tenant_never_made_" + uuid.uuid4().hex[:8], names.schema)
+
+
+# --- CatalogRegistry ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def catalog(app: App) -> CatalogRegistry:
+    return CatalogRegistry(app.engine, {s: f"http://{s}.platform.test/v1" for s in SERVICES})
+
+
+def test_catalog_deregister_twice_and_unknown_is_done(catalog: CatalogRegistry, app: App) -> None:
+    """deregister deletes the service's row only; again, and for an unknown tenant, raises nothing."""
+    tenant_id = unique_project()
+    for service in ("auth", "storage"):
+        catalog.register(service, tenant_id, {"project_id": tenant_id})
+    assert tenant_id in catalog.list_tenants("auth")
+
+    catalog.deregister("auth", tenant_id)
+    catalog.deregister("auth", tenant_id)
+    catalog.deregister("auth", unique_project())
+
+    assert catalog.lookup("auth", tenant_id) is None
+    assert catalog.lookup("storage", tenant_id) is not None
+    assert tenant_id not in catalog.list_tenants("auth")
+    assert tenant_id in catalog.list_tenants("storage")
+    with app.engine.connect() as conn:
+        services = conn.execute(
+            text("SELECT service FROM service_registrations WHERE tenant_id = :t"), {"t": tenant_id}
+        ).scalars()
+        assert list(services) == ["storage"]
+
+
+def test_catalog_list_tenants_is_per_service(catalog: CatalogRegistry) -> None:
+    """list_tenants gives every tenant registered with that service and none of another's."""
+    first, second = unique_project(), unique_project()
+    catalog.register("realtime", first, {"project_id": first})
+    catalog.register("realtime", second, {"project_id": second})
+    catalog.register("auth", second, {"project_id": second})
+
+    assert {first, second} <= catalog.list_tenants("realtime")
+    listed_auth = catalog.list_tenants("auth")
+    assert second in listed_auth
+    assert first not in listed_auth
+
+
+# --- HttpRegistry against the stand-in ----------------------------------------------------------
+
+
+@pytest.fixture
+def stand_in() -> Iterator[ServiceStandIn]:
+    with service_stand_in() as running:
+        yield running
+
+
+@pytest.fixture
+def http_registry(stand_in: ServiceStandIn) -> Iterator[HttpRegistry]:
+    with httpx.Client(timeout=5.0) as client:
+        yield HttpRegistry(client, {s: stand_in.base_url(s) for s in SERVICES})
+
+
+def test_http_deregister_twice_and_unknown_is_done(
+    http_registry: HttpRegistry, stand_in: ServiceStandIn
+) -> None:
+    """DELETE removes the registration (204); again and for an unknown tenant it answers 404: done."""
+    tenant_id, unknown = unique_project(), unique_project()
+    http_registry.register("auth", tenant_id, {"project_id": tenant_id})
+    http_registry.register("storage", tenant_id, {"project_id": tenant_id})
+
+    http_registry.deregister("auth", tenant_id)
+    http_registry.deregister("auth", tenant_id)
+    http_registry.deregister("auth", unknown)
+
+    assert stand_in.deletes == [("auth", tenant_id, 204), ("auth", tenant_id, 404), ("auth", unknown, 404)]
+    assert http_registry.lookup("auth", tenant_id) is None
+    assert http_registry.lookup("storage", tenant_id) is not None
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(500, True), (503, True), (429, True), (400, False), (409, False)]
+)
+def test_http_deregister_error_is_classified_as_register_does(
+    http_registry: HttpRegistry, stand_in: ServiceStandIn, status: int, retryable: bool
+) -> None:
+    """A DELETE answered 5xx/429 raises a retryable SERVICE_REGISTRATION_FAILED; other 4xx a permanent one."""
+    tenant_id = unique_project()
+    http_registry.register("realtime", tenant_id, {"project_id": tenant_id})
+    stand_in.delete_status[tenant_id] = status
+
+    with pytest.raises(ProvisioningError, match=f"realtime service answered HTTP {status}") as caught:
+        http_registry.deregister("realtime", tenant_id)
+
+    error = caught.value
+    assert error.error_type is ErrorType.SERVICE_REGISTRATION_FAILED
+    assert error.retryable is retryable
+    assert classify(error) is error
+    assert http_registry.lookup("realtime", tenant_id) is not None
+
+
+def test_http_list_tenants_is_per_service(http_registry: HttpRegistry) -> None:
+    """GET /tenants lists exactly the tenants registered with that service."""
+    first, second = unique_project(), unique_project()
+    http_registry.register("storage", first, {"project_id": first})
+    http_registry.register("storage", second, {"project_id": second})
+    http_registry.register("auth", second, {"project_id": second})
+
+    assert http_registry.list_tenants("storage") == {first, second}
+    assert http_registry.list_tenants("auth") == {second}
+    assert http_registry.list_tenants("realtime") == frozenset()
+    http_registry.deregister("storage", first)
+    assert http_registry.list_tenants("storage") == {second}
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(503, True), (404, False)])
+def test_http_listing_failure_raises_tenant_listing_error(
+    http_registry: HttpRegistry, stand_in: ServiceStandIn, status: int, retryable: bool
+) -> None:
+    """A service answering its tenant list with an error raises TenantListingError, classified."""
+    stand_in.unlistable["auth"] = status
+
+    with pytest.raises(
+        TenantListingError, match=f"auth service cannot list its tenants.*HTTP {status}"
+    ) as caught:
+        http_registry.list_tenants("auth")
+
+    assert caught.value.retryable is retryable
+    assert caught.value.details["status_code"] == status
+
+
+def test_http_listing_of_an_unreachable_service_raises_tenant_listing_error() -> None:
+    """A service nobody answers for raises TenantListingError (NETWORK_ERROR, retryable)."""
+    with service_stand_in() as gone:
+        url = gone.base_url("auth")
+    with httpx.Client(timeout=2.0) as client:
+        registry = HttpRegistry(client, {"auth": url})
+        with pytest.raises(TenantListingError, match="auth service cannot list its tenants") as caught:
+            registry.list_tenants("auth")
+    assert caught.value.error_type is ErrorType.NETWORK_ERROR
+    assert caught.value.retryable
+
+
+# --- SqlKeyStore and SqlCredentialStore ---------------------------------------------------------
+
+
+def test_revoke_keys_removes_them_then_finds_none(app: App) -> None:
+    """revoke_keys deletes the project's keys (hashes and secrets): 3 the first time, 0 the second."""
+    store = SqlKeyStore(app.engine, app.box)
+    project_id, other = unique_project(), unique_project()
+    for project in (project_id, other):
+        app.repository.initialize(project)
+        store.ensure_keys(project, 3, "pk")
+    secret = store.reveal(project_id)[0].secret
+    assert store.verify_secret(secret) is not None
+
+    assert store.revoke_keys(project_id) == 3
+    assert store.revoke_keys(project_id) == 0
+
+    assert store.list_keys(project_id) == ()
+    assert store.verify_secret(secret) is None
+    assert len(store.list_keys(other)) == 3
+    with app.engine.connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM api_keys WHERE project_id = :p"), {"p": project_id})
+        assert left.scalar_one() == 0
+
+
+def test_revoke_keys_of_an_unknown_project_is_zero(app: App) -> None:
+    """revoke_keys of a project with no record and no keys returns 0."""
+    assert SqlKeyStore(app.engine, app.box).revoke_keys(unique_project()) == 0
+
+
+def test_erase_twice_deletes_the_stored_password(app: App) -> None:
+    """erase deletes the tenant_credentials row; a second erase raises nothing."""
+    store = SqlCredentialStore(app.engine, app.box)
+    project_id = unique_project()
+    store.password_for(project_id, TenantNames.for_project(project_id).role)
+
+    store.erase(project_id)
+    store.erase(project_id)
+
+    assert store.existing_password(project_id) is None
+    with app.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT count(*) FROM tenant_credentials WHERE project_id = :p"), {"p": project_id}
+        ).scalar_one()
+    assert rows == 0
+    with pytest.raises(LookupError):
+        store.reveal(project_id)
+
+
+def test_tenant_torn_down_end_to_end_leaves_no_trace(
+    app: App, cluster: PostgresTenantCluster, schemas: PostgresTenantSchemas, catalog: CatalogRegistry
+) -> None:
+    """The whole reverse chain, run twice, leaves no database, role, registration, key or password."""
+    project_id = unique_project()
+    names = TenantNames.for_project(project_id)
+    credentials, keys = SqlCredentialStore(app.engine, app.box), SqlKeyStore(app.engine, app.box)
+    app.repository.initialize(project_id)
+    cluster.ensure_role(names.role, credentials.password_for(project_id, names.role))
+    cluster.ensure_database(names.database, owner=names.role)
+    schemas.ensure_schema(names.database, names.schema, owner=names.role)
+    for service in SERVICES:
+        catalog.register(service, project_id, {"project_id": project_id})
+    keys.ensure_keys(project_id, 2, "pk")
+
+    teardown: list[Callable[[], object]] = [
+        lambda: keys.revoke_keys(project_id),
+        *[functools.partial(catalog.deregister, s, project_id) for s in reversed(SERVICES)],
+        lambda: schemas.drop_schema(names.database, names.schema),
+        lambda: cluster.drop_tenant(names.database, names.role),
+        lambda: credentials.erase(project_id),
+    ]
+    for _ in range(2):
+        for step in teardown:
+            step()
+
+    assert tenant_counts(app.cluster_address, names) == (0, 0)
+    assert all(project_id not in catalog.list_tenants(s) for s in SERVICES)
+    assert keys.list_keys(project_id) == ()
+    assert credentials.existing_password(project_id) is None
