@@ -166,7 +166,7 @@ def request_provisioning(
         relay_outbox(app.engine, app.publisher, timeout=publish_timeout)
     except Exception as exc:
         published = False
-        log.warning("request_publish_deferred", project_id=model.project_id, error=type(exc).__name__)
+        log.info("request_publish_deferred", project_id=model.project_id, error=type(exc).__name__)
     assert record.correlation_id is not None
     status = "requested" if registration is Registration.NEW else "duplicate"
     return RequestReceipt(model.project_id, record.correlation_id, status, published=published)
