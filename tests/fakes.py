@@ -38,10 +38,12 @@ from shared.events import (
     ProvisionProjectPayload,
     StepCompleted,
     StepInputEvent,
+    StepRetryScheduled,
+    retry_event_for,
 )
 from shared.execution import Completed, Outcome, StepContext, StepSpec, Trigger, run_step
 from shared.settings import DEFAULT_REGIONS
-from shared.steps import STEP_NAMES, STEPS, StepStatus
+from shared.steps import STEP_NAMES, STEPS, StepStatus, step_by_key
 
 S = StepStatus
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -734,6 +736,25 @@ def make_requested(
         project_id=request.project_id,
         correlation_id=correlation_id or uuid.uuid4(),
         request=request,
+    )
+
+
+def make_retry(
+    step_key: str, requested: ProvisioningRequested, *, not_before: datetime, attempt: int = 1
+) -> StepRetryScheduled:
+    """A retry of ``step_key`` wrapping ``requested`` as its input, due at ``not_before``."""
+    return retry_event_for(step_key)(
+        event_id=uuid.uuid4(),
+        event_type=step_by_key(step_key).retry_topic,
+        occurred_at=T0,
+        project_id=requested.project_id,
+        correlation_id=requested.correlation_id,
+        causation_id=requested.event_id,
+        request=requested.request,
+        results=requested.results,
+        attempt=attempt,
+        input=requested,
+        not_before=not_before,
     )
 
 

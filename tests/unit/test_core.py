@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from shared.events import DeadLettered, new_event_id, retry_event_for, utcnow
+from shared.events import DeadLettered, utcnow
 from shared.kafka.codec import encode
 from shared.kafka.core import (
     RETRY_WAIT_SLACK_SECONDS,
@@ -21,7 +21,7 @@ from shared.kafka.core import (
 from shared.observability import Metrics
 from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.tracing import new_trace
-from tests.fakes import FakeClock, Fakes, make_requested
+from tests.fakes import FakeClock, Fakes, make_requested, make_retry
 
 
 def _message(offset: int = 7) -> Incoming:
@@ -80,22 +80,9 @@ def _retry(
     requested = make_requested(project_id=project)
     if correlation is not None:
         requested = requested.model_copy(update={"correlation_id": correlation})
-    step = step_by_key("database")
-    retry = retry_event_for("database")(
-        event_id=new_event_id(),
-        event_type=step.retry_topic,
-        occurred_at=utcnow(),
-        project_id=requested.project_id,
-        correlation_id=requested.correlation_id,
-        causation_id=requested.event_id,
-        request=requested.request,
-        results=requested.results,
-        attempt=2,
-        input=requested,
-        not_before=not_before,
-    )
+    retry = make_retry("database", requested, not_before=not_before, attempt=2)
     key, value, headers = encode(retry, new_trace())
-    return Incoming(step.retry_topic, 0, 3, key, value, list(headers))
+    return Incoming(step_by_key("database").retry_topic, 0, 3, key, value, list(headers))
 
 
 FAR = datetime(9999, 1, 1, tzinfo=UTC)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from shared.events import DeadLettered, new_event_id, retry_event_for, utcnow
+from shared.events import DeadLettered, utcnow
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode
 from shared.kafka.core import Deliver, WorkerOptions
@@ -23,7 +23,7 @@ from shared.observability import Health, Metrics
 from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.tracing import new_trace
 from tests.fakebroker import FakeBroker, FakeConsumer, FakeProducer, MonotonicClock
-from tests.fakes import FakeClock, Fakes, make_requested
+from tests.fakes import FakeClock, Fakes, make_requested, make_retry
 
 STEP = step_by_key("database")
 IN = (REQUESTED_TOPIC, 0)
@@ -220,19 +220,7 @@ def test_a_retry_not_yet_due_waits_until_its_not_before() -> None:
     rig.subscribe((STEP.retry_topic, 0))
     requested = make_requested()
     rig.fakes.store.register_request(requested.request, requested.correlation_id)
-    retry = retry_event_for(STEP.key)(
-        event_id=new_event_id(),
-        event_type=STEP.retry_topic,
-        occurred_at=utcnow(),
-        project_id=requested.project_id,
-        correlation_id=requested.correlation_id,
-        causation_id=requested.event_id,
-        request=requested.request,
-        results=requested.results,
-        attempt=1,
-        input=requested,
-        not_before=utcnow() + timedelta(seconds=30),
-    )
+    retry = make_retry(STEP.key, requested, not_before=utcnow() + timedelta(seconds=30))
     key, value, headers = encode(retry, new_trace())
     rig.broker.append(STEP.retry_topic, key, value, list(headers))
     rig.drain()
