@@ -76,6 +76,10 @@ class App:
     bootstrap_servers: str
     database_url: str
     tenant_database_url: str
+    one_shot: bool = False
+    """A short-lived process (a command): its producer skips the idempotent producer's
+    handshake, half a second per process. A duplicate it could cause on a retried send is
+    absorbed like any redelivery; long-lived workers keep idempotence."""
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     @cached_property
@@ -97,11 +101,6 @@ class App:
         address = ClusterAddress(self.tenant_database_url)
         self._closers.append(address.close)
         return address
-
-    one_shot: bool = False
-    """A short-lived process (a command): its producer skips the idempotent producer's
-    handshake, half a second per process. A duplicate it could cause on a retried send is
-    absorbed like any redelivery; long-lived workers keep idempotence."""
 
     @cached_property
     def publisher(self) -> Publisher:
