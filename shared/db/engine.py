@@ -28,15 +28,24 @@ def libpq_url(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+CONNECT_TIMEOUT_SECONDS = 10
+"""Unless the URL says otherwise: a database host that drops packets answers no sooner than
+the OS's TCP timeout (minutes) otherwise."""
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """One pooled engine per process; connections are checked before use so a restarted
-    database costs one failed attempt, not a dead pool."""
+    database costs one failed attempt, not a dead pool, and a connection attempt gives up
+    after ``CONNECT_TIMEOUT_SECONDS``."""
+    parsed = make_url(sqlalchemy_url(url))
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     return create_engine(
-        sqlalchemy_url(url),
+        parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        connect_args=connect_args,
     )
 
 
