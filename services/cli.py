@@ -37,6 +37,8 @@ from services.bench.cli import bench_app
 from services.bootstrap import App, ConfigurationError, build_app, local_infra, worker_environment
 from services.credentials import CredentialsError, reveal_credentials, rotate_credentials
 from services.keys.adapters import NothingToRevealError
+from services.reconcile import ReconcileAbortedError, ReconcileReport
+from services.reconcile import reconcile as run_reconcile
 from services.replay import replay as run_replay
 from services.schemas import stale_schemas, write_schemas
 from services.worker import run_worker
@@ -465,6 +467,55 @@ def replay(
     acted = sum(1 for d in decisions if d.action != "skipped")
     verb = "would replay" if dry_run else "replayed"
     out.print(f"{verb} {acted}, skipped {len(decisions) - acted} (of {len(decisions)} failed records)")
+
+
+@app.command()
+def reconcile(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    local: LocalFlag = False,
+) -> None:
+    """Report drift between the record and the tenant cluster and services; changes nothing.
+    Exit 0 when there is none, 1 when there is or a source cannot be listed."""
+
+    with _errors():
+        try:
+            report = run_reconcile(_app(local=local))
+        except ReconcileAbortedError as exc:
+            raise Failure(str(exc)) from None
+    if as_json:
+        out.print_json(json.dumps(_reconcile_json(report)))
+    else:
+        if report.findings:
+            out.print(_reconcile_table(report))
+        out.print(report.summary(), highlight=False, soft_wrap=True)
+    if report.drift:
+        raise typer.Exit(1)
+
+
+def _reconcile_json(report: ReconcileReport) -> dict[str, Any]:
+    return {
+        "drift": report.drift,
+        "findings": [
+            {"kind": f.kind.value, "subject": f.subject, "service": f.service, "detail": f.detail}
+            for f in report.findings
+        ],
+        "counts": report.counts(),
+        "inventory": {
+            "projects": report.projects,
+            "databases": report.databases,
+            "roles": report.roles,
+            "registrations": dict(report.registrations),
+        },
+    }
+
+
+def _reconcile_table(report: ReconcileReport) -> Table:
+    table = Table(title="drift", title_justify="left")
+    for column in ("kind", "subject", "service", "detail"):
+        table.add_column(column, overflow="fold")
+    for f in report.findings:
+        table.add_row(f.kind.value, escape(f.subject), f.service or "", escape(f.detail))
+    return table
 
 
 @keys_app.command("reveal")

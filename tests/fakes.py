@@ -117,6 +117,15 @@ class FakeStepStore:
         record = self.projects.get(project_id)
         return Snapshot(self._copied(record) if record is not None else None, self.steps(project_id))
 
+    def project_step_statuses(self) -> dict[str, dict[str, StepStatus]]:
+        """Every project with its steps' statuses by step name (``SqlProjectRecords``)."""
+        self._check()
+        self.calls.append(("project_step_statuses",))
+        found: dict[str, dict[str, StepStatus]] = {p: {} for p in self.projects}
+        for (project_id, step_name), row in self.rows.items():
+            found.setdefault(project_id, {})[step_name] = row.status
+        return found
+
     def remove_project(self, project_id: str) -> None:
         """The project and its steps are gone (deleted by an operator)."""
         self.projects.pop(project_id, None)
