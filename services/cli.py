@@ -474,8 +474,11 @@ def reconcile(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     local: LocalFlag = False,
 ) -> None:
-    """Report drift between the record and the tenant cluster and services; changes nothing.
-    Exit 0 when there is none, 1 when there is or a source cannot be listed."""
+    """Report drift between the record and the clusters; changes nothing.
+
+    Lists every project, tenant database and role, and each service's tenants, then reports
+    what one side has and the other lacks. Exit 0 when there is no drift, 1 when there is or
+    when a source cannot be listed (then nothing is judged)."""
 
     with _errors():
         try:
