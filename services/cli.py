@@ -481,10 +481,13 @@ def reconcile(
     when a source cannot be listed (then nothing is judged)."""
 
     with _errors():
+        a = _app(local=local)
         try:
-            report = run_reconcile(_app(local=local))
+            report = run_reconcile(a)
         except ReconcileAbortedError as exc:
             raise Failure(str(exc)) from None
+        finally:
+            a.close()
     if as_json:
         out.print_json(json.dumps(_reconcile_json(report)))
     else:
