@@ -33,6 +33,7 @@ from shared.events import (
 )
 from shared.infra import InfraEnv
 from shared.kafka import Publisher, add_to_outbox, encode, read_to_end, relay_outbox
+from shared.kafka.codec import header_map
 from shared.naming import TenantNames
 from shared.steps import REQUESTED_TOPIC, STEP_NAMES, Stage, StepStatus
 from shared.tracing import new_trace
@@ -148,7 +149,7 @@ def test_request_is_published_keyed_by_project_with_headers(
     request, receipt = requested
     [msg] = messages_for(app, REQUESTED_TOPIC, request["project_id"])
 
-    headers = {k: (v or b"").decode() for k, v in msg.headers() or []}
+    headers = header_map(msg.headers())
     assert headers["event_type"] == "provisioning.requested"
     assert headers["schema_version"] == "1"
     assert TRACEPARENT.match(headers["traceparent"])
