@@ -57,7 +57,8 @@ def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
 def consumer_config(bootstrap_servers: str, group_id: str, **overrides: Any) -> dict[str, Any]:
     """Offsets committed only once stored by the caller (after the outcome is durable): the
     client commits stored offsets every second and on ``close()``. From the earliest offset
-    for a new group. A member that stops heartbeating loses its partitions after
+    for a new group. Partitions are assigned topic by topic (range), so several instances of
+    a step share its input topic evenly. A member that stops heartbeating loses its partitions after
     ``session.timeout.ms`` (10 s; keep it well under the step lease, so a dead worker's
     partitions and then its step are taken over within the lease)."""
     config: dict[str, Any] = {
@@ -72,7 +73,10 @@ def consumer_config(bootstrap_servers: str, group_id: str, **overrides: Any) -> 
         "socket.nagle.disable": True,
         # The broker answers a fetch as soon as one byte is there; this only bounds idle waits.
         "fetch.wait.max.ms": 100,
-        "partition.assignment.strategy": "cooperative-sticky",
+        # Per topic: each member gets its share of the input topic and of the retry topic.
+        # Balancing the two topics' partitions together (cooperative-sticky) left one of
+        # three instances with only retry partitions, idle through a whole burst.
+        "partition.assignment.strategy": "range",
         "logger": client_logger(),
     }
     config.update(overrides)
