@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -352,4 +353,55 @@ def project_status(project_id: str, *, app: App | None = None) -> ProjectStatus:
         ready=record is not None and record.ready_at is not None,
         stage=stage,
         steps=steps,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectSummary:
+    """A project in the operators' list."""
+
+    project_id: str
+    stage: Stage
+    created_at: datetime
+    last_change: datetime | None
+    stuck: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectList:
+    """Projects at a stage, the longest unchanged first, and how many stand at each stage."""
+
+    projects: list[ProjectSummary]
+    counts: dict[Stage, int]
+
+
+_STAGE_OF_KEY: dict[str, Stage] = {
+    **{stage.value: stage for stage in (Stage.INITIALIZING, Stage.FAILED, Stage.COMPLETED)},
+    **{step.name: step.stage for step in STEPS},
+}
+
+
+def list_projects(
+    stage: Stage | str | None = None, *, limit: int = 50, app: App | None = None
+) -> ProjectList:
+    """Every project's stage, for operators: those at ``stage`` (all when None), the ones
+    unchanged the longest first (what is stuck, and for how long), at most ``limit``."""
+    if stage is not None:
+        try:
+            stage = Stage(str(stage).upper())
+        except ValueError:
+            raise InvalidRequestError(
+                f"unknown stage {stage!r}; one of {', '.join(s.value for s in Stage)}"
+            ) from None
+    keys = None if stage is None else [key for key, s in _STAGE_OF_KEY.items() if s is stage]
+    rows, counts = (app or default_app()).repository.overview(keys, limit=limit)
+    by_stage: dict[Stage, int] = {}
+    for key, n in counts.items():
+        by_stage[_STAGE_OF_KEY[key]] = by_stage.get(_STAGE_OF_KEY[key], 0) + n
+    return ProjectList(
+        projects=[
+            ProjectSummary(r.project_id, _STAGE_OF_KEY[r.stage_key], r.created_at, r.last_change, r.stuck)
+            for r in rows
+        ],
+        counts=by_stage,
     )

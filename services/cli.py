@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -28,7 +28,9 @@ from sqlalchemy.exc import OperationalError
 
 from services.api import (
     InvalidRequestError,
+    ProjectList,
     ProjectStatus,
+    list_projects,
     parse_payload,
     project_status,
     request_provisioning,
@@ -312,18 +314,36 @@ def _payload_from(project_id: str, region: str | None, path: Path | None) -> dic
 
 @app.command()
 def status(
-    project_id: Annotated[str, typer.Argument(help="The project id.")],
+    project_id: Annotated[
+        str | None, typer.Argument(help="The project id (or --all for every project).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     watch: Annotated[
         bool, typer.Option("--watch", help="Follow live until the project is ready or failed.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="With --watch: give up after this many seconds.")] = 600.0,
+    all_projects: Annotated[
+        bool,
+        typer.Option("--all", help="Every project by stage, the longest unchanged first (what is stuck)."),
+    ] = False,
+    stage: Annotated[str | None, typer.Option(help="With --all: only projects at this stage.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="With --all: list at most this many.")] = 50,
     local: LocalFlag = False,
 ) -> None:
-    """The project's seven steps: status, timing, retries, errors, and its stage."""
+    """The project's seven steps: status, timing, retries, errors, and its stage; or, with
+    --all, every project's stage and how long it has stood there."""
 
     with _errors():
+        if all_projects == (project_id is not None):
+            raise UsageError("give a project id or --all" + (", not both" if all_projects else ""))
+        if not all_projects and (stage is not None or limit != 50):
+            raise UsageError("--stage and --limit go with --all")
+        if all_projects and watch:
+            raise UsageError("--watch follows one project; not with --all")
         a = _app(local=local)
+        if project_id is None:
+            _print_overview(list_projects(stage, limit=limit, app=a), as_json=as_json)
+            return
         if watch:
             _follow(a, project_id, timeout)
             return
@@ -336,6 +356,49 @@ def status(
             out.print(_status_table(state))
         if state.stage is Stage.FAILED:
             raise typer.Exit(1)
+
+
+def _print_overview(listing: ProjectList, *, as_json: bool) -> None:
+    now = datetime.now(UTC)
+    if as_json:
+        body = {
+            "counts": {stage.value: n for stage, n in listing.counts.items()},
+            "projects": [
+                {
+                    "project_id": p.project_id,
+                    "stage": p.stage.value,
+                    "created_at": _iso(p.created_at),
+                    "last_change": _iso(p.last_change),
+                    "stuck": p.stuck,
+                }
+                for p in listing.projects
+            ],
+        }
+        out.print_json(json.dumps(body))
+        return
+    table = Table("project", "stage", "unchanged for", "created", "stuck")
+    for p in listing.projects:
+        since = now - (p.last_change or p.created_at)
+        table.add_row(
+            p.project_id,
+            p.stage.value,
+            _age(since.total_seconds()),
+            p.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            "yes" if p.stuck else "",
+        )
+    out.print(table)
+    counts = ", ".join(f"{stage.value} {n}" for stage, n in sorted(listing.counts.items()))
+    out.print(f"{sum(listing.counts.values())} projects: {counts or 'none'}", highlight=False)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
 
 
 def _status_json(state: ProjectStatus) -> dict[str, Any]:

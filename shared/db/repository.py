@@ -130,6 +130,47 @@ class ProjectRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ProjectOverview:
+    """One project in the operators' list: where it stands and since when."""
+
+    project_id: str
+    stage_key: str
+    """``INITIALIZING``, ``FAILED``, ``COMPLETED``, or the seed name of the step it is at."""
+    created_at: datetime
+    last_change: datetime | None
+    stuck: bool
+    """A step of it is running past its lease."""
+
+
+# The stage of every project in one pass, by the rules of shared.steps.derive_stage: no steps
+# INITIALIZING, a failed step FAILED, all done COMPLETED, all pending INITIALIZING, else the
+# first step not done.
+_OVERVIEW = """
+    WITH agg AS (
+        SELECT p.project_id, p.created_at,
+               max(s.updated_at) AS last_change,
+               count(s.id) AS n,
+               coalesce(bool_or(s.status = 'failed'), false) AS failed,
+               coalesce(bool_and(s.status IN ('success', 'skipped')), false) AS all_done,
+               coalesce(bool_and(s.status = 'pending'), false) AS all_pending,
+               (array_agg(s.step_name ORDER BY s.position)
+                    FILTER (WHERE s.status NOT IN ('success', 'skipped')))[1] AS current_step,
+               coalesce(bool_or(s.status = 'running' AND s.lease_expires_at < now()), false) AS stuck
+        FROM projects p LEFT JOIN provisioning_steps s ON s.project_id = p.project_id
+        GROUP BY p.project_id, p.created_at
+    ), staged AS (
+        SELECT project_id, created_at, last_change, stuck,
+               CASE WHEN n = 0 THEN 'INITIALIZING'
+                    WHEN failed THEN 'FAILED'
+                    WHEN all_done THEN 'COMPLETED'
+                    WHEN all_pending THEN 'INITIALIZING'
+                    ELSE current_step END AS stage_key
+        FROM agg
+    )
+"""
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """A step claimed for its request, with what the record says the step works from."""
 
@@ -312,6 +353,29 @@ class StepRepository:
             .first()
         )
         return ProjectRecord(**row) if row is not None else None
+
+    @_unavailable_as_error
+    def overview(
+        self, stage_keys: list[str] | None = None, *, limit: int = 50
+    ) -> tuple[list[ProjectOverview], dict[str, int]]:
+        """Projects at one of ``stage_keys`` (all when None), the longest unchanged first, at
+        most ``limit``; and how many projects stand at each stage key."""
+        with self.engine.connect() as conn:
+            counts = {
+                str(key): int(n)
+                for key, n in conn.execute(
+                    text(_OVERVIEW + "SELECT stage_key, count(*) FROM staged GROUP BY 1")
+                )
+            }
+            rows = conn.execute(
+                text(
+                    _OVERVIEW + "SELECT project_id, stage_key, created_at, last_change, stuck FROM staged "
+                    "WHERE CAST(:keys AS text[]) IS NULL OR stage_key = ANY(CAST(:keys AS text[])) "
+                    "ORDER BY last_change ASC NULLS FIRST, project_id LIMIT :limit"
+                ),
+                {"keys": stage_keys, "limit": limit},
+            ).all()
+        return [ProjectOverview(*row) for row in rows], counts
 
     @_unavailable_as_error
     def mark_ready(self, project_id: str) -> datetime:

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from services.api import provision_project_handler
+from services.api import list_projects, project_status, provision_project_handler
 from services.bootstrap import App
 from services.cli import app as cli
-from shared.steps import StepStatus
+from shared.steps import Stage, StepStatus
 from tests.integration.test_requests import payload
 from tests.support import TEST_SECRET_KEY, unique_project
 
@@ -112,3 +112,37 @@ def test_credentials_reveal_twice_then_rotate(app: App, cli_env: None) -> None:
     assert rotated.exit_code == 0, rotated.output
     third = CliRunner().invoke(cli, ["credentials", "reveal", pid])
     assert third.exit_code == 0 and third.stdout.strip() != url
+
+
+def test_status_all_lists_projects_by_stage_the_longest_unchanged_first(app: App, cli_env: None) -> None:
+    """status --all derives every project's stage in the database as derive_stage would,
+    filters by --stage, lists the longest unchanged first and counts projects per stage."""
+    fresh, failed, moving = unique_project("ov-new"), unique_project("ov-failed"), unique_project("ov-moving")
+    for pid in (fresh, failed, moving):
+        app.repository.initialize(pid)
+    app.repository.transition(failed, "create_tenant_database", StepStatus.RUNNING, owner="w")
+    app.repository.transition(
+        failed, "create_tenant_database", StepStatus.FAILED, error_message="x", error_details={}
+    )
+    app.repository.transition(moving, "create_tenant_database", StepStatus.RUNNING, owner="w")
+    app.repository.transition(moving, "create_tenant_database", StepStatus.SUCCESS, result={})
+
+    listing = list_projects(limit=100_000, app=app)
+    stages = {p.project_id: p.stage for p in listing.projects}
+    for pid in (fresh, failed, moving):
+        assert stages[pid] is project_status(pid, app=app).stage
+    assert listing.counts[stages[moving]] >= 1
+    failed_only = list_projects("failed", limit=100_000, app=app)
+    assert failed in {p.project_id for p in failed_only.projects}
+    assert {p.stage for p in failed_only.projects} == {Stage.FAILED}
+    changes = [p.last_change for p in listing.projects if p.last_change is not None]
+    assert changes == sorted(changes)
+
+    result = CliRunner().invoke(cli, ["status", "--all", "--stage", "FAILED", "--limit", "100000", "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert failed in {p["project_id"] for p in body["projects"]}
+    assert body["counts"]["FAILED"] >= 1
+    unknown = CliRunner().invoke(cli, ["status", "--all", "--stage", "LOST"])
+    assert unknown.exit_code == 2
+    assert "unknown stage 'LOST'" in unknown.output

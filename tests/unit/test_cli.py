@@ -176,3 +176,18 @@ def test_help_of_every_command_shows_no_type_on_flags() -> None:
         result = _run(*path, "--help")
         assert result.exit_code == 0, (path, result.output)
         assert "<bool>" not in result.output, path
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ((), "give a project id or --all"),
+        (("acme-app", "--all"), "not both"),
+        (("acme-app", "--stage", "FAILED"), "--stage and --limit go with --all"),
+        (("--all", "--watch"), "not with --all"),
+    ],
+    ids=["neither", "both", "stage-without-all", "watch-with-all"],
+)
+def test_status_arguments_are_checked_in_one_line(args: tuple[str, ...], says: str) -> None:
+    """status takes a project id or --all; misuse is one line, exit 2."""
+    assert says in _one_line_usage_error(_run("status", *args))
