@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import httpx
 import psycopg
@@ -21,32 +20,13 @@ from services.ports import TenantListingError
 from services.registration.adapters import CatalogRegistry, HttpRegistry
 from services.schema.adapters import PostgresTenantSchemas
 from services.tenant_cluster import ClusterAddress
-from shared.crypto import generate_password
 from shared.errors import ErrorType, ProvisioningError, classify
 from shared.naming import TenantNames
 from tests.e2e.faults import ServiceStandIn, service_stand_in
-from tests.integration.test_adapters import admin_value, connect_as, race
+from tests.integration.tenants import Tenant, admin_value, connect_as, race
 from tests.support import unique_project
 
 SERVICES = ("auth", "realtime", "storage")
-
-
-@dataclass(frozen=True)
-class Tenant:
-    """A tenant's names and its role's password."""
-
-    names: TenantNames
-    password: str
-
-
-@pytest.fixture
-def address(app: App) -> ClusterAddress:
-    return app.cluster_address
-
-
-@pytest.fixture
-def cluster(address: ClusterAddress) -> PostgresTenantCluster:
-    return PostgresTenantCluster(address)
 
 
 @pytest.fixture
@@ -55,21 +35,11 @@ def schemas(address: ClusterAddress) -> PostgresTenantSchemas:
 
 
 @pytest.fixture
-def tenant(
-    address: ClusterAddress, cluster: PostgresTenantCluster, schemas: PostgresTenantSchemas
-) -> Iterator[Tenant]:
+def tenant(tenant_db: Callable[[], Tenant], schemas: PostgresTenantSchemas) -> Tenant:
     """A fully created tenant (role, database, schema with its baseline); dropped after."""
-    names = TenantNames.for_project(unique_project())
-    made = Tenant(names, generate_password())
-    cluster.ensure_role(names.role, made.password)
-    cluster.ensure_database(names.database, owner=names.role)
-    schemas.ensure_schema(names.database, names.schema, owner=names.role)
-    yield made
-    with address.admin() as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(names.database))
-        )
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(names.role)))
+    made = tenant_db()
+    schemas.ensure_schema(made.names.database, made.names.schema, owner=made.names.role)
+    return made
 
 
 def tenant_counts(address: ClusterAddress, names: TenantNames) -> tuple[int, int]:
