@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from services.ports import TENANT_PREFIX, require_tenant_names
 from services.tenant_cluster import ClusterAddress
@@ -133,20 +133,15 @@ class SqlCredentialStore:
         with self.engine.begin() as conn:
             row = conn.execute(
                 text(
-                    "SELECT role_name, password_encrypted, revealed_at FROM tenant_credentials "
-                    "WHERE project_id = :p FOR UPDATE"
+                    "UPDATE tenant_credentials SET revealed_at = now() "
+                    "WHERE project_id = :p AND revealed_at IS NULL "
+                    "RETURNING role_name, password_encrypted"
                 ),
                 {"p": project_id},
             ).one_or_none()
-            if row is None:
+            if row is None and not self._stored(conn, project_id):
                 raise LookupError(project_id)
-            if row.revealed_at is not None:
-                return None
-            conn.execute(
-                text("UPDATE tenant_credentials SET revealed_at = now() WHERE project_id = :p"),
-                {"p": project_id},
-            )
-        return str(row.role_name), self.box.decrypt(row.password_encrypted)
+        return (str(row.role_name), self.box.decrypt(row.password_encrypted)) if row is not None else None
 
     def begin_rotation(self, project_id: str) -> tuple[str, str]:
         """The role and the rotation's new password, generated and stored as pending on the
@@ -154,23 +149,22 @@ class SqlCredentialStore:
         with self.engine.begin() as conn:
             row = conn.execute(
                 text(
-                    "SELECT role_name, pending_password_encrypted FROM tenant_credentials "
-                    "WHERE project_id = :p FOR UPDATE"
+                    "UPDATE tenant_credentials "
+                    "SET pending_password_encrypted = coalesce(pending_password_encrypted, :pw) "
+                    "WHERE project_id = :p RETURNING role_name, pending_password_encrypted"
                 ),
-                {"p": project_id},
+                {"p": project_id, "pw": self.box.encrypt(generate_password())},
             ).one_or_none()
-            if row is None:
-                raise LookupError(project_id)
-            pending = row.pending_password_encrypted
-            if pending is None:
-                pending = self.box.encrypt(generate_password())
-                conn.execute(
-                    text(
-                        "UPDATE tenant_credentials SET pending_password_encrypted = :pw WHERE project_id = :p"
-                    ),
-                    {"p": project_id, "pw": pending},
-                )
-        return str(row.role_name), self.box.decrypt(pending)
+        if row is None:
+            raise LookupError(project_id)
+        return str(row.role_name), self.box.decrypt(row.pending_password_encrypted)
+
+    @staticmethod
+    def _stored(conn: Connection, project_id: str) -> bool:
+        found = conn.execute(
+            text("SELECT 1 FROM tenant_credentials WHERE project_id = :p"), {"p": project_id}
+        )
+        return found.first() is not None
 
     def finish_rotation(self, project_id: str) -> bool:
         """Make the pending password the stored one (to be revealed once more). False when
