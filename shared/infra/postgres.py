@@ -285,23 +285,11 @@ class LocalPostgres:
                 "-D",
                 str(self.pgdata),
             ]
-            with tempfile.TemporaryFile("w+", encoding="utf-8") as output:
-                result = subprocess.run(
-                    [str(Path(server.bin_path) / "initdb"), *args],
-                    cwd=self.home,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    timeout=120,
-                    check=False,
-                    **_run_as(server.system_user),
-                )
-                output.seek(0)
-                text = output.read()
+            code, text = self._run(server, "initdb", args, cwd=self.home, timeout=120)
         finally:
             pwfile.unlink(missing_ok=True)
-        if result.returncode != 0:
-            raise InfraError(f"initdb failed (exit {result.returncode}) for {self.pgdata}: {_one_line(text)}")
+        if code != 0:
+            raise InfraError(f"initdb failed (exit {code}) for {self.pgdata}: {_one_line(text)}")
 
     def _require_passwords(self, progress: Progress) -> None:
         """Bring a cluster made by an earlier version (superuser trusted) up to the password rule.
@@ -413,7 +401,15 @@ class LocalPostgres:
         return ["-w", "-t", f"{timeout:.0f}", "-D", str(self.pgdata)]
 
     def _pg_ctl(self, server: PostgresServer, args: list[str], timeout: float) -> tuple[int, str]:
-        """Run pg_ctl as the server's user; return its exit code and combined output.
+        """Run pg_ctl as the server's user; return its exit code and combined output."""
+        return self._run(server, "pg_ctl", args, cwd=self.pgdata, timeout=timeout)
+
+    @staticmethod
+    def _run(
+        server: PostgresServer, binary: str, args: list[str], *, cwd: Path, timeout: float
+    ) -> tuple[int, str]:
+        """Run one of the bundled binaries as the server's user; its exit code (-1 when it
+        timed out) and combined output.
 
         Output goes to a temporary file, not a pipe: the postmaster pg_ctl starts would
         inherit the pipe and keep it open, so reading it to EOF would hang.
@@ -421,8 +417,8 @@ class LocalPostgres:
         with tempfile.TemporaryFile("w+", encoding="utf-8") as output:
             try:
                 result = subprocess.run(
-                    [str(Path(server.bin_path) / "pg_ctl"), *args],
-                    cwd=self.pgdata,
+                    [str(Path(server.bin_path) / binary), *args],
+                    cwd=cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=output,
                     stderr=subprocess.STDOUT,
@@ -431,7 +427,7 @@ class LocalPostgres:
                     **_run_as(server.system_user),
                 )
             except subprocess.TimeoutExpired:
-                return -1, f"pg_ctl {args[-1]} timed out after {timeout:.0f} s"
+                return -1, f"{binary} {args[-1]} timed out after {timeout:.0f} s"
             output.seek(0)
             return result.returncode, output.read()
 
