@@ -310,23 +310,16 @@ def test_outcome_event_id_is_deterministic() -> None:
 def test_the_result_has_seed_004s_shape() -> None:
     """A disabled service is absent (not null), only storage carries bucket_name, and unset
     optional metadata is absent."""
-    result = ProvisionProjectResult(
-        project_id="acme-app",
-        database=ResultDatabase(
-            host="h",
-            port=5432,
-            database_name="d",
-            schema_name="s",
-            connection_string="postgresql://r@h:5432/d",
-        ),
-        services=ResultServices(
-            realtime=_registration("realtime"),
-            storage=StorageRegistration(
-                enabled=True, tenant_id="t", endpoint="e", bucket_name="tenant-acme-app"
+    result = _result().model_copy(
+        update={
+            "services": ResultServices(
+                realtime=_registration("realtime"),
+                storage=StorageRegistration(
+                    enabled=True, tenant_id="t", endpoint="e", bucket_name="tenant-acme-app"
+                ),
             ),
-        ),
-        api_keys=(),
-        metadata=ResultMetadata(provisioned_at=T0, region="eu-west-1"),
+            "metadata": ResultMetadata(provisioned_at=T0, region="eu-west-1"),
+        }
     )
     body = json.loads(result.model_dump_json())
     assert set(body["services"]) == {"realtime", "storage"}
