@@ -58,9 +58,10 @@ class TenantCredentials:
 
 def _database_of(app: App, project_id: str) -> DatabaseInfo:
     """Where the tenant's database is, as its database step recorded it."""
-    if app.repository.project(project_id) is None:
+    snapshot = app.repository.snapshot(project_id)  # the project and its steps, read together
+    if snapshot.project is None:
         raise CredentialsError(f"project {project_id!r} does not exist")
-    row = app.repository.step(project_id, _DATABASE_STEP)
+    row = snapshot.step(_DATABASE_STEP)
     stored = (row.result or {}).get("results", {}).get("database") if row is not None else None
     if row is None or row.status is not StepStatus.SUCCESS or not stored:
         status = row.status.value if row is not None else "missing"
