@@ -677,7 +677,7 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
         before = infra.status()
         if not keep_infra:
             cleanup.callback(_stop_started, infra, before)
-        infra.up(lambda line: err.print(f"[dim]infra:[/dim] {line}", highlight=False))
+        infra.up(_infra_progress)
     a = build_app(settings)
     cleanup.callback(a.close)
     applied = run_migrations(a.engine)
@@ -725,13 +725,16 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
         err.print(f"workers: stopped ({', '.join(str(p.returncode) for p in workers)})")
 
 
+def _infra_progress(line: str) -> None:
+    err.print(f"[dim]infra:[/dim] {line}", highlight=False)
+
+
 def _stop_started(infra: LocalInfra, before: dict[str, str]) -> None:
     """Stop the servers that were not running before the demo (a partial start included)."""
-    progress = lambda line: err.print(f"[dim]infra:[/dim] {line}", highlight=False)  # noqa: E731
     if not before["kafka"].startswith("running"):
-        infra.stop_kafka(progress)
+        infra.stop_kafka(_infra_progress)
     if not before["postgres"].startswith("running"):
-        infra.stop_postgres(progress)
+        infra.stop_postgres(_infra_progress)
 
 
 def _final_result(a: App, project_id: str) -> dict[str, Any]:
