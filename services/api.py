@@ -21,10 +21,11 @@ from services.bootstrap import App, default_app
 from shared.db import ConflictingRequestError, Registration, StepRow, migrate
 from shared.errors import ErrorType, ProvisioningError, StoreUnavailableError
 from shared.events import (
+    CompletedEvent,
+    DeprovisioningRequested,
     ProvisioningRequested,
     ProvisionProjectPayload,
     ProvisionProjectResult,
-    StepCompleted,
     VerifyCompleted,
     json_defect,
     utcnow,
@@ -43,7 +44,15 @@ from shared.execution import (
 )
 from shared.kafka import RetryPolicy, add_to_outbox, encode, relay_outbox
 from shared.naming import normalize_project_id, validate_project_id
-from shared.steps import REQUESTED_TOPIC, STEPS, Stage, StepStatus, derive_stage, resolve_step
+from shared.steps import (
+    DEPROVISIONING_REQUESTED_TOPIC,
+    REQUESTED_TOPIC,
+    STEPS,
+    Stage,
+    StepStatus,
+    derive_stage,
+    resolve_step,
+)
 from shared.tracing import new_trace
 
 log = structlog.get_logger("provision.api")
@@ -173,6 +182,77 @@ def request_provisioning(
     return RequestReceipt(model.project_id, record.correlation_id, status, published=published)
 
 
+@dataclass(frozen=True, slots=True)
+class DeprovisionReceipt:
+    """What a deprovisioning request did: ``requested`` (new) or ``duplicate`` (already
+    asked: the first request's id), and whether the project was still provisioning."""
+
+    project_id: str
+    correlation_id: uuid.UUID
+    status: str
+    published: bool
+    cancelled_provisioning: bool
+
+
+class UnknownProjectError(LookupError):
+    """The project is not in the control plane."""
+
+
+def request_deprovisioning(
+    project_id: str,
+    *,
+    reason: str | None = None,
+    app: App | None = None,
+    publish_timeout: float = 5.0,
+    orphan: bool = False,
+) -> DeprovisionReceipt:
+    """Remove a project by the reverse chain: fence its provisioning (a step not yet started
+    is ``cancelled``; one running finishes and is then undone), record the seven reverse
+    steps and the ``deprovisioning.requested`` event in one transaction, then publish it
+    through the outbox (left to the relay, ``published=False``, when the broker does not
+    acknowledge within ``publish_timeout`` seconds).
+
+    Asking twice is one deprovisioning. UnknownProjectError for a project the control plane
+    does not know, unless ``orphan`` (tenant objects found without a project, by
+    ``provision reconcile``): then a bare project record is made to carry the reverse chain.
+    """
+    project_id = validate_project_id(project_id)
+    if reason is not None and (len(reason) > 2048 or "\x00" in reason):
+        raise InvalidRequestError("reason must be at most 2048 characters, without NUL")
+    app = app or default_app()
+    correlation_id = uuid.uuid4()
+    with app.engine.begin() as conn:
+        registered = app.repository.register_deprovisioning(
+            project_id, correlation_id, reason=reason, create=orphan, connection=conn
+        )
+        if registered is None:
+            raise UnknownProjectError(f"project {project_id!r} is not in the control plane")
+        registration, record = registered
+        if registration is Registration.NEW:
+            event = DeprovisioningRequested(
+                event_id=uuid.uuid4(),
+                occurred_at=utcnow(),
+                project_id=project_id,
+                correlation_id=correlation_id,
+                reason=reason,
+            )
+            add_to_outbox(conn, DEPROVISIONING_REQUESTED_TOPIC, *encode(event, new_trace()))
+    published = True
+    try:
+        relay_outbox(app.engine, app.publisher, timeout=publish_timeout)
+    except Exception as exc:
+        published = False
+        log.info("deprovision_publish_deferred", project_id=project_id, error=type(exc).__name__)
+    assert record.deprovision_correlation_id is not None
+    return DeprovisionReceipt(
+        project_id,
+        record.deprovision_correlation_id,
+        "requested" if registration is Registration.NEW else "duplicate",
+        published=published,
+        cancelled_provisioning=record.ready_at is None,
+    )
+
+
 def provision_project_handler(
     payload: ProvisionProjectPayload | Mapping[str, Any],
     *,
@@ -197,7 +277,7 @@ def provision_project_handler(
     policy = retry or app.worker_options().retry
     owner = f"in-process:{uuid.uuid4().hex[:8]}"
     causation: uuid.UUID | None = None
-    event: StepCompleted | None = None
+    event: CompletedEvent | None = None
     for step in STEPS:
         spec = app.specs[step.key]
         trigger = Trigger(model.project_id, record.correlation_id, causation, request=model)
@@ -209,7 +289,7 @@ def provision_project_handler(
 
 def _run_in_process(
     app: App, spec: StepSpec, trigger: Trigger, *, owner: str, policy: RetryPolicy
-) -> StepCompleted:
+) -> CompletedEvent:
     """One step through the same policy as a worker, waiting where a worker would publish a
     retry; ProvisioningError when the step fails for good."""
     unavailable = 0
@@ -346,7 +426,11 @@ def project_status(project_id: str, *, app: App | None = None) -> ProjectStatus:
     project_id = normalize_project_id(project_id)
     record = app.repository.project(project_id)
     steps = app.repository.steps(project_id) if record is not None else []
-    stage = derive_stage({s.step_name: s.status for s in steps}, exists=record is not None)
+    stage = derive_stage(
+        {s.step_name: s.status for s in steps},
+        exists=record is not None,
+        ever_ready=record is not None and record.ready_at is not None,
+    )
     return ProjectStatus(
         project_id=project_id,
         exists=record is not None,
@@ -376,7 +460,17 @@ class ProjectList:
 
 
 _STAGE_OF_KEY: dict[str, Stage] = {
-    **{stage.value: stage for stage in (Stage.INITIALIZING, Stage.FAILED, Stage.COMPLETED)},
+    **{
+        stage.value: stage
+        for stage in (
+            Stage.INITIALIZING,
+            Stage.FAILED,
+            Stage.COMPLETED,
+            Stage.DEPROVISIONING,
+            Stage.DELETED,
+            Stage.CANCELLED,
+        )
+    },
     **{step.name: step.stage for step in STEPS},
 }
 

@@ -20,7 +20,7 @@ from services.keys.adapters import SqlKeyStore
 from services.ports import ServiceRegistry
 from services.registration.adapters import CatalogRegistry, HttpRegistry
 from services.schema.adapters import PostgresTenantSchemas
-from services.specs import build_specs
+from services.specs import build_reverse_specs, build_specs
 from services.tenant_cluster import ClusterAddress
 from services.verify.adapters import PostgresTenantProbe
 from shared.crypto import SecretBox
@@ -142,6 +142,23 @@ class App:
             regions=self.settings.regions,
             max_tenants=self.settings.max_tenants_per_cluster,
         )
+
+    @cached_property
+    def reverse_specs(self) -> dict[str, StepSpec]:
+        """Every reverse (deprovisioning) step's handler bound to its collaborators, by step key."""
+        address = self.cluster_address
+        return build_reverse_specs(
+            cluster=PostgresTenantCluster(address),
+            schemas=PostgresTenantSchemas(address),
+            credentials=self.credentials,
+            registry=self.registry,
+            keys_store=self.key_store,
+            ledger=self.repository,
+        )
+
+    def spec(self, step_key: str) -> StepSpec:
+        """The spec of a step of either chain, by its key."""
+        return self.specs.get(step_key) or self.reverse_specs[step_key]
 
     def worker_options(self) -> WorkerOptions:
         s = self.settings

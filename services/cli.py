@@ -30,9 +30,11 @@ from services.api import (
     InvalidRequestError,
     ProjectList,
     ProjectStatus,
+    UnknownProjectError,
     list_projects,
     parse_payload,
     project_status,
+    request_deprovisioning,
     request_provisioning,
 )
 from services.bench.cli import bench_app
@@ -53,7 +55,7 @@ from shared.kafka import ensure_topics
 from shared.logging import configure_logging
 from shared.naming import InvalidProjectIdError, normalize_project_id, validate_project_id
 from shared.settings import Settings
-from shared.steps import STEP_KEYS, STEPS, Stage, StepStatus, all_topics, resolve_step
+from shared.steps import STEP_KEYS, STEPS, Chain, Stage, StepStatus, all_topics, resolve_step
 
 if TYPE_CHECKING:
     from shared.infra import LocalInfra
@@ -226,17 +228,35 @@ def schemas(
 
 @app.command()
 def worker(
-    step: Annotated[str, typer.Argument(help=f"The step to run: {'|'.join(STEP_KEYS)}.")],
+    step: Annotated[
+        str,
+        typer.Argument(
+            help=f"The step service to run: {'|'.join(STEP_KEYS)} (or a reverse step: deprovision-keys, ...)."
+        ),
+    ],
+    chain: Annotated[
+        str,
+        typer.Option(help="Which chain's consumer to run: both, provisioning or deprovisioning."),
+    ] = "both",
     local: LocalFlag = False,
 ) -> None:
-    """Run one step consumer until SIGTERM/SIGINT (each step is its own consumer group)."""
+    """Run a step service's consumers until SIGTERM/SIGINT: its provisioning step and its
+    deprovisioning step, each its own consumer group, on two threads of one process."""
 
     with _errors():
+        chains = tuple(Chain) if chain == "both" else None
+        if chains is None:
+            try:
+                chains = (Chain(chain),)
+            except ValueError:
+                raise UsageError(
+                    f"unknown chain {chain!r}; expected both, provisioning or deprovisioning"
+                ) from None
         try:
             key = resolve_step(step).key
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        run_worker(key, _settings(local=local))
+        run_worker(key, _settings(local=local), chains=chains)
 
 
 # --- requesting and following -------------------------------------------------------------
@@ -290,6 +310,33 @@ def request(
             _follow(a, receipt.project_id, timeout)
 
 
+@app.command()
+def deprovision(
+    project_id: Annotated[str, typer.Argument(help="The project to remove.")],
+    reason: Annotated[str | None, typer.Option(help="Why, kept with the project's tombstone.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the reverse chain until it ends.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 300.0,
+    local: LocalFlag = False,
+) -> None:
+    """Remove a project by the reverse chain: revoke its keys, deregister it from storage,
+    realtime and auth, drop its schema, its database and role, and mark it DELETED (its
+    rows kept for audit). A project still provisioning is cancelled first: the step
+    running finishes and is undone, the steps not started never run. Asking twice is one
+    deprovisioning."""
+
+    with _errors():
+        a = _app(local=local)
+        try:
+            receipt = request_deprovisioning(normalize_project_id(project_id), reason=reason, app=a)
+        except UnknownProjectError as exc:
+            raise Failure(str(exc)) from None
+        note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
+        verb = "deprovisioning requested" if receipt.status == "requested" else "already being deprovisioned"
+        out.print(f"{receipt.project_id}: {verb}; correlation_id {receipt.correlation_id}{note}")
+        if wait:
+            _follow(a, receipt.project_id, timeout)
+
+
 def _payload_from(project_id: str, region: str | None, path: Path | None) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if path is not None:
@@ -319,7 +366,8 @@ def status(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     watch: Annotated[
-        bool, typer.Option("--watch", help="Follow live until the project is ready or failed.")
+        bool,
+        typer.Option("--watch", help="Follow live until the project is ready, deleted or failed."),
     ] = False,
     timeout: Annotated[float, typer.Option(help="With --watch: give up after this many seconds.")] = 600.0,
     all_projects: Annotated[
@@ -330,8 +378,9 @@ def status(
     limit: Annotated[int, typer.Option(min=1, help="With --all: list at most this many.")] = 50,
     local: LocalFlag = False,
 ) -> None:
-    """The project's seven steps: status, timing, retries, errors, and its stage; or, with
-    --all, every project's stage and how long it has stood there."""
+    """The project's steps (seven, and the seven reverse ones once deprovisioning is asked):
+    status, timing, retries, errors, and its stage; or, with --all, every project's stage
+    and how long it has stood there."""
 
     with _errors():
         if all_projects == (project_id is not None):
@@ -438,7 +487,15 @@ def _stuck(row: StepRow) -> bool:
     return row.status is StepStatus.RUNNING and row.lease_expired
 
 
-_STYLE = {"pending": "dim", "running": "yellow", "success": "green", "failed": "red", "skipped": "cyan"}
+_STYLE = {
+    "pending": "dim",
+    "running": "yellow",
+    "success": "green",
+    "failed": "red",
+    "skipped": "cyan",
+    "cancelled": "magenta",
+}
+_TERMINAL = (Stage.COMPLETED, Stage.FAILED, Stage.DELETED, Stage.CANCELLED)
 
 
 def _status_table(state: ProjectStatus) -> Table:
@@ -462,7 +519,7 @@ def _status_table(state: ProjectStatus) -> Table:
 
 
 def _follow(a: App, project_id: str, timeout: float) -> None:
-    """Live progress until the project completes (exit 0) or fails (exit 1)."""
+    """Live progress until the project completes or is deleted (exit 0), or fails (exit 1)."""
 
     deadline = time.monotonic() + timeout
     state = project_status(project_id, app=a)
@@ -473,7 +530,7 @@ def _follow(a: App, project_id: str, timeout: float) -> None:
         while True:
             state = project_status(project_id, app=a)
             live.update(_progress_view(state))
-            if state.stage in (Stage.COMPLETED, Stage.FAILED):
+            if state.stage in _TERMINAL:
                 break
             if time.monotonic() > deadline:
                 raise Failure(f"{project_id} still {state.stage.value} after {timeout:g} s")
@@ -486,10 +543,14 @@ def _follow(a: App, project_id: str, timeout: float) -> None:
 
 
 def _progress_view(state: ProjectStatus) -> Table:
-    done = sum(1 for r in state.steps if r.status.value in ("success", "skipped"))
-    bar = "█" * done * 4 + "░" * (len(STEPS) - done) * 4
+    """The table, with a bar of the chain in progress (the reverse one once it exists)."""
+    reverse = [r for r in state.steps if r.position > len(STEPS)]
+    chain = reverse or state.steps
+    done = sum(1 for r in chain if r.status.value in ("success", "skipped"))
+    total = len(chain) or len(STEPS)
+    bar = "█" * done * 4 + "░" * (total - done) * 4
     table = _status_table(state)
-    table.caption = f"{bar} {done}/{len(STEPS)} steps"
+    table.caption = f"{bar} {done}/{total} {'reverse steps' if reverse else 'steps'}"
     return table
 
 

@@ -138,6 +138,10 @@ class TenantProbe(Protocol):
 
 
 class ProjectLedger(Protocol):
-    """The project record's readiness."""
+    """The project record's readiness and tombstone."""
 
     def mark_ready(self, project_id: str) -> datetime: ...
+
+    def mark_deleted(self, project_id: str) -> datetime:
+        """Set the tombstone (once); LookupError when no deprovisioning is recorded."""
+        ...

@@ -9,9 +9,10 @@ from pydantic import ValidationError
 
 from services.bootstrap import App
 from shared.errors import InvalidTransitionError
-from shared.events import StepFailed, failed_event_for, new_event_id, retry_event_for, utcnow
+from shared.events import FailedEvent, failed_event_for, retry_event_for, utcnow
 from shared.kafka import encode, read_to_end
-from shared.steps import STEPS, Step, StepStatus
+from shared.kafka.core import wrap_input
+from shared.steps import ALL_STEPS, Step, StepStatus
 from shared.tracing import new_trace
 
 
@@ -25,7 +26,7 @@ class ReplayDecision:
     reason: str
 
 
-def read_failed(app: App, steps: list[Step], *, timeout: float = 10.0) -> Iterator[tuple[Step, StepFailed]]:
+def read_failed(app: App, steps: list[Step], *, timeout: float = 10.0) -> Iterator[tuple[Step, FailedEvent]]:
     """Every failure record on the failed topics of ``steps``, oldest first per partition."""
     by_topic = {step.failed_topic: step for step in steps}
     for msg in read_to_end(app.bootstrap_servers, by_topic, timeout=timeout):
@@ -54,8 +55,8 @@ def replay(
     ``max_replays_per_step`` times is skipped by the loop guard. Each wait on the broker
     (reading the failed topics, the final flush) gives up after ``timeout`` seconds.
     """
-    steps = [s for s in STEPS if step_key is None or s.key == step_key]
-    latest: dict[tuple[str, str], tuple[Step, StepFailed]] = {}
+    steps = [s for s in ALL_STEPS if step_key is None or s.key == step_key]
+    latest: dict[tuple[str, str], tuple[Step, FailedEvent]] = {}
     for step, event in read_failed(app, steps, timeout=timeout):
         if project_id is None or event.project_id == project_id:
             latest[(event.project_id, step.key)] = (step, event)
@@ -96,26 +97,15 @@ def replay(
     return decisions
 
 
-def _replay_one(app: App, step: Step, failed: StepFailed) -> ReplayDecision:
+def _replay_one(app: App, step: Step, failed: FailedEvent) -> ReplayDecision:
     pid = failed.project_id
     try:
         app.repository.transition(pid, step.name, StepStatus.PENDING, replay=True)
     except InvalidTransitionError as exc:  # a concurrent replay got there first
         return ReplayDecision(pid, step.key, "skipped", str(exc))
+    fields = wrap_input(failed.input, 1) | {"causation_id": failed.event_id}
     retry = retry_event_for(step.key)(
-        event_id=new_event_id(),
-        event_type=step.retry_topic,
-        occurred_at=utcnow(),
-        project_id=pid,
-        correlation_id=failed.correlation_id,
-        causation_id=failed.event_id,
-        request=failed.request,
-        results=failed.input.results,
-        attempt=1,
-        input=failed.input,
-        not_before=utcnow(),
-        error=failed.error,
-        replayed=True,
+        **fields, event_type=step.retry_topic, not_before=utcnow(), error=failed.error, replayed=True
     )
     app.publisher.produce(step.retry_topic, *encode(retry, new_trace()))
     return ReplayDecision(pid, step.key, "replayed", f"after {failed.error.type}: {failed.error.message}")

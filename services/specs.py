@@ -18,13 +18,13 @@ from services.ports import (
     TenantProbe,
     TenantSchemas,
 )
-from services.registration.handler import Service, register
+from services.registration.handler import Service, deregister, register
 from services.schema import handler as schema
 from services.verify import handler as verify
 from shared.errors import ErrorType
 from shared.events import ProvisionProjectResult
 from shared.execution import StepSpec
-from shared.steps import STEPS, step_by_key
+from shared.steps import REVERSE_STEPS, STEPS, step_by_key
 
 SERVICES: tuple[Service, ...] = ("auth", "realtime", "storage")
 
@@ -87,6 +87,53 @@ def build_specs(
             skip_service=service,
         )
     return {step.key: specs[step.key] for step in STEPS}
+
+
+def build_reverse_specs(
+    *,
+    cluster: TenantCluster,
+    schemas: TenantSchemas,
+    credentials: CredentialStore,
+    registry: ServiceRegistry,
+    keys_store: KeyStore,
+    ledger: ProjectLedger,
+) -> dict[str, StepSpec]:
+    """Every reverse step's handler bound to its collaborators, by step key, in chain order.
+
+    Each undoes its service's provisioning step and takes "already gone" as done. A
+    deregistration is skipped when the request turned its service off (nothing was
+    registered).
+    """
+    specs = {
+        "deprovision-keys": StepSpec(
+            step_by_key("deprovision-keys"),
+            functools.partial(keys.revoke, keys=keys_store),
+            failure_type=ErrorType.API_KEY_GENERATION_FAILED,
+            admits_new_projects=True,
+        ),
+        "deprovision-schema": StepSpec(
+            step_by_key("deprovision-schema"),
+            functools.partial(schema.drop, schemas=schemas),
+            failure_type=ErrorType.SCHEMA_CREATION_FAILED,
+        ),
+        "deprovision-database": StepSpec(
+            step_by_key("deprovision-database"),
+            functools.partial(database.drop, cluster=cluster),
+            failure_type=ErrorType.DATABASE_CREATION_FAILED,
+        ),
+        "deprovision-verify": StepSpec(
+            step_by_key("deprovision-verify"),
+            functools.partial(verify.mark_deleted, credentials=credentials, keys=keys_store, ledger=ledger),
+        ),
+    }
+    for service in SERVICES:
+        specs[f"deprovision-{service}"] = StepSpec(
+            step_by_key(f"deprovision-{service}"),
+            functools.partial(deregister, service=service, registry=registry),
+            failure_type=ErrorType.SERVICE_REGISTRATION_FAILED,
+            skip_service=service,
+        )
+    return {step.key: specs[step.key] for step in REVERSE_STEPS}
 
 
 def result_from_json(value: Any) -> ProvisionProjectResult:

@@ -1,39 +1,76 @@
-"""Run one step's consumer: the wiring of ``provision worker <step>`` and ``python -m services.<step>``."""
+"""Run one step service's consumers: the wiring of ``provision worker <step>`` and
+``python -m services.<step>``.
+
+A step service takes part in both chains: its provisioning step and its deprovisioning
+(reverse) step, each with its own consumer group, input and retry topics. By default one
+process runs both, each consumer on its own thread; ``chains`` narrows it to one.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Collection
+from types import FrameType
 
+import structlog
 from pydantic import ValidationError
 
-from services.bootstrap import ConfigurationError, build_app
+from services.bootstrap import App, ConfigurationError, build_app
 from shared.kafka import StepWorker, relay_outbox
 from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
 from shared.observability import Health, Metrics, serve_http
 from shared.settings import Settings
-from shared.steps import step_by_key
+from shared.steps import ALL_STEPS, Chain, Step, resolve_step
+
+log = structlog.get_logger("provision.worker")
 
 
-def run_worker(step_key: str, settings: Settings | None = None) -> None:
-    """Consume the step's input and retry topics until SIGTERM/SIGINT.
+def steps_of(service_or_step: str, chains: Collection[Chain] = tuple(Chain)) -> list[Step]:
+    """The steps a worker runs: a service's step in each of ``chains``; a reverse step named
+    on its own (``deprovision-keys``, ``revoke_api_keys``) alone. ValueError if unknown."""
+    named = resolve_step(service_or_step)
+    if named.chain is Chain.DEPROVISIONING:
+        return [named]
+    return [s for s in ALL_STEPS if s.service == named.service and s.chain in chains]
+
+
+def run_worker(
+    step_key: str, settings: Settings | None = None, *, chains: Collection[Chain] = tuple(Chain)
+) -> None:
+    """Consume the service's input and retry topics (of each chain) until SIGTERM/SIGINT.
 
     Raises ConfigurationError when KAFKA_BOOTSTRAP_SERVERS or DATABASE_URL is missing and local
     mode (``PROVISION_LOCAL``) is off.
     """
     settings = settings or Settings()
-    step = step_by_key(step_key)
+    steps = steps_of(step_key, chains)
     # First, so a worker without its addresses refuses (ConfigurationError) before anything else.
     app = build_app(settings)
     configure_logging(settings.log_level, settings.log_format)
     metrics, health = Metrics(), Health()
     server = serve_http(settings.metrics_port, metrics, health) if settings.metrics_port else None
-    # The first step also relays the request outbox, so a request whose publish failed at
-    # request time still goes out.
-    relay = (lambda: relay_outbox(app.engine, app.publisher)) if step_key == "database" else None
+    workers = [_worker(app, step, metrics, health) for step in steps]
+    stop = _Stop(workers)
+    signal.signal(signal.SIGTERM, stop.on_signal)
+    signal.signal(signal.SIGINT, stop.on_signal)
+    try:
+        _run_all(workers, stop)
+    finally:
+        if server is not None:
+            server.shutdown()
+        app.close()
+
+
+def _worker(app: App, step: Step, metrics: Metrics, health: Health) -> StepWorker:
+    # The first step also relays the outbox (requests of either chain), so a request whose
+    # publish failed at request time still goes out.
+    relay = (lambda: relay_outbox(app.engine, app.publisher)) if step.key == "database" else None
     committed = CommittedOffsets()
-    worker = StepWorker(
-        app.specs[step.key],
+    return StepWorker(
+        app.spec(step.key),
         consumer=app.consumer(step.consumer_group, on_commit=committed.on_commit),
         publisher=app.publisher,
         store=app.repository,
@@ -43,13 +80,47 @@ def run_worker(step_key: str, settings: Settings | None = None) -> None:
         outbox_relay=relay,
         committed=committed,
     )
-    worker.install_signal_handlers()
-    try:
-        worker.run()
-    finally:
-        if server is not None:
-            server.shutdown()
-        app.close()
+
+
+class _Stop:
+    """Stops every worker of the process: on a signal, or when one of them ends."""
+
+    def __init__(self, workers: list[StepWorker]) -> None:
+        self.workers = workers
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        self.all()
+
+    def all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+def _run_all(workers: list[StepWorker], stop: _Stop) -> None:
+    """Run each worker on a thread of its own until all have ended; the first error ends
+    them all and is raised once they have closed (committing what they stored)."""
+    if len(workers) == 1:
+        workers[0].run()
+        return
+    errors: list[BaseException] = []
+
+    def run(worker: StepWorker) -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            stop.all()
+
+    threads = [threading.Thread(target=run, args=(w,), name=w.step.key, daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        for thread in threads:
+            thread.join(0.2)  # short joins: the main thread must stay free for signals
+    if errors:
+        raise errors[0]
 
 
 def main(step_key: str) -> None:

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
+from shared.steps import DEADLETTER_TOPIC, DEPROVISIONING_REQUESTED_TOPIC, REQUESTED_TOPIC
 
 SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
@@ -283,8 +283,8 @@ def _require_event_type(schema: dict[str, Any]) -> None:
         required.insert(0, "event_type")
 
 
-class Envelope(Model):
-    """Fields every provisioning event carries."""
+class Event(Model):
+    """Fields every event of either chain carries."""
 
     model_config = ConfigDict(json_schema_extra=_require_event_type)
 
@@ -295,9 +295,15 @@ class Envelope(Model):
     project_id: ProjectId
     correlation_id: uuid.UUID
     causation_id: uuid.UUID | None = None
+    attempt: Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_integral)] = 1
+
+
+class Envelope(Event):
+    """Fields every provisioning event carries: the event's and the request with the
+    results so far (for readers of the topics; the steps read both from the record)."""
+
     request: ProvisionProjectPayload
     results: StepResults = StepResults()
-    attempt: Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_integral)] = 1
 
 
 class ProvisioningRequested(Envelope):
@@ -432,6 +438,148 @@ class VerifyRetryScheduled(StepRetryScheduled):
     event_type: Literal["provisioning.verify.retry"] = "provisioning.verify.retry"
 
 
+# --- the deprovisioning chain ----------------------------------------------------------------
+# Its events name the project and the deprovisioning request (``correlation_id``) only: what
+# to remove is derived from the project id and read from the record.
+
+
+class DeprovisioningRequested(Event):
+    """Remove a project (cancelling its provisioning if it is still running); the first
+    reverse step consumes it. Any Kafka client may produce it; ``correlation_id`` names this
+    deprovisioning request, and a second request for the same project is a duplicate."""
+
+    event_type: Literal["deprovisioning.requested"] = "deprovisioning.requested"
+    reason: Text | None = None
+
+
+class ReverseCompleted(Event):
+    """A reverse step finished (``success``), or had nothing to undo (``skipped``)."""
+
+    step_status: Literal["success", "skipped"]
+
+
+class RevokeKeysCompleted(ReverseCompleted):
+    event_type: Literal["deprovisioning.keys.completed"] = "deprovisioning.keys.completed"
+
+
+class DeregisterStorageCompleted(ReverseCompleted):
+    event_type: Literal["deprovisioning.storage.completed"] = "deprovisioning.storage.completed"
+
+
+class DeregisterRealtimeCompleted(ReverseCompleted):
+    event_type: Literal["deprovisioning.realtime.completed"] = "deprovisioning.realtime.completed"
+
+
+class DeregisterAuthCompleted(ReverseCompleted):
+    event_type: Literal["deprovisioning.auth.completed"] = "deprovisioning.auth.completed"
+
+
+class DropSchemaCompleted(ReverseCompleted):
+    event_type: Literal["deprovisioning.schema.completed"] = "deprovisioning.schema.completed"
+
+
+class DropDatabaseCompleted(ReverseCompleted):
+    event_type: Literal["deprovisioning.database.completed"] = "deprovisioning.database.completed"
+
+
+class ProjectDeleted(ReverseCompleted):
+    """The project is deleted: the last event of the reverse chain."""
+
+    event_type: Literal["deprovisioning.verify.completed"] = "deprovisioning.verify.completed"
+
+
+ReverseInputEvent = Annotated[
+    DeprovisioningRequested
+    | RevokeKeysCompleted
+    | DeregisterStorageCompleted
+    | DeregisterRealtimeCompleted
+    | DeregisterAuthCompleted
+    | DropSchemaCompleted
+    | DropDatabaseCompleted,
+    Field(discriminator="event_type"),
+]
+"""Any event a reverse step consumes as its input."""
+
+
+class ReverseFailed(Event):
+    """A reverse step failed for good: its input and the error, for replay."""
+
+    input: ReverseInputEvent
+    error: ErrorInfo
+
+
+class ReverseRetryScheduled(Event):
+    """A reverse step's input, to be tried again once ``not_before`` has passed."""
+
+    input: ReverseInputEvent
+    not_before: AwareDatetime
+    error: ErrorInfo | None = None
+    replayed: bool = False
+
+
+class RevokeKeysFailed(ReverseFailed):
+    event_type: Literal["deprovisioning.keys.failed"] = "deprovisioning.keys.failed"
+
+
+class DeregisterStorageFailed(ReverseFailed):
+    event_type: Literal["deprovisioning.storage.failed"] = "deprovisioning.storage.failed"
+
+
+class DeregisterRealtimeFailed(ReverseFailed):
+    event_type: Literal["deprovisioning.realtime.failed"] = "deprovisioning.realtime.failed"
+
+
+class DeregisterAuthFailed(ReverseFailed):
+    event_type: Literal["deprovisioning.auth.failed"] = "deprovisioning.auth.failed"
+
+
+class DropSchemaFailed(ReverseFailed):
+    event_type: Literal["deprovisioning.schema.failed"] = "deprovisioning.schema.failed"
+
+
+class DropDatabaseFailed(ReverseFailed):
+    event_type: Literal["deprovisioning.database.failed"] = "deprovisioning.database.failed"
+
+
+class MarkDeletedFailed(ReverseFailed):
+    event_type: Literal["deprovisioning.verify.failed"] = "deprovisioning.verify.failed"
+
+
+class RevokeKeysRetryScheduled(ReverseRetryScheduled):
+    event_type: Literal["deprovisioning.keys.retry"] = "deprovisioning.keys.retry"
+
+
+class DeregisterStorageRetryScheduled(ReverseRetryScheduled):
+    event_type: Literal["deprovisioning.storage.retry"] = "deprovisioning.storage.retry"
+
+
+class DeregisterRealtimeRetryScheduled(ReverseRetryScheduled):
+    event_type: Literal["deprovisioning.realtime.retry"] = "deprovisioning.realtime.retry"
+
+
+class DeregisterAuthRetryScheduled(ReverseRetryScheduled):
+    event_type: Literal["deprovisioning.auth.retry"] = "deprovisioning.auth.retry"
+
+
+class DropSchemaRetryScheduled(ReverseRetryScheduled):
+    event_type: Literal["deprovisioning.schema.retry"] = "deprovisioning.schema.retry"
+
+
+class DropDatabaseRetryScheduled(ReverseRetryScheduled):
+    event_type: Literal["deprovisioning.database.retry"] = "deprovisioning.database.retry"
+
+
+class MarkDeletedRetryScheduled(ReverseRetryScheduled):
+    event_type: Literal["deprovisioning.verify.retry"] = "deprovisioning.verify.retry"
+
+
+CompletedEvent = StepCompleted | ReverseCompleted
+FailedEvent = StepFailed | ReverseFailed
+RetryEvent = StepRetryScheduled | ReverseRetryScheduled
+InputEvent = ProvisioningRequested | StepCompleted | DeprovisioningRequested | ReverseCompleted
+"""What a step of either chain consumes."""
+
+
 class DeadLettered(Model):
     """A message a consumer could not take, with the reason: its bytes whole when they fit,
     else a bounded prefix (``truncated``) plus the original's size and SHA-256, so the
@@ -472,27 +620,53 @@ _STEP_EVENTS: dict[str, tuple[type[StepCompleted], type[StepFailed], type[StepRe
 }
 
 
-def completed_event_for(step_key: str) -> type[StepCompleted]:
-    """The completed-event model of a step."""
-    return _STEP_EVENTS[step_key][0]
+_REVERSE_EVENTS: dict[
+    str, tuple[type[ReverseCompleted], type[ReverseFailed], type[ReverseRetryScheduled]]
+] = {
+    "deprovision-keys": (RevokeKeysCompleted, RevokeKeysFailed, RevokeKeysRetryScheduled),
+    "deprovision-storage": (
+        DeregisterStorageCompleted,
+        DeregisterStorageFailed,
+        DeregisterStorageRetryScheduled,
+    ),
+    "deprovision-realtime": (
+        DeregisterRealtimeCompleted,
+        DeregisterRealtimeFailed,
+        DeregisterRealtimeRetryScheduled,
+    ),
+    "deprovision-auth": (DeregisterAuthCompleted, DeregisterAuthFailed, DeregisterAuthRetryScheduled),
+    "deprovision-schema": (DropSchemaCompleted, DropSchemaFailed, DropSchemaRetryScheduled),
+    "deprovision-database": (DropDatabaseCompleted, DropDatabaseFailed, DropDatabaseRetryScheduled),
+    "deprovision-verify": (ProjectDeleted, MarkDeletedFailed, MarkDeletedRetryScheduled),
+}
 
 
-def failed_event_for(step_key: str) -> type[StepFailed]:
-    """The failed-event model of a step."""
-    return _STEP_EVENTS[step_key][1]
+def completed_event_for(step_key: str) -> type[StepCompleted] | type[ReverseCompleted]:
+    """The completed-event model of a step (either chain)."""
+    forward = _STEP_EVENTS.get(step_key)
+    return forward[0] if forward else _REVERSE_EVENTS[step_key][0]
 
 
-def retry_event_for(step_key: str) -> type[StepRetryScheduled]:
-    """The retry-scheduled model of a step."""
-    return _STEP_EVENTS[step_key][2]
+def failed_event_for(step_key: str) -> type[StepFailed] | type[ReverseFailed]:
+    """The failed-event model of a step (either chain)."""
+    forward = _STEP_EVENTS.get(step_key)
+    return forward[1] if forward else _REVERSE_EVENTS[step_key][1]
+
+
+def retry_event_for(step_key: str) -> type[StepRetryScheduled] | type[ReverseRetryScheduled]:
+    """The retry-scheduled model of a step (either chain)."""
+    forward = _STEP_EVENTS.get(step_key)
+    return forward[2] if forward else _REVERSE_EVENTS[step_key][2]
 
 
 def event_models() -> dict[str, type[BaseModel]]:
     """Every event model by its ``event_type`` (also the topic it is published on)."""
     models: dict[str, type[BaseModel]] = {REQUESTED_TOPIC: ProvisioningRequested}
-    for completed, failed, retry in _STEP_EVENTS.values():
-        for model in (completed, failed, retry):
-            models[event_type_of(model)] = model
+    for triple in _STEP_EVENTS.values():
+        models |= {event_type_of(model): model for model in triple}
+    models[DEPROVISIONING_REQUESTED_TOPIC] = DeprovisioningRequested
+    for reverse in _REVERSE_EVENTS.values():
+        models |= {event_type_of(model): model for model in reverse}
     models[DEADLETTER_TOPIC] = DeadLettered
     return models
 

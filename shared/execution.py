@@ -15,6 +15,7 @@ in-process ``provision_project_handler`` run steps through :func:`run_step`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,30 +27,37 @@ from shared.db.repository import Claim, ProjectRecord, Registration, Snapshot, S
 from shared.errors import (
     ErrorType,
     InvalidTransitionError,
+    ProvisioningError,
     StoreUnavailableError,
     classify,
     failure_details,
 )
 from shared.events import (
+    CompletedEvent,
     ErrorInfo,
     ProvisionProjectPayload,
-    StepCompleted,
     StepResults,
     completed_event_for,
     utcnow,
 )
-from shared.steps import Step, StepStatus
+from shared.steps import STEPS, Chain, Step, StepStatus
+
+_LAST_FORWARD_POSITION = STEPS[-1].position
 
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
     """What a message may tell a step: which project, under which request, woken by which
-    event. Only the first step is also handed the request itself, to register it."""
+    event. Only a chain's first step is also handed its request, to register it: the
+    provisioning request itself, or that deprovisioning is asked (with its reason)."""
 
     project_id: str
     correlation_id: uuid.UUID
     causation_id: uuid.UUID | None = None
     request: ProvisionProjectPayload | None = None
+    deprovisioning: bool = False
+    """The trigger is a deprovisioning request (the reverse chain's first step registers it)."""
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +66,20 @@ class StepContext:
 
     project_id: str
     correlation_id: uuid.UUID
-    request: ProvisionProjectPayload
+    request: ProvisionProjectPayload | None
+    """The registered provisioning request; None only for a reverse step of a project known
+    by name alone (an orphan ``provision reconcile`` found)."""
     results: StepResults
     attempt: int
+
+    @property
+    def payload(self) -> ProvisionProjectPayload:
+        """The registered request, which every provisioning step has (the claim requires it)."""
+        if self.request is None:
+            raise ProvisioningError(
+                ErrorType.PROJECT_NOT_FOUND, f"project {self.project_id!r} has no registered request"
+            )
+        return self.request
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +104,7 @@ class StepSpec:
     skip_service: str | None = None
     """The service in ``request.services`` whose being turned off makes this step ``skipped``."""
     admits_new_projects: bool = False
+    """The chain's first step: it registers the request (provisioning or deprovisioning) it is handed."""
     extra_models: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
 
 
@@ -97,6 +117,14 @@ class StepStore(Protocol):
     def register_request(
         self, payload: ProvisionProjectPayload, correlation_id: uuid.UUID
     ) -> tuple[Registration, ProjectRecord]: ...
+
+    def register_deprovisioning(
+        self,
+        project_id: str,
+        correlation_id: uuid.UUID,
+        *,
+        reason: str | None = ...,
+    ) -> tuple[Registration, ProjectRecord] | None: ...
 
     def claim(
         self,
@@ -141,7 +169,7 @@ class StepStore(Protocol):
 class Completed:
     """The step is done (now or earlier): publish this event."""
 
-    event: StepCompleted
+    event: CompletedEvent
     replayed: bool  # True when rebuilt from a stored result, with no work done
 
 
@@ -216,6 +244,10 @@ def run_step(
         rejected = _register(trigger, trigger.request, store)
         if rejected is not None:
             return rejected
+    if spec.admits_new_projects and trigger.deprovisioning:
+        rejected = _register_deprovisioning(trigger, store)
+        if rejected is not None:
+            return rejected
 
     claim = store.claim(
         trigger.project_id,
@@ -227,8 +259,8 @@ def run_step(
         skip_result=_stored(StepOutput()),
     )
     if claim is None:
-        return _unclaimed(spec, trigger, store.snapshot(trigger.project_id))
-    request = ProvisionProjectPayload.model_validate(claim.request, strict=False)
+        return _unclaimed(spec, trigger, store.snapshot(trigger.project_id), store)
+    request = _request(claim.request)
     results = _merge(StepResults(), claim.earlier_results)
     if claim.row.status is StepStatus.SKIPPED:
         return Completed(_outcome_event(spec, trigger, request, results, claim.row), replayed=False)
@@ -251,7 +283,7 @@ def run_step(
         )
     except InvalidTransitionError:
         # Our lease was taken over while we worked: the successor's outcome is the one.
-        return _unclaimed(spec, trigger, store.snapshot(trigger.project_id))
+        return _unclaimed(spec, trigger, store.snapshot(trigger.project_id), store)
     return Completed(_outcome_event(spec, trigger, request, results, row), replayed=False)
 
 
@@ -270,6 +302,29 @@ def _register(
     if project.correlation_id != trigger.correlation_id:
         return Ignored(f"duplicate of request {project.correlation_id}: the same payload again")
     return None
+
+
+def _register_deprovisioning(trigger: Trigger, store: StepStore) -> Rejected | Ignored | None:
+    """Record the deprovisioning if it is the first the control plane hears of it."""
+    registered = store.register_deprovisioning(
+        trigger.project_id, trigger.correlation_id, reason=trigger.reason
+    )
+    if registered is None:
+        return Rejected(
+            f"{ErrorType.PROJECT_NOT_FOUND.value}: project {trigger.project_id!r} is not in the "
+            "control plane; nothing to deprovision"
+        )
+    _, project = registered
+    if project.deprovision_correlation_id != trigger.correlation_id:
+        return Ignored(f"duplicate of deprovisioning {project.deprovision_correlation_id}")
+    return None
+
+
+def _request(stored: Mapping[str, Any] | None) -> ProvisionProjectPayload | None:
+    """The registered request as the model (None for a project known by name alone)."""
+    if not stored:
+        return None
+    return ProvisionProjectPayload.model_validate(stored, strict=False)
 
 
 def _failure(
@@ -304,31 +359,35 @@ def _failure(
     return Failed(info, attempt) if final else Retry(info, attempt)
 
 
-def _unclaimed(spec: StepSpec, trigger: Trigger, snapshot: Snapshot) -> Outcome:
+def _unclaimed(spec: StepSpec, trigger: Trigger, snapshot: Snapshot, store: StepStore) -> Outcome:
     """Why the record refused the claim, and what to do about the trigger."""
     project = snapshot.project
     step = spec.step
-    if project is None or project.request is None:
+    reverse = step.chain is Chain.DEPROVISIONING
+    if project is None or (project.request is None and not reverse):
         return Rejected(
             f"{ErrorType.PROJECT_NOT_FOUND.value}: project {trigger.project_id!r} has no registered "
             f"request in the control plane"
         )
-    if project.correlation_id != trigger.correlation_id:
-        return Rejected(
-            f"correlation_id {trigger.correlation_id} is not the registered request's "
-            f"({project.correlation_id})"
-        )
+    registered = project.deprovision_correlation_id if reverse else project.correlation_id
+    if registered != trigger.correlation_id:
+        what = "deprovisioning request's" if reverse else "registered request's"
+        return Rejected(f"correlation_id {trigger.correlation_id} is not the {what} ({registered})")
     row = snapshot.step(step.name)
     if row is None:
         return Rejected(
             f"{ErrorType.PROJECT_NOT_FOUND.value}: project {trigger.project_id!r} has no step rows"
         )
-    request = ProvisionProjectPayload.model_validate(project.request, strict=False)
     if row.done:
-        results = _merge(StepResults(), [r.result for r in snapshot.steps if r.position < row.position])
-        return Completed(_outcome_event(spec, trigger, request, results, row), replayed=True)
+        chain_rows = [r for r in snapshot.steps if _same_chain(r.position, row.position)]
+        results = _merge(StepResults(), [r.result for r in chain_rows if r.position < row.position])
+        event = _outcome_event(spec, trigger, _request(project.request), results, row)
+        return Completed(event, replayed=True)
+    if not reverse and project.fenced:
+        return _cancelled(trigger, row, store)
     for earlier in snapshot.steps:
-        if earlier.position < row.position and not earlier.done:
+        before = _same_chain(earlier.position, row.position) and earlier.position < row.position
+        if before and not earlier.done:
             return Rejected(
                 f"earlier step {earlier.step_name} is {earlier.status.value}, not success or skipped"
             )
@@ -336,7 +395,26 @@ def _unclaimed(spec: StepSpec, trigger: Trigger, snapshot: Snapshot) -> Outcome:
         return Ignored("step failed; `provision replay` re-drives it")
     if row.status is StepStatus.RUNNING:
         return Busy(row.lease_expires_at)
+    if reverse:
+        # The service's provisioning step is still running: undo it once it has ended.
+        forward = snapshot.step(step.counterpart.name)
+        if forward is not None and forward.status is StepStatus.RUNNING and not forward.lease_expired:
+            return Busy(forward.lease_expires_at)
     return Busy(None)  # pending again under our feet (a concurrent replay): try once more
+
+
+def _cancelled(trigger: Trigger, row: StepRow, store: StepStore) -> Ignored:
+    """A provisioning step of a project being deprovisioned: it will never run. A row still
+    ``pending`` (a retry scheduled before the fence) is recorded ``cancelled``."""
+    if row.status is StepStatus.PENDING:
+        # If it moved meanwhile, whatever it is now, the fence keeps it from running.
+        with contextlib.suppress(InvalidTransitionError):
+            store.transition(trigger.project_id, row.step_name, StepStatus.CANCELLED)
+    return Ignored("the project is being deprovisioned: its provisioning is cancelled")
+
+
+def _same_chain(position: int, other: int) -> bool:
+    return (position <= _LAST_FORWARD_POSITION) == (other <= _LAST_FORWARD_POSITION)
 
 
 def _stored(output: StepOutput) -> dict[str, Any]:
@@ -371,25 +449,30 @@ def outcome_event_id(project_id: str, correlation_id: uuid.UUID, step_key: str) 
 def _outcome_event(
     spec: StepSpec,
     trigger: Trigger,
-    request: ProvisionProjectPayload,
+    request: ProvisionProjectPayload | None,
     earlier: StepResults,
     row: StepRow,
-) -> StepCompleted:
-    """The completed event of a done step, from the record: the same every time."""
+) -> CompletedEvent:
+    """The completed event of a done step, from the record: the same every time. A
+    provisioning step's carries the request and the results so far; a reverse step's only
+    names the project and the deprovisioning."""
     stored = row.result or {}
     extra = {
         name: spec.extra_models[name](value) if name in spec.extra_models else value
         for name, value in (stored.get("extra") or {}).items()
     }
+    carried: dict[str, Any] = {}
+    if spec.step.chain is Chain.PROVISIONING:
+        assert request is not None  # the provisioning claim requires the registered request
+        carried = {"request": request, "results": _merge(earlier, [stored])}
     return completed_event_for(spec.step.key)(
         event_id=outcome_event_id(trigger.project_id, trigger.correlation_id, spec.step.key),
         occurred_at=row.completed_at or utcnow(),
         project_id=trigger.project_id,
         correlation_id=trigger.correlation_id,
         causation_id=trigger.causation_id,
-        request=request,
-        results=_merge(earlier, [stored]),
         step_status="skipped" if row.status is StepStatus.SKIPPED else "success",
         attempt=max(1, row.attempt),
+        **carried,
         **extra,
     )

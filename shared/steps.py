@@ -1,4 +1,10 @@
-"""The seven provisioning steps, their order and their topics (pure data)."""
+"""The two chains of steps, their order and their topics (pure data).
+
+``provisioning`` brings a project to life in seven steps; ``deprovisioning`` removes it again
+in seven reverse steps, one per step service, in the opposite order. Both chains are rows of
+the same ``provisioning_steps`` table (positions 1-7 and 8-14) and move through the same
+state machine.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 REQUESTED_TOPIC = "provisioning.requested"
+DEPROVISIONING_REQUESTED_TOPIC = "deprovisioning.requested"
 DEADLETTER_TOPIC = "provisioning.deadletter"
+
+
+class Chain(StrEnum):
+    """Which way a step moves a project; also the prefix of its topics."""
+
+    PROVISIONING = "provisioning"
+    DEPROVISIONING = "deprovisioning"
 
 
 class StepStatus(StrEnum):
@@ -17,6 +31,8 @@ class StepStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    """A provisioning step that will never run: its project was deprovisioned first."""
 
 
 class Stage(StrEnum):
@@ -32,36 +48,67 @@ class Stage(StrEnum):
     FINALIZING = "FINALIZING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    DEPROVISIONING = "DEPROVISIONING"
+    DELETED = "DELETED"
+    """Deprovisioned after it had been ready."""
+    CANCELLED = "CANCELLED"
+    """Deprovisioned before it was ever ready: its provisioning was cancelled (or had failed)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One step of the chain: its short key, its seed name and its topics."""
+    """One step of a chain: its key, its seed-style name, its service and its topics.
+
+    A provisioning step's key is its service (``database``); a deprovisioning step's is
+    ``deprovision-<service>``. Topics are ``<chain>.<service>.completed|retry|failed``.
+    """
 
     key: str
     name: str
     stage: Stage
     input_topic: str
+    service: str
+    chain: Chain
+    position: int
+    """Its row's position in ``provisioning_steps``: 1-7 provisioning, 8-14 deprovisioning."""
 
     @property
     def completed_topic(self) -> str:
-        return f"provisioning.{self.key}.completed"
+        return f"{self.chain.value}.{self.service}.completed"
 
     @property
     def retry_topic(self) -> str:
-        return f"provisioning.{self.key}.retry"
+        return f"{self.chain.value}.{self.service}.retry"
 
     @property
     def failed_topic(self) -> str:
-        return f"provisioning.{self.key}.failed"
+        return f"{self.chain.value}.{self.service}.failed"
 
     @property
     def consumer_group(self) -> str:
-        return f"provisioning-{self.key}"
+        return f"{self.chain.value}-{self.service}"
+
+    @property
+    def counterpart(self) -> Step:
+        """The step of the other chain run by the same service."""
+        other = REVERSE_STEPS if self.chain is Chain.PROVISIONING else STEPS
+        return next(step for step in other if step.service == self.service)
 
 
-def _chain() -> tuple[Step, ...]:
-    spec = [
+def _chain(chain: Chain, spec: list[tuple[str, str, Stage]], first_position: int) -> tuple[Step, ...]:
+    steps: list[Step] = []
+    previous_topic = REQUESTED_TOPIC if chain is Chain.PROVISIONING else DEPROVISIONING_REQUESTED_TOPIC
+    for offset, (service, name, stage) in enumerate(spec):
+        key = service if chain is Chain.PROVISIONING else f"deprovision-{service}"
+        step = Step(key, name, stage, previous_topic, service, chain, first_position + offset)
+        steps.append(step)
+        previous_topic = step.completed_topic
+    return tuple(steps)
+
+
+STEPS: tuple[Step, ...] = _chain(
+    Chain.PROVISIONING,
+    [
         ("database", "create_tenant_database", Stage.CREATING_DATABASE),
         ("schema", "create_tenant_schema", Stage.CREATING_SCHEMA),
         ("auth", "register_auth_service", Stage.REGISTERING_AUTH),
@@ -69,26 +116,38 @@ def _chain() -> tuple[Step, ...]:
         ("storage", "register_storage_service", Stage.REGISTERING_STORAGE),
         ("keys", "generate_api_keys", Stage.GENERATING_API_KEYS),
         ("verify", "verify_services", Stage.FINALIZING),
-    ]
-    steps: list[Step] = []
-    previous_topic = REQUESTED_TOPIC
-    for key, name, stage in spec:
-        step = Step(key=key, name=name, stage=stage, input_topic=previous_topic)
-        steps.append(step)
-        previous_topic = step.completed_topic
-    return tuple(steps)
-
-
-STEPS: tuple[Step, ...] = _chain()
+    ],
+    1,
+)
+"""The provisioning chain, in order."""
+REVERSE_STEPS: tuple[Step, ...] = _chain(
+    Chain.DEPROVISIONING,
+    [
+        ("keys", "revoke_api_keys", Stage.DEPROVISIONING),
+        ("storage", "deregister_storage_service", Stage.DEPROVISIONING),
+        ("realtime", "deregister_realtime_service", Stage.DEPROVISIONING),
+        ("auth", "deregister_auth_service", Stage.DEPROVISIONING),
+        ("schema", "drop_tenant_schema", Stage.DEPROVISIONING),
+        ("database", "drop_tenant_database", Stage.DEPROVISIONING),
+        ("verify", "mark_project_deleted", Stage.DEPROVISIONING),
+    ],
+    len(STEPS) + 1,
+)
+"""The deprovisioning chain, in order: each step undoes its service's provisioning step."""
+ALL_STEPS: tuple[Step, ...] = STEPS + REVERSE_STEPS
 STEP_KEYS: tuple[str, ...] = tuple(s.key for s in STEPS)
+"""The step services (and the provisioning steps' keys)."""
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
-_BY_KEY = {s.key: s for s in STEPS}
-_BY_NAME = {s.name: s for s in STEPS}
+REVERSE_STEP_NAMES: tuple[str, ...] = tuple(s.name for s in REVERSE_STEPS)
+_BY_KEY = {s.key: s for s in ALL_STEPS}
+_BY_NAME = {s.name: s for s in ALL_STEPS}
 FINAL_STEP = STEPS[-1]
+FINAL_REVERSE_STEP = REVERSE_STEPS[-1]
 
 
 def step_by_key(key: str) -> Step:
-    """The step named by its short key (``database`` … ``verify``); KeyError if unknown."""
+    """The step named by its key (``database`` … ``verify``, ``deprovision-keys`` …); KeyError
+    if unknown."""
     return _BY_KEY[key]
 
 
@@ -101,28 +160,41 @@ def resolve_step(key_or_name: str) -> Step:
     """The step for either spelling, or ValueError listing the valid ones."""
     step = _BY_KEY.get(key_or_name) or _BY_NAME.get(key_or_name)
     if step is None:
-        raise ValueError(f"unknown step {key_or_name!r}; expected one of {', '.join(STEP_KEYS)}")
+        keys = ", ".join(s.key for s in ALL_STEPS)
+        raise ValueError(f"unknown step {key_or_name!r}; expected one of {keys}")
     return step
 
 
 def all_topics() -> tuple[str, ...]:
-    """Every topic the chain uses, in a stable order."""
+    """Every topic the two chains use, in a stable order."""
     topics = [REQUESTED_TOPIC]
     for step in STEPS:
+        topics += [step.completed_topic, step.retry_topic, step.failed_topic]
+    topics.append(DEPROVISIONING_REQUESTED_TOPIC)
+    for step in REVERSE_STEPS:
         topics += [step.completed_topic, step.retry_topic, step.failed_topic]
     topics.append(DEADLETTER_TOPIC)
     return tuple(topics)
 
 
-def derive_stage(statuses: dict[str, StepStatus], *, exists: bool = True) -> Stage:
-    """The seed-004 stage of a project from its step statuses (keyed by seed step name).
+def derive_stage(statuses: dict[str, StepStatus], *, exists: bool = True, ever_ready: bool = False) -> Stage:
+    """The seed-004 stage of a project from its step statuses (keyed by step name).
 
-    A failed step makes the project FAILED; when every step is done it is COMPLETED;
-    otherwise the stage of the first step not yet done (INITIALIZING before any started).
+    Once deprovisioning is requested (its rows exist) the project is DEPROVISIONING, FAILED
+    while a reverse step has failed, and when the reverse chain is done DELETED, or CANCELLED
+    if it was never ready (``ever_ready``). Before that: a failed step makes the project
+    FAILED; when every step is done it is COMPLETED; otherwise the stage of the first step
+    not yet done (INITIALIZING before any started).
     """
     if not exists or not statuses:
         return Stage.INITIALIZING
     done = {StepStatus.SUCCESS, StepStatus.SKIPPED}
+    if any(name in statuses for name in REVERSE_STEP_NAMES):
+        if any(statuses.get(name) is StepStatus.FAILED for name in REVERSE_STEP_NAMES):
+            return Stage.FAILED
+        if all(statuses.get(name) in done for name in REVERSE_STEP_NAMES):
+            return Stage.DELETED if ever_ready else Stage.CANCELLED
+        return Stage.DEPROVISIONING
     if any(status is StepStatus.FAILED for status in statuses.values()):
         return Stage.FAILED
     if all(statuses.get(s.name) in done for s in STEPS):

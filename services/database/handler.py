@@ -20,7 +20,7 @@ def handle(
     max_tenants: int,
 ) -> StepOutput:
     """Create (if absent) the tenant role and database; CONNECT is the owner's alone."""
-    request = context.request
+    request = context.payload
     if request.database.engine != "postgresql":
         raise ProvisioningError(
             ErrorType.INVALID_REQUEST,
@@ -45,3 +45,11 @@ def handle(
             )
         )
     )
+
+
+def drop(context: StepContext, *, cluster: TenantCluster) -> StepOutput:
+    """drop_tenant_database: end the tenant's sessions, drop its database and its role
+    (either already gone is done)."""
+    names = TenantNames.for_project(context.project_id)
+    cluster.drop_tenant(names.database, names.role)
+    return StepOutput()

@@ -23,7 +23,7 @@ def register(context: StepContext, *, service: Service, registry: ServiceRegistr
     names = TenantNames.for_project(context.project_id)
     spec: dict[str, Any] = {
         "project_id": context.project_id,
-        "region": context.request.region,
+        "region": context.payload.region,
         "database": {"host": database.host, "port": database.port, "name": names.database},
         "schema_name": names.schema,
     }
@@ -43,3 +43,10 @@ def register(context: StepContext, *, service: Service, registry: ServiceRegistr
             enabled=True, tenant_id=registered.tenant_id, endpoint=registered.endpoint
         )
     return StepOutput(StepResults.model_validate({service: registration}))
+
+
+def deregister(context: StepContext, *, service: Service, registry: ServiceRegistry) -> StepOutput:
+    """deregister_<service>_service: remove the tenant's registration (idempotent DELETE by
+    tenant id; an unknown tenant is done)."""
+    registry.deregister(service, context.project_id)
+    return StepOutput()

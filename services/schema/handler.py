@@ -17,3 +17,11 @@ def handle(context: StepContext, *, schemas: TenantSchemas) -> StepOutput:
     names = TenantNames.for_project(context.project_id)
     schemas.ensure_schema(names.database, names.schema, owner=names.role)
     return StepOutput(StepResults(schema_name=names.schema))
+
+
+def drop(context: StepContext, *, schemas: TenantSchemas) -> StepOutput:
+    """drop_tenant_schema: drop the tenant schema and every object in it (a schema or
+    database already gone is done)."""
+    names = TenantNames.for_project(context.project_id)
+    schemas.drop_schema(names.database, names.schema)
+    return StepOutput()

@@ -35,7 +35,7 @@ def handle(
     The result is built from the record (the registered request and the recorded results),
     never from a message.
     """
-    request, results = context.request, context.results
+    request, results = context.payload, context.results
     if results.database is None or results.schema_name is None:
         raise ProvisioningError(
             ErrorType.SCHEMA_CREATION_FAILED, "the record holds no database or schema result for the project"
@@ -99,3 +99,14 @@ def build_result(
             organization_id=request.organization_id,
         ),
     )
+
+
+def mark_deleted(
+    context: StepContext, *, credentials: CredentialStore, keys: KeyStore, ledger: ProjectLedger
+) -> StepOutput:
+    """mark_project_deleted: erase the stored password and whatever key is left, and set the
+    project's tombstone (its rows stay for audit). Running it again changes nothing."""
+    credentials.erase(context.project_id)
+    keys.revoke_keys(context.project_id)
+    ledger.mark_deleted(context.project_id)
+    return StepOutput()

@@ -21,7 +21,7 @@ from sqlalchemy import exc as sa_exc
 
 from shared.errors import InvalidTransitionError, StoreUnavailableError, classify
 from shared.events import ProvisionProjectPayload
-from shared.steps import STEP_NAMES, StepStatus
+from shared.steps import REVERSE_STEP_NAMES, REVERSE_STEPS, STEP_NAMES, STEPS, Chain, StepStatus, step_by_name
 
 S = StepStatus
 
@@ -32,6 +32,7 @@ ALLOWED_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
     S.FAILED: frozenset({S.RUNNING}),
     S.PENDING: frozenset({S.FAILED}),
     S.SKIPPED: frozenset({S.PENDING}),
+    S.CANCELLED: frozenset({S.PENDING}),
 }
 
 # A consumer re-claiming its own running step (it could not record the outcome while the
@@ -59,6 +60,8 @@ _SET_CLAUSES: Mapping[StepStatus, str] = {
     S.SKIPPED: """
         started_at = coalesce(started_at, now()), completed_at = now(),
         result = CAST(:result AS jsonb)""",
+    S.CANCELLED: """
+        completed_at = now(), lease_owner = NULL, lease_expires_at = NULL""",
 }
 
 
@@ -127,6 +130,24 @@ class ProjectRecord:
     request_hash: str | None
     created_at: datetime
     ready_at: datetime | None
+    deprovision_correlation_id: uuid.UUID | None = None
+    """The deprovisioning request's id, once one is registered (the reverse chain's correlation)."""
+    deprovision_requested_at: datetime | None = None
+    """Set once: the fence that stops the provisioning chain."""
+    deprovision_reason: str | None = None
+    deleted_at: datetime | None = None
+    """The tombstone, set by the reverse chain's last step."""
+
+    @property
+    def fenced(self) -> bool:
+        """Deprovisioning was requested: no provisioning step may be claimed any more."""
+        return self.deprovision_requested_at is not None
+
+
+_PROJECT_COLUMNS = (
+    "project_id, correlation_id, request, request_hash, created_at, ready_at, "
+    "deprovision_correlation_id, deprovision_requested_at, deprovision_reason, deleted_at"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,32 +156,44 @@ class ProjectOverview:
 
     project_id: str
     stage_key: str
-    """``INITIALIZING``, ``FAILED``, ``COMPLETED``, or the seed name of the step it is at."""
+    """``INITIALIZING``, ``FAILED``, ``COMPLETED``, ``DEPROVISIONING``, ``DELETED``,
+    ``CANCELLED``, or the seed name of the provisioning step it is at."""
     created_at: datetime
     last_change: datetime | None
     stuck: bool
     """A step of it is running past its lease."""
 
 
-# The stage of every project in one pass, by the rules of shared.steps.derive_stage: no steps
-# INITIALIZING, a failed step FAILED, all done COMPLETED, all pending INITIALIZING, else the
-# first step not done.
-_OVERVIEW = """
+# The stage of every project in one pass, by the rules of shared.steps.derive_stage: once
+# reverse rows exist, a failed one FAILED, all done DELETED (CANCELLED if never ready), else
+# DEPROVISIONING; before that, no steps INITIALIZING, a failed step FAILED, all done COMPLETED,
+# all pending INITIALIZING, else the first step not done.
+_OVERVIEW = f"""
     WITH agg AS (
-        SELECT p.project_id, p.created_at,
+        SELECT p.project_id, p.created_at, p.ready_at,
                max(s.updated_at) AS last_change,
                count(s.id) AS n,
+               count(s.id) FILTER (WHERE s.position > {len(STEPS)}) AS reverse_n,
                coalesce(bool_or(s.status = 'failed'), false) AS failed,
+               coalesce(bool_or(s.status = 'failed') FILTER (WHERE s.position > {len(STEPS)}), false)
+                   AS reverse_failed,
                coalesce(bool_and(s.status IN ('success', 'skipped')), false) AS all_done,
+               coalesce(bool_and(s.status IN ('success', 'skipped'))
+                        FILTER (WHERE s.position > {len(STEPS)}), false) AS reverse_done,
                coalesce(bool_and(s.status = 'pending'), false) AS all_pending,
                (array_agg(s.step_name ORDER BY s.position)
                     FILTER (WHERE s.status NOT IN ('success', 'skipped')))[1] AS current_step,
                coalesce(bool_or(s.status = 'running' AND s.lease_expires_at < now()), false) AS stuck
         FROM projects p LEFT JOIN provisioning_steps s ON s.project_id = p.project_id
-        GROUP BY p.project_id, p.created_at
+        GROUP BY p.project_id, p.created_at, p.ready_at
     ), staged AS (
         SELECT project_id, created_at, last_change, stuck,
                CASE WHEN n = 0 THEN 'INITIALIZING'
+                    WHEN reverse_n > 0 THEN
+                        CASE WHEN reverse_failed THEN 'FAILED'
+                             WHEN reverse_done AND ready_at IS NOT NULL THEN 'DELETED'
+                             WHEN reverse_done THEN 'CANCELLED'
+                             ELSE 'DEPROVISIONING' END
                     WHEN failed THEN 'FAILED'
                     WHEN all_done THEN 'COMPLETED'
                     WHEN all_pending THEN 'INITIALIZING'
@@ -242,13 +275,31 @@ _CLAIMABLE = (
 )
 _EARLIER_DONE = (
     "NOT EXISTS (SELECT 1 FROM provisioning_steps AS e WHERE e.project_id = s.project_id "
-    "AND e.position < s.position AND e.status NOT IN ('success', 'skipped'))"
+    "AND e.position >= :first_position AND e.position < s.position "
+    "AND e.status NOT IN ('success', 'skipped'))"
 )
 _SKIPS = (
     "(s.status = 'pending' AND CAST(:skip_service AS text) IS NOT NULL "
     "AND p.request -> 'services' ->> CAST(:skip_service AS text) = 'false')"
 )
-_CLAIM = f"""
+# A provisioning step: the project is registered under this request and not fenced by a
+# deprovisioning. A reverse step: the deprovisioning is registered under this request, and its
+# service's provisioning step is not running under a live lease (it may still be creating what
+# this step would remove: the reverse step waits for it to end, then undoes it).
+_CHAIN_CONDITION = {
+    Chain.PROVISIONING: (
+        "p.correlation_id = :correlation_id AND p.request IS NOT NULL AND p.deprovision_requested_at IS NULL"
+    ),
+    Chain.DEPROVISIONING: (
+        "p.deprovision_correlation_id = :correlation_id AND NOT EXISTS ("
+        "SELECT 1 FROM provisioning_steps AS f WHERE f.project_id = s.project_id "
+        "AND f.step_name = :counterpart AND f.status = 'running' AND f.lease_expires_at >= now())"
+    ),
+}
+
+
+def _claim_sql(chain: Chain) -> str:
+    return f"""
 WITH claimed AS (
     UPDATE provisioning_steps AS s
     SET status = CASE WHEN {_SKIPS} THEN 'skipped' ELSE 'running' END,
@@ -265,17 +316,20 @@ WITH claimed AS (
                                 ELSE now() + make_interval(secs => :lease_seconds) END
     FROM projects AS p
     WHERE s.project_id = :p AND s.step_name = :s AND p.project_id = s.project_id
-      AND p.correlation_id = :correlation_id AND p.request IS NOT NULL
+      AND {_CHAIN_CONDITION[chain]}
       AND {_CLAIMABLE} AND {_EARLIER_DONE}
-    RETURNING {_step_columns("s")}, p.request AS project_request
+    RETURNING {_step_columns("s")}, coalesce(p.request, '{{}}'::jsonb) AS project_request
 )
 SELECT claimed.*,
        (SELECT coalesce(jsonb_agg(e.result ORDER BY e.position), '[]'::jsonb)
         FROM provisioning_steps AS e
-        WHERE e.project_id = claimed.project_id AND e.position < claimed.position
-          AND e.result IS NOT NULL) AS earlier_results
+        WHERE e.project_id = claimed.project_id AND e.position >= :first_position
+          AND e.position < claimed.position AND e.result IS NOT NULL) AS earlier_results
 FROM claimed
 """
+
+
+_CLAIM = {chain: _claim_sql(chain) for chain in Chain}
 
 
 class StepRepository:
@@ -344,8 +398,8 @@ class StepRepository:
         row = (
             conn.execute(
                 text(
-                    "SELECT project_id, correlation_id, request, request_hash, created_at, ready_at "
-                    "FROM projects WHERE project_id = :p" + (" FOR UPDATE" if lock else "")
+                    f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE project_id = :p"
+                    + (" FOR UPDATE" if lock else "")
                 ),
                 {"p": project_id},
             )
@@ -393,6 +447,91 @@ class StepRepository:
         assert isinstance(ready_at, datetime)
         return ready_at
 
+    @_unavailable_as_error
+    def register_deprovisioning(
+        self,
+        project_id: str,
+        correlation_id: uuid.UUID,
+        *,
+        reason: str | None = None,
+        create: bool = False,
+        connection: Connection | None = None,
+    ) -> tuple[Registration, ProjectRecord] | None:
+        """Record that the project is to be removed, unless that is already recorded: set the
+        fence, cancel its provisioning steps that are still ``pending`` and add the seven
+        reverse steps, in one transaction (``connection``'s when given).
+
+        ``NEW`` the first time, ``DUPLICATE`` afterwards (the record keeps the first
+        request's id). None when the project is unknown, unless ``create`` records a bare one
+        (for an orphan found by ``provision reconcile``: no request, only the name).
+        """
+        if connection is None:
+            with self.engine.begin() as conn:
+                return self.register_deprovisioning(
+                    project_id, correlation_id, reason=reason, create=create, connection=conn
+                )
+        if create:
+            connection.execute(
+                text("INSERT INTO projects (project_id) VALUES (:p) ON CONFLICT DO NOTHING"),
+                {"p": project_id},
+            )
+        fenced = connection.execute(
+            text(
+                """
+                UPDATE projects
+                SET deprovision_correlation_id = :correlation_id,
+                    deprovision_requested_at = now(), deprovision_reason = :reason
+                WHERE project_id = :p AND deprovision_correlation_id IS NULL
+                RETURNING project_id
+                """
+            ),
+            {"p": project_id, "correlation_id": correlation_id, "reason": reason},
+        ).first()
+        if fenced is not None:
+            connection.execute(
+                text(
+                    f"""
+                    UPDATE provisioning_steps
+                    SET status = 'cancelled', updated_at = now(), {_SET_CLAUSES[S.CANCELLED]}
+                    WHERE project_id = :p AND position <= :last AND status = 'pending'
+                    """
+                ),
+                {"p": project_id, "last": STEPS[-1].position},
+            )
+            self._initialize(connection, project_id, REVERSE_STEPS[0].position, REVERSE_STEP_NAMES)
+        record = self._project(connection, project_id)
+        if record is None:
+            return None
+        return (Registration.NEW if fenced is not None else Registration.DUPLICATE), record
+
+    @_unavailable_as_error
+    def mark_deleted(self, project_id: str) -> datetime:
+        """Set the project's tombstone (once) and cancel whatever of its provisioning chain
+        never finished (a step left ``running`` by a consumer that died, or ``pending``
+        after a retry): nothing of the old chain stays claimable. Returns when it was deleted."""
+        with self.engine.begin() as conn:
+            deleted_at = conn.execute(
+                text(
+                    "UPDATE projects SET deleted_at = coalesce(deleted_at, now()) "
+                    "WHERE project_id = :p AND deprovision_requested_at IS NOT NULL RETURNING deleted_at"
+                ),
+                {"p": project_id},
+            ).scalar_one_or_none()
+            if deleted_at is None:
+                raise LookupError(f"project {project_id!r} has no deprovisioning request")
+            conn.execute(
+                text(
+                    f"""
+                    UPDATE provisioning_steps
+                    SET status = 'cancelled', updated_at = now(), {_SET_CLAUSES[S.CANCELLED]}
+                    WHERE project_id = :p AND position <= :last AND status IN ('pending', 'running')
+                    """
+                ),
+                {"p": project_id, "last": STEPS[-1].position},
+            )
+        assert isinstance(deleted_at, datetime)
+        return deleted_at
+
     # --- steps ----------------------------------------------------------------------------
 
     @_unavailable_as_error
@@ -409,17 +548,23 @@ class StepRepository:
             self._initialize(conn, project_id)
         return self.steps(project_id)
 
-    def _initialize(self, conn: Connection, project_id: str) -> None:
+    def _initialize(
+        self,
+        conn: Connection,
+        project_id: str,
+        first_position: int = 1,
+        names: tuple[str, ...] = STEP_NAMES,
+    ) -> None:
         conn.execute(
             text(
                 """
                 INSERT INTO provisioning_steps (project_id, step_name, position)
-                SELECT :p, name, position FROM unnest(CAST(:names AS text[]))
+                SELECT :p, name, position + :first - 1 FROM unnest(CAST(:names AS text[]))
                     WITH ORDINALITY AS s(name, position)
                 ON CONFLICT (project_id, step_name) DO NOTHING
                 """
             ),
-            {"p": project_id, "names": list(STEP_NAMES)},
+            {"p": project_id, "names": list(names), "first": first_position},
         )
 
     @_unavailable_as_error
@@ -466,22 +611,28 @@ class StepRepository:
         skip_result: Mapping[str, Any] | None = None,
     ) -> Claim | None:
         """Claim a step for the request ``correlation_id`` in one statement, if the record
-        allows it: the project is registered under that request, every earlier step is
-        ``success`` or ``skipped``, and the step is ``pending`` (or ``running`` under an
-        expired lease, or our own). The step goes ``running``, or ``skipped`` when
-        ``skip_service`` is turned off in the registered request.
+        allows it: the project is registered under that request (its provisioning request,
+        not fenced by a deprovisioning; or, for a reverse step, its deprovisioning request,
+        with the service's provisioning step not running under a live lease), every earlier
+        step of the chain is ``success`` or ``skipped``, and the step is ``pending`` (or
+        ``running`` under an expired lease, or our own). The step goes ``running``, or
+        ``skipped`` when ``skip_service`` is turned off in the registered request.
 
         Returns the row with the registered request and the earlier steps' stored results,
         or None when the record refuses (read a :meth:`snapshot` to learn why). The
         predecessor check and the reads ride on the claim: no extra round trip.
         """
+        step = step_by_name(step_name)
+        chain_start = STEPS[0] if step.chain is Chain.PROVISIONING else REVERSE_STEPS[0]
         with self.engine.begin() as conn:
             row = (
                 conn.execute(
-                    text(_CLAIM),
+                    text(_CLAIM[step.chain]),
                     {
                         "p": project_id,
                         "s": step_name,
+                        "first_position": chain_start.position,
+                        "counterpart": step.counterpart.name,
                         "correlation_id": correlation_id,
                         "owner": owner,
                         "lease_seconds": lease_seconds,

@@ -34,6 +34,10 @@ projects = Table(
     Column("request_hash", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("ready_at", DateTime(timezone=True)),
+    Column("deprovision_correlation_id", UUID(as_uuid=True)),
+    Column("deprovision_requested_at", DateTime(timezone=True)),
+    Column("deprovision_reason", Text),
+    Column("deleted_at", DateTime(timezone=True)),
 )
 
 provisioning_steps = Table(
@@ -63,7 +67,7 @@ provisioning_steps = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("project_id", "step_name", name="uq_provisioning_steps_project_step"),
     CheckConstraint(
-        "status in ('pending', 'running', 'success', 'failed', 'skipped')",
+        "status in ('pending', 'running', 'success', 'failed', 'skipped', 'cancelled')",
         name="ck_provisioning_steps_status",
     ),
 )

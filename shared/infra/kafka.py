@@ -385,10 +385,9 @@ class KafkaBroker:
                 f"{self.libs}{os.sep}*",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
-                "-c",
-                str(self.properties),
+                # One argument: an id that starts with "-" (1 in 64) is otherwise an option.
+                f"--cluster-id={cluster_id}",
+                f"--config={self.properties}",
             ],
             cwd=self.home,
             stdin=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from shared.events import SUPPORTED_SCHEMA_VERSIONS, Envelope, json_defect
+from shared.events import SUPPORTED_SCHEMA_VERSIONS, Event, json_defect
 from shared.tracing import TraceContext
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -28,7 +28,7 @@ class DecodeError(Exception):
         self.reason = reason
 
 
-def encode(event: Envelope, trace: TraceContext) -> tuple[bytes, bytes, Headers]:
+def encode(event: Event, trace: TraceContext) -> tuple[bytes, bytes, Headers]:
     """Key (the project id), JSON value and headers of an event."""
     headers: Headers = [
         ("event_type", event.event_type.encode()),
@@ -48,7 +48,7 @@ def header_map(headers: RawHeaders) -> dict[str, str]:
 class Decoded:
     """A validated event and the trace it belongs to."""
 
-    event: Envelope
+    event: Event
     headers: Mapping[str, str]
 
 
@@ -96,7 +96,7 @@ def decode(
         event = expected[event_type].model_validate_json(value)
     except ValidationError as exc:
         raise DecodeError(f"INVALID_REQUEST: {_summarize(exc)}") from None
-    assert isinstance(event, Envelope)
+    assert isinstance(event, Event)
     try:
         key_text = key.decode()
     except UnicodeDecodeError:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import structlog
 from pydantic import BaseModel
@@ -28,9 +28,13 @@ from pydantic import BaseModel
 from shared.errors import StoreUnavailableError
 from shared.events import (
     DeadLettered,
+    DeprovisioningRequested,
     Envelope,
     ErrorInfo,
-    StepInputEvent,
+    Event,
+    InputEvent,
+    ProvisioningRequested,
+    ReverseRetryScheduled,
     StepRetryScheduled,
     event_models,
     failed_event_for,
@@ -54,7 +58,7 @@ from shared.execution import (
 )
 from shared.kafka.codec import DecodeError, decode, header_map
 from shared.observability import Metrics
-from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, StepStatus
+from shared.steps import DEADLETTER_TOPIC, Chain, StepStatus
 
 log = structlog.get_logger("provision.worker")
 
@@ -203,14 +207,14 @@ class StepCore:
             return self._dead(msg, exc.reason)
 
         event = decoded.event
-        if isinstance(event, StepRetryScheduled):
-            step_input: StepInputEvent = event.input
+        if isinstance(event, _RETRY_EVENTS):
+            step_input: InputEvent = event.input
         else:
-            step_input = cast(StepInputEvent, event)  # each input topic carries one input model
+            step_input = cast(InputEvent, event)  # each input topic carries one input model
         contradiction = _contradiction(event, step_input)
         if contradiction is not None:
             return self._dead(msg, contradiction)
-        if isinstance(event, StepRetryScheduled):
+        if isinstance(event, _RETRY_EVENTS):
             try:
                 wait = self._retry_wait(event)
             except StoreUnavailableError as exc:
@@ -222,7 +226,9 @@ class StepCore:
             project_id=step_input.project_id,
             correlation_id=step_input.correlation_id,
             causation_id=step_input.event_id,
-            request=step_input.request if step_input.event_type == REQUESTED_TOPIC else None,
+            request=step_input.request if isinstance(step_input, ProvisioningRequested) else None,
+            deprovisioning=isinstance(step_input, DeprovisioningRequested),
+            reason=step_input.reason if isinstance(step_input, DeprovisioningRequested) else None,
         )
         bind: dict[str, object] = {
             "project_id": trigger.project_id,
@@ -256,7 +262,7 @@ class StepCore:
         log.warning("control_plane_unavailable", error=str(exc), retry_in_s=round(seconds, 3))
         return Wait(seconds, "control plane unavailable")
 
-    def _retry_wait(self, event: StepRetryScheduled) -> float:
+    def _retry_wait(self, event: StepRetryScheduled | ReverseRetryScheduled) -> float:
         """How long a retry not yet due may hold its partition: as long as the record allows,
         never as long as the message alone says. A retry of a step the record does not show
         waiting (unknown project, other correlation, step done or failed) waits not at all:
@@ -269,10 +275,13 @@ class StepCore:
         snapshot = self.store.snapshot(event.input.project_id)
         row = snapshot.step(self.step.name)
         project = snapshot.project
+        registered = None
+        if project is not None:
+            reverse = self.step.chain is Chain.DEPROVISIONING
+            registered = project.deprovision_correlation_id if reverse else project.correlation_id
         if (
             row is None
-            or project is None
-            or project.correlation_id != event.correlation_id
+            or registered != event.correlation_id
             or row.status not in (StepStatus.PENDING, StepStatus.RUNNING)
         ):
             return 0.0
@@ -285,7 +294,7 @@ class StepCore:
     def _publications(
         self,
         msg: Incoming,
-        event: StepInputEvent,
+        event: InputEvent,
         outcome: Outcome,
         traceparent: str | None,
         bind: dict[str, object],
@@ -351,36 +360,18 @@ class StepCore:
         raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
 
     def _retry_event(
-        self, event: StepInputEvent, attempt: int, not_before: datetime, error: ErrorInfo | None
-    ) -> StepRetryScheduled:
+        self, event: InputEvent, attempt: int, not_before: datetime, error: ErrorInfo | None
+    ) -> Event:
         return retry_event_for(self.step.key)(
-            event_id=new_event_id(),
+            **wrap_input(event, attempt),
             event_type=self.step.retry_topic,
-            occurred_at=utcnow(),
-            project_id=event.project_id,
-            correlation_id=event.correlation_id,
-            causation_id=event.event_id,
-            request=event.request,
-            results=event.results,
-            attempt=max(1, attempt),
-            input=event,
             not_before=not_before,
             error=error,
         )
 
-    def _failed_event(self, event: StepInputEvent, attempt: int, error: ErrorInfo) -> BaseModel:
+    def _failed_event(self, event: InputEvent, attempt: int, error: ErrorInfo) -> Event:
         return failed_event_for(self.step.key)(
-            event_id=new_event_id(),
-            event_type=self.step.failed_topic,
-            occurred_at=utcnow(),
-            project_id=event.project_id,
-            correlation_id=event.correlation_id,
-            causation_id=event.event_id,
-            request=event.request,
-            results=event.results,
-            attempt=max(1, attempt),
-            input=event,
-            error=error,
+            **wrap_input(event, attempt), event_type=self.step.failed_topic, error=error
         )
 
     def _dead(self, msg: Incoming, reason: str) -> Deliver:
@@ -395,9 +386,29 @@ class StepCore:
         return Deliver([(DEADLETTER_TOPIC, dead_letter(msg, reason, self.step.consumer_group))])
 
 
-def _contradiction(outer: Envelope, event: StepInputEvent) -> str | None:
+_RETRY_EVENTS = (StepRetryScheduled, ReverseRetryScheduled)
+
+
+def wrap_input(event: InputEvent, attempt: int) -> dict[str, Any]:
+    """The fields of a retry or failure event wrapping the input ``event``; a provisioning
+    one also carries the request and the results, as every provisioning event does."""
+    fields: dict[str, Any] = {
+        "event_id": new_event_id(),
+        "occurred_at": utcnow(),
+        "project_id": event.project_id,
+        "correlation_id": event.correlation_id,
+        "causation_id": event.event_id,
+        "attempt": max(1, attempt),
+        "input": event,
+    }
+    if isinstance(event, Envelope):
+        fields |= {"request": event.request, "results": event.results}
+    return fields
+
+
+def _contradiction(outer: Event, event: InputEvent) -> str | None:
     """A fact the message contradicts within itself; None when it is consistent."""
-    if event.request.project_id != event.project_id:
+    if isinstance(event, Envelope) and event.request.project_id != event.project_id:
         return (
             f"envelope project_id {event.project_id!r} differs from request.project_id "
             f"{event.request.project_id!r}"

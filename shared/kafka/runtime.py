@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from shared.events import DeadLettered, Envelope
+from shared.events import DeadLettered, Event
 from shared.execution import StepSpec, StepStore
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode, header_map
@@ -297,7 +297,7 @@ class StepWorker:
 
     def _publish(self, publications: list[Publication], trace: TraceContext) -> None:
         for topic, model in publications:
-            if isinstance(model, Envelope):
+            if isinstance(model, Event):
                 key, value, headers = encode(model, trace)
             else:
                 assert isinstance(model, DeadLettered)
