@@ -175,6 +175,7 @@ class App:
             outbox_interval=s.outbox_interval_seconds,
             crash_at=s.crash_at,
             crash_marker=s.crash_marker,
+            slow_step=s.slow_step,
         )
 
     def consumer(self, group_id: str, **overrides: Any) -> Consumer:

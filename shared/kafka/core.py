@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ class WorkerOptions:
     store_backoff_max: float = 10.0
     crash_at: str | None = None
     crash_marker: Path | None = None
+    slow_step: str | None = None
+    """Testing switch ``<step>:<seconds>``: hold the claim that long before the step's work."""
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
 
@@ -248,12 +251,19 @@ class StepCore:
                 owner=self.options.owner,
                 lease_seconds=self.options.lease_seconds,
                 max_attempts=self.options.retry.max_attempts,
-                before_work=lambda: self.crash_point("before_work"),
+                before_work=self._before_work,
             )
         except StoreUnavailableError as exc:
             return self._store_unavailable(exc)
         self._store_backoff = 0.5
         return self._publications(msg, step_input, outcome, decoded.headers.get("traceparent"), bind)
+
+    def _before_work(self) -> None:
+        self.crash_point("before_work")
+        step, _, seconds = (self.options.slow_step or "").partition(":")
+        if step == self.step.key and seconds:
+            log.warning("slowing_on_purpose", seconds=float(seconds))
+            time.sleep(float(seconds))
 
     def _store_unavailable(self, exc: StoreUnavailableError) -> Wait:
         seconds = self._store_backoff
