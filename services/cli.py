@@ -43,6 +43,7 @@ from services.credentials import CredentialsError, reveal_credentials, rotate_cr
 from services.keys.adapters import NothingToRevealError
 from services.reconcile import ReconcileAbortedError, ReconcileReport
 from services.reconcile import reconcile as run_reconcile
+from services.reconcile import repair as repair_drift
 from services.replay import replay as run_replay
 from services.schemas import stale_schemas, write_schemas
 from services.worker import run_worker
@@ -595,29 +596,54 @@ def replay(
 
 @app.command()
 def reconcile(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report only; change nothing (the default).")
+    ] = False,
+    apply: Annotated[
+        bool,
+        typer.Option("--apply", help="Deprovision, through the choreography, every project a finding names."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     local: LocalFlag = False,
 ) -> None:
-    """Report drift between the record and the clusters; changes nothing.
+    """Report drift between the record and the clusters; with --apply, repair it.
 
     Lists every project, tenant database and role, and each service's tenants, then reports
-    what one side has and the other lacks. Exit 0 when there is no drift, 1 when there is or
-    when a source cannot be listed (then nothing is judged)."""
+    what one side has and the other lacks. If a source cannot be listed, nothing is judged
+    and nothing changed. With --apply, each orphan (a tenant database, role or registration
+    no project has) and each project missing its database, role or registration is
+    deprovisioned by the reverse chain; follow it with `provision status --all --stage
+    DEPROVISIONING`. Exit 0 when there is no drift, 1 when there is (even once repairs are
+    requested) or when a source cannot be listed."""
 
     with _errors():
+        if dry_run and apply:
+            raise UsageError("--dry-run and --apply exclude each other")
         a = _app(local=local)
         try:
             report = run_reconcile(a)
+            repairs = repair_drift(a, report) if apply and report.drift else []
         except ReconcileAbortedError as exc:
             raise Failure(str(exc)) from None
         finally:
             a.close()
     if as_json:
-        out.print_json(json.dumps(_reconcile_json(report)))
+        body = _reconcile_json(report)
+        body["mode"] = "apply" if apply else "dry-run"
+        body["repairs"] = [
+            {"project_id": r.project_id, "action": r.action, "reason": r.reason} for r in repairs
+        ]
+        out.print_json(json.dumps(body))
     else:
         if report.findings:
             out.print(_reconcile_table(report))
         out.print(report.summary(), highlight=False, soft_wrap=True)
+        for r in repairs:
+            out.print(f"{r.action:>28}  {r.project_id}: {r.reason}", highlight=False, soft_wrap=True)
+        if report.drift and not apply:
+            out.print(
+                "dry run: nothing changed (--apply deprovisions what the findings name)", highlight=False
+            )
     if report.drift:
         raise typer.Exit(1)
 

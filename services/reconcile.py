@@ -1,10 +1,14 @@
-"""``provision reconcile``, the read-only half: drift between the record and the clusters.
+"""``provision reconcile``: drift between the record and the clusters, and its repair.
 
 An inventory is taken first, whole: every project with its step statuses, every tenant
 database and role on the tenant cluster, every tenant registered at each service. Only then
 is anything judged, because an object is proved an orphan by its absence from the record,
 and absence proves nothing against a listing that failed: any source that cannot be listed
-aborts the run (``ReconcileAbortedError``) with nothing judged. Nothing here changes anything.
+aborts the run (``ReconcileAbortedError``) with nothing judged and nothing changed.
+
+Judging changes nothing. :func:`repair` (``--apply``) acts on a report only through the
+choreography: it requests the deprovisioning of each project an orphan or a missing object
+names, and the reverse chain's steps, which take "already gone" as done, remove the rest.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from services.bootstrap import App
 from services.database.adapters import PostgresTenantCluster
 from services.ports import ServiceRegistry, TenantCluster, TenantListingError
 from shared.errors import StoreUnavailableError, classify
-from shared.naming import InvalidProjectIdError, TenantNames
-from shared.steps import StepStatus, step_by_key
+from shared.naming import InvalidProjectIdError, TenantNames, project_id_of_tenant
+from shared.steps import REVERSE_STEP_NAMES, StepStatus, step_by_key
 
 SERVICES: tuple[str, ...] = ("auth", "realtime", "storage")
 DATABASE_STEP = step_by_key("database").name
@@ -57,6 +61,7 @@ class DriftKind(StrEnum):
     PROJECT_MISSING_DATABASE = "project_missing_database"
     PROJECT_MISSING_ROLE = "project_missing_role"
     PROJECT_MISSING_REGISTRATION = "project_missing_registration"
+    LEFT_BY_DELETED_PROJECT = "left_by_deleted_project"
 
 
 _KIND_ORDER = {kind: position for position, kind in enumerate(DriftKind)}
@@ -208,11 +213,44 @@ def take_inventory(
     )
 
 
+def _removal(steps: Mapping[str, StepStatus]) -> str | None:
+    """``deleted`` when the project's reverse chain is done, ``under way`` while it runs,
+    None when no deprovisioning was asked."""
+    reverse = [steps.get(name) for name in REVERSE_STEP_NAMES]
+    if all(status is None for status in reverse):
+        return None
+    done = (StepStatus.SUCCESS, StepStatus.SKIPPED)
+    return "deleted" if all(status in done for status in reverse) else "under way"
+
+
+def _leftovers(inventory: Inventory) -> Iterator[Finding]:
+    """What remains of projects whose reverse chain is done."""
+    for project_id, steps in inventory.record_after.items():
+        if _removal(steps) != "deleted":
+            continue
+        name = _tenant_name(project_id)
+        left = [f"database {name}"] if name in inventory.databases else []
+        left += [f"role {name}"] if name in inventory.roles else []
+        left += [
+            f"{svc} registration" for svc, tenants in inventory.registrations.items() if project_id in tenants
+        ]
+        if left:
+            yield Finding(
+                DriftKind.LEFT_BY_DELETED_PROJECT,
+                project_id,
+                f"project is deleted but {', '.join(left)} remain on {inventory.cluster}",
+            )
+
+
 def judge(inventory: Inventory) -> ReconcileReport:
-    """The drift both ways, from a complete inventory; pure."""
-    findings: list[Finding] = []
+    """The drift both ways, from a complete inventory; pure.
+
+    A project being deprovisioned is in flux: neither its objects nor their absence are
+    drift. A deleted project's objects that remain are (``left_by_deleted_project``).
+    """
     known = {name: pid for pid in inventory.record_after if (name := _tenant_name(pid)) is not None}
     where = inventory.cluster
+    findings: list[Finding] = list(_leftovers(inventory))
     for database in inventory.databases - known.keys():
         findings.append(
             Finding(
@@ -240,6 +278,8 @@ def judge(inventory: Inventory) -> ReconcileReport:
                 )
             )
     for project_id, steps in inventory.record_before.items():
+        if _removal(steps) is not None or _removal(inventory.record_after.get(project_id, {})) is not None:
+            continue  # being removed (or removed): absence is what it is heading for
         name = _tenant_name(project_id)
         if name is not None and steps.get(DATABASE_STEP) is StepStatus.SUCCESS:
             if name not in inventory.databases:
@@ -295,3 +335,56 @@ def _listing(source: str) -> Iterator[None]:
     except _UNLISTABLE as exc:
         reason = " ".join(classify(exc).message.split())
         raise ReconcileAbortedError(f"cannot list {source}: {reason}; nothing was judged") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """What ``--apply`` did for one project a finding names."""
+
+    project_id: str
+    action: str  # "deprovisioning requested" | "already being deprovisioned" | "left alone"
+    reason: str
+
+
+def repair(app: App, report: ReconcileReport) -> list[Repair]:
+    """Deprovision, through the choreography, every project the report's findings name: an
+    orphan database, role or registration (the project is recorded by name alone to carry
+    the reverse chain), or a project whose database, role or registration is missing.
+
+    Only a complete inventory makes a report (an incomplete one aborts before), so nothing is
+    removed on the strength of a listing that failed. A leftover of a deleted project is left
+    to the operator (its reverse chain already ran: ``provision replay`` or a hand drop).
+    """
+    from services.api import request_deprovisioning  # noqa: PLC0415 - api imports this module's peers
+
+    repairs: list[Repair] = []
+    targets: dict[str, Finding] = {}
+    for finding in report.findings:
+        if finding.kind is DriftKind.LEFT_BY_DELETED_PROJECT:
+            repairs.append(Repair(finding.subject, "left alone", finding.detail))
+            continue
+        project_id = _project_of(finding)
+        if project_id is None:
+            repairs.append(Repair(finding.subject, "left alone", "not a tenant name a project id maps to"))
+            continue
+        targets.setdefault(project_id, finding)
+    for project_id, finding in sorted(targets.items()):
+        receipt = request_deprovisioning(
+            project_id, reason=f"reconcile: {finding.kind.value}", app=app, orphan=True
+        )
+        action = (
+            "deprovisioning requested" if receipt.status == "requested" else "already being deprovisioned"
+        )
+        repairs.append(Repair(project_id, action, finding.detail))
+    return repairs
+
+
+def _project_of(finding: Finding) -> str | None:
+    """The project id a finding names: the subject of a project's finding or a registration's
+    tenant id, or the project a tenant database or role name derives from."""
+    if finding.kind in (DriftKind.DATABASE_WITHOUT_PROJECT, DriftKind.ROLE_WITHOUT_PROJECT):
+        return project_id_of_tenant(finding.subject)
+    try:
+        return TenantNames.for_project(finding.subject).project_id
+    except InvalidProjectIdError:
+        return None

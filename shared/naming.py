@@ -60,3 +60,17 @@ class TenantNames:
         return cls(
             project_id=project_id, database=ident, role=ident, schema=ident, bucket=f"tenant-{project_id}"
         )
+
+
+def project_id_of_tenant(name: str) -> str | None:
+    """The project id a tenant database or role name (``tenant_<id>``) derives from, or None
+    when no valid project id gives that name (the inverse of :meth:`TenantNames.for_project`)."""
+    prefix = "tenant_"
+    if not name.startswith(prefix):
+        return None
+    candidate = name[len(prefix) :].replace("_", "-")
+    try:
+        project_id = validate_project_id(candidate)
+    except InvalidProjectIdError:
+        return None
+    return project_id if TenantNames.for_project(project_id).database == name else None

@@ -186,8 +186,9 @@ def test_command_reports_an_orphan_and_exits_1(cli_env: None, orphan: str) -> No
     table = CliRunner().invoke(cli, ["reconcile"])
     assert table.exit_code == 1, table.output
     assert orphan in table.output.replace("\n", "").replace(" ", "").replace("│", "")
-    last = table.output.strip().splitlines()[-1]
-    assert last.startswith(f"{len(body['findings'])} finding(s): ")
+    summary, last = table.output.strip().splitlines()[-2:]
+    assert summary.startswith(f"{len(body['findings'])} finding(s): ")
+    assert last.startswith("dry run: nothing changed")
     assert "Traceback" not in table.output
 
 
@@ -208,9 +209,23 @@ def test_command_with_an_unreachable_cluster_is_one_line_exit_1(
 
 
 def test_command_bad_usage_exits_2(cli_env: None) -> None:
-    """An unknown option (there is no --apply) is bad usage: exit 2, nothing listed."""
-    result = CliRunner().invoke(cli, ["reconcile", "--apply"])
-    assert result.exit_code == 2
+    """--dry-run with --apply, or an unknown option, is bad usage: exit 2, one line, nothing listed."""
+    for args in (["--dry-run", "--apply"], ["--fix"]):
+        result = CliRunner().invoke(cli, ["reconcile", *args])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+
+
+def test_dry_run_is_the_default_and_changes_nothing(cli_env: None, app: App, orphan: str) -> None:
+    """`reconcile` and `reconcile --dry-run` report the orphan, say nothing changed, and leave it be."""
+    for args in ([], ["--dry-run"]):
+        result = CliRunner().invoke(cli, ["reconcile", *args])
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines()[-1].startswith("dry run: nothing changed")
+    with app.cluster_address.admin() as conn:
+        found = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (orphan,)).fetchone()
+    assert found is not None and found[0] == 1
+    assert app.repository.project(orphan.removeprefix("tenant_").replace("_", "-")) is None
 
 
 def test_findings_are_typed_and_ordered(app: App, orphan: str) -> None:
