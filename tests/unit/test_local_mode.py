@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import services.worker
 from services.bootstrap import ConfigurationError, build_app, worker_environment
 from services.cli import app
 from shared.settings import Settings
+from shared.steps import Chain
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,18 +159,19 @@ def test_explicit_addresses_win_over_local_mode() -> None:
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_worker_honours_local_mode(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """`worker database --local` (or PROVISION_LOCAL=1) starts the worker with local mode on."""
-    seen: list[tuple[str, Settings]] = []
+    seen: list[tuple[str, Settings, Collection[Chain]]] = []
 
-    def fake_run_worker(step_key: str, settings: Settings) -> None:
-        seen.append((step_key, settings))
+    def fake_run_worker(step_key: str, settings: Settings, *, chains: Collection[Chain]) -> None:
+        seen.append((step_key, settings, chains))
 
     monkeypatch.setattr(services.cli, "run_worker", fake_run_worker)
     if how == "env":
         monkeypatch.setenv("PROVISION_LOCAL", "1")
     result = _run("worker", "database", *(["--local"] if how == "flag" else []))
     assert result.exit_code == 0, result.output
-    [(step_key, settings)] = seen
+    [(step_key, settings, chains)] = seen
     assert step_key == "database"
+    assert set(chains) == set(Chain), "both chains' consumers by default"
     assert settings.local is True
     assert build_app(settings).bootstrap_servers == "127.0.0.1:23992"
 

@@ -8,8 +8,10 @@ import pytest
 
 from shared.steps import (
     DEADLETTER_TOPIC,
+    DEPROVISIONING_REQUESTED_TOPIC,
     FINAL_STEP,
     REQUESTED_TOPIC,
+    REVERSE_STEPS,
     STEP_KEYS,
     STEP_NAMES,
     STEPS,
@@ -57,11 +59,12 @@ def test_each_step_consumes_previous_completed_topic() -> None:
 
 
 def test_all_topics() -> None:
-    """Every topic: requested, three per step, and the dead-letter topic, without duplicates."""
+    """Every topic: each chain's request and three per step, and the dead-letter topic, once each."""
     topics = all_topics()
     assert topics[0] == REQUESTED_TOPIC
     assert topics[-1] == DEADLETTER_TOPIC == "provisioning.deadletter"
-    assert len(topics) == len(set(topics)) == 2 + 3 * len(STEPS)
+    assert DEPROVISIONING_REQUESTED_TOPIC in topics
+    assert len(topics) == len(set(topics)) == 3 + 3 * (len(STEPS) + len(REVERSE_STEPS))
 
 
 def test_lookup_by_key_name_or_either() -> None:
