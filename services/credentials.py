@@ -61,6 +61,9 @@ def _database_of(app: App, project_id: str) -> DatabaseInfo:
     snapshot = app.repository.snapshot(project_id)  # the project and its steps, read together
     if snapshot.project is None:
         raise CredentialsError(f"project {project_id!r} does not exist")
+    if snapshot.project.fenced:
+        # A rotation now could make again the role the reverse chain drops.
+        raise CredentialsError(f"project {project_id!r} is deprovisioned (or being deprovisioned)")
     row = snapshot.step(_DATABASE_STEP)
     stored = (row.result or {}).get("results", {}).get("database") if row is not None else None
     if row is None or row.status is not StepStatus.SUCCESS or not stored:

@@ -92,16 +92,16 @@ def _register_defaults() -> None:
         return
     from services import api  # noqa: PLC0415 - see enqueue_job
     from services.bootstrap import default_app  # noqa: PLC0415
-    from shared.steps import STEPS  # noqa: PLC0415
+    from shared.steps import ALL_STEPS  # noqa: PLC0415
 
     _handlers.setdefault(JobType.PROVISION_PROJECT, api.provision_project_handler)
-    for step in STEPS:
+    for step in ALL_STEPS:  # the provisioning steps, then the deprovisioning ones
         _handlers.setdefault(step.name, _step_handler(step.key, default_app))
 
 
 def _step_handler(step_key: str, app_factory: Callable[[], Any]) -> JobHandler:
     def handle(context: Any) -> Any:
-        return app_factory().specs[step_key].handle(context)
+        return app_factory().spec(step_key).handle(context)
 
-    handle.__name__ = f"handle_{step_key}"
+    handle.__name__ = f"handle_{step_key.replace('-', '_')}"
     return handle

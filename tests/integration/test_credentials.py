@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from services.api import provision_project_handler
+from services.api import provision_project_handler, request_deprovisioning
 from services.bootstrap import App
 from services.credentials import CredentialsError, reveal_credentials, rotate_credentials
 from shared.infra import InfraEnv
@@ -113,3 +113,11 @@ def test_rotation_killed_after_the_role_change_is_finished_by_a_rerun(
     credentials = reveal_credentials(project, app=app)
     assert credentials.password == _stored_password(app, project) != old
     assert _connects(credentials.connection_string)
+
+
+def test_a_project_being_deprovisioned_gives_and_rotates_nothing(app: App, project: str) -> None:
+    """Once deprovisioning is requested, reveal and rotate refuse: a rotation could make the role again."""
+    request_deprovisioning(project, app=app)
+    for action in (reveal_credentials, rotate_credentials):
+        with pytest.raises(CredentialsError, match="deprovisioned"):
+            action(project, app=app)
