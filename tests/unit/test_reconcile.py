@@ -321,12 +321,14 @@ def test_command_without_drift_exits_0_with_the_summary(cli_with: Any) -> None:
 
 
 def test_command_with_drift_exits_1_with_table_and_summary(cli_with: Any) -> None:
-    """Drift: exit 1, a table of the findings and the summary line."""
+    """Drift: exit 1, a table of the findings, the summary line and that the dry run changed nothing."""
     result = cli_with(DRIFTED)
     assert result.exit_code == 1, result.output
     assert "tenant_ghost" in result.output
     assert "database_without_project" in result.output
-    assert result.output.strip().splitlines()[-1].startswith("1 finding(s): 1 database_without_project")
+    *_, summary, dry_run = result.output.strip().splitlines()
+    assert summary.startswith("1 finding(s): 1 database_without_project")
+    assert dry_run.startswith("dry run: nothing changed")
 
 
 def test_command_json_lists_the_findings(cli_with: Any) -> None:
@@ -357,12 +359,23 @@ def test_command_that_aborts_exits_1_in_one_line(cli_with: Any) -> None:
 
 
 def test_command_bad_usage_exits_2(cli_with: Any) -> None:
-    """An unknown option is bad usage: exit 2 (there is no --apply)."""
-    assert cli_with(CLEAN, "--apply").exit_code == 2
+    """An unknown option, or --dry-run with --apply, is bad usage: exit 2."""
+    assert cli_with(CLEAN, "--repair").exit_code == 2
+    result = cli_with(CLEAN, "--dry-run", "--apply")
+    assert result.exit_code == 2, result.output
+    assert "exclude each other" in result.output
 
 
-def test_command_help_says_it_changes_nothing(cli_with: Any) -> None:
-    """--help says the command changes nothing."""
+def test_command_apply_without_drift_repairs_nothing(cli_with: Any) -> None:
+    """--apply with no drift deprovisions nothing: exit 0 and the summary line."""
+    result = cli_with(CLEAN, "--apply")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().startswith("no drift")
+
+
+def test_command_help_says_a_dry_run_is_the_default(cli_with: Any) -> None:
+    """--help says the default changes nothing and --apply repairs."""
     result = cli_with(CLEAN, "--help")
     assert result.exit_code == 0
-    assert "changes nothing" in result.output
+    assert "change nothing (the default)" in " ".join(result.output.split())
+    assert "--apply" in result.output
