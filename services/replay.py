@@ -12,7 +12,7 @@ from shared.errors import InvalidTransitionError
 from shared.events import FailedEvent, failed_event_for, retry_event_for, utcnow
 from shared.kafka import encode, read_to_end
 from shared.kafka.core import wrap_input
-from shared.steps import ALL_STEPS, Step, StepStatus
+from shared.steps import ALL_STEPS, Chain, Step, StepStatus
 from shared.tracing import new_trace
 
 
@@ -65,10 +65,15 @@ def replay(
     replayed = 0
     guard = app.settings.max_replays_per_step
     for (pid, key), (step, failed) in sorted(latest.items()):
-        row = app.repository.step(pid, step.name)
+        snapshot = app.repository.snapshot(pid)
+        row = snapshot.step(step.name)
         decision: ReplayDecision
         if row is None:
             decision = ReplayDecision(pid, key, "skipped", "the project no longer exists")
+        elif step.chain is Chain.PROVISIONING and snapshot.project is not None and snapshot.project.fenced:
+            decision = ReplayDecision(
+                pid, key, "skipped", "the project is deprovisioned (or being deprovisioned)"
+            )
         elif row.status is not StepStatus.FAILED:
             decision = ReplayDecision(pid, key, "skipped", f"step is {row.status.value} now, not failed")
         elif row.replay_count >= guard:

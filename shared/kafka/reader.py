@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from shared.kafka.clientlog import client_logger
 
@@ -33,7 +34,7 @@ def read_to_end(bootstrap_servers: str, topics: Iterable[str], *, timeout: float
             if metadata is None or metadata.error is not None:
                 continue
             for partition in sorted(metadata.partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+                low, high = _watermarks(consumer, TopicPartition(topic, partition), timeout)
                 consumer.assign([TopicPartition(topic, partition, low)])
                 position = low
                 while position < high:
@@ -47,3 +48,32 @@ def read_to_end(bootstrap_servers: str, topics: Iterable[str], *, timeout: float
                     yield msg
     finally:
         consumer.close()
+
+
+# What a partition answers while its leadership is being settled (librdkafka does not flag
+# them retriable here).
+_UNSETTLED = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition, timeout: float) -> tuple[int, int]:
+    """The partition's low and high watermarks. A retriable error (a topic just created
+    whose leader is not settled: NOT_LEADER_FOR_PARTITION) is tried again until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, KafkaError) and (
+                error.retriable() or error.code() in _UNSETTLED
+            )
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -188,3 +188,20 @@ def test_loop_guard_stops_replaying_a_step_that_keeps_failing(
     row = guarded_app.repository.step(project_id, SCHEMA.name)
     assert row is not None
     assert (row.status, row.replay_count) == (S.FAILED, 1)
+
+
+def test_replay_skips_a_provisioning_step_of_a_project_being_deprovisioned(
+    app: App, failed_project: tuple[str, StepFailed]
+) -> None:
+    """A failed provisioning step of a fenced project is not re-driven: its row stays failed, nothing is published."""
+    project_id, _ = failed_project
+    app.repository.register_deprovisioning(project_id, uuid.uuid4())
+
+    decisions = replay(app, step_key="schema", project_id=project_id)
+
+    assert [(d.step, d.action, d.reason) for d in decisions] == [
+        ("schema", "skipped", "the project is deprovisioned (or being deprovisioned)")
+    ]
+    row = app.repository.step(project_id, SCHEMA.name)
+    assert row is not None and row.status is S.FAILED
+    assert retries_for(app, project_id) == []
