@@ -195,6 +195,36 @@ def footprint(
     )
 
 
+@bench_app.command()
+def lifecycle(
+    *,
+    throughput_m: ThroughputM = 200,
+    deprovision: Annotated[
+        int, typer.Option("--deprovision", min=0, help="Of the burst, how many are deprovisioned in flight.")
+    ] = 50,
+    warmup: Warmup = 1,
+    concurrency: Concurrency = 8,
+    out: Out = DEFAULT_OUT,
+    keep_infra: KeepInfra = False,
+) -> None:
+    """A burst of M, D of them deprovisioned while it runs: none of the others lost, nothing left of the D."""
+    from services.bench.lifecycle import run as run_lifecycle  # noqa: PLC0415 - keep --help fast
+
+    if deprovision > throughput_m:
+        raise typer.BadParameter(
+            f"cannot deprovision {deprovision} of {throughput_m}", param_hint="--deprovision"
+        )
+    plan = Plan(
+        "lifecycle",
+        throughput_m=throughput_m,
+        warmup=warmup,
+        concurrency=concurrency,
+        out=out,
+        keep_infra=keep_infra,
+    )
+    run_lifecycle(plan, deprovision)
+
+
 # --- the run ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,437 @@
+"""``provision bench lifecycle``: a burst of M provisions, D of them deprovisioned while the
+burst is in flight. None of the other M-D may be lost or duplicated, and each of the D must
+end DELETED or CANCELLED with nothing of it left behind.
+
+The set-up (servers, migrations, topics, the seven worker processes, the completion watcher)
+and the JSON result are ``BenchRun``'s; this module adds the burst with its deprovisionings,
+the wait for both chains, and the checks. The pure parts (which projects to remove, the
+counts, the verdict, the summary lines) are at the top and unit-tested.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from services.bench.cli import BenchRun, Plan, _progress
+from services.bench.harness import BenchFailure
+from services.bench.stats import epoch_to_utc, ms, rate, summarize_or_none
+from shared.steps import DEADLETTER_TOPIC, Stage
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from services.bench.harness import CompletionWatcher, Outcome, WorkerFleet
+    from services.bootstrap import App
+    from shared.settings import Settings
+
+Tick = Callable[[], None]
+
+REMOVED = frozenset({Stage.DELETED, Stage.CANCELLED})
+"""Where a deprovisioned project must end."""
+_FINAL = REMOVED | {Stage.FAILED}
+REASON = "bench lifecycle: removed during the burst"
+
+# --- pure ---------------------------------------------------------------------------------
+
+
+def spread(project_ids: Sequence[str], count: int) -> list[str]:
+    """``count`` of the ids, evenly spread through them (every (M/D)-th, the first included).
+
+    ValueError when ``count`` is negative or more than there are ids.
+    """
+    if not 0 <= count <= len(project_ids):
+        raise ValueError(f"cannot pick {count} of {len(project_ids)} projects")
+    return [project_ids[i * len(project_ids) // count] for i in range(count)]
+
+
+def durations_s(rows: Iterable[tuple[datetime | None, datetime | None]]) -> list[float]:
+    """Seconds from each deprovisioning request to its ``deleted_at`` (pairs not both known are
+    left out)."""
+    return [ms(deleted - requested) / 1000 for requested, deleted in rows if requested and deleted]
+
+
+def kept_rate(first_call: float, finals: Sequence[datetime | None]) -> dict[str, Any]:
+    """Throughput of the kept projects: how many completed, from the burst's first request
+    call (``time.time()``) to the last one's final step ``completed_at``."""
+    done = [f for f in finals if f is not None]
+    seconds = ms(max(done) - epoch_to_utc(first_call)) / 1000 if done else 0.0
+    per_second = rate(len(done), seconds)
+    return {
+        "projects": len(finals),
+        "completed": len(done),
+        "seconds": round(seconds, 3),
+        "projects_per_second": None if per_second is None else round(per_second, 3),
+        "timing": "first request call start -> last kept project's verify completed_at",
+    }
+
+
+def residue(found: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """What is left of each removed project, from ``(project_id, what)`` pairs."""
+    left: dict[str, list[str]] = {}
+    for project_id, what in found:
+        left.setdefault(project_id, []).append(what)
+    return {pid: sorted(whats) for pid, whats in sorted(left.items())}
+
+
+def counts(
+    kept_integrity: Mapping[str, Any],
+    stages: Mapping[str, Stage],
+    left: Mapping[str, list[str]],
+    failed: Iterable[str],
+    dead_lettered: Iterable[str],
+) -> dict[str, int]:
+    """The run's tallies: kept projects completed, lost and duplicated; removed ones deleted,
+    cancelled, not removed (any other stage) and left behind; projects with a failed step or a
+    dead-lettered message."""
+    checked = int(kept_integrity["projects_checked"])
+    lost = int(kept_integrity["lost"])
+    return {
+        "completed": checked - lost,
+        "lost": lost,
+        "duplicated": int(kept_integrity["duplicated_or_missing_side_effects"]),
+        "deleted": sum(1 for s in stages.values() if s is Stage.DELETED),
+        "cancelled": sum(1 for s in stages.values() if s is Stage.CANCELLED),
+        "not_removed": sum(1 for s in stages.values() if s not in REMOVED),
+        "left_behind": len(left),
+        "failed": len(set(failed)),
+        "dead_lettered": len(set(dead_lettered)),
+    }
+
+
+_BAD = ("lost", "duplicated", "not_removed", "left_behind", "failed", "dead_lettered")
+
+
+def verdict(tally: Mapping[str, int]) -> tuple[bool, str]:
+    """Whether the run is clean, and a one-line account of what is not."""
+    wrong = [f"{tally[k]} {k.replace('_', ' ')}" for k in _BAD if tally[k]]
+    return not wrong, ", ".join(wrong) or "nothing lost, duplicated or left behind"
+
+
+def summary_lines(section: Mapping[str, Any]) -> list[str]:
+    """The lines printed at the end of a run, from the result's ``lifecycle`` section."""
+    c, kept, dep = section["counts"], section["kept_throughput"], section["deprovision_s"]
+    sizes = f"{section['requested']} requested, {section['deprovisioned']} deprovisioned during the burst"
+    durations = "none finished" if dep is None else f"p50 {dep['p50']:.2f} s, p95 {dep['p95']:.2f} s"
+    return [
+        f"lifecycle: {sizes}",
+        f"kept: {c['completed']} of {section['kept']} completed, {c['lost']} lost, "
+        f"{c['duplicated']} duplicated; {kept['projects_per_second']} projects/s over {kept['seconds']} s",
+        f"removed: {c['deleted']} deleted, {c['cancelled']} cancelled, {c['not_removed']} not removed, "
+        f"{c['left_behind']} left behind; request -> deleted_at {durations}",
+        f"failed: {c['failed']}, dead-lettered: {c['dead_lettered']}",
+        f"verdict: {'ok' if section['ok'] else 'FAILED'} ({section['verdict']})",
+    ]
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Burst:
+    """What the burst sent: the first request's call start, the last call's return, and, for
+    each removed project, whether it was still provisioning when its removal was asked."""
+
+    first_call: float = 0.0
+    last_return: float = 0.0
+    cancelled_in_flight: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class Waited:
+    """What the wait saw: the removed projects' final stages, the projects whose step failed
+    for good, the dead-lettered ones, and every failed-topic event (retries included)."""
+
+    stages: dict[str, Stage] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    dead_lettered: set[str] = field(default_factory=set)
+    failure_events: int = 0
+    unfinished: list[str] = field(default_factory=list)
+
+
+class LifecycleRun(BenchRun):
+    """The lifecycle bench: ``BenchRun``'s set-up and result, its own burst and checks."""
+
+    def __init__(
+        self, plan: Plan, settings: Settings, out: Console, err: Console, *, deprovision: int
+    ) -> None:
+        super().__init__(plan, settings, out, err)
+        self.removed = spread(self.ids.thr_c, deprovision)
+        removed = set(self.removed)
+        self.kept = [pid for pid in self.ids.thr_c if pid not in removed]
+        self.result["sizes"]["deprovision_d"] = deprovision
+        self.burst = Burst()
+        self.waited = Waited()
+
+    def execute(self) -> dict[str, Any]:
+        """The run; BenchFailure (after the result is written and printed) on any loss."""
+        result = super().execute()
+        section = result["lifecycle"]
+        if not section["ok"]:
+            raise BenchFailure(f"lifecycle: {section['verdict']} (see {result['bench']['json']})")
+        return result
+
+    def _measure(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
+        from services.bench import measure  # noqa: PLC0415
+
+        with self.err.status("warm-up: the seven consumers join their groups, a project completes"):
+            for project_id in self.ids.warm_c:
+                measure.provision_choreography(
+                    app, watcher, fleet, project_id, self.region, phase="warmup", timeout=180
+                )
+        self.say(f"warm-up: {len(self.ids.warm_c)} project(s) done")
+        every = self.ids.thr_c
+        with _progress(self.err) as progress:
+            sent = progress.add_task(f"burst: requesting {len(every)}", total=len(every))
+            done = progress.add_task("burst: kept completed", total=len(self.kept))
+            gone = progress.add_task("burst: removed", total=len(self.removed))
+            self.burst = send_burst(
+                app,
+                every,
+                set(self.removed),
+                region=self.region,
+                concurrency=self.plan.concurrency,
+                sent=lambda: progress.advance(sent),
+            )
+            self.waited = await_both(
+                app,
+                watcher,
+                fleet,
+                self.kept,
+                self.removed,
+                timeout=120.0 + 2.0 * len(every),
+                on_completed=lambda: progress.advance(done),
+                on_removed=lambda: progress.advance(gone),
+            )
+
+    def _analyse(self, app: App) -> None:
+        from services.bench import measure  # noqa: PLC0415
+        from services.bench.profile import read_step_logs, replays  # noqa: PLC0415
+
+        every, waited = self.ids.thr_c, self.waited
+        kept_integrity = measure.check_integrity(app, self.kept)
+        stages = final_stages(app, self.removed)
+        left = residue(leftovers(app, self.removed))
+        failed = waited.failed | failed_projects(app, every)
+        tally = counts(kept_integrity, stages, left, failed, waited.dead_lettered)
+        ok, account = verdict(tally)
+        finals = measure.fetch_projects(app, self.kept)
+        self.result["lifecycle"] = {
+            "requested": len(every),
+            "deprovisioned": len(self.removed),
+            "kept": len(self.kept),
+            "counts": tally,
+            "ok": ok,
+            "verdict": account,
+            "kept_throughput": kept_rate(
+                self.burst.first_call,
+                [finals[p].final_completed if p in finals else None for p in self.kept],
+            ),
+            "requests_seconds": round(self.burst.last_return - self.burst.first_call, 3),
+            "deprovision_s": summarize_or_none(durations_s(deprovision_times(app, self.removed).values())),
+            "removed_while_provisioning": sum(self.burst.cancelled_in_flight.values()),
+            "failure_events": waited.failure_events,
+            "unfinished_at_timeout": waited.unfinished[:20],
+            "stages": {pid: str(stage) for pid, stage in sorted(stages.items())},
+            "left_behind": dict(list(left.items())[:20]),
+            "failed_projects": sorted(failed)[:20],
+            "dead_lettered_projects": sorted(waited.dead_lettered)[:20],
+        }
+        kept_integrity["replayed_step_runs"] = replays(read_step_logs(self.log_dir), every)
+        # The CLI's contract for a result: integrity.ok false means exit 1.
+        self.result["integrity"] = {**kept_integrity, "ok": ok}
+
+    def _print(self) -> None:
+        for line in summary_lines(self.result["lifecycle"]):
+            self.out.print(line, highlight=False, soft_wrap=True)
+        bench = self.result["bench"]
+        self.out.print(
+            f"result: {bench['json']}; worker logs: {bench['worker_logs']}/", highlight=False, soft_wrap=True
+        )
+
+
+def send_burst(
+    app: App,
+    project_ids: Sequence[str],
+    removed: set[str],
+    *,
+    region: str,
+    concurrency: int,
+    sent: Tick,
+) -> Burst:
+    """Request every project (``concurrency`` request threads); each one of ``removed`` is
+    deprovisioned by its thread right after its own request, while the burst goes on."""
+    from services.api import request_deprovisioning, request_provisioning  # noqa: PLC0415
+    from services.bench.measure import payload  # noqa: PLC0415
+
+    burst = Burst(first_call=time.time())
+
+    def request(project_id: str) -> float:
+        receipt = request_provisioning(payload(project_id, region), app=app)
+        if receipt.status != "requested":
+            raise BenchFailure(f"{project_id}: request {receipt.status}")
+        if project_id in removed:
+            gone = request_deprovisioning(project_id, reason=REASON, app=app)
+            if gone.status != "requested":
+                raise BenchFailure(f"{project_id}: deprovisioning {gone.status}")
+            burst.cancelled_in_flight[project_id] = gone.cancelled_provisioning
+        sent()
+        return time.time()
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench-request") as pool:
+        burst.last_return = max(pool.map(request, project_ids), default=burst.first_call)
+    return burst
+
+
+def await_both(
+    app: App,
+    watcher: CompletionWatcher,
+    fleet: WorkerFleet,
+    kept: Sequence[str],
+    removed: Sequence[str],
+    *,
+    timeout: float,
+    on_completed: Tick,
+    on_removed: Tick,
+) -> Waited:
+    """Wait until every kept project completed (its event, read by the watcher) and every
+    removed one reached a final stage (its record, polled each second).
+
+    A project with a step failed for good is no longer waited for, nor is anything after
+    ``timeout`` seconds: what did not finish is left for the checks to count.
+    """
+    from services.api import project_status  # noqa: PLC0415
+
+    waited = Waited()
+    watched = {*kept, *removed}
+    pending_kept, pending_removed = set(kept), set(removed)
+    deadline = time.monotonic() + timeout
+    next_poll = 0.0
+    while (pending_kept or pending_removed) and time.monotonic() < deadline:
+        for outcome in watcher.drain(0.05):
+            _note(waited, outcome, watched)
+            if outcome.ok and outcome.project_id in pending_kept:
+                pending_kept.discard(outcome.project_id)
+                on_completed()
+        if time.monotonic() < next_poll:
+            continue
+        next_poll = time.monotonic() + 1.0
+        fleet.check_alive()
+        for project_id in sorted(pending_removed):
+            stage = project_status(project_id, app=app).stage
+            if stage in _FINAL:
+                waited.stages[project_id] = stage
+                pending_removed.discard(project_id)
+                on_removed()
+        stopped = failed_projects(app, pending_kept)
+        waited.failed |= stopped
+        pending_kept -= stopped
+    waited.unfinished = sorted(pending_kept | pending_removed)
+    return waited
+
+
+def _note(waited: Waited, outcome: Outcome, watched: set[str]) -> None:
+    """Count a failure or dead-letter event of a project of the run (a later completion of
+    the same project hides it in the watcher's ``seen``, not here)."""
+    if outcome.ok or outcome.project_id not in watched:
+        return
+    if outcome.topic == DEADLETTER_TOPIC:
+        waited.dead_lettered.add(outcome.project_id)
+    else:
+        waited.failure_events += 1
+
+
+# --- the records --------------------------------------------------------------------------
+
+
+def failed_projects(app: App, project_ids: Iterable[str]) -> set[str]:
+    """The projects with a step (of either chain) failed for good."""
+    from sqlalchemy import text  # noqa: PLC0415
+
+    ids = list(project_ids)
+    if not ids:
+        return set()
+    with app.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT DISTINCT project_id FROM provisioning_steps "
+                "WHERE project_id = ANY(:ids) AND status = 'failed'"
+            ),
+            {"ids": ids},
+        )
+        return {str(row.project_id) for row in rows}
+
+
+def final_stages(app: App, project_ids: Iterable[str]) -> dict[str, Stage]:
+    """Each project's stage as ``provision status`` derives it."""
+    from services.api import project_status  # noqa: PLC0415
+
+    return {pid: project_status(pid, app=app).stage for pid in project_ids}
+
+
+def deprovision_times(
+    app: App, project_ids: Sequence[str]
+) -> dict[str, tuple[datetime | None, datetime | None]]:
+    """Each project's deprovisioning request time and ``deleted_at`` (the database's clock)."""
+    from sqlalchemy import text  # noqa: PLC0415
+
+    with app.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT project_id, deprovision_requested_at, deleted_at FROM projects "
+                "WHERE project_id = ANY(:ids)"
+            ),
+            {"ids": list(project_ids)},
+        )
+        return {str(r.project_id): (r.deprovision_requested_at, r.deleted_at) for r in rows}
+
+
+# The control-plane tables that hold a row per project while it exists.
+_PROJECT_TABLES = ("service_registrations", "api_keys", "tenant_credentials")
+
+
+def leftovers(app: App, project_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """``(project_id, what)`` for everything of the projects still there: their tenant
+    database and role on the tenant cluster, their rows of the per-project tables."""
+    from sqlalchemy import text  # noqa: PLC0415
+
+    from shared.naming import TenantNames  # noqa: PLC0415
+
+    names = {pid: TenantNames.for_project(pid) for pid in project_ids}
+    by_database = {n.database: pid for pid, n in names.items()}
+    by_role = {n.role: pid for pid, n in names.items()}
+    found: list[tuple[str, str]] = []
+    with app.cluster_address.admin() as admin:
+        for (datname,) in admin.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (list(by_database),)
+        ).fetchall():
+            found.append((by_database[datname], f"database {datname}"))
+        for (rolname,) in admin.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(by_role),)
+        ).fetchall():
+            found.append((by_role[rolname], f"role {rolname}"))
+    with app.engine.connect() as conn:
+        for table in _PROJECT_TABLES:
+            rows = conn.execute(
+                text(
+                    f"SELECT project_id, count(*) AS n FROM {table} WHERE project_id = ANY(:ids) GROUP BY 1"
+                ),
+                {"ids": list(project_ids)},
+            )
+            found += [(str(r.project_id), f"{r.n} {table} row(s)") for r in rows]
+    return found
+
+
+def run(plan: Plan, deprovision: int) -> None:
+    """The command: the run, with the CLI's one-line errors and exit codes."""
+    from services.cli import Failure, _errors, _settings, err, out  # noqa: PLC0415 - mounts us
+
+    with _errors():
+        try:
+            LifecycleRun(plan, _settings(local=True), out, err, deprovision=deprovision).execute()
+        except BenchFailure as exc:
+            raise Failure(str(exc)) from None
