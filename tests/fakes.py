@@ -3,7 +3,8 @@
 Each fake keeps its state in plain dicts and records every call it receives in ``calls``,
 so a test can assert what a step did and that a second run did nothing. The step store
 enforces the same state machine as ``shared.db.repository`` (``ALLOWED_TRANSITIONS``,
-take-over of an expired lease, ``expected_owner``), on a clock the test controls.
+take-over of an expired lease, ``expected_owner``), for both chains (the deprovisioning fence,
+the reverse claim waiting for its counterpart's live lease), on a clock the test controls.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import psycopg
 
 from services.ports import TENANT_PREFIX, Registered, TenantFacts, TenantListingError, require_tenant_names
-from services.specs import build_specs
+from services.specs import build_reverse_specs, build_specs
 from shared.crypto import generate_api_key, generate_password
 from shared.db.repository import (
     ALLOWED_TRANSITIONS,
@@ -34,18 +35,33 @@ from shared.db.repository import (
 from shared.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.events import (
     ApiKeyInfo,
+    DeprovisioningRequested,
     ProvisioningRequested,
     ProvisionProjectPayload,
+    ReverseCompleted,
+    ReverseRetryScheduled,
     StepCompleted,
     StepInputEvent,
+    StepResults,
     StepRetryScheduled,
     retry_event_for,
 )
 from shared.execution import Completed, Outcome, StepContext, StepSpec, Trigger, run_step
 from shared.settings import DEFAULT_REGIONS
-from shared.steps import STEP_NAMES, STEPS, StepStatus, step_by_key
+from shared.steps import (
+    REVERSE_STEP_NAMES,
+    REVERSE_STEPS,
+    STEP_NAMES,
+    STEPS,
+    Chain,
+    StepStatus,
+    step_by_key,
+    step_by_name,
+)
 
 S = StepStatus
+ReverseInput = DeprovisioningRequested | ReverseCompleted
+"""What a reverse step is woken by."""
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -66,7 +82,7 @@ class FakeClock:
 
 
 class FakeStepStore:
-    """``StepRepository`` in memory: projects, their seven steps and the state machine."""
+    """``StepRepository`` in memory: projects, their steps of both chains and the state machine."""
 
     def __init__(self, clock: FakeClock | None = None) -> None:
         self.clock = clock or FakeClock()
@@ -105,6 +121,68 @@ class FakeStepStore:
             return Registration.DUPLICATE, self._copied(existing)
         return Registration.CONFLICT, self._copied(existing)
 
+    def register_deprovisioning(
+        self,
+        project_id: str,
+        correlation_id: uuid.UUID,
+        *,
+        reason: str | None = None,
+        create: bool = False,
+    ) -> tuple[Registration, ProjectRecord] | None:
+        """The repository's: the first time set the fence, cancel the provisioning steps still
+        ``pending`` and add the seven reverse steps (``NEW``); afterwards ``DUPLICATE`` with the
+        first request's id. None for an unknown project unless ``create`` (a bare record)."""
+        self._check()
+        self.calls.append(("register_deprovisioning", project_id, correlation_id))
+        if create:
+            self.projects.setdefault(
+                project_id, ProjectRecord(project_id, None, None, None, self.clock(), None)
+            )
+        existing = self.projects.get(project_id)
+        if existing is None:
+            return None
+        if existing.deprovision_correlation_id is not None:
+            return Registration.DUPLICATE, self._copied(existing)
+        record = replace(
+            existing,
+            deprovision_correlation_id=correlation_id,
+            deprovision_requested_at=self.clock(),
+            deprovision_reason=reason,
+        )
+        self.projects[project_id] = record
+        self._cancel_provisioning(project_id, {S.PENDING})
+        self._initialize(project_id, REVERSE_STEPS[0].position, REVERSE_STEP_NAMES)
+        return Registration.NEW, self._copied(record)
+
+    def mark_deleted(self, project_id: str) -> datetime:
+        """The tombstone, set once, and every provisioning step still ``pending`` or ``running``
+        cancelled; LookupError when no deprovisioning is recorded."""
+        self._check()
+        self.calls.append(("mark_deleted", project_id))
+        record = self.projects.get(project_id)
+        if record is None or record.deprovision_requested_at is None:
+            raise LookupError(f"project {project_id!r} has no deprovisioning request")
+        if record.deleted_at is None:
+            record = replace(record, deleted_at=self.clock())
+            self.projects[project_id] = record
+        self._cancel_provisioning(project_id, {S.PENDING, S.RUNNING})
+        assert record.deleted_at is not None
+        return record.deleted_at
+
+    def _cancel_provisioning(self, project_id: str, statuses: set[StepStatus]) -> None:
+        """Provisioning rows in ``statuses`` become ``cancelled`` (one ``UPDATE``, no CAS)."""
+        now = self.clock()
+        for (p, name), row in list(self.rows.items()):
+            if p == project_id and row.position <= STEPS[-1].position and row.status in statuses:
+                self.rows[(p, name)] = replace(
+                    row,
+                    status=S.CANCELLED,
+                    updated_at=now,
+                    completed_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+
     def project(self, project_id: str) -> ProjectRecord | None:
         self._check()
         self.calls.append(("project", project_id))
@@ -140,9 +218,11 @@ class FakeStepStore:
         self._initialize(project_id)
         return self.steps(project_id)
 
-    def _initialize(self, project_id: str) -> None:
+    def _initialize(
+        self, project_id: str, first_position: int = 1, names: tuple[str, ...] = STEP_NAMES
+    ) -> None:
         now = self.clock()
-        for position, name in enumerate(STEP_NAMES, start=1):
+        for position, name in enumerate(names, start=first_position):
             self.rows.setdefault(
                 (project_id, name),
                 StepRow(
@@ -187,20 +267,37 @@ class FakeStepStore:
         skip_service: str | None = None,
         skip_result: Mapping[str, Any] | None = None,
     ) -> Claim | None:
-        """The repository's one-statement claim: the record must show the request and every
-        earlier step done; ``running`` (or ``skipped``) for this request, or None."""
+        """The repository's one-statement claim: the record must show the chain's request (a
+        provisioning step: the provisioning request, not fenced; a reverse step: the
+        deprovisioning request, its service's provisioning step not running under a live
+        lease) and every earlier step of the chain done; ``running`` (or ``skipped``) for this
+        request, or None."""
         self._check()
         self.calls.append(("claim", project_id, step_name))
+        step = step_by_name(step_name)
         project = self.projects.get(project_id)
         row = self.rows.get((project_id, step_name))
-        if project is None or project.request is None or project.correlation_id != correlation_id:
+        if project is None or row is None:
             return None
-        if row is None:
-            return None
-        earlier = [r for r in self.steps(project_id) if r.position < row.position]
+        if step.chain is Chain.PROVISIONING:
+            if project.request is None or project.correlation_id != correlation_id or project.fenced:
+                return None
+        else:
+            if project.deprovision_correlation_id != correlation_id:
+                return None
+            counterpart = self.rows.get((project_id, step.counterpart.name))
+            if (
+                counterpart is not None
+                and counterpart.status is S.RUNNING
+                and counterpart.lease_expires_at is not None
+                and counterpart.lease_expires_at >= self.clock()
+            ):
+                return None
+        first = STEPS[0] if step.chain is Chain.PROVISIONING else REVERSE_STEPS[0]
+        earlier = [r for r in self.steps(project_id) if first.position <= r.position < row.position]
         if any(not r.done for r in earlier):
             return None
-        services = project.request.get("services") or {}
+        services = (project.request or {}).get("services") or {}
         skips = row.status is S.PENDING and skip_service is not None and services.get(skip_service) is False
         try:
             if skips:
@@ -213,7 +310,7 @@ class FakeStepStore:
                 )
         except InvalidTransitionError:
             return None
-        request = json.loads(json.dumps(project.request))
+        request = json.loads(json.dumps(project.request or {}))
         return Claim(claimed, request, [r.result for r in earlier if r.result is not None])
 
     def record_attempt_failure(
@@ -334,6 +431,8 @@ class FakeStepStore:
                 "completed_at": now,
                 "result": _as_json(result),
             }
+        elif target is S.CANCELLED:
+            changes |= {"completed_at": now, "lease_owner": None, "lease_expires_at": None}
         self.rows[key] = replace(current, **changes)
         return self._read(self.rows[key])
 
@@ -578,16 +677,32 @@ class FakeTenantProbe:
 
 
 class FakeLedger:
-    """The projects' readiness: marked once, the first time stays."""
+    """The projects' readiness and tombstone: each marked once, the first time stays.
 
-    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+    In production the ledger is the step repository itself; given the fake ``store``, the
+    tombstone is the store's (``mark_deleted`` there: refused without a deprovisioning, and the
+    provisioning steps left over cancelled).
+    """
+
+    def __init__(
+        self, clock: Callable[[], datetime] | None = None, store: FakeStepStore | None = None
+    ) -> None:
         self.clock = clock or FakeClock()
+        self.store = store
         self.ready: dict[str, datetime] = {}
+        self.deleted: dict[str, datetime] = {}
         self.calls: list[tuple[Any, ...]] = []
 
     def mark_ready(self, project_id: str) -> datetime:
         self.calls.append(("mark_ready", project_id))
         return self.ready.setdefault(project_id, self.clock())
+
+    def mark_deleted(self, project_id: str) -> datetime:
+        """The tombstone (once); LookupError when the store records no deprovisioning."""
+        self.calls.append(("mark_deleted", project_id))
+        if self.store is not None:
+            self.deleted[project_id] = self.store.mark_deleted(project_id)
+        return self.deleted.setdefault(project_id, self.clock())
 
 
 # --- wiring -------------------------------------------------------------------------------------
@@ -617,7 +732,7 @@ class Fakes:
         self.store = FakeStepStore(self.clock)
         self.keys = FakeKeyStore(self.clock)
         self.probe = FakeTenantProbe(self.cluster, self.schemas)
-        self.ledger = FakeLedger(self.clock)
+        self.ledger = FakeLedger(self.clock, self.store)
 
     @property
     def ports(self) -> dict[str, Any]:
@@ -651,17 +766,29 @@ class Fakes:
             max_tenants=self.max_tenants,
         )
 
+    @functools.cached_property
+    def reverse_specs(self) -> dict[str, StepSpec]:
+        """Every reverse step's spec wired to these fakes, by the function the application uses."""
+        return build_reverse_specs(
+            cluster=self.cluster,
+            schemas=self.schemas,
+            credentials=self.credentials,
+            registry=self.registry,
+            keys_store=self.keys,
+            ledger=self.ledger,
+        )
+
     def run(
         self,
         step_key: str,
-        event: StepInputEvent | Trigger,
+        event: StepInputEvent | ReverseInput | Trigger,
         *,
         owner: str = OWNER,
         max_attempts: int = MAX_ATTEMPTS,
     ) -> Outcome:
-        """Run one step through ``run_step`` on these fakes, woken by ``event``."""
+        """Run one step (of either chain) through ``run_step`` on these fakes, woken by ``event``."""
         return run_step(
-            self.specs[step_key],
+            self.specs.get(step_key) or self.reverse_specs[step_key],
             event if isinstance(event, Trigger) else trigger_of(event),
             store=self.store,
             owner=owner,
@@ -687,6 +814,7 @@ class Fakes:
         for key in keys[keys.index(step_key) :]:
             outcome = self.run(key, event)
             assert isinstance(outcome, Completed), f"{key}: {outcome}"
+            assert isinstance(outcome.event, StepCompleted)
             last = outcome.event
             event = outcome.event  # type: ignore[assignment]
         assert last is not None
@@ -699,8 +827,21 @@ class Fakes:
         for step in STEPS:
             outcome = self.run(step.key, event)
             assert isinstance(outcome, Completed), f"{step.key}: {outcome}"
+            assert isinstance(outcome.event, StepCompleted)
             events.append(outcome.event)
             event = outcome.event  # type: ignore[assignment]
+        return events
+
+    def run_reverse_chain(self, requested: DeprovisioningRequested) -> list[ReverseCompleted]:
+        """Every reverse step in order, each woken by the one before; the completed events."""
+        events: list[ReverseCompleted] = []
+        event: ReverseInput = requested
+        for step in REVERSE_STEPS:
+            outcome = self.run(step.key, event)
+            assert isinstance(outcome, Completed), f"{step.key}: {outcome}"
+            assert isinstance(outcome.event, ReverseCompleted)
+            events.append(outcome.event)
+            event = outcome.event
         return events
 
 
@@ -709,13 +850,21 @@ def context_of(event: StepInputEvent, attempt: int = 1) -> StepContext:
     return StepContext(event.project_id, event.correlation_id, event.request, event.results, attempt)
 
 
-def trigger_of(event: StepInputEvent) -> Trigger:
+def reverse_context_of(project_id: str, correlation_id: uuid.UUID | None = None) -> StepContext:
+    """A reverse handler's context: the project and its deprovisioning request (no request
+    needed, none of the results)."""
+    return StepContext(project_id, correlation_id or uuid.uuid4(), None, StepResults(), 1)
+
+
+def trigger_of(event: StepInputEvent | ReverseInput) -> Trigger:
     """What a step may take from an input event, as the worker core builds it."""
     return Trigger(
         project_id=event.project_id,
         correlation_id=event.correlation_id,
         causation_id=event.event_id,
         request=event.request if isinstance(event, ProvisioningRequested) else None,
+        deprovisioning=isinstance(event, DeprovisioningRequested),
+        reason=event.reason if isinstance(event, DeprovisioningRequested) else None,
     )
 
 
@@ -752,7 +901,9 @@ def make_retry(
     step_key: str, requested: ProvisioningRequested, *, not_before: datetime, attempt: int = 1
 ) -> StepRetryScheduled:
     """A retry of ``step_key`` wrapping ``requested`` as its input, due at ``not_before``."""
-    return retry_event_for(step_key)(
+    model = retry_event_for(step_key)
+    assert issubclass(model, StepRetryScheduled), step_key
+    return model(
         event_id=uuid.uuid4(),
         event_type=step_by_key(step_key).retry_topic,
         occurred_at=T0,
@@ -761,6 +912,42 @@ def make_retry(
         causation_id=requested.event_id,
         request=requested.request,
         results=requested.results,
+        attempt=attempt,
+        input=requested,
+        not_before=not_before,
+    )
+
+
+def make_deprovisioning_requested(
+    project_id: str = "acme-app",
+    *,
+    correlation_id: uuid.UUID | None = None,
+    event_id: uuid.UUID | None = None,
+    reason: str | None = None,
+) -> DeprovisioningRequested:
+    """A ``deprovisioning.requested`` event for ``project_id``."""
+    return DeprovisioningRequested(
+        event_id=event_id or uuid.uuid4(),
+        occurred_at=T0,
+        project_id=project_id,
+        correlation_id=correlation_id or uuid.uuid4(),
+        reason=reason,
+    )
+
+
+def make_reverse_retry(
+    step_key: str, requested: DeprovisioningRequested, *, not_before: datetime, attempt: int = 1
+) -> ReverseRetryScheduled:
+    """A retry of reverse step ``step_key`` wrapping ``requested``, due at ``not_before``."""
+    model = retry_event_for(step_key)
+    assert issubclass(model, ReverseRetryScheduled), step_key
+    return model(
+        event_id=uuid.uuid4(),
+        event_type=step_by_key(step_key).retry_topic,
+        occurred_at=T0,
+        project_id=requested.project_id,
+        correlation_id=requested.correlation_id,
+        causation_id=requested.event_id,
         attempt=attempt,
         input=requested,
         not_before=not_before,
