@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from services.api import list_projects, project_status, provision_project_handler
 from services.bootstrap import App
 from services.cli import app as cli
-from shared.steps import Stage, StepStatus
+from shared.steps import Stage, StepStatus, all_topics
 from tests.integration.test_requests import payload
 from tests.support import TEST_SECRET_KEY, unique_project
 
@@ -77,7 +77,8 @@ def test_migrate_and_topics_are_idempotent(app: App, cli_env: None) -> None:
     assert "up to date" in migrated.output
     topics = CliRunner().invoke(cli, ["topics"])
     assert topics.exit_code == 0, topics.output
-    assert "23 topics: 0 created, 23 already there" in topics.output
+    n = len(all_topics())
+    assert f"{n} topics: 0 created, {n} already there" in topics.output
 
 
 def test_watch_and_keys_of_an_unknown_project_say_so_at_once(app: App, cli_env: None) -> None:
@@ -146,3 +147,29 @@ def test_status_all_lists_projects_by_stage_the_longest_unchanged_first(app: App
     unknown = CliRunner().invoke(cli, ["status", "--all", "--stage", "LOST"])
     assert unknown.exit_code == 2
     assert "unknown stage 'LOST'" in unknown.output
+
+
+def test_deprovision_command_once_twice_unknown_and_bad_id(app: App, cli_env: None) -> None:
+    """deprovision: requested, then 'already being deprovisioned' with the same id; an unknown
+    project is one line and exit 1; a bad id is one line and exit 2; the stage turns DEPROVISIONING."""
+    pid = unique_project("gone")
+    app.repository.initialize(pid)
+    first = CliRunner().invoke(cli, ["deprovision", pid, "--reason", "customer left"])
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith(f"{pid}: deprovisioning requested; correlation_id ")
+    second = CliRunner().invoke(cli, ["deprovision", pid])
+    assert second.exit_code == 0, second.output
+    assert second.output.startswith(f"{pid}: already being deprovisioned; correlation_id ")
+    assert first.output.split("correlation_id ")[1] == second.output.split("correlation_id ")[1]
+    record = app.repository.project(pid)
+    assert record is not None and record.deprovision_reason == "customer left"
+    assert project_status(pid, app=app).stage is Stage.DEPROVISIONING
+    listed = CliRunner().invoke(cli, ["status", "--all", "--stage", "deprovisioning", "--json"])
+    assert pid in [p["project_id"] for p in json.loads(listed.output)["projects"]]
+
+    unknown = CliRunner().invoke(cli, ["deprovision", unique_project("nobody")])
+    assert unknown.exit_code == 1
+    assert unknown.output.count("\n") == 1 and "is not in the control plane" in unknown.output
+    bad = CliRunner().invoke(cli, ["deprovision", "Bad_Id!"])
+    assert bad.exit_code == 2
+    assert bad.output.count("\n") == 1 and bad.output.startswith("error: project id must be")
