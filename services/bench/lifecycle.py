@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 from services.bench.cli import BenchRun, Plan, _progress
 from services.bench.harness import BenchFailure
 from services.bench.stats import epoch_to_utc, ms, rate, summarize_or_none
-from shared.steps import DEADLETTER_TOPIC, Stage
+from shared.steps import DEADLETTER_TOPIC, STEP_NAMES, Stage, StepStatus
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from services.bench.harness import CompletionWatcher, Outcome, WorkerFleet
     from services.bootstrap import App
+    from shared.db import StepRow
     from shared.settings import Settings
 
 Tick = Callable[[], None]
@@ -78,6 +79,11 @@ def residue(found: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return {pid: sorted(whats) for pid, whats in sorted(left.items())}
 
 
+def provisioned_any(steps: Iterable[StepRow]) -> bool:
+    """Whether any provisioning step of these rows succeeded (its work then had to be undone)."""
+    return any(s.status is StepStatus.SUCCESS and s.step_name in STEP_NAMES for s in steps)
+
+
 def counts(
     kept_integrity: Mapping[str, Any],
     stages: Mapping[str, Stage],
@@ -122,7 +128,8 @@ def summary_lines(section: Mapping[str, Any]) -> list[str]:
         f"kept: {c['completed']} of {section['kept']} completed, {c['lost']} lost, "
         f"{c['duplicated']} duplicated; {kept['projects_per_second']} projects/s over {kept['seconds']} s",
         f"removed: {c['deleted']} deleted, {c['cancelled']} cancelled, {c['not_removed']} not removed, "
-        f"{c['left_behind']} left behind; request -> deleted_at {durations}",
+        f"{c['left_behind']} left behind ({section['removed_after_a_step_done']} after a step done); "
+        f"request -> deleted_at {durations}",
         f"failed: {c['failed']}, dead-lettered: {c['dead_lettered']}",
         f"verdict: {'ok' if section['ok'] else 'FAILED'} ({section['verdict']})",
     ]
@@ -214,7 +221,7 @@ class LifecycleRun(BenchRun):
 
         every, waited = self.ids.thr_c, self.waited
         kept_integrity = measure.check_integrity(app, self.kept)
-        stages = final_stages(app, self.removed)
+        stages, undone = final_stages(app, self.removed)
         left = residue(leftovers(app, self.removed))
         failed = waited.failed | failed_projects(app, every)
         tally = counts(kept_integrity, stages, left, failed, waited.dead_lettered)
@@ -234,6 +241,7 @@ class LifecycleRun(BenchRun):
             "requests_seconds": round(self.burst.last_return - self.burst.first_call, 3),
             "deprovision_s": summarize_or_none(durations_s(deprovision_times(app, self.removed).values())),
             "removed_while_provisioning": sum(self.burst.cancelled_in_flight.values()),
+            "removed_after_a_step_done": undone,
             "failure_events": waited.failure_events,
             "unfinished_at_timeout": waited.unfinished[:20],
             "stages": {pid: str(stage) for pid, stage in sorted(stages.items())},
@@ -366,11 +374,14 @@ def failed_projects(app: App, project_ids: Iterable[str]) -> set[str]:
         return {str(row.project_id) for row in rows}
 
 
-def final_stages(app: App, project_ids: Iterable[str]) -> dict[str, Stage]:
-    """Each project's stage as ``provision status`` derives it."""
+def final_stages(app: App, project_ids: Iterable[str]) -> tuple[dict[str, Stage], int]:
+    """Each project's stage as ``provision status`` derives it, and how many of them had a
+    provisioning step done before their removal (work undone, not merely cancelled)."""
     from services.api import project_status  # noqa: PLC0415
 
-    return {pid: project_status(pid, app=app).stage for pid in project_ids}
+    statuses = {pid: project_status(pid, app=app) for pid in project_ids}
+    undone = sum(1 for s in statuses.values() if provisioned_any(s.steps))
+    return {pid: s.stage for pid, s in statuses.items()}, undone
 
 
 def deprovision_times(
