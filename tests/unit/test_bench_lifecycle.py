@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from services.bench.lifecycle import (
 )
 from shared.db import StepRow
 from shared.steps import DEADLETTER_TOPIC, FINAL_STEP, REVERSE_STEPS, STEPS, Stage, StepStatus
+from tests.fakes import Fakes
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 IDS = [f"p{i:03d}" for i in range(200)]
@@ -32,26 +33,9 @@ def _integrity(checked: int = 150, lost: int = 0, duplicated: int = 0) -> dict[s
     return {"projects_checked": checked, "lost": lost, "duplicated_or_missing_side_effects": duplicated}
 
 
-def _row(step_name: str, status: StepStatus) -> StepRow:
-    return StepRow(
-        id=uuid.uuid4(),
-        project_id="p",
-        step_name=step_name,
-        position=1,
-        status=status,
-        started_at=None,
-        completed_at=None,
-        error_message=None,
-        error_details=None,
-        retry_count=0,
-        replay_count=0,
-        attempt=0,
-        lease_owner=None,
-        lease_expires_at=None,
-        result=None,
-        created_at=T0,
-        updated_at=T0,
-    )
+def _row(step_name: str, status: StepStatus, fakes: Fakes) -> StepRow:
+    pending = fakes.store.initialize("p")[0]
+    return replace(pending, step_name=step_name, status=status)
 
 
 def test_spread_picks_every_mth_over_dth_starting_at_the_first() -> None:
@@ -148,11 +132,11 @@ def test_a_failed_removal_is_not_removed() -> None:
     assert "1 failed" in account
 
 
-def test_provisioned_any_sees_a_provisioning_step_done_not_a_reverse_one() -> None:
+def test_provisioned_any_sees_a_provisioning_step_done_not_a_reverse_one(fakes: Fakes) -> None:
     """Only a successful provisioning step means work was undone; cancelled or reverse rows do not."""
-    assert provisioned_any([_row(STEPS[0].name, StepStatus.SUCCESS)])
-    assert not provisioned_any([_row(STEPS[0].name, StepStatus.CANCELLED)])
-    assert not provisioned_any([_row(REVERSE_STEPS[0].name, StepStatus.SUCCESS)])
+    assert provisioned_any([_row(STEPS[0].name, StepStatus.SUCCESS, fakes)])
+    assert not provisioned_any([_row(STEPS[0].name, StepStatus.CANCELLED, fakes)])
+    assert not provisioned_any([_row(REVERSE_STEPS[0].name, StepStatus.SUCCESS, fakes)])
 
 
 def test_note_counts_dead_letters_and_failures_of_the_run_only() -> None:
