@@ -202,6 +202,10 @@ def lifecycle(
     deprovision: Annotated[
         int, typer.Option("--deprovision", min=0, help="Of the burst, how many are deprovisioned in flight.")
     ] = 50,
+    lag: Annotated[
+        int,
+        typer.Option("--lag", min=0, help="Deprovision each that many requests after its own (0: at once)."),
+    ] = 0,
     warmup: Warmup = 1,
     concurrency: Concurrency = 8,
     out: Out = DEFAULT_OUT,
@@ -222,7 +226,7 @@ def lifecycle(
         out=out,
         keep_infra=keep_infra,
     )
-    run_lifecycle(plan, deprovision)
+    run_lifecycle(plan, deprovision, lag)
 
 
 # --- the run ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ counts, the verdict, the summary lines) are at the top and unit-tested.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,20 @@ def spread(project_ids: Sequence[str], count: int) -> list[str]:
     if not 0 <= count <= len(project_ids):
         raise ValueError(f"cannot pick {count} of {len(project_ids)} projects")
     return [project_ids[i * len(project_ids) // count] for i in range(count)]
+
+
+def schedule(project_ids: Sequence[str], removed: Iterable[str], lag: int) -> dict[str, list[str]]:
+    """After which project's request each removed project is deprovisioned: ``lag`` requests
+    after its own (0: right after it), or after the last request when the burst is shorter.
+    A larger lag reaches projects whose steps have run (their work is undone) or are done."""
+    if lag < 0:
+        raise ValueError(f"lag must not be negative, got {lag}")
+    position = {pid: i for i, pid in enumerate(project_ids)}
+    after: dict[str, list[str]] = {}
+    for pid in removed:
+        trigger = project_ids[min(position[pid] + lag, len(project_ids) - 1)]
+        after.setdefault(trigger, []).append(pid)
+    return after
 
 
 def durations_s(rows: Iterable[tuple[datetime | None, datetime | None]]) -> list[float]:
@@ -122,6 +137,8 @@ def summary_lines(section: Mapping[str, Any]) -> list[str]:
     """The lines printed at the end of a run, from the result's ``lifecycle`` section."""
     c, kept, dep = section["counts"], section["kept_throughput"], section["deprovision_s"]
     sizes = f"{section['requested']} requested, {section['deprovisioned']} deprovisioned during the burst"
+    if section.get("lag"):
+        sizes += f", each {section['lag']} requests after its own"
     durations = "none finished" if dep is None else f"p50 {dep['p50']:.2f} s, p95 {dep['p95']:.2f} s"
     return [
         f"lifecycle: {sizes}",
@@ -164,13 +181,15 @@ class LifecycleRun(BenchRun):
     """The lifecycle bench: ``BenchRun``'s set-up and result, its own burst and checks."""
 
     def __init__(
-        self, plan: Plan, settings: Settings, out: Console, err: Console, *, deprovision: int
+        self, plan: Plan, settings: Settings, out: Console, err: Console, *, deprovision: int, lag: int = 0
     ) -> None:
         super().__init__(plan, settings, out, err)
+        self.lag = lag
         self.removed = spread(self.ids.thr_c, deprovision)
         removed = set(self.removed)
         self.kept = [pid for pid in self.ids.thr_c if pid not in removed]
         self.result["sizes"]["deprovision_d"] = deprovision
+        self.result["sizes"]["deprovision_lag"] = lag
         self.burst = Burst()
         self.waited = Waited()
 
@@ -199,7 +218,7 @@ class LifecycleRun(BenchRun):
             self.burst = send_burst(
                 app,
                 every,
-                set(self.removed),
+                schedule(every, self.removed, self.lag),
                 region=self.region,
                 concurrency=self.plan.concurrency,
                 sent=lambda: progress.advance(sent),
@@ -230,6 +249,7 @@ class LifecycleRun(BenchRun):
         self.result["lifecycle"] = {
             "requested": len(every),
             "deprovisioned": len(self.removed),
+            "lag": self.lag,
             "kept": len(self.kept),
             "counts": tally,
             "ok": ok,
@@ -265,28 +285,35 @@ class LifecycleRun(BenchRun):
 def send_burst(
     app: App,
     project_ids: Sequence[str],
-    removed: set[str],
+    removals: Mapping[str, list[str]],
     *,
     region: str,
     concurrency: int,
     sent: Tick,
 ) -> Burst:
-    """Request every project (``concurrency`` request threads); each one of ``removed`` is
-    deprovisioned by its thread right after its own request, while the burst goes on."""
+    """Request every project (``concurrency`` request threads, in order); right after a
+    project's request its thread deprovisions the projects ``removals`` names for it, while
+    the burst goes on (see ``schedule``)."""
     from services.api import request_deprovisioning, request_provisioning  # noqa: PLC0415
     from services.bench.measure import payload  # noqa: PLC0415
 
     burst = Burst(first_call=time.time())
+    # A removal may be sent from another thread than its project's request: it waits for
+    # that request, which started earlier (the pool takes the ids in order), so it ends.
+    recorded = {pid: threading.Event() for pid in project_ids}
 
     def request(project_id: str) -> float:
         receipt = request_provisioning(payload(project_id, region), app=app)
         if receipt.status != "requested":
             raise BenchFailure(f"{project_id}: request {receipt.status}")
-        if project_id in removed:
-            gone = request_deprovisioning(project_id, reason=REASON, app=app)
+        recorded[project_id].set()
+        for doomed in removals.get(project_id, []):
+            if not recorded[doomed].wait(60):
+                raise BenchFailure(f"{doomed}: its request did not return within 60 s")
+            gone = request_deprovisioning(doomed, reason=REASON, app=app)
             if gone.status != "requested":
-                raise BenchFailure(f"{project_id}: deprovisioning {gone.status}")
-            burst.cancelled_in_flight[project_id] = gone.cancelled_provisioning
+                raise BenchFailure(f"{doomed}: deprovisioning {gone.status}")
+            burst.cancelled_in_flight[doomed] = gone.cancelled_provisioning
         sent()
         return time.time()
 
@@ -437,12 +464,12 @@ def leftovers(app: App, project_ids: Sequence[str]) -> list[tuple[str, str]]:
     return found
 
 
-def run(plan: Plan, deprovision: int) -> None:
+def run(plan: Plan, deprovision: int, lag: int = 0) -> None:
     """The command: the run, with the CLI's one-line errors and exit codes."""
     from services.cli import Failure, _errors, _settings, err, out  # noqa: PLC0415 - mounts us
 
     with _errors():
         try:
-            LifecycleRun(plan, _settings(local=True), out, err, deprovision=deprovision).execute()
+            LifecycleRun(plan, _settings(local=True), out, err, deprovision=deprovision, lag=lag).execute()
         except BenchFailure as exc:
             raise Failure(str(exc)) from None

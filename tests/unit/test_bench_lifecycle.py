@@ -17,6 +17,7 @@ from services.bench.lifecycle import (
     kept_rate,
     provisioned_any,
     residue,
+    schedule,
     spread,
     summary_lines,
     verdict,
@@ -60,6 +61,19 @@ def test_spread_of_none_is_empty_and_more_than_all_is_refused() -> None:
         spread(IDS[:3], 4)
     with pytest.raises(ValueError, match="cannot pick"):
         spread(IDS, -1)
+
+
+def test_schedule_without_lag_removes_each_right_after_its_own_request() -> None:
+    """Lag 0: each removed project is deprovisioned by the thread that just requested it."""
+    assert schedule(IDS[:10], ["p000", "p004"], 0) == {"p000": ["p000"], "p004": ["p004"]}
+
+
+def test_schedule_with_lag_waits_that_many_requests_capped_at_the_last() -> None:
+    """A lag moves each removal later in the burst; past the end it goes after the last request."""
+    got = schedule(IDS[:10], ["p000", "p004", "p008"], 5)
+    assert got == {"p005": ["p000"], "p009": ["p004", "p008"]}
+    with pytest.raises(ValueError, match="lag"):
+        schedule(IDS[:10], ["p000"], -1)
 
 
 def test_durations_are_seconds_from_request_to_deleted_and_skip_the_unfinished() -> None:
@@ -178,6 +192,14 @@ def test_summary_lines_state_counts_rate_durations_and_verdict() -> None:
     assert "1 deleted, 1 cancelled, 0 not removed, 0 left behind" in lines[2]
     assert lines[2].endswith("request -> deleted_at p50 5.48 s, p95 6.89 s")
     assert lines[-1] == "verdict: ok (nothing lost, duplicated or left behind)"
+
+
+def test_summary_lines_name_the_lag_when_there_is_one() -> None:
+    """With a lag the first line says how far after its request each removal went."""
+    line = summary_lines(_section(lag=150))[0]
+    assert (
+        line == "lifecycle: 200 requested, 50 deprovisioned during the burst, each 150 requests after its own"
+    )
 
 
 def test_summary_lines_without_any_deletion_say_so() -> None:
