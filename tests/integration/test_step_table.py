@@ -38,6 +38,7 @@ PATH_TO: dict[StepStatus, tuple[StepStatus, ...]] = {
     S.SUCCESS: (S.RUNNING, S.SUCCESS),
     S.FAILED: (S.RUNNING, S.FAILED),
     S.SKIPPED: (S.SKIPPED,),
+    S.CANCELLED: (S.CANCELLED,),
 }
 LEGAL = {
     (S.PENDING, S.RUNNING),
@@ -45,6 +46,7 @@ LEGAL = {
     (S.RUNNING, S.FAILED),
     (S.FAILED, S.PENDING),
     (S.PENDING, S.SKIPPED),
+    (S.PENDING, S.CANCELLED),
 }
 # running -> running is legal only for the lease holder or once the lease expired; here
 # another consumer tries it while the lease is live, so it is refused like the rest.
@@ -106,6 +108,11 @@ def test_legal_transition_succeeds(repo: StepRepository, source: StepStatus, tar
         assert after.started_at is not None
         assert after.completed_at >= after.started_at
         assert after.lease_owner is None
+    if target is S.CANCELLED:
+        # It never ran: an end time and no lease, but no start, result or error.
+        assert after.completed_at is not None
+        assert (after.started_at, after.lease_owner, after.lease_expires_at) == (None, None, None)
+        assert (after.result, after.error_message) == (None, None)
     if target in (S.SUCCESS, S.SKIPPED):
         assert after.result == {"results": {"schema_name": "tenant_x"}}
     if target is S.FAILED:
@@ -254,7 +261,7 @@ def test_migrate_twice_applies_nothing_the_second_time(empty_database: str) -> N
     """migrate on an empty database applies the control-plane revision; a second run none."""
     engine = make_engine(empty_database, pool_size=1)
     try:
-        assert migrate(engine) == ["0001", "0002", "0003"]
+        assert migrate(engine) == ["0001", "0002", "0003", "0004"]
         assert migrate(engine) == []
         repo = StepRepository(engine)
         assert [r.step_name for r in repo.initialize("fresh-db")] == list(STEP_NAMES)

@@ -23,7 +23,7 @@ from shared.db import StepRepository, make_engine
 from shared.db.repository import ALLOWED_TRANSITIONS, Claim, Registration, StepRow
 from shared.errors import InvalidTransitionError, StoreUnavailableError
 from shared.events import ProvisionProjectPayload
-from shared.steps import STEP_NAMES, StepStatus
+from shared.steps import REVERSE_STEP_NAMES, STEP_NAMES, Stage, StepStatus, derive_stage, step_by_name
 from tests.fakes import FakeStepStore, make_payload
 from tests.support import unique_project
 
@@ -32,6 +32,8 @@ Store = FakeStepStore | StepRepository
 Elapse = Callable[[float], None]
 
 FIRST, SECOND, THIRD, FOURTH = STEP_NAMES[:4]
+REV_FIRST, REV_SECOND = REVERSE_STEP_NAMES[:2]
+KEYS = step_by_name(REV_FIRST).counterpart.name  # generate_api_keys, which revoke_api_keys undoes
 ME, OTHER = "worker-me", "worker-other"
 LIVE = 300.0  # a lease nobody outlives in a test
 SHORT = 0.2  # a lease a test waits out (a real sleep on PostgreSQL)
@@ -185,6 +187,9 @@ def bring(
     if status is S.SKIPPED:
         store.transition(project_id, step_name, S.SKIPPED, result=result or {})
         return
+    if status is S.CANCELLED:
+        store.transition(project_id, step_name, S.CANCELLED)
+        return
     claimed = claim(store, project_id, correlation_id, step_name, owner=OTHER)
     assert claimed is not None, f"{step_name} could not be claimed on the way to {status}"
     if status is S.SUCCESS:
@@ -311,10 +316,19 @@ def test_claim_under_another_correlation_id_is_refused(store: Store) -> None:
     assert row_of(store, project_id) == PENDING_VIEW
 
 
-def test_claim_of_an_unknown_step_is_refused(store: Store) -> None:
-    """A claim of a step name the project has no row for returns None."""
+def test_claim_of_a_step_no_chain_has_is_a_key_error(store: Store) -> None:
+    """A claim of a step name of neither chain is a caller's bug: KeyError, and nothing written."""
     project_id, correlation_id, _ = register(store)
-    assert claim(store, project_id, correlation_id, "no_such_step") is None
+    with pytest.raises(KeyError):
+        claim(store, project_id, correlation_id, "no_such_step")
+    assert [view(r) for r in store.snapshot(project_id).steps] == [PENDING_VIEW] * 7
+
+
+def test_claim_of_a_step_the_project_has_no_row_for_is_refused(store: Store) -> None:
+    """A reverse step of a project never deprovisioned has no row: the claim returns None."""
+    project_id, correlation_id, _ = register(store)
+    assert claim(store, project_id, correlation_id, REV_FIRST) is None
+    assert store.snapshot(project_id).step(REV_FIRST) is None
 
 
 @pytest.mark.parametrize("earlier", [S.PENDING, S.RUNNING, S.FAILED])
@@ -520,6 +534,8 @@ LEGAL_AFTER: dict[tuple[StepStatus, StepStatus], dict[str, Any]] = {
     (S.FAILED, S.PENDING): expect(
         attempt=1, retry_count=1, error_message="boom", error_details=FAILURE, started=True, completed=True
     ),
+    # it never ran: only its end is recorded
+    (S.PENDING, S.CANCELLED): expect(status=S.CANCELLED, completed=True),
 }
 
 
@@ -686,7 +702,16 @@ def test_attempts_are_counted_across_retries_take_overs_and_own_reclaims(
 
 
 @pytest.mark.parametrize(
-    "operation", ["register_request", "claim", "snapshot", "transition", "record_attempt_failure"]
+    "operation",
+    [
+        "register_request",
+        "register_deprovisioning",
+        "claim",
+        "snapshot",
+        "transition",
+        "record_attempt_failure",
+        "mark_deleted",
+    ],
 )
 def test_every_operation_raises_store_unavailable_when_the_database_is_away(
     unavailable_store: Store, operation: str
@@ -696,6 +721,8 @@ def test_every_operation_raises_store_unavailable_when_the_database_is_away(
     project_id = unique_project()
     operations: dict[str, Callable[[], object]] = {
         "register_request": lambda: store.register_request(make_payload(project_id), uuid.uuid4()),
+        "register_deprovisioning": lambda: store.register_deprovisioning(project_id, uuid.uuid4()),
+        "mark_deleted": lambda: store.mark_deleted(project_id),
         "claim": lambda: claim(store, project_id, uuid.uuid4()),
         "snapshot": lambda: store.snapshot(project_id),
         "transition": lambda: store.transition(project_id, FIRST, S.SUCCESS, result={}),
@@ -705,6 +732,300 @@ def test_every_operation_raises_store_unavailable_when_the_database_is_away(
     }
     with pytest.raises(StoreUnavailableError):
         operations[operation]()
+
+
+# --- deprovisioning: the fence and the reverse chain ---------------------------------------------
+
+CANCELLED_VIEW = expect(status=S.CANCELLED, completed=True)
+
+
+def deprovision(store: Store, project_id: str, *, reason: str | None = "gone") -> uuid.UUID:
+    """Register a deprovisioning of the project (NEW); its correlation id."""
+    correlation_id = uuid.uuid4()
+    registered = store.register_deprovisioning(project_id, correlation_id, reason=reason)
+    assert registered is not None
+    assert registered[0] is Registration.NEW
+    return correlation_id
+
+
+def reverse_done(
+    store: Store, project_id: str, correlation_id: uuid.UUID, *, failing: str | None = None
+) -> None:
+    """Claim and finish the reverse steps in order (``failing`` fails for good, and stops there)."""
+    for name in REVERSE_STEP_NAMES:
+        claimed = claim(store, project_id, correlation_id, name)
+        assert claimed is not None, name
+        if name == failing:
+            failed = store.record_attempt_failure(
+                project_id, name, owner=ME, error_message="boom", error_details=FAILURE, final=True
+            )
+            assert failed is not None
+            return
+        store.transition(project_id, name, S.SUCCESS, result={"results": {}}, expected_owner=ME)
+
+
+def test_deprovisioning_of_an_unknown_project_is_none_and_creates_nothing(store: Store) -> None:
+    """register_deprovisioning of a project the store does not know returns None and records nothing."""
+    project_id = unique_project()
+    assert store.register_deprovisioning(project_id, uuid.uuid4(), reason="x") is None
+    assert store.snapshot(project_id).project is None
+    assert store.snapshot(project_id).steps == []
+
+
+def test_deprovisioning_is_new_then_a_duplicate_of_the_first(store: Store) -> None:
+    """The first deprovisioning is NEW: fence set, seven pending reverse rows at 8-14; a second
+    is DUPLICATE, keeps the first id and reason and changes nothing."""
+    project_id, correlation_id, payload = register(store)
+    first = uuid.uuid4()
+
+    registered = store.register_deprovisioning(project_id, first, reason="customer left")
+
+    assert registered is not None
+    registration, record = registered
+    assert registration is Registration.NEW
+    assert record.fenced
+    assert (record.deprovision_correlation_id, record.deprovision_reason) == (first, "customer left")
+    assert record.deprovision_requested_at is not None
+    assert record.deleted_at is None
+    assert (record.correlation_id, record.request) == (correlation_id, payload.model_dump(mode="json"))
+    snapshot = store.snapshot(project_id)
+    assert snapshot.project == record
+    assert [r.step_name for r in snapshot.steps] == list(STEP_NAMES + REVERSE_STEP_NAMES)
+    assert [r.position for r in snapshot.steps] == list(range(1, 15))
+    assert [view(r) for r in snapshot.steps[7:]] == [PENDING_VIEW] * 7
+
+    again = store.register_deprovisioning(project_id, uuid.uuid4(), reason="again")
+
+    assert again is not None
+    assert again[0] is Registration.DUPLICATE
+    assert again[1] == record
+    after = store.snapshot(project_id)
+    assert (after.project, [view(r) for r in after.steps]) == (record, [view(r) for r in snapshot.steps])
+
+
+def test_deprovisioning_created_for_a_name_alone_has_only_reverse_rows(store: Store) -> None:
+    """With create, an unknown project is recorded bare (no request) with the seven reverse rows only."""
+    project_id = unique_project()
+    correlation_id = uuid.uuid4()
+
+    registered = store.register_deprovisioning(project_id, correlation_id, create=True)
+
+    assert registered is not None
+    registration, record = registered
+    assert registration is Registration.NEW
+    assert (record.request, record.correlation_id, record.deprovision_correlation_id) == (
+        None,
+        None,
+        correlation_id,
+    )
+    steps = store.snapshot(project_id).steps
+    assert [(r.step_name, r.position) for r in steps] == list(
+        zip(REVERSE_STEP_NAMES, range(8, 15), strict=True)
+    )
+    claimed = claim(store, project_id, correlation_id, REV_FIRST)
+    assert claimed is not None
+    assert (claimed.request, claimed.earlier_results) == ({}, [])
+
+
+def test_deprovisioning_cancels_the_pending_provisioning_steps_only(store: Store) -> None:
+    """The fence turns pending provisioning rows cancelled; done, running and failed ones stay."""
+    project_id, correlation_id, _ = register(store)
+    bring(store, project_id, correlation_id, FIRST, S.SUCCESS, result={"r": 1})
+    bring(store, project_id, correlation_id, SECOND, S.FAILED)
+    store.transition(project_id, THIRD, S.RUNNING, owner=OTHER, lease_seconds=LIVE)
+    before = [view(r) for r in store.snapshot(project_id).steps]
+
+    deprovision(store, project_id)
+
+    after = [view(r) for r in store.snapshot(project_id).steps]
+    assert after[:3] == before[:3]
+    assert after[3:7] == [CANCELLED_VIEW] * 4
+
+
+@pytest.mark.parametrize("status", [S.PENDING, S.RUNNING])
+def test_fenced_project_refuses_every_provisioning_claim(
+    store: Store, elapse: Elapse, status: StepStatus
+) -> None:
+    """Once fenced, no provisioning step is claimed: not a pending one (a retry after the fence),
+    not our own running one, not one whose lease expired."""
+    project_id, correlation_id, _ = register(store)
+    assert claim(store, project_id, correlation_id, owner=ME, lease=SHORT) is not None
+    deprovision(store, project_id)
+    if status is S.PENDING:
+        retried = store.record_attempt_failure(
+            project_id, FIRST, owner=ME, error_message="x", error_details=FAILURE, final=False
+        )
+        assert retried is not None and retried.status is S.PENDING
+    before = row_of(store, project_id)
+
+    assert claim(store, project_id, correlation_id, owner=ME) is None
+    elapse(PAST_SHORT)
+    assert claim(store, project_id, correlation_id, owner=OTHER) is None
+    assert before is not None
+    assert row_of(store, project_id) == before | {"lease_expired": status is S.RUNNING}
+
+
+def test_reverse_claim_needs_the_deprovisioning_request(store: Store) -> None:
+    """A reverse step is claimed under the deprovisioning's correlation id only, not the provisioning's."""
+    project_id, correlation_id, _ = register(store)
+    deprovisioning = deprovision(store, project_id)
+
+    assert claim(store, project_id, correlation_id, REV_FIRST) is None
+    assert claim(store, project_id, uuid.uuid4(), REV_FIRST) is None
+    claimed = claim(store, project_id, deprovisioning, REV_FIRST)
+
+    assert claimed is not None
+    assert view(claimed.row) == row_of(store, project_id, REV_FIRST) == RUNNING_MINE
+
+
+def test_reverse_claim_follows_the_reverse_order_and_its_results_only(store: Store) -> None:
+    """A reverse step waits for the earlier reverse steps (not the provisioning ones) and is
+    handed the earlier reverse results only."""
+    project_id, correlation_id, _ = register(store)
+    bring(store, project_id, correlation_id, FIRST, S.SUCCESS, result={"forward": 1})
+    deprovisioning = deprovision(store, project_id)
+
+    assert claim(store, project_id, deprovisioning, REV_SECOND) is None
+    first = claim(store, project_id, deprovisioning, REV_FIRST)
+    assert first is not None
+    assert first.earlier_results == []
+    assert claim(store, project_id, deprovisioning, REV_SECOND) is None
+    store.transition(project_id, REV_FIRST, S.SUCCESS, result={"reverse": 1}, expected_owner=ME)
+
+    second = claim(store, project_id, deprovisioning, REV_SECOND)
+
+    assert second is not None
+    assert second.earlier_results == [{"reverse": 1}]
+    assert view(second.row) == RUNNING_MINE
+
+
+@pytest.mark.parametrize("ending", ["success", "failed", "lease-expired"])
+def test_reverse_claim_waits_while_its_counterpart_runs_under_a_live_lease(
+    store: Store, elapse: Elapse, ending: str
+) -> None:
+    """revoke_api_keys is refused while generate_api_keys runs under a live lease, and claimed
+    once that step has ended (success or failed) or its lease expired."""
+    project_id, _, _ = register(store)
+    store.transition(
+        project_id, KEYS, S.RUNNING, owner=OTHER, lease_seconds=SHORT if ending == "lease-expired" else LIVE
+    )
+    deprovisioning = deprovision(store, project_id)
+
+    assert claim(store, project_id, deprovisioning, REV_FIRST) is None
+    assert row_of(store, project_id, REV_FIRST) == PENDING_VIEW
+    if ending == "success":
+        store.transition(project_id, KEYS, S.SUCCESS, result={}, expected_owner=OTHER)
+    elif ending == "failed":
+        store.record_attempt_failure(
+            project_id, KEYS, owner=OTHER, error_message="x", error_details=FAILURE, final=True
+        )
+    else:
+        elapse(PAST_SHORT)
+
+    claimed = claim(store, project_id, deprovisioning, REV_FIRST)
+
+    assert claimed is not None
+    assert view(claimed.row) == RUNNING_MINE
+
+
+def test_reverse_claim_of_another_service_ignores_a_running_provisioning_step(store: Store) -> None:
+    """Only the service's own provisioning step holds its reverse step back."""
+    project_id, _, _ = register(store)
+    store.transition(project_id, FIRST, S.RUNNING, owner=OTHER, lease_seconds=LIVE)
+    deprovisioning = deprovision(store, project_id)
+    assert claim(store, project_id, deprovisioning, REV_FIRST) is not None
+
+
+def test_reverse_step_of_a_service_turned_off_is_skipped(store: Store) -> None:
+    """A reverse step whose service the request turned off is skipped in the claim."""
+    project_id, _, _ = register(store, services={"storage": False})
+    deprovisioning = deprovision(store, project_id)
+    store.transition(project_id, REV_FIRST, S.SKIPPED, result={})
+
+    claimed = claim(store, project_id, deprovisioning, REV_SECOND, skip_service="storage")
+
+    assert claimed is not None
+    assert view(claimed.row) == expect(status=S.SKIPPED, result=SKIPPED_RESULT, started=True, completed=True)
+
+
+def test_mark_deleted_needs_a_deprovisioning(store: Store) -> None:
+    """mark_deleted of an unknown project, or of one never deprovisioned, is a LookupError."""
+    with pytest.raises(LookupError):
+        store.mark_deleted(unique_project())
+    project_id, _, _ = register(store)
+    with pytest.raises(LookupError):
+        store.mark_deleted(project_id)
+    snapshot = store.snapshot(project_id)
+    assert snapshot.project is not None and snapshot.project.deleted_at is None
+
+
+def test_mark_deleted_sets_the_tombstone_once_and_cancels_what_provisioning_left(store: Store) -> None:
+    """mark_deleted sets deleted_at once (a second call returns the same time) and cancels the
+    provisioning rows left pending or running; done, failed and reverse rows stay."""
+    project_id, correlation_id, _ = register(store)
+    bring(store, project_id, correlation_id, FIRST, S.SUCCESS, result={"r": 1})
+    assert claim(store, project_id, correlation_id, SECOND) is not None
+    store.transition(project_id, THIRD, S.RUNNING, owner=OTHER, lease_seconds=LIVE)
+    store.transition(project_id, FOURTH, S.RUNNING, owner=OTHER, lease_seconds=LIVE)
+    store.record_attempt_failure(
+        project_id, FOURTH, owner=OTHER, error_message="x", error_details=FAILURE, final=True
+    )
+    deprovisioning = deprovision(store, project_id)
+    # a retry recorded after the fence: pending again
+    store.record_attempt_failure(
+        project_id, SECOND, owner=ME, error_message="x", error_details=FAILURE, final=False
+    )
+    assert claim(store, project_id, deprovisioning, REV_FIRST) is not None
+    before = [view(r) for r in store.snapshot(project_id).steps]
+
+    deleted_at = store.mark_deleted(project_id)
+
+    after = store.snapshot(project_id)
+    assert after.project is not None
+    assert after.project.deleted_at == deleted_at
+    views = [view(r) for r in after.steps]
+    assert views[0] == before[0]
+    assert views[1] == before[1] | {"status": S.CANCELLED, "completed": True}
+    assert views[2] == before[2] | {
+        "status": S.CANCELLED,
+        "lease_owner": None,
+        "leased": False,
+        "completed": True,
+    }
+    assert views[3:] == before[3:]
+    assert views[3]["status"] is S.FAILED
+    assert store.mark_deleted(project_id) == deleted_at
+
+
+def test_overview_stages_of_a_deprovisioning_agree_with_derive_stage(app: App) -> None:
+    """The overview's stage keys once reverse rows exist are DEPROVISIONING, DELETED (was ready),
+    CANCELLED (never ready) and FAILED (a reverse step failed), as derive_stage has them."""
+    repo = app.repository
+    projects: dict[Stage, str] = {}
+    for stage in (Stage.DEPROVISIONING, Stage.DELETED, Stage.CANCELLED, Stage.FAILED):
+        project_id, _, _ = register(repo)
+        if stage is Stage.DELETED:
+            repo.mark_ready(project_id)
+        deprovisioning = deprovision(repo, project_id)
+        if stage is not Stage.DEPROVISIONING:
+            reverse_done(
+                repo, project_id, deprovisioning, failing=REV_SECOND if stage is Stage.FAILED else None
+            )
+        projects[stage] = project_id
+
+    rows, counts = repo.overview(limit=100_000)
+
+    found = {row.project_id: row.stage_key for row in rows}
+    for stage, project_id in projects.items():
+        snapshot = repo.snapshot(project_id)
+        assert snapshot.project is not None
+        statuses = {r.step_name: r.status for r in snapshot.steps}
+        derived = derive_stage(statuses, ever_ready=snapshot.project.ready_at is not None)
+        assert found[project_id] == stage.value == derived.value, project_id
+        assert counts[stage.value] >= 1
+    selected, _ = repo.overview([Stage.CANCELLED.value], limit=100_000)
+    assert projects[Stage.CANCELLED] in {row.project_id for row in selected}
+    assert not {projects[s] for s in (Stage.DELETED, Stage.FAILED)} & {row.project_id for row in selected}
 
 
 # --- the same story, told by both stores --------------------------------------------------------
