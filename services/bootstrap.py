@@ -21,8 +21,9 @@ from services.ports import ServiceRegistry
 from services.registration.adapters import CatalogRegistry, HttpRegistry
 from services.schema.adapters import PostgresTenantSchemas
 from services.specs import build_reverse_specs, build_specs
-from services.tenant_cluster import ClusterAddress
+from services.tenant_cluster import ClusterAddress, ClusterDirectory
 from services.verify.adapters import PostgresTenantProbe
+from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
 from shared.crypto import SecretBox
 from shared.db import StepRepository, make_engine
 from shared.execution import StepSpec
@@ -76,6 +77,8 @@ class App:
     bootstrap_servers: str
     database_url: str
     tenant_database_url: str
+    cluster_map: ClusterMap = field(default_factory=lambda: ClusterMap.single("", 1))
+    """The tenant clusters (built by :func:`build_app`; the one-cluster shorthand otherwise)."""
     one_shot: bool = False
     """A short-lived process (a command): its producer skips the idempotent producer's
     handshake, half a second per process. A duplicate it could cause on a retried send is
@@ -90,7 +93,14 @@ class App:
 
     @cached_property
     def repository(self) -> StepRepository:
-        return StepRepository(self.engine)
+        return StepRepository(self.engine, self.cluster_map)
+
+    @cached_property
+    def clusters(self) -> ClusterDirectory:
+        """Every tenant cluster by name, each reached through its own admin pool."""
+        directory = ClusterDirectory(self.cluster_map)
+        self._closers.append(directory.close)
+        return directory
 
     @cached_property
     def box(self) -> SecretBox:
@@ -98,9 +108,8 @@ class App:
 
     @cached_property
     def cluster_address(self) -> ClusterAddress:
-        address = ClusterAddress(self.tenant_database_url)
-        self._closers.append(address.close)
-        return address
+        """The first tenant cluster's address (the only one in the one-cluster shorthand)."""
+        return self.clusters.address(self.cluster_map.clusters[0].name)
 
     @cached_property
     def publisher(self) -> Publisher:
@@ -228,12 +237,26 @@ def build_app(settings: Settings | None = None) -> App:
         local = local_infra(settings).env()
         bootstrap = bootstrap or local.bootstrap_servers
         database_url = database_url or local.database_url
+    tenant_database_url = settings.tenant_database_url or database_url
     return App(
         settings=settings,
         bootstrap_servers=bootstrap,
         database_url=database_url,
-        tenant_database_url=settings.tenant_database_url or database_url,
+        tenant_database_url=tenant_database_url,
+        cluster_map=cluster_map(settings, tenant_database_url),
     )
+
+
+def cluster_map(settings: Settings, tenant_database_url: str) -> ClusterMap:
+    """The tenant clusters: the map of PROVISION_CLUSTERS_FILE, or the one-cluster shorthand
+    (TENANT_DATABASE_URL, else the control plane's database). ConfigurationError, in one line,
+    for a map that is wrong."""
+    if settings.clusters_file is None:
+        return ClusterMap.single(tenant_database_url, settings.max_tenants_per_cluster)
+    try:
+        return load_cluster_map(settings.clusters_file, os.environ, regions=settings.regions)
+    except ClusterMapError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def worker_environment(

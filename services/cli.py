@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from services.api import (
@@ -592,6 +593,46 @@ def replay(
     acted = sum(1 for d in decisions if d.action != "skipped")
     verb = "would replay" if dry_run else "replayed"
     out.print(f"{verb} {acted}, skipped {len(decisions) - acted} (of {len(decisions)} failed records)")
+
+
+@app.command()
+def clusters(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    local: LocalFlag = False,
+) -> None:
+    """The tenant clusters of the map (PROVISION_CLUSTERS_FILE, or the one-cluster shorthand):
+    each one's region, tenants placed on it (deleted ones not counted) and capacity."""
+
+    with _errors():
+        a = _app(local=local)
+        try:
+            fills = a.repository.cluster_fill()
+            hosts = {c.name: c for c in a.cluster_map.clusters}
+        finally:
+            a.close()
+    rows: list[dict[str, Any]] = [
+        {
+            "name": f.name,
+            "region": f.region or "any",
+            "tenants": f.used,
+            "capacity": f.capacity,
+            "address": _address_of(hosts[f.name].admin_url),
+        }
+        for f in fills
+    ]
+    if as_json:
+        out.print_json(json.dumps({"clusters": rows}))
+        return
+    table = Table("cluster", "region", "tenants", "capacity", "address")
+    for row in rows:
+        table.add_row(*(str(row[k]) for k in ("name", "region", "tenants", "capacity", "address")))
+    out.print(table)
+
+
+def _address_of(url: str) -> str:
+    """host:port of an admin URL (never its password)."""
+    parsed = make_url(url)
+    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
 
 
 @app.command()

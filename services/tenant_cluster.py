@@ -1,4 +1,4 @@
-"""Connections to the tenant cluster: pooled admin ones, and ones as a tenant role."""
+"""Connections to the tenant clusters: pooled admin ones, and ones as a tenant role."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from shared.clusters import ClusterMap
 from shared.db.engine import libpq_url
+from shared.errors import ErrorType, ProvisioningError
 
 
 class ClusterAddress:
@@ -66,3 +68,35 @@ class ClusterAddress:
         """Close the admin pool, if it was ever opened."""
         if "_pool" in self.__dict__:
             self._pool.close()
+
+
+class ClusterDirectory:
+    """Every tenant cluster of the map, by name, each with its own admin pool (opened on first
+    use): a step reaches a tenant through the cluster its placement names."""
+
+    def __init__(self, clusters: ClusterMap, *, connect_timeout: int = 10) -> None:
+        self.clusters = clusters
+        self.connect_timeout = connect_timeout
+        self._addresses: dict[str, ClusterAddress] = {}
+
+    def address(self, name: str) -> ClusterAddress:
+        """The named cluster's address; ProvisioningError if the map no longer lists it."""
+        address = self._addresses.get(name)
+        if address is None:
+            try:
+                config = self.clusters.get(name)
+            except KeyError as exc:
+                raise ProvisioningError(
+                    ErrorType.UNKNOWN_ERROR,
+                    f"the tenant is placed on cluster {name!r}, which the cluster map does not list",
+                    retryable=False,
+                ) from exc
+            address = ClusterAddress(config.admin_url, connect_timeout=self.connect_timeout)
+            self._addresses[name] = address
+        return address
+
+    def close(self) -> None:
+        """Close every pool opened."""
+        for address in self._addresses.values():
+            address.close()
+        self._addresses.clear()

@@ -205,3 +205,7 @@ def derive_stage(statuses: dict[str, StepStatus], *, exists: bool = True, ever_r
         if statuses.get(step.name) not in done:
             return step.stage
     return Stage.FINALIZING  # pragma: no cover - every step done is COMPLETED above
+
+
+PLACING_STEP = STEPS[0]
+"""The step that places a new tenant on a cluster (in the transaction of its claim)."""

@@ -72,6 +72,15 @@ provisioning_steps = Table(
     ),
 )
 
+tenant_placements = Table(
+    "tenant_placements",
+    metadata,
+    Column("project_id", Text, ForeignKey("projects.project_id", ondelete="CASCADE"), primary_key=True),
+    Column("cluster", Text, nullable=False),
+    Column("placed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_tenant_placements_cluster", "cluster"),
+)
+
 outbox = Table(
     "outbox",
     metadata,
