@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TENANT_DATABASE_URL", "PROVISION_TENANT_DATABASE_URL"),
         description="admin URL of the tenant cluster; the control plane's by default",
     )
+    clusters_file: Path | None = Field(
+        default=None,
+        description="the tenant cluster map (TOML, or JSON): clusters by region with capacity, "
+        "each admin URL read from the variable it names; TENANT_DATABASE_URL is the one-cluster shorthand",
+    )
 
     # Local infrastructure (`provision infra`).
     local: bool = Field(

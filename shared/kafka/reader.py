@@ -71,9 +71,7 @@ def _watermarks(consumer: Consumer, partition: TopicPartition, timeout: float) -
             return int(low), int(high)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            retriable = isinstance(error, KafkaError) and (
-                error.retriable() or error.code() in _UNSETTLED
-            )
+            retriable = isinstance(error, KafkaError) and (error.retriable() or error.code() in _UNSETTLED)
             if not retriable or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
