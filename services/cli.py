@@ -197,6 +197,7 @@ def topics(local: LocalFlag = False, timeout: BrokerTimeout = 10.0) -> None:
             all_topics(),
             partitions=a.settings.topic_partitions,
             replication=a.settings.topic_replication,
+            min_insync_replicas=a.settings.topic_min_insync_replicas,
             timeout=timeout,
         )
     created = [t for t, state in outcome.items() if state == "created"]

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # Topics.
     topic_partitions: int = Field(default=3, ge=1)
     topic_replication: int = Field(default=1, ge=1)
+    topic_min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="topic config min.insync.replicas; the broker's default if unset"
+    )
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
 
     # Retry policy (seed 004: 3 attempts, 300 s base, exponential).

@@ -32,6 +32,7 @@ def app(infra_env: InfraEnv, state_dir: Path) -> Iterator[App]:
         all_topics(),
         partitions=application.settings.topic_partitions,
         replication=application.settings.topic_replication,
+        min_insync_replicas=application.settings.topic_min_insync_replicas,
     )
     yield application
     application.close()

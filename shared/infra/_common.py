@@ -20,6 +20,11 @@ _STACK_FRAME = re.compile(r"(at [\w$.<>/]+\(.*\)|\.\.\. \d+ more)")
 Progress = Callable[[str], None]
 """Receives one human-readable line per step; the CLI prints them to stderr."""
 
+KAFKA_PORT_ENV = "PROVISION_KAFKA_PORT"
+CONTROLLER_PORT_ENV = "PROVISION_KAFKA_CONTROLLER_PORT"
+PG_PORT_ENV = "PROVISION_PG_PORT"
+"""The settings that choose the (base) ports, named in errors about a port."""
+
 LOOPBACK = "127.0.0.1"
 """Clients must use the IPv4 loopback: ``localhost`` may resolve to ::1, where nothing listens."""
 

@@ -1,4 +1,4 @@
-"""``infra`` commands: start, stop and locate the local Kafka broker and PostgreSQL server.
+"""``infra`` commands: start, stop and locate the local Kafka broker(s) and PostgreSQL server(s).
 
 The main CLI mounts the app from :func:`build_infra_app`, passing a factory that reads the
 state directory and ports from its settings, e.g.::
@@ -44,10 +44,49 @@ def build_infra_app(make_infra: Callable[[], LocalInfra]) -> typer.Typer:
     )
 
     @infra_app.command()
-    def up(ctx: typer.Context) -> None:
+    def up(
+        ctx: typer.Context,
+        clusters: Annotated[
+            int | None,
+            typer.Option(
+                "--clusters",
+                help="PostgreSQL clusters to run (cluster 0 is the control plane); default: as the "
+                "last `up`, else 1.",
+            ),
+        ] = None,
+        brokers: Annotated[
+            int | None,
+            typer.Option(
+                "--brokers",
+                help="Kafka nodes: 1, or 3 (a KRaft quorum; topics get replication 3, min ISR 2); "
+                "default: as the last `up`, else 1.",
+            ),
+        ] = None,
+        cluster_region: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--cluster-region",
+                help="Region of the next cluster in clusters.toml (repeatable; the last one repeats "
+                "for the rest; default eu-west-1).",
+            ),
+        ] = None,
+        cluster_capacity: Annotated[
+            int | None,
+            typer.Option(
+                "--cluster-capacity",
+                envvar="PROVISION_MAX_TENANTS_PER_CLUSTER",
+                help="Tenants per cluster in clusters.toml (default 1000).",
+            ),
+        ] = None,
+    ) -> None:
         """Start Kafka and PostgreSQL (fetching the broker jars on first use); idempotent."""
         try:
-            infra = make_infra()
+            infra = make_infra().with_topology(
+                clusters=clusters,
+                brokers=brokers,
+                cluster_regions=cluster_region or (),
+                cluster_capacity=cluster_capacity,
+            )
             infra.up(_progress)
         except InfraError as exc:
             raise _fail(exc) from exc
@@ -56,7 +95,7 @@ def build_infra_app(make_infra: Callable[[], LocalInfra]) -> typer.Typer:
 
     @infra_app.command()
     def down() -> None:
-        """Stop Kafka and PostgreSQL; their data is kept for the next `up`."""
+        """Stop every Kafka node and PostgreSQL cluster; their data is kept for the next `up`."""
         try:
             make_infra().down(_progress)
         except InfraError as exc:
@@ -69,7 +108,8 @@ def build_infra_app(make_infra: Callable[[], LocalInfra]) -> typer.Typer:
             typer.Option("--export", "-e", help="Prefix lines with `export `."),
         ] = False,
     ) -> None:
-        """Print KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL as shell assignments, for eval."""
+        """Print KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (in multi-node mode also the tenant
+        clusters' URLs, PROVISION_CLUSTERS_FILE and the topic replication) as shell assignments."""
         try:
             settings = make_infra().env().as_env()
         except InfraError as exc:
@@ -80,7 +120,7 @@ def build_infra_app(make_infra: Callable[[], LocalInfra]) -> typer.Typer:
 
     @infra_app.command()
     def status() -> None:
-        """Show whether Kafka and PostgreSQL are running, with pid and address."""
+        """Show whether each Kafka node and PostgreSQL cluster is running, with pid and address."""
         try:
             states = make_infra().status()
         except InfraError as exc:

@@ -1,10 +1,12 @@
-"""A single-node Apache Kafka broker (KRaft, broker and controller in one JVM) run from plain jars.
+"""A local Apache Kafka node (KRaft, broker and controller in one JVM) run from plain jars.
 
-Layout under the broker's home directory (``<state dir>/kafka``)::
+One node makes a single-node cluster; three nodes, each listing all three as voters, make a
+three-node quorum (see :class:`shared.infra.local.LocalInfra`). Layout under a node's home
+directory (``<state dir>/kafka`` for the single node)::
 
-    pom.xml            copy of the packaged pom that Maven resolved
+    pom.xml            copy of the packaged pom that Maven resolved (single node, or the node owning libs/)
     libs/              the broker classpath; libs/.pom.sha256 says which pom produced it
-    cluster.id         KRaft cluster id, generated once
+    cluster.id         KRaft cluster id, generated once (shared by every node of a quorum)
     server.properties  rewritten on every start from the configured ports
     data/              the log directory (topics, offsets, KRaft metadata)
     broker.pid         pid of the running broker
@@ -24,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -32,6 +35,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from shared.infra._common import (
+    CONTROLLER_PORT_ENV,
+    KAFKA_PORT_ENV,
     LOOPBACK,
     InfraError,
     Progress,
@@ -42,9 +47,6 @@ from shared.infra._common import (
     quiet,
     tail,
 )
-
-KAFKA_PORT_ENV = "PROVISION_KAFKA_PORT"
-CONTROLLER_PORT_ENV = "PROVISION_KAFKA_CONTROLLER_PORT"
 
 _HEAP = "-Xmx512m"
 _MAVEN_TIMEOUT_S = 900.0
@@ -79,11 +81,13 @@ def wait_until_ready(
     *,
     still_starting: Callable[[], str | None] | None = None,
     log_file: Path | None = None,
+    node_id: int | None = None,
 ) -> None:
     """Block until a broker at ``bootstrap_servers`` answers a metadata request.
 
-    "Answers" means the metadata lists at least one broker: a KRaft broker only appears
-    there once the controller has unfenced it, i.e. once it can host partitions.
+    "Answers" means the metadata lists at least one broker (``node_id`` among them, if
+    given): a KRaft broker only appears there once the controller has unfenced it, i.e.
+    once it can host partitions.
     ``still_starting`` is polled between attempts; it returns a reason string when the
     broker can no longer come up (its process died), which is raised at once instead of
     waiting out the timeout. Raises InfraError on timeout, quoting the end of ``log_file``.
@@ -109,9 +113,11 @@ def wait_until_ready(
         except KafkaException as exc:
             last_error = str(exc.args[0]) if exc.args else repr(exc)
         else:
-            if metadata.brokers:
+            if metadata.brokers and (node_id is None or node_id in metadata.brokers):
                 return
-            last_error = "metadata lists no brokers yet"
+            last_error = (
+                "metadata lists no brokers yet" if not metadata.brokers else f"node {node_id} not listed yet"
+            )
         time.sleep(0.2)
     log_tail = f"; log {log_file}: {tail(log_file)}" if log_file is not None else ""
     raise InfraError(
@@ -120,25 +126,56 @@ def wait_until_ready(
     )
 
 
-class KafkaBroker:
-    """Start, stop and inspect one local broker whose files live under ``home``."""
+@dataclass(frozen=True)
+class Quorum:
+    """The nodes of a multi-node KRaft cluster, for every node's configuration.
 
-    def __init__(self, home: Path, port: int, controller_port: int) -> None:
+    ``voters`` are ``(node id, controller port)`` pairs; ``cluster_id_file`` is shared by all
+    nodes (they must be formatted with one cluster id); ``libs`` is the one broker classpath.
+    """
+
+    voters: tuple[tuple[int, int], ...]
+    cluster_id_file: Path
+    libs: Path
+
+    @property
+    def replicas(self) -> int:
+        """How many copies internal topics keep: one per node."""
+        return len(self.voters)
+
+
+class KafkaBroker:
+    """Start, stop and inspect one local broker whose files live under ``home``.
+
+    Without ``quorum`` it is a single-node cluster (node id 1) owning its classpath and
+    cluster id; with one it is node ``node_id`` of that quorum.
+    """
+
+    def __init__(
+        self, home: Path, port: int, controller_port: int, *, node_id: int = 1, quorum: Quorum | None = None
+    ) -> None:
         self.home = home
         self.port = port
         self.controller_port = controller_port
-        self.libs = home / "libs"
+        self.node_id = node_id
+        self.quorum = quorum
+        self.libs = quorum.libs if quorum is not None else home / "libs"
         self.data = home / "data"
         self.properties = home / "server.properties"
         self.pid_file = home / "broker.pid"
         self.log_file = home / "broker.log"
-        self.cluster_id_file = home / "cluster.id"
+        self.cluster_id_file = quorum.cluster_id_file if quorum is not None else home / "cluster.id"
         self._spawned_at: float | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         """The address clients connect to."""
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def name(self) -> str:
+        """How progress lines name this node: ``kafka``, or ``kafka node N`` in a quorum."""
+        return "kafka" if self.quorum is None else f"kafka node {self.node_id}"
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -204,14 +241,14 @@ class KafkaBroker:
             running_port = self.running_port()
             if running_port not in (None, self.port):
                 raise InfraError(
-                    f"kafka is already running on {LOOPBACK}:{running_port}, not port "
+                    f"{self.name} is already running on {LOOPBACK}:{running_port}, not port "
                     f"{self.port}; run `down` first to change {KAFKA_PORT_ENV}"
                 )
-            progress(f"kafka already running on {self.bootstrap_servers}")
+            progress(f"{self.name} already running on {self.bootstrap_servers}")
             return False
         if self.pid_file.exists():
             self.pid_file.unlink()
-            progress("kafka: removed a stale pid file (the broker it named is gone)")
+            progress(f"{self.name}: removed a stale pid file (the broker it named is gone)")
 
         java = _java()
         ensure_port_free(self.port, KAFKA_PORT_ENV)
@@ -248,7 +285,7 @@ class KafkaBroker:
         _launched[process.pid] = process
         self._spawned_at = time.monotonic()
         self.pid_file.write_text(f"{process.pid}\n")
-        progress(f"kafka starting on {self.bootstrap_servers} (pid {process.pid})")
+        progress(f"{self.name} starting on {self.bootstrap_servers} (pid {process.pid})")
         return True
 
     def wait_ready(self, progress: Progress = quiet, timeout: float = 60.0) -> None:
@@ -260,7 +297,9 @@ class KafkaBroker:
 
         def still_starting() -> str | None:
             if self.running_pid() is None:
-                return f"kafka broker exited during start-up (log {self.log_file}): {tail(self.log_file)}"
+                return (
+                    f"{self.name} broker exited during start-up (log {self.log_file}): {tail(self.log_file)}"
+                )
             return None
 
         try:
@@ -269,6 +308,7 @@ class KafkaBroker:
                 max(0.0, spawned_at + timeout - time.monotonic()),
                 still_starting=still_starting,
                 log_file=self.log_file,
+                node_id=self.node_id if self.quorum is not None else None,
             )
         except InfraError:
             # A failed start leaves nothing behind: no half-started JVM holding the ports,
@@ -276,7 +316,7 @@ class KafkaBroker:
             self.stop(quiet, timeout=10.0)
             raise
         progress(
-            f"kafka ready on {self.bootstrap_servers} in {time.monotonic() - spawned_at:.1f} s "
+            f"{self.name} ready on {self.bootstrap_servers} in {time.monotonic() - spawned_at:.1f} s "
             f"(pid {self.running_pid()})"
         )
 
@@ -294,11 +334,13 @@ class KafkaBroker:
                 "to fetch the Kafka broker jars"
             )
         progress("kafka: fetching broker jars with Maven (first run only)")
-        pom = self.home / "pom.xml"
+        owner = self.libs.parent
+        private_dir(owner)
+        pom = owner / "pom.xml"
         pom.write_bytes(pom_text)
         # Resolve into a scratch directory and swap it in, so an interrupted download
         # never leaves a half-filled libs/ that looks complete.
-        staging = self.home / "libs.partial"
+        staging = owner / "libs.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:
             result = subprocess.run(
@@ -313,7 +355,7 @@ class KafkaBroker:
                     "-DincludeScope=runtime",
                     f"-DoutputDirectory={staging}",
                 ],
-                cwd=self.home,
+                cwd=owner,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -338,10 +380,14 @@ class KafkaBroker:
     def _write_properties(self) -> None:
         # Regenerated on every start so a port change takes effect; the data directory
         # carries the cluster's identity, not this file.
+        voters = self.quorum.voters if self.quorum is not None else ((self.node_id, self.controller_port),)
+        replicas = str(len(voters))
+        # With three copies, a write acknowledged by all in-sync replicas survives one node's loss.
+        min_isr = "2" if len(voters) >= 3 else "1"
         settings = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{LOOPBACK}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": ",".join(f"{node}@{LOOPBACK}:{port}" for node, port in voters),
             "listeners": f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -349,13 +395,13 @@ class KafkaBroker:
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(self.data),
             "num.partitions": "1",
-            # One broker: every internal topic must make do with one replica.
-            "offsets.topic.replication.factor": "1",
+            # Internal topics keep one replica per node: one for a single broker, three for a quorum.
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             # After a crash the restarted broker cannot register until the dead incarnation's
             # session expires (default 9 s); fault tests kill and restart the broker, so keep
             # that short. The broker heartbeats its own in-process controller over loopback.
@@ -366,6 +412,11 @@ class KafkaBroker:
             # Topics are created explicitly by the product; a typo must fail, not create one.
             "auto.create.topics.enable": "false",
         }
+        if self.quorum is not None:
+            # Defaults for topics created without them (the product sets both explicitly); a
+            # single broker keeps Kafka's own defaults, which are the same numbers.
+            settings["default.replication.factor"] = replicas
+            settings["min.insync.replicas"] = min_isr
         self.properties.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
 
     def _ensure_formatted(self, java: str, progress: Progress) -> None:
@@ -376,7 +427,7 @@ class KafkaBroker:
         else:
             cluster_id = new_cluster_id()
             self.cluster_id_file.write_text(f"{cluster_id}\n")
-        progress(f"kafka: formatting storage in {self.data} (cluster id {cluster_id})")
+        progress(f"{self.name}: formatting storage in {self.data} (cluster id {cluster_id})")
         result = subprocess.run(
             [
                 java,
@@ -410,7 +461,7 @@ class KafkaBroker:
         pid = self.running_pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
-            progress("kafka is not running")
+            progress(f"{self.name} is not running")
             return
         stopped_at = time.monotonic()
         if force:
@@ -422,17 +473,17 @@ class KafkaBroker:
             if _wait_exit(pid, timeout):
                 how = "stopped"
             else:
-                progress(f"kafka did not stop within {timeout:.0f} s of SIGTERM; killing it")
+                progress(f"{self.name} did not stop within {timeout:.0f} s of SIGTERM; killing it")
                 _signal(pid, signal.SIGKILL)
                 _wait_exit(pid, 10.0)
                 how = "killed"
         self.pid_file.unlink(missing_ok=True)
-        progress(f"kafka {how} (pid {pid}) in {time.monotonic() - stopped_at:.1f} s")
+        progress(f"{self.name} {how} (pid {pid}) in {time.monotonic() - stopped_at:.1f} s")
 
     def wipe(self) -> None:
         """Delete the broker's data, cluster id and logs, keeping the cached jars."""
         if self.running_pid() is not None:
-            raise InfraError("kafka is running; stop it before wiping its data")
+            raise InfraError(f"{self.name} is running; stop it before wiping its data")
         shutil.rmtree(self.data, ignore_errors=True)
         for path in (
             self.cluster_id_file,

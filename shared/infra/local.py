@@ -1,47 +1,56 @@
-"""LocalInfra: the project's Kafka broker and PostgreSQL server as plain local processes."""
+"""LocalInfra: the project's Kafka and PostgreSQL servers as plain local processes.
+
+By default one Kafka node and one PostgreSQL cluster; in multi-node mode N clusters and a
+three-node Kafka quorum, all on loopback. Layout under the state directory::
+
+    topology.json        how many clusters and brokers `up` last started (read by every command)
+    clusters.toml        the tenant cluster map, with two or more clusters
+    postgres.password    the superuser's password, one for every cluster (mode 0600)
+    postgres/            cluster 0, the control plane, on pg_port
+    postgres-<i>/        cluster i on pg_port + i
+    kafka/               the single Kafka node; its libs/ serve every node
+    kafka3/cluster.id    the three-node cluster's id
+    kafka3/node-<j>/     node j (node id j + 1) on kafka_port + 100 j, controller_port + 100 j
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
-from shared.infra._common import InfraError, Progress, quiet, state_lock, validate_port
-from shared.infra.kafka import CONTROLLER_PORT_ENV, KAFKA_PORT_ENV, KafkaBroker
-from shared.infra.postgres import PG_PORT_ENV, LocalPostgres
+from shared.infra._common import InfraError, Progress, private_dir, quiet, state_lock
+from shared.infra.kafka import KafkaBroker, Quorum
+from shared.infra.postgres import LocalPostgres
+from shared.infra.topology import (
+    InfraEnv,
+    Ports,
+    Topology,
+    infra_env,
+    read_topology,
+    write_clusters_file,
+    write_topology,
+)
 
+__all__ = ["InfraEnv", "LocalInfra", "Topology", "docker_engine_available"]
 
-@dataclass(frozen=True)
-class InfraEnv:
-    """Where the broker and the database are, as the services expect to be told."""
-
-    bootstrap_servers: str
-    database_url: str
-    """A libpq URL, e.g. ``postgresql://postgres:<password>@127.0.0.1:15432/postgres``: psql opens
-    it as it is, and the product picks the psycopg 3 driver for SQLAlchemy itself."""
-
-    @property
-    def libpq_url(self) -> str:
-        """``database_url`` without the SQLAlchemy driver suffix, for psycopg/psql directly."""
-        scheme, sep, rest = self.database_url.partition("://")
-        return f"{scheme.split('+', 1)[0]}{sep}{rest}"
-
-    def as_env(self) -> dict[str, str]:
-        """The environment variables the services read."""
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "DATABASE_URL": self.database_url,
-        }
+_T = TypeVar("_T")
 
 
 class LocalInfra:
-    """A single-node Kafka (KRaft) and a PostgreSQL server whose files live in ``state_dir``.
+    """Kafka (KRaft) and PostgreSQL servers whose files live in ``state_dir``.
 
-    Both run detached from the calling process, so ``up`` in one command and ``down`` in
+    They run detached from the calling process, so ``up`` in one command and ``down`` in
     another work; everything is found again from the files under ``state_dir``. That directory
     is private (mode 0700) and holds the PostgreSQL superuser's password in ``postgres.password``
     (mode 0600), generated once.
+
+    ``clusters`` / ``brokers`` / ``cluster_regions`` / ``cluster_capacity`` left unset take the
+    values recorded by the last ``up`` in ``topology.json`` (one cluster and one broker if
+    none); ``up`` records what it starts.
     """
 
     def __init__(
@@ -50,87 +59,253 @@ class LocalInfra:
         kafka_port: int = 19092,
         controller_port: int = 19093,
         pg_port: int = 15432,
+        *,
+        clusters: int | None = None,
+        brokers: int | None = None,
+        cluster_regions: Sequence[str] = (),
+        cluster_capacity: int | None = None,
     ) -> None:
-        validate_port(kafka_port, KAFKA_PORT_ENV)
-        validate_port(controller_port, CONTROLLER_PORT_ENV)
-        validate_port(pg_port, PG_PORT_ENV)
-        if len({kafka_port, controller_port, pg_port}) != 3:
-            raise InfraError(
-                f"kafka port {kafka_port}, controller port {controller_port} and postgres port "
-                f"{pg_port} must all differ"
-            )
         # Absolute, because the paths end up in process command lines that are matched later.
         self.state_dir = state_dir.expanduser().resolve()
-        self.kafka = KafkaBroker(self.state_dir / "kafka", kafka_port, controller_port)
-        self.postgres = LocalPostgres(
-            self.state_dir / "postgres", pg_port, password_file=self.state_dir / "postgres.password"
+        self._base_ports = (kafka_port, controller_port, pg_port)
+        self.recorded = read_topology(self.state_dir)
+        recorded = self.recorded or Topology()
+        self.topology = Topology(
+            clusters=clusters if clusters is not None else recorded.clusters,
+            brokers=brokers if brokers is not None else recorded.brokers,
+            regions=tuple(cluster_regions) or recorded.regions,
+            capacity=cluster_capacity if cluster_capacity is not None else recorded.capacity,
         )
+        self.kafka_nodes, self.postgres_clusters = self._servers(self.topology)
+
+    def with_topology(
+        self,
+        *,
+        clusters: int | None = None,
+        brokers: int | None = None,
+        cluster_regions: Sequence[str] = (),
+        cluster_capacity: int | None = None,
+    ) -> LocalInfra:
+        """The same state directory and ports with other counts (None/empty: as recorded)."""
+        return LocalInfra(
+            self.state_dir,
+            *self._base_ports,
+            clusters=clusters,
+            brokers=brokers,
+            cluster_regions=cluster_regions,
+            cluster_capacity=cluster_capacity,
+        )
+
+    def _servers(self, topology: Topology) -> tuple[list[KafkaBroker], list[LocalPostgres]]:
+        ports = Ports.of(topology, *self._base_ports)
+        if topology.brokers == 1:
+            (kafka_port, controller_port), *_ = ports.kafka
+            nodes = [KafkaBroker(self.state_dir / "kafka", kafka_port, controller_port)]
+        else:
+            quorum = Quorum(
+                voters=tuple((j + 1, controller) for j, (_, controller) in enumerate(ports.kafka)),
+                cluster_id_file=self.state_dir / "kafka3" / "cluster.id",
+                libs=self.state_dir / "kafka" / "libs",
+            )
+            nodes = [
+                KafkaBroker(
+                    self.state_dir / "kafka3" / f"node-{j}", port, controller, node_id=j + 1, quorum=quorum
+                )
+                for j, (port, controller) in enumerate(ports.kafka)
+            ]
+        password_file = self.state_dir / "postgres.password"
+        clusters = [
+            LocalPostgres(self.state_dir / ("postgres" if i == 0 else f"postgres-{i}"), port, password_file)
+            for i, port in enumerate(ports.postgres)
+        ]
+        return nodes, clusters
+
+    @property
+    def kafka(self) -> KafkaBroker:
+        """Kafka node 0 (the only one by default)."""
+        return self.kafka_nodes[0]
+
+    @property
+    def postgres(self) -> LocalPostgres:
+        """PostgreSQL cluster 0: the control plane (``DATABASE_URL``)."""
+        return self.postgres_clusters[0]
 
     @property
     def password_file(self) -> Path:
         """Where the PostgreSQL superuser's password is kept (mode 0600)."""
         return self.postgres.password_file
 
+    @property
+    def clusters_file(self) -> Path:
+        """Where ``up`` writes the tenant cluster map when there are two or more clusters."""
+        return self.state_dir / "clusters.toml"
+
     def env(self) -> InfraEnv:
         """Connection settings for this infrastructure, the superuser's password included (it is
         generated on first use); starts nothing."""
-        return InfraEnv(
-            bootstrap_servers=self.kafka.bootstrap_servers,
-            database_url=self.postgres.superuser_url,
+        return infra_env(
+            self.topology,
+            bootstrap_servers=[node.bootstrap_servers for node in self.kafka_nodes],
+            cluster_urls=[cluster.superuser_url for cluster in self.postgres_clusters],
+            state_dir=self.state_dir,
         )
 
     def up(self, progress: Progress = quiet) -> InfraEnv:
-        """Start whatever is not running and return once both answer; idempotent.
+        """Start whatever is not running and return once everything answers; idempotent.
 
-        The broker's JVM boots while PostgreSQL starts, which saves about a second.
-        Raises InfraError if either cannot start within 60 s.
+        The brokers' JVMs boot while PostgreSQL starts, which saves a few seconds. Raises
+        InfraError if something cannot start within 60 s, or if servers of another topology
+        (other counts) are running.
         """
         with state_lock(self.state_dir):
+            self._refuse_other_running_topology()
             self.postgres.secure_home()
-            launched = self.kafka.launch(progress)
-            self.postgres.start(progress)
-            if launched:
-                self.kafka.wait_ready(progress)
+            write_topology(self.state_dir, self.topology)
+            self.recorded = self.topology
+            write_clusters_file(self.state_dir, self.topology)
+            if self.topology.replicated:
+                private_dir(self.state_dir / "kafka3")
+            launched = [node for node in self.kafka_nodes if node.launch(progress)]
+            _each(lambda cluster: cluster.start(progress), self.postgres_clusters)
+            _each(lambda node: node.wait_ready(progress), launched)
         return self.env()
 
+    def _refuse_other_running_topology(self) -> None:
+        if self.recorded is None or self.recorded.same_nodes(self.topology):
+            return
+        kafka, postgres = self._servers(self.recorded)
+        if any(node.running_pid() is not None for node in kafka) or any(
+            cluster.running_pid() is not None for cluster in postgres
+        ):
+            raise InfraError(
+                f"{self.recorded.describe()} are running, not {self.topology.describe()}; "
+                "run `down` first to change --clusters or --brokers"
+            )
+
+    def _every_server(self) -> tuple[list[KafkaBroker], list[LocalPostgres]]:
+        """This topology's servers and the recorded one's, if other: ``down`` stops both."""
+        kafka, postgres = list(self.kafka_nodes), list(self.postgres_clusters)
+        if self.recorded is not None and not self.recorded.same_nodes(self.topology):
+            other_kafka, other_postgres = self._servers(self.recorded)
+            kafka += [n for n in other_kafka if n.home not in {k.home for k in kafka}]
+            postgres += [c for c in other_postgres if c.home not in {p.home for p in postgres}]
+        return kafka, postgres
+
     def down(self, progress: Progress = quiet) -> None:
-        """Stop both servers cleanly; data is kept. Not running is not an error."""
+        """Stop every server cleanly; data is kept. Not running is not an error."""
+        kafka, postgres = self._every_server()
         with state_lock(self.state_dir):
-            self.kafka.stop(progress)
-            self.postgres.stop(progress)
+            _stop_kafka(kafka, progress)
+            _each(lambda cluster: cluster.stop(progress), postgres)
 
     def status(self) -> dict[str, str]:
-        """``{"kafka": ..., "postgres": ...}``: ``running pid N on HOST:PORT`` or ``stopped``."""
-        return {"kafka": self.kafka.status(), "postgres": self.postgres.status()}
+        """``running pid N on HOST:PORT`` or ``stopped`` for each server: ``kafka`` and
+        ``postgres`` (node and cluster 0), then ``kafka-1``, ``kafka-2``, ``postgres-1``..."""
+        states = {_label("kafka", j): node.status() for j, node in enumerate(self.kafka_nodes)}
+        states.update(
+            {_label("postgres", i): cluster.status() for i, cluster in enumerate(self.postgres_clusters)}
+        )
+        return states
+
+    # -- single servers, for fault tests ----------------------------------------------------------
+
+    def kafka_node(self, index: int) -> KafkaBroker:
+        """Kafka node ``index`` (0-based; its node id is ``index + 1``)."""
+        return _pick(self.kafka_nodes, index, "kafka node")
+
+    def postgres_cluster(self, index: int) -> LocalPostgres:
+        """PostgreSQL cluster ``index`` (0-based; 0 is the control plane)."""
+        return _pick(self.postgres_clusters, index, "postgres cluster")
+
+    def start_kafka_node(self, index: int, progress: Progress = quiet) -> None:
+        """Start Kafka node ``index`` again and return once it is back in the cluster."""
+        node = self.kafka_node(index)
+        with state_lock(self.state_dir):
+            node.start(progress)
+
+    def stop_kafka_node(self, index: int, progress: Progress = quiet, *, force: bool = False) -> None:
+        """Stop Kafka node ``index``; ``force`` kills it with SIGKILL, like a crash."""
+        node = self.kafka_node(index)
+        with state_lock(self.state_dir):
+            node.stop(progress, force=force)
+
+    def kill_kafka_node(self, index: int, progress: Progress = quiet) -> None:
+        """kill -9 Kafka node ``index``."""
+        self.stop_kafka_node(index, progress, force=True)
+
+    def start_postgres_cluster(self, index: int, progress: Progress = quiet) -> None:
+        """Start PostgreSQL cluster ``index`` again."""
+        cluster = self.postgres_cluster(index)
+        with state_lock(self.state_dir):
+            cluster.start(progress)
+
+    def stop_postgres_cluster(self, index: int, progress: Progress = quiet, *, force: bool = False) -> None:
+        """Stop PostgreSQL cluster ``index``; ``force`` uses immediate shutdown, like a crash."""
+        cluster = self.postgres_cluster(index)
+        with state_lock(self.state_dir):
+            cluster.stop(progress, force=force)
 
     def start_kafka(self, progress: Progress = quiet) -> None:
-        """Start only the broker (e.g. after :meth:`stop_kafka` in a fault test)."""
+        """Start only the broker(s) (e.g. after :meth:`stop_kafka` in a fault test)."""
         with state_lock(self.state_dir):
-            self.kafka.start(progress)
+            launched = [node for node in self.kafka_nodes if node.launch(progress)]
+            _each(lambda node: node.wait_ready(progress), launched)
 
     def stop_kafka(self, progress: Progress = quiet, *, force: bool = False) -> None:
-        """Stop only the broker; ``force`` kills it with SIGKILL, like a crash."""
+        """Stop only the broker(s); ``force`` kills them with SIGKILL, like a crash."""
         with state_lock(self.state_dir):
-            self.kafka.stop(progress, force=force)
+            _stop_kafka(self.kafka_nodes, progress, force=force)
 
     def start_postgres(self, progress: Progress = quiet) -> None:
         """Start only PostgreSQL (e.g. after :meth:`stop_postgres` in a fault test)."""
         with state_lock(self.state_dir):
-            self.postgres.start(progress)
+            _each(lambda cluster: cluster.start(progress), self.postgres_clusters)
 
     def stop_postgres(self, progress: Progress = quiet, *, force: bool = False) -> None:
         """Stop only PostgreSQL; ``force`` uses immediate shutdown, like a crash."""
         with state_lock(self.state_dir):
-            self.postgres.stop(progress, force=force)
+            _each(lambda cluster: cluster.stop(progress, force=force), self.postgres_clusters)
 
     def wipe_data(self) -> None:
         """Delete all topics, offsets and databases, keeping the cached broker jars.
 
-        Both servers must be stopped first (InfraError otherwise).
+        Every server must be stopped first (InfraError otherwise).
         """
         with state_lock(self.state_dir):
-            self.kafka.wipe()
-            self.postgres.wipe()
+            for node in self.kafka_nodes:
+                node.wipe()
+            for cluster in self.postgres_clusters:
+                cluster.wipe()
+
+
+def _label(kind: str, index: int) -> str:
+    return kind if index == 0 else f"{kind}-{index}"
+
+
+def _pick(servers: Sequence[_T], index: int, kind: str) -> _T:
+    if not 0 <= index < len(servers):
+        raise InfraError(f"no {kind} {index}: this infra has {len(servers)} (0 to {len(servers) - 1})")
+    return servers[index]
+
+
+def _each(action: Callable[[_T], object], servers: Iterable[_T]) -> None:
+    """Run ``action`` on every server at once (threads: each mostly waits on a process); the
+    first failure is raised after all have finished."""
+    servers = list(servers)
+    if len(servers) <= 1:
+        for server in servers:
+            action(server)
+        return
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        futures = [pool.submit(action, server) for server in servers]
+    for future in futures:
+        future.result()
+
+
+def _stop_kafka(nodes: Sequence[KafkaBroker], progress: Progress, *, force: bool = False) -> None:
+    """Stop the nodes together: one at a time, the last ones would lose their quorum and wait
+    out the controlled-shutdown timeout."""
+    _each(lambda node: node.stop(progress, force=force), nodes)
 
 
 def docker_engine_available(timeout: float = 5.0) -> bool:

@@ -49,6 +49,7 @@ with warnings.catch_warnings():
 
 from shared.infra._common import (
     LOOPBACK,
+    PG_PORT_ENV,
     InfraError,
     Progress,
     ensure_port_free,
@@ -58,7 +59,6 @@ from shared.infra._common import (
     tail,
 )
 
-PG_PORT_ENV = "PROVISION_PG_PORT"
 SUPERUSER = "postgres"
 DATABASE = "postgres"
 

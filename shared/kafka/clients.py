@@ -147,14 +147,20 @@ def ensure_topics(
     *,
     partitions: int,
     replication: int,
+    min_insync_replicas: int | None = None,
     timeout: float = 30.0,
 ) -> dict[str, str]:
-    """Create missing topics; returns topic -> "created" | "exists". Idempotent."""
+    """Create missing topics; returns topic -> "created" | "exists". Idempotent.
+
+    ``min_insync_replicas`` sets the topic's ``min.insync.replicas`` (None: the broker's
+    default); an existing topic is left as it is.
+    """
     config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": client_logger()}
     admin = AdminClient(config)
     existing = set(admin.list_topics(timeout=timeout).topics)
+    topic_config = {} if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
     wanted = [
-        NewTopic(t, num_partitions=partitions, replication_factor=replication)
+        NewTopic(t, num_partitions=partitions, replication_factor=replication, config=topic_config)
         for t in topics
         if t not in existing
     ]
