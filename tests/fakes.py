@@ -154,6 +154,19 @@ class FakeStepStore:
         self._initialize(project_id, REVERSE_STEPS[0].position, REVERSE_STEP_NAMES)
         return Registration.NEW, self._copied(record)
 
+    def mark_ready(self, project_id: str) -> datetime:
+        """``ready_at`` set once; LookupError for an unknown project."""
+        self._check()
+        self.calls.append(("mark_ready", project_id))
+        record = self.projects.get(project_id)
+        if record is None:
+            raise LookupError(f"project {project_id!r} not found")
+        if record.ready_at is None:
+            record = replace(record, ready_at=self.clock())
+            self.projects[project_id] = record
+        assert record.ready_at is not None
+        return record.ready_at
+
     def mark_deleted(self, project_id: str) -> datetime:
         """The tombstone, set once, and every provisioning step still ``pending`` or ``running``
         cancelled; LookupError when no deprovisioning is recorded."""
@@ -681,7 +694,8 @@ class FakeLedger:
 
     In production the ledger is the step repository itself; given the fake ``store``, the
     tombstone is the store's (``mark_deleted`` there: refused without a deprovisioning, and the
-    provisioning steps left over cancelled).
+    provisioning steps left over cancelled), and so is ``ready_at`` of a project the store
+    knows (a handler test may mark a project the store never heard of: kept here only).
     """
 
     def __init__(
@@ -695,6 +709,8 @@ class FakeLedger:
 
     def mark_ready(self, project_id: str) -> datetime:
         self.calls.append(("mark_ready", project_id))
+        if self.store is not None and project_id in self.store.projects:
+            self.ready.setdefault(project_id, self.store.mark_ready(project_id))
         return self.ready.setdefault(project_id, self.clock())
 
     def mark_deleted(self, project_id: str) -> datetime:
@@ -936,9 +952,9 @@ def make_deprovisioning_requested(
 
 
 def make_reverse_retry(
-    step_key: str, requested: DeprovisioningRequested, *, not_before: datetime, attempt: int = 1
+    step_key: str, requested: ReverseInput, *, not_before: datetime, attempt: int = 1
 ) -> ReverseRetryScheduled:
-    """A retry of reverse step ``step_key`` wrapping ``requested``, due at ``not_before``."""
+    """A retry of reverse step ``step_key`` wrapping its input ``requested``, due at ``not_before``."""
     model = retry_event_for(step_key)
     assert issubclass(model, ReverseRetryScheduled), step_key
     return model(
@@ -949,7 +965,7 @@ def make_reverse_retry(
         correlation_id=requested.correlation_id,
         causation_id=requested.event_id,
         attempt=attempt,
-        input=requested,
+        input=requested,  # type: ignore[arg-type]  # a ReverseCompleted is one of the input models
         not_before=not_before,
     )
 
