@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from services.bootstrap import App
+from shared.clusters import ClusterMap
 from shared.db.repository import ALLOWED_TRANSITIONS, Registration
 from shared.errors import InvalidTransitionError
 from shared.settings import Settings
-from shared.steps import STEP_KEYS, STEP_NAMES, StepStatus
+from shared.steps import REVERSE_STEPS, STEP_NAMES, STEPS, StepStatus
 from tests.fakes import Fakes, FakeStepStore, make_payload
 
 S = StepStatus
@@ -104,19 +105,25 @@ def test_register_request_adopts_bare_project() -> None:
     assert record.request is not None
 
 
-def test_fake_specs_mirror_bootstrap(tmp_path: Path) -> None:
-    """The fake wiring matches App.specs: order, steps, failure types, skip rules, extras."""
+@pytest.mark.parametrize("chain", ["provisioning", "deprovisioning"])
+def test_fake_specs_mirror_bootstrap(tmp_path: Path, chain: str) -> None:
+    """The fake wiring of either chain matches App's: order, steps, failure types, skip rules, extras."""
     settings = Settings(state_dir=tmp_path, secret_key="m1d2Yk1sS3dVQ0hZbVh3b2pGb2xIVzBvWjZtM0lqZ0E=")
     url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # never connected to: specs are lazy
-    real = App(
+    app = App(
         settings=settings,
         bootstrap_servers="127.0.0.1:1",
         database_url=url,
         tenant_database_url=url,
-    ).specs
-    fake = Fakes().specs
-    assert list(real) == list(fake) == list(STEP_KEYS)
-    for key in STEP_KEYS:
+        cluster_map=ClusterMap.single(url, 1000),
+    )
+    fakes = Fakes()
+    real, fake = (
+        (app.specs, fakes.specs) if chain == "provisioning" else (app.reverse_specs, fakes.reverse_specs)
+    )
+    keys = [s.key for s in (STEPS if chain == "provisioning" else REVERSE_STEPS)]
+    assert list(real) == list(fake) == keys
+    for key in keys:
         r, f = real[key], fake[key]
         assert (r.step, r.failure_type, r.admits_new_projects, r.skip_service) == (
             f.step,
