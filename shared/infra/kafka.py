@@ -105,7 +105,13 @@ def wait_until_ready(
             continue
         if admin is None:
             admin = AdminClient(
-                {"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 2000},
+                {
+                    "bootstrap.servers": bootstrap_servers,
+                    "socket.timeout.ms": 2000,
+                    # The listener accepts connections before the broker serves requests; the
+                    # default back-off (growing to 10 s) would notice a ready broker seconds late.
+                    "reconnect.backoff.max.ms": 500,
+                },
                 logger=_probe_logger(),
             )
         try:
@@ -174,8 +180,9 @@ class KafkaBroker:
 
     @property
     def name(self) -> str:
-        """How progress lines name this node: ``kafka``, or ``kafka node N`` in a quorum."""
-        return "kafka" if self.quorum is None else f"kafka node {self.node_id}"
+        """How progress lines name this node: ``kafka``, or ``kafka-<index>`` in a quorum (node
+        id ``index + 1``)."""
+        return "kafka" if self.quorum is None else f"kafka-{self.node_id - 1}"
 
     # -- inspection ---------------------------------------------------------------------------
 

@@ -115,7 +115,9 @@ class LocalInfra:
             ]
         password_file = self.state_dir / "postgres.password"
         clusters = [
-            LocalPostgres(self.state_dir / ("postgres" if i == 0 else f"postgres-{i}"), port, password_file)
+            LocalPostgres(
+                self.state_dir / _label("postgres", i), port, password_file, name=_label("postgres", i)
+            )
             for i, port in enumerate(ports.postgres)
         ]
         return nodes, clusters
@@ -165,10 +167,23 @@ class LocalInfra:
             write_clusters_file(self.state_dir, self.topology)
             if self.topology.replicated:
                 private_dir(self.state_dir / "kafka3")
-            launched = [node for node in self.kafka_nodes if node.launch(progress)]
+            launched = self._launch_kafka(progress)
             _each(lambda cluster: cluster.start(progress), self.postgres_clusters)
             _each(lambda node: node.wait_ready(progress), launched)
         return self.env()
+
+    def _launch_kafka(self, progress: Progress) -> list[KafkaBroker]:
+        """Launch every stopped node at once (formatting a node's storage is a JVM start of its
+        own); the nodes launched, to wait for."""
+        self.kafka.ensure_libs(progress)  # once, before the nodes that share the jars race for them
+        launched: list[KafkaBroker] = []
+
+        def launch(node: KafkaBroker) -> None:
+            if node.launch(progress):
+                launched.append(node)
+
+        _each(launch, self.kafka_nodes)
+        return launched
 
     def _refuse_other_running_topology(self) -> None:
         if self.recorded is None or self.recorded.same_nodes(self.topology):
@@ -195,8 +210,10 @@ class LocalInfra:
         """Stop every server cleanly; data is kept. Not running is not an error."""
         kafka, postgres = self._every_server()
         with state_lock(self.state_dir):
-            _stop_kafka(kafka, progress)
-            _each(lambda cluster: cluster.stop(progress), postgres)
+            # All at once: a quorum's nodes must leave together (see _stop_kafka), and PostgreSQL
+            # need not wait for them.
+            servers: list[KafkaBroker | LocalPostgres] = [*kafka, *postgres]
+            _each(lambda server: server.stop(progress), servers)
 
     def status(self) -> dict[str, str]:
         """``running pid N on HOST:PORT`` or ``stopped`` for each server: ``kafka`` and
@@ -248,8 +265,7 @@ class LocalInfra:
     def start_kafka(self, progress: Progress = quiet) -> None:
         """Start only the broker(s) (e.g. after :meth:`stop_kafka` in a fault test)."""
         with state_lock(self.state_dir):
-            launched = [node for node in self.kafka_nodes if node.launch(progress)]
-            _each(lambda node: node.wait_ready(progress), launched)
+            _each(lambda node: node.wait_ready(progress), self._launch_kafka(progress))
 
     def stop_kafka(self, progress: Progress = quiet, *, force: bool = False) -> None:
         """Stop only the broker(s); ``force`` kills them with SIGKILL, like a crash."""

@@ -101,8 +101,12 @@ class _Postmaster:
 class LocalPostgres:
     """Initialise, start, stop and inspect one PostgreSQL cluster under ``home``."""
 
-    def __init__(self, home: Path, port: int, password_file: Path | None = None) -> None:
+    def __init__(
+        self, home: Path, port: int, password_file: Path | None = None, *, name: str = "postgres"
+    ) -> None:
         self.home = home
+        self.name = name
+        """How progress lines and errors call this cluster (``postgres-1`` for a second one)."""
         self.port = port
         self.pgdata = home / "data"
         self.log_file = home / "postgres.log"
@@ -205,10 +209,10 @@ class LocalPostgres:
         if postmaster is not None:
             if postmaster.port not in (None, self.port):
                 raise InfraError(
-                    f"postgres is already running on {LOOPBACK}:{postmaster.port}, not port "
+                    f"{self.name} is already running on {LOOPBACK}:{postmaster.port}, not port "
                     f"{self.port}; run `down` first to change {PG_PORT_ENV}"
                 )
-            progress(f"postgres already running on {LOOPBACK}:{self.port}")
+            progress(f"{self.name} already running on {LOOPBACK}:{self.port}")
             self.secure_home()
             self._require_passwords(progress)
             return
@@ -216,7 +220,7 @@ class LocalPostgres:
         if stale.exists():
             # A lock file naming a dead (or recycled) pid would make postgres refuse to start.
             stale.unlink()
-            progress("postgres: removed a stale postmaster.pid (the server it named is gone)")
+            progress(f"{self.name}: removed a stale postmaster.pid (the server it named is gone)")
 
         ensure_port_free(self.port, PG_PORT_ENV)
         server = self._ensure_initialised(progress)
@@ -229,12 +233,12 @@ class LocalPostgres:
         )
         if code != 0:
             raise InfraError(
-                f"postgres did not start ({_one_line(output)}); log {self.log_file}: {tail(self.log_file)}"
+                f"{self.name} did not start ({_one_line(output)}); log {self.log_file}: {tail(self.log_file)}"
             )
         self._wait_accepting(started_at + timeout)
         self._require_passwords(progress)
         progress(
-            f"postgres started on {LOOPBACK}:{self.port} in "
+            f"{self.name} started on {LOOPBACK}:{self.port} in "
             f"{time.monotonic() - started_at:.1f} s (pid {self.running_pid()})"
         )
 
@@ -250,7 +254,7 @@ class LocalPostgres:
             raise InfraError(f"postgres would run as {server.system_user}, not {self.server_user()}")
         if (self.pgdata / "PG_VERSION").is_file():
             return server
-        progress(f"postgres: initialising a new cluster in {self.pgdata}")
+        progress(f"{self.name}: initialising a new cluster in {self.pgdata}")
         self._initdb(server, password)
         hba = self.pgdata / "pg_hba.conf"
         hba.write_text(_PG_HBA)
@@ -300,7 +304,7 @@ class LocalPostgres:
         hba = self.pgdata / "pg_hba.conf"
         if hba.read_text() == _PG_HBA:
             return
-        progress("postgres: requiring passwords for every role, the superuser included")
+        progress(f"{self.name}: requiring passwords for every role, the superuser included")
         trusting = f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{DATABASE}"
         try:
             with psycopg.connect(trusting, connect_timeout=10, autocommit=True) as conn:
@@ -355,7 +359,7 @@ class LocalPostgres:
                 return
             if time.monotonic() >= deadline:
                 raise InfraError(
-                    f"postgres on {LOOPBACK}:{self.port} does not accept connections "
+                    f"{self.name} on {LOOPBACK}:{self.port} does not accept connections "
                     f"({last_error}); log {self.log_file}: {tail(self.log_file)}"
                 )
             time.sleep(0.2)
@@ -370,7 +374,7 @@ class LocalPostgres:
         """
         postmaster = self._postmaster()
         if postmaster is None:
-            progress("postgres is not running")
+            progress(f"{self.name} is not running")
             return
         stopped_at = time.monotonic()
         mode = "immediate" if force else "fast"
@@ -380,17 +384,17 @@ class LocalPostgres:
             timeout=timeout + 10,
         )
         if code != 0 and self._postmaster() is not None:
-            progress(f"pg_ctl stop failed ({_one_line(output)}); killing postgres")
+            progress(f"pg_ctl stop failed ({_one_line(output)}); killing {self.name}")
             _kill(postmaster.pid)
         progress(
-            f"postgres {'killed' if force else 'stopped'} (pid {postmaster.pid}) in "
+            f"{self.name} {'killed' if force else 'stopped'} (pid {postmaster.pid}) in "
             f"{time.monotonic() - stopped_at:.1f} s"
         )
 
     def wipe(self) -> None:
         """Delete the cluster and its log."""
         if self._postmaster() is not None:
-            raise InfraError("postgres is running; stop it before wiping its data")
+            raise InfraError(f"{self.name} is running; stop it before wiping its data")
         shutil.rmtree(self.pgdata, ignore_errors=True)
         self.log_file.unlink(missing_ok=True)
 
