@@ -14,7 +14,7 @@ import psycopg
 from services.bootstrap import App
 from shared.db import libpq_url
 from shared.naming import TenantNames
-from shared.steps import FINAL_REVERSE_STEP, STEPS, Stage
+from shared.steps import FINAL_REVERSE_STEP, STEP_KEYS, STEPS, Stage
 from tests.support import WorkerGroup, stages, wait_for
 
 
@@ -111,9 +111,7 @@ def worker_held(group: WorkerGroup, step: str) -> Iterator[Callable[..., None]]:
             proc.wait(30)
 
     def start(**env: str) -> None:
-        started = group.logs(step).count(_ASSIGNED)
-        group.start([step], **env)
-        wait_ready(group, step, started)
+        start_ready(group, [step], **env)
 
     stop()
     try:
@@ -126,34 +124,47 @@ def worker_held(group: WorkerGroup, step: str) -> Iterator[Callable[..., None]]:
 _ASSIGNED = '"event": "partitions_assigned"'
 
 
-def wait_ready(group: WorkerGroup, step: str, assigned_before: int = 0) -> None:
-    """Wait until the ``step`` worker's two consumers (its step and its reverse step) have
-    their partitions: a worker stopped before that dies of the signal instead of stopping."""
-    wait_for(
-        lambda: group.logs(step).count(_ASSIGNED) >= assigned_before + 2,
-        timeout=60,
-        message=lambda: f"{step} worker never got its partitions; log tail: {group.logs(step)[-800:]}",
-    )
+def start_ready(group: WorkerGroup, steps: Iterable[str] = STEP_KEYS, **env: str) -> None:
+    """Start the workers of ``steps`` and wait until each one's two consumers (its step and its
+    reverse step) have their partitions: a worker stopped before that dies of the signal."""
+    steps = list(steps)
+    before = {step: group.logs(step).count(_ASSIGNED) for step in steps}
+    group.start(steps, **env)
+
+    def laggards() -> list[str]:
+        return [step for step in steps if group.logs(step).count(_ASSIGNED) < before[step] + 2]
+
+    wait_for(lambda: not laggards(), timeout=90, message=lambda: f"workers without partitions: {laggards()}")
 
 
 @dataclass
 class LifecycleTable:
-    """One line per scenario: how many projects, how many ended deleted, what was left, what acted
-    after the tombstone; printed at the end of the module."""
+    """One line per scenario: how many projects, how many ended DELETED and CANCELLED, how many
+    tenant objects were left, how many step rows acted late; printed at the end of the module."""
 
-    rows: list[tuple[str, int, int, int, int]] = field(default_factory=list)
+    rows: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
 
     def record(self, app: App, scenario: str, project_ids: Sequence[str]) -> tuple[Leftovers, list[LateAct]]:
         """Measure ``project_ids`` (all meant to be deprovisioned) and add their line."""
         left = leftovers(app, project_ids)
         late = acted_after_deletion(app, project_ids)
-        ended = sum(1 for s in stages(app, project_ids).values() if s in (Stage.DELETED, Stage.CANCELLED))
-        self.rows.append((scenario, len(project_ids), ended, left.total, len(late)))
+        ended = list(stages(app, project_ids).values())
+        self.rows.append(
+            (
+                scenario,
+                len(project_ids),
+                ended.count(Stage.DELETED),
+                ended.count(Stage.CANCELLED),
+                left.total,
+                len(late),
+            )
+        )
         return left, late
 
     def lines(self) -> Iterable[str]:
-        header = ("scenario", "projects", "deleted", "anything left", "acted after DELETED")
+        header = ("scenario", "projects", "DELETED", "CANCELLED", "anything left", "acted after DELETED")
         width = max([len(header[0]), *(len(r[0]) for r in self.rows)])
-        yield f"{header[0]:<{width}}  {header[1]:>8}  {header[2]:>7}  {header[3]:>13}  {header[4]:>19}"
-        for name, projects, deleted, left, late in self.rows:
-            yield f"{name:<{width}}  {projects:>8}  {deleted:>7}  {left:>13}  {late:>19}"
+        cells = [f"{{:>{len(h)}}}" for h in header[1:]]
+        yield "  ".join([f"{header[0]:<{width}}", *header[1:]])
+        for name, *counts in self.rows:
+            yield "  ".join([f"{name:<{width}}", *(c.format(n) for c, n in zip(cells, counts, strict=True))])

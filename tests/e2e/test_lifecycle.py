@@ -14,7 +14,7 @@ from services.bootstrap import App
 from shared.kafka import CRASH_POINTS
 from shared.steps import REVERSE_STEP_NAMES, REVERSE_STEPS, STEP_KEYS, STEPS, Stage, StepStatus, step_by_key
 from tests.e2e.faults import assert_each_side_effect_once
-from tests.e2e.lifecycle_tools import LifecycleTable, leftovers, tombstones, wait_ready, worker_held
+from tests.e2e.lifecycle_tools import LifecycleTable, leftovers, start_ready, tombstones, worker_held
 from tests.support import WorkerGroup, env_of, stages, unique_project, wait_for, wait_until_stage
 from tests.support import test_settings as settings_for_tests
 
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 LEASE_S = 5.0
 SLOW_S = 2.5
 ENDED = (Stage.DELETED, Stage.CANCELLED)
+_shared: list[WorkerGroup] = []  # the module's shared worker group, while it runs
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,13 @@ def table(request: pytest.FixtureRequest) -> Iterator[LifecycleTable]:
     summary = LifecycleTable()
     yield summary
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None and summary.rows:
-        reporter.write_sep("-", "lifecycle: what deprovisioning left behind")
-        for line in summary.lines():
-            reporter.write_line(line)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if reporter is not None and capture is not None and summary.rows:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line("")
+            reporter.write_sep("-", "lifecycle: what deprovisioning left behind")
+            for line in summary.lines():
+                reporter.write_line(line)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +52,10 @@ def shared_workers(
         settings_for_tests(env_of(app), state_dir, lease_seconds=LEASE_S),
         tmp_path_factory.mktemp("lifecycle"),
     )
-    group.start()
-    for step in STEP_KEYS:
-        wait_ready(group, step)
+    start_ready(group)
+    _shared.append(group)
     yield group
+    _shared.remove(group)
     codes = group.stop()
     assert all(code == 0 for code in codes.values()), f"workers did not stop cleanly: {codes}"
 
@@ -70,6 +74,51 @@ def _assert_nothing_left(app: App, table: LifecycleTable, scenario: str, ids: li
     assert left.total == 0, f"left of the tenants: {left}"
     assert late == [], f"acted after the fence or the tombstone: {late}"
     assert all(tombstones(app, ids).values()), "every project has its tombstone"
+
+
+@pytest.fixture
+def own_workers(workers: WorkerGroup) -> Iterator[WorkerGroup]:
+    """The test's own workers (with switches), the module's shared ones stopped meanwhile: they
+    would share the consumer groups and the static member ids."""
+    paused = [group for group in _shared if group.procs]
+    for group in paused:
+        group.stop()
+    yield workers
+    workers.stop()
+    for group in paused:
+        start_ready(group)
+
+
+# First: they need the shared workers stopped, which are not started yet.
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_9_of_every_reverse_worker_leaves_nothing(
+    app: App, own_workers: WorkerGroup, tmp_path: Path, table: LifecycleTable, point: str
+) -> None:
+    """Each of the seven workers SIGKILLed once at `point` of its reverse step: after restart
+    every project is DELETED and nothing of any tenant is left."""
+    markers = tmp_path / "crashed"
+    markers.mkdir()
+    for service in STEP_KEYS:
+        reverse_key = f"deprovision-{service}"
+        own_workers.start(
+            [service],
+            PROVISION_CRASH_AT=f"{reverse_key}:{point}",
+            PROVISION_CRASH_MARKER=str(markers / service),
+        )
+    ids = [unique_project("rcrash") for _ in range(3)]
+    for pid in ids:
+        _request(app, pid)
+    wait_until_stage(app, ids, timeout=120)
+    assert not own_workers.dead(), "no worker crashed while provisioning"
+    for pid in ids:
+        request_deprovisioning(pid, reason="crash test", app=app)
+
+    def restart_crashed() -> None:
+        own_workers.restart_dead()
+
+    wait_until_stage(app, ids, Stage.DELETED, timeout=240, while_waiting=restart_crashed)
+    assert sorted(p.name for p in markers.iterdir()) == sorted(STEP_KEYS), "every worker crashed once"
+    _assert_nothing_left(app, table, f"kill -9 at {point}", ids)
 
 
 def test_provision_then_deprovision_leaves_nothing_of_the_tenant(
@@ -111,37 +160,6 @@ def test_deprovisioning_twice_is_one_deprovisioning(
     record = app.repository.project(pid)
     assert record is not None and record.deprovision_reason == "first"
     _assert_nothing_left(app, table, "deprovision twice", [pid])
-
-
-@pytest.mark.parametrize("point", CRASH_POINTS)
-def test_kill_9_of_every_reverse_worker_leaves_nothing(
-    app: App, workers: WorkerGroup, tmp_path: Path, table: LifecycleTable, point: str
-) -> None:
-    """Each of the seven workers SIGKILLed once at `point` of its reverse step: after restart
-    every project is DELETED and nothing of any tenant is left."""
-    markers = tmp_path / "crashed"
-    markers.mkdir()
-    for service in STEP_KEYS:
-        reverse_key = f"deprovision-{service}"
-        workers.start(
-            [service],
-            PROVISION_CRASH_AT=f"{reverse_key}:{point}",
-            PROVISION_CRASH_MARKER=str(markers / service),
-        )
-    ids = [unique_project("rcrash") for _ in range(3)]
-    for pid in ids:
-        _request(app, pid)
-    wait_until_stage(app, ids, timeout=120)
-    assert not workers.dead(), "no worker crashed while provisioning"
-    for pid in ids:
-        request_deprovisioning(pid, reason="crash test", app=app)
-
-    def restart_crashed() -> None:
-        workers.restart_dead()
-
-    wait_until_stage(app, ids, Stage.DELETED, timeout=240, while_waiting=restart_crashed)
-    assert sorted(p.name for p in markers.iterdir()) == sorted(STEP_KEYS), "every worker crashed once"
-    _assert_nothing_left(app, table, f"kill -9 at {point}", ids)
 
 
 @pytest.mark.parametrize("step", STEP_KEYS)
