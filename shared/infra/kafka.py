@@ -426,14 +426,23 @@ class KafkaBroker:
             settings["min.insync.replicas"] = min_isr
         self.properties.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
 
+    def cluster_id(self) -> str:
+        """The KRaft cluster id, generated on first use; every node of a quorum shares the file,
+        and the first to create it wins, so nodes formatted at once agree."""
+        if not self.cluster_id_file.is_file():
+            # Written aside and linked into place: the file never exists half-written, and a
+            # link fails if another node's id got there first.
+            draft = self.cluster_id_file.with_name(f".cluster.id.{os.getpid()}.{uuid.uuid4().hex}")
+            draft.write_text(f"{new_cluster_id()}\n")
+            with suppress(FileExistsError):
+                os.link(draft, self.cluster_id_file)
+            draft.unlink()
+        return self.cluster_id_file.read_text().strip()
+
     def _ensure_formatted(self, java: str, progress: Progress) -> None:
         if (self.data / "meta.properties").is_file():
             return
-        if self.cluster_id_file.is_file():
-            cluster_id = self.cluster_id_file.read_text().strip()
-        else:
-            cluster_id = new_cluster_id()
-            self.cluster_id_file.write_text(f"{cluster_id}\n")
+        cluster_id = self.cluster_id()
         progress(f"{self.name}: formatting storage in {self.data} (cluster id {cluster_id})")
         result = subprocess.run(
             [

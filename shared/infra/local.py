@@ -175,7 +175,10 @@ class LocalInfra:
     def _launch_kafka(self, progress: Progress) -> list[KafkaBroker]:
         """Launch every stopped node at once (formatting a node's storage is a JVM start of its
         own); the nodes launched, to wait for."""
-        self.kafka.ensure_libs(progress)  # once, before the nodes that share the jars race for them
+        # Once, before the nodes that share them race for them.
+        self.kafka.ensure_libs(progress)
+        if self.topology.replicated:
+            self.kafka.cluster_id()
         launched: list[KafkaBroker] = []
 
         def launch(node: KafkaBroker) -> None:

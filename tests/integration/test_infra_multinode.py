@@ -1,0 +1,158 @@
+"""Local multi-node mode for real: two PostgreSQL clusters and a three-node KRaft cluster, in their own
+state directory and ports (clear of the session's servers), started here and stopped at the end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from shared.infra import InfraEnv, LocalInfra
+from shared.kafka import ensure_topics
+from shared.kafka.clients import producer_config
+from tests.conftest import TEST_CONTROLLER_PORT, TEST_KAFKA_PORT, TEST_PG_PORT, TEST_STATE_DIR
+
+pytestmark = pytest.mark.multinode
+
+# Ten above the session's base ports: node j is on +100 j, cluster i on +i, so none collide.
+OFFSET = 10
+
+
+@pytest.fixture(scope="module")
+def multinode() -> Iterator[tuple[LocalInfra, InfraEnv]]:
+    """clusters=2, brokers=3 on fresh data; everything stopped afterwards, even after a failure."""
+    infra = LocalInfra(
+        TEST_STATE_DIR / "multinode",
+        kafka_port=TEST_KAFKA_PORT + OFFSET,
+        controller_port=TEST_CONTROLLER_PORT + OFFSET,
+        pg_port=TEST_PG_PORT + OFFSET,
+        clusters=2,
+        brokers=3,
+    )
+    try:
+        # A run killed mid-way leaves servers behind: stop them, then start from empty data.
+        infra.down()
+        infra.wipe_data()
+        env = infra.up()
+        yield infra, env
+    finally:
+        infra.down()
+    assert set(infra.status().values()) == {"stopped"}
+
+
+def test_multinode_env_names_every_server(multinode: tuple[LocalInfra, InfraEnv]) -> None:
+    """Every node and cluster runs, and the env lists three brokers, two cluster URLs and replication 3/2."""
+    infra, env = multinode
+    states = infra.status()
+    assert list(states) == ["kafka", "kafka-1", "kafka-2", "postgres", "postgres-1"]
+    assert all(state.startswith("running pid ") for state in states.values()), states
+    variables = env.as_env()
+    assert len(variables["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == 3
+    assert variables["TENANT_CLUSTER_1_URL"] == variables["DATABASE_URL"]
+    assert variables["TENANT_CLUSTER_2_URL"] != variables["DATABASE_URL"]
+    assert (variables["PROVISION_TOPIC_REPLICATION"], variables["PROVISION_TOPIC_MIN_INSYNC_REPLICAS"]) == (
+        "3",
+        "2",
+    )
+    assert infra.clusters_file.is_file()
+
+
+def test_both_postgres_clusters_accept_connections(multinode: tuple[LocalInfra, InfraEnv]) -> None:
+    """Each cluster's URL reaches its own server (distinct data directories), and cluster 1 stopped and
+    started again accepts connections again."""
+    infra, env = multinode
+    data_dirs = {_data_directory(url) for url in env.tenant_cluster_urls}
+    assert len(data_dirs) == 2
+    infra.stop_postgres_cluster(1)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(env.tenant_cluster_urls[1], connect_timeout=3)
+    assert _data_directory(env.tenant_cluster_urls[0]) in data_dirs  # cluster 0 is unaffected
+    infra.start_postgres_cluster(1)
+    assert _data_directory(env.tenant_cluster_urls[1]) in data_dirs
+
+
+def test_acks_all_survives_kill_9_of_the_partition_leader(multinode: tuple[LocalInfra, InfraEnv]) -> None:
+    """On a topic with replication 3 and min ISR 2, after kill -9 of the partition leader's node an
+    acks=all produce still succeeds, a consumer reads every record, and the node rejoins when started."""
+    infra, env = multinode
+    topic = f"multinode-{uuid.uuid4().hex[:12]}"
+    ensure_topics(env.bootstrap_servers, [topic], partitions=1, replication=3, min_insync_replicas=2)
+    admin = AdminClient({"bootstrap.servers": env.bootstrap_servers})
+    partition = admin.list_topics(topic, timeout=10).topics[topic].partitions[0]
+    assert sorted(partition.replicas) == [1, 2, 3]
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout=10)
+    assert configs["min.insync.replicas"].value == "2"
+
+    before = [f"before-{i}".encode() for i in range(20)]
+    _produce(env.bootstrap_servers, topic, before)
+
+    leader_index = partition.leader - 1  # node id j + 1 is node index j
+    infra.kill_kafka_node(leader_index)
+    assert infra.status()[_status_key(leader_index)] == "stopped"
+
+    after = [f"after-{i}".encode() for i in range(20)]
+    _produce(env.bootstrap_servers, topic, after)
+    assert _consume(env.bootstrap_servers, topic, len(before) + len(after)) == before + after
+
+    infra.start_kafka_node(leader_index)
+    assert infra.status()[_status_key(leader_index)].startswith("running pid ")
+
+
+def _status_key(index: int) -> str:
+    return "kafka" if index == 0 else f"kafka-{index}"
+
+
+def _data_directory(url: str) -> str:
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        row = conn.execute("show data_directory").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _produce(bootstrap_servers: str, topic: str, values: list[bytes]) -> None:
+    """Produce with the product's settings (idempotent, acks=all); every record must be acknowledged."""
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            failures.append(err.str())
+
+    config = producer_config(bootstrap_servers, **{"message.timeout.ms": 60000})
+    config.pop("logger")
+    producer = Producer(config)
+    for value in values:
+        producer.produce(topic, key=b"k", value=value, on_delivery=on_delivery)
+    assert producer.flush(90) == 0, "records not delivered within 90 s"
+    assert failures == []
+
+
+def _consume(bootstrap_servers: str, topic: str, count: int, timeout: float = 60.0) -> list[bytes]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"multinode-{uuid.uuid4().hex[:12]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    values: list[bytes] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        while len(values) < count and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            assert message.error() is None, message.error()
+            value = message.value()
+            assert value is not None
+            values.append(value)
+    finally:
+        consumer.close()
+    return values
