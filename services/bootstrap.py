@@ -15,14 +15,13 @@ import httpx
 from confluent_kafka import Consumer
 from sqlalchemy import Engine
 
-from services.database.adapters import PostgresTenantCluster, SqlCredentialStore
+from services.database.adapters import SqlCredentialStore
 from services.keys.adapters import SqlKeyStore
+from services.placement import PlacedClusters
 from services.ports import ServiceRegistry
 from services.registration.adapters import CatalogRegistry, HttpRegistry
-from services.schema.adapters import PostgresTenantSchemas
 from services.specs import build_reverse_specs, build_specs
 from services.tenant_cluster import ClusterAddress, ClusterDirectory
-from services.verify.adapters import PostgresTenantProbe
 from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
 from shared.crypto import SecretBox
 from shared.db import StepRepository, make_engine
@@ -77,13 +76,21 @@ class App:
     bootstrap_servers: str
     database_url: str
     tenant_database_url: str
-    cluster_map: ClusterMap = field(default_factory=lambda: ClusterMap.single("", 1))
-    """The tenant clusters (built by :func:`build_app`; the one-cluster shorthand otherwise)."""
+    cluster_map: ClusterMap | None = None
+    """The tenant clusters (read by :func:`build_app`); None: the one-cluster shorthand of
+    ``tenant_database_url``."""
     one_shot: bool = False
     """A short-lived process (a command): its producer skips the idempotent producer's
     handshake, half a second per process. A duplicate it could cause on a retried send is
     absorbed like any redelivery; long-lived workers keep idempotence."""
     _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @cached_property
+    def tenant_cluster_map(self) -> ClusterMap:
+        """The tenant cluster map in force."""
+        if self.cluster_map is not None:
+            return self.cluster_map
+        return ClusterMap.single(self.tenant_database_url, self.settings.max_tenants_per_cluster)
 
     @cached_property
     def engine(self) -> Engine:
@@ -93,12 +100,12 @@ class App:
 
     @cached_property
     def repository(self) -> StepRepository:
-        return StepRepository(self.engine, self.cluster_map)
+        return StepRepository(self.engine, self.tenant_cluster_map)
 
     @cached_property
     def clusters(self) -> ClusterDirectory:
         """Every tenant cluster by name, each reached through its own admin pool."""
-        directory = ClusterDirectory(self.cluster_map)
+        directory = ClusterDirectory(self.tenant_cluster_map)
         self._closers.append(directory.close)
         return directory
 
@@ -107,9 +114,14 @@ class App:
         return SecretBox(load_secret_key(self.settings))
 
     @cached_property
+    def placed_clusters(self) -> PlacedClusters:
+        """The tenant clusters as the step handlers reach them, by placement."""
+        return PlacedClusters(self.clusters, self.repository)
+
+    @cached_property
     def cluster_address(self) -> ClusterAddress:
         """The first tenant cluster's address (the only one in the one-cluster shorthand)."""
-        return self.clusters.address(self.cluster_map.clusters[0].name)
+        return self.clusters.address(self.tenant_cluster_map.clusters[0].name)
 
     @cached_property
     def publisher(self) -> Publisher:
@@ -139,26 +151,20 @@ class App:
     @cached_property
     def specs(self) -> dict[str, StepSpec]:
         """Every step's handler bound to its collaborators, by step key."""
-        address = self.cluster_address
         return build_specs(
-            cluster=PostgresTenantCluster(address),
-            schemas=PostgresTenantSchemas(address),
+            clusters=self.placed_clusters,
             credentials=self.credentials,
             registry=self.registry,
             keys_store=self.key_store,
-            probe=PostgresTenantProbe(address),
             ledger=self.repository,
             regions=self.settings.regions,
-            max_tenants=self.settings.max_tenants_per_cluster,
         )
 
     @cached_property
     def reverse_specs(self) -> dict[str, StepSpec]:
         """Every reverse (deprovisioning) step's handler bound to its collaborators, by step key."""
-        address = self.cluster_address
         return build_reverse_specs(
-            cluster=PostgresTenantCluster(address),
-            schemas=PostgresTenantSchemas(address),
+            clusters=self.placed_clusters,
             credentials=self.credentials,
             registry=self.registry,
             keys_store=self.key_store,

@@ -608,7 +608,7 @@ def clusters(
         a = _app(local=local)
         try:
             fills = a.repository.cluster_fill()
-            hosts = {c.name: c for c in a.cluster_map.clusters}
+            hosts = {c.name: c for c in a.tenant_cluster_map.clusters}
         finally:
             a.close()
     rows: list[dict[str, Any]] = [

@@ -19,7 +19,6 @@ from urllib.parse import quote
 import structlog
 
 from services.bootstrap import App, default_app
-from services.database.adapters import PostgresTenantCluster
 from shared.events import DatabaseInfo
 from shared.naming import normalize_project_id
 from shared.steps import STEPS, StepStatus
@@ -104,7 +103,10 @@ def rotate_credentials(project_id: str, *, app: App | None = None) -> str:
         role, password = app.credentials.begin_rotation(project_id)
     except LookupError:
         raise CredentialsError(f"project {project_id!r} has no stored credentials") from None
-    PostgresTenantCluster(app.cluster_address).ensure_role(role, password)
+    placement = app.repository.placement(project_id)
+    if placement is None:
+        raise CredentialsError(f"project {project_id!r} is placed on no tenant cluster")
+    app.placed_clusters.cluster(placement).ensure_role(role, password)
     _crash_point(app, "credentials:after_role_change")
     app.credentials.finish_rotation(project_id)
     log.info("credentials_rotated", project_id=project_id, role=role)

@@ -40,8 +40,6 @@ class TenantCluster(Protocol):
 
     def database_exists(self, name: str) -> bool: ...
 
-    def count_tenant_databases(self) -> int: ...
-
     def ensure_role(self, role: str, password: str) -> None: ...
 
     def ensure_database(self, name: str, owner: str) -> None: ...
@@ -135,6 +133,22 @@ class TenantProbe(Protocol):
     """Logs in as the tenant role, to check what it can really reach."""
 
     def inspect(self, database: str, role: str, password: str, schema: str) -> TenantFacts: ...
+
+
+class TenantClusters(Protocol):
+    """The tenant clusters by name: a step reaches a tenant through the cluster its recorded
+    placement names, never by choosing one again."""
+
+    def cluster(self, name: str) -> TenantCluster: ...
+
+    def schemas(self, name: str) -> TenantSchemas: ...
+
+    def probe(self, name: str) -> TenantProbe: ...
+
+    def fill(self, region: str) -> str:
+        """How full the clusters of ``region`` are, for a QUOTA_EXCEEDED message
+        (``eu-1 500/500, eu-2 300/300``; ``no cluster serves it`` when none does)."""
+        ...
 
 
 class ProjectLedger(Protocol):

@@ -14,9 +14,7 @@ from services.ports import (
     KeyStore,
     ProjectLedger,
     ServiceRegistry,
-    TenantCluster,
-    TenantProbe,
-    TenantSchemas,
+    TenantClusters,
 )
 from services.registration.handler import Service, deregister, register
 from services.schema import handler as schema
@@ -31,15 +29,12 @@ SERVICES: tuple[Service, ...] = ("auth", "realtime", "storage")
 
 def build_specs(
     *,
-    cluster: TenantCluster,
-    schemas: TenantSchemas,
+    clusters: TenantClusters,
     credentials: CredentialStore,
     registry: ServiceRegistry,
     keys_store: KeyStore,
-    probe: TenantProbe,
     ledger: ProjectLedger,
     regions: Collection[str],
-    max_tenants: int,
 ) -> dict[str, StepSpec]:
     """Every step's handler bound to its collaborators, by step key, in chain order."""
     specs = {
@@ -47,17 +42,16 @@ def build_specs(
             step_by_key("database"),
             functools.partial(
                 database.handle,
-                cluster=cluster,
+                clusters=clusters,
                 credentials=credentials,
                 regions=frozenset(regions),
-                max_tenants=max_tenants,
             ),
             failure_type=ErrorType.DATABASE_CREATION_FAILED,
             admits_new_projects=True,
         ),
         "schema": StepSpec(
             step_by_key("schema"),
-            functools.partial(schema.handle, schemas=schemas),
+            functools.partial(schema.handle, clusters=clusters),
             failure_type=ErrorType.SCHEMA_CREATION_FAILED,
         ),
         "keys": StepSpec(
@@ -69,7 +63,7 @@ def build_specs(
             step_by_key("verify"),
             functools.partial(
                 verify.handle,
-                probe=probe,
+                clusters=clusters,
                 credentials=credentials,
                 registry=registry,
                 keys=keys_store,
@@ -91,8 +85,7 @@ def build_specs(
 
 def build_reverse_specs(
     *,
-    cluster: TenantCluster,
-    schemas: TenantSchemas,
+    clusters: TenantClusters,
     credentials: CredentialStore,
     registry: ServiceRegistry,
     keys_store: KeyStore,
@@ -113,12 +106,12 @@ def build_reverse_specs(
         ),
         "deprovision-schema": StepSpec(
             step_by_key("deprovision-schema"),
-            functools.partial(schema.drop, schemas=schemas),
+            functools.partial(schema.drop, clusters=clusters),
             failure_type=ErrorType.SCHEMA_CREATION_FAILED,
         ),
         "deprovision-database": StepSpec(
             step_by_key("deprovision-database"),
-            functools.partial(database.drop, cluster=cluster),
+            functools.partial(database.drop, clusters=clusters),
             failure_type=ErrorType.DATABASE_CREATION_FAILED,
         ),
         "deprovision-verify": StepSpec(

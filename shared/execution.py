@@ -71,6 +71,8 @@ class StepContext:
     by name alone (an orphan ``provision reconcile`` found)."""
     results: StepResults
     attempt: int
+    placement: str | None = None
+    """The tenant cluster the project is placed on (recorded by the database step's claim)."""
 
     @property
     def payload(self) -> ProvisionProjectPayload:
@@ -271,6 +273,7 @@ def run_step(
         request=request,
         results=results,
         attempt=claim.row.attempt,
+        placement=claim.placement,
     )
     try:
         before_work()

@@ -22,10 +22,12 @@ import psycopg
 
 from services.ports import TENANT_PREFIX, Registered, TenantFacts, TenantListingError, require_tenant_names
 from services.specs import build_reverse_specs, build_specs
+from shared.clusters import DEFAULT_CLUSTER, ClusterMap
 from shared.crypto import generate_api_key, generate_password
 from shared.db.repository import (
     ALLOWED_TRANSITIONS,
     Claim,
+    ClusterFill,
     ProjectRecord,
     Registration,
     Snapshot,
@@ -49,6 +51,7 @@ from shared.events import (
 from shared.execution import Completed, Outcome, StepContext, StepSpec, Trigger, run_step
 from shared.settings import DEFAULT_REGIONS
 from shared.steps import (
+    PLACING_STEP,
     REVERSE_STEP_NAMES,
     REVERSE_STEPS,
     STEP_NAMES,
@@ -84,8 +87,11 @@ class FakeClock:
 class FakeStepStore:
     """``StepRepository`` in memory: projects, their steps of both chains and the state machine."""
 
-    def __init__(self, clock: FakeClock | None = None) -> None:
+    def __init__(self, clock: FakeClock | None = None, clusters: ClusterMap | None = None) -> None:
         self.clock = clock or FakeClock()
+        self.clusters = clusters or ClusterMap.single("fake://default", 1000)
+        self.placements: dict[str, str] = {}
+        """The cluster each placed project is on, by project id."""
         self.projects: dict[str, ProjectRecord] = {}
         self.rows: dict[tuple[str, str], StepRow] = {}
         self.calls: list[tuple[Any, ...]] = []
@@ -323,8 +329,38 @@ class FakeStepStore:
                 )
         except InvalidTransitionError:
             return None
+        if step is PLACING_STEP and claimed.status is S.RUNNING and project_id not in self.placements:
+            self._place(project_id, str((project.request or {}).get("region")))
         request = json.loads(json.dumps(project.request or {}))
-        return Claim(claimed, request, [r.result for r in earlier if r.result is not None])
+        return Claim(
+            claimed,
+            request,
+            [r.result for r in earlier if r.result is not None],
+            placement=self.placements.get(project_id),
+        )
+
+    def _place(self, project_id: str, region: str) -> None:
+        """The repository's placement: the least filled cluster of the region with room."""
+        candidates = [
+            (fill.used / fill.capacity, index, fill.name)
+            for index, fill in enumerate(self.cluster_fill(region))
+            if fill.used < fill.capacity
+        ]
+        if candidates:
+            self.placements[project_id] = min(candidates)[2]
+
+    def cluster_fill(self, region: str | None = None) -> list[ClusterFill]:
+        """Every cluster (of ``region``) with its live tenants (placed, not deleted) and capacity."""
+        live = [c for p, c in self.placements.items() if self.projects[p].deleted_at is None]
+        clusters = self.clusters.clusters if region is None else self.clusters.for_region(region)
+        return [ClusterFill(c.name, c.region, live.count(c.name), c.capacity) for c in clusters]
+
+    def placement(self, project_id: str) -> str | None:
+        return self.placements.get(project_id)
+
+    def record_placement(self, project_id: str, cluster: str) -> str:
+        """Place the project on ``cluster`` unless placed already; where it is placed."""
+        return self.placements.setdefault(project_id, cluster)
 
     def record_attempt_failure(
         self,
@@ -464,8 +500,7 @@ class FakeTenantCluster:
     host = "tenants.internal"
     port = 6543
 
-    def __init__(self, *, other_tenants: int = 0) -> None:
-        self.other_tenants = other_tenants  # tenant databases of other projects
+    def __init__(self) -> None:
         self.roles: dict[str, str] = {}
         self.databases: dict[str, str] = {}
         self.calls: list[tuple[Any, ...]] = []
@@ -473,10 +508,6 @@ class FakeTenantCluster:
     def database_exists(self, name: str) -> bool:
         self.calls.append(("database_exists", name))
         return name in self.databases
-
-    def count_tenant_databases(self) -> int:
-        self.calls.append(("count_tenant_databases",))
-        return self.other_tenants + len(self.databases)
 
     def ensure_role(self, role: str, password: str) -> None:
         self.calls.append(("ensure_role", role))  # the password is not recorded
@@ -499,7 +530,7 @@ class FakeTenantCluster:
         self.roles.pop(role, None)
 
     def list_tenant_databases(self) -> frozenset[str]:
-        """The named tenant databases (``other_tenants`` have no names, so are not listed)."""
+        """The tenant databases."""
         self.calls.append(("list_tenant_databases",))
         return frozenset(d for d in self.databases if d.startswith(TENANT_PREFIX))
 
@@ -728,6 +759,41 @@ LEASE_SECONDS = 300.0
 MAX_ATTEMPTS = 3
 
 
+class FakeTenantClusters:
+    """``TenantClusters``: each named cluster's fakes, and the fill the store records."""
+
+    def __init__(self, store: FakeStepStore) -> None:
+        self.store = store
+        self.by_name: dict[str, tuple[FakeTenantCluster, FakeTenantSchemas, FakeTenantProbe]] = {}
+        self.calls: list[tuple[Any, ...]] = []
+
+    def add(
+        self,
+        name: str,
+        cluster: FakeTenantCluster,
+        schemas: FakeTenantSchemas,
+        probe: FakeTenantProbe | None = None,
+    ) -> None:
+        self.by_name[name] = (cluster, schemas, probe or FakeTenantProbe(cluster, schemas))
+
+    def _get(self, name: str) -> tuple[FakeTenantCluster, FakeTenantSchemas, FakeTenantProbe]:
+        self.calls.append(("cluster", name))
+        return self.by_name[name]
+
+    def cluster(self, name: str) -> FakeTenantCluster:
+        return self._get(name)[0]
+
+    def schemas(self, name: str) -> FakeTenantSchemas:
+        return self._get(name)[1]
+
+    def probe(self, name: str) -> FakeTenantProbe:
+        return self._get(name)[2]
+
+    def fill(self, region: str) -> str:
+        fills = self.store.cluster_fill(region)
+        return ", ".join(str(f) for f in fills) if fills else "no cluster serves it"
+
+
 @dataclass
 class Fakes:
     """The step store and every port, on one clock."""
@@ -744,11 +810,24 @@ class Fakes:
     probe: FakeTenantProbe = field(init=False)
     ledger: FakeLedger = field(init=False)
 
+    cluster_map: ClusterMap | None = None
+    """The tenant clusters; None: one, ``default``, of ``max_tenants``, its fakes the fields above."""
+    clusters: FakeTenantClusters = field(init=False)
+
     def __post_init__(self) -> None:
-        self.store = FakeStepStore(self.clock)
+        tenant_map = self.cluster_map or ClusterMap.single("fake://default", self.max_tenants)
+        self.store = FakeStepStore(self.clock, tenant_map)
         self.keys = FakeKeyStore(self.clock)
         self.probe = FakeTenantProbe(self.cluster, self.schemas)
         self.ledger = FakeLedger(self.clock, self.store)
+        self.clusters = FakeTenantClusters(self.store)
+        for index, name in enumerate(tenant_map.names):
+            # The first cluster's fakes are the fields, so single-cluster tests see them directly.
+            first = index == 0
+            if first:
+                self.clusters.add(name, self.cluster, self.schemas, self.probe)
+            else:
+                self.clusters.add(name, FakeTenantCluster(), FakeTenantSchemas())
 
     @property
     def ports(self) -> dict[str, Any]:
@@ -771,23 +850,19 @@ class Fakes:
     def specs(self) -> dict[str, StepSpec]:
         """Every step's spec wired to these fakes, by the function the application uses."""
         return build_specs(
-            cluster=self.cluster,
-            schemas=self.schemas,
+            clusters=self.clusters,
             credentials=self.credentials,
             registry=self.registry,
             keys_store=self.keys,
-            probe=self.probe,
             ledger=self.ledger,
             regions=self.regions,
-            max_tenants=self.max_tenants,
         )
 
     @functools.cached_property
     def reverse_specs(self) -> dict[str, StepSpec]:
         """Every reverse step's spec wired to these fakes, by the function the application uses."""
         return build_reverse_specs(
-            cluster=self.cluster,
-            schemas=self.schemas,
+            clusters=self.clusters,
             credentials=self.credentials,
             registry=self.registry,
             keys_store=self.keys,
@@ -861,15 +936,22 @@ class Fakes:
         return events
 
 
-def context_of(event: StepInputEvent, attempt: int = 1) -> StepContext:
-    """A handler's context as the record would give it, here taken from a (trusted) event."""
-    return StepContext(event.project_id, event.correlation_id, event.request, event.results, attempt)
+def context_of(
+    event: StepInputEvent, attempt: int = 1, placement: str | None = DEFAULT_CLUSTER
+) -> StepContext:
+    """A handler's context as the record would give it, here taken from a (trusted) event,
+    placed on ``placement``."""
+    return StepContext(
+        event.project_id, event.correlation_id, event.request, event.results, attempt, placement
+    )
 
 
-def reverse_context_of(project_id: str, correlation_id: uuid.UUID | None = None) -> StepContext:
+def reverse_context_of(
+    project_id: str, correlation_id: uuid.UUID | None = None, placement: str | None = DEFAULT_CLUSTER
+) -> StepContext:
     """A reverse handler's context: the project and its deprovisioning request (no request
-    needed, none of the results)."""
-    return StepContext(project_id, correlation_id or uuid.uuid4(), None, StepResults(), 1)
+    needed, none of the results), placed on ``placement``."""
+    return StepContext(project_id, correlation_id or uuid.uuid4(), None, StepResults(), 1, placement)
 
 
 def trigger_of(event: StepInputEvent | ReverseInput) -> Trigger:

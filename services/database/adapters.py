@@ -32,11 +32,6 @@ class PostgresTenantCluster:
                 conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
             )
 
-    def count_tenant_databases(self) -> int:
-        with self.address.admin() as conn:
-            row = conn.execute(r"SELECT count(*) FROM pg_database WHERE datname LIKE 'tenant\_%'").fetchone()
-        return int(row[0]) if row else 0
-
     def list_tenant_databases(self) -> frozenset[str]:
         with self.address.admin() as conn:
             rows = conn.execute(

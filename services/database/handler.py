@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from services.ports import CredentialStore, TenantCluster
+from services.ports import CredentialStore, TenantClusters
 from shared.errors import ErrorType, ProvisioningError
 from shared.events import DatabaseInfo, StepResults
 from shared.execution import StepContext, StepOutput
@@ -14,12 +14,12 @@ from shared.naming import TenantNames
 def handle(
     context: StepContext,
     *,
-    cluster: TenantCluster,
+    clusters: TenantClusters,
     credentials: CredentialStore,
     regions: Collection[str],
-    max_tenants: int,
 ) -> StepOutput:
-    """Create (if absent) the tenant role and database; CONNECT is the owner's alone."""
+    """Create (if absent) the tenant role and database on the cluster the claim placed the
+    tenant on; CONNECT is the owner's alone. No placement: no cluster of the region has room."""
     request = context.payload
     if request.database.engine != "postgresql":
         raise ProvisioningError(
@@ -30,11 +30,13 @@ def handle(
         raise ProvisioningError(
             ErrorType.INVALID_REQUEST, f"region {request.region!r} is not one of {', '.join(sorted(regions))}"
         )
-    names = TenantNames.for_project(context.project_id)
-    if not cluster.database_exists(names.database) and cluster.count_tenant_databases() >= max_tenants:
+    if context.placement is None:
         raise ProvisioningError(
-            ErrorType.QUOTA_EXCEEDED, f"the tenant cluster already holds its maximum of {max_tenants} tenants"
+            ErrorType.QUOTA_EXCEEDED,
+            f"no tenant cluster of region {request.region} has room ({clusters.fill(request.region)})",
         )
+    cluster = clusters.cluster(context.placement)
+    names = TenantNames.for_project(context.project_id)
     password = credentials.password_for(context.project_id, names.role)
     cluster.ensure_role(names.role, password)
     cluster.ensure_database(names.database, owner=names.role)
@@ -47,9 +49,10 @@ def handle(
     )
 
 
-def drop(context: StepContext, *, cluster: TenantCluster) -> StepOutput:
-    """drop_tenant_database: end the tenant's sessions, drop its database and its role
-    (either already gone is done)."""
-    names = TenantNames.for_project(context.project_id)
-    cluster.drop_tenant(names.database, names.role)
+def drop(context: StepContext, *, clusters: TenantClusters) -> StepOutput:
+    """drop_tenant_database: end the tenant's sessions, drop its database and its role on the
+    cluster it is placed on (either already gone is done; never placed, nothing to drop)."""
+    if context.placement is not None:
+        names = TenantNames.for_project(context.project_id)
+        clusters.cluster(context.placement).drop_tenant(names.database, names.role)
     return StepOutput()

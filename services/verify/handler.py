@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.ports import CredentialStore, KeyStore, ProjectLedger, ServiceRegistry, TenantProbe
+from services.ports import CredentialStore, KeyStore, ProjectLedger, ServiceRegistry, TenantClusters
+from services.schema.handler import placement_of
 from shared.errors import ErrorType, ProvisioningError
 from shared.events import (
     ProvisionProjectPayload,
@@ -24,7 +25,7 @@ SERVICES = ("auth", "realtime", "storage")
 def handle(
     context: StepContext,
     *,
-    probe: TenantProbe,
+    clusters: TenantClusters,
     credentials: CredentialStore,
     registry: ServiceRegistry,
     keys: KeyStore,
@@ -44,7 +45,7 @@ def handle(
     password = credentials.existing_password(context.project_id)
     if password is None:
         raise ProvisioningError(ErrorType.DATABASE_CREATION_FAILED, "the tenant role has no stored password")
-    facts = probe.inspect(names.database, names.role, password, names.schema)
+    facts = clusters.probe(placement_of(context)).inspect(names.database, names.role, password, names.schema)
     if facts.current_user != names.role:
         raise ProvisioningError(
             ErrorType.INSUFFICIENT_PERMISSIONS, f"logged in as {facts.current_user!r}, not the tenant role"

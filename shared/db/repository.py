@@ -728,16 +728,16 @@ class StepRepository:
         """Every cluster (of ``region``, when given) with its live tenants and capacity."""
         clusters = self.clusters.clusters if region is None else self.clusters.for_region(region)
         with self.engine.connect() as conn:
-            used: dict[str, int] = dict(
-                conn.execute(
-                    text(
-                        "SELECT t.cluster, count(*) FROM tenant_placements AS t "
-                        "JOIN projects AS p ON p.project_id = t.project_id "
-                        "WHERE p.deleted_at IS NULL GROUP BY t.cluster"
-                    )
-                ).tuples()
+            rows = conn.execute(
+                text(
+                    "SELECT t.cluster, count(*) FROM tenant_placements AS t "
+                    "JOIN projects AS p ON p.project_id = t.project_id "
+                    "WHERE p.deleted_at IS NULL GROUP BY t.cluster"
+                )
             )
-        return [ClusterFill(c.name, c.region, int(used.get(c.name, 0)), c.capacity) for c in clusters]
+            # Not dict(rows): a Result has keys() (its columns), so dict() would index it.
+            used = {str(name): int(count) for name, count in rows}
+        return [ClusterFill(c.name, c.region, used.get(c.name, 0), c.capacity) for c in clusters]
 
     @_unavailable_as_error
     def placement(self, project_id: str) -> str | None:

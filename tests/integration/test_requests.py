@@ -462,7 +462,8 @@ def quota_failure(
     full = make_app(infra_env, state_dir, max_tenants_per_cluster=1)  # `provisioned` holds one
     project_id = unique_project("quota")
     try:
-        with pytest.raises(ProvisioningError, match="maximum of 1 tenants") as caught:
+        full_region = r"no tenant cluster of region eu-west-1 has room \(default \d+/1\)"
+        with pytest.raises(ProvisioningError, match=full_region) as caught:
             provision_project_handler(payload(project_id), app=full)
     finally:
         full.close()

@@ -122,8 +122,8 @@ def test_deregister_of_an_unknown_tenant_is_done(fakes: Fakes) -> None:
 def test_drop_schema_removes_the_tenant_schema(fakes: Fakes) -> None:
     """drop_tenant_schema drops the tenant's schema in the tenant's database; absent is done."""
     fakes.schemas.ensure_schema(NAMES.database, NAMES.schema, owner=NAMES.role)
-    schema.drop(reverse_context_of(PROJECT), schemas=fakes.schemas)
-    schema.drop(reverse_context_of(PROJECT), schemas=fakes.schemas)
+    schema.drop(reverse_context_of(PROJECT), clusters=fakes.clusters)
+    schema.drop(reverse_context_of(PROJECT), clusters=fakes.clusters)
     assert fakes.schemas.owner_of(NAMES.database, NAMES.schema) is None
 
 
@@ -131,8 +131,8 @@ def test_drop_database_removes_database_then_role(fakes: Fakes) -> None:
     """drop_tenant_database drops the tenant database and its role; absent is done."""
     fakes.cluster.ensure_role(NAMES.role, "pw")
     fakes.cluster.ensure_database(NAMES.database, NAMES.role)
-    database.drop(reverse_context_of(PROJECT), cluster=fakes.cluster)
-    database.drop(reverse_context_of(PROJECT), cluster=fakes.cluster)
+    database.drop(reverse_context_of(PROJECT), clusters=fakes.clusters)
+    database.drop(reverse_context_of(PROJECT), clusters=fakes.clusters)
     assert (fakes.cluster.databases, fakes.cluster.roles) == ({}, {})
 
 
@@ -329,6 +329,7 @@ def test_a_project_known_by_name_alone_is_deprovisioned_in_full(fakes: Fakes) ->
     correlation_id = uuid.uuid4()
     registered = fakes.store.register_deprovisioning(PROJECT, correlation_id, create=True)
     assert registered is not None
+    fakes.store.record_placement(PROJECT, "default")  # where reconcile found its objects
 
     events = fakes.run_reverse_chain(make_deprovisioning_requested(PROJECT, correlation_id=correlation_id))
 

@@ -9,6 +9,7 @@ import pytest
 from services.auth import handler as auth_handler
 from services.realtime import handler as realtime_handler
 from services.storage import handler as storage_handler
+from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.errors import ErrorType, ProvisioningError
 from shared.events import (
     DatabaseInfo,
@@ -21,7 +22,7 @@ from shared.events import (
 )
 from shared.execution import Completed, Failed, Retry, outcome_event_id
 from shared.steps import STEP_KEYS, StepStatus, step_by_key
-from tests.fakes import OWNER, Fakes, context_of, make_requested
+from tests.fakes import OWNER, Fakes, context_of, make_deprovisioning_requested, make_requested
 
 PROJECT = "acme-app"
 TENANT = "tenant_acme_app"
@@ -140,26 +141,94 @@ def test_database_refuses_unconfigured_region() -> None:
 
 
 def test_database_quota_exceeded_when_cluster_full() -> None:
-    """A full tenant cluster gives QUOTA_EXCEEDED (not retryable) and creates nothing."""
-    fakes = Fakes(max_tenants=3)
-    fakes.cluster.other_tenants = 3
+    """A full tenant cluster gives QUOTA_EXCEEDED (not retryable), naming the region and the
+    fill, and creates nothing."""
+    fakes = Fakes(max_tenants=1)
+    fakes.run_chain(make_requested(project_id="first-one"))
     error = _error_of(fakes, "database", make_requested())
     assert error.error_type is ErrorType.QUOTA_EXCEEDED
     assert error.retryable is False
-    assert fakes.cluster.roles == {}
-    assert fakes.cluster.databases == {}
-    assert fakes.credentials.passwords == {}
+    assert error.message == "no tenant cluster of region us-east-1 has room (default 1/1)"
+    assert TENANT not in fakes.cluster.databases
+    assert PROJECT not in fakes.credentials.passwords
 
 
 def test_database_quota_does_not_refuse_existing_tenant() -> None:
-    """Re-running the handler for a tenant whose database exists is not refused by quota."""
+    """Re-running the handler for a tenant already placed is not refused by the quota."""
     fakes = Fakes(max_tenants=1)
     event = make_requested()
-    first = fakes.specs["database"].handle(context_of(event))
-    assert fakes.cluster.count_tenant_databases() == 1
+    first = fakes.run("database", event)
+    assert isinstance(first, Completed)
     again = fakes.specs["database"].handle(context_of(event))
-    assert again == first
+    assert again.results.database == first.event.results.database
     assert fakes.cluster.databases == {TENANT: TENANT}
+
+
+EU = ("eu-west-1", "eu-west-1", "us-east-1")
+
+
+def _two_eu_one_us(capacities: tuple[int, int, int] = (2, 2, 2)) -> Fakes:
+    clusters = tuple(
+        TenantClusterConfig(name, region, capacity, f"fake://{name}")
+        for name, region, capacity in zip(("eu-1", "eu-2", "us-1"), EU, capacities, strict=True)
+    )
+    return Fakes(cluster_map=ClusterMap(clusters))
+
+
+def test_placement_takes_the_least_filled_cluster_of_the_region() -> None:
+    """Four eu-west-1 tenants alternate over the two eu clusters; none lands on the us cluster,
+    and each is created on the cluster it was placed on."""
+    fakes = _two_eu_one_us()
+    ids = [f"proj-{n}" for n in range(4)]
+    for pid in ids:
+        assert isinstance(
+            fakes.run("database", make_requested(project_id=pid, region="eu-west-1")), Completed
+        )
+    assert [fakes.store.placements[p] for p in ids] == ["eu-1", "eu-2", "eu-1", "eu-2"]
+    for name in ("eu-1", "eu-2"):
+        created = fakes.clusters.cluster(name).databases
+        assert sorted(created) == sorted(
+            f"tenant_{p.replace('-', '_')}" for p in ids if fakes.store.placements[p] == name
+        )
+    assert fakes.clusters.cluster("us-1").databases == {}
+
+
+def test_a_full_region_fails_naming_every_clusters_fill() -> None:
+    """With both eu clusters full, the next eu tenant fails QUOTA_EXCEEDED with each one's fill."""
+    fakes = _two_eu_one_us((1, 1, 5))
+    for pid in ("proj-0", "proj-1"):
+        fakes.run("database", make_requested(project_id=pid, region="eu-west-1"))
+    error = _error_of(fakes, "database", make_requested(project_id="proj-2", region="eu-west-1"))
+    assert error.error_type is ErrorType.QUOTA_EXCEEDED
+    assert error.message == "no tenant cluster of region eu-west-1 has room (eu-1 1/1, eu-2 1/1)"
+
+
+def test_a_region_no_cluster_serves_fails_saying_so() -> None:
+    """A tenant of a region no cluster serves fails QUOTA_EXCEEDED: 'no cluster serves it'."""
+    fakes = _two_eu_one_us()
+    error = _error_of(fakes, "database", make_requested(region="ap-southeast-1"))
+    assert error.message == "no tenant cluster of region ap-southeast-1 has room (no cluster serves it)"
+
+
+def test_later_steps_reach_the_tenant_on_its_placed_cluster() -> None:
+    """The schema, verify and both drop steps act on the cluster the placement names, not another."""
+    fakes = _two_eu_one_us()
+    fakes.run("database", make_requested(project_id="proj-0", region="eu-west-1"))
+    fakes.run_chain(make_requested(project_id="proj-1", region="eu-west-1"))
+    assert fakes.store.placements["proj-1"] == "eu-2"
+    assert ("tenant_proj_1", "tenant_proj_1") in fakes.clusters.schemas("eu-2").schemas
+    assert fakes.clusters.schemas("eu-1").schemas == {}
+    fakes.run_reverse_chain(make_deprovisioning_requested(project_id="proj-1"))
+    assert fakes.clusters.cluster("eu-2").databases == {}
+    assert "tenant_proj_0" in fakes.clusters.cluster("eu-1").databases
+
+
+def test_a_deleted_tenant_frees_its_place() -> None:
+    """Once a project is deleted its cluster counts it no more: a full cluster takes a new tenant."""
+    fakes = Fakes(max_tenants=1)
+    fakes.run_chain(make_requested(project_id="first-one"))
+    fakes.run_reverse_chain(make_deprovisioning_requested(project_id="first-one"))
+    assert isinstance(fakes.run("database", make_requested()), Completed)
 
 
 # --- schema -----------------------------------------------------------------------------------

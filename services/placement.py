@@ -1,0 +1,30 @@
+"""The tenant clusters as the step handlers reach them: by the name a placement records."""
+
+from __future__ import annotations
+
+from services.database.adapters import PostgresTenantCluster
+from services.schema.adapters import PostgresTenantSchemas
+from services.tenant_cluster import ClusterDirectory
+from services.verify.adapters import PostgresTenantProbe
+from shared.db import StepRepository
+
+
+class PlacedClusters:
+    """``TenantClusters`` over the cluster map's directory and the control plane's fill."""
+
+    def __init__(self, directory: ClusterDirectory, repository: StepRepository) -> None:
+        self.directory = directory
+        self.repository = repository
+
+    def cluster(self, name: str) -> PostgresTenantCluster:
+        return PostgresTenantCluster(self.directory.address(name))
+
+    def schemas(self, name: str) -> PostgresTenantSchemas:
+        return PostgresTenantSchemas(self.directory.address(name))
+
+    def probe(self, name: str) -> PostgresTenantProbe:
+        return PostgresTenantProbe(self.directory.address(name))
+
+    def fill(self, region: str) -> str:
+        fills = self.repository.cluster_fill(region)
+        return ", ".join(str(f) for f in fills) if fills else "no cluster serves it"
