@@ -193,7 +193,7 @@ def test_loop_guard_stops_replaying_a_step_that_keeps_failing(
 def test_replay_skips_a_provisioning_step_of_a_project_being_deprovisioned(
     app: App, failed_project: tuple[str, StepFailed]
 ) -> None:
-    """A failed provisioning step of a fenced project is not re-driven: its row stays failed, nothing is published."""
+    """A fenced project's failed provisioning step is not re-driven: it stays failed, nothing is published."""
     project_id, _ = failed_project
     app.repository.register_deprovisioning(project_id, uuid.uuid4())
 
