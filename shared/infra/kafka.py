@@ -198,7 +198,11 @@ class KafkaBroker:
         except (FileNotFoundError, ValueError):
             return None
         popen = _launched.get(pid)
-        if popen is not None and popen.poll() is not None:
+        if popen is not None:
+            if popen.poll() is None:
+                # Our own unreaped child keeps its pid, so it is the broker; its command line is
+                # not checked because it can read as empty for a moment after the exec.
+                return pid
             del _launched[pid]  # our own child exited; poll() reaped it
             return None
         process = live_process(pid)
