@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from shared.db.repository import Claim, ProjectRecord, Registration, Snapshot, StepRow
@@ -43,6 +45,12 @@ from shared.events import (
 from shared.steps import STEPS, Chain, Step, StepStatus
 
 _LAST_FORWARD_POSITION = STEPS[-1].position
+COUNTERPART_POLL_SECONDS = 1.0
+"""How often a reverse step looks again at its service's provisioning step still running."""
+LEASE_RECHECK_FRACTION = 0.25
+"""A step whose work starts this far into its lease first renews the lease, and acts only if
+it still holds it: a consumer that stalled (a pause, a slow start) does not act on a step
+another has taken over, nor on a project deprovisioned meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +171,16 @@ class StepStore(Protocol):
         final: bool,
     ) -> StepRow | None: ...
 
+    def renew_lease(
+        self,
+        project_id: str,
+        step_name: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        cancel_if_fenced: bool = ...,
+    ) -> bool: ...
+
 
 # --- outcomes ----------------------------------------------------------------------------------
 
@@ -235,6 +253,7 @@ def run_step(
     lease_seconds: float,
     max_attempts: int,
     before_work: Callable[[], None] = lambda: None,
+    in_work: Callable[[], None] = lambda: None,
 ) -> Outcome:
     """Run one step for one trigger, idempotently, and decide what its failure means.
 
@@ -275,9 +294,18 @@ def run_step(
         attempt=claim.row.attempt,
         placement=claim.placement,
     )
+    claimed_at = time.monotonic()
     try:
         before_work()
-        output = spec.handle(context)
+        if time.monotonic() - claimed_at > lease_seconds * LEASE_RECHECK_FRACTION and not store.renew_lease(
+            trigger.project_id, step.name, owner=owner, lease_seconds=lease_seconds
+        ):
+            return Ignored("the lease ran out before the work (or the project is being deprovisioned)")
+        with _heartbeat(store, trigger.project_id, step.name, owner=owner, lease_seconds=lease_seconds):
+            in_work()
+            output = spec.handle(context)
+    except StoreUnavailableError:
+        raise
     except Exception as exc:
         return _failure(spec, context, exc, store=store, owner=owner, max_attempts=max_attempts)
     try:
@@ -305,6 +333,35 @@ def _register(
     if project.correlation_id != trigger.correlation_id:
         return Ignored(f"duplicate of request {project.correlation_id}: the same payload again")
     return None
+
+
+@contextlib.contextmanager
+def _heartbeat(
+    store: StepStore, project_id: str, step_name: str, *, owner: str, lease_seconds: float
+) -> Iterator[None]:
+    """Keep ``owner``'s lease alive while the work runs (renewed every third of a lease), so
+    the lease ends when the process does, not when a slow step outlives it: nobody takes the
+    step over, and its reverse step waits, while the work is still going."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease_seconds / 3):
+            try:
+                held = store.renew_lease(
+                    project_id, step_name, owner=owner, lease_seconds=lease_seconds, cancel_if_fenced=False
+                )
+            except StoreUnavailableError:
+                continue  # the control plane is away; the lease may lapse, and a take-over is safe
+            if not held:
+                return
+
+    thread = threading.Thread(target=beat, name=f"lease-{step_name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _register_deprovisioning(trigger: Trigger, store: StepStore) -> Rejected | Ignored | None:
@@ -402,7 +459,10 @@ def _unclaimed(spec: StepSpec, trigger: Trigger, snapshot: Snapshot, store: Step
         # The service's provisioning step is still running: undo it once it has ended.
         forward = snapshot.step(step.counterpart.name)
         if forward is not None and forward.status is StepStatus.RUNNING and not forward.lease_expired:
-            return Busy(forward.lease_expires_at)
+            # Look again soon: the step usually ends well before its lease does.
+            soon = utcnow() + timedelta(seconds=COUNTERPART_POLL_SECONDS)
+            until = forward.lease_expires_at
+            return Busy(soon if until is None else min(until, soon))
     return Busy(None)  # pending again under our feet (a concurrent replay): try once more
 
 

@@ -109,6 +109,6 @@ class Settings(BaseSettings):
     # Form `<step>:<point>` with point one of before_work, after_work, after_publish.
     crash_at: str | None = None
     crash_marker: Path | None = None
-    # Testing switch: "<step>:<seconds>" makes the step hold its claim that long before its
-    # work, so a test can act (deprovision, kill) while the step is surely running.
+    # Testing switch: "<step>:<seconds>" makes the step's work that much slower, so a test can
+    # act (deprovision, kill) while the step is surely running.
     slow_step: str | None = None

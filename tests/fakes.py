@@ -362,6 +362,41 @@ class FakeStepStore:
         """Place the project on ``cluster`` unless placed already; where it is placed."""
         return self.placements.setdefault(project_id, cluster)
 
+    def renew_lease(
+        self,
+        project_id: str,
+        step_name: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        cancel_if_fenced: bool = True,
+    ) -> bool:
+        """The repository's renewal: a fenced provisioning step still ours is cancelled (when
+        ``cancel_if_fenced``); a live lease of ours is extended (True); anything else is False."""
+        self._check()
+        self.calls.append(("renew_lease", project_id, step_name))
+        row = self.rows.get((project_id, step_name))
+        project = self.projects.get(project_id)
+        if row is None or project is None or row.status is not S.RUNNING or row.lease_owner != owner:
+            return False
+        now = self.clock()
+        if cancel_if_fenced and step_by_name(step_name).chain is Chain.PROVISIONING and project.fenced:
+            self.rows[(project_id, step_name)] = replace(
+                row,
+                status=S.CANCELLED,
+                completed_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            return False
+        if row.lease_expires_at is None or row.lease_expires_at < now:
+            return False
+        self.rows[(project_id, step_name)] = replace(
+            row, lease_expires_at=now + timedelta(seconds=lease_seconds)
+        )
+        return True
+
     def record_attempt_failure(
         self,
         project_id: str,

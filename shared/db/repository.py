@@ -860,6 +860,52 @@ class StepRepository:
         )
 
     @_unavailable_as_error
+    def renew_lease(
+        self,
+        project_id: str,
+        step_name: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        cancel_if_fenced: bool = True,
+    ) -> bool:
+        """Extend ``owner``'s live lease on a running step: True when it still holds the step.
+        False when the lease ran out (the step may be another's, or its reverse step may have
+        gone ahead). Before the work (``cancel_if_fenced``), a provisioning step of a project
+        being deprovisioned is not renewed either but recorded ``cancelled``, so it never acts
+        and its reverse step need not wait; during the work the lease is kept, so the reverse
+        step waits for the work to end and then undoes it."""
+        forward = cancel_if_fenced and step_by_name(step_name).chain is Chain.PROVISIONING
+        params = {"p": project_id, "s": step_name, "owner": owner, "lease_seconds": lease_seconds}
+        ours = "s.status = 'running' AND s.lease_owner = :owner AND s.project_id = :p AND s.step_name = :s"
+        with self.engine.begin() as conn:
+            if forward:
+                conn.execute(
+                    text(
+                        f"""
+                        UPDATE provisioning_steps AS s
+                        SET status = 'cancelled', updated_at = now(), {_SET_CLAUSES[S.CANCELLED]}
+                        FROM projects AS p
+                        WHERE {ours} AND p.project_id = s.project_id
+                          AND p.deprovision_requested_at IS NOT NULL
+                        """
+                    ),
+                    params,
+                )
+            renewed = conn.execute(
+                text(
+                    f"""
+                    UPDATE provisioning_steps AS s
+                    SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
+                    WHERE {ours} AND s.lease_expires_at >= now()
+                    RETURNING s.id
+                    """
+                ),
+                params,
+            ).first()
+        return renewed is not None
+
+    @_unavailable_as_error
     def record_attempt_failure(
         self,
         project_id: str,

@@ -113,7 +113,7 @@ class WorkerOptions:
     crash_at: str | None = None
     crash_marker: Path | None = None
     slow_step: str | None = None
-    """Testing switch ``<step>:<seconds>``: hold the claim that long before the step's work."""
+    """Testing switch ``<step>:<seconds>``: the step's work takes that much longer."""
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
 
@@ -251,15 +251,16 @@ class StepCore:
                 owner=self.options.owner,
                 lease_seconds=self.options.lease_seconds,
                 max_attempts=self.options.retry.max_attempts,
-                before_work=self._before_work,
+                before_work=lambda: self.crash_point("before_work"),
+                in_work=self._slow_work,
             )
         except StoreUnavailableError as exc:
             return self._store_unavailable(exc)
         self._store_backoff = 0.5
         return self._publications(msg, step_input, outcome, decoded.headers.get("traceparent"), bind)
 
-    def _before_work(self) -> None:
-        self.crash_point("before_work")
+    def _slow_work(self) -> None:
+        """The testing switch ``slow_step``: the step's work takes ``seconds`` longer."""
         step, _, seconds = (self.options.slow_step or "").partition(":")
         if step == self.step.key and seconds:
             log.warning("slowing_on_purpose", seconds=float(seconds))

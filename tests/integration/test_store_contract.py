@@ -1123,3 +1123,38 @@ def test_eight_threads_racing_to_claim_a_step_have_one_winner(app: App) -> None:
     assert len(refused) == contenders - 1
     winner = winners[0].row.lease_owner
     assert row_of(repo, project_id) == RUNNING_MINE | {"lease_owner": winner}
+
+
+# --- renewing a lease before the work -----------------------------------------------------------
+
+
+def test_renew_extends_our_live_lease_only(store: Store, elapse: Elapse) -> None:
+    """Our live lease is renewed (True) and outlasts its first term; another's, or an expired
+    one of ours, is not (False) and the row is left as it is."""
+    project_id, correlation_id, _ = register(store)
+    assert claim(store, project_id, correlation_id, lease=SHORT) is not None
+
+    assert store.renew_lease(project_id, FIRST, owner=OTHER, lease_seconds=LIVE) is False
+    assert store.renew_lease(project_id, FIRST, owner=ME, lease_seconds=LIVE) is True
+    elapse(PAST_SHORT)
+    assert row_of(store, project_id) == RUNNING_MINE
+
+    second, correlation_2, _ = register(store)
+    assert claim(store, second, correlation_2, lease=SHORT) is not None
+    elapse(PAST_SHORT)
+    assert store.renew_lease(second, FIRST, owner=ME, lease_seconds=LIVE) is False
+    assert row_of(store, second) == RUNNING_MINE | {"lease_expired": True}
+
+
+def test_renew_of_a_fenced_provisioning_step_cancels_it(store: Store) -> None:
+    """A provisioning step of ours whose project is being deprovisioned is not renewed: it is
+    recorded cancelled, lease released."""
+    project_id, correlation_id, _ = register(store)
+    assert claim(store, project_id, correlation_id, lease=LIVE) is not None
+    assert store.register_deprovisioning(project_id, uuid.uuid4()) is not None
+
+    assert store.renew_lease(project_id, FIRST, owner=ME, lease_seconds=LIVE) is False
+
+    row = store.step(project_id, FIRST)
+    assert row is not None
+    assert (row.status, row.lease_owner, row.lease_expires_at) == (S.CANCELLED, None, None)

@@ -5,7 +5,9 @@ stages a deprovisioning goes through."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +32,7 @@ from shared.events import (
     SchemaCompleted,
     utcnow,
 )
-from shared.execution import Busy, Completed, Ignored, Rejected, StepContext, Trigger
+from shared.execution import Busy, Completed, Ignored, Outcome, Rejected, StepContext, Trigger, run_step
 from shared.kafka.codec import encode
 from shared.kafka.core import (
     RETRY_WAIT_SLACK_SECONDS,
@@ -440,7 +442,9 @@ def test_reverse_step_waits_for_its_running_counterpart_then_undoes_it(fakes: Fa
 
     outcome = fakes.run("deprovision-keys", deprovisioning)
 
-    assert outcome == Busy(fakes.clock() + timedelta(seconds=30))
+    # It looks again within a second of the real clock, or at the lease's end if sooner.
+    assert isinstance(outcome, Busy) and outcome.until is not None
+    assert outcome.until <= fakes.clock() + timedelta(seconds=30)
     assert _statuses(fakes)[step_by_key("deprovision-keys").name] is S.PENDING
     assert fakes.keys.calls == []
 
@@ -702,3 +706,94 @@ def test_cancelled_provisioning_steps_without_reverse_rows_are_not_done() -> Non
     """Before reverse rows exist a cancelled step is not done: the stage is that step's."""
     statuses = _all(S.SUCCESS, STEP_NAMES) | {STEP_NAMES[-1]: S.CANCELLED}
     assert derive_stage(statuses) is STEPS[-1].stage
+
+
+# --- a step whose work starts late renews its lease first -------------------------------------
+
+
+def _run_with_pause(fakes: Fakes, step_key: str, event: Any, pause: Callable[[], None]) -> Outcome:
+    """Run a step whose claim is followed by ``pause`` (0.02 s of real time at least) before
+    its work, with a lease of 0.04 s: the work starts past a quarter of the lease."""
+
+    def before_work() -> None:
+        time.sleep(0.02)
+        pause()
+
+    return run_step(
+        fakes.specs[step_key],
+        trigger_of(event),
+        store=fakes.store,
+        owner=OWNER,
+        lease_seconds=0.04,
+        max_attempts=3,
+        before_work=before_work,
+    )
+
+
+def test_a_step_fenced_while_it_paused_acts_not_and_is_cancelled(fakes: Fakes) -> None:
+    """A provisioning step whose project is deprovisioned between its claim and its work does
+    no work, and its row is cancelled at once, so its reverse step need not wait for the lease."""
+    requested = make_requested(project_id=PROJECT)
+
+    def deprovision() -> None:
+        fakes.store.register_deprovisioning(PROJECT, uuid.uuid4())
+
+    outcome = _run_with_pause(fakes, "database", requested, deprovision)
+
+    assert isinstance(outcome, Ignored)
+    assert "lease" in outcome.reason
+    assert _statuses(fakes)[step_by_key("database").name] is S.CANCELLED
+    assert fakes.cluster.calls == []
+    assert fakes.credentials.passwords == {}
+
+
+def test_a_step_whose_lease_ran_out_while_it_paused_acts_not(fakes: Fakes) -> None:
+    """A step whose lease expired before its work (another may have taken it) does no work and
+    leaves the row to whoever holds it now."""
+    requested = make_requested(project_id=PROJECT)
+
+    outcome = _run_with_pause(fakes, "database", requested, lambda: fakes.clock.advance(1))
+
+    assert isinstance(outcome, Ignored)
+    assert _statuses(fakes)[step_by_key("database").name] is S.RUNNING
+    assert fakes.cluster.calls == []
+
+
+def test_a_step_still_holding_its_lease_renews_it_and_works(fakes: Fakes) -> None:
+    """A late start with the lease still live renews it (once) and does the work."""
+    requested = make_requested(project_id=PROJECT)
+
+    outcome = _run_with_pause(fakes, "database", requested, lambda: None)
+
+    assert isinstance(outcome, Completed)
+    assert [c for c in fakes.store.calls if c[0] == "renew_lease"] == [
+        ("renew_lease", PROJECT, step_by_key("database").name)
+    ]
+
+
+def test_a_prompt_step_does_not_renew_its_lease(fakes: Fakes) -> None:
+    """Work that starts right after the claim costs no renewal round trip."""
+    fakes.run("database", make_requested(project_id=PROJECT))
+    assert [c for c in fakes.store.calls if c[0] == "renew_lease"] == []
+
+
+def test_a_slow_work_keeps_its_lease_alive_until_it_ends(fakes: Fakes) -> None:
+    """While a step's work outlasts its lease, a heartbeat renews the lease (every third of it),
+    without cancelling on the fence, and stops once the work has ended."""
+    requested = make_requested(project_id=PROJECT)
+
+    outcome = run_step(
+        fakes.specs["database"],
+        trigger_of(requested),
+        store=fakes.store,
+        owner=OWNER,
+        lease_seconds=0.06,
+        max_attempts=3,
+        in_work=lambda: time.sleep(0.15),
+    )
+
+    assert isinstance(outcome, Completed)
+    renewals = [c for c in fakes.store.calls if c[0] == "renew_lease"]
+    assert len(renewals) >= 3
+    time.sleep(0.1)
+    assert len([c for c in fakes.store.calls if c[0] == "renew_lease"]) == len(renewals)
