@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 # ConfigResource's documented home; the package's typing re-exports it only implicitly.
-from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, ConfigResource, PartitionMetadata  # type: ignore[attr-defined]
 
 from shared.infra import InfraEnv, LocalInfra
 from shared.kafka import ensure_topics
@@ -86,7 +86,7 @@ def test_acks_all_survives_kill_9_of_the_partition_leader(multinode: tuple[Local
     topic = f"multinode-{uuid.uuid4().hex[:12]}"
     ensure_topics(env.bootstrap_servers, [topic], partitions=1, replication=3, min_insync_replicas=2)
     admin = AdminClient({"bootstrap.servers": env.bootstrap_servers})
-    partition = admin.list_topics(topic, timeout=10).topics[topic].partitions[0]
+    partition = _partition(admin, topic)
     assert sorted(partition.replicas) == [1, 2, 3]
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     configs = admin.describe_configs([resource])[resource].result(timeout=10)
@@ -105,6 +105,18 @@ def test_acks_all_survives_kill_9_of_the_partition_leader(multinode: tuple[Local
 
     infra.start_kafka_node(leader_index)
     assert infra.status()[_status_key(leader_index)].startswith("running pid ")
+
+
+def _partition(admin: AdminClient, topic: str, timeout: float = 30.0) -> PartitionMetadata:
+    """Partition 0 of ``topic`` once the answering broker knows its leader: metadata reaches each
+    broker a moment after the topic is created."""
+    deadline = time.monotonic() + timeout
+    while True:
+        partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+        if 0 in partitions and partitions[0].leader > 0:
+            return partitions[0]
+        assert time.monotonic() < deadline, f"no leader for {topic} within {timeout:.0f} s"
+        time.sleep(0.2)
 
 
 def _status_key(index: int) -> str:
