@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shared.infra import InfraEnv, LocalInfra
 from shared.infra.postgres import LocalPostgres
+from shared.infra.topology import Topology, read_topology
 
 if TYPE_CHECKING:
     from tests.conftest import InfraHandle
@@ -97,6 +98,16 @@ def test_local_up_again_is_a_no_op(infra_handle: InfraHandle, local_infra: Local
         f"postgres already running on 127.0.0.1:{infra.postgres.port}",
     ]
     assert infra.status() == before
+
+
+def test_local_up_records_one_cluster_and_one_broker(local_infra: LocalInfra) -> None:
+    """The default `up` records one cluster and one broker in topology.json, keeps today's layout
+    and status names, and writes no tenant cluster map."""
+    assert read_topology(local_infra.state_dir) == Topology()
+    assert list(local_infra.status()) == ["kafka", "postgres"]
+    assert (local_infra.kafka.home.name, local_infra.postgres.home.name) == ("kafka", "postgres")
+    assert not local_infra.clusters_file.exists()
+    assert set(local_infra.env().as_env()) == {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"}
 
 
 def test_local_postgres_superuser_needs_the_password_from_the_file(local_infra: LocalInfra) -> None:
