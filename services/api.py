@@ -205,6 +205,7 @@ def request_deprovisioning(
     app: App | None = None,
     publish_timeout: float = 5.0,
     orphan: bool = False,
+    cluster: str | None = None,
 ) -> DeprovisionReceipt:
     """Remove a project by the reverse chain: fence its provisioning (a step not yet started
     is ``cancelled``; one running finishes and is then undone), record the seven reverse
@@ -214,7 +215,8 @@ def request_deprovisioning(
 
     Asking twice is one deprovisioning. UnknownProjectError for a project the control plane
     does not know, unless ``orphan`` (tenant objects found without a project, by
-    ``provision reconcile``): then a bare project record is made to carry the reverse chain.
+    ``provision reconcile``): then a bare project record is made to carry the reverse chain,
+    placed on ``cluster`` (where its objects were found) unless it is placed already.
     """
     project_id = validate_project_id(project_id)
     if reason is not None and (len(reason) > 2048 or "\x00" in reason):
@@ -228,6 +230,8 @@ def request_deprovisioning(
         if registered is None:
             raise UnknownProjectError(f"project {project_id!r} is not in the control plane")
         registration, record = registered
+        if orphan and cluster is not None:
+            app.repository.record_placement(project_id, cluster, connection=conn)
         if registration is Registration.NEW:
             event = DeprovisioningRequested(
                 event_id=uuid.uuid4(),

@@ -358,6 +358,12 @@ class FakeStepStore:
     def placement(self, project_id: str) -> str | None:
         return self.placements.get(project_id)
 
+    def project_placements(self) -> dict[str, str]:
+        """Every placed project with its cluster (``SqlProjectRecords``)."""
+        self._check()
+        self.calls.append(("project_placements",))
+        return dict(self.placements)
+
     def record_placement(self, project_id: str, cluster: str) -> str:
         """Place the project on ``cluster`` unless placed already; where it is placed."""
         return self.placements.setdefault(project_id, cluster)

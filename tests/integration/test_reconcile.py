@@ -73,7 +73,7 @@ def test_hand_made_database_and_role_are_orphans(app: App, provisioned: str, orp
         (K.ROLE_WITHOUT_PROJECT, orphan, None),
     ]
     address = app.cluster_address
-    assert f"on {address.host}:{address.port}" in report.findings[0].detail
+    assert f"on default ({address.host}:{address.port})" in report.findings[0].detail
     assert about(report, provisioned, TenantNames.for_project(provisioned).database) == []
     assert report.drift
 
@@ -112,7 +112,7 @@ def test_an_unreachable_tenant_cluster_aborts_naming_it(app: App, tmp_path: Path
     finally:
         broken.close()
     message = str(caught.value)
-    assert message.startswith(f"cannot list the tenant cluster 127.0.0.1:{port}: ")
+    assert message.startswith(f"cannot list the tenant cluster default (127.0.0.1:{port}): ")
     assert "refused" in message.lower()
     assert message.endswith("; nothing was judged")
     assert "\n" not in message
@@ -204,7 +204,7 @@ def test_command_with_an_unreachable_cluster_is_one_line_exit_1(
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
-    assert lines[0].startswith(f"error: cannot list the tenant cluster 127.0.0.1:{port}: ")
+    assert lines[0].startswith(f"error: cannot list the tenant cluster default (127.0.0.1:{port}): ")
     assert lines[0].endswith("nothing was judged")
 
 

@@ -22,13 +22,14 @@ from services.reconcile import (
     judge,
     take_inventory,
 )
+from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.errors import ErrorType
 from shared.naming import TenantNames
 from shared.steps import StepStatus
 from tests.fakes import Fakes, FakeTenantCluster, make_requested
 
 K = DriftKind
-CLUSTER = f"{FakeTenantCluster.host}:{FakeTenantCluster.port}"
+CLUSTER = f"default ({FakeTenantCluster.host}:{FakeTenantCluster.port})"
 
 
 def provisioned(fakes: Fakes, project_id: str, **fields: Any) -> TenantNames:
@@ -164,6 +165,9 @@ def test_an_object_made_while_the_clusters_were_listed_is_not_an_orphan(fakes: F
                 return {}
             return {"acme-late": {"create_tenant_database": StepStatus.SUCCESS}}
 
+        def project_placements(self) -> dict[str, str]:
+            return {} if self.reads == 1 else {"acme-late": "default"}
+
     fakes.cluster.ensure_role(names.role, "pw")
     fakes.cluster.ensure_database(names.database, names.role)
 
@@ -226,7 +230,7 @@ def test_reconcile_changes_nothing(fakes: Fakes) -> None:
     assert new["cluster"] == [("list_tenant_databases",), ("list_tenant_roles",)]
     assert new["registry"] == [("list_tenants", s) for s in ("auth", "realtime", "storage")]
     assert all(not calls for name, calls in new.items() if name not in ("cluster", "registry"))
-    assert fakes.store.calls[store_calls:] == [("project_step_statuses",)] * 2
+    assert fakes.store.calls[store_calls:] == [("project_step_statuses",), ("project_placements",)] * 2
 
 
 # --- an incomplete inventory aborts ------------------------------------------------------------
@@ -379,3 +383,31 @@ def test_command_help_says_a_dry_run_is_the_default(cli_with: Any) -> None:
     assert result.exit_code == 0
     assert "change nothing (the default)" in " ".join(result.output.split())
     assert "--apply" in result.output
+
+
+def test_objects_on_every_cluster_are_judged_by_the_placement() -> None:
+    """With two clusters: a project's objects on its own cluster are no drift, a hand-made copy
+    on the other is a stray (left alone by --apply), an unknown database there an orphan found
+    on that cluster, and a placed project's dropped database is missing on its own cluster."""
+    clusters = ClusterMap(
+        tuple(TenantClusterConfig(n, "eu-west-1", 5, f"fake://{n}") for n in ("eu-1", "eu-2"))
+    )
+    fakes = Fakes(cluster_map=clusters)
+    fakes.run_chain(make_requested(project_id="acme-one", region="eu-west-1"))
+    fakes.run_chain(make_requested(project_id="acme-two", region="eu-west-1"))
+    assert fakes.store.placements == {"acme-one": "eu-1", "acme-two": "eu-2"}
+    eu1, eu2 = fakes.clusters.cluster("eu-1"), fakes.clusters.cluster("eu-2")
+    eu2.ensure_role("tenant_acme_one", "pw")  # a stray copy of acme-one's role
+    eu2.ensure_database("tenant_ghost", "postgres")
+    del eu2.databases["tenant_acme_two"]
+
+    inventory = take_inventory(fakes.store, {"eu-1": eu1, "eu-2": eu2}, fakes.registry)
+    report = judge(inventory)
+
+    assert kinds(report) == [
+        (K.DATABASE_WITHOUT_PROJECT, "tenant_ghost", None),
+        (K.PROJECT_MISSING_DATABASE, "acme-two", None),
+        (K.STRAY_TENANT_OBJECT, "tenant_acme_one", None),
+    ]
+    assert [f.cluster for f in report.findings] == ["eu-2", "eu-2", "eu-2"]
+    assert (report.databases, report.roles) == (2, 3)
