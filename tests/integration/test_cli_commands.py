@@ -173,3 +173,23 @@ def test_deprovision_command_once_twice_unknown_and_bad_id(app: App, cli_env: No
     bad = CliRunner().invoke(cli, ["deprovision", "Bad_Id!"])
     assert bad.exit_code == 2
     assert bad.output.count("\n") == 1 and bad.output.startswith("error: project id must be")
+
+
+def test_clusters_lists_the_default_cluster_with_its_fill(app: App, cli_env: None) -> None:
+    """`provision clusters --json`: the one-cluster shorthand, every region, its live tenants
+    counted from the placements, its capacity and address (no password)."""
+    pid = unique_project("placed")
+    provision_project_handler(payload(pid), app=app)
+    result = CliRunner().invoke(cli, ["clusters", "--json"])
+    assert result.exit_code == 0, result.output
+    [cluster] = json.loads(result.output)["clusters"]
+    address = app.cluster_address
+    assert cluster["name"] == "default"
+    assert cluster["region"] == "any"
+    assert cluster["capacity"] == app.settings.max_tenants_per_cluster
+    assert cluster["address"] == f"{address.host}:{address.port}"
+    assert cluster["tenants"] == app.repository.cluster_fill()[0].used >= 1
+    assert app.repository.placement(pid) == "default"
+    table = CliRunner().invoke(cli, ["clusters"])
+    assert table.exit_code == 0 and "default" in table.output
+    assert "postgres:" not in table.output  # no credentials
