@@ -229,6 +229,36 @@ def lifecycle(
     run_lifecycle(plan, deprovision, lag)
 
 
+@bench_app.command()
+def scale(
+    *,
+    m: Annotated[
+        int, typer.Option("--m", min=1, help="Projects of each burst, and tenants of each ceiling.")
+    ] = 60,
+    max_instances: Annotated[
+        int, typer.Option("--max-instances", min=1, max=6, help="Database step instances of the last run.")
+    ] = 3,
+    warmup: Warmup = 1,
+    concurrency: Concurrency = 8,
+    out: Out = DEFAULT_OUT,
+    keep_infra: KeepInfra = False,
+    check: Check = False,
+) -> None:
+    """Throughput with 1..3 database step instances, each against k parallel psql sessions doing its SQL."""
+    from services.bench.scale import run as run_scale  # noqa: PLC0415 - keep --help fast
+
+    plan = Plan(
+        "scale",
+        throughput_m=m,
+        warmup=warmup,
+        concurrency=concurrency,
+        out=out,
+        keep_infra=keep_infra,
+        check=check,
+    )
+    run_scale(plan, max_instances)
+
+
 # --- the run ------------------------------------------------------------------------------
 
 
