@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -239,28 +239,54 @@ def build_app(settings: Settings | None = None) -> App:
             f"{'it' if len(missing) == 1 else 'them'}, or use the local servers of `provision infra up` "
             "with PROVISION_LOCAL=1 (or --local)"
         )
+    environ: dict[str, str] = dict(os.environ)
     if not bootstrap or not database_url:
         local = local_infra(settings).env()
         bootstrap = bootstrap or local.bootstrap_servers
         database_url = database_url or local.database_url
+        # The rest of what `provision infra env` would print, where the settings say nothing:
+        # several local clusters' map, a replicated broker's topic settings.
+        environ = {**local.as_env(), **environ}
+        settings = _with_local_topology(
+            settings, local.clusters_file, local.topic_replication, local.topic_min_insync_replicas
+        )
     tenant_database_url = settings.tenant_database_url or database_url
     return App(
         settings=settings,
         bootstrap_servers=bootstrap,
         database_url=database_url,
         tenant_database_url=tenant_database_url,
-        cluster_map=cluster_map(settings, tenant_database_url),
+        cluster_map=cluster_map(settings, tenant_database_url, environ),
     )
 
 
-def cluster_map(settings: Settings, tenant_database_url: str) -> ClusterMap:
+def _with_local_topology(
+    settings: Settings, clusters_file: Path | None, replication: int | None, min_insync: int | None
+) -> Settings:
+    """``settings`` with the local multi-node topology filled in where none was set."""
+    explicit = settings.model_fields_set
+    update: dict[str, Any] = {}
+    if clusters_file is not None and "clusters_file" not in explicit:
+        update["clusters_file"] = clusters_file
+    if replication is not None and "topic_replication" not in explicit:
+        update["topic_replication"] = replication
+    if min_insync is not None and "topic_min_insync_replicas" not in explicit:
+        update["topic_min_insync_replicas"] = min_insync
+    return settings.model_copy(update=update) if update else settings
+
+
+def cluster_map(
+    settings: Settings, tenant_database_url: str, environ: Mapping[str, str] | None = None
+) -> ClusterMap:
     """The tenant clusters: the map of PROVISION_CLUSTERS_FILE, or the one-cluster shorthand
     (TENANT_DATABASE_URL, else the control plane's database). ConfigurationError, in one line,
     for a map that is wrong."""
     if settings.clusters_file is None:
         return ClusterMap.single(tenant_database_url, settings.max_tenants_per_cluster)
     try:
-        return load_cluster_map(settings.clusters_file, os.environ, regions=settings.regions)
+        return load_cluster_map(
+            settings.clusters_file, os.environ if environ is None else environ, regions=settings.regions
+        )
     except ClusterMapError as exc:
         raise ConfigurationError(str(exc)) from None
 

@@ -814,15 +814,18 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
     ensure_topics(
         a.bootstrap_servers,
         all_topics(),
-        partitions=settings.topic_partitions,
-        replication=settings.topic_replication,
+        partitions=a.settings.topic_partitions,
+        replication=a.settings.topic_replication,
+        min_insync_replicas=a.settings.topic_min_insync_replicas,
     )
     err.print(f"topics: {len(all_topics())} ready")
     log_dir = Path(settings.state_dir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    local = settings.kafka_bootstrap_servers is None or settings.database_url is None
     env = {
         **os.environ,
-        **worker_environment(settings, bootstrap_servers=a.bootstrap_servers, database_url=a.database_url),
+        **(infra.env().as_env() if local else {}),  # several local clusters' URLs, if any
+        **worker_environment(a.settings, bootstrap_servers=a.bootstrap_servers, database_url=a.database_url),
     }
     workers: list[subprocess.Popen[bytes]] = []
     cleanup.callback(_stop_workers, workers)

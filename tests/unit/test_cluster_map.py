@@ -10,6 +10,8 @@ import pytest
 
 from services.bootstrap import ConfigurationError, build_app
 from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
+from shared.infra import InfraEnv
+from shared.infra.topology import cluster_url_env
 from shared.settings import Settings
 
 ENV = {"EU1": "postgresql://postgres:pw@127.0.0.1:5433/postgres", "EU2": "postgresql://p:q@h:5434/postgres"}
@@ -121,3 +123,39 @@ def test_the_app_refuses_a_wrong_map_as_a_configuration_error(
     for name, url in ENV.items():
         monkeypatch.setenv(name, url)
     assert build_app(settings).cluster_map.names == ("eu-1", "eu-2")
+
+
+def test_local_mode_takes_the_local_clusters_map_and_topic_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With PROVISION_LOCAL and `infra up --clusters 2 --brokers 3`, the app reads the local
+    clusters.toml (its URLs from the local env) and replication 3 / min ISR 2, unless the
+    settings say otherwise."""
+    import services.bootstrap
+
+    path = write(
+        tmp_path, TOML.replace('"EU1"', f'"{cluster_url_env(0)}"').replace('"EU2"', f'"{cluster_url_env(1)}"')
+    )
+    local = InfraEnv(
+        bootstrap_servers="127.0.0.1:1,127.0.0.1:101",
+        database_url="postgresql://postgres:pw@127.0.0.1:5433/postgres",
+        tenant_cluster_urls=(ENV["EU1"], ENV["EU2"]),
+        clusters_file=path,
+        topic_replication=3,
+        topic_min_insync_replicas=2,
+    )
+
+    class Local:
+        def env(self) -> InfraEnv:
+            return local
+
+    monkeypatch.setattr(services.bootstrap, "local_infra", lambda settings: Local())
+    for index in (0, 1):
+        monkeypatch.delenv(cluster_url_env(index), raising=False)  # from the local env, not the shell
+
+    a = build_app(Settings(local=True))
+    assert a.tenant_cluster_map.names == ("eu-1", "eu-2")
+    assert [c.admin_url for c in a.tenant_cluster_map.clusters] == [ENV["EU1"], ENV["EU2"]]
+    assert (a.settings.topic_replication, a.settings.topic_min_insync_replicas) == (3, 2)
+    explicit = build_app(Settings(local=True, topic_replication=1))
+    assert explicit.settings.topic_replication == 1
