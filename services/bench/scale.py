@@ -222,28 +222,48 @@ def cpu_usage(start: CpuReading, end: CpuReading, cores: int) -> dict[str, Any]:
     }
 
 
+def slowest_step(steps: Mapping[str, Mapping[str, Any] | None]) -> tuple[str, float] | None:
+    """The step with the lowest rate of its own in a burst, and that rate."""
+    rates = [(key, float(r["per_second"])) for key, r in steps.items() if r and r.get("per_second")]
+    return min(rates, key=lambda kv: kv[1], default=None)
+
+
 def bound_notes(runs: Mapping[int, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """What the measurements say bounds the scaling: per run, the machine's busy cores and
-    who used them, in the chain and in its ceiling."""
+    who used them, in the chain and in its ceiling; the database step's run time and overlap;
+    the slowest step of the chain; and, on the last run, whether the CPU was the limit."""
     notes: list[str] = []
     for row in rows:
         k = row["instances"]
         run = runs[k]
         chain_cpu, ceil_cpu = run.get("chain_cpu") or {}, run.get("ceiling_cpu") or {}
-        notes.append(
+        line = (
             f"k={k}: chain {row['projects_per_second']}/s ({_who(chain_cpu)}); "
             f"ceiling {row['ceiling_per_second']}/s ({_who(ceil_cpu)})"
         )
+        step = run.get("database_step")
+        if step:
+            line += (
+                f"; database step {step['per_second']}/s, {step['mean_run_ms']:.0f} ms a run, "
+                f"{step['mean_concurrency']} at once"
+            )
+        slowest = slowest_step(run.get("steps") or {})
+        if slowest is not None:
+            line += f"; slowest step {slowest[0]} {slowest[1]:.2f}/s"
+        notes.append(line)
     top = max(rows, key=lambda r: r["instances"], default=None)
     if top is None:
         return notes
     cpu = runs[top["instances"]].get("chain_cpu") or {}
     busy, cores = cpu.get("machine_busy_cores"), cpu.get("machine_cores")
     if busy is not None and cores and busy >= 0.9 * cores:
-        pg = (cpu.get("cores") or {}).get("postgresql", 0.0)
+        used = cpu.get("cores") or {}
+        ours = sum(used.values())
         notes.append(
-            f"at k={top['instances']} the machine is CPU-bound ({busy:.2f} of {cores} cores busy), "
-            f"PostgreSQL using {pg:.2f}: more instances only share the same cores"
+            f"at k={top['instances']} the machine is CPU-bound ({busy:.2f} of {cores} cores busy): "
+            f"this bench's processes used {ours:.2f} (PostgreSQL {used.get('postgresql', 0.0):.2f}, "
+            f"workers {used.get('workers', 0.0):.2f}), other processes {cpu.get('other_cores', 0.0):.2f}; "
+            "another instance only shares the same cores"
         )
     return notes
 
@@ -252,6 +272,7 @@ def _who(cpu: Mapping[str, Any]) -> str:
     if not cpu.get("cores"):
         return "cpu not sampled"
     parts = [f"{name} {used:.2f}" for name, used in sorted(cpu["cores"].items(), key=lambda kv: -kv[1])]
+    parts.append(f"other processes {cpu.get('other_cores', 0.0):.2f}")
     return (
         f"{cpu['machine_busy_cores']:.2f} of {cpu['machine_cores']} cores busy, "
         f"iowait {cpu['machine_iowait_cores']:.2f}: " + ", ".join(parts)
@@ -470,6 +491,7 @@ class ScaleRun(BenchRun):
         assert self.sampler is not None
         with self.err.status(f"ceiling: {len(tenants)} tenants by {k} parallel session(s)"):
             before = self.sampler.read()
+            self.runs[k]["load_average_at_ceiling"] = [round(x, 2) for x in os.getloadavg()]
             seconds, client = create_tenants(app, tenants, k)
             after = self.sampler.read()
         ceiling = {
@@ -514,6 +536,7 @@ class ScaleRun(BenchRun):
                 progress.advance(sent)
 
             before = self.sampler.read()
+            self.runs[k]["load_average_at_burst"] = [round(x, 2) for x in os.getloadavg()]
             phase.started = time.time()
             with ThreadPoolExecutor(self.plan.concurrency, thread_name_prefix="bench-request") as pool:
                 list(pool.map(request, ids))
@@ -556,6 +579,7 @@ class ScaleRun(BenchRun):
                 "timing": "first request call start -> last project's verify completed_at",
             }
             run["database_step"] = step_rate(_spans(projects, ids, DATABASE_STEP.key))
+            run["steps"] = {step.key: step_rate(_spans(projects, ids, step.key)) for step in STEPS}
         rows = scale_rows(self.runs)
         self.result["scale"] = {
             "rows": rows,

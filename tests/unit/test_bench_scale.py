@@ -17,6 +17,7 @@ from services.bench.scale import (
     scale_targets,
     session_script,
     shares,
+    slowest_step,
     step_rate,
     tenant_statements,
 )
@@ -152,11 +153,12 @@ def test_cpu_usage_is_cores_per_group_and_what_is_left() -> None:
 
 
 def test_bound_notes_say_the_machine_is_cpu_bound_when_its_cores_are_busy() -> None:
-    """At 1.95 of 2 cores busy in the last run, the note names the CPU and PostgreSQL's share."""
+    """At 1.95 of 2 cores busy in the last run, the note names the CPU, ours and the others' share."""
     cpu = {
         "cores": {"postgresql": 1.2, "workers": 0.6},
         "machine_busy_cores": 1.95,
         "machine_iowait_cores": 0.0,
+        "other_cores": 0.15,
         "machine_cores": 2,
     }
     runs = {
@@ -165,10 +167,31 @@ def test_bound_notes_say_the_machine_is_cpu_bound_when_its_cores_are_busy() -> N
     }
     notes = bound_notes(runs, scale_rows(runs))
     assert notes[0].startswith("k=1: chain 5.0/s (1.95 of 2 cores busy")
+    assert "other processes 0.15" in notes[0]
     assert "ceiling 8.0/s (cpu not sampled)" in notes[1]
     assert notes[-1].startswith(
-        "at k=3 the machine is CPU-bound (1.95 of 2 cores busy), PostgreSQL using 1.20"
+        "at k=3 the machine is CPU-bound (1.95 of 2 cores busy): this bench's processes used 1.80 "
+        "(PostgreSQL 1.20, workers 0.60), other processes 0.15"
     )
+
+
+def test_bound_notes_name_the_database_steps_runs_and_the_slowest_step() -> None:
+    """A run's note gives the step's own rate, run time and overlap, and the slowest step."""
+    step = {"per_second": 4.4, "mean_run_ms": 436.2, "mean_concurrency": 1.91}
+    run = {
+        **_run(3.0, 16.0, 4.4),
+        "database_step": step,
+        "steps": {"database": step, "keys": {"per_second": 3.1}},
+    }
+    (note,) = bound_notes({3: run}, scale_rows({3: run}))
+    assert "database step 4.4/s, 436 ms a run, 1.91 at once" in note
+    assert note.endswith("slowest step keys 3.10/s")
+
+
+def test_slowest_step_skips_steps_without_a_rate() -> None:
+    """Unmeasured steps are left out; none measured is None."""
+    assert slowest_step({"a": {"per_second": 2.0}, "b": None, "c": {"per_second": 1.5}}) == ("c", 1.5)
+    assert slowest_step({"a": None}) is None
 
 
 def test_scale_table_has_a_row_per_instance_count() -> None:
