@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
-
 from confluent_kafka.admin import AdminClient
 
 from services.bootstrap import App
@@ -94,7 +93,8 @@ def outcome(
     app: App, cluster_urls: Mapping[str, str], project_ids: Sequence[str], *, keys: int = 2
 ) -> Outcome:
     """Measure ``project_ids``: each should be COMPLETED with one database and one role on its
-    placement's cluster only, one registration per service and ``keys`` API keys."""
+    placement's cluster only (of those in ``cluster_urls``), one registration per service and
+    ``keys`` API keys."""
     ended = stages(app, project_ids)
     on_clusters = tenant_databases(cluster_urls, project_ids)
     control = side_effects(app, project_ids)  # registrations and keys live in the control plane
