@@ -64,15 +64,20 @@ def _partition_of(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
-def _running(app: App, project_ids: Sequence[str], step_name: str) -> dict[str, str]:
-    """The lease owner of each of ``project_ids`` whose ``step_name`` is running."""
+def _running(
+    app: App, project_ids: Sequence[str], step_name: str, *, within: float | None = None
+) -> dict[str, str]:
+    """The lease owner of each of ``project_ids`` whose ``step_name`` is running (and, with
+    ``within``, was claimed or renewed no more than that many seconds ago)."""
     with app.engine.connect() as conn:
         rows = conn.execute(
             text(
                 "SELECT project_id, lease_owner FROM provisioning_steps "
-                "WHERE project_id = ANY(:ids) AND step_name = :s AND status = 'running'"
+                "WHERE project_id = ANY(:ids) AND step_name = :s AND status = 'running' "
+                "AND (CAST(:within AS float) IS NULL "
+                "OR clock_timestamp() - updated_at < make_interval(secs => :within))"
             ),
-            {"ids": list(project_ids), "s": step_name},
+            {"ids": list(project_ids), "s": step_name, "within": within},
         ).all()
     return {pid: owner for pid, owner in rows}
 
@@ -133,7 +138,8 @@ def _kill_one_of_each_midway(app: App, instances: Instances, ids: Sequence[str])
             done = [len(instances.completed(name, key)) for name in names]
             if min(done) < 2 or sum(done) < BURST // 4:
                 continue
-            running = _running(app, ids, step_name).values()
+            # A step just begun: the kill lands in its work, not as it ends.
+            running = _running(app, ids, step_name, within=SLOW_SECONDS / 3).values()
             victim = next((n for n in names if any(_owned_by(o, instances.pid(n)) for o in running)), None)
             if victim is None:
                 continue
@@ -167,13 +173,25 @@ def _check_takeover(app: App, instances: Instances, ids: Sequence[str], kill: Ki
         for p in record["partitions"]
     }
     assert kill.partitions and kill.partitions <= taken_over, (kill.partitions, taken_over)
+    moved = min(
+        logged_at(record)
+        for name in names
+        if name != kill.name
+        for record in instances.events(name, "partitions_assigned")
+        if logged_at(record) > kill.at and kill.partitions & set(record["partitions"])
+    )
+    moved_after = (moved - kill.at).total_seconds()
     # Work done once: no project completed (other than as a replay) by two instances, or twice.
     done = Counter(pid for name in names for pid in instances.completed(name, kill.step))
     duplicated = sum(count - 1 for count in done.values())
     assert set(done) == set(ids) and duplicated == 0, {p: c for p, c in done.items() if c > 1}
     # The orphaned steps finished once the lease lapsed and the partitions moved.
     recovered = (max(_completed_at(app, kill.orphaned, step_name)) - kill.at).total_seconds()
-    limit = app.settings.session_timeout_ms / 1000 + app.settings.lease_seconds + 10
+    # Bounded by the session timeout (the lease lapsed before it here), the rebalance, and the
+    # survivor's own backlog queued ahead of the orphan: generous, for a loaded machine.
+    session = app.settings.session_timeout_ms / 1000
+    assert moved_after < session + 10, f"{kill.name}'s partitions moved {moved_after:.1f} s after the kill"
+    limit = session + app.settings.lease_seconds + 20
     assert recovered < limit, f"the steps {kill.name} left running finished {recovered:.1f} s after the kill"
     partitions = app.settings.topic_partitions
     dead = {int(p.rpartition("[")[2].rstrip("]")) for p in kill.partitions}
@@ -183,7 +201,7 @@ def _check_takeover(app: App, instances: Instances, ids: Sequence[str], kill: Ki
     total = ", ".join(f"{name} {len(instances.completed(name, kill.step))}" for name in names)
     return (
         f"| {kill.step} | {len(names)} | {len(ids)} | {len(done)} | {duplicated} | {before} | {total} | "
-        f"{len(kill.orphaned)} | {recovered:.1f} s | {drained:.1f} s |"
+        f"{len(kill.orphaned)} | {moved_after:.1f} s | {recovered:.1f} s | {drained:.1f} s |"
     )
 
 
@@ -217,8 +235,9 @@ def test_three_instances_share_a_burst_and_survivors_take_over_a_killed_one(
     rows = [_check_takeover(app, instances, ids, kill) for kill in kills.values()]
     print(
         f"\nburst of {BURST} completed in {burst_seconds:.1f} s; partitions {partitions}, "
-        f"lease {app.settings.lease_seconds:g} s, session timeout {app.settings.session_timeout_ms} ms\n"
+        f"lease {app.settings.lease_seconds:g} s, session timeout {app.settings.session_timeout_ms} ms; "
+        "times from the kill\n"
         "| step | instances | projects | completed | duplicated | per instance before kill | "
-        "per instance total | orphaned | orphans done after kill | its backlog done after kill |\n"
+        "per instance total | orphaned | partitions moved | orphans done | its backlog done |\n"
         + "\n".join(rows)
     )
