@@ -48,10 +48,11 @@ class Kill:
 
 @pytest.fixture
 def instances(app: App, tmp_path: Path) -> Iterator[Instances]:
-    """An instance group the test starts and kills; every survivor stopped at the end."""
+    """An instance group the test starts and kills; every survivor stopped, cleanly, at the end."""
     group = Instances(app.settings, tmp_path / "instance-logs")
     yield group
-    group.stop()
+    codes = group.stop()
+    assert all(code == 0 for code in codes.values()), f"survivors did not stop cleanly: {codes}"
 
 
 def _partition_count(app: App, topic: str) -> int:
