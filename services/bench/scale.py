@@ -228,6 +228,14 @@ def slowest_step(steps: Mapping[str, Mapping[str, Any] | None]) -> tuple[str, fl
     return min(rates, key=lambda kv: kv[1], default=None)
 
 
+def cpu_seconds_each(cpu: Mapping[str, Any], count: int) -> float | None:
+    """CPU seconds of this bench's processes (every group sampled) per item of a phase."""
+    if not cpu.get("cores") or not count:
+        return None
+    used = sum(float(v) for v in cpu["cores"].values())
+    return round(used * float(cpu["seconds"]) / count, 4)
+
+
 def bound_notes(runs: Mapping[int, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """What the measurements say bounds the scaling: per run, the machine's busy cores and
     who used them, in the chain and in its ceiling; the database step's run time and overlap;
@@ -250,6 +258,13 @@ def bound_notes(runs: Mapping[int, Mapping[str, Any]], rows: Sequence[Mapping[st
         slowest = slowest_step(run.get("steps") or {})
         if slowest is not None:
             line += f"; slowest step {slowest[0]} {slowest[1]:.2f}/s"
+        chain_each = cpu_seconds_each(chain_cpu, int(run["chain"].get("completed") or 0))
+        ceiling_each = cpu_seconds_each(ceil_cpu, int(run["ceiling"].get("tenants") or 0))
+        if chain_each and ceiling_each:
+            line += (
+                f"; CPU {chain_each:.3f} core-s a project in the chain (every step, PostgreSQL, Kafka) "
+                f"against {ceiling_each:.3f} a tenant in the ceiling"
+            )
         notes.append(line)
     top = max(rows, key=lambda r: r["instances"], default=None)
     if top is None:
@@ -580,6 +595,10 @@ class ScaleRun(BenchRun):
             }
             run["database_step"] = step_rate(_spans(projects, ids, DATABASE_STEP.key))
             run["steps"] = {step.key: step_rate(_spans(projects, ids, step.key)) for step in STEPS}
+            run["chain"]["cpu_core_s_each"] = cpu_seconds_each(run["chain_cpu"], run["chain"]["completed"])
+            run["ceiling"]["cpu_core_s_each"] = cpu_seconds_each(
+                run["ceiling_cpu"], run["ceiling"]["tenants"]
+            )
         rows = scale_rows(self.runs)
         self.result["scale"] = {
             "rows": rows,

@@ -11,6 +11,7 @@ from services.bench.scale import (
     CpuReading,
     bound_notes,
     burst_rate,
+    cpu_seconds_each,
     cpu_usage,
     scale_rows,
     scale_table,
@@ -198,3 +199,34 @@ def test_scale_table_has_a_row_per_instance_count() -> None:
     """The printed table shows one row per k."""
     table = scale_table(scale_rows({1: _run(5.0, 6.0), 2: _run(8.0, 9.0)}))
     assert table.row_count == 2
+
+
+def test_cpu_seconds_each_is_the_groups_cpu_over_the_items() -> None:
+    """1.5 cores over 10 s for 60 projects is 0.25 core-seconds each; unsampled is None."""
+    cpu = {"cores": {"postgresql": 1.0, "workers": 0.5}, "seconds": 10.0}
+    assert cpu_seconds_each(cpu, 60) == 0.25
+    assert cpu_seconds_each({}, 60) is None
+    assert cpu_seconds_each(cpu, 0) is None
+
+
+def test_bound_notes_compare_the_cpu_of_a_project_with_that_of_a_tenant() -> None:
+    """With both phases sampled, the note gives each one's CPU per item."""
+    chain = {
+        "cores": {"workers": 1.0},
+        "seconds": 12.0,
+        "machine_busy_cores": 1.0,
+        "machine_iowait_cores": 0.0,
+        "machine_cores": 2,
+    }
+    ceiling = {**chain, "seconds": 3.0}
+    run = {
+        "chain": {"projects_per_second": 5.0, "completed": 60},
+        "ceiling": {"tenants_per_second": 20.0, "tenants": 60},
+        "chain_cpu": chain,
+        "ceiling_cpu": ceiling,
+    }
+    (note,) = bound_notes({1: run}, scale_rows({1: run}))
+    assert note.endswith(
+        "CPU 0.200 core-s a project in the chain (every step, PostgreSQL, Kafka) "
+        "against 0.050 a tenant in the ceiling"
+    )
