@@ -1,9 +1,17 @@
-"""Connections to the tenant clusters: pooled admin ones, and ones as a tenant role."""
+"""Connections to the tenant clusters: pooled admin ones, and ones as a tenant role.
+
+A cluster that does not answer is remembered as down for a while: its tenants' steps then
+fail at once (``NETWORK_ERROR``, retried, then failed for replay) instead of each waiting out a
+connection timeout, which would hold the worker, and with it every other cluster's tenants.
+While down, each attempt first tries one direct connection (refused at once by a stopped
+server) and the cluster is up again as soon as one succeeds.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -15,12 +23,30 @@ from shared.clusters import ClusterMap
 from shared.db.engine import libpq_url
 from shared.errors import ErrorType, ProvisioningError
 
+POOL_WAIT_SECONDS = 2.0
+"""How long an admin connection is waited for from the pool (steps use one at a time, so a
+wait means the server does not answer, not that the pool is busy)."""
+DOWN_FOR_SECONDS = (1.0, 30.0)
+"""How long a cluster that failed to connect is taken as down: from the first, doubling on
+each failed probe up to the second."""
+
+
+class ClusterUnreachableError(psycopg.OperationalError):
+    """The tenant cluster is down (it failed to connect moments ago, and still does)."""
+
 
 class ClusterAddress:
     """The tenant cluster's admin connection parameters, parsed once, and a small pool of
     admin connections to its admin database (opened on first use, never at import)."""
 
-    def __init__(self, admin_url: str, *, connect_timeout: int = 10, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        admin_url: str,
+        *,
+        connect_timeout: int = 10,
+        pool_size: int = 4,
+        clock: Any = time.monotonic,
+    ) -> None:
         params: dict[str, Any] = conninfo_to_dict(libpq_url(admin_url))
         self._params = params
         self.connect_timeout = connect_timeout
@@ -28,6 +54,43 @@ class ClusterAddress:
         self.host = str(params.get("host") or "localhost")
         self.port = int(params.get("port") or 5432)
         self.admin_database = str(params.get("dbname") or "postgres")
+        self._clock = clock
+        self._down_until: float | None = None
+        self._down_for = DOWN_FOR_SECONDS[0]
+        self._last_error = ""
+
+    @property
+    def down(self) -> bool:
+        """Taken as down now: the last connection failed and its pause is not over."""
+        return self._down_until is not None and self._clock() < self._down_until
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._last_error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        self._down_until = self._clock() + self._down_for
+        self._down_for = min(self._down_for * 2, DOWN_FOR_SECONDS[1])
+
+    def _mark_up(self) -> None:
+        self._down_until = None
+        self._down_for = DOWN_FOR_SECONDS[0]
+
+    def _refuse_while_down(self) -> None:
+        """Fail at once while the cluster is taken as down; once its pause is over, probe it
+        with one direct connection (a stopped server refuses at once) before using the pool."""
+        if self._down_until is None:
+            return
+        if self.down:
+            raise ClusterUnreachableError(
+                f"tenant cluster {self.host}:{self.port} is unreachable ({self._last_error})"
+            )
+        try:
+            probe = psycopg.connect(
+                make_conninfo(**{**self._params, "connect_timeout": self.connect_timeout}), autocommit=True
+            )
+        except psycopg.OperationalError as exc:
+            self._mark_down(exc)
+            raise
+        probe.close()
+        self._mark_up()
 
     @cached_property
     def _pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
@@ -48,9 +111,17 @@ class ClusterAddress:
     def admin(
         self, database: str | None = None, *, autocommit: bool = True
     ) -> Iterator[psycopg.Connection[Any]]:
-        """An admin connection: pooled for the admin database, fresh for a tenant database."""
+        """An admin connection: pooled for the admin database, fresh for a tenant database.
+        ClusterUnreachableError at once while the cluster is taken as down."""
+        self._refuse_while_down()
         if database is None and autocommit:
-            with self._pool.connection(timeout=self.connect_timeout) as conn:
+            with ExitStack() as stack:
+                try:
+                    conn = stack.enter_context(self._pool.connection(timeout=POOL_WAIT_SECONDS))
+                except psycopg.OperationalError as exc:
+                    # The admin database always exists: not getting it means the server is away.
+                    self._mark_down(exc)
+                    raise
                 yield conn
             return
         overrides: dict[str, Any] = {"connect_timeout": self.connect_timeout}

@@ -15,6 +15,7 @@ from collections.abc import Collection
 from types import FrameType
 
 import structlog
+from confluent_kafka import Consumer
 from pydantic import ValidationError
 
 from services.bootstrap import App, ConfigurationError, build_app
@@ -69,9 +70,14 @@ def _worker(app: App, step: Step, metrics: Metrics, health: Health) -> StepWorke
     # publish failed at request time still goes out.
     relay = (lambda: relay_outbox(app.engine, app.publisher)) if step.key == "database" else None
     committed = CommittedOffsets()
+
+    def new_consumer() -> Consumer:
+        return app.consumer(step.consumer_group, on_commit=committed.on_commit)
+
     return StepWorker(
         app.spec(step.key),
-        consumer=app.consumer(step.consumer_group, on_commit=committed.on_commit),
+        consumer=new_consumer(),
+        new_consumer=new_consumer,
         publisher=app.publisher,
         store=app.repository,
         options=app.worker_options(),

@@ -96,9 +96,12 @@ class StepWorker:
         outbox_relay: Callable[[], int] | None = None,
         committed: CommittedOffsets | None = None,
         clock: Callable[[], float] = time.monotonic,
+        new_consumer: Callable[[], ConsumerLike] | None = None,
     ) -> None:
         self.step = spec.step
         self.consumer = consumer
+        self.new_consumer = new_consumer
+        """Builds a replacement consumer after a fatal client error (None: the error ends the loop)."""
         self.publisher = publisher
         self.options = options
         self.metrics = metrics
@@ -134,12 +137,7 @@ class StepWorker:
     def run(self) -> None:
         """Consume until stopped; always flushes the producer and closes the consumer, which
         commits the stored offsets."""
-        self.consumer.subscribe(
-            [self.step.input_topic, self.step.retry_topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
+        self._subscribe()
         log.info(
             "worker_started", step=self.step.key, group=self.step.consumer_group, owner=self.options.owner
         )
@@ -157,6 +155,14 @@ class StepWorker:
                 log.warning("consumer_close_failed", error=_kafka_text(exc))
             self.health.ready = False
             log.info("worker_stopped", step=self.step.key)
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(
+            [self.step.input_topic, self.step.retry_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
 
     def tick(self) -> None:
         """One turn of the loop: re-apply pauses, resume what is due, poll one message."""
@@ -182,9 +188,30 @@ class StepWorker:
         return timeout
 
     def _on_consumer_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            raise KafkaException(error)
+        # A fatal client error (e.g. a static member fenced after a coordinator failover) may
+        # come back from poll() as code _FATAL without fatal() set; either way this consumer
+        # will never deliver again.
+        if error.fatal() or error.code() == KafkaError._FATAL:
+            self._replace_consumer(error)
+            return
         log.warning("consumer_error", error=error.str())
+
+    def _replace_consumer(self, error: KafkaError) -> None:
+        """Give up a consumer the client declared dead and join the group with a new one: the
+        offsets it stored but did not commit are taken again, which the steps absorb. Without
+        a factory the error ends the loop (and the process, for its supervisor to restart)."""
+        if self.new_consumer is None:
+            raise KafkaException(error)
+        log.error("consumer_fatal_error_rejoining", error=error.str())
+        try:
+            self.consumer.close()
+        except KafkaException as exc:
+            log.info("fatal_consumer_close_failed", error=_kafka_text(exc))
+        self._paused.clear()
+        self._assigned.clear()
+        self.health.ready = False
+        self.consumer = self.new_consumer()
+        self._subscribe()
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         # The client applies the assignment when this callback returns; the next tick

@@ -419,6 +419,26 @@ def test_a_fatal_consumer_error_stops_the_loop_and_still_closes(rig: Rig) -> Non
     assert not rig.health.ready
 
 
+def test_a_fatal_error_from_poll_without_the_flag_rejoins_with_a_new_consumer(rig: Rig) -> None:
+    """A _FATAL error from poll (fatal() not set, as after a static member is fenced) closes the
+    dead consumer and joins the group with a new one, which takes up the work it had not
+    committed; the worker's pauses are forgotten."""
+    rig.subscribe(IN)
+    rig.send()
+    rig.drain()
+    fresh = FakeConsumer(rig.broker, on_commit=rig.committed.on_commit)
+    rig.worker.new_consumer = lambda: fresh
+    old = rig.consumer
+    old.error_on_poll(KafkaError(KafkaError._FATAL))
+
+    rig.worker.tick()
+
+    assert old.closed
+    assert rig.worker.consumer is fresh
+    assert fresh.topics == [STEP.input_topic, STEP.retry_topic]
+    assert rig.worker.paused == {}
+
+
 def test_close_commits_the_stored_offsets(rig: Rig) -> None:
     """``run`` stops when asked, and closing the consumer commits what was stored, reported by on_commit."""
     rig.send()
