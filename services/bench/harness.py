@@ -64,8 +64,9 @@ def prepare(settings: Settings, say: Say) -> App:
     outcome = ensure_topics(
         app.bootstrap_servers,
         all_topics(),
-        partitions=settings.topic_partitions,
-        replication=settings.topic_replication,
+        partitions=app.settings.topic_partitions,
+        replication=app.settings.topic_replication,  # 3 on the local three-broker mode
+        min_insync_replicas=app.settings.topic_min_insync_replicas,
     )
     created = sum(1 for state in outcome.values() if state == "created")
     say(f"topics: {len(outcome)} ready ({created} created)")
@@ -85,12 +86,15 @@ def worker_env(settings: Settings, app: App) -> dict[str, str]:
     Logs are JSON at INFO at least: the profile reads the workers' ``step_completed`` lines.
     """
     env = worker_environment(
-        settings,
+        app.settings,  # with the local multi-node topology filled in, if the state dir has one
         bootstrap_servers=app.bootstrap_servers,
         database_url=app.database_url,
         exclude=_NOT_PASSED | {"log_level"},
     )
-    return {**env, "PROVISION_LOG_LEVEL": "INFO"}
+    local = settings.kafka_bootstrap_servers is None or settings.database_url is None
+    # Several local tenant clusters: the variables their map names (TENANT_CLUSTER_<i>_URL).
+    cluster_urls = local_infra(settings).env().as_env() if local else {}
+    return {**cluster_urls, **env, "PROVISION_LOG_LEVEL": "INFO"}
 
 
 @dataclass
