@@ -552,15 +552,14 @@ def _check_quota(app: App, planned: int) -> None:
     """Refuse a run that would push the tenant cluster past its limit halfway through."""
     from services.cli import UsageError  # noqa: PLC0415
 
-    with app.cluster_address.admin() as conn:
-        row = conn.execute(r"SELECT count(*) FROM pg_database WHERE datname LIKE 'tenant\_%'").fetchone()
-    present = int(row[0]) if row else 0
-    limit = app.settings.max_tenants_per_cluster
+    fills = app.repository.cluster_fill(app.settings.regions[0])
+    present = sum(f.used for f in fills)
+    limit = sum(f.capacity for f in fills)
     if present + planned > limit:
         raise UsageError(
-            f"the tenant cluster holds {present} tenant databases and this run adds {planned}, "
-            f"over the limit of {limit}; use smaller sizes, a fresh PROVISION_STATE_DIR, or "
-            "raise PROVISION_MAX_TENANTS_PER_CLUSTER"
+            f"the tenant clusters of {app.settings.regions[0]} hold {present} tenants and this run "
+            f"adds {planned}, over their capacity of {limit}; use smaller sizes, a fresh "
+            "PROVISION_STATE_DIR, or raise PROVISION_MAX_TENANTS_PER_CLUSTER"
         )
 
 

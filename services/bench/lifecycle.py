@@ -443,15 +443,16 @@ def leftovers(app: App, project_ids: Sequence[str]) -> list[tuple[str, str]]:
     by_database = {n.database: pid for pid, n in names.items()}
     by_role = {n.role: pid for pid, n in names.items()}
     found: list[tuple[str, str]] = []
-    with app.cluster_address.admin() as admin:
-        for (datname,) in admin.execute(
-            "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (list(by_database),)
-        ).fetchall():
-            found.append((by_database[datname], f"database {datname}"))
-        for (rolname,) in admin.execute(
-            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(by_role),)
-        ).fetchall():
-            found.append((by_role[rolname], f"role {rolname}"))
+    for cluster in app.tenant_cluster_map.clusters:  # every tenant cluster
+        with app.clusters.address(cluster.name).admin() as admin:
+            for (datname,) in admin.execute(
+                "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (list(by_database),)
+            ).fetchall():
+                found.append((by_database[datname], f"database {datname} on {cluster.name}"))
+            for (rolname,) in admin.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(by_role),)
+            ).fetchall():
+                found.append((by_role[rolname], f"role {rolname} on {cluster.name}"))
     with app.engine.connect() as conn:
         for table in _PROJECT_TABLES:
             rows = conn.execute(

@@ -435,21 +435,21 @@ def check_integrity(app: App, project_ids: Sequence[str]) -> dict[str, Any]:
         or projects[pid].statuses.get(FINAL_STEP.key) != "success"
     )
     names = {pid: TenantNames.for_project(pid) for pid in project_ids}
-    with app.cluster_address.admin() as admin:
-        databases = {
-            row[0]: row[1]
-            for row in admin.execute(
+    # Counted on every tenant cluster: a tenant must exist once, on the cluster it is placed on.
+    databases: dict[str, int] = {}
+    roles: dict[str, int] = {}
+    for cluster in app.tenant_cluster_map.clusters:
+        with app.clusters.address(cluster.name).admin() as admin:
+            for name, n in admin.execute(
                 "SELECT datname, count(*) FROM pg_database WHERE datname = ANY(%s) GROUP BY datname",
                 ([n.database for n in names.values()],),
-            ).fetchall()
-        }
-        roles = {
-            row[0]: row[1]
-            for row in admin.execute(
+            ).fetchall():
+                databases[name] = databases.get(name, 0) + int(n)
+            for name, n in admin.execute(
                 "SELECT rolname, count(*) FROM pg_roles WHERE rolname = ANY(%s) GROUP BY rolname",
                 ([n.role for n in names.values()],),
-            ).fetchall()
-        }
+            ).fetchall():
+                roles[name] = roles.get(name, 0) + int(n)
     with app.engine.connect() as conn:
         registrations: dict[str, dict[str, int]] = {}
         for row in conn.execute(
