@@ -1,15 +1,15 @@
 """Connections to the tenant clusters: pooled admin ones, and ones as a tenant role.
 
-A cluster that does not answer is remembered as down for a while: its tenants' steps then
-fail at once (``NETWORK_ERROR``, retried, then failed for replay) instead of each waiting out a
-connection timeout, which would hold the worker, and with it every other cluster's tenants.
-While down, each attempt first tries one direct connection (refused at once by a stopped
-server) and the cluster is up again as soon as one succeeds.
+A cluster that does not answer is remembered as down: its tenants' steps then fail at once
+(``NETWORK_ERROR``, retried, then failed for replay) instead of each waiting on the pool, which
+would hold the worker, and with it every other cluster's tenants. While down, each attempt
+first tries one direct connection with a short timeout (a stopped server refuses it at once)
+and the cluster is up again as soon as one succeeds: no blind window spends the attempts of a
+retry or a replay made just after the cluster came back.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import cached_property
@@ -26,9 +26,8 @@ from shared.errors import ErrorType, ProvisioningError
 POOL_WAIT_SECONDS = 2.0
 """How long an admin connection is waited for from the pool (steps use one at a time, so a
 wait means the server does not answer, not that the pool is busy)."""
-DOWN_FOR_SECONDS = (1.0, 30.0)
-"""How long a cluster that failed to connect is taken as down: from the first, doubling on
-each failed probe up to the second."""
+PROBE_TIMEOUT_SECONDS = 2
+"""The connect timeout of the probe of a cluster taken as down."""
 
 
 class ClusterUnreachableError(psycopg.OperationalError):
@@ -45,7 +44,6 @@ class ClusterAddress:
         *,
         connect_timeout: int = 10,
         pool_size: int = 4,
-        clock: Any = time.monotonic,
     ) -> None:
         params: dict[str, Any] = conninfo_to_dict(libpq_url(admin_url))
         self._params = params
@@ -54,43 +52,27 @@ class ClusterAddress:
         self.host = str(params.get("host") or "localhost")
         self.port = int(params.get("port") or 5432)
         self.admin_database = str(params.get("dbname") or "postgres")
-        self._clock = clock
-        self._down_until: float | None = None
-        self._down_for = DOWN_FOR_SECONDS[0]
-        self._last_error = ""
+        self.down = False
+        """The last attempt to get a connection failed: the next one probes first."""
 
-    @property
-    def down(self) -> bool:
-        """Taken as down now: the last connection failed and its pause is not over."""
-        return self._down_until is not None and self._clock() < self._down_until
-
-    def _mark_down(self, exc: BaseException) -> None:
-        self._last_error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        self._down_until = self._clock() + self._down_for
-        self._down_for = min(self._down_for * 2, DOWN_FOR_SECONDS[1])
-
-    def _mark_up(self) -> None:
-        self._down_until = None
-        self._down_for = DOWN_FOR_SECONDS[0]
+    def _mark_down(self) -> None:
+        self.down = True
 
     def _refuse_while_down(self) -> None:
-        """Fail at once while the cluster is taken as down; once its pause is over, probe it
-        with one direct connection (a stopped server refuses at once) before using the pool."""
-        if self._down_until is None:
+        """While the cluster is taken as down, probe it with one direct connection (refused at
+        once by a stopped server, given up after a short timeout otherwise) before using the
+        pool; ClusterUnreachableError if it still does not answer."""
+        if not self.down:
             return
-        if self.down:
-            raise ClusterUnreachableError(
-                f"tenant cluster {self.host}:{self.port} is unreachable ({self._last_error})"
-            )
+        conninfo = make_conninfo(**{**self._params, "connect_timeout": PROBE_TIMEOUT_SECONDS})
         try:
-            probe = psycopg.connect(
-                make_conninfo(**{**self._params, "connect_timeout": self.connect_timeout}), autocommit=True
-            )
+            psycopg.connect(conninfo, autocommit=True).close()
         except psycopg.OperationalError as exc:
-            self._mark_down(exc)
-            raise
-        probe.close()
-        self._mark_up()
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise ClusterUnreachableError(
+                f"tenant cluster {self.host}:{self.port} is unreachable ({reason})"
+            ) from exc
+        self.down = False
 
     @cached_property
     def _pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
@@ -118,9 +100,9 @@ class ClusterAddress:
             with ExitStack() as stack:
                 try:
                     conn = stack.enter_context(self._pool.connection(timeout=POOL_WAIT_SECONDS))
-                except psycopg.OperationalError as exc:
+                except psycopg.OperationalError:
                     # The admin database always exists: not getting it means the server is away.
-                    self._mark_down(exc)
+                    self._mark_down()
                     raise
                 yield conn
             return

@@ -16,8 +16,6 @@ from collections.abc import Callable
 
 from shared.logging import get_logger
 
-log = get_logger("kafka.client")
-
 RATE_INTERVAL_SECONDS = 30.0
 """At most one line per facility in this many seconds."""
 
@@ -51,7 +49,9 @@ class _ToStructlog(logging.Handler):
         event = {"facility": facility, "client": client, "message": text.split("]: ", 1)[-1][:500]}
         if held:
             event["held_back"] = str(held)
-        log.log(level, "kafka_client_log", **event)
+        # A logger per line (a rare one: rate-limited), bound to the logging configured now, not
+        # to whatever was configured when a first line cached a module-level one.
+        get_logger("kafka.client").log(level, "kafka_client_log", **event)
 
 
 def client_logger(

@@ -517,17 +517,13 @@ def test_http_server_slower_than_the_client_timeout_is_a_timeout(
 
 
 def test_a_cluster_taken_as_down_is_up_again_once_a_probe_connects(app: App) -> None:
-    """A cluster marked down (a failed connection) refuses at once during its pause; after it,
-    one probe connection to the live server brings it back, and the pool serves again."""
-    from services.tenant_cluster import ClusterAddress, ClusterUnreachableError
+    """A cluster marked down (a failed connection) probes on the next attempt; the live server
+    answers, so it is up again at once and the pool serves."""
+    from services.tenant_cluster import ClusterAddress
 
-    now = [0.0]
-    address = ClusterAddress(app.tenant_database_url, clock=lambda: now[0])
+    address = ClusterAddress(app.tenant_database_url)
     try:
-        address._mark_down(OSError("connection refused (simulated)"))
-        with pytest.raises(ClusterUnreachableError), address.admin():
-            pass
-        now[0] += 5.0
+        address.down = True
         with address.admin() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert not address.down
