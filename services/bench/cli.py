@@ -393,6 +393,16 @@ class BenchRun:
 
     # --- measuring ------------------------------------------------------------------------
 
+    def _warm_up_choreography(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
+        """The warm-up projects through the choreography only (the consumers join their groups)."""
+        from services.bench import measure  # noqa: PLC0415
+
+        with self.err.status("warm-up: the seven consumers join their groups, a project completes"):
+            for project_id in self.ids.warm_c:
+                measure.provision_choreography(
+                    app, watcher, fleet, project_id, self.region, phase="warmup", timeout=180
+                )
+
     def _measure(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
         from services.bench import harness, measure  # noqa: PLC0415
 

@@ -202,13 +202,8 @@ class LifecycleRun(BenchRun):
         return result
 
     def _measure(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
-        from services.bench import measure  # noqa: PLC0415
 
-        with self.err.status("warm-up: the seven consumers join their groups, a project completes"):
-            for project_id in self.ids.warm_c:
-                measure.provision_choreography(
-                    app, watcher, fleet, project_id, self.region, phase="warmup", timeout=180
-                )
+        self._warm_up_choreography(app, watcher, fleet)
         self.say(f"warm-up: {len(self.ids.warm_c)} project(s) done")
         every = self.ids.thr_c
         with _progress(self.err) as progress:

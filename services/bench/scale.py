@@ -455,13 +455,8 @@ class ScaleRun(BenchRun):
     # --- measuring ------------------------------------------------------------------------
 
     def _measure(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
-        from services.bench import measure  # noqa: PLC0415
 
-        with self.err.status("warm-up: the seven consumers join their groups, a project completes"):
-            for project_id in self.ids.warm_c:
-                measure.provision_choreography(
-                    app, watcher, fleet, project_id, self.region, phase="warmup", timeout=180
-                )
+        self._warm_up_choreography(app, watcher, fleet)
         postmaster = _postmaster(app)
         kafka_port = int(app.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
         self.sampler = CpuSampler(postmaster, lambda: fleet.pids().values(), _listener(kafka_port))
