@@ -259,6 +259,30 @@ def scale(
     run_scale(plan, max_instances)
 
 
+@bench_app.command()
+def sse(
+    *,
+    m: Annotated[
+        int, typer.Option("--m", min=1, help="Projects requested through the API, each watched.")
+    ] = 20,
+    watchers: Annotated[
+        int, typer.Option("--watchers", min=0, help="SSE streams held open on idle projects.")
+    ] = 100,
+    idle_seconds: Annotated[
+        float, typer.Option("--idle-seconds", min=1.0, help="How long the API's idle CPU is sampled.")
+    ] = 30.0,
+    warmup: Warmup = 1,
+    out: Out = DEFAULT_OUT,
+    keep_infra: KeepInfra = False,
+    check: Check = False,
+) -> None:
+    """The HTTP API: SSE latency from commit, LISTEN/NOTIFY against the topics, idle CPU of watchers."""
+    from services.bench.sse import run as run_sse  # noqa: PLC0415 - keep --help fast
+
+    plan = Plan("sse", throughput_m=m, warmup=warmup, out=out, keep_infra=keep_infra, check=check)
+    run_sse(plan, watchers, idle_seconds)
+
+
 # --- the run ------------------------------------------------------------------------------
 
 
