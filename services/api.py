@@ -59,7 +59,12 @@ log = structlog.get_logger("provision.api")
 
 
 class InvalidRequestError(ValueError):
-    """A provision request that fails validation; the message says what to fix."""
+    """A provision request that fails validation; the message says what to fix, and
+    ``field`` (a dotted path) which part of the payload, when it is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +92,13 @@ def validate_payload(
         raise InvalidRequestError(f"invalid request: payload of {size} bytes is over the limit of {limit}")
     if model.database.engine != "postgresql":
         raise InvalidRequestError(
-            f"database engine {model.database.engine!r} is not supported; only 'postgresql' is"
+            f"database engine {model.database.engine!r} is not supported; only 'postgresql' is",
+            field="database.engine",
         )
     if model.region not in app.settings.regions:
-        raise InvalidRequestError(f"region {model.region!r} is not one of {', '.join(app.settings.regions)}")
+        raise InvalidRequestError(
+            f"region {model.region!r} is not one of {', '.join(app.settings.regions)}", field="region"
+        )
     return model
 
 
@@ -128,7 +136,9 @@ def parse_payload(payload: object) -> ProvisionProjectPayload:
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "payload"
-        raise InvalidRequestError(f"invalid request: {where}: {first['msg']}") from None
+        raise InvalidRequestError(
+            f"invalid request: {where}: {first['msg']}", field=where if first["loc"] else None
+        ) from None
 
 
 # Bounds checked before the settings are read, so a hostile payload costs nothing to refuse;
@@ -480,10 +490,11 @@ _STAGE_OF_KEY: dict[str, Stage] = {
 
 
 def list_projects(
-    stage: Stage | str | None = None, *, limit: int = 50, app: App | None = None
+    stage: Stage | str | None = None, *, limit: int = 50, offset: int = 0, app: App | None = None
 ) -> ProjectList:
     """Every project's stage, for operators: those at ``stage`` (all when None), the ones
-    unchanged the longest first (what is stuck, and for how long), at most ``limit``."""
+    unchanged the longest first (what is stuck, and for how long), at most ``limit`` after
+    the first ``offset``."""
     if stage is not None:
         try:
             stage = Stage(str(stage).upper())
@@ -492,7 +503,7 @@ def list_projects(
                 f"unknown stage {stage!r}; one of {', '.join(s.value for s in Stage)}"
             ) from None
     keys = None if stage is None else [key for key, s in _STAGE_OF_KEY.items() if s is stage]
-    rows, counts = (app or default_app()).repository.overview(keys, limit=limit)
+    rows, counts = (app or default_app()).repository.overview(keys, limit=limit, offset=offset)
     by_stage: dict[Stage, int] = {}
     for key, n in counts.items():
         by_stage[_STAGE_OF_KEY[key]] = by_stage.get(_STAGE_OF_KEY[key], 0) + n

@@ -47,6 +47,7 @@ from services.reconcile import reconcile as run_reconcile
 from services.reconcile import repair as repair_drift
 from services.replay import replay as run_replay
 from services.schemas import stale_schemas, write_schemas
+from services.web.auth import TokenConfigError, new_token
 from services.worker import run_worker
 from shared.db import ConflictingRequestError, StepRow
 from shared.db import migrate as run_migrations
@@ -260,6 +261,54 @@ def worker(
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         run_worker(key, _settings(local=local), chains=chains)
+
+
+# --- the HTTP front door ------------------------------------------------------------------
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    insecure_local: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-local",
+            help="Serve without tokens (only on a loopback address): for a machine of one's own.",
+        ),
+    ] = False,
+    local: LocalFlag = False,
+) -> None:
+    """Serve the HTTP API, its live stream and its page until SIGTERM/SIGINT.
+
+    Callers present `Authorization: Bearer <token>`; the tokens' hashes come from
+    PROVISION_API_TOKENS or PROVISION_API_TOKENS_FILE (entries from `provision api-token`).
+    Without one it refuses to start unless --insecure-local."""
+
+    with _errors():
+        try:
+            from services.web.server import serve  # noqa: PLC0415 - the api extra is optional
+        except ImportError as exc:
+            raise UsageError(
+                f"the API needs the api extra ({exc.name} is missing): pip install 'tenant-provisioning[api]'"
+            ) from None
+        serve(_settings(local=local), host=host, port=port, insecure_local=insecure_local)
+
+
+@app.command("api-token")
+def api_token(
+    caller: Annotated[str, typer.Argument(help="Who the token is for (a name for the logs).")],
+) -> None:
+    """Make a bearer token for one caller of the API: prints the token (shown once; give it to
+    the caller) and the entry to add to PROVISION_API_TOKENS(_FILE), which holds only its hash."""
+
+    with _errors():
+        try:
+            token, entry = new_token(caller)
+        except TokenConfigError as exc:
+            raise UsageError(str(exc)) from None
+    out.print(f"token: {token}", highlight=False, soft_wrap=True)
+    out.print(f"entry: {entry}", highlight=False, soft_wrap=True)
 
 
 # --- requesting and following -------------------------------------------------------------

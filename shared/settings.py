@@ -105,6 +105,17 @@ class Settings(BaseSettings):
     )
     outbox_interval_seconds: float = Field(default=1.0, gt=0)
 
+    # The HTTP API (`provision api`).
+    api_tokens: SecretStr | None = Field(
+        default=None,
+        description="the API's callers: `<caller>=sha256:<hex>` entries (from `provision api-token`), "
+        "separated by commas or new lines; only the tokens' hashes are held",
+    )
+    api_tokens_file: Path | None = Field(default=None, description="a file of such entries, one a line")
+    api_max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="the largest request body the API reads"
+    )
+
     # Testing switch: kill the worker (SIGKILL) once at a point of a step, to prove crash safety.
     # Form `<step>:<point>` with point one of before_work, after_work, after_publish.
     crash_at: str | None = None

@@ -461,10 +461,10 @@ class StepRepository:
 
     @_unavailable_as_error
     def overview(
-        self, stage_keys: list[str] | None = None, *, limit: int = 50
+        self, stage_keys: list[str] | None = None, *, limit: int = 50, offset: int = 0
     ) -> tuple[list[ProjectOverview], dict[str, int]]:
         """Projects at one of ``stage_keys`` (all when None), the longest unchanged first, at
-        most ``limit``; and how many projects stand at each stage key."""
+        most ``limit`` after skipping ``offset``; and how many projects stand at each stage key."""
         with self.engine.connect() as conn:
             counts = {
                 str(key): int(n)
@@ -476,9 +476,9 @@ class StepRepository:
                 text(
                     _OVERVIEW + "SELECT project_id, stage_key, created_at, last_change, stuck FROM staged "
                     "WHERE CAST(:keys AS text[]) IS NULL OR stage_key = ANY(CAST(:keys AS text[])) "
-                    "ORDER BY last_change ASC NULLS FIRST, project_id LIMIT :limit"
+                    "ORDER BY last_change ASC NULLS FIRST, project_id LIMIT :limit OFFSET :offset"
                 ),
-                {"keys": stage_keys, "limit": limit},
+                {"keys": stage_keys, "limit": limit, "offset": offset},
             ).all()
         return [ProjectOverview(*row) for row in rows], counts
 

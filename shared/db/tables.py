@@ -81,6 +81,24 @@ tenant_placements = Table(
     Index("ix_tenant_placements_cluster", "cluster"),
 )
 
+step_transitions = Table(
+    "step_transitions",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("project_id", Text, ForeignKey("projects.project_id", ondelete="CASCADE"), nullable=False),
+    Column("step_name", String(100), nullable=False),
+    Column("position", SmallInteger, nullable=False),
+    Column("previous", String(20)),
+    Column("status", String(20), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("error_message", Text),
+    Column("error_details", JSONB),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_step_transitions_project", "project_id", "id"),
+)
+"""Every status change of a step, appended by a trigger (migration 0006) that also sends
+``NOTIFY step_transitions '<project_id> <id>'``: the HTTP API's live stream."""
+
 outbox = Table(
     "outbox",
     metadata,

@@ -1,0 +1,56 @@
+"""``provision api``: the front door served by uvicorn, one process of its own."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import uvicorn
+
+from services.bootstrap import ConfigurationError, build_app
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+from .app import create_api
+from .auth import TokenConfigError, load_tokens
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` names only this machine: ``localhost`` or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: Settings, *, host: str, port: int, insecure_local: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT. ConfigurationError (one line) for a bad token entry, no
+    token without ``insecure_local``, or ``insecure_local`` on an address others can reach."""
+    if insecure_local and not is_loopback(host):
+        raise ConfigurationError(
+            f"--insecure-local serves without tokens, so only on a loopback address, not {host!r}"
+        )
+    try:
+        tokens = load_tokens(settings)
+    except TokenConfigError as exc:
+        raise ConfigurationError(str(exc)) from None
+    configure_logging(settings.log_level, settings.log_format)
+    app = build_app(settings)
+    try:
+        api = create_api(app, tokens=tokens if len(tokens) else None, insecure_local=insecure_local)
+    except TokenConfigError as exc:
+        app.close()
+        raise ConfigurationError(str(exc)) from None
+    try:
+        uvicorn.run(
+            api,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,  # the API writes its own line per request, with the caller
+            timeout_graceful_shutdown=5,  # live streams are ended, not waited for
+            server_header=False,
+        )
+    finally:
+        app.close()

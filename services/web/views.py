@@ -1,0 +1,213 @@
+"""What the API says, as models (they are its OpenAPI document), and how a project's record
+becomes one: its steps, its stage, its result without a secret, an ETA."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine, text
+
+from shared.db import StepRow
+from shared.errors import ErrorType
+from shared.steps import REVERSE_STEPS, STEPS, Chain, Stage, StepStatus, step_by_name
+
+TERMINAL_STAGES = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.DELETED, Stage.CANCELLED})
+"""Where a project's live stream ends (a replay or a deprovisioning starts a new one)."""
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ErrorDetail(_View):
+    code: str = Field(description="stable, machine-readable: unauthorized, not_found, invalid_request, ...")
+    message: str = Field(description="one line for a person")
+    field: str | None = Field(default=None, description="the dotted path of the offending field")
+
+
+class ErrorBody(_View):
+    """Every error the API returns."""
+
+    error: ErrorDetail
+
+
+class StepError(_View):
+    type: str = Field(description="the seed's error type, e.g. NETWORK_ERROR")
+    message: str
+    remediation: str | None = Field(description="what an operator does about it")
+
+
+class StepView(_View):
+    name: str = Field(description="the seed's step name, e.g. create_tenant_database")
+    service: str
+    chain: Literal["provisioning", "deprovisioning"]
+    position: int
+    status: str = Field(description="pending, running, success, failed, skipped or cancelled")
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration_ms: float | None
+    attempts: int
+    error: StepError | None
+
+
+class ProjectView(_View):
+    project_id: str
+    stage: Stage
+    created_at: datetime
+    ready_at: datetime | None
+    deleted_at: datetime | None
+    steps: list[StepView] = Field(description="the seven provisioning steps, in order")
+    deprovisioning: list[StepView] = Field(
+        description="the seven reverse steps, once deprovisioning is asked"
+    )
+    result: dict[str, Any] | None = Field(
+        description="the seed's ProvisionProjectResult once ready; no secret"
+    )
+    eta_seconds: float | None = Field(description="the remaining steps' recent median durations, summed")
+    last_event_id: int = Field(description="the id of the project's latest transition (0: none yet)")
+
+
+class Receipt(_View):
+    project_id: str
+    correlation_id: str = Field(description="the request's correlation id (the same on a repeated request)")
+    location: str
+
+
+class ReplayRequest(_View):
+    project_id: str | None = Field(default=None, max_length=200)
+    step: str | None = Field(default=None, max_length=100, description="a step key, e.g. schema")
+    dry_run: bool = False
+
+
+class ReplayDecisionView(_View):
+    project_id: str
+    step: str
+    action: str = Field(description="replayed, would replay or skipped")
+    reason: str
+
+
+class ReplayResult(_View):
+    decisions: list[ReplayDecisionView]
+    replayed: int
+
+
+class ProjectSummaryView(_View):
+    project_id: str
+    stage: Stage
+    created_at: datetime
+    last_change: datetime | None
+    stuck: bool = Field(description="a step of it is running past its lease")
+
+
+class ProjectPage(_View):
+    projects: list[ProjectSummaryView]
+    counts: dict[str, int] = Field(description="how many projects stand at each stage")
+    next: str | None = Field(description="the next page's path, if there may be one")
+
+
+class Health(_View):
+    status: Literal["ok", "unavailable"]
+    database: bool
+    listener: bool
+
+
+def step_error(row_status: str, message: str | None, details: Mapping[str, Any] | None) -> StepError | None:
+    """The failure a step row (or transition) carries, with its remediation; None unless failed."""
+    if row_status != StepStatus.FAILED or message is None:
+        return None
+    kind = str((details or {}).get("type", ErrorType.UNKNOWN_ERROR))
+    try:
+        remediation: str | None = ErrorType(kind).remediation
+    except ValueError:
+        remediation = None
+    return StepError(type=kind, message=message, remediation=remediation)
+
+
+def _duration_ms(row: StepRow) -> float | None:
+    if row.started_at is None or row.completed_at is None:
+        return None
+    return round((row.completed_at - row.started_at).total_seconds() * 1000, 1)
+
+
+def step_view(row: StepRow) -> StepView:
+    step = step_by_name(row.step_name)
+    return StepView(
+        name=row.step_name,
+        service=step.service,
+        chain="deprovisioning" if step.chain is Chain.DEPROVISIONING else "provisioning",
+        position=row.position,
+        status=row.status,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        duration_ms=_duration_ms(row),
+        attempts=row.attempt,
+        error=step_error(row.status, row.error_message, row.error_details),
+    )
+
+
+class Durations:
+    """Each step's median duration over its recent successes, read at most every ``ttl``
+    seconds (one query for all steps), for the ETA."""
+
+    _SQL = text(
+        """
+        SELECT step_name,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at))
+        FROM (
+            SELECT step_name, started_at, completed_at,
+                   row_number() OVER (PARTITION BY step_name ORDER BY completed_at DESC) AS recent
+            FROM provisioning_steps
+            WHERE status = 'success' AND started_at IS NOT NULL AND completed_at IS NOT NULL
+              AND completed_at > now() - interval '1 day'
+        ) AS done
+        WHERE recent <= :sample
+        GROUP BY step_name
+        """
+    )
+
+    def __init__(self, engine: Engine, *, ttl: float = 30.0, sample: int = 100) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._sample = sample
+        self._lock = threading.Lock()
+        self._read_at = -float("inf")
+        self._medians: dict[str, float] = {}
+
+    def medians(self) -> dict[str, float]:
+        with self._lock:
+            if time.monotonic() - self._read_at > self._ttl:
+                with self._engine.connect() as conn:
+                    rows = conn.execute(self._SQL, {"sample": self._sample}).all()
+                self._medians = {str(name): float(seconds) for name, seconds in rows}
+                self._read_at = time.monotonic()
+            return self._medians
+
+
+def eta_seconds(
+    rows: Sequence[StepRow], stage: Stage, medians: Mapping[str, float], now: datetime
+) -> float | None:
+    """What the steps still to run should take by their recent medians (a running one less
+    what it has run); None at a terminal stage or when no step has a median yet."""
+    if stage in TERMINAL_STAGES:
+        return None
+    reverse = any(step_by_name(row.step_name).chain is Chain.DEPROVISIONING for row in rows)
+    chain = REVERSE_STEPS if reverse else STEPS
+    by_name = {row.step_name: row for row in rows}
+    total, known = 0.0, False
+    for step in chain:
+        row = by_name.get(step.name)
+        if row is not None and row.status in (StepStatus.SUCCESS, StepStatus.SKIPPED, StepStatus.CANCELLED):
+            continue
+        median = medians.get(step.name)
+        if median is None:
+            continue
+        known = True
+        if row is not None and row.status == StepStatus.RUNNING and row.started_at is not None:
+            median = max(0.0, median - (now - row.started_at).total_seconds())
+        total += median
+    return round(total, 3) if known else None
