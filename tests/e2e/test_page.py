@@ -18,7 +18,8 @@ from fastapi import FastAPI
 from playwright.sync_api import Page, ViewportSize, expect
 
 from services.bootstrap import App
-from services.web import TokenSet, create_api, new_token
+from services.web import create_api
+from services.web.auth import TokenSet, new_token
 from shared.steps import STEP_NAMES
 from tests.browser import chromium
 from tests.e2e.faults import ServiceStandIn, service_stand_in
