@@ -30,7 +30,8 @@ class ContractJsonSchema(GenerateJsonSchema):
 
 
 def render_schemas() -> dict[str, str]:
-    """File name -> JSON Schema text, for every event plus the seed's payload and result."""
+    """File name -> JSON Schema text, for every event plus the seed's payload and result,
+    and the HTTP API's OpenAPI document (``openapi.json``)."""
     models = {f"{event_type}.json": model for event_type, model in event_models().items()}
     models["ProvisionProjectPayload.json"] = ProvisionProjectPayload
     models["ProvisionProjectResult.json"] = ProvisionProjectResult
@@ -40,6 +41,9 @@ def render_schemas() -> dict[str, str]:
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = name
         rendered[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    from services.web.app import openapi_document  # noqa: PLC0415 - needs the api extra, like this command
+
+    rendered["openapi.json"] = json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
     return rendered
 
 

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -46,6 +47,7 @@ from shared.db import ConflictingRequestError
 from shared.errors import StoreUnavailableError
 from shared.events import ProvisionProjectPayload, utcnow
 from shared.naming import InvalidProjectIdError, validate_project_id
+from shared.settings import Settings
 from shared.steps import STEPS, Chain, derive_stage, resolve_step, step_by_name
 
 from .auth import TokenConfigError, TokenSet
@@ -66,6 +68,11 @@ from .views import (
 )
 
 log = structlog.get_logger("provision.api.http")
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="A token from `provision api-token <caller>`; the API holds only its hash.",
+)
 
 API_TITLE = "Tenant provisioning API"
 API_VERSION = "1"
@@ -276,12 +283,13 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
         lifespan=lifespan,
     )
 
-    async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    async def caller(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> str:
         if insecure_local:
             request.state.caller = "local"
             return "local"
-        scheme, _, token = (authorization or "").partition(" ")
-        name = tokens.caller(token.strip()) if tokens and scheme.lower() == "bearer" else None
+        name = tokens.caller(credentials.credentials) if tokens and credentials is not None else None
         if name is None:
             raise ApiError(
                 401,
@@ -517,6 +525,20 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
     return api
 
 
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document, built without connecting to anything."""
+    offline = App(
+        settings=Settings.model_construct(),
+        bootstrap_servers="unused:9092",
+        database_url="postgresql://unused@127.0.0.1:1/unused",
+        tenant_database_url="postgresql://unused@127.0.0.1:1/unused",
+    )
+    try:
+        return create_api(offline, tokens=None, insecure_local=True).openapi()
+    finally:
+        offline.close()
+
+
 def _project_id(raw: str, *, field: str = "project_id") -> str:
     try:
         return validate_project_id(raw)
@@ -538,6 +560,9 @@ def _json_body(body: bytes) -> Any:
 
 
 def _project_view(app: App, durations: Durations, project_id: str) -> ProjectView:
+    # The id first: a transition committed between the two reads is then sent again to a
+    # client resuming from it, rather than never.
+    last_event_id = last_transition_id(app.engine, project_id)
     snapshot = app.repository.snapshot(project_id)
     record = snapshot.project
     if record is None:
@@ -561,7 +586,7 @@ def _project_view(app: App, durations: Durations, project_id: str) -> ProjectVie
         deprovisioning=[step_view(r) for r in reverse],
         result=result,
         eta_seconds=eta_seconds(snapshot.steps, stage, durations.medians(), utcnow()),
-        last_event_id=last_transition_id(app.engine, project_id),
+        last_event_id=last_event_id,
     )
 
 
@@ -582,6 +607,8 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's own "error parsing the body": one answer for bad input
+            return _error_response(422, "invalid_request", "the request body is not JSON")
         code = _CODES.get(exc.status_code, "http_error")
         return _error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
