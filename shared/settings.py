@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         default=64 * 1024, ge=1024, description="the largest request body the API reads"
     )
+    api_max_streams: int = Field(
+        default=1000, ge=1, description="live streams one API process holds open at once; more get 503"
+    )
 
     # Testing switch: kill the worker (SIGKILL) once at a point of a step, to prove crash safety.
     # Form `<step>:<point>` with point one of before_work, after_work, after_publish.

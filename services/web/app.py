@@ -394,6 +394,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
             },
             **_errors(404, "project_not_found"),
             **_errors(422, "invalid_request"),
+            **_errors(503, "store_unavailable", "too_many_streams"),
         },
     )
     async def project_events(
@@ -407,6 +408,13 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
             after = parse_last_event_id(last_event_id) or 0
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc), field="Last-Event-ID") from None
+        if listener.watcher_count >= app.settings.api_max_streams:
+            raise ApiError(
+                503,
+                "too_many_streams",
+                f"this API process holds its limit of {app.settings.api_max_streams} live streams; retry",
+                headers={"Retry-After": "5"},
+            )
         if await run_in_threadpool(app.repository.project, pid) is None:
             raise ApiError(404, "project_not_found", f"project {pid!r} is not in the control plane")
         stream = ProjectStream(

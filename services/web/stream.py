@@ -33,6 +33,8 @@ from .views import TERMINAL_STAGES, eta_seconds, step_error
 log = structlog.get_logger("provision.api.stream")
 
 CHANNEL = "step_transitions"
+LISTENER_NAME = "provision-api-listener"
+"""The listener connection's ``application_name``, as ``pg_stat_activity`` shows it."""
 _BATCH = 500
 
 
@@ -73,7 +75,7 @@ class TransitionListener:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, connect_timeout=5
+                    self._conninfo, autocommit=True, connect_timeout=5, application_name=LISTENER_NAME
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.connected = True

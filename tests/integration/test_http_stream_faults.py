@@ -1,0 +1,125 @@
+"""The live stream when things go wrong, on the real database: its LISTEN connection killed,
+a quiet project, too many watchers."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from services.api import update_provisioning_step
+from services.bootstrap import App
+from services.web.stream import LISTENER_NAME
+from tests.api_server import RunningApi, serve_api
+from tests.sse import SseEvent, read_events
+from tests.support import env_of, make_app
+
+
+def _request(client: httpx.Client, app: App) -> str:
+    project_id = str(uuid.uuid4())
+    response = client.post("/v1/projects", json={"project_id": project_id, "region": app.settings.regions[0]})
+    assert response.status_code == 202
+    return project_id
+
+
+class Watcher:
+    """One stream read on a thread: its events land in a queue."""
+
+    def __init__(self, client: httpx.Client, project_id: str) -> None:
+        self.events: queue.Queue[SseEvent] = queue.Queue()
+        self.raw: list[str] = []
+        self._client = client
+        self._project_id = project_id
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        path = f"/v1/projects/{self._project_id}/events"
+        try:
+            with self._client.stream("GET", path, timeout=60) as response:
+
+                def lines() -> Iterator[str]:
+                    for line in response.iter_lines():
+                        self.raw.append(line)
+                        yield line
+
+                for event in read_events(lines()):
+                    self.events.put(event)
+        except (httpx.HTTPError, RuntimeError):
+            return  # the test closed its client: the stream ends with it
+
+    def next(self, event: str, timeout: float = 15.0) -> SseEvent:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                found = self.events.get(timeout=left)
+            except queue.Empty:
+                break
+            if found.event == event:
+                return found
+        raise AssertionError(f"no {event!r} event within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def api(app: App) -> Iterator[RunningApi]:
+    """The API with a short keepalive, so a quiet stream shows it."""
+    with serve_api(app, keepalive=0.5) as running:
+        yield running
+
+
+def test_stream_goes_on_after_its_listen_connection_is_killed(app: App, api: RunningApi) -> None:
+    """Killing the API's LISTEN backend loses nothing: the listener reconnects, /healthz comes
+    back, and a transition made after the kill still reaches the open stream."""
+    with api.client() as client, api.client() as watcher_client:
+        project_id = _request(client, app)
+        watcher = Watcher(watcher_client, project_id)
+        assert watcher.next("stage").data["stage"] == "INITIALIZING"
+        with app.engine.begin() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :n"
+                ),
+                {"n": LISTENER_NAME},
+            ).scalar_one()
+        assert killed == 1
+        update_provisioning_step(project_id, "create_tenant_database", "running", app=app)
+        event = watcher.next("step")
+        assert (event.data["step"], event.data["status"]) == ("create_tenant_database", "running")
+        deadline = time.monotonic() + 15
+        while client.get("/healthz").status_code != 200:
+            assert time.monotonic() < deadline, "the listener did not reconnect"
+            time.sleep(0.2)
+
+
+def test_a_quiet_stream_sends_keepalive_comments(app: App, api: RunningApi) -> None:
+    """A project with nothing happening gets keepalive comments, which SSE clients ignore."""
+    with api.client() as client, api.client() as watcher_client:
+        watcher = Watcher(watcher_client, _request(client, app))
+        watcher.next("stage")
+        deadline = time.monotonic() + 10
+        while ": keepalive" not in watcher.raw:
+            assert time.monotonic() < deadline, "no keepalive within 10 s"
+            time.sleep(0.1)
+
+
+def test_streams_over_the_process_limit_get_503(app: App, tmp_path: Path) -> None:
+    """Past PROVISION_API_MAX_STREAMS open streams, one more is 503 too_many_streams with Retry-After."""
+    limited = make_app(env_of(app), tmp_path, api_max_streams=1)
+    try:
+        with serve_api(limited) as running, running.client() as client, running.client() as watcher_client:
+            project_id = _request(client, limited)
+            Watcher(watcher_client, project_id).next("stage")
+            refused = client.get(f"/v1/projects/{project_id}/events")
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "too_many_streams"
+            assert refused.headers["retry-after"] == "5"
+    finally:
+        limited.close()
