@@ -50,7 +50,7 @@ from shared.naming import InvalidProjectIdError, validate_project_id
 from shared.settings import Settings
 from shared.steps import STEPS, Chain, derive_stage, resolve_step, step_by_name
 
-from .auth import TokenConfigError, TokenSet
+from .auth import NO_TOKENS, TokenConfigError, TokenSet
 from .stream import ProjectStream, TransitionListener, last_transition_id, parse_last_event_id
 from .views import (
     Durations,
@@ -253,10 +253,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
     ``insecure_local``: then every ``/v1`` route is open, for a machine of one's own.
     """
     if not tokens and not insecure_local:
-        raise TokenConfigError(
-            "no API token is configured: set PROVISION_API_TOKENS or PROVISION_API_TOKENS_FILE "
-            "(entries from `provision api-token <caller>`), or pass --insecure-local"
-        )
+        raise TokenConfigError(NO_TOKENS)
     metrics = ApiMetrics()
     listener = TransitionListener(app.database_url)
     durations = Durations(app.engine)

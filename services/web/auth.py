@@ -26,6 +26,12 @@ _CALLER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _MAX_TOKEN_LENGTH = 512
 
 
+NO_TOKENS = (
+    "no API token is configured: set PROVISION_API_TOKENS or PROVISION_API_TOKENS_FILE "
+    "(entries from `provision api-token <caller>`), or pass --insecure-local"
+)
+
+
 class TokenConfigError(ValueError):
     """The token configuration cannot be read; the message names the entry."""
 

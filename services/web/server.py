@@ -11,7 +11,7 @@ from shared.logging import configure_logging
 from shared.settings import Settings
 
 from .app import create_api
-from .auth import TokenConfigError, load_tokens
+from .auth import NO_TOKENS, TokenConfigError, load_tokens
 
 
 def is_loopback(host: str) -> bool:
@@ -35,13 +35,11 @@ def serve(settings: Settings, *, host: str, port: int, insecure_local: bool = Fa
         tokens = load_tokens(settings)
     except TokenConfigError as exc:
         raise ConfigurationError(str(exc)) from None
+    if not tokens and not insecure_local:
+        raise ConfigurationError(NO_TOKENS)
     configure_logging(settings.log_level, settings.log_format)
     app = build_app(settings)
-    try:
-        api = create_api(app, tokens=tokens if len(tokens) else None, insecure_local=insecure_local)
-    except TokenConfigError as exc:
-        app.close()
-        raise ConfigurationError(str(exc)) from None
+    api = create_api(app, tokens=tokens if len(tokens) else None, insecure_local=insecure_local)
     try:
         uvicorn.run(
             api,

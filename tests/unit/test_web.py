@@ -1,0 +1,252 @@
+"""The HTTP API's pieces that need no server: tokens, the stream's framing and ids, the ETA,
+the error a step carries, the body guard, and the `api` / `api-token` commands' refusals."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from services.bootstrap import App
+from services.cli import app as cli
+from services.web.app import ApiMetrics, Guard, create_api
+from services.web.auth import NO_TOKENS, TokenConfigError, TokenSet, hash_token, load_tokens, new_token
+from services.web.server import is_loopback
+from services.web.stream import Transition, _sse, parse_last_event_id
+from services.web.views import eta_seconds, step_error
+from shared.db import StepRow
+from shared.settings import Settings
+from shared.steps import REVERSE_STEPS, STEPS, Stage, StepStatus
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def test_new_token_entry_verifies_its_token_and_no_other() -> None:
+    """A token made for a caller is recognised by its entry; another token, empty or huge is not."""
+    token, entry = new_token("dashboard")
+    assert token.startswith("ptk_") and len(token) > 40
+    tokens = TokenSet.parse([entry], source="test")
+    assert tokens.caller(token) == "dashboard"
+    assert tokens.caller(token + "x") is None
+    assert tokens.caller("") is None
+    assert tokens.caller("x" * 10_000) is None
+    assert entry == f"dashboard={hash_token(token)}"
+    assert token not in entry
+
+
+def test_each_caller_is_told_apart() -> None:
+    """Two callers' tokens each name their own caller."""
+    (a, entry_a), (b, entry_b) = new_token("a"), new_token("b")
+    tokens = TokenSet.parse(["# comment", "", entry_a, entry_b], source="test")
+    assert (tokens.caller(a), tokens.caller(b), len(tokens)) == ("a", "b", 2)
+
+
+@pytest.mark.parametrize(
+    ("entries", "says"),
+    [
+        (["dashboard=plaintext-token"], "entry 1"),
+        (["dashboard=sha256:" + "0" * 63], "entry 1"),
+        (["a=sha256:" + "0" * 64, "a=sha256:" + "1" * 64], "configured twice"),
+        (["a=sha256:" + "0" * 64, "b=sha256:" + "0" * 64], "share a token"),
+    ],
+)
+def test_bad_token_entries_are_refused_in_one_line(entries: list[str], says: str) -> None:
+    """A plaintext, short, duplicated or shared entry is refused, naming what is wrong."""
+    with pytest.raises(TokenConfigError, match=says) as raised:
+        TokenSet.parse(entries, source="PROVISION_API_TOKENS")
+    assert "\n" not in str(raised.value)
+
+
+def test_tokens_come_from_the_variable_and_the_file(tmp_path: Path) -> None:
+    """PROVISION_API_TOKENS (comma-separated) and PROVISION_API_TOKENS_FILE (a line each) add up."""
+    (a, entry_a), (b, entry_b), (c, entry_c) = new_token("a"), new_token("b"), new_token("c")
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(f"# callers\n{entry_c}\n")
+    settings = Settings(api_tokens=f"{entry_a},{entry_b}", api_tokens_file=tokens_file)
+    tokens = load_tokens(settings)
+    assert [tokens.caller(t) for t in (a, b, c)] == ["a", "b", "c"]
+    assert len(load_tokens(Settings())) == 0
+
+
+def test_a_missing_tokens_file_is_one_line(tmp_path: Path) -> None:
+    """A tokens file that cannot be read is a TokenConfigError naming it."""
+    with pytest.raises(TokenConfigError, match="PROVISION_API_TOKENS_FILE"):
+        load_tokens(Settings(api_tokens_file=tmp_path / "absent"))
+
+
+def test_the_api_will_not_be_built_without_a_token() -> None:
+    """create_api refuses an empty token set unless insecure_local, before touching anything."""
+    offline = App(Settings(), "unused:9092", "postgresql://x@127.0.0.1:1/x", "postgresql://x@127.0.0.1:1/x")
+    with pytest.raises(TokenConfigError, match="no API token"):
+        create_api(offline, tokens=None)
+    with pytest.raises(TokenConfigError):
+        create_api(offline, tokens=TokenSet({}))
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),  # noqa: S104 - the address is the input
+        ("10.0.0.5", False),
+        ("api.example", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    """Only localhost and loopback addresses count as local for --insecure-local."""
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), ("", None), ("  ", None), ("0", 0), ("42", 42)]
+)
+def test_last_event_id_parses(value: str | None, expected: int | None) -> None:
+    """An absent or blank Last-Event-ID is None; digits are the id."""
+    assert parse_last_event_id(value) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "9" * 19, "١٢"])
+def test_last_event_id_that_is_no_id_is_refused(value: str) -> None:
+    """Anything but a short run of ASCII digits is a ValueError."""
+    with pytest.raises(ValueError, match="Last-Event-ID"):
+        parse_last_event_id(value)
+
+
+def test_sse_framing() -> None:
+    """An event is id, event and one data line of compact JSON, then a blank line."""
+    text = _sse({"stage": "COMPLETED", "note": "a\nb"}, event="end", id=7)
+    assert text == 'id: 7\nevent: end\ndata: {"stage":"COMPLETED","note":"a\\nb"}\n\n'
+    assert _sse({"x": 1}, event="stage").startswith("event: stage\n")
+
+
+def test_a_failed_transition_carries_its_error_and_remediation() -> None:
+    """A failed transition's event names the error type, message and what to do."""
+    transition = Transition(
+        5,
+        STEPS[2].name,
+        3,
+        "running",
+        "failed",
+        3,
+        "auth answered 400",
+        {"type": "SERVICE_REGISTRATION_FAILED"},
+        NOW,
+    )
+    event = transition.as_event("p1")
+    assert event["service"] == "auth" and event["chain"] == "provisioning"
+    assert event["error"]["type"] == "SERVICE_REGISTRATION_FAILED"
+    assert "provision replay" in event["error"]["remediation"]
+    json.dumps(event)
+
+
+def test_step_error_only_for_failed_and_unknown_types_have_no_remedy() -> None:
+    """A step that is not failed has no error; an unknown error type has no remediation."""
+    assert step_error("running", "x", {"type": "TIMEOUT"}) is None
+    error = step_error("failed", "odd", {"type": "SOMETHING_NEW"})
+    assert error is not None and error.remediation is None
+    assert step_error("failed", "plain", None) is not None
+
+
+def _row(step_name: str, position: int, status: StepStatus, started: datetime | None = None) -> StepRow:
+    return StepRow(
+        id=None,  # type: ignore[arg-type]
+        project_id="p1",
+        step_name=step_name,
+        position=position,
+        status=status,
+        started_at=started,
+        completed_at=None,
+        error_message=None,
+        error_details=None,
+        retry_count=0,
+        replay_count=0,
+        attempt=1 if started else 0,
+        lease_owner=None,
+        lease_expires_at=None,
+        result=None,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def test_eta_sums_the_remaining_medians_less_what_the_running_step_has_run() -> None:
+    """Done steps count nothing, the running one its median less its run time, pending ones their median."""
+    statuses = [StepStatus.SUCCESS, StepStatus.RUNNING] + [StepStatus.PENDING] * 5
+    rows = [
+        _row(s.name, s.position, st, NOW - timedelta(seconds=0.5) if st is StepStatus.RUNNING else None)
+        for s, st in zip(STEPS, statuses, strict=True)
+    ]
+    medians = {s.name: 1.0 for s in STEPS}
+    assert eta_seconds(rows, Stage.CREATING_SCHEMA, medians, NOW) == pytest.approx(0.5 + 5)
+
+
+def test_eta_is_none_when_terminal_or_unknown_and_follows_the_reverse_chain() -> None:
+    """No ETA at a terminal stage or without medians; once deprovisioning, the reverse steps count."""
+    rows = [_row(s.name, s.position, StepStatus.PENDING) for s in STEPS]
+    assert eta_seconds(rows, Stage.COMPLETED, {STEPS[0].name: 1.0}, NOW) is None
+    assert eta_seconds(rows, Stage.INITIALIZING, {}, NOW) is None
+    reverse = [_row(s.name, s.position, StepStatus.PENDING) for s in REVERSE_STEPS]
+    medians = {s.name: 2.0 for s in REVERSE_STEPS} | {s.name: 100.0 for s in STEPS}
+    assert eta_seconds(rows + reverse, Stage.DEPROVISIONING, medians, NOW) == pytest.approx(14.0)
+
+
+def _guarded(limit: int = 100) -> TestClient:
+    inner = FastAPI()
+
+    @inner.post("/echo")
+    async def echo(request: Request) -> dict[str, Any]:
+        return {"size": len(await request.body())}
+
+    inner.add_middleware(Guard, limit=limit, metrics=ApiMetrics())  # as create_api does
+    return TestClient(inner)
+
+
+def test_guard_refuses_a_declared_or_streamed_body_over_the_limit() -> None:
+    """A body over the limit is 413 with a JSON error whether declared or chunked; under it passes."""
+    client = _guarded()
+    assert client.post("/echo", content=b"x" * 100).json() == {"size": 100}
+    declared = client.post("/echo", content=b"x" * 101)
+    assert declared.status_code == 413
+    assert declared.json()["error"]["code"] == "payload_too_large"
+    streamed = client.post("/echo", content=iter([b"x" * 60, b"x" * 60]))
+    assert streamed.status_code == 413
+    bogus = client.post("/echo", content=b"x", headers={"Content-Length": "abc"})
+    assert bogus.status_code in (400, 413)
+
+
+def _cli(*args: str, **env: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        cli, list(args), env={"KAFKA_BOOTSTRAP_SERVERS": "", "DATABASE_URL": "", **env}
+    )
+    return result.exit_code, result.output
+
+
+def test_api_command_refuses_without_tokens_or_insecure_on_a_public_address() -> None:
+    """`provision api` exits 2 in one line without a token, with a bad entry, or insecure on 0.0.0.0."""
+    code, output = _cli("api", PROVISION_API_TOKENS="")
+    assert code == 2 and output.strip().count("\n") == 0 and "no API token" in output
+    assert NO_TOKENS.split(":")[0] in output
+    code, output = _cli("api", "--insecure-local", "--host", "0.0.0.0")  # noqa: S104
+    assert code == 2 and "loopback" in output
+    code, output = _cli("api", PROVISION_API_TOKENS="me=secret")
+    assert code == 2 and "entry 1" in output and "secret" not in output.split("(")[-1]
+
+
+def test_api_token_command_prints_a_token_and_its_entry() -> None:
+    """`provision api-token` prints a token and the entry that holds only its hash; a bad name exits 2."""
+    code, output = _cli("api-token", "ops")
+    assert code == 0
+    token = output.split("token: ")[1].split()[0]
+    entry = output.split("entry: ")[1].split()[0]
+    assert TokenSet.parse([entry], source="t").caller(token) == "ops"
+    code, output = _cli("api-token", "two words")
+    assert code == 2 and output.strip().count("\n") == 0
