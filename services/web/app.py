@@ -64,6 +64,7 @@ from .views import (
     ReplayRequest,
     ReplayResult,
     eta_seconds,
+    step_states,
     step_view,
 )
 
@@ -590,7 +591,7 @@ def _project_view(app: App, durations: Durations, project_id: str) -> ProjectVie
         steps=[step_view(r) for r in forward],
         deprovisioning=[step_view(r) for r in reverse],
         result=result,
-        eta_seconds=eta_seconds(snapshot.steps, stage, durations.medians(), utcnow()),
+        eta_seconds=eta_seconds(step_states(snapshot.steps), stage, durations.medians(), utcnow()),
         last_event_id=last_event_id,
     )
 

@@ -26,16 +26,15 @@ from sqlalchemy import Engine, text
 
 from shared.db import StepRepository
 from shared.db.engine import libpq_url
-from shared.steps import Stage, derive_stage, step_by_name
+from shared.steps import FINAL_STEP, Stage, StepStatus, derive_stage, step_by_name
 
-from .views import TERMINAL_STAGES, eta_seconds, step_error
+from .views import TERMINAL_STAGES, StepState, eta_seconds, step_error
 
 log = structlog.get_logger("provision.api.stream")
 
 CHANNEL = "step_transitions"
 LISTENER_NAME = "provision-api-listener"
 """The listener connection's ``application_name``, as ``pg_stat_activity`` shows it."""
-_BATCH = 500
 
 
 class TransitionListener:
@@ -128,10 +127,10 @@ class Transition:
         }
 
 
-_SINCE = text(
+_HISTORY = text(
     """
     SELECT id, step_name, position, previous, status, attempt, error_message, error_details, at
-    FROM step_transitions WHERE project_id = :p AND id > :after ORDER BY id LIMIT :n
+    FROM step_transitions WHERE project_id = :p ORDER BY id
     """
 )
 
@@ -147,16 +146,17 @@ def last_transition_id(engine: Engine, project_id: str) -> int:
 
 
 @dataclass(slots=True)
-class Reading:
-    transitions: list[Transition]
-    stage: Stage
-    eta_seconds: float | None
-    more: bool
-
-
-@dataclass(slots=True)
 class ProjectStream:
-    """The events of one watcher of one project, from ``after`` on, until a terminal stage."""
+    """The events of one watcher of one project, after ``after``, until a terminal stage.
+
+    Each wake reads the project's whole log (tens of rows) and sends the transitions not yet
+    sent, in id order. Ids are taken when a transition is made, not when it commits, so two
+    transactions on different steps of one project (a cancel racing a step's end) can commit
+    out of id order: reading the whole log sends the late one too, where reading past the
+    last id sent would skip it. One step's transitions are serialized by its row lock, so
+    the latest id of a step is its current status: the stage is derived from the log alone,
+    with no other query per wake.
+    """
 
     project_id: str
     after: int
@@ -166,39 +166,60 @@ class ProjectStream:
     medians: Callable[[], Mapping[str, float]]
     keepalive: float = 15.0
     on_sent: Callable[[Transition], None] = lambda t: None
+    _sent: set[int] = field(default_factory=set, init=False)
+    _latest: dict[str, Transition] = field(default_factory=dict, init=False)
+    _seed: dict[str, StepStatus] = field(default_factory=dict, init=False)
+    _ever_ready: bool = field(default=False, init=False)
     _stage: Stage | None = field(default=None, init=False)
 
-    def _read(self) -> Reading:
-        with self.engine.connect() as conn:
-            rows = conn.execute(_SINCE, {"p": self.project_id, "after": self.after, "n": _BATCH}).all()
-        transitions = [Transition(*row) for row in rows]
+    def _begin(self) -> None:
+        """The record's statuses, for steps with no transition logged (made before the log)."""
         snapshot = self.repository.snapshot(self.project_id)
-        record = snapshot.project
+        self._seed = {row.step_name: row.status for row in snapshot.steps}
+        self._ever_ready = snapshot.project is not None and snapshot.project.ready_at is not None
+
+    def _read(self) -> list[Transition]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(_HISTORY, {"p": self.project_id}).all()
+        fresh = []
+        for row in rows:
+            transition = Transition(*row)
+            latest = self._latest.get(transition.step_name)
+            if latest is None or transition.id > latest.id:
+                self._latest[transition.step_name] = transition
+            if transition.id not in self._sent:
+                self._sent.add(transition.id)
+                if transition.id > self.after:
+                    fresh.append(transition)
+        return fresh
+
+    def _stage_now(self) -> tuple[Stage, float | None]:
+        states = {name: StepState(status, None) for name, status in self._seed.items()}
+        for name, transition in self._latest.items():
+            status = StepStatus(transition.status)
+            states[name] = StepState(status, transition.at if status is StepStatus.RUNNING else None)
+        final = self._latest.get(FINAL_STEP.name)
+        self._ever_ready = self._ever_ready or (final is not None and final.status == StepStatus.SUCCESS)
         stage = derive_stage(
-            {s.step_name: s.status for s in snapshot.steps},
-            exists=record is not None,
-            ever_ready=record is not None and record.ready_at is not None,
+            {name: state.status for name, state in states.items()}, ever_ready=self._ever_ready
         )
-        eta = eta_seconds(snapshot.steps, stage, self.medians(), datetime.now(UTC))
-        return Reading(transitions, stage, eta, more=len(rows) == _BATCH)
+        return stage, eta_seconds(states, stage, self.medians(), datetime.now(UTC))
 
     async def events(self) -> AsyncIterator[str]:
         """SSE text: ``step`` events (with ids), ``stage`` when it changes, ``end`` at the last."""
         with self.listener.watch(self.project_id) as wake:
+            await anyio.to_thread.run_sync(self._begin)
             while True:
                 wake.clear()
-                reading = await anyio.to_thread.run_sync(self._read)
-                for transition in reading.transitions:
+                for transition in await anyio.to_thread.run_sync(self._read):
                     yield _sse(transition.as_event(self.project_id), event="step", id=transition.id)
-                    self.after = transition.id
                     self.on_sent(transition)
-                if reading.more:
-                    continue
-                if reading.stage is not self._stage:
-                    self._stage = reading.stage
-                    yield _sse({"stage": reading.stage, "eta_seconds": reading.eta_seconds}, event="stage")
-                if reading.stage in TERMINAL_STAGES:
-                    yield _sse({"stage": reading.stage}, event="end")
+                stage, eta = self._stage_now()
+                if stage is not self._stage:
+                    self._stage = stage
+                    yield _sse({"stage": stage, "eta_seconds": eta}, event="stage")
+                if stage in TERMINAL_STAGES:
+                    yield _sse({"stage": stage}, event="end")
                     return
                 with suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=self.keepalive)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -188,26 +189,43 @@ class Durations:
             return self._medians
 
 
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """What the ETA needs of a step: its status and when it started running."""
+
+    status: StepStatus
+    started_at: datetime | None
+
+
+def step_states(rows: Iterable[StepRow]) -> dict[str, StepState]:
+    return {row.step_name: StepState(row.status, row.started_at) for row in rows}
+
+
+_SETTLED = (StepStatus.SUCCESS, StepStatus.SKIPPED, StepStatus.CANCELLED)
+
+
 def eta_seconds(
-    rows: Sequence[StepRow], stage: Stage, medians: Mapping[str, float], now: datetime
+    states: Mapping[str, StepState], stage: Stage, medians: Mapping[str, float], now: datetime
 ) -> float | None:
     """What the steps still to run should take by their recent medians (a running one less
     what it has run); None at a terminal stage or when no step has a median yet."""
     if stage in TERMINAL_STAGES:
         return None
-    reverse = any(step_by_name(row.step_name).chain is Chain.DEPROVISIONING for row in rows)
-    chain = REVERSE_STEPS if reverse else STEPS
-    by_name = {row.step_name: row for row in rows}
+    chain = REVERSE_STEPS if any(step.name in states for step in REVERSE_STEPS) else STEPS
     total, known = 0.0, False
     for step in chain:
-        row = by_name.get(step.name)
-        if row is not None and row.status in (StepStatus.SUCCESS, StepStatus.SKIPPED, StepStatus.CANCELLED):
+        state = states.get(step.name)
+        if state is not None and state.status in (
+            StepStatus.SUCCESS,
+            StepStatus.SKIPPED,
+            StepStatus.CANCELLED,
+        ):
             continue
         median = medians.get(step.name)
         if median is None:
             continue
         known = True
-        if row is not None and row.status == StepStatus.RUNNING and row.started_at is not None:
-            median = max(0.0, median - (now - row.started_at).total_seconds())
+        if state is not None and state.status == StepStatus.RUNNING and state.started_at is not None:
+            median = max(0.0, median - (now - state.started_at).total_seconds())
         total += median
     return round(total, 3) if known else None

@@ -84,6 +84,9 @@ max_connections = 200
 # default 1 GB a burst of requests forces checkpoints mid-burst that stall everything.
 max_wal_size = '8GB'
 checkpoint_timeout = '15min'
+# Each transaction's commit time, so `provision bench sse` measures the live stream from the
+# commit of a step's transition (pg_xact_commit_timestamp), not from the statement before it.
+track_commit_timestamp = on
 """
 
 # Longest unix socket path the kernel accepts (sun_path is 108 bytes with the trailing NUL).

@@ -123,3 +123,29 @@ def test_streams_over_the_process_limit_get_503(app: App, tmp_path: Path) -> Non
             assert refused.headers["retry-after"] == "5"
     finally:
         limited.close()
+
+
+def test_a_transition_committed_out_of_id_order_still_reaches_the_stream(app: App, api: RunningApi) -> None:
+    """Two steps of one project changed in overlapping transactions, the lower id committing
+    last: the open stream gets both (a cancel racing a step's end is such a case)."""
+    with api.client() as client, api.client() as watcher_client:
+        project_id = _request(client, app)
+        watcher = Watcher(watcher_client, project_id)
+        watcher.next("stage")
+        change = text(
+            "UPDATE provisioning_steps SET status = 'running' WHERE project_id = :p AND step_name = :s"
+        )
+        slow = app.engine.connect()
+        try:
+            slow_tx = slow.begin()
+            slow.execute(change, {"p": project_id, "s": "create_tenant_database"})  # the lower id
+            with app.engine.begin() as fast:
+                fast.execute(change, {"p": project_id, "s": "create_tenant_schema"})
+            first = watcher.next("step")
+            slow_tx.commit()
+        finally:
+            slow.close()
+        second = watcher.next("step")
+    assert first.data["step"] == "create_tenant_schema"
+    assert second.data["step"] == "create_tenant_database"
+    assert int(second.data["id"]) < int(first.data["id"])

@@ -19,7 +19,7 @@ from services.web.app import ApiMetrics, Guard, create_api
 from services.web.auth import NO_TOKENS, TokenConfigError, TokenSet, hash_token, load_tokens, new_token
 from services.web.server import is_loopback
 from services.web.stream import Transition, _sse, parse_last_event_id
-from services.web.views import eta_seconds, step_error
+from services.web.views import eta_seconds, step_error, step_states
 from shared.db import StepRow
 from shared.settings import Settings
 from shared.steps import REVERSE_STEPS, STEPS, Stage, StepStatus
@@ -186,17 +186,17 @@ def test_eta_sums_the_remaining_medians_less_what_the_running_step_has_run() -> 
         for s, st in zip(STEPS, statuses, strict=True)
     ]
     medians = {s.name: 1.0 for s in STEPS}
-    assert eta_seconds(rows, Stage.CREATING_SCHEMA, medians, NOW) == pytest.approx(0.5 + 5)
+    assert eta_seconds(step_states(rows), Stage.CREATING_SCHEMA, medians, NOW) == pytest.approx(0.5 + 5)
 
 
 def test_eta_is_none_when_terminal_or_unknown_and_follows_the_reverse_chain() -> None:
     """No ETA at a terminal stage or without medians; once deprovisioning, the reverse steps count."""
     rows = [_row(s.name, s.position, StepStatus.PENDING) for s in STEPS]
-    assert eta_seconds(rows, Stage.COMPLETED, {STEPS[0].name: 1.0}, NOW) is None
-    assert eta_seconds(rows, Stage.INITIALIZING, {}, NOW) is None
+    assert eta_seconds(step_states(rows), Stage.COMPLETED, {STEPS[0].name: 1.0}, NOW) is None
+    assert eta_seconds(step_states(rows), Stage.INITIALIZING, {}, NOW) is None
     reverse = [_row(s.name, s.position, StepStatus.PENDING) for s in REVERSE_STEPS]
     medians = {s.name: 2.0 for s in REVERSE_STEPS} | {s.name: 100.0 for s in STEPS}
-    assert eta_seconds(rows + reverse, Stage.DEPROVISIONING, medians, NOW) == pytest.approx(14.0)
+    assert eta_seconds(step_states(rows + reverse), Stage.DEPROVISIONING, medians, NOW) == pytest.approx(14.0)
 
 
 def _guarded(limit: int = 100) -> TestClient:
