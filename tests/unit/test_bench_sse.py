@@ -12,6 +12,7 @@ from services.bench.sse import (
     SseDecoder,
     SseEvent,
     StepSeen,
+    commit_latencies_ms,
     cpu_percent,
     epoch,
     live_latencies_ms,
@@ -226,17 +227,21 @@ def test_targets_compare_p95_and_idle_cpu() -> None:
 
 def test_summary_lines_give_every_figure_and_verdict() -> None:
     """The printed lines carry the counts, the percentiles, the sooner path and both verdicts."""
-    lines = summary_lines(_section(p95=72.0))
+    section = _section(p95=72.0)
+    lines = summary_lines({**section, "latency_from_commit_ms": section["latency_ms"]})
     assert lines[0] == "sse: 20 projects through the API, 280 step events (12 replayed, left out)"
     assert lines[1] == (
         "latency commit -> reader: n=268 p50 8.0, p95 72.0, p99 40.0, max 61.0 ms; "
         "target p95 <= 50 ms: MISSED"
     )
-    assert lines[2] == (
+    assert (
+        lines[2] == "latency transition statement -> reader: n=268 p50 8.0, p95 72.0, p99 40.0, max 61.0 ms"
+    )
+    assert lines[3] == (
         "topic - SSE (140 steps): p50 3.5 ms, p95 9.0 ms; sooner: the SSE stream (LISTEN/NOTIFY), by 3.5 ms "
         "at the median"
     )
-    assert lines[3] == (
+    assert lines[4] == (
         "idle API CPU over 30 s: 0.40 % with no watcher, 1.50 % with 100 (100 connected); target < 5 %: met"
     )
 
@@ -246,5 +251,17 @@ def test_summary_lines_say_what_was_not_measured() -> None:
     section = {**_section(), "latency_ms": None, "topic_minus_sse_ms": None, "idle": {}}
     lines = summary_lines(section)
     assert "none; target p95 <= 50 ms: not measured" in lines[1]
-    assert lines[2] == "topic - SSE: not measured (no step seen on both)"
-    assert lines[3].startswith("idle API CPU over 0 s: - with no watcher, - with 0")
+    assert lines[2] == "latency transition statement -> reader: none"
+    assert lines[3] == "topic - SSE: not measured (no step seen on both)"
+    assert lines[4].startswith("idle API CPU over 0 s: - with no watcher, - with 0")
+
+
+def test_commit_latency_counts_live_events_with_a_known_commit() -> None:
+    """Commit-to-reader latency uses each event's commit time; replayed or unknown ones are left out."""
+    live = _seen(at=T0, received=T0 + 0.030)
+    seen = [
+        StepSeen(live.project_id, live.step, live.chain, live.status, T0, T0 + 0.030, False, 7),
+        StepSeen(live.project_id, live.step, live.chain, live.status, T0, T0 + 0.030, True, 8),
+        StepSeen(live.project_id, live.step, live.chain, live.status, T0, T0 + 0.030, False, 9),
+    ]
+    assert commit_latencies_ms(seen, {7: T0 + 0.010, 8: T0}) == pytest.approx([20.0])
