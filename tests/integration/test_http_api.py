@@ -3,6 +3,7 @@ limits and its tokens (the live stream with workers is in tests/e2e/test_http_st
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from services.bootstrap import App
 from tests.api_server import RunningApi, serve_api
+from tests.support import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +194,13 @@ def test_replay_dry_run_and_an_unknown_step(client: httpx.Client) -> None:
     unknown = client.post("/v1/replays", json={"step": "teleport", "dry_run": True})
     assert unknown.status_code == 422
     assert _error(unknown)["field"] == "step"
+
+
+def test_the_served_openapi_document_is_the_committed_one(api: RunningApi) -> None:
+    """/openapi.json, open to all, is exactly schemas/openapi.json."""
+    with api.client(token="") as c:
+        served = c.get("/openapi.json").json()
+    assert served == json.loads((REPO_ROOT / "schemas" / "openapi.json").read_text())
 
 
 def test_open_routes_health_metrics_page_and_json_404_405(api: RunningApi) -> None:

@@ -3,7 +3,11 @@ a quiet project, too many watchers."""
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,9 +21,9 @@ from sqlalchemy import text
 from services.api import update_provisioning_step
 from services.bootstrap import App
 from services.web.stream import LISTENER_NAME
-from tests.api_server import RunningApi, serve_api
+from tests.api_server import RunningApi, free_port, serve_api
 from tests.sse import SseEvent, read_events
-from tests.support import env_of, make_app
+from tests.support import REPO_ROOT, env_of, make_app, settings_env
 
 
 def _request(client: httpx.Client, app: App) -> str:
@@ -149,3 +153,66 @@ def test_a_transition_committed_out_of_id_order_still_reaches_the_stream(app: Ap
     assert first.data["step"] == "create_tenant_schema"
     assert second.data["step"] == "create_tenant_database"
     assert int(second.data["id"]) < int(first.data["id"])
+
+
+def test_a_watcher_resumes_across_a_killed_api_process(app: App, tmp_path: Path) -> None:
+    """The API process SIGKILLed while a project moves on: a new process on the same port, asked
+    with Last-Event-ID, sends exactly the transitions committed meanwhile, in order."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-c",
+        "from services.cli import main; main()",
+        "api",
+        "--insecure-local",
+        "--port",
+        str(port),
+    ]
+    environment = {**os.environ, **settings_env(app.settings)}
+
+    def start() -> subprocess.Popen[bytes]:
+        with (tmp_path / "api.log").open("ab") as log:
+            proc = subprocess.Popen(command, env=environment, stdout=log, stderr=log, cwd=REPO_ROOT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()[
+                -2000:
+            ]
+            time.sleep(0.1)
+
+    proc = start()
+    try:
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            project_id = _request(client, app)
+            with client.stream("GET", f"/v1/projects/{project_id}/events") as response:
+                seen = []
+                for event in read_events(response.iter_lines()):
+                    seen.append(event)
+                    if event.event == "stage":
+                        break
+            last = max(int(e.id or 0) for e in seen if e.event == "step")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            update_provisioning_step(project_id, "create_tenant_database", "running", app=app)
+            update_provisioning_step(project_id, "create_tenant_database", "success", app=app)
+            proc = start()
+            with client.stream(
+                "GET", f"/v1/projects/{project_id}/events", headers={"Last-Event-ID": str(last)}
+            ) as response:
+                resumed = []
+                for event in read_events(response.iter_lines()):
+                    resumed.append(event)
+                    if event.event == "stage":
+                        break
+        steps = [(e.data["step"], e.data["status"]) for e in resumed if e.event == "step"]
+        assert steps == [("create_tenant_database", "running"), ("create_tenant_database", "success")]
+        assert resumed[-1].data["stage"] == "CREATING_SCHEMA"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
