@@ -122,7 +122,7 @@ class Transition:
             "status": self.status,
             "previous": self.previous,
             "attempt": self.attempt,
-            "at": self.at.isoformat(),
+            "at": self.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),  # as the JSON routes write it
             "error": None if error is None else error.model_dump(),
         }
 
