@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from services.bootstrap import App
 from services.web.app import create_api
@@ -39,31 +40,38 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_api(app: App, *, keepalive: float = 15.0) -> Iterator[RunningApi]:
-    """The API with one caller, ``tests``, until the block ends."""
-    token, entry = new_token("tests")
-    api = create_api(app, tokens=TokenSet.parse([entry], source="tests"), keepalive=keepalive)
+def serving(api: FastAPI) -> Iterator[str]:
+    """Serve ``api`` with uvicorn on a free loopback port in a thread, once healthy; yields its
+    base URL. Open streams are ended after 2 s at shutdown, not waited for."""
     port = free_port()
     config = uvicorn.Config(
         api, host="127.0.0.1", port=port, log_config=None, access_log=False, timeout_graceful_shutdown=2
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="api-server", daemon=True)
+    thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
     thread.start()
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError("the API did not become healthy within 20 s")
-        time.sleep(0.05)
     try:
-        yield RunningApi(base_url, token)
+        while True:
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the API did not become healthy within 20 s")
+            time.sleep(0.05)
+        yield base_url
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextmanager
+def serve_api(app: App, *, keepalive: float = 15.0) -> Iterator[RunningApi]:
+    """The API with one caller, ``tests``, until the block ends."""
+    token, entry = new_token("tests")
+    api = create_api(app, tokens=TokenSet.parse([entry], source="tests"), keepalive=keepalive)
+    with serving(api) as base_url:
+        yield RunningApi(base_url, token)

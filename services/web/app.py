@@ -486,7 +486,9 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
                 raise ApiError(422, "invalid_request", f"unknown step {body.step!r}", field="step") from None
         pid = None if body.project_id is None else _project_id(body.project_id, field="project_id")
         try:
-            decisions = replay(app, step_key=step_key, project_id=pid, dry_run=body.dry_run)
+            decisions = replay(
+                app, step_key=step_key, project_id=pid, dry_run=body.dry_run, max_replays=body.max
+            )
         except Exception as exc:
             if isinstance(exc, StoreUnavailableError):
                 raise

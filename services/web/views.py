@@ -83,6 +83,7 @@ class ReplayRequest(_View):
     project_id: str | None = Field(default=None, max_length=200)
     step: str | None = Field(default=None, max_length=100, description="a step key, e.g. schema")
     dry_run: bool = False
+    max: int | None = Field(default=None, ge=1, le=100_000, description="replay at most this many")
 
 
 class ReplayDecisionView(_View):

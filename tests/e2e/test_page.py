@@ -4,26 +4,22 @@ and remedy, and the replay button re-drives it."""
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from playwright.sync_api import Page, ViewportSize, expect
 
 from services.bootstrap import App
 from services.web import create_api
 from services.web.auth import TokenSet, new_token
 from shared.steps import STEP_NAMES
+from tests.api_server import serving
 from tests.browser import chromium
 from tests.e2e.faults import ServiceStandIn, service_stand_in
-from tests.support import REPO_ROOT, WorkerGroup, unique_project, wait_for
+from tests.support import REPO_ROOT, WorkerGroup, unique_project
 
 pytestmark = pytest.mark.e2e
 
@@ -32,33 +28,6 @@ VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 REGION = "eu-west-1"
 # The page has to show what the database knows within this long (ms) of it happening.
 SHOWN_WITHIN_MS = 60_000
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextmanager
-def serving(api: FastAPI) -> Iterator[str]:
-    """Serve ``api`` with uvicorn on a free loopback port in a thread; yields its base URL."""
-    port = _free_port()
-    # Open event streams would otherwise hold the shutdown until the browser lets go.
-    config = uvicorn.Config(
-        api, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive(), timeout=30, message="the API never started")
-        assert server.started, "the API thread exited before it served"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 def _call(
