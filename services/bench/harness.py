@@ -201,6 +201,19 @@ def end_offset(consumer: Consumer, partition: TopicPartition, timeout: float = 3
             time.sleep(0.2)
 
 
+def assign_from_end(consumer: Consumer, topics: Iterable[str]) -> None:
+    """Assign every partition of ``topics`` to ``consumer`` at its current end: it reads only
+    what is produced from now on."""
+    assignment: list[TopicPartition] = []
+    for topic in topics:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        for partition in metadata.partitions:
+            assignment.append(
+                TopicPartition(topic, partition, end_offset(consumer, TopicPartition(topic, partition)))
+            )
+    consumer.assign(assignment)
+
+
 class CompletionWatcher:
     """Reads ``provisioning.verify.completed`` and every failed topic from their current end.
 
@@ -227,13 +240,7 @@ class CompletionWatcher:
                 "fetch.wait.max.ms": 100,
             }
         )
-        assignment: list[TopicPartition] = []
-        for topic in self.topics:
-            metadata = self.consumer.list_topics(topic, timeout=10).topics[topic]
-            for partition in metadata.partitions:
-                high = end_offset(self.consumer, TopicPartition(topic, partition))
-                assignment.append(TopicPartition(topic, partition, high))
-        self.consumer.assign(assignment)
+        assign_from_end(self.consumer, self.topics)
         self.seen: dict[str, Outcome] = {}
 
     def drain(self, timeout: float) -> list[Outcome]:

@@ -447,9 +447,9 @@ class TopicWatcher:
     completion first arrived, ``time.time()``."""
 
     def __init__(self, app: App) -> None:
-        from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
+        from confluent_kafka import Consumer  # noqa: PLC0415
 
-        from services.bench.harness import end_offset  # noqa: PLC0415
+        from services.bench.harness import assign_from_end  # noqa: PLC0415
 
         self.step_of = {s.completed_topic: s.name for s in STEPS}
         self.consumer = Consumer(
@@ -462,13 +462,7 @@ class TopicWatcher:
                 "fetch.wait.max.ms": 100,  # as the workers and the bench's completion watcher
             }
         )
-        assignment = []
-        for topic in self.step_of:
-            metadata = self.consumer.list_topics(topic, timeout=10).topics[topic]
-            for partition in metadata.partitions:
-                high = end_offset(self.consumer, TopicPartition(topic, partition))
-                assignment.append(TopicPartition(topic, partition, high))
-        self.consumer.assign(assignment)
+        assign_from_end(self.consumer, self.step_of)
         self.arrivals: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
