@@ -17,6 +17,7 @@ Layout under the server's home directory (``<state dir>/postgres``, mode 0700)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -128,12 +129,20 @@ class LocalPostgres:
         except FileNotFoundError:
             pass
         private_dir(self.password_file.parent, traverse_gid=self.traverse_gid())
+        # Written aside, then linked into place: the file appears with its content or not at
+        # all, so a concurrent reader (the clusters of `infra up --clusters N` start on
+        # threads) never reads it empty, and the first link wins.
+        draft = self.password_file.with_name(
+            f".{self.password_file.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        )
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            descriptor = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: theirs is the one
-            return self._read_password()
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(24) + "\n")
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(24) + "\n")
+            with contextlib.suppress(FileExistsError):  # another made it first: theirs is the one
+                os.link(draft, self.password_file)
+        finally:
+            draft.unlink(missing_ok=True)
         return self._read_password()
 
     def _read_password(self) -> str:
