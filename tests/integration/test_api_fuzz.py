@@ -4,6 +4,7 @@ documented status, content type and body shape."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -36,7 +37,13 @@ def fuzzed_api(app: App) -> Iterator[RunningApi]:
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+# 40 a route in the suite; PROVISION_FUZZ_EXAMPLES asks for a longer run.
+@settings(
+    max_examples=int(os.environ.get("PROVISION_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
 def test_no_generated_request_gets_a_500_or_an_undocumented_answer(
     case: schemathesis.Case, fuzzed_api: RunningApi
 ) -> None:
