@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import psycopg
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -32,6 +33,7 @@ from prometheus_client import (
     generate_latest,
 )
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api import (
@@ -621,7 +623,10 @@ def _install_error_handlers(api: FastAPI) -> None:
         return _error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @api.exception_handler(StoreUnavailableError)
-    async def unavailable(request: Request, exc: StoreUnavailableError) -> JSONResponse:
+    @api.exception_handler(OperationalError)
+    @api.exception_handler(psycopg.OperationalError)
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("http_store_unavailable", error=type(exc).__name__, path=request.url.path)
         return _error_response(503, "store_unavailable", "the control-plane database is unavailable; retry")
 
     @api.exception_handler(Exception)

@@ -23,9 +23,11 @@ import anyio.to_thread
 import psycopg
 import structlog
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from shared.db import StepRepository
 from shared.db.engine import libpq_url
+from shared.errors import StoreUnavailableError
 from shared.steps import FINAL_STEP, Stage, StepStatus, derive_stage, step_by_name
 
 from .views import TERMINAL_STAGES, StepState, eta_seconds, step_error
@@ -33,6 +35,8 @@ from .views import TERMINAL_STAGES, StepState, eta_seconds, step_error
 log = structlog.get_logger("provision.api.stream")
 
 CHANNEL = "step_transitions"
+_STORE_GONE = (OperationalError, psycopg.OperationalError, StoreUnavailableError)
+"""The database went away under a stream: it ends, and its client resumes elsewhere or later."""
 LISTENER_NAME = "provision-api-listener"
 """The listener connection's ``application_name``, as ``pg_stat_activity`` shows it."""
 
@@ -205,13 +209,27 @@ class ProjectStream:
         )
         return stage, eta_seconds(states, stage, self.medians(), datetime.now(UTC))
 
+    def _gone(self, exc: Exception) -> None:
+        log.warning("stream_store_unavailable", project_id=self.project_id, error=type(exc).__name__)
+
     async def events(self) -> AsyncIterator[str]:
         """SSE text: ``step`` events (with ids), ``stage`` when it changes, ``end`` at the last."""
         with self.listener.watch(self.project_id) as wake:
-            await anyio.to_thread.run_sync(self._begin)
+            try:
+                await anyio.to_thread.run_sync(self._begin)
+            except _STORE_GONE as exc:
+                self._gone(exc)
+                return  # the client reconnects with Last-Event-ID; the log keeps what it missed
             while True:
                 wake.clear()
-                for transition in await anyio.to_thread.run_sync(self._read):
+                try:
+                    fresh = await anyio.to_thread.run_sync(self._read)
+                except _STORE_GONE as exc:
+                    log.warning(
+                        "stream_store_unavailable", project_id=self.project_id, error=type(exc).__name__
+                    )
+                    return
+                for transition in fresh:
                     yield _sse(transition.as_event(self.project_id), event="step", id=transition.id)
                     self.on_sent(transition)
                 stage, eta = self._stage_now()

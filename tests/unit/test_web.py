@@ -3,6 +3,7 @@ the error a step carries, the body guard, and the `api` / `api-token` commands' 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from services.cli import app as cli
 from services.web.app import ApiMetrics, Guard, create_api
 from services.web.auth import NO_TOKENS, TokenConfigError, TokenSet, hash_token, load_tokens, new_token
 from services.web.server import is_loopback
-from services.web.stream import Transition, _sse, parse_last_event_id
+from services.web.stream import ProjectStream, Transition, TransitionListener, _sse, parse_last_event_id
 from services.web.views import eta_seconds, step_error, step_states
 from shared.db import StepRow
 from shared.settings import Settings
@@ -250,3 +251,41 @@ def test_api_token_command_prints_a_token_and_its_entry() -> None:
     assert TokenSet.parse([entry], source="t").caller(token) == "ops"
     code, output = _cli("api-token", "two words")
     assert code == 2 and output.strip().count("\n") == 0
+
+
+def test_with_the_database_gone_every_route_answers_503_not_500() -> None:
+    """With nothing listening at the database's address, /healthz and the /v1 routes answer 503
+    with a JSON code, never a 500 or a hang."""
+    gone = App(Settings(), "127.0.0.1:1", "postgresql://x@127.0.0.1:1/x", "postgresql://x@127.0.0.1:1/x")
+    api = create_api(gone, tokens=None, insecure_local=True)
+    with TestClient(api) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json()["database"] is False
+        project = "3f1c2a9e-7d41-4c8a-9a57-0c7f9a1b2c3d"
+        for method, path in [
+            ("GET", f"/v1/projects/{project}"),
+            ("GET", f"/v1/projects/{project}/events"),
+            ("GET", "/v1/projects"),
+            ("DELETE", f"/v1/projects/{project}"),
+        ]:
+            response = client.request(method, path)
+            assert response.status_code == 503, (method, path, response.text)
+            assert response.json()["error"]["code"] == "store_unavailable"
+    gone.close()
+
+
+def test_a_stream_whose_database_goes_away_ends_quietly() -> None:
+    """A stream that cannot read the log ends without an event or an exception (the client resumes)."""
+    gone = App(Settings(), "127.0.0.1:1", "postgresql://x@127.0.0.1:1/x", "postgresql://x@127.0.0.1:1/x")
+    stream = ProjectStream(
+        "p1", 0, gone.engine, gone.repository, TransitionListener(gone.database_url), lambda: {}
+    )
+
+    async def collect() -> list[str]:
+        return [chunk async for chunk in stream.events()]
+
+    try:
+        assert asyncio.run(collect()) == []
+    finally:
+        gone.close()
