@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 import psycopg
 import structlog
+from confluent_kafka import KafkaException
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +49,7 @@ from services.replay import replay
 from shared.db import ConflictingRequestError
 from shared.errors import StoreUnavailableError
 from shared.events import ProvisionProjectPayload, utcnow
+from shared.kafka.clients import PublishError
 from shared.naming import InvalidProjectIdError, validate_project_id
 from shared.settings import Settings
 from shared.steps import STEPS, Chain, derive_stage, resolve_step, step_by_name
@@ -491,9 +493,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
             decisions = replay(
                 app, step_key=step_key, project_id=pid, dry_run=body.dry_run, max_replays=body.max
             )
-        except Exception as exc:
-            if isinstance(exc, StoreUnavailableError):
-                raise
+        except (KafkaException, TimeoutError, PublishError) as exc:
             log.warning("replay_broker_error", error=type(exc).__name__, detail=str(exc)[:200])
             raise ApiError(
                 503, "broker_unavailable", f"the failed topics could not be read: {type(exc).__name__}"
