@@ -182,7 +182,13 @@ class ProjectStream:
         self._seed = {row.step_name: row.status for row in snapshot.steps}
         self._ever_ready = snapshot.project is not None and snapshot.project.ready_at is not None
 
-    def _read(self) -> list[Transition]:
+    def _read(self) -> tuple[list[Transition], Stage, float | None]:
+        """The transitions not yet sent, and the stage and ETA after them (on a worker
+        thread: the ETA's medians may be a query)."""
+        fresh = self._unsent()
+        return (fresh, *self._stage_now())
+
+    def _unsent(self) -> list[Transition]:
         with self.engine.connect() as conn:
             rows = conn.execute(_HISTORY, {"p": self.project_id}).all()
         fresh = []
@@ -223,16 +229,13 @@ class ProjectStream:
             while True:
                 wake.clear()
                 try:
-                    fresh = await anyio.to_thread.run_sync(self._read)
+                    fresh, stage, eta = await anyio.to_thread.run_sync(self._read)
                 except _STORE_GONE as exc:
-                    log.warning(
-                        "stream_store_unavailable", project_id=self.project_id, error=type(exc).__name__
-                    )
+                    self._gone(exc)
                     return
                 for transition in fresh:
                     yield _sse(transition.as_event(self.project_id), event="step", id=transition.id)
                     self.on_sent(transition)
-                stage, eta = self._stage_now()
                 if stage is not self._stage:
                     self._stage = stage
                     yield _sse({"stage": stage, "eta_seconds": eta}, event="stage")
