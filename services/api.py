@@ -50,7 +50,6 @@ from shared.steps import (
     STEPS,
     Stage,
     StepStatus,
-    derive_stage,
     resolve_step,
 )
 from shared.tracing import new_trace
@@ -438,19 +437,14 @@ def project_status(project_id: str, *, app: App | None = None) -> ProjectStatus:
     """Steps and derived stage of a project (stage INITIALIZING and no steps if unknown)."""
     app = app or default_app()
     project_id = normalize_project_id(project_id)
-    record = app.repository.project(project_id)
-    steps = app.repository.steps(project_id) if record is not None else []
-    stage = derive_stage(
-        {s.step_name: s.status for s in steps},
-        exists=record is not None,
-        ever_ready=record is not None and record.ready_at is not None,
-    )
+    snapshot = app.repository.snapshot(project_id)
+    record = snapshot.project
     return ProjectStatus(
         project_id=project_id,
         exists=record is not None,
         ready=record is not None and record.ready_at is not None,
-        stage=stage,
-        steps=steps,
+        stage=snapshot.stage,
+        steps=snapshot.steps,
     )
 
 

@@ -55,6 +55,10 @@ class Stage(StrEnum):
     """Deprovisioned before it was ever ready: its provisioning was cancelled (or had failed)."""
 
 
+TERMINAL_STAGES = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.DELETED, Stage.CANCELLED})
+"""Stages nothing moves a project out of by itself (a replay or a deprovisioning does)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One step of a chain: its key, its seed-style name, its service and its topics.

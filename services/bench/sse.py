@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
 LATENCY_P95_MS = 50.0
 IDLE_CPU_PERCENT = 5.0
-TERMINAL_STAGES = frozenset({"COMPLETED", "FAILED", "DELETED", "CANCELLED"})
 
 # --- pure ---------------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from importlib import resources
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-import psycopg
 import structlog
 from confluent_kafka import KafkaException
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
@@ -52,10 +51,10 @@ from shared.events import ProvisionProjectPayload, utcnow
 from shared.kafka.clients import PublishError
 from shared.naming import InvalidProjectIdError, validate_project_id
 from shared.settings import Settings
-from shared.steps import STEPS, Chain, derive_stage, resolve_step, step_by_name
+from shared.steps import STEPS, Chain, resolve_step, step_by_name
 
 from .auth import NO_TOKENS, TokenConfigError, TokenSet
-from .stream import ProjectStream, TransitionListener, last_transition_id, parse_last_event_id
+from .stream import ProjectStream, TransitionListener, parse_last_event_id
 from .views import (
     Durations,
     ErrorBody,
@@ -261,7 +260,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
         raise TokenConfigError(NO_TOKENS)
     metrics = ApiMetrics()
     listener = TransitionListener(app.database_url)
-    durations = Durations(app.engine)
+    durations = Durations(app.repository)
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
@@ -422,7 +421,6 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
         stream = ProjectStream(
             pid,
             after,
-            app.engine,
             app.repository,
             listener,
             durations.medians,
@@ -572,14 +570,12 @@ def _json_body(body: bytes) -> Any:
 def _project_view(app: App, durations: Durations, project_id: str) -> ProjectView:
     # The id first: a transition committed between the two reads is then sent again to a
     # client resuming from it, rather than never.
-    last_event_id = last_transition_id(app.engine, project_id)
+    last_event_id = app.repository.last_transition_id(project_id)
     snapshot = app.repository.snapshot(project_id)
     record = snapshot.project
     if record is None:
         raise ApiError(404, "project_not_found", f"project {project_id!r} is not in the control plane")
-    stage = derive_stage(
-        {s.step_name: s.status for s in snapshot.steps}, exists=True, ever_ready=record.ready_at is not None
-    )
+    stage = snapshot.stage
     forward = [r for r in snapshot.steps if step_by_name(r.step_name).chain is Chain.PROVISIONING]
     reverse = [r for r in snapshot.steps if step_by_name(r.step_name).chain is Chain.DEPROVISIONING]
     final = snapshot.step(STEPS[-1].name)
@@ -622,9 +618,11 @@ def _install_error_handlers(api: FastAPI) -> None:
         code = _CODES.get(exc.status_code, "http_error")
         return _error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
+    # The repository reports StoreUnavailableError; the library's own transactions
+    # (request_provisioning, request_deprovisioning) let SQLAlchemy's error through, as the
+    # command line's error handling also expects.
     @api.exception_handler(StoreUnavailableError)
     @api.exception_handler(OperationalError)
-    @api.exception_handler(psycopg.OperationalError)
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("http_store_unavailable", error=type(exc).__name__, path=request.url.path)
         return _error_response(503, "store_unavailable", "the control-plane database is unavailable; retry")

@@ -22,21 +22,17 @@ from typing import Any
 import anyio.to_thread
 import psycopg
 import structlog
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import OperationalError
 
-from shared.db import StepRepository
+from shared.db import StepRepository, StepTransition
 from shared.db.engine import libpq_url
 from shared.errors import StoreUnavailableError
-from shared.steps import FINAL_STEP, Stage, StepStatus, derive_stage, step_by_name
+from shared.steps import FINAL_STEP, TERMINAL_STAGES, Stage, StepStatus, derive_stage, step_by_name
 
-from .views import TERMINAL_STAGES, StepState, eta_seconds, step_error
+from .views import StepState, eta_seconds, step_error
 
 log = structlog.get_logger("provision.api.stream")
 
 CHANNEL = "step_transitions"
-_STORE_GONE = (OperationalError, psycopg.OperationalError, StoreUnavailableError)
-"""The database went away under a stream: it ends, and its client resumes elsewhere or later."""
 LISTENER_NAME = "provision-api-listener"
 """The listener connection's ``application_name``, as ``pg_stat_activity`` shows it."""
 
@@ -99,54 +95,23 @@ class TransitionListener:
             await asyncio.sleep(self._retry_seconds)
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One row of ``step_transitions``."""
-
-    id: int
-    step_name: str
-    position: int
-    previous: str | None
-    status: str
-    attempt: int
-    error_message: str | None
-    error_details: dict[str, Any] | None
-    at: datetime
-
-    def as_event(self, project_id: str) -> dict[str, Any]:
-        step = step_by_name(self.step_name)
-        error = step_error(self.status, self.error_message, self.error_details)
-        return {
-            "id": self.id,
-            "project_id": project_id,
-            "step": self.step_name,
-            "service": step.service,
-            "chain": step.chain.value,
-            "position": self.position,
-            "status": self.status,
-            "previous": self.previous,
-            "attempt": self.attempt,
-            "at": self.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),  # as the JSON routes write it
-            "error": None if error is None else error.model_dump(),
-        }
-
-
-_HISTORY = text(
-    """
-    SELECT id, step_name, position, previous, status, attempt, error_message, error_details, at
-    FROM step_transitions WHERE project_id = :p ORDER BY id
-    """
-)
-
-
-def last_transition_id(engine: Engine, project_id: str) -> int:
-    """The id of the project's latest transition; 0 when it has none."""
-    with engine.connect() as conn:
-        value = conn.execute(
-            text("SELECT coalesce(max(id), 0) FROM step_transitions WHERE project_id = :p"),
-            {"p": project_id},
-        ).scalar_one()
-    return int(value)
+def transition_event(project_id: str, transition: StepTransition) -> dict[str, Any]:
+    """The data of a ``step`` event: the transition, its step's service and chain, its error."""
+    step = step_by_name(transition.step_name)
+    error = step_error(transition.status, transition.error_message, transition.error_details)
+    return {
+        "id": transition.id,
+        "project_id": project_id,
+        "step": transition.step_name,
+        "service": step.service,
+        "chain": step.chain.value,
+        "position": transition.position,
+        "status": transition.status,
+        "previous": transition.previous,
+        "attempt": transition.attempt,
+        "at": transition.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),  # as the JSON routes
+        "error": None if error is None else error.model_dump(),
+    }
 
 
 @dataclass(slots=True)
@@ -164,14 +129,13 @@ class ProjectStream:
 
     project_id: str
     after: int
-    engine: Engine
     repository: StepRepository
     listener: TransitionListener
     medians: Callable[[], Mapping[str, float]]
     keepalive: float = 15.0
-    on_sent: Callable[[Transition], None] = lambda t: None
+    on_sent: Callable[[StepTransition], None] = lambda t: None
     _sent: set[int] = field(default_factory=set, init=False)
-    _latest: dict[str, Transition] = field(default_factory=dict, init=False)
+    _latest: dict[str, StepTransition] = field(default_factory=dict, init=False)
     _seed: dict[str, StepStatus] = field(default_factory=dict, init=False)
     _ever_ready: bool = field(default=False, init=False)
     _stage: Stage | None = field(default=None, init=False)
@@ -182,18 +146,15 @@ class ProjectStream:
         self._seed = {row.step_name: row.status for row in snapshot.steps}
         self._ever_ready = snapshot.project is not None and snapshot.project.ready_at is not None
 
-    def _read(self) -> tuple[list[Transition], Stage, float | None]:
+    def _read(self) -> tuple[list[StepTransition], Stage, float | None]:
         """The transitions not yet sent, and the stage and ETA after them (on a worker
         thread: the ETA's medians may be a query)."""
         fresh = self._unsent()
         return (fresh, *self._stage_now())
 
-    def _unsent(self) -> list[Transition]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(_HISTORY, {"p": self.project_id}).all()
+    def _unsent(self) -> list[StepTransition]:
         fresh = []
-        for row in rows:
-            transition = Transition(*row)
+        for transition in self.repository.transitions(self.project_id):
             latest = self._latest.get(transition.step_name)
             if latest is None or transition.id > latest.id:
                 self._latest[transition.step_name] = transition
@@ -223,18 +184,18 @@ class ProjectStream:
         with self.listener.watch(self.project_id) as wake:
             try:
                 await anyio.to_thread.run_sync(self._begin)
-            except _STORE_GONE as exc:
+            except StoreUnavailableError as exc:  # its client resumes later or elsewhere
                 self._gone(exc)
                 return  # the client reconnects with Last-Event-ID; the log keeps what it missed
             while True:
                 wake.clear()
                 try:
                     fresh, stage, eta = await anyio.to_thread.run_sync(self._read)
-                except _STORE_GONE as exc:
+                except StoreUnavailableError as exc:  # its client resumes later or elsewhere
                     self._gone(exc)
                     return
                 for transition in fresh:
-                    yield _sse(transition.as_event(self.project_id), event="step", id=transition.id)
+                    yield _sse(transition_event(self.project_id, transition), event="step", id=transition.id)
                     self.on_sent(transition)
                 if stage is not self._stage:
                     self._stage = stage

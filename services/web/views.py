@@ -11,14 +11,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine, text
 
-from shared.db import StepRow
+from shared.db import StepRepository, StepRow
 from shared.errors import ErrorType
-from shared.steps import REVERSE_STEPS, STEPS, Chain, Stage, StepStatus, step_by_name
-
-TERMINAL_STAGES = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.DELETED, Stage.CANCELLED})
-"""Where a project's live stream ends (a replay or a deprovisioning starts a new one)."""
+from shared.steps import REVERSE_STEPS, STEPS, TERMINAL_STAGES, Chain, Stage, StepStatus, step_by_name
 
 
 class _View(BaseModel):
@@ -156,24 +152,8 @@ class Durations:
     """Each step's median duration over its recent successes, read at most every ``ttl``
     seconds (one query for all steps), for the ETA."""
 
-    _SQL = text(
-        """
-        SELECT step_name,
-               percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at))
-        FROM (
-            SELECT step_name, started_at, completed_at,
-                   row_number() OVER (PARTITION BY step_name ORDER BY completed_at DESC) AS recent
-            FROM provisioning_steps
-            WHERE status = 'success' AND started_at IS NOT NULL AND completed_at IS NOT NULL
-              AND completed_at > now() - interval '1 day'
-        ) AS done
-        WHERE recent <= :sample
-        GROUP BY step_name
-        """
-    )
-
-    def __init__(self, engine: Engine, *, ttl: float = 30.0, sample: int = 100) -> None:
-        self._engine = engine
+    def __init__(self, repository: StepRepository, *, ttl: float = 30.0, sample: int = 100) -> None:
+        self._repository = repository
         self._ttl = ttl
         self._sample = sample
         self._lock = threading.Lock()
@@ -183,9 +163,7 @@ class Durations:
     def medians(self) -> dict[str, float]:
         with self._lock:
             if time.monotonic() - self._read_at > self._ttl:
-                with self._engine.connect() as conn:
-                    rows = conn.execute(self._SQL, {"sample": self._sample}).all()
-                self._medians = {str(name): float(seconds) for name, seconds in rows}
+                self._medians = self._repository.median_step_seconds(sample=self._sample)
                 self._read_at = time.monotonic()
             return self._medians
 

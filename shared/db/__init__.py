@@ -11,6 +11,7 @@ from shared.db.repository import (
     Snapshot,
     StepRepository,
     StepRow,
+    StepTransition,
     request_hash,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "Snapshot",
     "StepRepository",
     "StepRow",
+    "StepTransition",
     "current_revision",
     "libpq_url",
     "make_engine",

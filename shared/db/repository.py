@@ -29,7 +29,9 @@ from shared.steps import (
     STEP_NAMES,
     STEPS,
     Chain,
+    Stage,
     StepStatus,
+    derive_stage,
     step_by_name,
 )
 
@@ -213,6 +215,23 @@ _OVERVIEW = f"""
 """
 
 
+_MEDIAN_STEP_SECONDS = text(
+    """
+    SELECT step_name,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at))
+    FROM (
+        SELECT step_name, started_at, completed_at,
+               row_number() OVER (PARTITION BY step_name ORDER BY completed_at DESC) AS recent
+        FROM provisioning_steps
+        WHERE status = 'success' AND started_at IS NOT NULL AND completed_at IS NOT NULL
+          AND completed_at > now() - interval '1 day'
+    ) AS done
+    WHERE recent <= :sample
+    GROUP BY step_name
+    """
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A step claimed for its request, with what the record says the step works from."""
@@ -235,6 +254,31 @@ class Snapshot:
     def step(self, step_name: str) -> StepRow | None:
         """The row of ``step_name``, or None."""
         return next((row for row in self.steps if row.step_name == step_name), None)
+
+    @property
+    def stage(self) -> Stage:
+        """The project's stage by its steps (INITIALIZING for an unknown project)."""
+        return derive_stage(
+            {row.step_name: row.status for row in self.steps},
+            exists=self.project is not None,
+            ever_ready=self.project is not None and self.project.ready_at is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepTransition:
+    """A row of ``step_transitions``: one status change of a step, logged by a trigger as it
+    was made (migration 0006); ``at`` is ``clock_timestamp()`` of that statement."""
+
+    id: int
+    step_name: str
+    position: int
+    previous: str | None
+    status: str
+    attempt: int
+    error_message: str | None
+    error_details: dict[str, Any] | None
+    at: datetime
 
 
 class Registration(StrEnum):
@@ -776,6 +820,37 @@ class StepRepository:
                 {"p": project_id},
             ).mappings()
             return Snapshot(project, [_row(r) for r in rows])
+
+    @_unavailable_as_error
+    def transitions(self, project_id: str) -> list[StepTransition]:
+        """The project's logged step transitions, in id order (the order they were made)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT id, step_name, position, previous, status, attempt, error_message, "
+                    "error_details, at FROM step_transitions WHERE project_id = :p ORDER BY id"
+                ),
+                {"p": project_id},
+            ).all()
+        return [StepTransition(*row) for row in rows]
+
+    @_unavailable_as_error
+    def last_transition_id(self, project_id: str) -> int:
+        """The id of the project's latest logged transition; 0 when it has none."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                text("SELECT coalesce(max(id), 0) FROM step_transitions WHERE project_id = :p"),
+                {"p": project_id},
+            ).scalar_one()
+        return int(value)
+
+    @_unavailable_as_error
+    def median_step_seconds(self, *, sample: int = 100) -> dict[str, float]:
+        """Each step's median duration (seconds) over its latest ``sample`` successes of the
+        last day; a step with none is absent."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(_MEDIAN_STEP_SECONDS, {"sample": sample}).all()
+        return {str(name): float(seconds) for name, seconds in rows}
 
     @_unavailable_as_error
     def transition(

@@ -19,9 +19,9 @@ from services.cli import app as cli
 from services.web.app import ApiMetrics, Guard, create_api
 from services.web.auth import NO_TOKENS, TokenConfigError, TokenSet, hash_token, load_tokens, new_token
 from services.web.server import is_loopback
-from services.web.stream import ProjectStream, Transition, TransitionListener, _sse, parse_last_event_id
+from services.web.stream import ProjectStream, TransitionListener, _sse, parse_last_event_id, transition_event
 from services.web.views import eta_seconds, step_error, step_states
-from shared.db import StepRow
+from shared.db import StepRow, StepTransition
 from shared.settings import Settings
 from shared.steps import REVERSE_STEPS, STEPS, Stage, StepStatus
 
@@ -131,7 +131,7 @@ def test_sse_framing() -> None:
 
 def test_a_failed_transition_carries_its_error_and_remediation() -> None:
     """A failed transition's event names the error type, message and what to do."""
-    transition = Transition(
+    transition = StepTransition(
         5,
         STEPS[2].name,
         3,
@@ -142,7 +142,7 @@ def test_a_failed_transition_carries_its_error_and_remediation() -> None:
         {"type": "SERVICE_REGISTRATION_FAILED"},
         NOW,
     )
-    event = transition.as_event("p1")
+    event = transition_event("p1", transition)
     assert event["service"] == "auth" and event["chain"] == "provisioning"
     assert event["error"]["type"] == "SERVICE_REGISTRATION_FAILED"
     assert "provision replay" in event["error"]["remediation"]
@@ -278,9 +278,7 @@ def test_with_the_database_gone_every_route_answers_503_not_500() -> None:
 def test_a_stream_whose_database_goes_away_ends_quietly() -> None:
     """A stream that cannot read the log ends without an event or an exception (the client resumes)."""
     gone = App(Settings(), "127.0.0.1:1", "postgresql://x@127.0.0.1:1/x", "postgresql://x@127.0.0.1:1/x")
-    stream = ProjectStream(
-        "p1", 0, gone.engine, gone.repository, TransitionListener(gone.database_url), lambda: {}
-    )
+    stream = ProjectStream("p1", 0, gone.repository, TransitionListener(gone.database_url), lambda: {})
 
     async def collect() -> list[str]:
         return [chunk async for chunk in stream.events()]
