@@ -1,41 +1,33 @@
-"""A small Server-Sent Events reader for the tests: the events of one stream, until ``end``."""
+"""Server-Sent Events for the tests: a stream's events with their data decoded, until ``end``."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from services.bench.sse import SseDecoder
+
 
 @dataclass(frozen=True, slots=True)
 class SseEvent:
+    """An event with its JSON data decoded; ``id`` is the last id seen, as a client keeps it."""
+
     event: str
     id: str | None
     data: dict[str, Any]
 
 
-def read_events(lines: Iterator[str]) -> Iterator[SseEvent]:
-    """Events of an SSE text stream, line by line (comments skipped)."""
-    event, event_id, data = "message", None, []
-    for line in lines:
-        if line == "":
-            if data:
-                yield SseEvent(event, event_id, json.loads("\n".join(data)))
-            event, event_id, data = "message", None, []
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                event = value
-            elif name == "id":
-                event_id = value
-            elif name == "data":
-                data.append(value)
+def read_events(chunks: Iterable[bytes], decoder: SseDecoder | None = None) -> Iterator[SseEvent]:
+    """Events of an SSE byte stream as they complete, decoded by the bench's SseDecoder (which
+    also counts the comments, the keepalives)."""
+    decoder = decoder or SseDecoder()
+    for chunk in chunks:
+        for event in decoder.feed(chunk):
+            yield SseEvent(event.event, event.id, json.loads(event.data))
 
 
 def stream_until_end(
@@ -49,7 +41,7 @@ def stream_until_end(
     ) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
-        for event in read_events(response.iter_lines()):
+        for event in read_events(response.iter_bytes()):
             events.append(event)
             if event.event == "end":
                 break

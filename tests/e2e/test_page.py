@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page, ViewportSize, expect
 
 from services.bootstrap import App
-from services.web import create_api
+from services.web.app import create_api
 from services.web.auth import TokenSet, new_token
 from shared.steps import STEP_NAMES
 from tests.api_server import serving

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from services.api import update_provisioning_step
+from services.bench.sse import SseDecoder
 from services.bootstrap import App
 from services.web.stream import LISTENER_NAME
 from tests.api_server import RunningApi, free_port, serve_api
@@ -38,7 +39,7 @@ class Watcher:
 
     def __init__(self, client: httpx.Client, project_id: str) -> None:
         self.events: queue.Queue[SseEvent] = queue.Queue()
-        self.raw: list[str] = []
+        self.decoder = SseDecoder()
         self._client = client
         self._project_id = project_id
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -48,13 +49,7 @@ class Watcher:
         path = f"/v1/projects/{self._project_id}/events"
         try:
             with self._client.stream("GET", path, timeout=60) as response:
-
-                def lines() -> Iterator[str]:
-                    for line in response.iter_lines():
-                        self.raw.append(line)
-                        yield line
-
-                for event in read_events(lines()):
+                for event in read_events(response.iter_bytes(), self.decoder):
                     self.events.put(event)
         except (httpx.HTTPError, RuntimeError):
             return  # the test closed its client: the stream ends with it
@@ -109,7 +104,7 @@ def test_a_quiet_stream_sends_keepalive_comments(app: App, api: RunningApi) -> N
         watcher = Watcher(watcher_client, _request(client, app))
         watcher.next("stage")
         deadline = time.monotonic() + 10
-        while ": keepalive" not in watcher.raw:
+        while watcher.decoder.comments == 0:
             assert time.monotonic() < deadline, "no keepalive within 10 s"
             time.sleep(0.1)
 
@@ -192,7 +187,7 @@ def test_a_watcher_resumes_across_a_killed_api_process(app: App, tmp_path: Path)
             project_id = _request(client, app)
             with client.stream("GET", f"/v1/projects/{project_id}/events") as response:
                 seen = []
-                for event in read_events(response.iter_lines()):
+                for event in read_events(response.iter_bytes()):
                     seen.append(event)
                     if event.event == "stage":
                         break
@@ -206,7 +201,7 @@ def test_a_watcher_resumes_across_a_killed_api_process(app: App, tmp_path: Path)
                 "GET", f"/v1/projects/{project_id}/events", headers={"Last-Event-ID": str(last)}
             ) as response:
                 resumed = []
-                for event in read_events(response.iter_lines()):
+                for event in read_events(response.iter_bytes()):
                     resumed.append(event)
                     if event.event == "stage":
                         break
