@@ -138,6 +138,17 @@ service_registrations = Table(
     PrimaryKeyConstraint("service", "tenant_id", name="pk_service_registrations"),
 )
 
+secret_key_fingerprint = Table(
+    "secret_key_fingerprint",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, server_default="1"),
+    Column("fingerprint", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("rotated_at", DateTime(timezone=True)),
+    CheckConstraint("id = 1", name="ck_secret_key_fingerprint_single_row"),
+)
+"""The fingerprint of the key the stored secrets are encrypted with (migration 0007); never the key."""
+
 api_keys = Table(
     "api_keys",
     metadata,
