@@ -18,7 +18,15 @@ import structlog
 from pydantic import ValidationError
 
 from services.bootstrap import App, default_app
-from shared.db import ConflictingRequestError, Registration, StepRow, migrate
+from shared.db import (
+    ConflictingRequestError,
+    ProjectRecord,
+    ProjectRemovedError,
+    Registration,
+    StepRow,
+    migrate,
+    removed_reason,
+)
 from shared.errors import ErrorType, ProvisioningError, StoreUnavailableError
 from shared.events import (
     CompletedEvent,
@@ -28,6 +36,8 @@ from shared.events import (
     ProvisionProjectResult,
     VerifyCompleted,
     json_defect,
+    request_limit,
+    request_size,
     utcnow,
 )
 from shared.execution import (
@@ -86,8 +96,8 @@ def validate_payload(
     """
     model = payload if isinstance(payload, ProvisionProjectPayload) else parse_payload(payload)
     app = app or default_app()
-    size = len(model.model_dump_json().encode())
-    if size > (limit := _payload_limit(app)):
+    size = request_size(model)
+    if size > (limit := request_limit(app.settings.max_message_bytes)):
         raise InvalidRequestError(f"invalid request: payload of {size} bytes is over the limit of {limit}")
     if model.database.engine != "postgresql":
         raise InvalidRequestError(
@@ -99,15 +109,6 @@ def validate_payload(
             f"region {model.region!r} is not one of {', '.join(app.settings.regions)}", field="region"
         )
     return model
-
-
-# The request travels in every event of the chain, twice in a failed or retried one (the
-# event and its input): a quarter of the message limit leaves room for the rest.
-_PAYLOAD_SHARE = 4
-
-
-def _payload_limit(app: App) -> int:
-    return app.settings.max_message_bytes // _PAYLOAD_SHARE
 
 
 def parse_payload(payload: object) -> ProvisionProjectPayload:
@@ -166,10 +167,7 @@ def request_provisioning(
     correlation_id = uuid.uuid4()
     with app.engine.begin() as conn:
         registration, record = app.repository.register_request(model, correlation_id, connection=conn)
-        if registration is Registration.CONFLICT:
-            raise ConflictingRequestError(
-                f"project {model.project_id!r} was already requested with a different payload"
-            )
+        _refuse_unless_registered(registration, record)
         if registration is Registration.NEW:
             event = ProvisioningRequested(
                 event_id=uuid.uuid4(),
@@ -191,6 +189,17 @@ def request_provisioning(
     return RequestReceipt(model.project_id, record.correlation_id, status, published=published)
 
 
+def _refuse_unless_registered(registration: Registration, record: ProjectRecord) -> None:
+    """ProjectRemovedError for an id whose project was removed, ConflictingRequestError for
+    another payload under a known id; nothing for a new or duplicate request."""
+    if registration is Registration.REMOVED:
+        raise ProjectRemovedError(removed_reason(record))
+    if registration is Registration.CONFLICT:
+        raise ConflictingRequestError(
+            f"project {record.project_id!r} was already requested with a different payload"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class DeprovisionReceipt:
     """What a deprovisioning request did: ``requested`` (new) or ``duplicate`` (already
@@ -201,10 +210,17 @@ class DeprovisionReceipt:
     status: str
     published: bool
     cancelled_provisioning: bool
+    deleted_at: datetime | None = None
+    """Set when the project's reverse chain had already ended (a duplicate of a finished one)."""
 
 
 class UnknownProjectError(LookupError):
     """The project is not in the control plane."""
+
+
+class NotAnOrphanError(LookupError):
+    """A deprovisioning asked for an orphan found a project with a registered request: the
+    orphan's id was requested meanwhile, and a live project is never removed as an orphan."""
 
 
 def request_deprovisioning(
@@ -215,6 +231,7 @@ def request_deprovisioning(
     publish_timeout: float = 5.0,
     orphan: bool = False,
     cluster: str | None = None,
+    purge_now: bool = False,
 ) -> DeprovisionReceipt:
     """Remove a project by the reverse chain: fence its provisioning (a step not yet started
     is ``cancelled``; one running finishes and is then undone), record the seven reverse
@@ -226,6 +243,11 @@ def request_deprovisioning(
     does not know, unless ``orphan`` (tenant objects found without a project, by
     ``provision reconcile``): then a bare project record is made to carry the reverse chain,
     placed on ``cluster`` (where its objects were found) unless it is placed already.
+
+    The reverse chain archives the tenant's database; the purge removes it once the retention
+    window (``PROVISION_RETENTION_SECONDS``) has passed, and :func:`restore_project` brings the
+    project back until then. ``purge_now`` ends the window at once (for a project already
+    deleted too): the archive is purged as soon as the reverse chain is done.
     """
     project_id = validate_project_id(project_id)
     if reason is not None and (len(reason) > 2048 or "\x00" in reason):
@@ -234,11 +256,15 @@ def request_deprovisioning(
     correlation_id = uuid.uuid4()
     with app.engine.begin() as conn:
         registered = app.repository.register_deprovisioning(
-            project_id, correlation_id, reason=reason, create=orphan, connection=conn
+            project_id, correlation_id, reason=reason, create=orphan, purge_now=purge_now, connection=conn
         )
         if registered is None:
             raise UnknownProjectError(f"project {project_id!r} is not in the control plane")
         registration, record = registered
+        if orphan and record.request is not None:
+            raise NotAnOrphanError(
+                f"project {project_id!r} has a registered request: it is no orphan, and is left alone"
+            )
         if orphan and cluster is not None:
             app.repository.record_placement(project_id, cluster, connection=conn)
         if registration is Registration.NEW:
@@ -263,7 +289,53 @@ def request_deprovisioning(
         "requested" if registration is Registration.NEW else "duplicate",
         published=published,
         cancelled_provisioning=record.ready_at is None,
+        deleted_at=record.deleted_at,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReceipt:
+    """A restore recorded: the provisioning chain runs again under ``correlation_id``."""
+
+    project_id: str
+    correlation_id: uuid.UUID
+    published: bool
+
+
+def restore_project(
+    project_id: str, *, app: App | None = None, publish_timeout: float = 5.0
+) -> RestoreReceipt:
+    """Bring a deleted project back within its retention window: its provisioning steps
+    ``pending`` again under a new request id, and the registered request published again
+    (through the outbox, in the same transaction). The chain renames the archived database
+    back with its data, gives the tenant role a new password, registers the services again and
+    makes new API keys, then verifies: the project is COMPLETED again.
+
+    RestoreRefusedError in one line otherwise: unknown, not deleted, an orphan, purged, being
+    purged, or past its window.
+    """
+    project_id = validate_project_id(project_id)
+    app = app or default_app()
+    correlation_id = uuid.uuid4()
+    with app.engine.begin() as conn:
+        record = app.repository.restore(project_id, correlation_id, connection=conn)
+        assert record.request is not None  # restore refuses an orphan
+        event = ProvisioningRequested(
+            event_id=uuid.uuid4(),
+            occurred_at=utcnow(),
+            project_id=project_id,
+            correlation_id=correlation_id,
+            request=ProvisionProjectPayload.model_validate(record.request, strict=False),
+        )
+        add_to_outbox(conn, REQUESTED_TOPIC, *encode(event, new_trace()))
+    published = True
+    try:
+        relay_outbox(app.engine, app.publisher, timeout=publish_timeout)
+    except Exception as exc:
+        published = False
+        log.info("restore_publish_deferred", project_id=project_id, error=type(exc).__name__)
+    log.info("project_restored", project_id=project_id, correlation_id=str(correlation_id))
+    return RestoreReceipt(project_id, correlation_id, published)
 
 
 def provision_project_handler(
@@ -282,10 +354,7 @@ def provision_project_handler(
     app = app or default_app()
     model = validate_payload(payload, app=app)
     registration, record = app.repository.register_request(model, uuid.uuid4())
-    if registration is Registration.CONFLICT:
-        raise ConflictingRequestError(
-            f"project {model.project_id!r} was already requested with a different payload"
-        )
+    _refuse_unless_registered(registration, record)
     assert record.correlation_id is not None
     policy = retry or app.worker_options().retry
     owner = f"in-process:{uuid.uuid4().hex[:8]}"
@@ -424,13 +493,28 @@ def update_provisioning_step(
 
 @dataclass(frozen=True, slots=True)
 class ProjectStatus:
-    """A project's steps and the stage derived from them."""
+    """A project's steps and the stage derived from them, and where its removal stands."""
 
     project_id: str
     exists: bool
     ready: bool
     stage: Stage
     steps: list[StepRow]
+    deleted_at: datetime | None = None
+    purge_after: datetime | None = None
+    """Until when a deleted project's archive is kept, restorable (``provision restore``)."""
+    purged_at: datetime | None = None
+    restored_at: datetime | None = None
+
+    @property
+    def restorable(self) -> bool:
+        """Deleted, its archive kept and its window not over."""
+        return (
+            self.deleted_at is not None
+            and self.purged_at is None
+            and self.purge_after is not None
+            and self.purge_after > utcnow()
+        )
 
 
 def project_status(project_id: str, *, app: App | None = None) -> ProjectStatus:
@@ -445,6 +529,10 @@ def project_status(project_id: str, *, app: App | None = None) -> ProjectStatus:
         ready=record is not None and record.ready_at is not None,
         stage=snapshot.stage,
         steps=snapshot.steps,
+        deleted_at=record.deleted_at if record else None,
+        purge_after=record.purge_after if record else None,
+        purged_at=record.purged_at if record else None,
+        restored_at=record.restored_at if record else None,
     )
 
 

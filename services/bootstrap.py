@@ -20,7 +20,7 @@ from services.keys.adapters import SqlKeyStore
 from services.placement import PlacedClusters
 from services.ports import ServiceRegistry
 from services.registration.adapters import CatalogRegistry, HttpRegistry
-from services.specs import build_reverse_specs, build_specs
+from services.specs import build_purge_specs, build_reverse_specs, build_specs
 from services.tenant_cluster import ClusterAddress, ClusterDirectory
 from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
 from shared.crypto import SecretBox
@@ -100,7 +100,9 @@ class App:
 
     @cached_property
     def repository(self) -> StepRepository:
-        return StepRepository(self.engine, self.tenant_cluster_map)
+        return StepRepository(
+            self.engine, self.tenant_cluster_map, retention_seconds=self.settings.retention_seconds
+        )
 
     @cached_property
     def clusters(self) -> ClusterDirectory:
@@ -171,9 +173,14 @@ class App:
             ledger=self.repository,
         )
 
+    @cached_property
+    def purge_specs(self) -> dict[str, StepSpec]:
+        """The purge step's handler bound to its collaborators, by step key."""
+        return build_purge_specs(clusters=self.placed_clusters, ledger=self.repository)
+
     def spec(self, step_key: str) -> StepSpec:
-        """The spec of a step of either chain, by its key."""
-        return self.specs.get(step_key) or self.reverse_specs[step_key]
+        """The spec of a step of any chain, by its key."""
+        return self.specs.get(step_key) or self.reverse_specs.get(step_key) or self.purge_specs[step_key]
 
     def worker_options(self) -> WorkerOptions:
         s = self.settings

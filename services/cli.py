@@ -37,19 +37,22 @@ from services.api import (
     project_status,
     request_deprovisioning,
     request_provisioning,
+    restore_project,
 )
 from services.bench.cli import bench_app
 from services.bootstrap import App, ConfigurationError, build_app, local_infra, worker_environment
 from services.credentials import CredentialsError, reveal_credentials, rotate_credentials
 from services.keys.adapters import NothingToRevealError
 from services.reconcile import ReconcileAbortedError, ReconcileReport
+from services.reconcile import describe as describe_plan
+from services.reconcile import plan_for as plan_reconcile
 from services.reconcile import reconcile as run_reconcile
 from services.reconcile import repair as repair_drift
 from services.replay import replay as run_replay
 from services.schemas import stale_schemas, write_schemas
 from services.web.auth import TokenConfigError, new_token
 from services.worker import run_worker
-from shared.db import ConflictingRequestError, StepRow
+from shared.db import ConflictingRequestError, RestoreRefusedError, StepRow
 from shared.db import migrate as run_migrations
 from shared.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.infra import InfraError
@@ -58,7 +61,7 @@ from shared.kafka import ensure_topics
 from shared.logging import configure_logging
 from shared.naming import InvalidProjectIdError, normalize_project_id, validate_project_id
 from shared.settings import Settings
-from shared.steps import STEP_KEYS, STEPS, Chain, Stage, StepStatus, all_topics, resolve_step
+from shared.steps import STEP_KEYS, STEPS, Chain, Stage, StepStatus, all_topics, resolve_step, step_by_name
 
 if TYPE_CHECKING:
     from shared.infra import LocalInfra
@@ -235,27 +238,28 @@ def worker(
     step: Annotated[
         str,
         typer.Argument(
-            help=f"The step service to run: {'|'.join(STEP_KEYS)} (or a reverse step: deprovision-keys, ...)."
+            help=f"The step service to run: {'|'.join(STEP_KEYS)} (or one removal step: "
+            "deprovision-keys, ..., purge-database)."
         ),
     ],
     chain: Annotated[
         str,
-        typer.Option(help="Which chain's consumer to run: both, provisioning or deprovisioning."),
-    ] = "both",
+        typer.Option(help="Which chain's consumer to run: all, provisioning, deprovisioning or purge."),
+    ] = "all",
     local: LocalFlag = False,
 ) -> None:
-    """Run a step service's consumers until SIGTERM/SIGINT: its provisioning step and its
-    deprovisioning step, each its own consumer group, on two threads of one process."""
+    """Run a step service's consumers until SIGTERM/SIGINT: its provisioning step, its
+    deprovisioning step and (the database service) the purge, each its own consumer group, on
+    threads of one process."""
 
     with _errors():
-        chains = tuple(Chain) if chain == "both" else None
+        chains = tuple(Chain) if chain == "all" else None
         if chains is None:
             try:
                 chains = (Chain(chain),)
             except ValueError:
-                raise UsageError(
-                    f"unknown chain {chain!r}; expected both, provisioning or deprovisioning"
-                ) from None
+                names = ", ".join(c.value for c in Chain)
+                raise UsageError(f"unknown chain {chain!r}; expected all, {names}") from None
         try:
             key = resolve_step(step).key
         except ValueError as exc:
@@ -366,27 +370,87 @@ def request(
 def deprovision(
     project_id: Annotated[str, typer.Argument(help="The project to remove.")],
     reason: Annotated[str | None, typer.Option(help="Why, kept with the project's tombstone.")] = None,
+    purge_now: Annotated[
+        bool,
+        typer.Option(
+            "--purge-now",
+            help="Do not keep the archive for the retention window: purge it as soon as the reverse "
+            "chain is done. It cannot be restored afterwards; asks for the project id twice.",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="With --purge-now: do not ask.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the reverse chain until it ends.")] = False,
     timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 300.0,
     local: LocalFlag = False,
 ) -> None:
     """Remove a project by the reverse chain: revoke its keys, deregister it from storage,
-    realtime and auth, drop its schema, its database and role, and mark it DELETED (its
-    rows kept for audit). A project still provisioning is cancelled first: the step
+    realtime and auth, end its sessions and archive its database (renamed, closed, its role
+    NOLOGIN), and mark it DELETED (its rows kept for audit). The archive is kept for the
+    retention window (PROVISION_RETENTION_SECONDS, 7 days), when `provision restore` brings the
+    project back, then purged. A project still provisioning is cancelled first: the step
     running finishes and is undone, the steps not started never run. Asking twice is one
-    deprovisioning."""
+    deprovisioning (with --purge-now, of a project already deleted too, its purge is brought
+    forward)."""
 
     with _errors():
+        project_id = validate_project_id(project_id)
+        if purge_now and not yes:
+            _confirm_purge(project_id)
         a = _app(local=local)
         try:
-            receipt = request_deprovisioning(normalize_project_id(project_id), reason=reason, app=a)
+            receipt = request_deprovisioning(project_id, reason=reason, app=a, purge_now=purge_now)
         except UnknownProjectError as exc:
             raise Failure(str(exc)) from None
         note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
-        verb = "deprovisioning requested" if receipt.status == "requested" else "already being deprovisioned"
+        if receipt.status == "requested":
+            verb = "deprovisioning requested"
+        elif receipt.deleted_at is not None:
+            verb = f"already deleted at {receipt.deleted_at.isoformat(timespec='seconds')}"
+        else:
+            verb = "already being deprovisioned"
+        if purge_now:
+            verb += "; its archive is purged as soon as it is deleted"
         out.print(f"{receipt.project_id}: {verb}; correlation_id {receipt.correlation_id}{note}")
         if wait:
             _follow(a, receipt.project_id, timeout)
+
+
+def _confirm_purge(project_id: str) -> None:
+    """The project id typed twice, or UsageError: a purge cannot be taken back."""
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "--purge-now cannot be taken back: type the project id twice at a terminal, or add --yes"
+        )
+    err.print(f"--purge-now removes {project_id} for good: its data cannot be restored afterwards.")
+    for prompt in ("type the project id to purge", "type it again"):
+        typed = typer.prompt(prompt, err=True)
+        if typed.strip() != project_id:
+            raise UsageError(f"{typed.strip()!r} is not {project_id!r}; nothing was done")
+
+
+@app.command()
+def restore(
+    project_id: Annotated[str, typer.Argument(help="The deleted project to bring back.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the provisioning until it ends.")] = False,
+    timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 300.0,
+    local: LocalFlag = False,
+) -> None:
+    """Bring a deleted project back within its retention window: its archived database is
+    renamed back with its data, its role gets a new password (`provision credentials reveal`),
+    the services register it again and new API keys are made (`provision keys reveal`); the
+    project is COMPLETED again. After the window (or once purged), one line says so, exit 1."""
+
+    with _errors():
+        project_id = validate_project_id(project_id)
+        a = _app(local=local)
+        try:
+            receipt = restore_project(project_id, app=a)
+        except RestoreRefusedError as exc:
+            raise Failure(str(exc)) from None
+        note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
+        out.print(f"{project_id}: restore requested; correlation_id {receipt.correlation_id}{note}")
+        if wait:
+            _follow(a, project_id, timeout)
 
 
 def _payload_from(project_id: str, region: str | None, path: Path | None) -> dict[str, Any]:
@@ -430,9 +494,10 @@ def status(
     limit: Annotated[int, typer.Option(min=1, help="With --all: list at most this many.")] = 50,
     local: LocalFlag = False,
 ) -> None:
-    """The project's steps (seven, and the seven reverse ones once deprovisioning is asked):
-    status, timing, retries, errors, and its stage; or, with --all, every project's stage
-    and how long it has stood there."""
+    """The project's steps (seven, and the seven reverse ones and the purge once deprovisioning
+    is asked): status, timing, retries, errors, and its stage (a deleted project's: until when it
+    can be restored, or when it was purged); or, with --all, every project's stage and how long it
+    has stood there."""
 
     with _errors():
         if all_projects == (project_id is not None):
@@ -507,6 +572,13 @@ def _status_json(state: ProjectStatus) -> dict[str, Any]:
         "project_id": state.project_id,
         "stage": state.stage.value,
         "ready": state.ready,
+        "removal": {
+            "deleted_at": _iso(state.deleted_at),
+            "purge_after": _iso(state.purge_after),
+            "purged_at": _iso(state.purged_at),
+            "restored_at": _iso(state.restored_at),
+            "restorable": state.restorable,
+        },
         "steps": [
             {
                 "step": row.step_name,
@@ -550,8 +622,22 @@ _STYLE = {
 _TERMINAL = (Stage.COMPLETED, Stage.FAILED, Stage.DELETED, Stage.CANCELLED)
 
 
+def _removal_note(state: ProjectStatus) -> str:
+    """Where a deleted project's archive stands, for the status title."""
+    if state.purged_at is not None:
+        return f" (purged at {state.purged_at.strftime('%Y-%m-%d %H:%M:%S')})"
+    if state.restorable and state.purge_after is not None:
+        until = state.purge_after.strftime("%Y-%m-%d %H:%M:%S")
+        return f" (archived: `provision restore` brings it back until {until} UTC)"
+    if state.deleted_at is not None:
+        return " (archived: its retention window is over, it is being purged)"
+    return ""
+
+
 def _status_table(state: ProjectStatus) -> Table:
-    table = Table(title=f"{state.project_id}: {state.stage.value}", title_justify="left")
+    table = Table(
+        title=f"{state.project_id}: {state.stage.value}{_removal_note(state)}", title_justify="left"
+    )
     for column in ("step", "status", "started", "duration", "retries", "error"):
         table.add_column(column)
     for row in state.steps:
@@ -596,7 +682,7 @@ def _follow(a: App, project_id: str, timeout: float) -> None:
 
 def _progress_view(state: ProjectStatus) -> Table:
     """The table, with a bar of the chain in progress (the reverse one once it exists)."""
-    reverse = [r for r in state.steps if r.position > len(STEPS)]
+    reverse = [r for r in state.steps if step_by_name(r.step_name).chain is Chain.DEPROVISIONING]
     chain = reverse or state.steps
     done = sum(1 for r in chain if r.status.value in ("success", "skipped"))
     total = len(chain) or len(STEPS)
@@ -692,20 +778,28 @@ def reconcile(
     ] = False,
     apply: Annotated[
         bool,
-        typer.Option("--apply", help="Deprovision, through the choreography, every project a finding names."),
+        typer.Option(
+            "--apply",
+            help="Repair through the choreography: re-run the steps whose work is missing, remove an "
+            "orphan seen twice a grace period apart. A live project is never removed.",
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     local: LocalFlag = False,
 ) -> None:
-    """Report drift between the record and the clusters; with --apply, repair it.
+    """Report drift between the record and the clusters; with --apply, repair it forward.
 
-    Lists every project, tenant database and role, and each service's tenants, then reports
-    what one side has and the other lacks. If a source cannot be listed, nothing is judged
-    and nothing changed. With --apply, each orphan (a tenant database, role or registration
-    no project has) and each project missing its database, role or registration is
-    deprovisioned by the reverse chain; follow it with `provision status --all --stage
-    DEPROVISIONING`. Exit 0 when there is no drift, 1 when there is (even once repairs are
-    requested) or when a source cannot be listed."""
+    Lists every project, tenant database, archive and role, each service's tenants and the API
+    keys, then reports what one side has and the other lacks. If a source cannot be listed, or
+    lists wholesale less than the record says it holds (empty, or more than
+    PROVISION_RECONCILE_MAX_MISSING_SHARE of it absent), nothing is judged and nothing changed.
+    With --apply: a live project missing a registration, its role, its keys (or the database of
+    one never ready) has those steps re-run, then verify; a missing database of a project that
+    was ready is reported as data loss, never repaired by removal; an orphan (a tenant database,
+    role or registration no project has) is deprovisioned by the reverse chain once seen orphaned
+    in two runs PROVISION_RECONCILE_GRACE_SECONDS apart (until then the run says when). Exit 0
+    when there is no drift, 1 when there is (even once repairs are requested) or when a source
+    cannot be listed or trusted."""
 
     with _errors():
         if dry_run and apply:
@@ -713,7 +807,8 @@ def reconcile(
         a = _app(local=local)
         try:
             report = run_reconcile(a)
-            repairs = repair_drift(a, report) if apply and report.drift else []
+            planned = plan_reconcile(a, report) if report.drift else []
+            repairs = repair_drift(a, planned) if apply else [describe_plan(p) for p in planned]
         except ReconcileAbortedError as exc:
             raise Failure(str(exc)) from None
         finally:
@@ -730,11 +825,11 @@ def reconcile(
             out.print(_reconcile_table(report))
         out.print(report.summary(), highlight=False, soft_wrap=True)
         for r in repairs:
-            out.print(f"{r.action:>28}  {r.project_id}: {r.reason}", highlight=False, soft_wrap=True)
-        if report.drift and not apply:
             out.print(
-                "dry run: nothing changed (--apply deprovisions what the findings name)", highlight=False
+                f"{r.action}  {escape(r.project_id)}: {escape(r.reason)}", highlight=False, soft_wrap=True
             )
+        if report.drift and not apply:
+            out.print("dry run: nothing changed (--apply does what the lines above say)", highlight=False)
     if report.drift:
         raise typer.Exit(1)
 
@@ -751,6 +846,7 @@ def _reconcile_json(report: ReconcileReport) -> dict[str, Any]:
             "projects": report.projects,
             "databases": report.databases,
             "roles": report.roles,
+            "archives": report.archives,
             "registrations": dict(report.registrations),
         },
     }

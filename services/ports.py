@@ -14,17 +14,18 @@ from typing import Any, Protocol
 
 from shared.errors import ProvisioningError
 from shared.events import ApiKeyInfo
-
-TENANT_PREFIX = "tenant_"
-"""Every tenant database and role is named ``tenant_<id>`` (see ``shared.naming``)."""
+from shared.naming import ARCHIVE_PREFIX, TENANT_PREFIX
 
 
 def require_tenant_names(*names: str) -> None:
-    """ValueError unless every name is a tenant's: a teardown must never reach a platform
-    database, role or schema, whatever its caller passed."""
+    """ValueError unless every name is a tenant's (``tenant_<id>``, or an archive's
+    ``archived_<id>``): a teardown must never reach a platform database, role or schema,
+    whatever its caller passed."""
     for name in names:
-        if not name.startswith(TENANT_PREFIX) or len(name) == len(TENANT_PREFIX):
-            raise ValueError(f"refusing to drop {name!r}: not a tenant name ({TENANT_PREFIX}...)")
+        if not any(name.startswith(p) and len(name) > len(p) for p in (TENANT_PREFIX, ARCHIVE_PREFIX)):
+            raise ValueError(
+                f"refusing to touch {name!r}: not a tenant name ({TENANT_PREFIX}... or {ARCHIVE_PREFIX}...)"
+            )
 
 
 class TenantListingError(ProvisioningError):
@@ -42,15 +43,29 @@ class TenantCluster(Protocol):
 
     def ensure_role(self, role: str, password: str) -> None: ...
 
-    def ensure_database(self, name: str, owner: str) -> None: ...
+    def ensure_database(self, name: str, owner: str, *, archive: str | None = None) -> None:
+        """The database owned by ``owner``; absent with its ``archive`` present, the archive
+        renamed back (a restore) rather than an empty database made."""
+        ...
 
     def drop_tenant(self, database: str, role: str) -> None:
         """End every session of the role or in the database, then drop the database and the
         role; either already gone is fine."""
         ...
 
+    def archive_tenant(self, database: str, role: str, archive: str) -> bool:
+        """Take the tenant out of service, keeping its data: the role ``NOLOGIN``, its sessions
+        ended, the database closed to connections and renamed ``archive``. True when an
+        archive exists afterwards, False when there was no database to archive; already
+        archived is done."""
+        ...
+
     def list_tenant_databases(self) -> frozenset[str]:
         """Every database named ``tenant_...``."""
+        ...
+
+    def list_archived_databases(self) -> frozenset[str]:
+        """Every database named ``archived_...``."""
         ...
 
     def list_tenant_roles(self) -> frozenset[str]:
@@ -62,10 +77,6 @@ class TenantSchemas(Protocol):
     """Schemas inside tenant databases (admin side)."""
 
     def ensure_schema(self, database: str, schema: str, owner: str) -> None: ...
-
-    def drop_schema(self, database: str, schema: str) -> None:
-        """Drop the schema and everything in it; a missing schema or database is fine."""
-        ...
 
 
 class CredentialStore(Protocol):
@@ -111,9 +122,15 @@ class KeyStore(Protocol):
     """API keys: only a hash and the visible prefix are kept (plus the secret, encrypted,
     until the operator reveals it once)."""
 
-    def ensure_keys(self, project_id: str, count: int, prefix: str) -> tuple[ApiKeyInfo, ...]: ...
+    def ensure_keys(self, project_id: str, count: int, prefix: str) -> tuple[ApiKeyInfo, ...]:
+        """``count`` keys in all for the project: the missing ones made, none beyond."""
+        ...
 
     def list_keys(self, project_id: str) -> tuple[ApiKeyInfo, ...]: ...
+
+    def key_counts(self) -> dict[str, int]:
+        """How many keys each project holds (projects with none left out)."""
+        ...
 
     def revoke_keys(self, project_id: str) -> int:
         """Delete the project's keys (hash, prefix and any unrevealed secret); how many were removed."""
@@ -157,5 +174,10 @@ class ProjectLedger(Protocol):
     def mark_ready(self, project_id: str) -> datetime: ...
 
     def mark_deleted(self, project_id: str) -> datetime:
-        """Set the tombstone (once); LookupError when no deprovisioning is recorded."""
+        """Set the tombstone (once) and the end of the retention window; LookupError when no
+        deprovisioning is recorded."""
+        ...
+
+    def mark_purged(self, project_id: str) -> datetime:
+        """Record that the archive is gone (once); LookupError when the project is not deleted."""
         ...

@@ -109,8 +109,6 @@ def _replay_one(app: App, step: Step, failed: FailedEvent) -> ReplayDecision:
     except InvalidTransitionError as exc:  # a concurrent replay got there first
         return ReplayDecision(pid, step.key, "skipped", str(exc))
     fields = wrap_input(failed.input, 1) | {"causation_id": failed.event_id}
-    retry = retry_event_for(step.key)(
-        **fields, event_type=step.retry_topic, not_before=utcnow(), error=failed.error, replayed=True
-    )
+    retry = retry_event_for(step.key)(**fields, not_before=utcnow(), error=failed.error, replayed=True)
     app.publisher.produce(step.retry_topic, *encode(retry, new_trace()))
     return ReplayDecision(pid, step.key, "replayed", f"after {failed.error.type}: {failed.error.message}")

@@ -22,7 +22,7 @@ from services.verify import handler as verify
 from shared.errors import ErrorType
 from shared.events import ProvisionProjectResult
 from shared.execution import StepSpec
-from shared.steps import REVERSE_STEPS, STEPS, step_by_key
+from shared.steps import PURGE_STEP, REVERSE_STEPS, STEPS, step_by_key
 
 SERVICES: tuple[Service, ...] = ("auth", "realtime", "storage")
 
@@ -93,8 +93,9 @@ def build_reverse_specs(
 ) -> dict[str, StepSpec]:
     """Every reverse step's handler bound to its collaborators, by step key, in chain order.
 
-    Each undoes its service's provisioning step and takes "already gone" as done. A
-    deregistration is skipped when the request turned its service off (nothing was
+    Each takes its service's provisioning step out of service and takes "already gone" as
+    done; nothing a restore needs is destroyed (the schema stays, the database is archived).
+    A deregistration is skipped when the request turned its service off (nothing was
     registered).
     """
     specs = {
@@ -106,12 +107,12 @@ def build_reverse_specs(
         ),
         "deprovision-schema": StepSpec(
             step_by_key("deprovision-schema"),
-            functools.partial(schema.drop, clusters=clusters),
+            schema.retain,
             failure_type=ErrorType.SCHEMA_CREATION_FAILED,
         ),
         "deprovision-database": StepSpec(
             step_by_key("deprovision-database"),
-            functools.partial(database.drop, clusters=clusters),
+            functools.partial(database.archive, clusters=clusters),
             failure_type=ErrorType.DATABASE_CREATION_FAILED,
         ),
         "deprovision-verify": StepSpec(
@@ -127,6 +128,17 @@ def build_reverse_specs(
             skip_service=service,
         )
     return {step.key: specs[step.key] for step in REVERSE_STEPS}
+
+
+def build_purge_specs(*, clusters: TenantClusters, ledger: ProjectLedger) -> dict[str, StepSpec]:
+    """The purge step's handler bound to its collaborators: the archive and the role dropped."""
+    return {
+        PURGE_STEP.key: StepSpec(
+            PURGE_STEP,
+            functools.partial(database.purge, clusters=clusters, ledger=ledger),
+            failure_type=ErrorType.DATABASE_CREATION_FAILED,
+        )
+    }
 
 
 def result_from_json(value: Any) -> ProvisionProjectResult:

@@ -1,9 +1,10 @@
 """Run one step service's consumers: the wiring of ``provision worker <step>`` and
 ``python -m services.<step>``.
 
-A step service takes part in both chains: its provisioning step and its deprovisioning
-(reverse) step, each with its own consumer group, input and retry topics. By default one
-process runs both, each consumer on its own thread; ``chains`` narrows it to one.
+A step service takes part in every chain it has a step in: its provisioning step, its
+deprovisioning (reverse) step and, for the database service, the purge, each with its own
+consumer group, input and retry topics. By default one process runs them all, each consumer on
+its own thread; ``chains`` narrows it down.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from confluent_kafka import Consumer
 from pydantic import ValidationError
 
 from services.bootstrap import App, ConfigurationError, build_app
-from shared.kafka import StepWorker, relay_outbox
+from shared.kafka import Duty, StepWorker, queue_due_purges, relay_outbox
 from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
 from shared.observability import Health, Metrics, serve_http
 from shared.settings import Settings
-from shared.steps import ALL_STEPS, Chain, Step, resolve_step
+from shared.steps import ALL_STEPS, PLACING_STEP, PURGE_STEP, Chain, Step, resolve_step
 
 log = structlog.get_logger("provision.worker")
 
@@ -33,7 +34,7 @@ def steps_of(service_or_step: str, chains: Collection[Chain] = tuple(Chain)) -> 
     """The steps a worker runs: a service's step in each of ``chains``; a reverse step named
     on its own (``deprovision-keys``, ``revoke_api_keys``) alone. ValueError if unknown."""
     named = resolve_step(service_or_step)
-    if named.chain is Chain.DEPROVISIONING:
+    if named.chain is not Chain.PROVISIONING:
         return [named]
     return [s for s in ALL_STEPS if s.service == named.service and s.chain in chains]
 
@@ -48,6 +49,9 @@ def run_worker(
     """
     settings = settings or Settings()
     steps = steps_of(step_key, chains)
+    if not steps:
+        wanted = ", ".join(chain.value for chain in chains)
+        raise ConfigurationError(f"the {step_key} service has no step in the {wanted} chain")
     # First, so a worker without its addresses refuses (ConfigurationError) before anything else.
     app = build_app(settings)
     configure_logging(settings.log_level, settings.log_format)
@@ -65,10 +69,32 @@ def run_worker(
         app.close()
 
 
+def duties_of(app: App, step: Step) -> list[Duty]:
+    """What a step's worker runs besides its messages. The chains' first step (the database
+    service's provisioning step) relays the outbox, so a request whose publish failed at
+    request time, or a purge the control plane queued, still goes out; the purge step queues
+    the purges whose retention window has passed."""
+    s = app.settings
+    duties: list[Duty] = []
+    if step is PLACING_STEP:
+        duties.append(
+            Duty("outbox_relay", s.outbox_interval_seconds, lambda: relay_outbox(app.engine, app.publisher))
+        )
+    if step is PURGE_STEP:
+        # A trigger left unanswered past the stranded threshold (lost, or dead-lettered by a
+        # bug) is queued again: the purge never waits on a message that will not come.
+        requeue = max(s.lease_seconds, 120.0)
+        duties.append(
+            Duty(
+                "purge_sweep",
+                s.purge_sweep_seconds,
+                lambda: queue_due_purges(app.repository, requeue_after_seconds=requeue),
+            )
+        )
+    return duties
+
+
 def _worker(app: App, step: Step, metrics: Metrics, health: Health) -> StepWorker:
-    # The first step also relays the outbox (requests of either chain), so a request whose
-    # publish failed at request time still goes out.
-    relay = (lambda: relay_outbox(app.engine, app.publisher)) if step.key == "database" else None
     committed = CommittedOffsets()
 
     def new_consumer() -> Consumer:
@@ -83,7 +109,7 @@ def _worker(app: App, step: Step, metrics: Metrics, health: Health) -> StepWorke
         options=app.worker_options(),
         metrics=metrics,
         health=health,
-        outbox_relay=relay,
+        duties=duties_of(app, step),
         committed=committed,
     )
 

@@ -49,8 +49,13 @@ _RETRYABLE = frozenset(
     }
 )
 
+# Each names a command that works for it: `provision replay` re-drives a failed step (and a
+# stranded one); an id is never reused, so a bad request is removed and asked again anew.
 _REMEDIATION = {
-    ErrorType.PROJECT_NOT_FOUND: "the project record is gone; request the project again",
+    ErrorType.PROJECT_NOT_FOUND: (
+        "the control plane has no such project: `provision request <project>` registers it "
+        "(an id that was removed is not reused: request a new one)"
+    ),
     ErrorType.DATABASE_CREATION_FAILED: "check the tenant cluster's log, then `provision replay`",
     ErrorType.SCHEMA_CREATION_FAILED: "check the tenant database, then `provision replay`",
     ErrorType.SERVICE_REGISTRATION_FAILED: "check the service's registration API, then `provision replay`",
@@ -59,12 +64,18 @@ _REMEDIATION = {
         "grant the admin role the privilege named in the message, then `provision replay`"
     ),
     ErrorType.QUOTA_EXCEEDED: (
-        "raise PROVISION_MAX_TENANTS_PER_CLUSTER or free a tenant, then `provision replay`"
+        "add room (PROVISION_MAX_TENANTS_PER_CLUSTER, or a cluster's capacity in the cluster map) "
+        "or free a tenant (`provision deprovision`), then `provision replay`"
     ),
     ErrorType.NETWORK_ERROR: "the dependency was unreachable; once it is back, `provision replay`",
     ErrorType.TIMEOUT: "the dependency was too slow; once it is healthy, `provision replay`",
-    ErrorType.UNKNOWN_ERROR: "read the worker's log for this event_id, fix the cause, then replay",
-    ErrorType.INVALID_REQUEST: "the request is invalid; fix it and request the project again",
+    ErrorType.UNKNOWN_ERROR: (
+        "read the worker's log for this event_id, fix the cause, then `provision replay`"
+    ),
+    ErrorType.INVALID_REQUEST: (
+        "a setting refused it (PROVISION_REGIONS): fix the setting, then `provision replay`; "
+        "the request itself is wrong: `provision deprovision <project>` and request a new id"
+    ),
 }
 
 

@@ -26,7 +26,12 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from shared.steps import DEADLETTER_TOPIC, DEPROVISIONING_REQUESTED_TOPIC, REQUESTED_TOPIC
+from shared.steps import (
+    DEADLETTER_TOPIC,
+    DEPROVISIONING_REQUESTED_TOPIC,
+    PURGE_REQUESTED_TOPIC,
+    REQUESTED_TOPIC,
+)
 
 SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
@@ -159,6 +164,22 @@ class ProvisionProjectPayload(Model):
     owner_id: Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)] | None = None
     organization_id: Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)] | None = None
     metadata: dict[_MetaKey, MetadataValue] = Field(default_factory=dict)
+
+
+REQUEST_SHARE = 4
+"""A request travels in every provisioning event, twice in a retried or failed one (the event
+and its input): at most this share of the message limit, so whatever a step derives from it fits."""
+
+
+def request_limit(max_message_bytes: int) -> int:
+    """The most bytes a request may take (serialized as the models write it), given the
+    message limit (``PROVISION_MAX_MESSAGE_BYTES``)."""
+    return max_message_bytes // REQUEST_SHARE
+
+
+def request_size(payload: ProvisionProjectPayload) -> int:
+    """A request's size in bytes, as every event carrying it serializes it."""
+    return len(payload.model_dump_json().encode())
 
 
 # --- step outputs carried along the chain (never a password or a key's secret) -------------
@@ -573,11 +594,51 @@ class MarkDeletedRetryScheduled(ReverseRetryScheduled):
     event_type: Literal["deprovisioning.verify.retry"] = "deprovisioning.verify.retry"
 
 
+# --- the purge ---------------------------------------------------------------------------------
+# A deleted project's archive is removed once its retention window has passed. The trigger is
+# written by the control plane itself (through the outbox) when the window ends or an operator
+# purges at once; ``correlation_id`` is the deprovisioning's, the removal the purge completes.
+
+
+class PurgeRequested(Event):
+    """The retention window of a deleted project has passed (or an operator purges it now):
+    the purge step drops its archived database and its role. The record decides whether it
+    is due; a message only wakes the step."""
+
+    event_type: Literal["purge.requested"] = "purge.requested"
+
+
+class PurgeCompleted(ReverseCompleted):
+    """The archive and the role are gone: nothing of the tenant is left."""
+
+    event_type: Literal["purge.database.completed"] = "purge.database.completed"
+
+
+class PurgeFailed(Event):
+    """The purge failed for good: its input and the error, for replay."""
+
+    event_type: Literal["purge.database.failed"] = "purge.database.failed"
+    input: PurgeRequested
+    error: ErrorInfo
+
+
+class PurgeRetryScheduled(Event):
+    """The purge's input, to be tried again once ``not_before`` has passed."""
+
+    event_type: Literal["purge.database.retry"] = "purge.database.retry"
+    input: PurgeRequested
+    not_before: AwareDatetime
+    error: ErrorInfo | None = None
+    replayed: bool = False
+
+
 CompletedEvent = StepCompleted | ReverseCompleted
-FailedEvent = StepFailed | ReverseFailed
-RetryEvent = StepRetryScheduled | ReverseRetryScheduled
-InputEvent = ProvisioningRequested | StepCompleted | DeprovisioningRequested | ReverseCompleted
-"""What a step of either chain consumes."""
+FailedEvent = StepFailed | ReverseFailed | PurgeFailed
+RetryEvent = StepRetryScheduled | ReverseRetryScheduled | PurgeRetryScheduled
+InputEvent = (
+    ProvisioningRequested | StepCompleted | DeprovisioningRequested | ReverseCompleted | PurgeRequested
+)
+"""What a step of any chain consumes."""
 
 
 class DeadLettered(Model):
@@ -641,22 +702,36 @@ _REVERSE_EVENTS: dict[
 }
 
 
+_PURGE_EVENTS: dict[str, tuple[type[PurgeCompleted], type[PurgeFailed], type[PurgeRetryScheduled]]] = {
+    "purge-database": (PurgeCompleted, PurgeFailed, PurgeRetryScheduled),
+}
+
+
+def _events_of(step_key: str) -> tuple[type[Event], type[Event], type[Event]]:
+    return _STEP_EVENTS.get(step_key) or _REVERSE_EVENTS.get(step_key) or _PURGE_EVENTS[step_key]
+
+
 def completed_event_for(step_key: str) -> type[StepCompleted] | type[ReverseCompleted]:
-    """The completed-event model of a step (either chain)."""
-    forward = _STEP_EVENTS.get(step_key)
-    return forward[0] if forward else _REVERSE_EVENTS[step_key][0]
+    """The completed-event model of a step (any chain)."""
+    model = _events_of(step_key)[0]
+    assert issubclass(model, StepCompleted | ReverseCompleted)
+    return model
 
 
-def failed_event_for(step_key: str) -> type[StepFailed] | type[ReverseFailed]:
-    """The failed-event model of a step (either chain)."""
-    forward = _STEP_EVENTS.get(step_key)
-    return forward[1] if forward else _REVERSE_EVENTS[step_key][1]
+def failed_event_for(step_key: str) -> type[StepFailed] | type[ReverseFailed] | type[PurgeFailed]:
+    """The failed-event model of a step (any chain)."""
+    model = _events_of(step_key)[1]
+    assert issubclass(model, StepFailed | ReverseFailed | PurgeFailed)
+    return model
 
 
-def retry_event_for(step_key: str) -> type[StepRetryScheduled] | type[ReverseRetryScheduled]:
-    """The retry-scheduled model of a step (either chain)."""
-    forward = _STEP_EVENTS.get(step_key)
-    return forward[2] if forward else _REVERSE_EVENTS[step_key][2]
+def retry_event_for(
+    step_key: str,
+) -> type[StepRetryScheduled] | type[ReverseRetryScheduled] | type[PurgeRetryScheduled]:
+    """The retry-scheduled model of a step (any chain)."""
+    model = _events_of(step_key)[2]
+    assert issubclass(model, StepRetryScheduled | ReverseRetryScheduled | PurgeRetryScheduled)
+    return model
 
 
 def event_models() -> dict[str, type[BaseModel]]:
@@ -667,6 +742,9 @@ def event_models() -> dict[str, type[BaseModel]]:
     models[DEPROVISIONING_REQUESTED_TOPIC] = DeprovisioningRequested
     for reverse in _REVERSE_EVENTS.values():
         models |= {event_type_of(model): model for model in reverse}
+    models[PURGE_REQUESTED_TOPIC] = PurgeRequested
+    for purge in _PURGE_EVENTS.values():
+        models |= {event_type_of(model): model for model in purge}
     models[DEADLETTER_TOPIC] = DeadLettered
     return models
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from shared.db.repository import Claim, ProjectRecord, Registration, Snapshot, StepRow
+from shared.db.repository import Claim, ProjectRecord, Registration, Snapshot, StepRow, removed_reason
 from shared.errors import (
     ErrorType,
     InvalidTransitionError,
@@ -36,15 +36,20 @@ from shared.errors import (
 )
 from shared.events import (
     CompletedEvent,
+    DeprovisioningRequested,
     ErrorInfo,
+    InputEvent,
+    ProvisioningRequested,
     ProvisionProjectPayload,
+    PurgeRequested,
     StepResults,
     completed_event_for,
     utcnow,
 )
-from shared.steps import STEPS, Chain, Step, StepStatus
+from shared.steps import FINAL_REVERSE_STEP, PURGE_STEP, Chain, Step, StepStatus, chain_start, step_at
 
-_LAST_FORWARD_POSITION = STEPS[-1].position
+_LAST_OF_REMOVAL = (FINAL_REVERSE_STEP, PURGE_STEP)
+"""The steps whose outcome ends a removal: republished only for the very event they were done for."""
 COUNTERPART_POLL_SECONDS = 1.0
 """How often a reverse step looks again at its service's provisioning step still running."""
 LEASE_RECHECK_FRACTION = 0.25
@@ -212,6 +217,8 @@ class Busy:
     """Another live consumer holds the step's lease: try again once it may have expired."""
 
     until: datetime | None
+    attempt: int = 0
+    """The step's attempt as the record shows it: the retry that waits names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,14 +284,17 @@ def run_step(
         owner=owner,
         lease_seconds=lease_seconds,
         skip_service=spec.skip_service,
-        skip_result=_stored(StepOutput()),
+        skip_result=_stored(StepOutput(), cause=trigger.causation_id),
     )
     if claim is None:
         return _unclaimed(spec, trigger, store.snapshot(trigger.project_id), store)
     request = _request(claim.request)
     results = _merge(StepResults(), claim.earlier_results)
     if claim.row.status is StepStatus.SKIPPED:
-        return Completed(_outcome_event(spec, trigger, request, results, claim.row), replayed=False)
+        return Completed(
+            _outcome_event(spec.step, trigger, request, results, claim.row, extra_models=spec.extra_models),
+            replayed=False,
+        )
 
     context = StepContext(
         project_id=trigger.project_id,
@@ -310,12 +320,19 @@ def run_step(
         return _failure(spec, context, exc, store=store, owner=owner, max_attempts=max_attempts)
     try:
         row = store.transition(
-            trigger.project_id, step.name, StepStatus.SUCCESS, result=_stored(output), expected_owner=owner
+            trigger.project_id,
+            step.name,
+            StepStatus.SUCCESS,
+            result=_stored(output, cause=trigger.causation_id),
+            expected_owner=owner,
         )
     except InvalidTransitionError:
         # Our lease was taken over while we worked: the successor's outcome is the one.
         return _unclaimed(spec, trigger, store.snapshot(trigger.project_id), store)
-    return Completed(_outcome_event(spec, trigger, request, results, row), replayed=False)
+    return Completed(
+        _outcome_event(spec.step, trigger, request, results, row, extra_models=spec.extra_models),
+        replayed=False,
+    )
 
 
 def _register(
@@ -328,6 +345,10 @@ def _register(
             f"{request.project_id!r}"
         )
     registration, project = store.register_request(request, trigger.correlation_id)
+    if registration is Registration.REMOVED:
+        if project.correlation_id == trigger.correlation_id:
+            return Ignored("the project is deprovisioned: its provisioning is over")
+        return Rejected(removed_reason(project))
     if registration is Registration.CONFLICT:
         return Rejected(f"project {trigger.project_id!r} was already requested with a different payload")
     if project.correlation_id != trigger.correlation_id:
@@ -469,7 +490,7 @@ def _unclaimed(spec: StepSpec, trigger: Trigger, snapshot: Snapshot, store: Step
     """Why the record refused the claim, and what to do about the trigger."""
     project = snapshot.project
     step = spec.step
-    reverse = step.chain is Chain.DEPROVISIONING
+    reverse = step.removes
     if project is None or (project.request is None and not reverse):
         return Rejected(
             f"{ErrorType.PROJECT_NOT_FOUND.value}: project {trigger.project_id!r} has no registered "
@@ -485,9 +506,14 @@ def _unclaimed(spec: StepSpec, trigger: Trigger, snapshot: Snapshot, store: Step
             f"{ErrorType.PROJECT_NOT_FOUND.value}: project {trigger.project_id!r} has no step rows"
         )
     if row.done:
+        silenced = _silenced(spec, trigger, project, row)
+        if silenced is not None:
+            return silenced
         chain_rows = [r for r in snapshot.steps if _same_chain(r.position, row.position)]
         results = _merge(StepResults(), [r.result for r in chain_rows if r.position < row.position])
-        event = _outcome_event(spec, trigger, _request(project.request), results, row)
+        event = _outcome_event(
+            spec.step, trigger, _request(project.request), results, row, extra_models=spec.extra_models
+        )
         return Completed(event, replayed=True)
     if not reverse and project.fenced:
         return _cancelled(trigger, row, store)
@@ -497,19 +523,43 @@ def _unclaimed(spec: StepSpec, trigger: Trigger, snapshot: Snapshot, store: Step
             return Rejected(
                 f"earlier step {earlier.step_name} is {earlier.status.value}, not success or skipped"
             )
+    return _waiting(step, snapshot, project, row)
+
+
+def _waiting(step: Step, snapshot: Snapshot, project: ProjectRecord, row: StepRow) -> Outcome:
+    """What a claimable-looking step the record still refused is waiting for."""
     if row.status is StepStatus.FAILED:
         return Ignored("step failed; `provision replay` re-drives it")
     if row.status is StepStatus.RUNNING:
-        return Busy(row.lease_expires_at)
-    if reverse:
+        return Busy(row.lease_expires_at, row.attempt)
+    if step.chain is Chain.PURGE:
+        # Not due: the control plane queues the purge itself when the window has passed.
+        if project.deleted_at is None:
+            return Ignored("the project is not deleted: nothing to purge")
+        return Ignored("the project's retention window has not passed: its purge is not due")
+    if step.chain is Chain.DEPROVISIONING:
         # The service's provisioning step is still running: undo it once it has ended.
         forward = snapshot.step(step.counterpart.name)
         if forward is not None and forward.status is StepStatus.RUNNING and not forward.lease_expired:
             # Look again soon: the step usually ends well before its lease does.
             soon = utcnow() + timedelta(seconds=COUNTERPART_POLL_SECONDS)
             until = forward.lease_expires_at
-            return Busy(soon if until is None else min(until, soon))
-    return Busy(None)  # pending again under our feet (a concurrent replay): try once more
+            return Busy(soon if until is None else min(until, soon), row.attempt)
+    return Busy(None, row.attempt)  # pending again under our feet (a concurrent replay): try once more
+
+
+def _silenced(spec: StepSpec, trigger: Trigger, project: ProjectRecord, row: StepRow) -> Ignored | None:
+    """A done step of a removed project publishes nothing again: a provisioning step once its
+    project is being deprovisioned, a reverse step once the project is deleted. Only the last
+    reverse step, woken by the very event it was done for (a redelivery after a crash between
+    its record and its publish), still republishes its outcome, so the final event is not lost."""
+    if spec.step.chain is Chain.PROVISIONING and project.fenced:
+        return Ignored("the project is deprovisioned: its provisioning chain publishes nothing")
+    if spec.step.removes and project.deleted_at is not None:
+        cause = (row.result or {}).get("cause")
+        if spec.step not in _LAST_OF_REMOVAL or cause != str(trigger.causation_id):
+            return Ignored("the project is deleted: its removal publishes nothing more")
+    return None
 
 
 def _cancelled(trigger: Trigger, row: StepRow, store: StepStore) -> Ignored:
@@ -523,13 +573,16 @@ def _cancelled(trigger: Trigger, row: StepRow, store: StepStore) -> Ignored:
 
 
 def _same_chain(position: int, other: int) -> bool:
-    return (position <= _LAST_FORWARD_POSITION) == (other <= _LAST_FORWARD_POSITION)
+    return step_at(position).chain is step_at(other).chain
 
 
-def _stored(output: StepOutput) -> dict[str, Any]:
+def _stored(output: StepOutput, *, cause: uuid.UUID | None) -> dict[str, Any]:
+    """A step's stored result: its output, and the id of the event it was done for (so the
+    very event redelivered is told from any other trigger)."""
     return {
         "results": output.results.model_dump(mode="json", exclude_unset=True),
         "extra": json.loads(json.dumps(dict(output.extra), default=_json_default)),
+        "cause": str(cause) if cause is not None else None,
     }
 
 
@@ -556,26 +609,28 @@ def outcome_event_id(project_id: str, correlation_id: uuid.UUID, step_key: str) 
 
 
 def _outcome_event(
-    spec: StepSpec,
+    step: Step,
     trigger: Trigger,
     request: ProvisionProjectPayload | None,
     earlier: StepResults,
     row: StepRow,
+    *,
+    extra_models: Mapping[str, Callable[[Any], Any]],
 ) -> CompletedEvent:
     """The completed event of a done step, from the record: the same every time. A
     provisioning step's carries the request and the results so far; a reverse step's only
     names the project and the deprovisioning."""
     stored = row.result or {}
     extra = {
-        name: spec.extra_models[name](value) if name in spec.extra_models else value
+        name: extra_models[name](value) if name in extra_models else value
         for name, value in (stored.get("extra") or {}).items()
     }
     carried: dict[str, Any] = {}
-    if spec.step.chain is Chain.PROVISIONING:
+    if step.chain is Chain.PROVISIONING:
         assert request is not None  # the provisioning claim requires the registered request
         carried = {"request": request, "results": _merge(earlier, [stored])}
-    return completed_event_for(spec.step.key)(
-        event_id=outcome_event_id(trigger.project_id, trigger.correlation_id, spec.step.key),
+    return completed_event_for(step.key)(
+        event_id=outcome_event_id(trigger.project_id, trigger.correlation_id, step.key),
         occurred_at=row.completed_at or utcnow(),
         project_id=trigger.project_id,
         correlation_id=trigger.correlation_id,
@@ -585,3 +640,56 @@ def _outcome_event(
         **carried,
         **extra,
     )
+
+
+_FIRST_OF_CHAIN = {chain: chain_start(chain) for chain in Chain}
+
+
+def rebuild_input(step: Step, snapshot: Snapshot) -> InputEvent:
+    """The input ``step`` is woken by, rebuilt from the record alone (for a re-drive: a
+    stranded step, a repair): the chain's request for its first step, else the completed
+    event of the step before it, as that step published it (same id, same fields). The
+    record must hold the chain's request and the earlier steps done; ValueError otherwise."""
+    project = snapshot.project
+    if project is None:
+        raise ValueError(f"step {step.name}: the project is not in the control plane")
+    removal = step.removes
+    correlation_id = project.deprovision_correlation_id if removal else project.correlation_id
+    if correlation_id is None:
+        raise ValueError(f"step {step.name}: the record holds no request of its chain")
+    first = _FIRST_OF_CHAIN[step.chain]
+    if step is first:
+        now = utcnow()
+        if step.chain is Chain.PROVISIONING:
+            request = _request(project.request)
+            if request is None:
+                raise ValueError(f"step {step.name}: the project has no registered request")
+            return ProvisioningRequested(
+                event_id=uuid.uuid4(),
+                occurred_at=now,
+                project_id=project.project_id,
+                correlation_id=correlation_id,
+                request=request,
+            )
+        if step.chain is Chain.DEPROVISIONING:
+            return DeprovisioningRequested(
+                event_id=uuid.uuid4(),
+                occurred_at=now,
+                project_id=project.project_id,
+                correlation_id=correlation_id,
+                reason=project.deprovision_reason,
+            )
+        return PurgeRequested(
+            event_id=uuid.uuid4(),
+            occurred_at=now,
+            project_id=project.project_id,
+            correlation_id=correlation_id,
+        )
+    previous = step_at(step.position - 1)
+    row = snapshot.step(previous.name)
+    if row is None or not row.done:
+        raise ValueError(f"step {step.name}: the step before it, {previous.name}, is not done")
+    chain_rows = [r for r in snapshot.steps if _same_chain(r.position, row.position)]
+    earlier = _merge(StepResults(), [r.result for r in chain_rows if r.position < row.position])
+    trigger = Trigger(project.project_id, correlation_id)
+    return _outcome_event(previous, trigger, _request(project.request), earlier, row, extra_models={})

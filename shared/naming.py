@@ -4,6 +4,7 @@ every name is still quoted as an identifier wherever it reaches SQL."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.events import PROJECT_ID_MAX, PROJECT_ID_MIN, PROJECT_ID_PATTERN
@@ -39,15 +40,23 @@ def validate_project_id(project_id: str) -> str:
     return project_id
 
 
+TENANT_PREFIX = "tenant_"
+"""Every live tenant database, role and schema is named ``tenant_<id>``."""
+ARCHIVE_PREFIX = "archived_"
+"""A deleted tenant's database, until it is purged: ``archived_<id>``, out of the tenant namespace."""
+
+
 @dataclass(frozen=True, slots=True)
 class TenantNames:
-    """The tenant's database, login role, schema and storage bucket."""
+    """The tenant's database, login role, schema and storage bucket, and the name its database
+    takes while archived."""
 
     project_id: str
     database: str
     role: str
     schema: str
     bucket: str
+    archive: str
 
     @classmethod
     def for_project(cls, project_id: str) -> TenantNames:
@@ -56,16 +65,30 @@ class TenantNames:
         The mapping is injective because ids never contain underscores.
         """
         project_id = validate_project_id(project_id)
-        ident = "tenant_" + project_id.replace("-", "_")
+        underscored = project_id.replace("-", "_")
+        ident = TENANT_PREFIX + underscored
         return cls(
-            project_id=project_id, database=ident, role=ident, schema=ident, bucket=f"tenant-{project_id}"
+            project_id=project_id,
+            database=ident,
+            role=ident,
+            schema=ident,
+            bucket=f"tenant-{project_id}",
+            archive=ARCHIVE_PREFIX + underscored,
         )
 
 
 def project_id_of_tenant(name: str) -> str | None:
     """The project id a tenant database or role name (``tenant_<id>``) derives from, or None
     when no valid project id gives that name (the inverse of :meth:`TenantNames.for_project`)."""
-    prefix = "tenant_"
+    return _project_id_of(name, TENANT_PREFIX, lambda names: names.database)
+
+
+def project_id_of_archive(name: str) -> str | None:
+    """The project id an archived database name (``archived_<id>``) derives from, or None."""
+    return _project_id_of(name, ARCHIVE_PREFIX, lambda names: names.archive)
+
+
+def _project_id_of(name: str, prefix: str, derived: Callable[[TenantNames], str]) -> str | None:
     if not name.startswith(prefix):
         return None
     candidate = name[len(prefix) :].replace("_", "-")
@@ -73,4 +96,4 @@ def project_id_of_tenant(name: str) -> str | None:
         project_id = validate_project_id(candidate)
     except InvalidProjectIdError:
         return None
-    return project_id if TenantNames.for_project(project_id).database == name else None
+    return project_id if derived(TenantNames.for_project(project_id)) == name else None

@@ -73,6 +73,30 @@ class Settings(BaseSettings):
     max_replays_per_step: int = Field(default=5, ge=1)
 
     # Tenants.
+    retention_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=0,
+        description="how long a deleted project's archived database is kept, restorable by "
+        "`provision restore`, before the purge removes it (7 days)",
+    )
+    purge_sweep_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="how often the database worker queues the purges whose retention window has passed",
+    )
+    reconcile_grace_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="`provision reconcile --apply` removes an orphan only once it has been seen "
+        "orphaned in two inventories at least this far apart (an hour)",
+    )
+    reconcile_max_missing_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="a listing lacking more than this share of what the record says it holds (and "
+        "more than one object) is not trusted: reconcile aborts rather than judge it",
+    )
     regions: tuple[str, ...] = DEFAULT_REGIONS
     max_tenants_per_cluster: int = Field(default=1000, ge=1)
     secret_key: SecretStr | None = Field(

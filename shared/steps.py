@@ -1,9 +1,11 @@
-"""The two chains of steps, their order and their topics (pure data).
+"""The chains of steps, their order and their topics (pure data).
 
-``provisioning`` brings a project to life in seven steps; ``deprovisioning`` removes it again
-in seven reverse steps, one per step service, in the opposite order. Both chains are rows of
-the same ``provisioning_steps`` table (positions 1-7 and 8-14) and move through the same
-state machine.
+``provisioning`` brings a project to life in seven steps; ``deprovisioning`` takes it out of
+service again in seven reverse steps, one per step service, in the opposite order, archiving
+its database rather than dropping it; ``purge`` removes what the archive kept once the
+retention window has passed (or an operator says so). Every chain's steps are rows of the same
+``provisioning_steps`` table (positions 1-7, 8-14 and 15) and move through the same state
+machine.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from enum import StrEnum
 
 REQUESTED_TOPIC = "provisioning.requested"
 DEPROVISIONING_REQUESTED_TOPIC = "deprovisioning.requested"
+PURGE_REQUESTED_TOPIC = "purge.requested"
 DEADLETTER_TOPIC = "provisioning.deadletter"
 
 
@@ -21,6 +24,8 @@ class Chain(StrEnum):
 
     PROVISIONING = "provisioning"
     DEPROVISIONING = "deprovisioning"
+    PURGE = "purge"
+    """The removal's last act, once a deleted project's retention window has passed."""
 
 
 class StepStatus(StrEnum):
@@ -50,7 +55,7 @@ class Stage(StrEnum):
     FAILED = "FAILED"
     DEPROVISIONING = "DEPROVISIONING"
     DELETED = "DELETED"
-    """Deprovisioned after it had been ready."""
+    """Deprovisioned after it had been ready (archived until purged: restorable until then)."""
     CANCELLED = "CANCELLED"
     """Deprovisioned before it was ever ready: its provisioning was cancelled (or had failed)."""
 
@@ -64,7 +69,8 @@ class Step:
     """One step of a chain: its key, its seed-style name, its service and its topics.
 
     A provisioning step's key is its service (``database``); a deprovisioning step's is
-    ``deprovision-<service>``. Topics are ``<chain>.<service>.completed|retry|failed``.
+    ``deprovision-<service>``, a purge step's ``purge-<service>``. Topics are
+    ``<chain>.<service>.completed|retry|failed``.
     """
 
     key: str
@@ -94,16 +100,30 @@ class Step:
 
     @property
     def counterpart(self) -> Step:
-        """The step of the other chain run by the same service."""
+        """The step of the other chain run by the same service (a removal step's: the
+        provisioning step it undoes)."""
         other = REVERSE_STEPS if self.chain is Chain.PROVISIONING else STEPS
         return next(step for step in other if step.service == self.service)
+
+    @property
+    def removes(self) -> bool:
+        """The step belongs to a project's removal (deprovisioning or purge)."""
+        return self.chain is not Chain.PROVISIONING
+
+
+_FIRST_TOPIC = {
+    Chain.PROVISIONING: REQUESTED_TOPIC,
+    Chain.DEPROVISIONING: DEPROVISIONING_REQUESTED_TOPIC,
+    Chain.PURGE: PURGE_REQUESTED_TOPIC,
+}
+_KEY_PREFIX = {Chain.PROVISIONING: "", Chain.DEPROVISIONING: "deprovision-", Chain.PURGE: "purge-"}
 
 
 def _chain(chain: Chain, spec: list[tuple[str, str, Stage]], first_position: int) -> tuple[Step, ...]:
     steps: list[Step] = []
-    previous_topic = REQUESTED_TOPIC if chain is Chain.PROVISIONING else DEPROVISIONING_REQUESTED_TOPIC
+    previous_topic = _FIRST_TOPIC[chain]
     for offset, (service, name, stage) in enumerate(spec):
-        key = service if chain is Chain.PROVISIONING else f"deprovision-{service}"
+        key = _KEY_PREFIX[chain] + service
         step = Step(key, name, stage, previous_topic, service, chain, first_position + offset)
         steps.append(step)
         previous_topic = step.completed_topic
@@ -131,20 +151,34 @@ REVERSE_STEPS: tuple[Step, ...] = _chain(
         ("storage", "deregister_storage_service", Stage.DEPROVISIONING),
         ("realtime", "deregister_realtime_service", Stage.DEPROVISIONING),
         ("auth", "deregister_auth_service", Stage.DEPROVISIONING),
-        ("schema", "drop_tenant_schema", Stage.DEPROVISIONING),
-        ("database", "drop_tenant_database", Stage.DEPROVISIONING),
+        ("schema", "retain_tenant_schema", Stage.DEPROVISIONING),
+        ("database", "archive_tenant_database", Stage.DEPROVISIONING),
         ("verify", "mark_project_deleted", Stage.DEPROVISIONING),
     ],
     len(STEPS) + 1,
 )
-"""The deprovisioning chain, in order: each step undoes its service's provisioning step."""
-ALL_STEPS: tuple[Step, ...] = STEPS + REVERSE_STEPS
+"""The deprovisioning chain, in order: each step takes its service's provisioning step out of
+service, keeping what a restore needs (the schema and its data stay, in the archived database)."""
+PURGE_STEPS: tuple[Step, ...] = _chain(
+    Chain.PURGE,
+    [("database", "purge_tenant_database", Stage.DELETED)],
+    len(STEPS) + len(REVERSE_STEPS) + 1,
+)
+"""The purge: the archived database and the tenant role dropped, after the retention window."""
+PURGE_STEP = PURGE_STEPS[0]
+CHAIN_STEPS: dict[Chain, tuple[Step, ...]] = {
+    Chain.PROVISIONING: STEPS,
+    Chain.DEPROVISIONING: REVERSE_STEPS,
+    Chain.PURGE: PURGE_STEPS,
+}
+ALL_STEPS: tuple[Step, ...] = STEPS + REVERSE_STEPS + PURGE_STEPS
 STEP_KEYS: tuple[str, ...] = tuple(s.key for s in STEPS)
 """The step services (and the provisioning steps' keys)."""
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 REVERSE_STEP_NAMES: tuple[str, ...] = tuple(s.name for s in REVERSE_STEPS)
 _BY_KEY = {s.key: s for s in ALL_STEPS}
 _BY_NAME = {s.name: s for s in ALL_STEPS}
+_BY_POSITION = {s.position: s for s in ALL_STEPS}
 FINAL_STEP = STEPS[-1]
 FINAL_REVERSE_STEP = REVERSE_STEPS[-1]
 
@@ -158,6 +192,16 @@ def step_by_key(key: str) -> Step:
 def step_by_name(name: str) -> Step:
     """The step named by its seed name (``create_tenant_database`` …); KeyError if unknown."""
     return _BY_NAME[name]
+
+
+def step_at(position: int) -> Step:
+    """The step whose rows stand at ``position``; KeyError if none does."""
+    return _BY_POSITION[position]
+
+
+def chain_start(chain: Chain) -> Step:
+    """The first step of ``chain``."""
+    return CHAIN_STEPS[chain][0]
 
 
 def resolve_step(key_or_name: str) -> Step:
@@ -177,6 +221,9 @@ def all_topics() -> tuple[str, ...]:
     topics.append(DEPROVISIONING_REQUESTED_TOPIC)
     for step in REVERSE_STEPS:
         topics += [step.completed_topic, step.retry_topic, step.failed_topic]
+    topics.append(PURGE_REQUESTED_TOPIC)
+    for step in PURGE_STEPS:
+        topics += [step.completed_topic, step.retry_topic, step.failed_topic]
     topics.append(DEADLETTER_TOPIC)
     return tuple(topics)
 
@@ -185,8 +232,9 @@ def derive_stage(statuses: dict[str, StepStatus], *, exists: bool = True, ever_r
     """The seed-004 stage of a project from its step statuses (keyed by step name).
 
     Once deprovisioning is requested (its rows exist) the project is DEPROVISIONING, FAILED
-    while a reverse step has failed, and when the reverse chain is done DELETED, or CANCELLED
-    if it was never ready (``ever_ready``). Before that: a failed step makes the project
+    while a reverse step (or the purge) has failed, and when the reverse chain is done DELETED,
+    or CANCELLED if it was never ready (``ever_ready``), archived and then purged alike (the
+    record says which). Before that: a failed step makes the project
     FAILED; when every step is done it is COMPLETED; otherwise the stage of the first step
     not yet done (INITIALIZING before any started).
     """
@@ -194,16 +242,16 @@ def derive_stage(statuses: dict[str, StepStatus], *, exists: bool = True, ever_r
         return Stage.INITIALIZING
     done = {StepStatus.SUCCESS, StepStatus.SKIPPED}
     if any(name in statuses for name in REVERSE_STEP_NAMES):
-        if any(statuses.get(name) is StepStatus.FAILED for name in REVERSE_STEP_NAMES):
+        if any(statuses.get(name) is StepStatus.FAILED for name in (*REVERSE_STEP_NAMES, PURGE_STEP.name)):
             return Stage.FAILED
         if all(statuses.get(name) in done for name in REVERSE_STEP_NAMES):
             return Stage.DELETED if ever_ready else Stage.CANCELLED
         return Stage.DEPROVISIONING
-    if any(status is StepStatus.FAILED for status in statuses.values()):
+    if any(statuses.get(s.name) is StepStatus.FAILED for s in STEPS):
         return Stage.FAILED
     if all(statuses.get(s.name) in done for s in STEPS):
         return Stage.COMPLETED
-    if all(status is StepStatus.PENDING for status in statuses.values()):
+    if all(statuses.get(s.name) in (StepStatus.PENDING, None) for s in STEPS):
         return Stage.INITIALIZING
     for step in STEPS:
         if statuses.get(step.name) not in done:

@@ -228,4 +228,4 @@ def _free_port() -> int:
 
 # --- product fixtures below ---
 
-pytest_plugins = ["tests.product_fixtures"]
+pytest_plugins = ["tests.product_fixtures", "tests.isolated_plane"]

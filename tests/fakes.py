@@ -20,26 +20,31 @@ from typing import Any
 
 import psycopg
 
-from services.ports import TENANT_PREFIX, Registered, TenantFacts, TenantListingError, require_tenant_names
-from services.specs import build_reverse_specs, build_specs
+from services.ports import Registered, TenantFacts, TenantListingError, require_tenant_names
+from services.reconcile import ProjectState, Removal
+from services.specs import build_purge_specs, build_reverse_specs, build_specs
 from shared.clusters import DEFAULT_CLUSTER, ClusterMap
 from shared.crypto import generate_api_key, generate_password
 from shared.db.repository import (
     ALLOWED_TRANSITIONS,
+    DEFAULT_RETENTION_SECONDS,
     Claim,
     ClusterFill,
     ProjectRecord,
     Registration,
+    RestoreRefusedError,
     Snapshot,
     StepRow,
     request_hash,
+    restore_refusal,
 )
-from shared.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
+from shared.errors import ErrorType, InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.events import (
     ApiKeyInfo,
     DeprovisioningRequested,
     ProvisioningRequested,
     ProvisionProjectPayload,
+    PurgeRequested,
     ReverseCompleted,
     ReverseRetryScheduled,
     StepCompleted,
@@ -49,15 +54,19 @@ from shared.events import (
     retry_event_for,
 )
 from shared.execution import Completed, Outcome, StepContext, StepSpec, Trigger, run_step
+from shared.naming import ARCHIVE_PREFIX, TENANT_PREFIX
 from shared.settings import DEFAULT_REGIONS
 from shared.steps import (
     PLACING_STEP,
+    PURGE_STEP,
     REVERSE_STEP_NAMES,
     REVERSE_STEPS,
     STEP_NAMES,
     STEPS,
     Chain,
+    Step,
     StepStatus,
+    chain_start,
     step_by_key,
     step_by_name,
 )
@@ -87,9 +96,16 @@ class FakeClock:
 class FakeStepStore:
     """``StepRepository`` in memory: projects, their steps of both chains and the state machine."""
 
-    def __init__(self, clock: FakeClock | None = None, clusters: ClusterMap | None = None) -> None:
+    def __init__(
+        self,
+        clock: FakeClock | None = None,
+        clusters: ClusterMap | None = None,
+        *,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+    ) -> None:
         self.clock = clock or FakeClock()
         self.clusters = clusters or ClusterMap.single("fake://default", 1000)
+        self.retention_seconds = retention_seconds
         self.placements: dict[str, str] = {}
         """The cluster each placed project is on, by project id."""
         self.projects: dict[str, ProjectRecord] = {}
@@ -111,7 +127,7 @@ class FakeStepStore:
         self.calls.append(("register_request", payload.project_id, correlation_id))
         digest = request_hash(payload)
         existing = self.projects.get(payload.project_id)
-        if existing is None or existing.request is None:
+        if existing is None or (existing.request is None and not existing.fenced):
             record = ProjectRecord(
                 project_id=payload.project_id,
                 correlation_id=correlation_id,
@@ -123,6 +139,8 @@ class FakeStepStore:
             self.projects[payload.project_id] = record
             self._initialize(payload.project_id)
             return Registration.NEW, self._copied(record)
+        if existing.fenced:
+            return Registration.REMOVED, self._copied(existing)
         if existing.request_hash == digest:
             return Registration.DUPLICATE, self._copied(existing)
         return Registration.CONFLICT, self._copied(existing)
@@ -134,10 +152,12 @@ class FakeStepStore:
         *,
         reason: str | None = None,
         create: bool = False,
+        purge_now: bool = False,
     ) -> tuple[Registration, ProjectRecord] | None:
         """The repository's: the first time set the fence, cancel the provisioning steps still
-        ``pending`` and add the seven reverse steps (``NEW``); afterwards ``DUPLICATE`` with the
-        first request's id. None for an unknown project unless ``create`` (a bare record)."""
+        ``pending`` and add the seven reverse steps and the purge (``NEW``); afterwards
+        ``DUPLICATE`` with the first request's id. None for an unknown project unless ``create``
+        (a bare record). ``purge_now`` ends the retention window at once."""
         self._check()
         self.calls.append(("register_deprovisioning", project_id, correlation_id))
         if create:
@@ -148,7 +168,9 @@ class FakeStepStore:
         if existing is None:
             return None
         if existing.deprovision_correlation_id is not None:
-            return Registration.DUPLICATE, self._copied(existing)
+            if purge_now:
+                self.purge_now(project_id)
+            return Registration.DUPLICATE, self._copied(self.projects[project_id])
         record = replace(
             existing,
             deprovision_correlation_id=correlation_id,
@@ -157,8 +179,75 @@ class FakeStepStore:
         )
         self.projects[project_id] = record
         self._cancel_provisioning(project_id, {S.PENDING})
-        self._initialize(project_id, REVERSE_STEPS[0].position, REVERSE_STEP_NAMES)
-        return Registration.NEW, self._copied(record)
+        self._initialize(project_id, REVERSE_STEPS[0].position, (*REVERSE_STEP_NAMES, PURGE_STEP.name))
+        if purge_now:
+            self.purge_now(project_id)
+        return Registration.NEW, self._copied(self.projects[project_id])
+
+    def purge_now(self, project_id: str) -> ProjectRecord | None:
+        """The repository's: the retention window of a project being removed ends now."""
+        record = self.projects.get(project_id)
+        if record is None or not record.fenced or record.purged_at is not None:
+            return None
+        now = self.clock()
+        after = now if record.purge_after is None else min(record.purge_after, now)
+        self.projects[project_id] = replace(record, purge_after=after)
+        return self._copied(self.projects[project_id])
+
+    def mark_purged(self, project_id: str) -> datetime:
+        """The repository's: purged once; LookupError unless deleted."""
+        self._check()
+        self.calls.append(("mark_purged", project_id))
+        record = self.projects.get(project_id)
+        if record is None or record.deleted_at is None:
+            raise LookupError(f"project {project_id!r} is not deleted")
+        if record.purged_at is None:
+            record = replace(record, purged_at=self.clock())
+            self.projects[project_id] = record
+        assert record.purged_at is not None
+        return record.purged_at
+
+    def restore(self, project_id: str, correlation_id: uuid.UUID) -> ProjectRecord:
+        """The repository's restore, by the same rules (``restore_refusal``)."""
+        self._check()
+        record = self.projects.get(project_id)
+        purge = self.rows.get((project_id, PURGE_STEP.name))
+        refusal = restore_refusal(project_id, record, purge, now=self.clock())
+        if refusal is not None:
+            raise RestoreRefusedError(refusal)
+        assert record is not None
+        now = self.clock()
+        for key, row in list(self.rows.items()):
+            if key[0] != project_id:
+                continue
+            if row.position > STEPS[-1].position:
+                del self.rows[key]
+            else:
+                self.rows[key] = replace(
+                    row,
+                    status=S.PENDING,
+                    updated_at=now,
+                    started_at=None,
+                    completed_at=None,
+                    error_message=None,
+                    error_details=None,
+                    attempt=0,
+                    replay_count=0,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    result=None,
+                )
+        self.projects[project_id] = replace(
+            record,
+            correlation_id=correlation_id,
+            deprovision_correlation_id=None,
+            deprovision_requested_at=None,
+            deprovision_reason=None,
+            deleted_at=None,
+            purge_after=None,
+            restored_at=now,
+        )
+        return self._copied(self.projects[project_id])
 
     def mark_ready(self, project_id: str) -> datetime:
         """``ready_at`` set once; LookupError for an unknown project."""
@@ -183,7 +272,9 @@ class FakeStepStore:
             raise LookupError(f"project {project_id!r} has no deprovisioning request")
         if record.deleted_at is None:
             record = replace(record, deleted_at=self.clock())
-            self.projects[project_id] = record
+        if record.purge_after is None:
+            record = replace(record, purge_after=self.clock() + timedelta(seconds=self.retention_seconds))
+        self.projects[project_id] = record
         self._cancel_provisioning(project_id, {S.PENDING, S.RUNNING})
         assert record.deleted_at is not None
         return record.deleted_at
@@ -214,14 +305,32 @@ class FakeStepStore:
         record = self.projects.get(project_id)
         return Snapshot(self._copied(record) if record is not None else None, self.steps(project_id))
 
-    def project_step_statuses(self) -> dict[str, dict[str, StepStatus]]:
-        """Every project with its steps' statuses by step name (``SqlProjectRecords``)."""
+    def project_states(self) -> dict[str, ProjectState]:
+        """Every project with its steps' statuses and removal state (``SqlProjectRecords``)."""
         self._check()
-        self.calls.append(("project_step_statuses",))
-        found: dict[str, dict[str, StepStatus]] = {p: {} for p in self.projects}
+        self.calls.append(("project_states",))
+        statuses: dict[str, dict[str, StepStatus]] = {p: {} for p in self.projects}
         for (project_id, step_name), row in self.rows.items():
-            found.setdefault(project_id, {})[step_name] = row.status
-        return found
+            statuses.setdefault(project_id, {})[step_name] = row.status
+        states: dict[str, ProjectState] = {}
+        for project_id, steps in statuses.items():
+            record = self.projects.get(project_id)
+            removal = Removal.LIVE
+            if record is not None and record.purged_at is not None:
+                removal = Removal.PURGED
+            elif record is not None and record.deleted_at is not None:
+                removal = Removal.DELETED
+            elif record is not None and record.fenced:
+                removal = Removal.UNDER_WAY
+            request = record.request if record is not None else None
+            wanted = ((request.get("api_keys") or {}).get("count", 2)) if request is not None else None
+            states[project_id] = ProjectState(
+                statuses=steps,
+                removal=removal,
+                ready=record is not None and record.ready_at is not None,
+                keys_wanted=wanted,
+            )
+        return states
 
     def remove_project(self, project_id: str) -> None:
         """The project and its steps are gone (deleted by an operator)."""
@@ -298,21 +407,9 @@ class FakeStepStore:
         row = self.rows.get((project_id, step_name))
         if project is None or row is None:
             return None
-        if step.chain is Chain.PROVISIONING:
-            if project.request is None or project.correlation_id != correlation_id or project.fenced:
-                return None
-        else:
-            if project.deprovision_correlation_id != correlation_id:
-                return None
-            counterpart = self.rows.get((project_id, step.counterpart.name))
-            if (
-                counterpart is not None
-                and counterpart.status is S.RUNNING
-                and counterpart.lease_expires_at is not None
-                and counterpart.lease_expires_at >= self.clock()
-            ):
-                return None
-        first = STEPS[0] if step.chain is Chain.PROVISIONING else REVERSE_STEPS[0]
+        if not self._chain_allows(step, project, correlation_id):
+            return None
+        first = chain_start(step.chain)
         earlier = [r for r in self.steps(project_id) if first.position <= r.position < row.position]
         if any(not r.done for r in earlier):
             return None
@@ -337,6 +434,24 @@ class FakeStepStore:
             request,
             [r.result for r in earlier if r.result is not None],
             placement=self.placements.get(project_id),
+        )
+
+    def _chain_allows(self, step: Step, project: ProjectRecord, correlation_id: uuid.UUID) -> bool:
+        """The claim's chain condition (``_CHAIN_CONDITION`` of the repository)."""
+        if step.chain is Chain.PROVISIONING:
+            registered = project.request is not None and project.correlation_id == correlation_id
+            return registered and not project.fenced
+        if project.deprovision_correlation_id != correlation_id:
+            return False
+        if step.chain is Chain.PURGE:
+            due = project.purge_after is not None and project.purge_after <= self.clock()
+            return project.deleted_at is not None and project.purged_at is None and due
+        counterpart = self.rows.get((project.project_id, step.counterpart.name))
+        return not (
+            counterpart is not None
+            and counterpart.status is S.RUNNING
+            and counterpart.lease_expires_at is not None
+            and counterpart.lease_expires_at >= self.clock()
         )
 
     def _place(self, project_id: str, region: str) -> None:
@@ -544,6 +659,10 @@ class FakeTenantCluster:
     def __init__(self) -> None:
         self.roles: dict[str, str] = {}
         self.databases: dict[str, str] = {}
+        self.nologin: set[str] = set()
+        """Roles that may not log in (an archived tenant's)."""
+        self.closed: set[str] = set()
+        """Databases closed to connections (archives)."""
         self.calls: list[tuple[Any, ...]] = []
 
     def database_exists(self, name: str) -> bool:
@@ -553,10 +672,37 @@ class FakeTenantCluster:
     def ensure_role(self, role: str, password: str) -> None:
         self.calls.append(("ensure_role", role))  # the password is not recorded
         self.roles[role] = password  # set every time, like ALTER ROLE ... PASSWORD
+        self.nologin.discard(role)  # LOGIN every time
 
-    def ensure_database(self, name: str, owner: str) -> None:
+    def ensure_database(self, name: str, owner: str, *, archive: str | None = None) -> None:
+        """Made if absent, or renamed back from ``archive`` when that exists (a restore)."""
         self.calls.append(("ensure_database", name, owner))
+        if name not in self.databases and archive is not None and archive in self.databases:
+            self.databases[name] = self.databases.pop(archive)
+            self.closed.discard(archive)
         self.databases[name] = owner
+
+    def archive_tenant(self, database: str, role: str, archive: str) -> bool:
+        """The role NOLOGIN, the database renamed ``archive`` and closed; refused when both
+        names exist; already archived is done; False when there is neither."""
+        self.calls.append(("archive_tenant", database, role, archive))
+        require_tenant_names(database, role, archive)
+        if role in self.roles:
+            self.nologin.add(role)
+        if database in self.databases and archive in self.databases:
+            raise ProvisioningError(
+                ErrorType.DATABASE_CREATION_FAILED, f"both {database} and {archive} exist", retryable=False
+            )
+        if database in self.databases:
+            self.databases[archive] = self.databases.pop(database)
+        if archive in self.databases:
+            self.closed.add(archive)
+            return True
+        return False
+
+    def list_archived_databases(self) -> frozenset[str]:
+        self.calls.append(("list_archived_databases",))
+        return frozenset(d for d in self.databases if d.startswith(ARCHIVE_PREFIX))
 
     def drop_tenant(self, database: str, role: str) -> None:
         """The database, then the role, dropped if present. Like ``DROP ROLE``, refused while the
@@ -569,6 +715,8 @@ class FakeTenantCluster:
                 f'role "{role}" cannot be dropped because some objects depend on it'
             )
         self.roles.pop(role, None)
+        self.nologin.discard(role)
+        self.closed.discard(database)
 
     def list_tenant_databases(self) -> frozenset[str]:
         """The tenant databases."""
@@ -590,13 +738,6 @@ class FakeTenantSchemas:
     def ensure_schema(self, database: str, schema: str, owner: str) -> None:
         self.calls.append(("ensure_schema", database, schema, owner))
         self.schemas[(database, schema)] = owner
-
-    def drop_schema(self, database: str, schema: str) -> None:
-        """Dropped if present; a missing schema or database is done (this fake does not see the
-        cluster, so the schemas of a dropped database stay here until dropped themselves)."""
-        self.calls.append(("drop_schema", database, schema))
-        require_tenant_names(database, schema)
-        self.schemas.pop((database, schema), None)
 
     def owner_of(self, database: str, schema: str) -> str | None:
         return self.schemas.get((database, schema))
@@ -700,20 +841,26 @@ class FakeKeyStore:
         self.calls: list[tuple[Any, ...]] = []
 
     def ensure_keys(self, project_id: str, count: int, prefix: str) -> tuple[ApiKeyInfo, ...]:
+        """``count`` keys in all: the missing ones made, none beyond (the real store's)."""
         self.calls.append(("ensure_keys", project_id, count, prefix))
-        if not self.keys.get(project_id):
-            made = []
-            for _ in range(count):
-                secret = generate_api_key(prefix)
-                info = ApiKeyInfo(
-                    key_id=f"key_{secrets.token_hex(8)}",
-                    key_prefix=secret[: len(prefix) + 1 + 6],
-                    created_at=self.clock(),
-                )
-                made.append(_Key(info, secret))
-            self.keys[project_id] = made
-            self.created += count
+        held = self.keys.setdefault(project_id, [])
+        missing = max(0, count - len(held))
+        for _ in range(missing):
+            secret = generate_api_key(prefix)
+            info = ApiKeyInfo(
+                key_id=f"key_{secrets.token_hex(8)}",
+                key_prefix=secret[: len(prefix) + 1 + 6],
+                created_at=self.clock(),
+            )
+            held.append(_Key(info, secret))
+        if not held:
+            del self.keys[project_id]
+        self.created += missing
         return self._infos(project_id)
+
+    def key_counts(self) -> dict[str, int]:
+        """How many keys each project holds (projects with none left out)."""
+        return {project_id: len(keys) for project_id, keys in self.keys.items() if keys}
 
     def list_keys(self, project_id: str) -> tuple[ApiKeyInfo, ...]:
         self.calls.append(("list_keys", project_id))
@@ -777,6 +924,7 @@ class FakeLedger:
         self.store = store
         self.ready: dict[str, datetime] = {}
         self.deleted: dict[str, datetime] = {}
+        self.purged: dict[str, datetime] = {}
         self.calls: list[tuple[Any, ...]] = []
 
     def mark_ready(self, project_id: str) -> datetime:
@@ -791,6 +939,13 @@ class FakeLedger:
         if self.store is not None:
             self.deleted[project_id] = self.store.mark_deleted(project_id)
         return self.deleted.setdefault(project_id, self.clock())
+
+    def mark_purged(self, project_id: str) -> datetime:
+        """Purged (once); LookupError when the store does not show it deleted."""
+        self.calls.append(("mark_purged", project_id))
+        if self.store is not None:
+            self.purged[project_id] = self.store.mark_purged(project_id)
+        return self.purged.setdefault(project_id, self.clock())
 
 
 # --- wiring -------------------------------------------------------------------------------------
@@ -910,17 +1065,26 @@ class Fakes:
             ledger=self.ledger,
         )
 
+    @functools.cached_property
+    def purge_specs(self) -> dict[str, StepSpec]:
+        """The purge step's spec wired to these fakes, by the function the application uses."""
+        return build_purge_specs(clusters=self.clusters, ledger=self.ledger)
+
+    def spec(self, step_key: str) -> StepSpec:
+        """The spec of a step of any chain, by its key."""
+        return self.specs.get(step_key) or self.reverse_specs.get(step_key) or self.purge_specs[step_key]
+
     def run(
         self,
         step_key: str,
-        event: StepInputEvent | ReverseInput | Trigger,
+        event: StepInputEvent | ReverseInput | PurgeRequested | Trigger,
         *,
         owner: str = OWNER,
         max_attempts: int = MAX_ATTEMPTS,
     ) -> Outcome:
         """Run one step (of either chain) through ``run_step`` on these fakes, woken by ``event``."""
         return run_step(
-            self.specs.get(step_key) or self.reverse_specs[step_key],
+            self.spec(step_key),
             event if isinstance(event, Trigger) else trigger_of(event),
             store=self.store,
             owner=owner,
@@ -964,6 +1128,16 @@ class Fakes:
             event = outcome.event  # type: ignore[assignment]
         return events
 
+    def run_purge(self, project_id: str) -> Outcome:
+        """The purge of a deleted project once its retention window has passed (the clock moved
+        past it), woken as the control plane's trigger would."""
+        record = self.store.projects[project_id]
+        assert record.deprovision_correlation_id is not None and record.purge_after is not None
+        if self.clock() < record.purge_after:
+            self.clock.advance((record.purge_after - self.clock()).total_seconds())
+        trigger = make_purge_requested(project_id, correlation_id=record.deprovision_correlation_id)
+        return self.run(PURGE_STEP.key, trigger)
+
     def run_reverse_chain(self, requested: DeprovisioningRequested) -> list[ReverseCompleted]:
         """Every reverse step in order, each woken by the one before; the completed events."""
         events: list[ReverseCompleted] = []
@@ -995,7 +1169,7 @@ def reverse_context_of(
     return StepContext(project_id, correlation_id or uuid.uuid4(), None, StepResults(), 1, placement)
 
 
-def trigger_of(event: StepInputEvent | ReverseInput) -> Trigger:
+def trigger_of(event: StepInputEvent | ReverseInput | PurgeRequested) -> Trigger:
     """What a step may take from an input event, as the worker core builds it."""
     return Trigger(
         project_id=event.project_id,
@@ -1071,6 +1245,18 @@ def make_deprovisioning_requested(
         project_id=project_id,
         correlation_id=correlation_id or uuid.uuid4(),
         reason=reason,
+    )
+
+
+def make_purge_requested(
+    project_id: str = "acme-app", *, correlation_id: uuid.UUID, event_id: uuid.UUID | None = None
+) -> PurgeRequested:
+    """A ``purge.requested`` trigger for ``project_id`` under its deprovisioning ``correlation_id``."""
+    return PurgeRequested(
+        event_id=event_id or uuid.uuid4(),
+        occurred_at=T0,
+        project_id=project_id,
+        correlation_id=correlation_id,
     )
 
 

@@ -10,12 +10,21 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 
-from services.ports import TENANT_PREFIX, require_tenant_names
+from services.ports import require_tenant_names
 from services.tenant_cluster import ClusterAddress
 from shared.crypto import SecretBox, generate_password
+from shared.errors import ErrorType, ProvisioningError
+from shared.naming import ARCHIVE_PREFIX, TENANT_PREFIX
 
-# LIKE's own wildcard escaped: ``tenant_%`` would also match ``tenantX...``.
-_TENANT_LIKE = TENANT_PREFIX.replace("_", "\\_") + "%"
+
+def _like(prefix: str) -> str:
+    """A LIKE pattern for names starting with ``prefix``, its own wildcard escaped:
+    ``tenant_%`` would also match ``tenantX...``."""
+    return prefix.replace("_", "\\_") + "%"
+
+
+_TENANT_LIKE = _like(TENANT_PREFIX)
+_ARCHIVE_LIKE = _like(ARCHIVE_PREFIX)
 
 
 class PostgresTenantCluster:
@@ -33,9 +42,15 @@ class PostgresTenantCluster:
             )
 
     def list_tenant_databases(self) -> frozenset[str]:
+        return self._databases_like(_TENANT_LIKE)
+
+    def list_archived_databases(self) -> frozenset[str]:
+        return self._databases_like(_ARCHIVE_LIKE)
+
+    def _databases_like(self, pattern: str) -> frozenset[str]:
         with self.address.admin() as conn:
             rows = conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s ESCAPE '\\'", (_TENANT_LIKE,)
+                "SELECT datname FROM pg_database WHERE datname LIKE %s ESCAPE '\\'", (pattern,)
             ).fetchall()
         return frozenset(str(r[0]) for r in rows)
 
@@ -64,6 +79,52 @@ class PostgresTenantCluster:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role_ident))
 
+    def archive_tenant(self, database: str, role: str, archive: str) -> bool:
+        """The tenant out of service with its data kept: the role loses LOGIN, its sessions
+        and those in the database end, the database is closed to connections and renamed
+        ``archive`` (out of the tenant namespace). Under the ensure_* locks, so it never
+        interleaves with a create of the same tenant. Already archived is done; False when
+        there is no database at all (never created). Both names present is refused: an
+        archive is never overwritten."""
+        require_tenant_names(database, role, archive)
+        ident, role_ident = sql.Identifier(database), sql.Identifier(role)
+        with self._locked(f"database:{database}", f"role:{role}") as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                # No new session of the role between the terminations below and the rename.
+                conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role_ident))
+            live = self._exists(conn, database)
+            archived = self._exists(conn, archive)
+            if live and archived:
+                raise ProvisioningError(
+                    ErrorType.DATABASE_CREATION_FAILED,
+                    f"both {database} and its archive {archive} exist; refusing to overwrite the archive",
+                    retryable=False,
+                )
+            if live:
+                conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))
+                self._end_sessions(conn, role, database)
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident, sql.Identifier(archive)))
+            elif archived:
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(archive))
+                )
+            self._end_sessions(conn, role, archive)
+            return live or archived
+
+    @staticmethod
+    def _exists(conn: psycopg.Connection[Any], database: str) -> bool:
+        return (
+            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
+        )
+
+    @staticmethod
+    def _end_sessions(conn: psycopg.Connection[Any], role: str, database: str) -> None:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE (usename = %s OR datname = %s) AND pid <> pg_backend_pid()",
+            (role, database),
+        )
+
     def ensure_role(self, role: str, password: str) -> None:
         """A LOGIN role with no privileges beyond its own database; password set every time
         so a re-run converges on the stored password."""
@@ -75,13 +136,20 @@ class PostgresTenantCluster:
             verb = "ALTER ROLE {} WITH " if exists else "CREATE ROLE {} "
             conn.execute(sql.SQL(verb).format(sql.Identifier(role)) + attributes)
 
-    def ensure_database(self, name: str, owner: str) -> None:
-        """The database, owned by ``owner``, reachable by its owner alone."""
+    def ensure_database(self, name: str, owner: str, *, archive: str | None = None) -> None:
+        """The database, owned by ``owner``, reachable by its owner alone. When it is absent and
+        its ``archive`` exists (a restore), the archive is renamed back and opened again:
+        an empty database is never made where a tenant's data is kept."""
         ident, owner_ident = sql.Identifier(name), sql.Identifier(owner)
         with self._locked(f"database:{name}") as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-            if exists is None:
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, owner_ident))
+            if not self._exists(conn, name):
+                if archive is not None and self._exists(conn, archive):
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(archive), ident)
+                    )
+                else:
+                    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(ident, owner_ident))
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident))
             conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(ident, owner_ident))
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
             conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, owner_ident))

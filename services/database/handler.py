@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from services.ports import CredentialStore, TenantClusters
+from services.ports import CredentialStore, ProjectLedger, TenantClusters
 from shared.errors import ErrorType, ProvisioningError
 from shared.events import DatabaseInfo, StepResults
 from shared.execution import StepContext, StepOutput
@@ -39,7 +39,8 @@ def handle(
     names = TenantNames.for_project(context.project_id)
     password = credentials.password_for(context.project_id, names.role)
     cluster.ensure_role(names.role, password)
-    cluster.ensure_database(names.database, owner=names.role)
+    # A restored project's database comes back from its archive, data and all.
+    cluster.ensure_database(names.database, owner=names.role, archive=names.archive)
     return StepOutput(
         StepResults(
             database=DatabaseInfo(
@@ -49,10 +50,31 @@ def handle(
     )
 
 
-def drop(context: StepContext, *, clusters: TenantClusters) -> StepOutput:
-    """drop_tenant_database: end the tenant's sessions, drop its database and its role on the
-    cluster it is placed on (either already gone is done; never placed, nothing to drop)."""
+def archive(context: StepContext, *, clusters: TenantClusters) -> StepOutput:
+    """archive_tenant_database: take the tenant out of service and keep its data: its role
+    ``NOLOGIN``, its sessions ended, its database closed to connections and renamed out of the
+    tenant namespace, to be purged after the retention window or restored before it (already
+    archived is done; never placed, or never created, nothing to archive)."""
     if context.placement is not None:
         names = TenantNames.for_project(context.project_id)
-        clusters.cluster(context.placement).drop_tenant(names.database, names.role)
+        clusters.cluster(context.placement).archive_tenant(names.database, names.role, names.archive)
+    return StepOutput()
+
+
+def purge(context: StepContext, *, clusters: TenantClusters, ledger: ProjectLedger) -> StepOutput:
+    """purge_tenant_database: drop the archived database and the tenant role (either already
+    gone is done), then record the project purged. A live database of the deleted project is
+    never dropped here: the purge refuses it, for an operator to look at."""
+    names = TenantNames.for_project(context.project_id)
+    if context.placement is not None:
+        cluster = clusters.cluster(context.placement)
+        if cluster.database_exists(names.database):
+            raise ProvisioningError(
+                ErrorType.DATABASE_CREATION_FAILED,
+                f"database {names.database} of the deleted project is live (not archived); "
+                "refusing to purge it: look at it, archive or drop it by hand, then `provision replay`",
+                retryable=False,
+            )
+        cluster.drop_tenant(names.archive, names.role)
+    ledger.mark_purged(context.project_id)
     return StepOutput()

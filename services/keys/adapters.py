@@ -34,14 +34,15 @@ class SqlKeyStore:
         self.box = box
 
     def ensure_keys(self, project_id: str, count: int, prefix: str) -> tuple[ApiKeyInfo, ...]:
-        """The project's keys, creating ``count`` if it has none: a re-run creates no more."""
+        """The project's keys, ``count`` in all: the missing ones created (all of them the first
+        time, those lost since on a repair), never more: a re-run creates none."""
         with self.engine.begin() as conn:
             # Serialise concurrent attempts for one project on its record.
             conn.execute(text("SELECT 1 FROM projects WHERE project_id = :p FOR UPDATE"), {"p": project_id})
             existing = self._list(conn, project_id)
-            if existing:
+            if len(existing) >= count:
                 return existing
-            for _ in range(count):
+            for _ in range(count - len(existing)):
                 secret = generate_api_key(prefix)
                 conn.execute(
                     text(
@@ -57,6 +58,12 @@ class SqlKeyStore:
                     },
                 )
             return self._list(conn, project_id)
+
+    def key_counts(self) -> dict[str, int]:
+        """How many keys each project holds (projects with none left out): reconcile's listing."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT project_id, count(*) FROM api_keys GROUP BY project_id"))
+            return {str(project_id): int(n) for project_id, n in rows}
 
     def list_keys(self, project_id: str) -> tuple[ApiKeyInfo, ...]:
         with self.engine.connect() as conn:

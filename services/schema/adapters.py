@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import psycopg
 from psycopg import sql
 
-from services.ports import require_tenant_names
 from services.tenant_cluster import ClusterAddress
 
 BASELINE_VERSION = "0000_baseline"
 
 
 class PostgresTenantSchemas:
-    """Creates a tenant's schema in its database, create-if-absent, in one transaction (and
-    drops it, drop-if-present)."""
+    """Creates a tenant's schema in its database, create-if-absent, in one transaction."""
 
     def __init__(self, address: ClusterAddress) -> None:
         self.address = address
-
-    def drop_schema(self, database: str, schema: str) -> None:
-        """The schema and every object in it dropped; a database already gone counts as done."""
-        require_tenant_names(database, schema)
-        if not self._database_exists(database):
-            return
-        try:
-            with self.address.admin(database, autocommit=False) as conn, conn.transaction():
-                # The same lock as ensure_schema: a drop never interleaves with a create.
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"schema:{schema}",))
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        except psycopg.OperationalError:
-            # Dropped between the check and the connection (or while connected): done too.
-            if self._database_exists(database):
-                raise
-
-    def _database_exists(self, database: str) -> bool:
-        with self.address.admin() as conn:
-            return (
-                conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
-                is not None
-            )
 
     def ensure_schema(self, database: str, schema: str, owner: str) -> None:
         s, r, d = sql.Identifier(schema), sql.Identifier(owner), sql.Identifier(database)

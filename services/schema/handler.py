@@ -20,12 +20,11 @@ def handle(context: StepContext, *, clusters: TenantClusters) -> StepOutput:
     return StepOutput(StepResults(schema_name=names.schema))
 
 
-def drop(context: StepContext, *, clusters: TenantClusters) -> StepOutput:
-    """drop_tenant_schema: drop the tenant schema and every object in it (a schema or
-    database already gone is done; never placed, nothing to drop)."""
-    if context.placement is not None:
-        names = TenantNames.for_project(context.project_id)
-        clusters.schemas(context.placement).drop_schema(names.database, names.schema)
+def retain(context: StepContext) -> StepOutput:
+    """retain_tenant_schema: nothing of the schema is removed when a project is deleted. The
+    schema, its objects and the tenant's data stay in the tenant database, which the next
+    reverse step archives; a restore finds them as they were, and the purge drops them with
+    the archive. The step is recorded so that the reverse chain says so."""
     return StepOutput()
 
 

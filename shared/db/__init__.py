@@ -7,11 +7,14 @@ from shared.db.repository import (
     ConflictingRequestError,
     ProjectOverview,
     ProjectRecord,
+    ProjectRemovedError,
     Registration,
+    RestoreRefusedError,
     Snapshot,
     StepRepository,
     StepRow,
     StepTransition,
+    removed_reason,
     request_hash,
 )
 
@@ -21,7 +24,9 @@ __all__ = [
     "ConflictingRequestError",
     "ProjectOverview",
     "ProjectRecord",
+    "ProjectRemovedError",
     "Registration",
+    "RestoreRefusedError",
     "Snapshot",
     "StepRepository",
     "StepRow",
@@ -30,6 +35,7 @@ __all__ = [
     "libpq_url",
     "make_engine",
     "migrate",
+    "removed_reason",
     "request_hash",
     "sqlalchemy_url",
 ]

@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -24,6 +24,7 @@ from shared.errors import InvalidTransitionError, StoreUnavailableError, classif
 from shared.events import ProvisionProjectPayload
 from shared.steps import (
     PLACING_STEP,
+    PURGE_STEP,
     REVERSE_STEP_NAMES,
     REVERSE_STEPS,
     STEP_NAMES,
@@ -31,9 +32,13 @@ from shared.steps import (
     Chain,
     Stage,
     StepStatus,
+    chain_start,
     derive_stage,
     step_by_name,
 )
+
+_REMOVAL_STEP_NAMES = (*REVERSE_STEP_NAMES, PURGE_STEP.name)
+"""The rows a deprovisioning adds: the reverse chain's (positions 8-14), then the purge's (15)."""
 
 S = StepStatus
 
@@ -149,6 +154,12 @@ class ProjectRecord:
     deprovision_reason: str | None = None
     deleted_at: datetime | None = None
     """The tombstone, set by the reverse chain's last step."""
+    purge_after: datetime | None = None
+    """When the archive of a deleted project may be purged: the end of its retention window."""
+    purged_at: datetime | None = None
+    """When the purge removed the archive: nothing of the tenant is left."""
+    restored_at: datetime | None = None
+    """When the project was last restored from its archive."""
 
     @property
     def fenced(self) -> bool:
@@ -158,7 +169,8 @@ class ProjectRecord:
 
 _PROJECT_COLUMNS = (
     "project_id, correlation_id, request, request_hash, created_at, ready_at, "
-    "deprovision_correlation_id, deprovision_requested_at, deprovision_reason, deleted_at"
+    "deprovision_correlation_id, deprovision_requested_at, deprovision_reason, deleted_at, "
+    "purge_after, purged_at, restored_at"
 )
 
 
@@ -177,7 +189,8 @@ class ProjectOverview:
 
 
 # The stage of every project in one pass, by the rules of shared.steps.derive_stage: once
-# reverse rows exist, a failed one FAILED, all done DELETED (CANCELLED if never ready), else
+# reverse rows exist, a failed one (or a failed purge) FAILED, all the reverse chain's done
+# DELETED (CANCELLED if never ready) whatever the purge's status, else
 # DEPROVISIONING; before that, no steps INITIALIZING, a failed step FAILED, all done COMPLETED,
 # all pending INITIALIZING, else the first step not done.
 _OVERVIEW = f"""
@@ -191,7 +204,8 @@ _OVERVIEW = f"""
                    AS reverse_failed,
                coalesce(bool_and(s.status IN ('success', 'skipped')), false) AS all_done,
                coalesce(bool_and(s.status IN ('success', 'skipped'))
-                        FILTER (WHERE s.position > {len(STEPS)}), false) AS reverse_done,
+                        FILTER (WHERE s.position > {len(STEPS)} AND s.position < {PURGE_STEP.position}),
+                        false) AS reverse_done,
                coalesce(bool_and(s.status = 'pending'), false) AS all_pending,
                (array_agg(s.step_name ORDER BY s.position)
                     FILTER (WHERE s.status NOT IN ('success', 'skipped')))[1] AS current_step,
@@ -287,10 +301,26 @@ class Registration(StrEnum):
     NEW = "new"  # first time the control plane hears of the project
     DUPLICATE = "duplicate"  # the same request again
     CONFLICT = "conflict"  # the project exists with a different request
+    REMOVED = "removed"  # the project was deprovisioned (or is being): its id is not reused
 
 
 class ConflictingRequestError(Exception):
     """A project was requested again with a different payload."""
+
+
+class ProjectRemovedError(ConflictingRequestError):
+    """A request for an id whose project was deprovisioned (a removed orphan included): an id
+    is never reused, so the request is refused rather than half-provisioned."""
+
+
+def removed_reason(record: ProjectRecord) -> str:
+    """Why a request for ``record``'s id is refused, in one line."""
+    if record.deleted_at is not None:
+        when = f"deleted at {record.deleted_at.isoformat(timespec='seconds')}"
+    else:
+        when = "being deprovisioned"
+    origin = "" if record.request is not None else " (an orphan removed by `provision reconcile`)"
+    return f"project {record.project_id!r} is {when}{origin}; a project id is never reused"
 
 
 def request_hash(payload: ProvisionProjectPayload) -> str:
@@ -350,6 +380,12 @@ _CHAIN_CONDITION = {
         "p.deprovision_correlation_id = :correlation_id AND NOT EXISTS ("
         "SELECT 1 FROM provisioning_steps AS f WHERE f.project_id = s.project_id "
         "AND f.step_name = :counterpart AND f.status = 'running' AND f.lease_expires_at >= now())"
+    ),
+    # The purge: the project is deleted under this deprovisioning, not purged, and its
+    # retention window has passed (the record decides, whatever the trigger says).
+    Chain.PURGE: (
+        "p.deprovision_correlation_id = :correlation_id AND p.deleted_at IS NOT NULL "
+        "AND p.purged_at IS NULL AND p.purge_after <= now()"
     ),
 }
 
@@ -425,13 +461,52 @@ class ClusterFill:
 _CLAIM = {chain: _claim_sql(chain) for chain in Chain}
 
 
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
+"""How long a deleted project's archive is kept, restorable, before it is purged."""
+
+
+class RestoreRefusedError(Exception):
+    """A project that cannot be restored; the message says why, in one line."""
+
+
+def restore_refusal(
+    project_id: str, record: ProjectRecord | None, purge: StepRow | None, *, now: datetime
+) -> str | None:
+    """Why ``project_id`` cannot be restored now, or None when it can (pure: the rules of
+    :meth:`StepRepository.restore`)."""
+    if record is None:
+        return f"project {project_id!r} is not in the control plane"
+    if record.purged_at is not None:
+        return f"project {project_id!r} was purged at {record.purged_at.isoformat(timespec='seconds')}"
+    if not record.fenced:
+        return f"project {project_id!r} is not deleted: there is nothing to restore"
+    if record.deleted_at is None:
+        return f"project {project_id!r} is being deprovisioned; restore it once it is deleted"
+    if record.request is None:
+        return f"project {project_id!r} is an orphan removed by reconcile: it has no request to restore"
+    if purge is not None and purge.status is not S.PENDING:
+        return f"project {project_id!r} is being purged (its purge is {purge.status.value})"
+    if record.purge_after is not None and record.purge_after <= now:
+        ended = record.purge_after.isoformat(timespec="seconds")
+        return f"project {project_id!r} is past its retention window (ended {ended}): it is being purged"
+    return None
+
+
 class StepRepository:
     """Projects and their steps, over one engine; ``clusters`` is where tenants are placed
-    (the one-cluster shorthand when not given: ``default``, every region, no limit)."""
+    (the one-cluster shorthand when not given: ``default``, every region, no limit);
+    ``retention_seconds`` how long a deleted project stays restorable."""
 
-    def __init__(self, engine: Engine, clusters: ClusterMap | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clusters: ClusterMap | None = None,
+        *,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+    ) -> None:
         self.engine = engine
         self.clusters = clusters or ClusterMap.single("", capacity=2**31 - 1)
+        self.retention_seconds = retention_seconds
 
     # --- projects -------------------------------------------------------------------------
 
@@ -461,7 +536,7 @@ class StepRepository:
                     SET correlation_id = EXCLUDED.correlation_id,
                         request = EXCLUDED.request,
                         request_hash = EXCLUDED.request_hash
-                    WHERE projects.request IS NULL
+                    WHERE projects.request IS NULL AND projects.deprovision_requested_at IS NULL
                 RETURNING project_id
                 """
             ),
@@ -479,6 +554,8 @@ class StepRepository:
             return Registration.NEW, record
         record = self._project(connection, payload.project_id, lock=True)
         assert record is not None
+        if record.fenced:
+            return Registration.REMOVED, record
         if record.request_hash == digest:
             return Registration.DUPLICATE, record
         return Registration.CONFLICT, record
@@ -550,11 +627,14 @@ class StepRepository:
         *,
         reason: str | None = None,
         create: bool = False,
+        purge_now: bool = False,
         connection: Connection | None = None,
     ) -> tuple[Registration, ProjectRecord] | None:
         """Record that the project is to be removed, unless that is already recorded: set the
         fence, cancel its provisioning steps that are still ``pending`` and add the seven
-        reverse steps, in one transaction (``connection``'s when given).
+        reverse steps and the purge step, in one transaction (``connection``'s when given).
+        ``purge_now`` ends the retention window at once (asked again of a project already
+        deleted, too), so the purge follows the reverse chain.
 
         ``NEW`` the first time, ``DUPLICATE`` afterwards (the record keeps the first
         request's id). None when the project is unknown, unless ``create`` records a bare one
@@ -563,13 +643,23 @@ class StepRepository:
         if connection is None:
             with self.engine.begin() as conn:
                 return self.register_deprovisioning(
-                    project_id, correlation_id, reason=reason, create=create, connection=conn
+                    project_id,
+                    correlation_id,
+                    reason=reason,
+                    create=create,
+                    purge_now=purge_now,
+                    connection=conn,
                 )
         if create:
             connection.execute(
                 text("INSERT INTO projects (project_id) VALUES (:p) ON CONFLICT DO NOTHING"),
                 {"p": project_id},
             )
+        # Locked first: a request registering the project concurrently is either committed
+        # (and fenced below) or not yet visible (and the project is unknown): never seen
+        # unfenced after the fence was missed.
+        if self._project(connection, project_id, lock=True) is None:
+            return None
         fenced = connection.execute(
             text(
                 """
@@ -593,7 +683,9 @@ class StepRepository:
                 ),
                 {"p": project_id, "last": STEPS[-1].position},
             )
-            self._initialize(connection, project_id, REVERSE_STEPS[0].position, REVERSE_STEP_NAMES)
+            self._initialize(connection, project_id, REVERSE_STEPS[0].position, _REMOVAL_STEP_NAMES)
+        if purge_now:
+            self._purge_now(connection, project_id)
         record = self._project(connection, project_id)
         if record is None:
             return None
@@ -601,16 +693,19 @@ class StepRepository:
 
     @_unavailable_as_error
     def mark_deleted(self, project_id: str) -> datetime:
-        """Set the project's tombstone (once) and cancel whatever of its provisioning chain
-        never finished (a step left ``running`` by a consumer that died, or ``pending``
-        after a retry): nothing of the old chain stays claimable. Returns when it was deleted."""
+        """Set the project's tombstone (once) and the end of its retention window (once: the
+        retention from now, unless a purge now was asked), and cancel whatever of its
+        provisioning chain never finished (a step left ``running`` by a consumer that died, or
+        ``pending`` after a retry): nothing of the old chain stays claimable. Returns when it
+        was deleted."""
         with self.engine.begin() as conn:
             deleted_at = conn.execute(
                 text(
-                    "UPDATE projects SET deleted_at = coalesce(deleted_at, now()) "
+                    "UPDATE projects SET deleted_at = coalesce(deleted_at, now()), "
+                    "purge_after = coalesce(purge_after, now() + make_interval(secs => :retention)) "
                     "WHERE project_id = :p AND deprovision_requested_at IS NOT NULL RETURNING deleted_at"
                 ),
-                {"p": project_id},
+                {"p": project_id, "retention": self.retention_seconds},
             ).scalar_one_or_none()
             if deleted_at is None:
                 raise LookupError(f"project {project_id!r} has no deprovisioning request")
@@ -626,6 +721,175 @@ class StepRepository:
             )
         assert isinstance(deleted_at, datetime)
         return deleted_at
+
+    @_unavailable_as_error
+    def purge_now(self, project_id: str) -> ProjectRecord | None:
+        """End the retention window of a project being (or already) deleted at once, so its
+        purge is queued as soon as its reverse chain is done; None unless it is being removed
+        and not purged yet. A purge already queued for a later time is queued again now."""
+        with self.engine.begin() as conn:
+            return self._purge_now(conn, project_id)
+
+    def _purge_now(self, conn: Connection, project_id: str) -> ProjectRecord | None:
+        moved = conn.execute(
+            text(
+                "UPDATE projects SET purge_after = least(coalesce(purge_after, now()), now()), "
+                "purge_triggered_at = CASE WHEN purge_after > now() THEN NULL ELSE purge_triggered_at END "
+                "WHERE project_id = :p AND deprovision_requested_at IS NOT NULL AND purged_at IS NULL "
+                "RETURNING project_id"
+            ),
+            {"p": project_id},
+        ).first()
+        return self._project(conn, project_id) if moved is not None else None
+
+    @_unavailable_as_error
+    def queue_due_purges(
+        self,
+        queue: Callable[[Connection, str, uuid.UUID], None],
+        *,
+        requeue_after_seconds: float,
+        limit: int = 100,
+    ) -> list[str]:
+        """The deleted projects whose retention window has passed and whose purge is pending,
+        not yet queued (or queued ``requeue_after_seconds`` ago with the purge still pending:
+        its trigger was lost), each handed to ``queue`` (which writes the trigger to the outbox)
+        and marked queued, in one transaction. Concurrent callers skip each other's rows."""
+        with self.engine.begin() as conn:
+            due = conn.execute(
+                text(
+                    """
+                    SELECT p.project_id, p.deprovision_correlation_id FROM projects AS p
+                    JOIN provisioning_steps AS s ON s.project_id = p.project_id AND s.step_name = :purge
+                    WHERE p.deleted_at IS NOT NULL AND p.purged_at IS NULL AND p.purge_after <= now()
+                      AND s.status = 'pending'
+                      AND (p.purge_triggered_at IS NULL
+                           OR p.purge_triggered_at < now() - make_interval(secs => :requeue))
+                    ORDER BY p.purge_after LIMIT :limit
+                    FOR UPDATE OF p SKIP LOCKED
+                    """
+                ),
+                {"purge": PURGE_STEP.name, "requeue": requeue_after_seconds, "limit": limit},
+            ).all()
+            for project_id, correlation_id in due:
+                queue(conn, str(project_id), correlation_id)
+            if due:
+                conn.execute(
+                    text("UPDATE projects SET purge_triggered_at = now() WHERE project_id = ANY(:ids)"),
+                    {"ids": [str(row[0]) for row in due]},
+                )
+        return [str(row[0]) for row in due]
+
+    @_unavailable_as_error
+    def schedule_repair(
+        self, project_id: str, step_names: Sequence[str], *, note: str, connection: Connection
+    ) -> list[StepRow]:
+        """Send done provisioning steps of a live project back to ``pending`` so that they run
+        again (``success -> pending``, the one way a done step moves: a repair, when the work it
+        recorded is missing), in ``connection``'s transaction, with a fresh attempt budget and
+        ``note`` as the reason shown. A project being deprovisioned, or one without a request,
+        is never touched; a step not ``success`` (already pending again: a repair under way) is
+        left as it is. The rows moved, in step order (none: nothing to re-drive)."""
+        record = self._project(connection, project_id, lock=True)
+        if record is None or record.fenced or record.request is None:
+            return []
+        rows = connection.execute(
+            text(
+                f"""
+                UPDATE provisioning_steps
+                SET status = 'pending', updated_at = now(), attempt = 0, lease_owner = NULL,
+                    lease_expires_at = NULL, error_message = :note,
+                    error_details = CAST(:details AS jsonb)
+                WHERE project_id = :p AND step_name = ANY(:names) AND status = 'success'
+                  AND position <= :last
+                RETURNING {_STEP_COLUMNS}
+                """
+            ),
+            {
+                "p": project_id,
+                "names": list(step_names),
+                "note": note,
+                "details": json.dumps({"type": "REPAIR", "reason": note}),
+                "last": STEPS[-1].position,
+            },
+        ).mappings()
+        return sorted((_row(r) for r in rows), key=lambda r: r.position)
+
+    @_unavailable_as_error
+    def mark_purged(self, project_id: str) -> datetime:
+        """Record that the project's archive is gone (once); LookupError unless it is deleted."""
+        with self.engine.begin() as conn:
+            purged_at = conn.execute(
+                text(
+                    "UPDATE projects SET purged_at = coalesce(purged_at, now()) "
+                    "WHERE project_id = :p AND deleted_at IS NOT NULL RETURNING purged_at"
+                ),
+                {"p": project_id},
+            ).scalar_one_or_none()
+        if purged_at is None:
+            raise LookupError(f"project {project_id!r} is not deleted")
+        assert isinstance(purged_at, datetime)
+        return purged_at
+
+    @_unavailable_as_error
+    def restore(
+        self, project_id: str, correlation_id: uuid.UUID, *, connection: Connection | None = None
+    ) -> ProjectRecord:
+        """Bring a deleted project back within its retention window, in one transaction
+        (``connection``'s when given): its provisioning steps ``pending`` again under the new
+        request id ``correlation_id`` (the registered request unchanged), its reverse and purge
+        rows removed (their history stays in ``step_transitions``), its tombstone and fence
+        lifted. The provisioning chain then runs again: the database step renames the archive
+        back, and every step makes new credentials where the deletion revoked them.
+
+        RestoreRefusedError, in one line, when the project cannot be restored: unknown, not
+        deleted (live, or its reverse chain still running), an orphan with no request, purged,
+        being purged, or past its window.
+        """
+        if connection is None:
+            with self.engine.begin() as conn:
+                return self.restore(project_id, correlation_id, connection=conn)
+        record = self._project(connection, project_id, lock=True)
+        purge = self._step(connection, project_id, PURGE_STEP.name)
+        refusal = restore_refusal(project_id, record, purge, now=self._now(connection))
+        if refusal is not None:
+            raise RestoreRefusedError(refusal)
+        connection.execute(
+            text("DELETE FROM provisioning_steps WHERE project_id = :p AND position > :last"),
+            {"p": project_id, "last": STEPS[-1].position},
+        )
+        connection.execute(
+            text(
+                """
+                UPDATE provisioning_steps
+                SET status = 'pending', updated_at = now(), started_at = NULL, completed_at = NULL,
+                    error_message = NULL, error_details = NULL, attempt = 0, replay_count = 0,
+                    lease_owner = NULL, lease_expires_at = NULL, result = NULL
+                WHERE project_id = :p AND position <= :last
+                """
+            ),
+            {"p": project_id, "last": STEPS[-1].position},
+        )
+        connection.execute(
+            text(
+                """
+                UPDATE projects
+                SET correlation_id = :c, deprovision_correlation_id = NULL, deprovision_requested_at = NULL,
+                    deprovision_reason = NULL, deleted_at = NULL, purge_after = NULL,
+                    purge_triggered_at = NULL, restored_at = now(), restore_count = restore_count + 1
+                WHERE project_id = :p
+                """
+            ),
+            {"p": project_id, "c": correlation_id},
+        )
+        restored = self._project(connection, project_id)
+        assert restored is not None
+        return restored
+
+    @staticmethod
+    def _now(conn: Connection) -> datetime:
+        now = conn.execute(text("SELECT now()")).scalar_one()
+        assert isinstance(now, datetime)
+        return now
 
     # --- steps ----------------------------------------------------------------------------
 
@@ -718,7 +982,7 @@ class StepRepository:
         predecessor check and the reads ride on the claim: no extra round trip.
         """
         step = step_by_name(step_name)
-        chain_start = STEPS[0] if step.chain is Chain.PROVISIONING else REVERSE_STEPS[0]
+        first = chain_start(step.chain)
         with self.engine.begin() as conn:
             row = (
                 conn.execute(
@@ -726,7 +990,7 @@ class StepRepository:
                     {
                         "p": project_id,
                         "s": step_name,
-                        "first_position": chain_start.position,
+                        "first_position": first.position,
                         "counterpart": step.counterpart.name,
                         "correlation_id": correlation_id,
                         "owner": owner,
@@ -809,17 +1073,18 @@ class StepRepository:
         return str(placed)
 
     @_unavailable_as_error
-    def snapshot(self, project_id: str) -> Snapshot:
-        """The project's record and all its step rows, read in one transaction."""
-        with self.engine.begin() as conn:
-            project = self._project(conn, project_id)
-            rows = conn.execute(
-                text(
-                    f"SELECT {_STEP_COLUMNS} FROM provisioning_steps WHERE project_id = :p ORDER BY position"
-                ),
-                {"p": project_id},
-            ).mappings()
-            return Snapshot(project, [_row(r) for r in rows])
+    def snapshot(self, project_id: str, *, connection: Connection | None = None) -> Snapshot:
+        """The project's record and all its step rows, read in one transaction
+        (``connection``'s when given)."""
+        if connection is None:
+            with self.engine.begin() as conn:
+                return self.snapshot(project_id, connection=conn)
+        project = self._project(connection, project_id)
+        rows = connection.execute(
+            text(f"SELECT {_STEP_COLUMNS} FROM provisioning_steps WHERE project_id = :p ORDER BY position"),
+            {"p": project_id},
+        ).mappings()
+        return Snapshot(project, [_row(r) for r in rows])
 
     @_unavailable_as_error
     def transitions(self, project_id: str) -> list[StepTransition]:

@@ -38,6 +38,16 @@ projects = Table(
     Column("deprovision_requested_at", DateTime(timezone=True)),
     Column("deprovision_reason", Text),
     Column("deleted_at", DateTime(timezone=True)),
+    Column("purge_after", DateTime(timezone=True)),
+    Column("purge_triggered_at", DateTime(timezone=True)),
+    Column("purged_at", DateTime(timezone=True)),
+    Column("restored_at", DateTime(timezone=True)),
+    Column("restore_count", Integer, nullable=False, server_default="0"),
+    Index(
+        "ix_projects_purge_due",
+        "purge_after",
+        postgresql_where=text("deleted_at IS NOT NULL AND purged_at IS NULL"),
+    ),
 )
 
 provisioning_steps = Table(
@@ -137,6 +147,19 @@ service_registrations = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("service", "tenant_id", name="pk_service_registrations"),
 )
+
+reconcile_sightings = Table(
+    "reconcile_sightings",
+    metadata,
+    Column("kind", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("place", Text, nullable=False),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("kind", "subject", "place", name="pk_reconcile_sightings"),
+)
+"""The orphans ``provision reconcile`` has seen, since when (migration 0008): acted on only after a
+grace period of being seen orphaned."""
 
 secret_key_fingerprint = Table(
     "secret_key_fingerprint",

@@ -3,13 +3,14 @@
 from shared.kafka.clients import Publisher, PublishError, consumer_config, ensure_topics, producer_config
 from shared.kafka.codec import DecodeError, decode, encode
 from shared.kafka.core import CRASH_POINTS, RetryPolicy, StepCore, WorkerOptions
-from shared.kafka.outbox import add_to_outbox, relay_outbox
+from shared.kafka.outbox import add_to_outbox, queue_due_purges, relay_outbox
 from shared.kafka.reader import read_to_end
-from shared.kafka.runtime import StepWorker
+from shared.kafka.runtime import Duty, StepWorker
 
 __all__ = [
     "CRASH_POINTS",
     "DecodeError",
+    "Duty",
     "PublishError",
     "Publisher",
     "RetryPolicy",
@@ -22,6 +23,7 @@ __all__ = [
     "encode",
     "ensure_topics",
     "producer_config",
+    "queue_due_purges",
     "read_to_end",
     "relay_outbox",
 ]

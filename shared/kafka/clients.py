@@ -127,6 +127,18 @@ class Publisher:
         if errors:
             raise PublishError("; ".join(errors), permanent=permanent and not remaining)
 
+    def withdraw(self) -> None:
+        """Drop what the client still holds unsent, so that a publish given up on (a flush that
+        timed out) is not delivered later behind the caller's back: the caller sends it again
+        (the outbox relay) and it goes out once. What was already on the wire may still land;
+        the steps absorb that like any redelivery. Messages of other callers dropped with it
+        fail their own flush and are sent again."""
+        purge = getattr(self._producer, "purge", None)
+        if purge is not None:
+            purge(in_queue=True, in_flight=False, blocking=False)
+            self._producer.poll(0)
+        self._errors, self._permanent = [], False
+
     def poll(self, timeout: float = 0.0) -> None:
         """Serve delivery callbacks."""
         self._producer.poll(timeout)

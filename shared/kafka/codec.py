@@ -10,7 +10,15 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from shared.events import SUPPORTED_SCHEMA_VERSIONS, Event, json_defect
+from shared.events import (
+    SUPPORTED_SCHEMA_VERSIONS,
+    Envelope,
+    Event,
+    ProvisionProjectPayload,
+    json_defect,
+    request_limit,
+    request_size,
+)
 from shared.tracing import TraceContext
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -97,6 +105,12 @@ def decode(
     except ValidationError as exc:
         raise DecodeError(f"INVALID_REQUEST: {_summarize(exc)}") from None
     assert isinstance(event, Event)
+    for request in _requests_of(event):
+        if (size := request_size(request)) > (limit := request_limit(max_bytes)):
+            raise DecodeError(
+                f"INVALID_REQUEST: request of {size} bytes is over the limit of {limit} bytes "
+                "(a quarter of the message limit, so every event derived from it fits)"
+            )
     try:
         key_text = key.decode()
     except UnicodeDecodeError:
@@ -104,6 +118,15 @@ def decode(
     if key_text != event.project_id:
         raise DecodeError(f"message key does not match project_id {event.project_id!r}")
     return Decoded(event, header_map(headers))
+
+
+def _requests_of(event: Event) -> list[ProvisionProjectPayload]:
+    """The requests an event carries: its own and, for a retry or a failure, its input's."""
+    found = [event.request] if isinstance(event, Envelope) else []
+    inner = getattr(event, "input", None)
+    if isinstance(inner, Envelope):
+        found.append(inner.request)
+    return found
 
 
 def loads_strict(value: bytes | str) -> Any:

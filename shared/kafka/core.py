@@ -26,7 +26,7 @@ from typing import Any, cast
 import structlog
 from pydantic import BaseModel
 
-from shared.errors import StoreUnavailableError
+from shared.errors import ErrorType, StoreUnavailableError
 from shared.events import (
     DeadLettered,
     DeprovisioningRequested,
@@ -35,6 +35,8 @@ from shared.events import (
     Event,
     InputEvent,
     ProvisioningRequested,
+    PurgeRetryScheduled,
+    RetryEvent,
     ReverseRetryScheduled,
     StepRetryScheduled,
     event_models,
@@ -59,7 +61,7 @@ from shared.execution import (
 )
 from shared.kafka.codec import DecodeError, decode, header_map
 from shared.observability import Metrics
-from shared.steps import DEADLETTER_TOPIC, Chain, StepStatus
+from shared.steps import DEADLETTER_TOPIC, StepStatus
 
 log = structlog.get_logger("provision.worker")
 
@@ -217,20 +219,27 @@ class StepCore:
         contradiction = _contradiction(event, step_input)
         if contradiction is not None:
             return self._dead(msg, contradiction)
+        retried = isinstance(event, _RETRY_EVENTS)
         if isinstance(event, _RETRY_EVENTS):
             try:
-                wait = self._retry_wait(event)
+                verdict = self._retry_verdict(event)
             except StoreUnavailableError as exc:
                 return self._store_unavailable(exc)
-            if wait > 0:
-                return Wait(wait, "retry not yet due")
+            if isinstance(verdict, str):
+                return self._dead(msg, verdict)
+            if verdict > 0:
+                return Wait(verdict, "retry not yet due")
 
+        # Only a chain's own input topic may register a request: a retry re-drives what the
+        # record already holds, so one wrapping a fresh request opens no door.
         trigger = Trigger(
             project_id=step_input.project_id,
             correlation_id=step_input.correlation_id,
             causation_id=step_input.event_id,
-            request=step_input.request if isinstance(step_input, ProvisioningRequested) else None,
-            deprovisioning=isinstance(step_input, DeprovisioningRequested),
+            request=(
+                step_input.request if isinstance(step_input, ProvisioningRequested) and not retried else None
+            ),
+            deprovisioning=isinstance(step_input, DeprovisioningRequested) and not retried,
             reason=step_input.reason if isinstance(step_input, DeprovisioningRequested) else None,
         )
         bind: dict[str, object] = {
@@ -273,28 +282,44 @@ class StepCore:
         log.warning("control_plane_unavailable", error=str(exc), retry_in_s=round(seconds, 3))
         return Wait(seconds, "control plane unavailable")
 
-    def _retry_wait(self, event: StepRetryScheduled | ReverseRetryScheduled) -> float:
-        """How long a retry not yet due may hold its partition: as long as the record allows,
-        never as long as the message alone says. A retry of a step the record does not show
-        waiting (unknown project, other correlation, step done or failed) waits not at all:
-        it is decided at once, and refused or ignored there. A genuine retry is scheduled
-        when its step's row last changed, at most the policy's longest delay (or a lease)
-        later; a ``not_before`` beyond that is cut back to it."""
+    def _retry_verdict(self, event: RetryEvent) -> float | str:
+        """Whether the record scheduled this retry, and how long it may hold its partition.
+
+        A retry is honoured only when the record shows its step waiting for it: the chain's
+        registered request is the retry's correlation, and the step is ``pending`` for this
+        attempt or the next (a retry scheduled after a failure, a replay, a wait on another
+        step) or ``running`` at this attempt (a wait on a lease to lapse). Anything else is a
+        reason to dead-letter it. A retry not yet due waits as long as the record allows,
+        never as long as the message alone says: it was scheduled when its step's row last
+        changed, at most the policy's longest delay (or a lease) later; a ``not_before``
+        beyond that is cut back to it."""
+        snapshot = self.store.snapshot(event.input.project_id)
+        project = snapshot.project
+        if project is None:
+            unknown = ErrorType.PROJECT_NOT_FOUND.value
+            return f"{unknown}: a retry for a project the control plane does not know"
+        reverse = self.step.removes
+        registered = project.deprovision_correlation_id if reverse else project.correlation_id
+        if registered != event.correlation_id:
+            what = "deprovisioning request's" if reverse else "registered request's"
+            return (
+                f"retry not scheduled by the record: correlation_id {event.correlation_id} is not "
+                f"the {what} ({registered})"
+            )
+        row = snapshot.step(self.step.name)
+        if row is None:
+            return f"retry not scheduled by the record: project has no step {self.step.name}"
+        pending, running = StepStatus.PENDING, StepStatus.RUNNING
+        scheduled = (row.status is pending and event.attempt in (row.attempt, row.attempt + 1)) or (
+            row.status is running and event.attempt == row.attempt
+        )
+        if not scheduled:
+            return (
+                f"retry not scheduled by the record: step {self.step.name} is {row.status.value} at "
+                f"attempt {row.attempt}, the retry names attempt {event.attempt}"
+            )
         wait = (event.not_before - utcnow()).total_seconds()
         if wait <= 0:
-            return 0.0
-        snapshot = self.store.snapshot(event.input.project_id)
-        row = snapshot.step(self.step.name)
-        project = snapshot.project
-        registered = None
-        if project is not None:
-            reverse = self.step.chain is Chain.DEPROVISIONING
-            registered = project.deprovision_correlation_id if reverse else project.correlation_id
-        if (
-            row is None
-            or registered != event.correlation_id
-            or row.status not in (StepStatus.PENDING, StepStatus.RUNNING)
-        ):
             return 0.0
         longest = max(self.options.retry.longest_delay(row.attempt), self.options.lease_seconds)
         latest = row.updated_at + timedelta(seconds=longest + RETRY_WAIT_SLACK_SECONDS)
@@ -332,12 +357,12 @@ class StepCore:
                 return Deliver([], traceparent=traceparent, bind=bind)
             case Rejected(reason=reason):
                 return self._dead(msg, reason)
-            case Busy(until=until):
+            case Busy(until=until, attempt=attempt):
                 self.metrics.processed.labels(key, "busy").inc()
                 # No lease to wait out (the step went back to pending under our feet): soon.
                 not_before = until if until is not None else utcnow() + timedelta(seconds=1)
                 log.info("step_busy", not_before=not_before.isoformat())
-                retry = self._retry_event(event, event.attempt, not_before, None)
+                retry = self._retry_event(event, attempt, not_before, None)
                 return Deliver([(self.step.retry_topic, retry)], traceparent=traceparent, bind=bind)
             case Retry(error=error, attempt=attempt):
                 delay = self.options.retry.delay(attempt)
@@ -375,15 +400,12 @@ class StepCore:
     ) -> Event:
         return retry_event_for(self.step.key)(
             **wrap_input(event, attempt),
-            event_type=self.step.retry_topic,
             not_before=not_before,
             error=error,
         )
 
     def _failed_event(self, event: InputEvent, attempt: int, error: ErrorInfo) -> Event:
-        return failed_event_for(self.step.key)(
-            **wrap_input(event, attempt), event_type=self.step.failed_topic, error=error
-        )
+        return failed_event_for(self.step.key)(**wrap_input(event, attempt), error=error)
 
     def _dead(self, msg: Incoming, reason: str) -> Deliver:
         self.metrics.deadlettered.labels(self.step.key).inc()
@@ -397,7 +419,7 @@ class StepCore:
         return Deliver([(DEADLETTER_TOPIC, dead_letter(msg, reason, self.step.consumer_group))])
 
 
-_RETRY_EVENTS = (StepRetryScheduled, ReverseRetryScheduled)
+_RETRY_EVENTS = (StepRetryScheduled, ReverseRetryScheduled, PurgeRetryScheduled)
 
 
 def wrap_input(event: InputEvent, attempt: int) -> dict[str, Any]:

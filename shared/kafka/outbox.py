@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 from sqlalchemy import Connection, Engine, text
 
-from shared.kafka.clients import Publisher
-from shared.kafka.codec import Headers, header_map
+from shared.db import StepRepository
+from shared.events import PurgeRequested, utcnow
+from shared.kafka.clients import Publisher, PublishError
+from shared.kafka.codec import Headers, encode, header_map
+from shared.steps import PURGE_REQUESTED_TOPIC
+from shared.tracing import new_trace
 
 
 def add_to_outbox(connection: Connection, topic: str, key: bytes, value: bytes, headers: Headers) -> int:
@@ -34,7 +39,9 @@ def relay_outbox(engine: Engine, publisher: Publisher, *, batch: int = 200, time
     Rows are locked with SKIP LOCKED so several relays never publish the same batch at
     once; a crash after publishing and before marking republishes, which the first step
     absorbs as a duplicate of the same request. PublishError when the broker does not
-    acknowledge within ``timeout`` seconds; the rows stay unpublished for the next relay.
+    acknowledge within ``timeout`` seconds; the rows stay unpublished for the next relay, and
+    what was still queued in the client is withdrawn, so that a slow broker does not receive
+    the same request from this relay and the next.
     """
     with engine.begin() as conn:
         rows = conn.execute(
@@ -49,9 +56,37 @@ def relay_outbox(engine: Engine, publisher: Publisher, *, batch: int = 200, time
         for row in rows:
             headers: Headers = [(k, str(v).encode()) for k, v in row.headers.items()]
             publisher.produce(row.topic, row.key.encode(), bytes(row.value), headers)
-        publisher.flush(timeout)
+        try:
+            publisher.flush(timeout)
+        except PublishError:
+            # The rows stay unpublished for the next relay: what the client still holds must
+            # not go out as well, or a request would be published twice.
+            publisher.withdraw()
+            raise
         conn.execute(
             text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"),
             {"ids": [row.id for row in rows]},
         )
     return len(rows)
+
+
+def purge_event_id(project_id: str, correlation_id: uuid.UUID) -> uuid.UUID:
+    """The id of a project's purge trigger: the same however often it is queued."""
+    return uuid.uuid5(correlation_id, f"{project_id}/purge.requested")
+
+
+def queue_due_purges(repository: StepRepository, *, requeue_after_seconds: float) -> int:
+    """Queue, through the outbox, the purge of every deleted project whose retention window has
+    passed (and again, of one whose trigger went ``requeue_after_seconds`` unanswered); how many.
+    The record says what is due: the trigger only wakes the purge step."""
+
+    def queue(conn: Connection, project_id: str, correlation_id: uuid.UUID) -> None:
+        event = PurgeRequested(
+            event_id=purge_event_id(project_id, correlation_id),
+            occurred_at=utcnow(),
+            project_id=project_id,
+            correlation_id=correlation_id,
+        )
+        add_to_outbox(conn, PURGE_REQUESTED_TOPIC, *encode(event, new_trace()))
+
+    return len(repository.queue_due_purges(queue, requeue_after_seconds=requeue_after_seconds))

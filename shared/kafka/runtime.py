@@ -20,7 +20,7 @@ import base64
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -48,7 +48,7 @@ from shared.observability import Health, Metrics
 from shared.steps import DEADLETTER_TOPIC
 from shared.tracing import TraceContext, new_trace, parse_traceparent, span
 
-__all__ = ["CRASH_POINTS", "CommittedOffsets", "RetryPolicy", "StepWorker", "WorkerOptions"]
+__all__ = ["CRASH_POINTS", "CommittedOffsets", "Duty", "RetryPolicy", "StepWorker", "WorkerOptions"]
 
 log = structlog.get_logger("provision.worker")
 
@@ -74,6 +74,16 @@ class CommittedOffsets:
             self.offsets.pop((tp.topic, tp.partition), None)
 
 
+@dataclass(frozen=True, slots=True)
+class Duty:
+    """Housekeeping a worker runs between messages, at most every ``interval`` seconds: ``run``
+    returns how much it did. An error in it is logged and the loop goes on."""
+
+    name: str
+    interval: float
+    run: Callable[[], int]
+
+
 @dataclass(slots=True)
 class _Pause:
     offset: int
@@ -93,7 +103,7 @@ class StepWorker:
         options: WorkerOptions,
         metrics: Metrics,
         health: Health,
-        outbox_relay: Callable[[], int] | None = None,
+        duties: Sequence[Duty] = (),
         committed: CommittedOffsets | None = None,
         clock: Callable[[], float] = time.monotonic,
         new_consumer: Callable[[], ConsumerLike] | None = None,
@@ -106,7 +116,8 @@ class StepWorker:
         self.options = options
         self.metrics = metrics
         self.health = health
-        self.outbox_relay = outbox_relay
+        self.duties = tuple(duties)
+        """What this worker runs besides its messages (the outbox relay, the purge sweep)."""
         self.clock = clock
         self.committed = committed or CommittedOffsets()
         self.core = StepCore(
@@ -116,7 +127,7 @@ class StepWorker:
         self._paused: dict[tuple[str, int], _Pause] = {}
         self._assigned: list[TopicPartition] = []
         self._publish_backoff = 0.5
-        self._last_outbox = float("-inf")
+        self._last_duty = dict.fromkeys((duty.name for duty in self.duties), float("-inf"))
         self._last_lag = float("-inf")
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -169,7 +180,7 @@ class StepWorker:
         self.health.tick()
         self._apply_assignment()
         self._resume_due()
-        self._maybe_relay_outbox()
+        self._run_due_duties()
         self._maybe_report_lag()
         msg = self.consumer.poll(self._poll_timeout())
         if msg is None:
@@ -387,19 +398,20 @@ class StepWorker:
 
     # --- housekeeping ---------------------------------------------------------------------
 
-    def _maybe_relay_outbox(self) -> None:
-        if self.outbox_relay is None or self.clock() - self._last_outbox < self.options.outbox_interval:
-            return
-        self._last_outbox = self.clock()
-        try:
-            relayed = self.outbox_relay()
-        except Exception as exc:
-            log.warning(
-                "outbox_relay_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            )
-            return
-        if relayed:
-            log.info("outbox_relayed", messages=relayed)
+    def _run_due_duties(self) -> None:
+        for duty in self.duties:
+            if self.clock() - self._last_duty[duty.name] < duty.interval:
+                continue
+            self._last_duty[duty.name] = self.clock()
+            try:
+                done = duty.run()
+            except Exception as exc:
+                log.warning(
+                    f"{duty.name}_failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                )
+                continue
+            if done:
+                log.info(f"{duty.name}_done", count=done)
 
     def _maybe_report_lag(self) -> None:
         """The group's lag per topic: high watermark minus the group's committed offset (the

@@ -86,6 +86,9 @@ class ServiceStandIn:
     """Registration calls per (service, tenant): what no database constraint would show."""
     delete_status: dict[str, int] = field(default_factory=dict)
     unlistable: dict[str, int] = field(default_factory=dict)
+    listed_only: dict[str, set[str]] = field(default_factory=dict)
+    """A service whose tenant list shows only these ids (none: ``[]``, as one restarted empty
+    may answer), whatever it holds."""
     deletes: list[tuple[str, str, int]] = field(default_factory=list)
     """Every DELETE as (service, tenant, status answered)."""
 
@@ -155,6 +158,8 @@ def service_stand_in() -> Iterator[ServiceStandIn]:
             with lock:
                 status = state.unlistable.get(service)
                 ids = sorted(t for s, t in state.tenants if s == service)
+                if service in state.listed_only:
+                    ids = [t for t in ids if t in state.listed_only[service]]
             if status is not None:
                 self._reply(status, {"error": f"{service} cannot list its tenants"})
                 return

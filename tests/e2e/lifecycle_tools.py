@@ -14,28 +14,44 @@ import psycopg
 from services.bootstrap import App
 from shared.db import libpq_url
 from shared.naming import TenantNames
-from shared.steps import FINAL_REVERSE_STEP, STEP_KEYS, STEPS, Stage
+from shared.steps import ALL_STEPS, FINAL_REVERSE_STEP, PURGE_STEP, STEP_KEYS, STEPS, Stage
 from tests.support import WorkerGroup, stages, wait_for
 
 
 @dataclass(frozen=True)
 class Leftovers:
-    """What still exists of a set of tenants, by kind (each a count of rows or objects)."""
+    """What still exists of a set of tenants, by kind (each a count of rows or objects).
+
+    ``total`` is what is still in service: a live database, a role that may log in, a
+    registration, a key, a stored password. A deleted tenant keeps, until its purge, its
+    archive and its role without LOGIN (``kept``)."""
 
     databases: int
     roles: int
     registrations: int
     keys: int
     credentials: int
+    archives: int = 0
+    login_roles: int = 0
 
     @property
     def total(self) -> int:
-        return self.databases + self.roles + self.registrations + self.keys + self.credentials
+        return self.databases + self.login_roles + self.registrations + self.keys + self.credentials
+
+    @property
+    def kept(self) -> int:
+        """The archives and the roles kept (without LOGIN) for a restore."""
+        return self.archives + self.roles - self.login_roles
+
+    @property
+    def anything(self) -> int:
+        """Everything at all, in service or kept: 0 once purged."""
+        return self.total + self.kept
 
 
 def leftovers(app: App, project_ids: Sequence[str]) -> Leftovers:
-    """Count the databases, roles, service registrations, API keys and credentials of
-    ``project_ids`` still in PostgreSQL."""
+    """Count the databases, archives, roles (and those that may log in), service registrations,
+    API keys and credentials of ``project_ids`` still in PostgreSQL."""
     names = [TenantNames.for_project(p) for p in project_ids]
     ids = list(project_ids)
     with psycopg.connect(libpq_url(app.database_url)) as admin:
@@ -53,6 +69,13 @@ def leftovers(app: App, project_ids: Sequence[str]) -> Leftovers:
             registrations=count("SELECT count(*) FROM service_registrations WHERE project_id = ANY(%s)", ids),
             keys=count("SELECT count(*) FROM api_keys WHERE project_id = ANY(%s)", ids),
             credentials=count("SELECT count(*) FROM tenant_credentials WHERE project_id = ANY(%s)", ids),
+            archives=count(
+                "SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", [n.archive for n in names]
+            ),
+            login_roles=count(
+                "SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin",
+                [n.role for n in names],
+            ),
         )
 
 
@@ -70,7 +93,8 @@ class LateAct:
 
 def acted_after_deletion(app: App, project_ids: Sequence[str]) -> list[LateAct]:
     """Rows that acted too late: a provisioning step started after the deprovisioning request
-    (the fence), or any row but the tombstone step's own changed after the tombstone."""
+    (the fence), or any row but the tombstone step's own (and the purge's, which follows it)
+    changed after the tombstone."""
     with psycopg.connect(libpq_url(app.database_url)) as admin:
         rows = admin.execute(
             """
@@ -79,10 +103,10 @@ def acted_after_deletion(app: App, project_ids: Sequence[str]) -> list[LateAct]:
             FROM provisioning_steps AS s JOIN projects AS p USING (project_id)
             WHERE s.project_id = ANY(%s) AND (
                 (s.position <= %s AND s.started_at > p.deprovision_requested_at)
-                OR (s.step_name <> %s AND s.updated_at > p.deleted_at))
+                OR (s.step_name <> ALL(%s) AND s.updated_at > p.deleted_at))
             ORDER BY s.project_id, s.position
             """,
-            (list(project_ids), STEPS[-1].position, FINAL_REVERSE_STEP.name),
+            (list(project_ids), STEPS[-1].position, [FINAL_REVERSE_STEP.name, PURGE_STEP.name]),
         ).fetchall()
     return [LateAct(*row) for row in rows]
 
@@ -125,14 +149,16 @@ _ASSIGNED = '"event": "partitions_assigned"'
 
 
 def start_ready(group: WorkerGroup, steps: Iterable[str] = STEP_KEYS, **env: str) -> None:
-    """Start the workers of ``steps`` and wait until each one's two consumers (its step and its
-    reverse step) have their partitions: a worker stopped before that dies of the signal."""
+    """Start the workers of ``steps`` and wait until each one's consumers (its step, its reverse
+    step, the database service's purge) have their partitions: a worker stopped before that dies
+    of the signal."""
     steps = list(steps)
     before = {step: group.logs(step).count(_ASSIGNED) for step in steps}
     group.start(steps, **env)
+    consumers = {step: len([s for s in ALL_STEPS if s.service == step]) for step in steps}
 
     def laggards() -> list[str]:
-        return [step for step in steps if group.logs(step).count(_ASSIGNED) < before[step] + 2]
+        return [step for step in steps if group.logs(step).count(_ASSIGNED) < before[step] + consumers[step]]
 
     wait_for(lambda: not laggards(), timeout=90, message=lambda: f"workers without partitions: {laggards()}")
 
@@ -140,7 +166,8 @@ def start_ready(group: WorkerGroup, steps: Iterable[str] = STEP_KEYS, **env: str
 @dataclass
 class LifecycleTable:
     """One line per scenario: how many projects, how many ended DELETED and CANCELLED, how many
-    tenant objects were left, how many step rows acted late; printed at the end of the module."""
+    tenant objects were left in service, how many step rows acted late; printed at the end of
+    the module."""
 
     rows: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
 
@@ -162,7 +189,7 @@ class LifecycleTable:
         return left, late
 
     def lines(self) -> Iterable[str]:
-        header = ("scenario", "projects", "DELETED", "CANCELLED", "anything left", "acted after DELETED")
+        header = ("scenario", "projects", "DELETED", "CANCELLED", "left in service", "acted after DELETED")
         width = max([len(header[0]), *(len(r[0]) for r in self.rows)])
         cells = [f"{{:>{len(h)}}}" for h in header[1:]]
         yield "  ".join([f"{header[0]:<{width}}", *header[1:]])

@@ -134,7 +134,7 @@ def test_provision_then_deprovision_leaves_nothing_of_the_tenant(
     wait_until_stage(app, [pid], Stage.DELETED, timeout=60)
     _assert_nothing_left(app, table, "provision, deprovision", [pid])
     state = project_status(pid, app=app)
-    assert len(state.steps) == 14
+    assert len(state.steps) == 15  # seven, seven reverse, the purge (pending until the window ends)
 
 
 def test_deprovisioning_twice_is_one_deprovisioning(

@@ -29,7 +29,8 @@ def cluster(address: ClusterAddress) -> PostgresTenantCluster:
 
 @pytest.fixture
 def new_tenant(address: ClusterAddress) -> Iterator[Callable[[], Tenant]]:
-    """Fresh tenant names and password; every database and role made for them is dropped after."""
+    """Fresh tenant names and password; every database (archives too) and role made for them is
+    dropped after."""
     made: list[TenantNames] = []
 
     def make() -> Tenant:
@@ -40,9 +41,10 @@ def new_tenant(address: ClusterAddress) -> Iterator[Callable[[], Tenant]]:
     yield make
     with address.admin() as conn:
         for names in made:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(names.database))
-            )
+            for database in (names.database, names.archive):
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+                )
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(names.role)))
 
 

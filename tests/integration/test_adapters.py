@@ -281,9 +281,9 @@ def keyed_project(app: App) -> str:
 
 
 def test_ensure_keys_twice_creates_exactly_three(app: App, keyed_project: str) -> None:
-    """ensure_keys(3) twice (and once more asking for 5) leaves exactly three keys."""
+    """ensure_keys(3) twice leaves exactly three keys; asking for 3 again adds none."""
     store = SqlKeyStore(app.engine, app.box)
-    keys = store.ensure_keys(keyed_project, 5, "pk")
+    keys = store.ensure_keys(keyed_project, 3, "pk")
 
     assert len(keys) == 3
     assert store.list_keys(keyed_project) == keys
@@ -291,6 +291,22 @@ def test_ensure_keys_twice_creates_exactly_three(app: App, keyed_project: str) -
     assert len(rows) == 3
     assert sorted(k.key_id for k in keys) == [r.key_id for r in rows]
     assert all(r.key_prefix.startswith("pk_") and r.secret_encrypted for r in rows)
+
+
+def test_ensure_keys_makes_only_the_missing_ones(app: App, keyed_project: str) -> None:
+    """With one of its three keys lost, ensure_keys(3) makes one key (a repair), keeping the two
+    others; asked again, none."""
+    store = SqlKeyStore(app.engine, app.box)
+    kept = store.list_keys(keyed_project)
+    with app.engine.begin() as conn:
+        conn.execute(text("DELETE FROM api_keys WHERE key_id = :k"), {"k": kept[0].key_id})
+
+    keys = store.ensure_keys(keyed_project, 3, "pk")
+
+    assert len(keys) == 3
+    assert {k.key_id for k in kept[1:]} <= {k.key_id for k in keys}
+    assert kept[0].key_id not in {k.key_id for k in keys}
+    assert store.ensure_keys(keyed_project, 3, "pk") == keys
 
 
 def test_concurrent_ensure_keys_create_exactly_count(app: App) -> None:

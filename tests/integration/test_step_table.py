@@ -261,7 +261,7 @@ def test_migrate_twice_applies_nothing_the_second_time(empty_database: str) -> N
     """migrate on an empty database applies the control-plane revision; a second run none."""
     engine = make_engine(empty_database, pool_size=1)
     try:
-        assert migrate(engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+        assert migrate(engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
         assert migrate(engine) == []
         repo = StepRepository(engine)
         assert [r.step_name for r in repo.initialize("fresh-db")] == list(STEP_NAMES)

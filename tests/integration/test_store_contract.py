@@ -20,10 +20,18 @@ import pytest
 
 from services.bootstrap import App
 from shared.db import StepRepository, make_engine
-from shared.db.repository import ALLOWED_TRANSITIONS, Claim, Registration, StepRow
+from shared.db.repository import ALLOWED_TRANSITIONS, Claim, Registration, RestoreRefusedError, StepRow
 from shared.errors import InvalidTransitionError, StoreUnavailableError
 from shared.events import ProvisionProjectPayload
-from shared.steps import REVERSE_STEP_NAMES, STEP_NAMES, Stage, StepStatus, derive_stage, step_by_name
+from shared.steps import (
+    PURGE_STEP,
+    REVERSE_STEP_NAMES,
+    STEP_NAMES,
+    Stage,
+    StepStatus,
+    derive_stage,
+    step_by_name,
+)
 from tests.fakes import FakeStepStore, make_payload
 from tests.support import unique_project
 
@@ -773,8 +781,8 @@ def test_deprovisioning_of_an_unknown_project_is_none_and_creates_nothing(store:
 
 
 def test_deprovisioning_is_new_then_a_duplicate_of_the_first(store: Store) -> None:
-    """The first deprovisioning is NEW: fence set, seven pending reverse rows at 8-14; a second
-    is DUPLICATE, keeps the first id and reason and changes nothing."""
+    """The first deprovisioning is NEW: fence set, seven pending reverse rows at 8-14 and the
+    pending purge at 15; a second is DUPLICATE, keeps the first id and reason and changes nothing."""
     project_id, correlation_id, payload = register(store)
     first = uuid.uuid4()
 
@@ -790,9 +798,9 @@ def test_deprovisioning_is_new_then_a_duplicate_of_the_first(store: Store) -> No
     assert (record.correlation_id, record.request) == (correlation_id, payload.model_dump(mode="json"))
     snapshot = store.snapshot(project_id)
     assert snapshot.project == record
-    assert [r.step_name for r in snapshot.steps] == list(STEP_NAMES + REVERSE_STEP_NAMES)
-    assert [r.position for r in snapshot.steps] == list(range(1, 15))
-    assert [view(r) for r in snapshot.steps[7:]] == [PENDING_VIEW] * 7
+    assert [r.step_name for r in snapshot.steps] == [*STEP_NAMES, *REVERSE_STEP_NAMES, PURGE_STEP.name]
+    assert [r.position for r in snapshot.steps] == list(range(1, 16))
+    assert [view(r) for r in snapshot.steps[7:]] == [PENDING_VIEW] * 8
 
     again = store.register_deprovisioning(project_id, uuid.uuid4(), reason="again")
 
@@ -804,7 +812,8 @@ def test_deprovisioning_is_new_then_a_duplicate_of_the_first(store: Store) -> No
 
 
 def test_deprovisioning_created_for_a_name_alone_has_only_reverse_rows(store: Store) -> None:
-    """With create, an unknown project is recorded bare (no request) with the seven reverse rows only."""
+    """With create, an unknown project is recorded bare (no request) with the removal rows only:
+    the seven reverse steps and the purge."""
     project_id = unique_project()
     correlation_id = uuid.uuid4()
 
@@ -820,7 +829,7 @@ def test_deprovisioning_created_for_a_name_alone_has_only_reverse_rows(store: St
     )
     steps = store.snapshot(project_id).steps
     assert [(r.step_name, r.position) for r in steps] == list(
-        zip(REVERSE_STEP_NAMES, range(8, 15), strict=True)
+        zip((*REVERSE_STEP_NAMES, PURGE_STEP.name), range(8, 16), strict=True)
     )
     claimed = claim(store, project_id, correlation_id, REV_FIRST)
     assert claimed is not None
@@ -1158,3 +1167,142 @@ def test_renew_of_a_fenced_provisioning_step_cancels_it(store: Store) -> None:
     row = store.step(project_id, FIRST)
     assert row is not None
     assert (row.status, row.lease_owner, row.lease_expires_at) == (S.CANCELLED, None, None)
+
+
+# --- removal: the retention window, the purge, the restore --------------------------------------
+
+WINDOW = 0.3  # a retention window a test waits out
+
+
+@pytest.fixture
+def removal_store(backend: str, request: pytest.FixtureRequest) -> Store:
+    """A store whose deleted projects are kept ``WINDOW`` seconds before their purge is due."""
+    if backend == "fake":
+        return FakeStepStore(retention_seconds=WINDOW)
+    app: App = request.getfixturevalue("app")
+    return StepRepository(app.engine, app.tenant_cluster_map, retention_seconds=WINDOW)
+
+
+def deleted(store: Store, **fields: Any) -> tuple[str, uuid.UUID, uuid.UUID]:
+    """A registered project deprovisioned and marked deleted: its id, request and deprovisioning ids."""
+    project_id, correlation_id, _ = register(store, **fields)
+    removal = uuid.uuid4()
+    assert store.register_deprovisioning(project_id, removal) is not None
+    store.mark_deleted(project_id)
+    return project_id, correlation_id, removal
+
+
+def elapse_for(store: Store, seconds: float) -> None:
+    if isinstance(store, FakeStepStore):
+        store.clock.advance(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def test_the_purge_is_claimable_only_once_the_retention_window_has_passed(removal_store: Store) -> None:
+    """mark_deleted sets the end of the window; the purge's claim is refused before it, taken
+    after it; once purged, the project records it and the purge is not claimable again."""
+    store = removal_store
+    project_id, _, removal = deleted(store)
+    record = store.project(project_id)
+    assert record is not None and record.deleted_at is not None and record.purge_after is not None
+    assert record.purge_after > record.deleted_at
+
+    assert claim(store, project_id, removal, PURGE_STEP.name) is None
+    elapse_for(store, WINDOW + 0.1)
+    claimed = claim(store, project_id, removal, PURGE_STEP.name)
+    assert claimed is not None and claimed.row.status is S.RUNNING
+
+    store.mark_purged(project_id)
+    record = store.project(project_id)
+    assert record is not None and record.purged_at is not None
+
+
+def test_the_purge_is_claimed_only_under_the_deprovisioning_request(removal_store: Store) -> None:
+    """A purge trigger under the provisioning request's id or any other id claims nothing."""
+    store = removal_store
+    project_id, correlation_id, _ = deleted(store)
+    elapse_for(store, WINDOW + 0.1)
+    assert claim(store, project_id, correlation_id, PURGE_STEP.name) is None
+    assert claim(store, project_id, uuid.uuid4(), PURGE_STEP.name) is None
+
+
+def test_purge_now_ends_the_window_before_the_deletion_and_after_it(removal_store: Store) -> None:
+    """purge_now during the deprovisioning makes mark_deleted end the window at once; asked of a
+    project already deleted it ends the window too; of a live project it does nothing."""
+    store = removal_store
+    project_id, _, _ = register(store)
+    assert store.purge_now(project_id) is None
+    removal = uuid.uuid4()
+    store.register_deprovisioning(project_id, removal, purge_now=True)
+    store.mark_deleted(project_id)
+    assert claim(store, project_id, removal, PURGE_STEP.name) is not None
+
+    other, _, other_removal = deleted(store)
+    assert claim(store, other, other_removal, PURGE_STEP.name) is None
+    assert store.purge_now(other) is not None
+    assert claim(store, other, other_removal, PURGE_STEP.name) is not None
+
+
+def test_a_deleted_project_is_restored_within_its_window(removal_store: Store) -> None:
+    """restore lifts the fence and the tombstone, removes the removal rows, sets the seven steps
+    pending at attempt 0 under the new request id, which then claims the first step; the old
+    request's id claims nothing; the same payload again is a duplicate, not a removed id."""
+    store = removal_store
+    project_id, old, _ = register(store)
+    assert claim(store, project_id, old) is not None
+    store.transition(project_id, FIRST, S.SUCCESS, result={"results": {}}, expected_owner=ME)
+    store.register_deprovisioning(project_id, uuid.uuid4())
+    store.mark_deleted(project_id)
+    new = uuid.uuid4()
+
+    record = store.restore(project_id, new)
+
+    assert record.correlation_id == new
+    assert not record.fenced and record.deleted_at is None and record.restored_at is not None
+    steps = store.snapshot(project_id).steps
+    assert [r.step_name for r in steps] == list(STEP_NAMES)
+    assert [view(r) for r in steps] == [PENDING_VIEW | {"retry_count": r.retry_count} for r in steps]
+    assert claim(store, project_id, old) is None
+    assert claim(store, project_id, new) is not None
+    payload = ProvisionProjectPayload.model_validate(record.request, strict=False)
+    assert store.register_request(payload, uuid.uuid4())[0] is Registration.DUPLICATE
+
+
+@pytest.mark.parametrize("case", ["live", "deprovisioning", "past the window", "purged", "orphan", "unknown"])
+def test_restore_is_refused_in_one_line_unless_deleted_within_its_window(
+    removal_store: Store, case: str
+) -> None:
+    """A live project, one still being deprovisioned, past its window, purged, an orphan and an
+    unknown id are refused with RestoreRefusedError naming why, changing nothing."""
+    store = removal_store
+    if case == "live":
+        project_id, _, _ = register(store)
+        reason = "is not deleted"
+    elif case == "deprovisioning":
+        project_id, _, _ = register(store)
+        store.register_deprovisioning(project_id, uuid.uuid4())
+        reason = "is being deprovisioned"
+    elif case == "past the window":
+        project_id, _, _ = deleted(store)
+        elapse_for(store, WINDOW + 0.1)
+        reason = "past its retention window"
+    elif case == "purged":
+        project_id, _, _ = deleted(store)
+        store.mark_purged(project_id)
+        reason = "was purged at"
+    elif case == "orphan":
+        project_id = unique_project()
+        store.register_deprovisioning(project_id, uuid.uuid4(), create=True)
+        store.mark_deleted(project_id)
+        reason = "an orphan"
+    else:
+        project_id = unique_project()
+        reason = "is not in the control plane"
+    before = store.snapshot(project_id)
+
+    with pytest.raises(RestoreRefusedError, match=reason) as refused:
+        store.restore(project_id, uuid.uuid4())
+
+    assert "\n" not in str(refused.value)
+    assert store.snapshot(project_id) == before

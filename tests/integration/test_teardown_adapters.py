@@ -141,38 +141,99 @@ def test_tenant_listings_escape_the_underscore(
 # --- PostgresTenantSchemas ---------------------------------------------------------------------
 
 
-def schema_count(address: ClusterAddress, names: TenantNames) -> int:
-    with address.admin(names.database) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (names.schema,)).fetchone()
+def _rows(address: ClusterAddress, tenant: Tenant, password: str | None = None) -> int:
+    """How many rows the tenant's own table holds, read as the tenant role."""
+    with connect_as(address, tenant.names.database, tenant.names.role, password or tenant.password) as conn:
+        row = conn.execute("SELECT count(*) FROM notes").fetchone()
     assert row is not None
     return int(row[0])
 
 
-def test_drop_schema_drops_its_objects_and_twice_is_fine(
-    schemas: PostgresTenantSchemas, address: ClusterAddress, tenant: Tenant
+def test_archive_keeps_the_data_closed_and_ensure_database_brings_it_back(
+    cluster: PostgresTenantCluster, address: ClusterAddress, tenant: Tenant
 ) -> None:
-    """drop_schema drops the schema with the tenant's own tables in it; a second drop raises nothing."""
+    """archive_tenant renames the database out of the tenant namespace with its 1000 rows, closes
+    it to everyone and takes LOGIN from the role (twice is done); ensure_database with the
+    archive renames it back, open, the same 1000 rows there for the role with its new password."""
     names = tenant.names
     with connect_as(address, names.database, names.role, tenant.password) as conn:
         conn.execute("CREATE TABLE notes (id int PRIMARY KEY)")
-    assert schema_count(address, names) == 1
+        conn.execute("INSERT INTO notes SELECT generate_series(1, 1000)")
+    session = connect_as(address, names.database, names.role, tenant.password)
 
-    schemas.drop_schema(names.database, names.schema)
-    schemas.drop_schema(names.database, names.schema)
+    assert cluster.archive_tenant(names.database, names.role, names.archive) is True
+    assert cluster.archive_tenant(names.database, names.role, names.archive) is True
 
-    assert schema_count(address, names) == 0
-    assert admin_value(address, "SELECT count(*) FROM pg_database WHERE datname = %s", names.database) == 1
+    assert session.closed or session.broken or _session_gone(session)
+    assert names.database not in cluster.list_tenant_databases()
+    assert names.archive in cluster.list_archived_databases()
+    allowed = admin_value(address, "SELECT datallowconn FROM pg_database WHERE datname = %s", names.archive)
+    assert allowed is False
+    assert admin_value(address, "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", names.role) is False
+    with pytest.raises(psycopg.OperationalError):
+        connect_as(address, names.archive, names.role, tenant.password).close()
+
+    cluster.ensure_role(names.role, "a-new-password-1")
+    cluster.ensure_database(names.database, owner=names.role, archive=names.archive)
+
+    assert names.archive not in cluster.list_archived_databases()
+    assert _rows(address, tenant, "a-new-password-1") == 1000
 
 
-def test_drop_schema_in_a_missing_database_is_done(
-    schemas: PostgresTenantSchemas, cluster: PostgresTenantCluster, tenant: Tenant
+def _session_gone(session: psycopg.Connection[object]) -> bool:
+    try:
+        session.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
+def test_archive_of_a_tenant_never_created_is_done(cluster: PostgresTenantCluster) -> None:
+    """archive_tenant of a tenant with no database (and no role) answers False and raises nothing."""
+    names = TenantNames.for_project(unique_project())
+    assert cluster.archive_tenant(names.database, names.role, names.archive) is False
+
+
+def test_archive_refuses_to_overwrite_an_existing_archive(
+    cluster: PostgresTenantCluster, address: ClusterAddress, tenant: Tenant
 ) -> None:
-    """drop_schema in a database already dropped (or never made) raises nothing."""
+    """A live database beside an archive of the same tenant is refused (not retryable): neither
+    is renamed, dropped or closed."""
     names = tenant.names
-    cluster.drop_tenant(names.database, names.role)
+    with address.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(names.archive)))
+    try:
+        with pytest.raises(ProvisioningError, match="refusing to overwrite") as raised:
+            cluster.archive_tenant(names.database, names.role, names.archive)
+        assert raised.value.retryable is False
+        assert names.database in cluster.list_tenant_databases()
+        assert names.archive in cluster.list_archived_databases()
+    finally:
+        cluster.drop_tenant(names.archive, "tenant_nobody_" + uuid.uuid4().hex[:8])
 
-    schemas.drop_schema(names.database, names.schema)
-    schemas.drop_schema("tenant_never_made_" + uuid.uuid4().hex[:8], names.schema)
+
+def test_concurrent_archives_of_one_tenant_all_succeed(
+    cluster: PostgresTenantCluster, tenant: Tenant
+) -> None:
+    """Four concurrent archive_tenant calls for one tenant all succeed, leaving one archive."""
+    names = tenant.names
+    returned, raised = race(4, lambda: cluster.archive_tenant(names.database, names.role, names.archive))
+    assert raised == []
+    assert returned == [True] * 4
+    assert names.archive in cluster.list_archived_databases()
+    assert names.database not in cluster.list_tenant_databases()
+
+
+def test_drop_tenant_of_an_archive_purges_it_and_the_role(
+    cluster: PostgresTenantCluster, address: ClusterAddress, tenant: Tenant
+) -> None:
+    """drop_tenant on the archive's name and the role (the purge) leaves neither; twice is done."""
+    names = tenant.names
+    cluster.archive_tenant(names.database, names.role, names.archive)
+    cluster.drop_tenant(names.archive, names.role)
+    cluster.drop_tenant(names.archive, names.role)
+    assert names.archive not in cluster.list_archived_databases()
+    assert admin_value(address, "SELECT count(*) FROM pg_roles WHERE rolname = %s", names.role) == 0
 
 
 # --- CatalogRegistry ---------------------------------------------------------------------------
@@ -364,7 +425,8 @@ def test_erase_twice_deletes_the_stored_password(app: App) -> None:
 def test_tenant_torn_down_end_to_end_leaves_no_trace(
     app: App, cluster: PostgresTenantCluster, schemas: PostgresTenantSchemas, catalog: CatalogRegistry
 ) -> None:
-    """The whole reverse chain, run twice, leaves no database, role, registration, key or password."""
+    """The whole reverse chain and the purge, run twice, leave no database, archive, role,
+    registration, key or password."""
     project_id = unique_project()
     names = TenantNames.for_project(project_id)
     credentials, keys = SqlCredentialStore(app.engine, app.box), SqlKeyStore(app.engine, app.box)
@@ -379,15 +441,16 @@ def test_tenant_torn_down_end_to_end_leaves_no_trace(
     teardown: list[Callable[[], object]] = [
         lambda: keys.revoke_keys(project_id),
         *[functools.partial(catalog.deregister, s, project_id) for s in reversed(SERVICES)],
-        lambda: schemas.drop_schema(names.database, names.schema),
-        lambda: cluster.drop_tenant(names.database, names.role),
+        lambda: cluster.archive_tenant(names.database, names.role, names.archive),
         lambda: credentials.erase(project_id),
+        lambda: cluster.drop_tenant(names.archive, names.role),  # the purge
     ]
     for _ in range(2):
         for step in teardown:
             step()
 
     assert tenant_counts(app.cluster_address, names) == (0, 0)
+    assert names.archive not in cluster.list_archived_databases()
     assert all(project_id not in catalog.list_tenants(s) for s in SERVICES)
     assert keys.list_keys(project_id) == ()
     assert credentials.existing_password(project_id) is None

@@ -44,6 +44,10 @@ SHAPES = [
     "deprovisioning.keys.completed",
     "deprovisioning.storage.failed",
     "deprovisioning.schema.retry",
+    "purge.requested",
+    "purge.database.completed",
+    "purge.database.failed",
+    "purge.database.retry",
 ]
 
 

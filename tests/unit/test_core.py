@@ -75,12 +75,16 @@ def test_a_passing_error_is_forgotten_once_the_message_is_handled(fakes: Fakes) 
 
 
 def _retry(
-    not_before: datetime, *, project: str = "acme-app", correlation: uuid.UUID | None = None
+    not_before: datetime,
+    *,
+    project: str = "acme-app",
+    correlation: uuid.UUID | None = None,
+    attempt: int = 1,
 ) -> Incoming:
     requested = make_requested(project_id=project)
     if correlation is not None:
         requested = requested.model_copy(update={"correlation_id": correlation})
-    retry = make_retry("database", requested, not_before=not_before, attempt=2)
+    retry = make_retry("database", requested, not_before=not_before, attempt=attempt)
     key, value, headers = encode(retry, new_trace())
     return Incoming(step_by_key("database").retry_topic, 0, 3, key, value, list(headers))
 

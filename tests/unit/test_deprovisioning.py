@@ -48,6 +48,7 @@ from shared.observability import Metrics
 from shared.steps import (
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
+    PURGE_STEP,
     REVERSE_STEP_NAMES,
     REVERSE_STEPS,
     STEP_NAMES,
@@ -64,6 +65,7 @@ from tests.fakes import (
     FakeClock,
     Fakes,
     make_deprovisioning_requested,
+    make_purge_requested,
     make_requested,
     make_reverse_retry,
     reverse_context_of,
@@ -121,21 +123,66 @@ def test_deregister_of_an_unknown_tenant_is_done(fakes: Fakes) -> None:
     assert fakes.registry.calls == [("deregister", "auth", PROJECT)]
 
 
-def test_drop_schema_removes_the_tenant_schema(fakes: Fakes) -> None:
-    """drop_tenant_schema drops the tenant's schema in the tenant's database; absent is done."""
+def test_retain_schema_keeps_the_tenant_schema_and_calls_no_port(fakes: Fakes) -> None:
+    """retain_tenant_schema removes nothing: the schema (and the tenant's data in it) stays for
+    a restore, and no port is called."""
     fakes.schemas.ensure_schema(NAMES.database, NAMES.schema, owner=NAMES.role)
-    schema.drop(reverse_context_of(PROJECT), clusters=fakes.clusters)
-    schema.drop(reverse_context_of(PROJECT), clusters=fakes.clusters)
-    assert fakes.schemas.owner_of(NAMES.database, NAMES.schema) is None
+    before = fakes.port_calls()
+    schema.retain(reverse_context_of(PROJECT))
+    assert fakes.schemas.owner_of(NAMES.database, NAMES.schema) == NAMES.role
+    assert fakes.port_calls() == before
 
 
-def test_drop_database_removes_database_then_role(fakes: Fakes) -> None:
-    """drop_tenant_database drops the tenant database and its role; absent is done."""
+def test_archive_database_renames_and_closes_it_and_the_role_may_not_log_in(fakes: Fakes) -> None:
+    """archive_tenant_database renames the database out of the tenant namespace, closes it and
+    takes LOGIN from the role, keeping both; a second run is done."""
     fakes.cluster.ensure_role(NAMES.role, "pw")
     fakes.cluster.ensure_database(NAMES.database, NAMES.role)
-    database.drop(reverse_context_of(PROJECT), clusters=fakes.clusters)
-    database.drop(reverse_context_of(PROJECT), clusters=fakes.clusters)
+    database.archive(reverse_context_of(PROJECT), clusters=fakes.clusters)
+    database.archive(reverse_context_of(PROJECT), clusters=fakes.clusters)
+    assert fakes.cluster.databases == {NAMES.archive: NAMES.role}
+    assert NAMES.archive in fakes.cluster.closed
+    assert set(fakes.cluster.roles) == {NAMES.role}
+    assert NAMES.role in fakes.cluster.nologin
+
+
+def test_archive_of_a_tenant_never_created_is_done(fakes: Fakes) -> None:
+    """Archiving a tenant whose database was never made (cancelled before its step) is done."""
+    database.archive(reverse_context_of(PROJECT), clusters=fakes.clusters)
+    assert fakes.cluster.databases == {}
+
+
+def test_archive_refuses_to_overwrite_an_archive(fakes: Fakes) -> None:
+    """A live database beside an archive of the same tenant is refused, not renamed over it."""
+    fakes.cluster.ensure_role(NAMES.role, "pw")
+    fakes.cluster.ensure_database(NAMES.database, NAMES.role)
+    fakes.cluster.databases[NAMES.archive] = NAMES.role
+    with pytest.raises(ProvisioningError, match="exist"):
+        database.archive(reverse_context_of(PROJECT), clusters=fakes.clusters)
+    assert set(fakes.cluster.databases) == {NAMES.database, NAMES.archive}
+
+
+def test_purge_drops_the_archive_and_the_role_and_records_it(fakes: Fakes) -> None:
+    """purge_tenant_database drops the archived database and the role, records the project
+    purged; a second run is done."""
+    fakes.run_chain(make_requested(project_id=PROJECT))
+    fakes.run_reverse_chain(make_deprovisioning_requested(PROJECT))
+    context = reverse_context_of(PROJECT)
+    database.purge(context, clusters=fakes.clusters, ledger=fakes.ledger)
+    database.purge(context, clusters=fakes.clusters, ledger=fakes.ledger)
     assert (fakes.cluster.databases, fakes.cluster.roles) == ({}, {})
+    assert fakes.store.projects[PROJECT].purged_at is not None
+
+
+def test_purge_refuses_a_live_database_of_the_deleted_project(fakes: Fakes) -> None:
+    """A live tenant database of a deleted project is not the archive: the purge refuses it
+    (not retryable) and drops nothing."""
+    fakes.cluster.ensure_role(NAMES.role, "pw")
+    fakes.cluster.ensure_database(NAMES.database, NAMES.role)
+    with pytest.raises(ProvisioningError, match="refusing to purge") as raised:
+        database.purge(reverse_context_of(PROJECT), clusters=fakes.clusters, ledger=fakes.ledger)
+    assert raised.value.retryable is False
+    assert fakes.cluster.databases == {NAMES.database: NAMES.role}
 
 
 def test_mark_deleted_erases_secrets_and_sets_the_tombstone(fakes: Fakes) -> None:
@@ -184,8 +231,8 @@ def test_a_reverse_context_without_a_request_has_no_payload() -> None:
 def test_reverse_step_already_succeeded_replays_its_event_and_calls_no_port(
     fakes: Fakes, step_key: str
 ) -> None:
-    """A reverse step woken again after it succeeded rebuilds the same completed event from
-    the record and calls no port."""
+    """A reverse step woken again after it succeeded (its outcome perhaps unpublished: the chain
+    has not gone past it) rebuilds the same completed event from the record and calls no port."""
     inputs: dict[str, DeprovisioningRequested | ReverseCompleted] = {}
     event: DeprovisioningRequested | ReverseCompleted = _provisioned(fakes)
     for step in REVERSE_STEPS:
@@ -193,9 +240,10 @@ def test_reverse_step_already_succeeded_replays_its_event_and_calls_no_port(
         outcome = fakes.run(step.key, event)
         assert isinstance(outcome, Completed), f"{step.key}: {outcome}"
         assert isinstance(outcome.event, ReverseCompleted)
+        event = outcome.event
         if step.key == step_key:
             first = outcome.event
-        event = outcome.event
+            break
     before = fakes.port_calls()
 
     again = fakes.run(step_key, inputs[step_key])
@@ -231,9 +279,11 @@ def test_deprovisioning_trigger_registers_the_request_and_runs_the_first_reverse
     assert fakes.keys.list_keys(PROJECT) == ()
 
 
-def test_reverse_chain_removes_everything_and_deletes_the_project(fakes: Fakes) -> None:
-    """The seven reverse steps remove keys, registrations, schema, database, role and password,
-    and the last one sets the tombstone: the project is DELETED, its rows kept."""
+def test_reverse_chain_takes_the_tenant_out_of_service_and_the_purge_removes_the_rest(fakes: Fakes) -> None:
+    """The seven reverse steps remove keys, registrations and password, archive the database
+    (closed, its role NOLOGIN) and keep the schema, and the last one sets the tombstone and the
+    end of the retention window: the project is DELETED, its rows kept. Once the window has
+    passed, the purge drops the archive and the role: nothing is left."""
     requested = _provisioned(fakes)
     assert fakes.registry.registrations and fakes.cluster.databases and fakes.credentials.passwords
 
@@ -244,14 +294,27 @@ def test_reverse_chain_removes_everything_and_deletes_the_project(fakes: Fakes) 
     assert [e.step_status for e in events] == ["success"] * 7
     assert fakes.keys.keys == {}
     assert fakes.registry.registrations == {}
-    assert fakes.schemas.schemas == {}
-    assert (fakes.cluster.databases, fakes.cluster.roles) == ({}, {})
+    assert fakes.schemas.schemas == {(NAMES.database, NAMES.schema): NAMES.role}
+    assert fakes.cluster.databases == {NAMES.archive: NAMES.role}
+    assert NAMES.archive in fakes.cluster.closed and NAMES.role in fakes.cluster.nologin
     assert fakes.credentials.passwords == {}
     record = fakes.store.projects[PROJECT]
     assert record.deleted_at is not None and record.ready_at is not None
+    assert record.purge_after == record.deleted_at + timedelta(seconds=fakes.store.retention_seconds)
     statuses = _statuses(fakes)
-    assert len(statuses) == 14
+    assert len(statuses) == 15
+    assert statuses[PURGE_STEP.name] is S.PENDING
     assert derive_stage(statuses, ever_ready=True) is Stage.DELETED
+
+    assert isinstance(
+        fakes.run(PURGE_STEP.key, make_purge_requested(PROJECT, correlation_id=requested.correlation_id)),
+        Ignored,
+    ), "not due before the window has passed"
+    purged = fakes.run_purge(PROJECT)
+    assert isinstance(purged, Completed)
+    assert (fakes.cluster.databases, fakes.cluster.roles) == ({}, {})
+    assert fakes.store.projects[PROJECT].purged_at is not None
+    assert derive_stage(_statuses(fakes), ever_ready=True) is Stage.DELETED
 
 
 def test_duplicate_deprovisioning_is_ignored_and_does_nothing(fakes: Fakes) -> None:
@@ -336,15 +399,17 @@ def test_a_project_known_by_name_alone_is_deprovisioned_in_full(fakes: Fakes) ->
     events = fakes.run_reverse_chain(make_deprovisioning_requested(PROJECT, correlation_id=correlation_id))
 
     assert [e.step_status for e in events] == ["success"] * 7
-    assert (fakes.cluster.databases, fakes.cluster.roles, fakes.registry.registrations) == ({}, {}, {})
+    assert (fakes.cluster.databases, fakes.registry.registrations) == ({NAMES.archive: NAMES.role}, {})
     assert sorted(c[1] for c in fakes.registry.calls if c[0] == "deregister") == [
         "auth",
         "realtime",
         "storage",
     ]
     statuses = _statuses(fakes)
-    assert set(statuses) == set(REVERSE_STEP_NAMES)
+    assert set(statuses) == {*REVERSE_STEP_NAMES, PURGE_STEP.name}
     assert derive_stage(statuses, ever_ready=False) is Stage.CANCELLED
+    assert isinstance(fakes.run_purge(PROJECT), Completed)
+    assert (fakes.cluster.databases, fakes.cluster.roles, fakes.registry.registrations) == ({}, {}, {})
 
 
 def test_reverse_event_of_another_deprovisioning_is_rejected(fakes: Fakes) -> None:
@@ -398,7 +463,9 @@ def test_deprovisioning_mid_provisioning_cancels_what_had_not_started(fakes: Fak
 
     events = fakes.run_reverse_chain(deprovisioning)
     assert isinstance(events[-1], ProjectDeleted)
-    assert (fakes.cluster.databases, fakes.schemas.schemas) == ({}, {})
+    assert fakes.cluster.databases == {NAMES.archive: NAMES.role}
+    assert isinstance(fakes.run_purge(PROJECT), Completed)
+    assert (fakes.cluster.databases, fakes.cluster.roles) == ({}, {})
     assert derive_stage(_statuses(fakes), ever_ready=fakes.store.projects[PROJECT].ready_at is not None) is (
         Stage.CANCELLED
     )
@@ -509,6 +576,7 @@ def test_core_decodes_a_deprovisioning_request_and_publishes_the_completion(fake
 def test_core_runs_a_reverse_retry_that_is_due(fakes: Fakes) -> None:
     """A reverse retry whose time has come runs its wrapped input."""
     requested = _provisioned(fakes)
+    fakes.store.register_deprovisioning(PROJECT, requested.correlation_id)
     retry = make_reverse_retry("deprovision-keys", requested, not_before=utcnow() - timedelta(seconds=1))
 
     decision = _core(fakes, "deprovision-keys").decide(_incoming("deprovisioning.keys.retry", retry))
@@ -533,9 +601,10 @@ def test_core_holds_a_reverse_retry_of_a_waiting_step_no_longer_than_the_policy(
     assert 25 < decision.seconds <= 30 + RETRY_WAIT_SLACK_SECONDS  # attempt 0: max(12, lease 30) + slack
 
 
-def test_core_ignores_a_far_off_retry_of_another_deprovisioning_request_at_once(fakes: Fakes) -> None:
+def test_core_dead_letters_a_far_off_retry_of_another_deprovisioning_request_at_once(fakes: Fakes) -> None:
     """A retry of deprovisioning.requested under another correlation id, due in the year 9999,
-    is not waited for: it is a second request for the project, Ignored, and removes nothing."""
+    is not waited for: the record scheduled no such retry, so it is dead-lettered naming the
+    correlation that disagreed, and removes nothing."""
     requested = _provisioned(fakes)
     fakes.store.register_deprovisioning(PROJECT, requested.correlation_id)
     other = make_deprovisioning_requested(PROJECT)
@@ -544,7 +613,11 @@ def test_core_ignores_a_far_off_retry_of_another_deprovisioning_request_at_once(
 
     decision = _core(fakes, "deprovision-keys").decide(_incoming("deprovisioning.keys.retry", retry))
 
-    assert decision == Deliver([], traceparent=decision.traceparent, bind=decision.bind)  # type: ignore[union-attr]
+    assert isinstance(decision, Deliver)
+    [(topic, letter)] = decision.publications
+    assert topic == DEADLETTER_TOPIC
+    assert isinstance(letter, DeadLettered)
+    assert f"correlation_id {other.correlation_id} is not the deprovisioning request's" in letter.reason
     assert fakes.port_calls() == before
 
 

@@ -196,7 +196,7 @@ def test_step_running_under_another_live_lease_is_busy(fakes: Fakes) -> None:
     event = fakes.input_for("schema", make_requested())
     held = fakes.store.transition(PROJECT, SCHEMA, StepStatus.RUNNING, owner="other", lease_seconds=60)
     outcome = fakes.run("schema", event)
-    assert outcome == Busy(held.lease_expires_at)
+    assert outcome == Busy(held.lease_expires_at, held.attempt)
     assert held.lease_expires_at == fakes.clock() + timedelta(seconds=60)
     assert fakes.schemas.calls == []
 
@@ -335,7 +335,7 @@ def test_not_retryable_fails_at_once(fakes: Fakes) -> None:
 def test_driver_error_is_classified(fakes: Fakes) -> None:
     """A raw driver error of the step's work is classified (connection refused: NETWORK_ERROR)."""
 
-    def unreachable(name: str, owner: str) -> None:
+    def unreachable(name: str, owner: str, **kwargs: object) -> None:
         raise psycopg.OperationalError("connection refused")
 
     fakes.cluster.ensure_database = unreachable  # type: ignore[method-assign]

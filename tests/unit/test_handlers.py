@@ -211,7 +211,7 @@ def test_a_region_no_cluster_serves_fails_saying_so() -> None:
 
 
 def test_later_steps_reach_the_tenant_on_its_placed_cluster() -> None:
-    """The schema, verify and both drop steps act on the cluster the placement names, not another."""
+    """The schema, verify, archive and purge steps act on the cluster the placement names, not another."""
     fakes = _two_eu_one_us()
     fakes.run("database", make_requested(project_id="proj-0", region="eu-west-1"))
     fakes.run_chain(make_requested(project_id="proj-1", region="eu-west-1"))
@@ -219,6 +219,8 @@ def test_later_steps_reach_the_tenant_on_its_placed_cluster() -> None:
     assert ("tenant_proj_1", "tenant_proj_1") in fakes.clusters.schemas("eu-2").schemas
     assert fakes.clusters.schemas("eu-1").schemas == {}
     fakes.run_reverse_chain(make_deprovisioning_requested(project_id="proj-1"))
+    assert fakes.clusters.cluster("eu-2").databases == {"archived_proj_1": "tenant_proj_1"}
+    assert isinstance(fakes.run_purge("proj-1"), Completed)
     assert fakes.clusters.cluster("eu-2").databases == {}
     assert "tenant_proj_0" in fakes.clusters.cluster("eu-1").databases
 

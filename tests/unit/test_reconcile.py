@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,17 @@ from services.ports import TenantListingError
 from services.reconcile import (
     DriftKind,
     Finding,
+    Planned,
+    ProjectState,
     ReconcileAbortedError,
     ReconcileReport,
     judge,
+    plan,
     take_inventory,
 )
 from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.errors import ErrorType
+from shared.events import utcnow
 from shared.naming import TenantNames
 from shared.steps import StepStatus
 from tests.fakes import Fakes, FakeTenantCluster, make_requested
@@ -57,7 +62,7 @@ def test_provisioned_projects_show_no_drift(fakes: Fakes) -> None:
     assert not report.drift
     assert (report.projects, report.databases, report.roles) == (2, 2, 2)
     assert report.registrations == {"auth": 2, "realtime": 2, "storage": 1}
-    assert report.summary().startswith("no drift (2 projects, 2 tenant databases, 2 tenant roles")
+    assert report.summary().startswith("no drift (2 projects, 2 tenant databases, 0 archives, 2 tenant roles")
 
 
 def test_a_tenant_database_no_project_matches_is_an_orphan(fakes: Fakes) -> None:
@@ -93,8 +98,10 @@ def test_a_registration_no_project_matches_is_an_orphan(fakes: Fakes) -> None:
 
 
 def test_a_provisioned_projects_dropped_database_and_role_are_missing(fakes: Fakes) -> None:
-    """A project whose database step is success but whose database and role are gone reports both missing."""
+    """A project whose database step is success but whose database and role are gone reports both
+    missing (beside another project, so that the listing is not empty), the database as lost data."""
     names = provisioned(fakes, "acme-one")
+    provisioned(fakes, "acme-two")
     del fakes.cluster.databases[names.database]
     del fakes.cluster.roles[names.role]
 
@@ -105,13 +112,16 @@ def test_a_provisioned_projects_dropped_database_and_role_are_missing(fakes: Fak
         (K.PROJECT_MISSING_ROLE, "acme-one", None),
     ]
     assert report.findings[0].detail == (
-        f"create_tenant_database is success but database tenant_acme_one is absent from {CLUSTER}"
+        f"create_tenant_database is success but database tenant_acme_one is absent from {CLUSTER}; "
+        "it had been ready: its data is lost"
     )
 
 
 def test_a_registration_lost_by_a_service_is_missing(fakes: Fakes) -> None:
-    """A storage step success whose tenant storage no longer lists is project_missing_registration."""
+    """A storage step success whose tenant storage no longer lists (of the two it holds) is
+    project_missing_registration."""
     provisioned(fakes, "acme-one")
+    provisioned(fakes, "acme-two")
     fakes.registry.forget("storage", "acme-one")
 
     report = report_of(fakes)
@@ -159,11 +169,11 @@ def test_an_object_made_while_the_clusters_were_listed_is_not_an_orphan(fakes: F
 
         reads = 0
 
-        def project_step_statuses(self) -> dict[str, dict[str, StepStatus]]:
+        def project_states(self) -> dict[str, ProjectState]:
             self.reads += 1
             if self.reads == 1:
                 return {}
-            return {"acme-late": {"create_tenant_database": StepStatus.SUCCESS}}
+            return {"acme-late": ProjectState({"create_tenant_database": StepStatus.SUCCESS})}
 
         def project_placements(self) -> dict[str, str]:
             return {} if self.reads == 1 else {"acme-late": "default"}
@@ -227,10 +237,14 @@ def test_reconcile_changes_nothing(fakes: Fakes) -> None:
 
     after = fakes.port_calls()
     new = {name: after[name][len(before[name]) :] for name in after}
-    assert new["cluster"] == [("list_tenant_databases",), ("list_tenant_roles",)]
+    assert new["cluster"] == [
+        ("list_tenant_databases",),
+        ("list_archived_databases",),
+        ("list_tenant_roles",),
+    ]
     assert new["registry"] == [("list_tenants", s) for s in ("auth", "realtime", "storage")]
     assert all(not calls for name, calls in new.items() if name not in ("cluster", "registry"))
-    assert fakes.store.calls[store_calls:] == [("project_step_statuses",), ("project_placements",)] * 2
+    assert fakes.store.calls[store_calls:] == [("project_states",), ("project_placements",)] * 2
 
 
 # --- an incomplete inventory aborts ------------------------------------------------------------
@@ -299,7 +313,11 @@ def cli_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
                 raise outcome
             return outcome
 
+        def fake_plan(app: Any, report: ReconcileReport) -> list[Planned]:
+            return plan(report, {}, now=utcnow(), grace=timedelta(hours=1))
+
         monkeypatch.setattr(services.cli, "run_reconcile", fake_reconcile)
+        monkeypatch.setattr(services.cli, "plan_reconcile", fake_plan)
         return CliRunner().invoke(services.cli.app, ["reconcile", *args])
 
     return run
@@ -321,7 +339,9 @@ def test_command_without_drift_exits_0_with_the_summary(cli_with: Any) -> None:
     """No drift: exit 0 and one summary line."""
     result = cli_with(CLEAN)
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "no drift (3 projects, 3 tenant databases, 3 tenant roles, 3 at auth)"
+    assert result.output.strip() == (
+        "no drift (3 projects, 3 tenant databases, 0 archives, 3 tenant roles, 3 at auth)"
+    )
 
 
 def test_command_with_drift_exits_1_with_table_and_summary(cli_with: Any) -> None:
@@ -330,8 +350,9 @@ def test_command_with_drift_exits_1_with_table_and_summary(cli_with: Any) -> Non
     assert result.exit_code == 1, result.output
     assert "tenant_ghost" in result.output
     assert "database_without_project" in result.output
-    *_, summary, dry_run = result.output.strip().splitlines()
+    *_, summary, waiting, dry_run = result.output.strip().splitlines()
     assert summary.startswith("1 finding(s): 1 database_without_project")
+    assert waiting.startswith("orphan in its grace period until ")
     assert dry_run.startswith("dry run: nothing changed")
 
 
@@ -350,7 +371,13 @@ def test_command_json_lists_the_findings(cli_with: Any) -> None:
         }
     ]
     assert body["counts"] == {"database_without_project": 1}
-    assert body["inventory"] == {"projects": 3, "databases": 4, "roles": 3, "registrations": {"auth": 3}}
+    assert body["inventory"] == {
+        "projects": 3,
+        "databases": 4,
+        "roles": 3,
+        "archives": 0,
+        "registrations": {"auth": 3},
+    }
 
 
 def test_command_that_aborts_exits_1_in_one_line(cli_with: Any) -> None:

@@ -18,7 +18,7 @@ from shared.events import DeadLettered, utcnow
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode
 from shared.kafka.core import Deliver, WorkerOptions
-from shared.kafka.runtime import CommittedOffsets, StepWorker
+from shared.kafka.runtime import CommittedOffsets, Duty, StepWorker
 from shared.observability import Health, Metrics
 from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.tracing import new_trace
@@ -60,7 +60,7 @@ class Rig:
             options=self.options,
             metrics=self.metrics,
             health=self.health,
-            outbox_relay=self.relay,
+            duties=[Duty("outbox_relay", self.options.outbox_interval, self.relay)] if self.relay else [],
             committed=self.committed,
             clock=self.clock,
         )
@@ -517,8 +517,9 @@ def test_a_crash_point_for_another_step_does_nothing(fakes: Fakes) -> None:
 # --- housekeeping ----------------------------------------------------------------------------------
 
 
-def test_the_outbox_is_relayed_once_per_interval_and_its_failures_are_not_fatal(fakes: Fakes) -> None:
-    """The relay runs at most once per interval; an error in it is logged and the loop goes on."""
+def test_a_duty_runs_once_per_interval_and_its_failures_are_not_fatal(fakes: Fakes) -> None:
+    """A duty (the outbox relay here) runs at most once per interval; an error in it is logged
+    and the loop goes on."""
     results: list[int | Exception] = [2, RuntimeError("db gone"), 0]
     calls: list[float] = []
 

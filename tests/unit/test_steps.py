@@ -10,6 +10,8 @@ from shared.steps import (
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
     FINAL_STEP,
+    PURGE_REQUESTED_TOPIC,
+    PURGE_STEPS,
     REQUESTED_TOPIC,
     REVERSE_STEPS,
     STEP_KEYS,
@@ -64,7 +66,8 @@ def test_all_topics() -> None:
     assert topics[0] == REQUESTED_TOPIC
     assert topics[-1] == DEADLETTER_TOPIC == "provisioning.deadletter"
     assert DEPROVISIONING_REQUESTED_TOPIC in topics
-    assert len(topics) == len(set(topics)) == 3 + 3 * (len(STEPS) + len(REVERSE_STEPS))
+    assert PURGE_REQUESTED_TOPIC in topics
+    assert len(topics) == len(set(topics)) == 4 + 3 * (len(STEPS) + len(REVERSE_STEPS) + len(PURGE_STEPS))
 
 
 def test_lookup_by_key_name_or_either() -> None:

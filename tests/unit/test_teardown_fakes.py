@@ -19,11 +19,9 @@ from services.ports import (
     ServiceRegistry,
     TenantCluster,
     TenantListingError,
-    TenantSchemas,
     require_tenant_names,
 )
 from services.registration.adapters import CatalogRegistry, HttpRegistry
-from services.schema.adapters import PostgresTenantSchemas
 from shared.errors import ErrorType, ProvisioningError, classify
 from shared.naming import TenantNames
 from tests.fakes import (
@@ -31,7 +29,6 @@ from tests.fakes import (
     FakeKeyStore,
     FakeServiceRegistry,
     FakeTenantCluster,
-    FakeTenantSchemas,
 )
 
 NAMES = TenantNames.for_project("acme-app")
@@ -41,7 +38,9 @@ TEARDOWN = [
     (TenantCluster, FakeTenantCluster, PostgresTenantCluster, "drop_tenant"),
     (TenantCluster, FakeTenantCluster, PostgresTenantCluster, "list_tenant_databases"),
     (TenantCluster, FakeTenantCluster, PostgresTenantCluster, "list_tenant_roles"),
-    (TenantSchemas, FakeTenantSchemas, PostgresTenantSchemas, "drop_schema"),
+    (TenantCluster, FakeTenantCluster, PostgresTenantCluster, "archive_tenant"),
+    (TenantCluster, FakeTenantCluster, PostgresTenantCluster, "list_archived_databases"),
+    (TenantCluster, FakeTenantCluster, PostgresTenantCluster, "ensure_database"),
     (CredentialStore, FakeCredentialStore, SqlCredentialStore, "erase"),
     (ServiceRegistry, FakeServiceRegistry, CatalogRegistry, "deregister"),
     (ServiceRegistry, FakeServiceRegistry, CatalogRegistry, "list_tenants"),
@@ -125,25 +124,30 @@ def test_list_tenant_databases_and_roles_keep_only_tenant_names() -> None:
     assert cluster.list_tenant_roles() == frozenset()
 
 
-# --- schemas ----------------------------------------------------------------------------------
+# --- archives ---------------------------------------------------------------------------------
 
 
-def test_drop_schema_twice_and_on_a_missing_database_is_done() -> None:
-    """drop_schema removes the schema; again, and in a database never made, raises nothing."""
-    schemas = FakeTenantSchemas()
-    schemas.ensure_schema(NAMES.database, NAMES.schema, owner=NAMES.role)
+def test_archive_then_ensure_database_brings_the_same_database_back() -> None:
+    """An archived tenant database comes back under its own name (not a new empty one) when the
+    database step ensures it again, open and its role allowed to log in."""
+    cluster = FakeTenantCluster()
+    cluster.ensure_role(NAMES.role, "pw")
+    cluster.ensure_database(NAMES.database, NAMES.role)
+    assert cluster.archive_tenant(NAMES.database, NAMES.role, NAMES.archive) is True
+    assert cluster.list_archived_databases() == frozenset({NAMES.archive})
+    assert cluster.list_tenant_databases() == frozenset()
 
-    schemas.drop_schema(NAMES.database, NAMES.schema)
-    schemas.drop_schema(NAMES.database, NAMES.schema)
-    schemas.drop_schema("tenant_never_made", NAMES.schema)
+    cluster.ensure_role(NAMES.role, "new-pw")
+    cluster.ensure_database(NAMES.database, NAMES.role, archive=NAMES.archive)
 
-    assert schemas.owner_of(NAMES.database, NAMES.schema) is None
+    assert cluster.databases == {NAMES.database: NAMES.role}
+    assert cluster.closed == set() and cluster.nologin == set()
 
 
-def test_drop_schema_refuses_a_platform_schema() -> None:
-    """drop_schema of a schema not named tenant_<id> (e.g. public) is refused."""
+def test_archive_refuses_names_that_are_not_a_tenants() -> None:
+    """archive_tenant refuses a platform database as either name."""
     with pytest.raises(ValueError, match="not a tenant name"):
-        FakeTenantSchemas().drop_schema(NAMES.database, "public")
+        FakeTenantCluster().archive_tenant("postgres", NAMES.role, NAMES.archive)
 
 
 # --- registry ---------------------------------------------------------------------------------
