@@ -545,6 +545,8 @@ class ProjectSummary:
     created_at: datetime
     last_change: datetime | None
     stuck: bool
+    stranded: bool = False
+    """Its next step waits for a message that will never come: ``provision replay`` moves it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,7 +593,9 @@ def list_projects(
         by_stage[_STAGE_OF_KEY[key]] = by_stage.get(_STAGE_OF_KEY[key], 0) + n
     return ProjectList(
         projects=[
-            ProjectSummary(r.project_id, _STAGE_OF_KEY[r.stage_key], r.created_at, r.last_change, r.stuck)
+            ProjectSummary(
+                r.project_id, _STAGE_OF_KEY[r.stage_key], r.created_at, r.last_change, r.stuck, r.stranded
+            )
             for r in rows
         ],
         counts=by_stage,

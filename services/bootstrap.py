@@ -24,7 +24,7 @@ from services.specs import build_purge_specs, build_reverse_specs, build_specs
 from services.tenant_cluster import ClusterAddress, ClusterDirectory
 from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
 from shared.crypto import SecretBox
-from shared.db import StepRepository, make_engine
+from shared.db import StepRepository, StrandRule, make_engine
 from shared.execution import StepSpec
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
 from shared.settings import Settings
@@ -100,8 +100,18 @@ class App:
 
     @cached_property
     def repository(self) -> StepRepository:
+        settings = self.settings
         return StepRepository(
-            self.engine, self.tenant_cluster_map, retention_seconds=self.settings.retention_seconds
+            self.engine,
+            self.tenant_cluster_map,
+            retention_seconds=settings.retention_seconds,
+            strand_rule=StrandRule(
+                lease_seconds=settings.lease_seconds,
+                retry_base_seconds=settings.retry_base_seconds,
+                retry_max_seconds=settings.retry_max_seconds,
+                retry_jitter=settings.retry_jitter,
+                slack_seconds=settings.stranded_slack_seconds,
+            ),
         )
 
     @cached_property

@@ -31,6 +31,7 @@ from services.api import (
     InvalidRequestError,
     ProjectList,
     ProjectStatus,
+    ProjectSummary,
     UnknownProjectError,
     list_projects,
     parse_payload,
@@ -488,7 +489,11 @@ def status(
     timeout: Annotated[float, typer.Option(help="With --watch: give up after this many seconds.")] = 600.0,
     all_projects: Annotated[
         bool,
-        typer.Option("--all", help="Every project by stage, the longest unchanged first (what is stuck)."),
+        typer.Option(
+            "--all",
+            help="Every project by stage, the longest unchanged first, flagging what is stuck "
+            "(running past its lease) or stranded (pending with no message to move it).",
+        ),
     ] = False,
     stage: Annotated[str | None, typer.Option(help="With --all: only projects at this stage.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="With --all: list at most this many.")] = 50,
@@ -536,13 +541,14 @@ def _print_overview(listing: ProjectList, *, as_json: bool) -> None:
                     "created_at": _iso(p.created_at),
                     "last_change": _iso(p.last_change),
                     "stuck": p.stuck,
+                    "stranded": p.stranded,
                 }
                 for p in listing.projects
             ],
         }
         out.print_json(json.dumps(body))
         return
-    table = Table("project", "stage", "unchanged for", "created", "stuck")
+    table = Table("project", "stage", "unchanged for", "created", "attention")
     for p in listing.projects:
         since = now - (p.last_change or p.created_at)
         table.add_row(
@@ -550,11 +556,25 @@ def _print_overview(listing: ProjectList, *, as_json: bool) -> None:
             p.stage.value,
             _age(since.total_seconds()),
             p.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            "yes" if p.stuck else "",
+            _attention(p),
         )
     out.print(table)
+    stranded = sum(p.stranded for p in listing.projects)
+    if stranded:
+        out.print(
+            f"{stranded} stranded (a pending step no message will move): provision replay re-drives them",
+            highlight=False,
+        )
     counts = ", ".join(f"{stage.value} {n}" for stage, n in sorted(listing.counts.items()))
     out.print(f"{sum(listing.counts.values())} projects: {counts or 'none'}", highlight=False)
+
+
+def _attention(p: ProjectSummary) -> str:
+    if p.stuck:
+        return "stuck: lease expired"
+    if p.stranded:
+        return "stranded: provision replay"
+    return ""
 
 
 def _age(seconds: float) -> str:
@@ -706,7 +726,8 @@ def replay(
     local: LocalFlag = False,
     timeout: BrokerTimeout = 10.0,
 ) -> None:
-    """Re-drive failed steps from the failed topics, once their cause is fixed."""
+    """Re-drive failed steps from the failed topics, once their cause is fixed, and stranded
+    steps (pending, with no message that will move them: see status --all) from the record."""
 
     with _errors():
         key = None
@@ -728,7 +749,10 @@ def replay(
         )
     acted = sum(1 for d in decisions if d.action != "skipped")
     verb = "would replay" if dry_run else "replayed"
-    out.print(f"{verb} {acted}, skipped {len(decisions) - acted} (of {len(decisions)} failed records)")
+    out.print(
+        f"{verb} {acted}, skipped {len(decisions) - acted} (of {len(decisions)} failed or stranded)",
+        highlight=False,
+    )
 
 
 @app.command()

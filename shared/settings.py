@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         gt=0,
         description="how often the database worker queues the purges whose retention window has passed",
     )
+    stranded_slack_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="a pending step is stranded (flagged by `provision status --all`, re-driven by "
+        "`provision replay`) once its project is unchanged for its longest allowed wait (a lease, "
+        "or the retry policy's longest delay for its attempt) plus this",
+    )
     reconcile_grace_seconds: float = Field(
         default=3600.0,
         ge=0,

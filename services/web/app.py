@@ -367,6 +367,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
                     created_at=p.created_at,
                     last_change=p.last_change,
                     stuck=p.stuck,
+                    stranded=p.stranded,
                 )
                 for p in listing.projects
             ],

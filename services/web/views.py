@@ -100,6 +100,10 @@ class ProjectSummaryView(_View):
     created_at: datetime
     last_change: datetime | None
     stuck: bool = Field(description="a step of it is running past its lease")
+    stranded: bool = Field(
+        default=False,
+        description="its next step is pending and no message will move it: a replay re-drives it",
+    )
 
 
 class ProjectPage(_View):

@@ -14,6 +14,7 @@ from shared.db.repository import (
     StepRepository,
     StepRow,
     StepTransition,
+    StrandRule,
     removed_reason,
     request_hash,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "StepRepository",
     "StepRow",
     "StepTransition",
+    "StrandRule",
     "current_revision",
     "libpq_url",
     "make_engine",

@@ -186,6 +186,32 @@ class ProjectOverview:
     last_change: datetime | None
     stuck: bool
     """A step of it is running past its lease."""
+    stranded: bool = False
+    """Its next step is ``pending`` and nothing changed for longer than any retry or lease the
+    record allows: no message will move it (``provision replay`` re-drives it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StrandRule:
+    """When a pending step counts as stranded: its project unchanged for longer than the
+    longest wait the record allows for the step's attempt (a lease, or the retry policy's
+    longest delay with its jitter), plus ``slack_seconds``."""
+
+    lease_seconds: float = 300.0
+    retry_base_seconds: float = 300.0
+    retry_max_seconds: float = 3600.0
+    retry_jitter: float = 0.2
+    slack_seconds: float = 60.0
+
+    def params(self) -> dict[str, float]:
+        """The rule as the bind parameters of the overview's SQL."""
+        return {
+            "lease": self.lease_seconds,
+            "rbase": self.retry_base_seconds,
+            "rmax": self.retry_max_seconds,
+            "jitter": self.retry_jitter,
+            "slack": self.slack_seconds,
+        }
 
 
 # The stage of every project in one pass, by the rules of shared.steps.derive_stage: once
@@ -212,8 +238,21 @@ _OVERVIEW = f"""
                coalesce(bool_or(s.status = 'running' AND s.lease_expires_at < now()), false) AS stuck
         FROM projects p LEFT JOIN provisioning_steps s ON s.project_id = p.project_id
         GROUP BY p.project_id, p.created_at, p.ready_at
+    ), frontier AS (
+        -- The first step not done of the chain the project is on (the purge excluded: the
+        -- purge sweep wakes it when due), and whether it is stranded.
+        SELECT DISTINCT ON (s.project_id) s.project_id, s.id AS step_id,
+               s.status = 'pending' AND a.last_change < now() - make_interval(secs =>
+                   greatest(:lease, least(:rmax, :rbase * power(2, greatest(s.attempt, 1) - 1))
+                            * (1 + :jitter)) + :slack) AS stranded
+        FROM provisioning_steps s JOIN agg a ON a.project_id = s.project_id
+        WHERE s.status NOT IN ('success', 'skipped', 'cancelled')
+          AND s.position < {PURGE_STEP.position}
+          AND (s.position > {len(STEPS)}) = (a.reverse_n > 0)
+        ORDER BY s.project_id, s.position
     ), staged AS (
-        SELECT project_id, created_at, last_change, stuck,
+        SELECT agg.project_id, created_at, last_change, stuck,
+               coalesce(f.stranded, false) AS stranded, f.step_id,
                CASE WHEN n = 0 THEN 'INITIALIZING'
                     WHEN reverse_n > 0 THEN
                         CASE WHEN reverse_failed THEN 'FAILED'
@@ -224,7 +263,7 @@ _OVERVIEW = f"""
                     WHEN all_done THEN 'COMPLETED'
                     WHEN all_pending THEN 'INITIALIZING'
                     ELSE current_step END AS stage_key
-        FROM agg
+        FROM agg LEFT JOIN frontier f ON f.project_id = agg.project_id
     )
 """
 
@@ -495,7 +534,8 @@ def restore_refusal(
 class StepRepository:
     """Projects and their steps, over one engine; ``clusters`` is where tenants are placed
     (the one-cluster shorthand when not given: ``default``, every region, no limit);
-    ``retention_seconds`` how long a deleted project stays restorable."""
+    ``retention_seconds`` how long a deleted project stays restorable; ``strand_rule`` when a
+    pending step counts as stranded."""
 
     def __init__(
         self,
@@ -503,10 +543,12 @@ class StepRepository:
         clusters: ClusterMap | None = None,
         *,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+        strand_rule: StrandRule | None = None,
     ) -> None:
         self.engine = engine
         self.clusters = clusters or ClusterMap.single("", capacity=2**31 - 1)
         self.retention_seconds = retention_seconds
+        self.strand_rule = strand_rule or StrandRule()
 
     # --- projects -------------------------------------------------------------------------
 
@@ -586,22 +628,56 @@ class StepRepository:
     ) -> tuple[list[ProjectOverview], dict[str, int]]:
         """Projects at one of ``stage_keys`` (all when None), the longest unchanged first, at
         most ``limit`` after skipping ``offset``; and how many projects stand at each stage key."""
+        rule = self.strand_rule.params()
         with self.engine.connect() as conn:
             counts = {
                 str(key): int(n)
                 for key, n in conn.execute(
-                    text(_OVERVIEW + "SELECT stage_key, count(*) FROM staged GROUP BY 1")
+                    text(_OVERVIEW + "SELECT stage_key, count(*) FROM staged GROUP BY 1"), rule
                 )
             }
             rows = conn.execute(
                 text(
-                    _OVERVIEW + "SELECT project_id, stage_key, created_at, last_change, stuck FROM staged "
+                    _OVERVIEW + "SELECT project_id, stage_key, created_at, last_change, stuck, stranded "
+                    "FROM staged "
                     "WHERE CAST(:keys AS text[]) IS NULL OR stage_key = ANY(CAST(:keys AS text[])) "
                     "ORDER BY last_change ASC NULLS FIRST, project_id LIMIT :limit OFFSET :offset"
                 ),
-                {"keys": stage_keys, "limit": limit, "offset": offset},
+                {"keys": stage_keys, "limit": limit, "offset": offset} | rule,
             ).all()
         return [ProjectOverview(*row) for row in rows], counts
+
+    @_unavailable_as_error
+    def stranded(self, project_id: str | None = None, *, limit: int = 1000) -> list[tuple[str, StepRow]]:
+        """The stranded steps (of ``project_id``, or of every project), oldest change first:
+        each project's next step ``pending`` past every wait the record allows (see
+        :class:`StrandRule`)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    _OVERVIEW + f"SELECT staged.project_id AS stranded_project, {_step_columns('s')} "
+                    "FROM staged JOIN provisioning_steps AS s ON s.id = staged.step_id "
+                    "WHERE staged.stranded AND (CAST(:p AS text) IS NULL OR staged.project_id = :p) "
+                    "ORDER BY staged.last_change, staged.project_id LIMIT :limit"
+                ),
+                {"p": project_id, "limit": limit} | self.strand_rule.params(),
+            ).mappings()
+            return [(str(r["stranded_project"]), _row(r)) for r in rows]
+
+    def mark_redriven(self, project_id: str, step_name: str, attempt: int, *, connection: Connection) -> bool:
+        """Record, in ``connection``'s transaction, that a stranded step's input is being sent
+        again: its change time now (so it is not stranded while the message travels) and one
+        more replay (the loop guard counts it). False when the step moved meanwhile (no longer
+        ``pending`` at ``attempt``): then nothing is to be sent."""
+        moved = connection.execute(
+            text(
+                "UPDATE provisioning_steps SET updated_at = now(), replay_count = replay_count + 1 "
+                "WHERE project_id = :p AND step_name = :s AND status = 'pending' AND attempt = :a "
+                "RETURNING 1"
+            ),
+            {"p": project_id, "s": step_name, "a": attempt},
+        ).first()
+        return moved is not None
 
     @_unavailable_as_error
     def mark_ready(self, project_id: str) -> datetime:

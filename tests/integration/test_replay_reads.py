@@ -205,3 +205,83 @@ def test_replay_skips_a_provisioning_step_of_a_project_being_deprovisioned(
     row = app.repository.step(project_id, SCHEMA.name)
     assert row is not None and row.status is S.FAILED
     assert retries_for(app, project_id) == []
+
+
+DATABASE = step_by_key("database")
+
+
+@pytest.fixture
+def strand_app(infra_env: InfraEnv, state_dir: Path) -> Iterator[App]:
+    """An app for which a pending step is stranded at once (no lease, retry delay or slack to wait)."""
+    eager = make_app(
+        infra_env,
+        state_dir,
+        lease_seconds=0.001,
+        retry_base_seconds=0,
+        retry_max_seconds=0,
+        stranded_slack_seconds=0,
+        max_replays_per_step=1,
+    )
+    yield eager
+    eager.close()
+
+
+def stranded_project(app: App) -> tuple[str, uuid.UUID]:
+    """A requested project whose first step is pending and whose request was never published."""
+    project_id = unique_project("stranded")
+    correlation_id = uuid.uuid4()
+    app.repository.register_request(
+        ProvisionProjectPayload(project_id=project_id, region="eu-west-1"), correlation_id
+    )
+    return project_id, correlation_id
+
+
+def database_retries_for(app: App, project_id: str) -> list[bytes]:
+    """Values of the records keyed ``project_id`` on the database step's retry topic."""
+    messages = read_to_end(app.bootstrap_servers, [DATABASE.retry_topic])
+    return [m.value() or b"" for m in messages if m.key() == project_id.encode()]
+
+
+def test_a_pending_step_past_every_allowed_wait_is_listed_as_stranded(app: App, strand_app: App) -> None:
+    """The overview flags a project whose next step waits past every lease and retry delay; not before."""
+    project_id, _ = stranded_project(app)
+
+    [late] = [r for r in strand_app.repository.overview(None, limit=10_000)[0] if r.project_id == project_id]
+    [fresh] = [r for r in app.repository.overview(None, limit=10_000)[0] if r.project_id == project_id]
+
+    assert (late.stranded, fresh.stranded) == (True, False)
+    assert [(pid, row.step_name) for pid, row in strand_app.repository.stranded(project_id)] == [
+        (project_id, DATABASE.name)
+    ]
+
+
+def test_replay_redrives_a_stranded_step_from_the_record(strand_app: App) -> None:
+    """replay sends a stranded step's input again, rebuilt from the record, as a retry the record accepts."""
+    project_id, correlation_id = stranded_project(strand_app)
+
+    dry = replay(strand_app, project_id=project_id, dry_run=True)
+    assert [(d.step, d.action) for d in dry] == [("database", "would redrive")]
+    assert database_retries_for(strand_app, project_id) == []
+
+    decisions = replay(strand_app, project_id=project_id)
+
+    assert [(d.step, d.action) for d in decisions] == [("database", "redriven")]
+    [value] = database_retries_for(strand_app, project_id)
+    retry = retry_event_for("database").model_validate_json(value)
+    assert (retry.correlation_id, retry.attempt, retry.replayed) == (correlation_id, 1, True)
+    assert retry.input.project_id == project_id
+    row = strand_app.repository.step(project_id, DATABASE.name)
+    assert row is not None
+    assert (row.status, row.replay_count) == (S.PENDING, 1)
+
+
+def test_a_stranded_step_is_redriven_at_most_the_loop_guard_times(strand_app: App) -> None:
+    """A step that stays stranded after its re-drive is skipped by the loop guard the next time."""
+    project_id, _ = stranded_project(strand_app)
+    replay(strand_app, project_id=project_id)
+
+    decisions = replay(strand_app, project_id=project_id)
+
+    assert [d.action for d in decisions] == ["skipped"]
+    assert "loop guard" in decisions[0].reason
+    assert len(database_retries_for(strand_app, project_id)) == 1
