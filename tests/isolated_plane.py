@@ -72,8 +72,9 @@ class Plane:
 
 
 @pytest.fixture
-def plane(infra_env: InfraEnv, tenant_server: LocalPostgres, state_dir: Path) -> Iterator[Plane]:
-    """A fresh, migrated control-plane database and the emptied tenant server, wired in an app."""
+def plane(infra_env: InfraEnv, tenant_server: LocalPostgres, state_dir: Path, app: App) -> Iterator[Plane]:
+    """A fresh, migrated control-plane database and the emptied tenant server, wired in an app
+    (on the session's broker, whose topics the session's ``app`` created)."""
     name = f"plane_{uuid.uuid4().hex[:10]}"
     admin = libpq_url(infra_env.database_url)
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -81,11 +82,11 @@ def plane(infra_env: InfraEnv, tenant_server: LocalPostgres, state_dir: Path) ->
     database_url = make_url(infra_env.database_url).set(database=name).render_as_string(hide_password=False)
     tenant_url = tenant_server.superuser_url
     _empty_of_tenants(tenant_url)
-    app = make_app(infra_env, state_dir, database_url=database_url, tenant_database_url=tenant_url)
-    migrate(app.engine)
+    own = make_app(infra_env, state_dir, database_url=database_url, tenant_database_url=tenant_url)
+    migrate(own.engine)
     try:
-        yield Plane(app, database_url, tenant_url)
+        yield Plane(own, database_url, tenant_url)
     finally:
-        app.close()
+        own.close()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -151,7 +151,7 @@ _ASSIGNED = '"event": "partitions_assigned"'
 def start_ready(group: WorkerGroup, steps: Iterable[str] = STEP_KEYS, **env: str) -> None:
     """Start the workers of ``steps`` and wait until each one's consumers (its step, its reverse
     step, the database service's purge) have their partitions: a worker stopped before that dies
-    of the signal."""
+    of the signal. Workers that do not get there are stopped before the failure is raised."""
     steps = list(steps)
     before = {step: group.logs(step).count(_ASSIGNED) for step in steps}
     group.start(steps, **env)
@@ -160,7 +160,11 @@ def start_ready(group: WorkerGroup, steps: Iterable[str] = STEP_KEYS, **env: str
     def laggards() -> list[str]:
         return [step for step in steps if group.logs(step).count(_ASSIGNED) < before[step] + consumers[step]]
 
-    wait_for(lambda: not laggards(), timeout=90, message=lambda: f"workers without partitions: {laggards()}")
+    try:
+        wait_for(lambda: not laggards(), timeout=90, message=lambda: f"workers without partitions: {laggards()}")
+    except AssertionError:
+        group.stop()  # never left running: a stray worker would fence the next test's by its instance id
+        raise
 
 
 @dataclass

@@ -130,13 +130,14 @@ def _kill_one_of_each_midway(app: App, instances: Instances, ids: Sequence[str])
     """SIGKILL one instance of each scaled step once all three have done some of the burst and
     a quarter of it has passed, choosing one that is running a step at that moment."""
     kills: dict[str, Kill] = {}
+    ours = set(ids)  # a project an earlier test left in flight may be done here too
 
     def kill_midway() -> bool:
         for key in SCALED:
             if key in kills:
                 continue
             names, step_name = instances.of(key), step_by_key(key).name
-            done = [len(instances.completed(name, key)) for name in names]
+            done = [sum(pid in ours for pid in instances.completed(name, key)) for name in names]
             if min(done) < 2 or sum(done) < BURST // 4:
                 continue
             # A step just begun: the kill lands in its work, not as it ends.
@@ -152,7 +153,9 @@ def _kill_one_of_each_midway(app: App, instances: Instances, ids: Sequence[str])
                 for pid, owner in _running(app, ids, step_name).items()
                 if _owned_by(owner, instances.pid(victim))
             ]
-            counts = {name: len(instances.completed(name, key, before=at)) for name in names}
+            counts = {
+                name: sum(pid in ours for pid in instances.completed(name, key, before=at)) for name in names
+            }
             passed = len(_completed_at(app, ids, step_name))
             kills[key] = Kill(key, victim, at, held, orphaned, counts, passed)
         return len(kills) == len(SCALED)
@@ -183,7 +186,10 @@ def _check_takeover(app: App, instances: Instances, ids: Sequence[str], kill: Ki
     )
     moved_after = (moved - kill.at).total_seconds()
     # Work done once: no project completed (other than as a replay) by two instances, or twice.
-    done = Counter(pid for name in names for pid in instances.completed(name, kill.step))
+    # Only this test's projects count: a project an earlier test left in flight may complete on
+    # these instances too.
+    ours = set(ids)
+    done = Counter(pid for name in names for pid in instances.completed(name, kill.step) if pid in ours)
     duplicated = sum(count - 1 for count in done.values())
     assert set(done) == set(ids) and duplicated == 0, {p: c for p, c in done.items() if c > 1}
     # The orphaned steps finished once the lease lapsed and the partitions moved.
@@ -199,7 +205,9 @@ def _check_takeover(app: App, instances: Instances, ids: Sequence[str], kill: Ki
     backlog = [pid for pid in ids if _partition_of(pid, partitions) in dead]
     drained = (max(_completed_at(app, backlog, step_name)) - kill.at).total_seconds()
     before = ", ".join(f"{name} {kill.counts_before[name]}" for name in names)
-    total = ", ".join(f"{name} {len(instances.completed(name, kill.step))}" for name in names)
+    total = ", ".join(
+        f"{name} {sum(pid in ours for pid in instances.completed(name, kill.step))}" for name in names
+    )
     return (
         f"| {kill.step} | {len(names)} | {len(ids)} | {len(done)} | {duplicated} | {before} | {total} | "
         f"{len(kill.orphaned)} | {moved_after:.1f} s | {recovered:.1f} s | {drained:.1f} s |"
