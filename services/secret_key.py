@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +120,6 @@ def check(engine: Engine, keys: Sequence[str]) -> str:
     SecretKeyMismatchError (one line, both fingerprints) for another key, or for a first key
     that cannot decrypt the secrets already stored (a control plane older than the record).
     """
-    mine = {fingerprint(key) for key in keys}
     newest = fingerprint(keys[0])
     with _migrated(), engine.begin() as conn:
         recorded = _recorded(conn)
@@ -135,13 +134,19 @@ def check(engine: Engine, keys: Sequence[str]) -> str:
             )
             recorded = _recorded(conn)
     assert recorded is not None
-    if recorded not in mine:
-        held = ", ".join(fingerprint(key) for key in keys)
+    refuse_unless_held(recorded, keys)
+    return recorded
+
+
+def refuse_unless_held(recorded: str, keys: Sequence[str]) -> None:
+    """SecretKeyMismatchError, in one line naming both fingerprints, unless one of ``keys``
+    (at any position) is the recorded one."""
+    held = [fingerprint(key) for key in keys]
+    if recorded not in held:
         raise SecretKeyMismatchError(
-            f"PROVISION_SECRET_KEY ({held}) is not the control plane's key ({recorded}); "
+            f"PROVISION_SECRET_KEY ({', '.join(held)}) is not the control plane's key ({recorded}); "
             "set it to the key the control plane's secrets are encrypted with"
         )
-    return recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +169,7 @@ def rotate(
     """Every stored secret re-encrypted under the newest key (``box`` holds the keys, newest
     first), a batch of rows per transaction, then ``newest``'s fingerprint recorded. Safe to
     run again after any failure: the old keys still decrypt what was not reached. Returns how
-    many secrets were re-encrypted; ValueError if one decrypts under none of the keys."""
+    many secrets were re-encrypted; UndecryptableError if one decrypts under none of the keys."""
     rotated = 0
     with _migrated():
         for encrypted in ENCRYPTED:
@@ -203,8 +208,7 @@ def _rotate_table(
                 {"after": after, "n": batch_size},
             ).all()
             for row in rows:
-                values = {c: getattr(row, c) for c in columns}
-                update = {c: box.rotate(v) for c, v in values.items() if v is not None}
+                update = reencrypted(box, {c: getattr(row, c) for c in columns})
                 assignments = ", ".join(f"{c} = :new_{c}" for c in update)
                 conn.execute(
                     text(f"UPDATE {table} SET {assignments} WHERE {key} = :key"),
@@ -216,6 +220,11 @@ def _rotate_table(
         after = str(getattr(rows[-1], key))
         on_progress(Progress(table, done, total))
     return done
+
+
+def reencrypted(box: SecretBox, values: Mapping[str, str | None]) -> dict[str, str]:
+    """Each secret of a row (None: absent) encrypted again under the box's newest key."""
+    return {column: box.rotate(token) for column, token in values.items() if token is not None}
 
 
 def _recorded(conn: Connection) -> str | None:
