@@ -15,6 +15,7 @@ import httpx
 from confluent_kafka import Consumer
 from sqlalchemy import Engine
 
+from services import secret_key
 from services.database.adapters import SqlCredentialStore
 from services.keys.adapters import SqlKeyStore
 from services.placement import PlacedClusters
@@ -27,14 +28,12 @@ from shared.crypto import SecretBox
 from shared.db import StepRepository, StrandRule, make_engine
 from shared.execution import StepSpec
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
+from shared.redact import mask_url
+from shared.settings import ConfigurationError as ConfigurationError  # noqa: PLC0414 - re-exported, callers import it here
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.infra import LocalInfra
-
-
-class ConfigurationError(Exception):
-    """A setting is missing or wrong; the message says which and how to fix it."""
 
 
 def local_infra(settings: Settings) -> LocalInfra:
@@ -55,19 +54,6 @@ def local_infra(settings: Settings) -> LocalInfra:
     )
 
 
-def load_secret_key(settings: Settings) -> str:
-    """PROVISION_SECRET_KEY, or for local use a key kept in the state directory (mode 0600)."""
-    if settings.secret_key is not None:
-        return settings.secret_key.get_secret_value()
-    path = Path(settings.state_dir) / "secret.key"
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as fh:
-            fh.write(SecretBox.generate_key())
-    return path.read_text().strip()
-
-
 @dataclass
 class App:
     """The wired application of one process: one engine, one producer, the step specs."""
@@ -83,6 +69,9 @@ class App:
     """A short-lived process (a command): its producer skips the idempotent producer's
     handshake, half a second per process. A duplicate it could cause on a retried send is
     absorbed like any redelivery; long-lived workers keep idempotence."""
+    local: bool = False
+    """Both servers are the local ones the bootstrap fills in (``provision infra``): the only
+    mode in which a missing PROVISION_SECRET_KEY means the state directory's key file."""
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     @cached_property
@@ -121,9 +110,30 @@ class App:
         self._closers.append(directory.close)
         return directory
 
+    def __repr__(self) -> str:  # the URLs without their passwords
+        return (
+            f"App(bootstrap_servers={self.bootstrap_servers!r}, "
+            f"database_url={mask_url(self.database_url)!r}, "
+            f"tenant_database_url={mask_url(self.tenant_database_url)!r}, local={self.local})"
+        )
+
+    @cached_property
+    def secret_keys(self) -> tuple[str, ...]:
+        """The configured keys, newest first; ConfigurationError without PROVISION_SECRET_KEY
+        on explicit servers (it fails closed: no key is made up)."""
+        return secret_key.load_keys(self.settings, local=self.local)
+
     @cached_property
     def box(self) -> SecretBox:
-        return SecretBox(load_secret_key(self.settings))
+        """The secret box of the control plane's key, checked against (or, the first time,
+        recorded as) its fingerprint: ConfigurationError for a missing or another key."""
+        keys = self.secret_keys
+        secret_key.check(self.engine, keys)
+        return SecretBox(list(keys))
+
+    def secret_key_env(self) -> dict[str, str]:
+        """The environment that hands this process's keys to a child (a worker it spawns)."""
+        return {"PROVISION_SECRET_KEY": ",".join(self.secret_keys)}
 
     @cached_property
     def placed_clusters(self) -> PlacedClusters:
@@ -144,11 +154,11 @@ class App:
 
     @cached_property
     def credentials(self) -> SqlCredentialStore:
-        return SqlCredentialStore(self.engine, self.box)
+        return SqlCredentialStore(self.engine, lambda: self.box)
 
     @cached_property
     def key_store(self) -> SqlKeyStore:
-        return SqlKeyStore(self.engine, self.box)
+        return SqlKeyStore(self.engine, lambda: self.box)
 
     @cached_property
     def registry(self) -> ServiceRegistry:
@@ -257,6 +267,7 @@ def build_app(settings: Settings | None = None) -> App:
             "with PROVISION_LOCAL=1 (or --local)"
         )
     environ: dict[str, str] = dict(os.environ)
+    all_local = not bootstrap and not database_url
     if not bootstrap or not database_url:
         local = local_infra(settings).env()
         bootstrap = bootstrap or local.bootstrap_servers
@@ -274,6 +285,7 @@ def build_app(settings: Settings | None = None) -> App:
         database_url=database_url,
         tenant_database_url=tenant_database_url,
         cluster_map=cluster_map(settings, tenant_database_url, environ),
+        local=all_local,
     )
 
 

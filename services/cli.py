@@ -27,6 +27,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from services import secret_key
 from services.api import (
     InvalidRequestError,
     ProjectList,
@@ -53,6 +54,7 @@ from services.replay import replay as run_replay
 from services.schemas import stale_schemas, write_schemas
 from services.web.auth import TokenConfigError, new_token
 from services.worker import run_worker
+from shared.crypto import UndecryptableError
 from shared.db import ConflictingRequestError, RestoreRefusedError, StepRow
 from shared.db import migrate as run_migrations
 from shared.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
@@ -87,6 +89,10 @@ keys_app = typer.Typer(help="API keys of a project.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 credentials_app = typer.Typer(help="The tenant's own database credentials.", no_args_is_help=True)
 app.add_typer(credentials_app, name="credentials")
+secret_key_app = typer.Typer(
+    help="The control plane's secret key: its fingerprint, its rotation.", no_args_is_help=True
+)
+app.add_typer(secret_key_app, name="secret-key")
 out = Console()
 err = Console(stderr=True)
 
@@ -137,6 +143,14 @@ def _app(*, local: bool = False) -> App:
     return app
 
 
+def _keyed_app(*, local: bool = False) -> App:
+    """The app of a command that encrypts or decrypts: refuses (ConfigurationError, exit 2)
+    before doing anything when the secret key is missing or not the control plane's."""
+    app = _app(local=local)
+    _ = app.box
+    return app
+
+
 def _die(message: str, code: int) -> NoReturn:
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -155,6 +169,7 @@ def _errors() -> Iterator[None]:
         InvalidTransitionError,
         InvalidProjectIdError,
         ConfigurationError,
+        UndecryptableError,
     ) as exc:
         _die(str(exc), 2)
     except (Failure, InfraError, ProvisioningError) as exc:
@@ -178,7 +193,17 @@ def _kafka_reason(exc: KafkaException) -> str:
 # --- infrastructure -----------------------------------------------------------------------
 
 
-app.add_typer(build_infra_app(lambda: local_infra(_settings())), name="infra")
+def _local_key_env() -> dict[str, str]:
+    """The local servers' key, for `infra env`: the shell it sets up then has explicit servers,
+    which never make a key up."""
+    try:
+        keys = secret_key.load_keys(_settings(), local=True)
+    except (ConfigurationError, UsageError) as exc:
+        raise InfraError(str(exc)) from None
+    return {"PROVISION_SECRET_KEY": ",".join(keys)}
+
+
+app.add_typer(build_infra_app(lambda: local_infra(_settings()), _local_key_env), name="infra")
 app.add_typer(bench_app, name="bench")
 
 
@@ -892,7 +917,7 @@ def keys_reveal(
     """Show the project's API key secrets, once: they are erased as they are shown."""
 
     with _errors():
-        a = _app(local=local)
+        a = _keyed_app(local=local)
         project_id = normalize_project_id(project_id)
         if a.repository.project(project_id) is None:
             raise Failure(f"no project {project_id!r}")
@@ -913,7 +938,7 @@ def credentials_reveal(
 
     with _errors():
         try:
-            credentials = reveal_credentials(project_id, app=_app(local=local))
+            credentials = reveal_credentials(project_id, app=_keyed_app(local=local))
         except CredentialsError as exc:
             raise Failure(str(exc)) from None
     out.print(credentials.connection_string, highlight=False, soft_wrap=True)
@@ -929,10 +954,47 @@ def credentials_rotate(
 
     with _errors():
         try:
-            role = rotate_credentials(project_id, app=_app(local=local))
+            role = rotate_credentials(project_id, app=_keyed_app(local=local))
         except CredentialsError as exc:
             raise Failure(str(exc)) from None
     out.print(f"{project_id}: new password set on role {role}; `provision credentials reveal` shows it once")
+
+
+@secret_key_app.command("fingerprint")
+def secret_key_fingerprint(local: LocalFlag = False) -> None:
+    """Show the fingerprints of the configured keys (newest first) and the one the control
+    plane recorded; exit 1 when they disagree. Records nothing."""
+
+    with _errors():
+        a = _app(local=local)
+        recorded = secret_key.recorded_fingerprint(a.engine)
+        out.print(f"recorded:   {recorded or 'none yet (the first process that uses a key records it)'}")
+        keys = a.secret_keys
+        out.print(f"configured: {', '.join(secret_key.fingerprint(k) for k in keys)}")
+        if recorded is not None and recorded not in {secret_key.fingerprint(k) for k in keys}:
+            raise Failure("the configured keys do not include the control plane's key")
+
+
+@secret_key_app.command("rotate")
+def secret_key_rotate(
+    local: LocalFlag = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows re-encrypted per transaction.")] = 100,
+) -> None:
+    """Re-encrypt every stored secret under the newest key of PROVISION_SECRET_KEY (newest
+    first, the old key after it), then record the newest key's fingerprint. Safe to run again."""
+
+    with _errors():
+        a = _keyed_app(local=local)
+        newest = a.secret_keys[0]
+
+        def progress(step: secret_key.Progress) -> None:
+            err.print(f"{step.table}: {step.done}/{step.total} secrets re-encrypted", highlight=False)
+
+        count = secret_key.rotate(a.engine, a.box, newest, batch_size=batch_size, on_progress=progress)
+    out.print(
+        f"{count} secrets re-encrypted under {secret_key.fingerprint(newest)}, now the recorded key; "
+        "drop the old key from PROVISION_SECRET_KEY once no process encrypts with it"
+    )
 
 
 # --- demo ---------------------------------------------------------------------------------
@@ -980,6 +1042,7 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
     cleanup.callback(a.close)
     applied = run_migrations(a.engine)
     err.print(f"migrations: {', '.join(applied) if applied else 'up to date'}")
+    _ = a.box  # the key checked (recorded the first time) before any worker starts
     ensure_topics(
         a.bootstrap_servers,
         all_topics(),
@@ -995,6 +1058,7 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
         **os.environ,
         **(infra.env().as_env() if local else {}),  # several local clusters' URLs, if any
         **worker_environment(a.settings, bootstrap_servers=a.bootstrap_servers, database_url=a.database_url),
+        **a.secret_key_env(),  # in local mode the state directory's key: the workers never make one up
     }
     workers: list[subprocess.Popen[bytes]] = []
     cleanup.callback(_stop_workers, workers)

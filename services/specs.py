@@ -26,6 +26,10 @@ from shared.steps import PURGE_STEP, REVERSE_STEPS, STEPS, step_by_key
 
 SERVICES: tuple[Service, ...] = ("auth", "realtime", "storage")
 
+SECRET_STEPS: frozenset[str] = frozenset({"database", "keys", "verify"})
+"""The steps that encrypt or decrypt with the secret key (a tenant password, an API key's
+secret): their workers check the key against the control plane's before consuming."""
+
 
 def build_specs(
     *,

@@ -55,6 +55,9 @@ class ClusterAddress:
         self.down = False
         """The last attempt to get a connection failed: the next one probes first."""
 
+    def __repr__(self) -> str:  # its parameters hold the admin password
+        return f"ClusterAddress({self.host}:{self.port}/{self.admin_database})"
+
     def _mark_down(self) -> None:
         self.down = True
 

@@ -20,6 +20,7 @@ from confluent_kafka import Consumer
 from pydantic import ValidationError
 
 from services.bootstrap import App, ConfigurationError, build_app
+from services.specs import SECRET_STEPS
 from shared.kafka import Duty, StepWorker, queue_due_purges, relay_outbox
 from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
@@ -45,7 +46,8 @@ def run_worker(
     """Consume the service's input and retry topics (of each chain) until SIGTERM/SIGINT.
 
     Raises ConfigurationError when KAFKA_BOOTSTRAP_SERVERS or DATABASE_URL is missing and local
-    mode (``PROVISION_LOCAL``) is off.
+    mode (``PROVISION_LOCAL``) is off, and, for a step that uses secrets, when the secret key
+    is missing or is not the control plane's.
     """
     settings = settings or Settings()
     steps = steps_of(step_key, chains)
@@ -54,6 +56,8 @@ def run_worker(
         raise ConfigurationError(f"the {step_key} service has no step in the {wanted} chain")
     # First, so a worker without its addresses refuses (ConfigurationError) before anything else.
     app = build_app(settings)
+    if any(step.key in SECRET_STEPS for step in steps):
+        _ = app.box  # a missing key, or another than the control plane's, refuses before consuming
     configure_logging(settings.log_level, settings.log_format)
     metrics, health = Metrics(), Health()
     server = serve_http(settings.metrics_port, metrics, health) if settings.metrics_port else None

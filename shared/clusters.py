@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.redact import mask_url
+
 DEFAULT_CLUSTER = "default"
 _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -44,6 +46,12 @@ class TenantClusterConfig:
     region: str | None
     capacity: int
     admin_url: str
+
+    def __repr__(self) -> str:  # the admin URL without its password
+        return (
+            f"TenantClusterConfig(name={self.name!r}, region={self.region!r}, "
+            f"capacity={self.capacity}, admin_url={mask_url(self.admin_url)!r})"
+        )
 
     def serves(self, region: str) -> bool:
         return self.region is None or self.region == region

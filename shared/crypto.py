@@ -5,15 +5,34 @@ from __future__ import annotations
 import hashlib
 import secrets
 import string
+from collections.abc import Sequence
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+
+class UndecryptableError(ValueError):
+    """A stored secret that none of the configured keys decrypts (the wrong key)."""
 
 
 class SecretBox:
-    """Symmetric encryption (Fernet: AES-128-CBC + HMAC-SHA256) with the key from settings."""
+    """Symmetric encryption (Fernet: AES-128-CBC + HMAC-SHA256) with the keys from settings.
 
-    def __init__(self, key: str | bytes) -> None:
-        self._fernet = Fernet(key)
+    Several keys, newest first (a rotation in progress): the newest encrypts, any of them
+    decrypts (``cryptography``'s MultiFernet). A comma-separated string is such a list.
+    """
+
+    def __init__(self, keys: str | bytes | Sequence[str | bytes]) -> None:
+        if isinstance(keys, str):
+            keys = split_keys(keys)
+        elif isinstance(keys, bytes):
+            keys = [keys]
+        if not keys:
+            raise ValueError("no secret key given")
+        self._fernet = MultiFernet([Fernet(key) for key in keys])
+        self._count = len(keys)
+
+    def __repr__(self) -> str:  # never a key, even in a traceback's locals
+        return f"SecretBox(<{self._count} key{'s' if self._count != 1 else ''}>)"
 
     @staticmethod
     def generate_key() -> str:
@@ -21,13 +40,32 @@ class SecretBox:
         return Fernet.generate_key().decode()
 
     def encrypt(self, plaintext: str) -> str:
+        """``plaintext`` encrypted under the newest key."""
         return self._fernet.encrypt(plaintext.encode()).decode()
 
     def decrypt(self, token: str) -> str:
+        """The plaintext of a token made with any of the keys; ValueError (naming the
+        setting, never the token) when none of them made it."""
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
-            raise ValueError("secret cannot be decrypted with the configured PROVISION_SECRET_KEY") from None
+            raise UndecryptableError(
+                "secret cannot be decrypted with the configured PROVISION_SECRET_KEY"
+            ) from None
+
+    def rotate(self, token: str) -> str:
+        """The same secret encrypted under the newest key; UndecryptableError as :meth:`decrypt`."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise UndecryptableError(
+                "secret cannot be decrypted with the configured PROVISION_SECRET_KEY"
+            ) from None
+
+
+def split_keys(value: str) -> list[str]:
+    """The keys of a PROVISION_SECRET_KEY value: comma-separated, newest first, blanks dropped."""
+    return [key.strip() for key in value.split(",") if key.strip()]
 
 
 def generate_password() -> str:

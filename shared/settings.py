@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.redact import mask_url
 
 DEFAULT_REGIONS = (
     "us-east-1",
@@ -17,13 +20,30 @@ DEFAULT_REGIONS = (
     "ap-northeast-1",
 )
 
+# The settings that hold a URL, and so perhaps a password: masked wherever the settings are shown.
+URL_FIELDS = frozenset({"database_url", "tenant_database_url", "auth_url", "realtime_url", "storage_url"})
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
 
 class Settings(BaseSettings):
     """Every setting, from ``PROVISION_*`` variables (plus the two standard URLs)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PROVISION_", extra="ignore", frozen=True, populate_by_name=True
+        env_prefix="PROVISION_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        # A validation error names the setting, never its value (a URL with its password).
+        hide_input_in_errors=True,
     )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The fields as pydantic shows them, every URL with its password masked."""
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name in URL_FIELDS and isinstance(value, str) else value
 
     # Where the broker and the databases are. Explicit values always win over local infra; without
     # them and without ``local`` nothing connects (a worker must never join whatever listens locally).

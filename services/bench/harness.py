@@ -94,7 +94,8 @@ def worker_env(settings: Settings, app: App) -> dict[str, str]:
     local = settings.kafka_bootstrap_servers is None or settings.database_url is None
     # Several local tenant clusters: the variables their map names (TENANT_CLUSTER_<i>_URL).
     cluster_urls = local_infra(settings).env().as_env() if local else {}
-    return {**cluster_urls, **env, "PROVISION_LOG_LEVEL": "INFO"}
+    # The key the bench uses (in local mode, the state directory's): workers never make one up.
+    return {**cluster_urls, **env, **app.secret_key_env(), "PROVISION_LOG_LEVEL": "INFO"}
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -169,9 +169,17 @@ class PostgresTenantCluster:
 class SqlCredentialStore:
     """Tenant passwords in the control plane, encrypted with the configured key."""
 
-    def __init__(self, engine: Engine, box: SecretBox) -> None:
+    def __init__(self, engine: Engine, box: SecretBox | Callable[[], SecretBox]) -> None:
         self.engine = engine
-        self.box = box
+        self._box = box
+
+    @property
+    def box(self) -> SecretBox:
+        """The key, resolved on first use: what needs no key (listing, counting, erasing)
+        works without one."""
+        if not isinstance(self._box, SecretBox):
+            self._box = self._box()
+        return self._box
 
     def password_for(self, project_id: str, role: str) -> str:
         candidate = generate_password()
@@ -192,7 +200,7 @@ class SqlCredentialStore:
     def reveal(self, project_id: str) -> tuple[str, str] | None:
         """The tenant's role and password, once: the first call marks them revealed and
         returns them; later ones (until a rotation) return None. LookupError if the project
-        has no stored password."""
+        has no stored password; UndecryptableError (nothing spent) for the wrong key."""
         with self.engine.begin() as conn:
             row = conn.execute(
                 text(
@@ -202,9 +210,12 @@ class SqlCredentialStore:
                 ),
                 {"p": project_id},
             ).one_or_none()
-            if row is None and not self._stored(conn, project_id):
-                raise LookupError(project_id)
-        return (str(row.role_name), self.box.decrypt(row.password_encrypted)) if row is not None else None
+            if row is None:
+                if not self._stored(conn, project_id):
+                    raise LookupError(project_id)
+                return None
+            # Decrypted before the commit: a key that cannot read it rolls the reveal back.
+            return str(row.role_name), self.box.decrypt(row.password_encrypted)
 
     def begin_rotation(self, project_id: str) -> tuple[str, str]:
         """The role and the rotation's new password, generated and stored as pending on the

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, text
 
@@ -18,7 +19,7 @@ class RevealedKey:
     """A key with its secret, shown to the operator once."""
 
     info: ApiKeyInfo
-    secret: str
+    secret: str = field(repr=False)
 
 
 class NothingToRevealError(LookupError):
@@ -29,9 +30,17 @@ class SqlKeyStore:
     """API keys in ``api_keys``: hash and visible prefix kept; the secret, encrypted, only
     until it is revealed."""
 
-    def __init__(self, engine: Engine, box: SecretBox) -> None:
+    def __init__(self, engine: Engine, box: SecretBox | Callable[[], SecretBox]) -> None:
         self.engine = engine
-        self.box = box
+        self._box = box
+
+    @property
+    def box(self) -> SecretBox:
+        """The key, resolved on first use: what needs no key (listing, counting, erasing)
+        works without one."""
+        if not isinstance(self._box, SecretBox):
+            self._box = self._box()
+        return self._box
 
     def ensure_keys(self, project_id: str, count: int, prefix: str) -> tuple[ApiKeyInfo, ...]:
         """The project's keys, ``count`` in all: the missing ones created (all of them the first
@@ -91,7 +100,8 @@ class SqlKeyStore:
         )
 
     def reveal(self, project_id: str) -> list[RevealedKey]:
-        """The secrets, once: they are erased in the same transaction."""
+        """The secrets, once: they are erased in the same transaction. UndecryptableError for
+        the wrong key, and nothing is erased."""
         with self.engine.begin() as conn:
             rows = conn.execute(
                 text(
@@ -103,6 +113,14 @@ class SqlKeyStore:
             ).all()
             if not rows:
                 raise NothingToRevealError(f"project {project_id!r} has no unrevealed API keys")
+            # Decrypted before the erase commits: a key that cannot read them rolls it back.
+            revealed = [
+                RevealedKey(
+                    ApiKeyInfo(key_id=r.key_id, key_prefix=r.key_prefix, created_at=r.created_at),
+                    self.box.decrypt(r.secret_encrypted),
+                )
+                for r in rows
+            ]
             conn.execute(
                 text(
                     "UPDATE api_keys SET secret_encrypted = NULL, revealed_at = now() "
@@ -110,13 +128,7 @@ class SqlKeyStore:
                 ),
                 {"p": project_id},
             )
-        return [
-            RevealedKey(
-                ApiKeyInfo(key_id=r.key_id, key_prefix=r.key_prefix, created_at=r.created_at),
-                self.box.decrypt(r.secret_encrypted),
-            )
-            for r in rows
-        ]
+        return revealed
 
     def verify_secret(self, secret: str) -> str | None:
         """The key id a presented secret belongs to, or None."""

@@ -12,7 +12,7 @@ variable assignments on stdout.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -32,11 +32,14 @@ def _fail(error: InfraError) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def build_infra_app(make_infra: Callable[[], LocalInfra]) -> typer.Typer:
+def build_infra_app(
+    make_infra: Callable[[], LocalInfra], extra_env: Callable[[], Mapping[str, str]] = dict
+) -> typer.Typer:
     """Build the ``infra`` command group around ``make_infra``.
 
     ``make_infra`` is called once per command, so settings (ports, state directory) are
-    read when the command runs; it may raise InfraError for bad settings.
+    read when the command runs; it may raise InfraError for bad settings. ``extra_env`` adds
+    to what ``env`` prints (the local servers' secret key).
     """
     infra_app = typer.Typer(
         help="Run a local Kafka broker and PostgreSQL server (no Docker needed).",
@@ -109,9 +112,10 @@ def build_infra_app(make_infra: Callable[[], LocalInfra]) -> typer.Typer:
         ] = False,
     ) -> None:
         """Print KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (in multi-node mode also the tenant
-        clusters' URLs, PROVISION_CLUSTERS_FILE and the topic replication) as shell assignments."""
+        clusters' URLs, PROVISION_CLUSTERS_FILE and the topic replication), and what the caller
+        adds (the local servers' PROVISION_SECRET_KEY), as shell assignments."""
         try:
-            settings = make_infra().env().as_env()
+            settings = {**make_infra().env().as_env(), **extra_env()}
         except InfraError as exc:
             raise _fail(exc) from exc
         prefix = "export " if export else ""

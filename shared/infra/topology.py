@@ -22,6 +22,7 @@ from shared.infra._common import (
     InfraError,
     validate_port,
 )
+from shared.redact import mask_url
 
 TOPOLOGY_FILE = "topology.json"
 CLUSTERS_FILE = "clusters.toml"
@@ -221,6 +222,15 @@ class InfraEnv:
     """Replication factor topics need (3 on three brokers); None: the settings' default."""
     topic_min_insync_replicas: int | None = None
     """``min.insync.replicas`` for topics (2 on three brokers); None: the broker's default."""
+
+    def __repr__(self) -> str:  # the URLs without their passwords
+        urls = tuple(mask_url(url) for url in self.tenant_cluster_urls)
+        return (
+            f"InfraEnv(bootstrap_servers={self.bootstrap_servers!r}, "
+            f"database_url={mask_url(self.database_url)!r}, tenant_cluster_urls={urls!r}, "
+            f"clusters_file={self.clusters_file!r}, topic_replication={self.topic_replication!r}, "
+            f"topic_min_insync_replicas={self.topic_min_insync_replicas!r})"
+        )
 
     @property
     def libpq_url(self) -> str:
