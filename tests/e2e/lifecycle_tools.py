@@ -161,7 +161,9 @@ def start_ready(group: WorkerGroup, steps: Iterable[str] = STEP_KEYS, **env: str
         return [step for step in steps if group.logs(step).count(_ASSIGNED) < before[step] + consumers[step]]
 
     try:
-        wait_for(lambda: not laggards(), timeout=90, message=lambda: f"workers without partitions: {laggards()}")
+        wait_for(
+            lambda: not laggards(), timeout=90, message=lambda: f"workers without partitions: {laggards()}"
+        )
     except AssertionError:
         group.stop()  # never left running: a stray worker would fence the next test's by its instance id
         raise
