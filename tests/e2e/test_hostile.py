@@ -27,11 +27,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from services.api import project_status, request_provisioning
+from services.api import InvalidRequestError, project_status, request_provisioning
 from services.bootstrap import App
 from services.replay import replay
 from shared.db import libpq_url
-from shared.events import DeadLettered, ProvisionProjectPayload, utcnow
+from shared.events import DeadLettered, ProvisionProjectPayload, request_limit, request_size, utcnow
 from shared.execution import outcome_event_id
 from shared.naming import TenantNames
 from shared.steps import (
@@ -312,7 +312,9 @@ def test_forged_completions_for_a_failed_project_run_no_step(
     services: ServiceStandIn,
 ) -> None:
     """Every completion forged for a project whose first step failed, naming the victim's or
-    the admin's database, is dead-lettered: no step runs, no catalog or record changes."""
+    the admin's database, and a "replayed" retry of the failed step the record never scheduled,
+    are dead-lettered; the step's own request again is ignored: no step runs, no catalog or
+    record changes."""
     catalogs_before = {db: _catalog(app, db, role) for db, role in _targets(tenants).items()}
     facts_before = {pid: _step_facts(app, pid) for pid in (tenants.victim, tenants.failing)}
     seen = _first_on(app, REQUESTED_TOPIC, tenants.failing)
@@ -332,25 +334,25 @@ def test_forged_completions_for_a_failed_project_run_no_step(
         not_before=utcnow().isoformat(),
         replayed=True,
     )
-    _produce(app, first.retry_topic, retry)
+    retry_value = _produce(app, first.retry_topic, retry)
     _produce(app, REQUESTED_TOPIC, {**seen, "event_id": str(uuid.uuid4())})
     forged.append(retry)
 
-    letters = _wait_dead_lettered(app, values)
+    letters = _wait_dead_lettered(app, [*values, retry_value])
     wait_for(
-        lambda: (
-            sum(
-                '"event": "message_ignored"' in line and tenants.failing in line
-                for line in running_workers.logs("database").splitlines()
-            )
-            >= 2
+        lambda: any(
+            '"event": "message_ignored"' in line and tenants.failing in line
+            for line in running_workers.logs("database").splitlines()
         ),
         timeout=WAIT_S,
-        message="the failed step's retry and request were not both ignored",
+        message="the failed step's request again was not ignored",
     )
     for value in values:
         reason = letters[hashlib.sha256(value).hexdigest()].reason
         assert f"earlier step {first.name} is failed" in reason, reason
+    # A retry the record did not schedule (the step is failed, not waiting for it) is refused.
+    reason = letters[hashlib.sha256(retry_value).hexdigest()].reason
+    assert "retry not scheduled by the record" in reason, reason
     assert {db: _catalog(app, db, role) for db, role in _targets(tenants).items()} == catalogs_before
     assert {pid: _step_facts(app, pid) for pid in (tenants.victim, tenants.failing)} == facts_before
     later = app.repository.steps(tenants.failing)[1:]
@@ -633,3 +635,145 @@ def test_a_forged_far_future_retry_does_not_hold_up_due_retries(
         message="the replayed step never ran: its retry partition is held by the forged message",
     )
     assert row.replay_count == 1
+
+
+# --- retry topics are not entry points; a deleted project publishes nothing -------------------
+
+
+def _bare(pid: str, event_type: str, **fields: Any) -> dict[str, Any]:
+    """A well-formed event body without a request (the reverse chain's events carry none)."""
+    body = _envelope(pid, event_type, **fields)
+    del body["request"]
+    return body
+
+
+def test_a_reverse_retry_wrapping_a_fresh_deprovisioning_deletes_nothing(
+    app: App, tenants: Tenants, running_workers: WorkerGroup
+) -> None:
+    """A deprovisioning.keys.retry wrapping a deprovisioning request of its own for a READY
+    project is dead-lettered (the record scheduled no such retry): the project stays COMPLETED
+    with its keys, and no reverse row is made."""
+    pid = tenants.honest
+    keys_before = len(app.key_store.list_keys(pid))
+    correlation = str(uuid.uuid4())
+    wrapped = _bare(pid, "deprovisioning.requested", correlation_id=correlation, reason="forged")
+    first = step_by_key("deprovision-keys")
+    retry = _bare(
+        pid, first.retry_topic, correlation_id=correlation, input=wrapped, not_before=utcnow().isoformat()
+    )
+
+    [letter] = _wait_dead_lettered(app, [_produce(app, first.retry_topic, retry)]).values()
+
+    assert "retry not scheduled by the record" in letter.reason, letter.reason
+    assert project_status(pid, app=app).stage is Stage.COMPLETED
+    assert len(app.key_store.list_keys(pid)) == keys_before > 0
+    assert [r.step_name for r in app.repository.steps(pid)] == [s.name for s in STEPS]
+
+
+def test_a_provisioning_retry_wrapping_a_new_request_creates_no_project(
+    app: App, running_workers: WorkerGroup
+) -> None:
+    """A provisioning.database.retry wrapping a request for a project nobody asked for is
+    dead-lettered: no project, no database."""
+    pid = unique_project("byretry")
+    request = _envelope(pid)
+    first = step_by_key("database")
+    retry = _envelope(
+        pid,
+        first.retry_topic,
+        correlation_id=request["correlation_id"],
+        input=request,
+        not_before=utcnow().isoformat(),
+    )
+
+    [letter] = _wait_dead_lettered(app, [_produce(app, first.retry_topic, retry)]).values()
+
+    assert "PROJECT_NOT_FOUND" in letter.reason, letter.reason
+    assert app.repository.project(pid) is None
+    assert side_effects(app, [pid]).databases == 0
+
+
+def test_a_deleted_projects_old_request_replayed_raw_publishes_nothing(
+    app: App, running_workers: WorkerGroup
+) -> None:
+    """A DELETED project's own request, produced again as it was read off the topic, is ignored:
+    no step runs and no step publishes (no provisioning.verify.completed for a project that is
+    gone); the project stays DELETED."""
+    from services.api import request_deprovisioning
+
+    pid = unique_project("gone")
+    request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=app)
+    wait_until_stage(app, [pid], timeout=WAIT_S)
+    request_deprovisioning(pid, app=app)
+    wait_until_stage(app, [pid], Stage.DELETED, timeout=WAIT_S)
+    original = _first_on(app, REQUESTED_TOPIC, pid)
+    published_before = [
+        (t, e["event_id"]) for t, e in _events(app, COMPLETED_TOPICS) if e.get("project_id") == pid
+    ]
+
+    def ignored() -> int:
+        lines = running_workers.logs("database").splitlines()
+        return sum('"event": "message_ignored"' in line and pid in line for line in lines)
+
+    ignored_before = ignored()
+
+    _produce(app, REQUESTED_TOPIC, original)
+
+    wait_for(
+        lambda: ignored() > ignored_before,
+        timeout=WAIT_S,
+        message="the database step never ignored the replayed request",
+    )
+    published = [(t, e["event_id"]) for t, e in _events(app, COMPLETED_TOPICS) if e.get("project_id") == pid]
+    assert published == published_before
+    assert project_status(pid, app=app).stage is Stage.DELETED
+    assert side_effects(app, [pid]).databases == 0
+
+
+def _request_of_size(pid: str, size: int) -> dict[str, Any]:
+    """A valid request whose serialized form is exactly ``size`` bytes (padded in metadata)."""
+    request: dict[str, Any] = {"project_id": pid, "region": "eu-west-1", "metadata": {}}
+    i = 0
+    while (room := size - request_size(ProvisionProjectPayload.model_validate(request))) > 0:
+        # A new entry costs its key, quotes, colon and comma besides its text.
+        key = f"k{i:04d}"
+        overhead = len(key) + 6
+        text_len = min(4096, room - overhead)
+        if text_len <= 0:  # too little room for another entry: lengthen the last one
+            last = f"k{i - 1:04d}"
+            request["metadata"][last] += "x" * room
+            break
+        request["metadata"][key] = "x" * text_len
+        i += 1
+    assert request_size(ProvisionProjectPayload.model_validate(request)) == size
+    return request
+
+
+def test_a_request_at_the_limit_goes_through_a_retry_and_one_over_is_refused(
+    app: App, services: ServiceStandIn, running_workers: WorkerGroup
+) -> None:
+    """A request of exactly the request limit whose auth registration first answers 503 is
+    retried (its retry event, which carries the request twice, fits) and completes; one byte
+    more is refused by the library and, produced raw, dead-lettered naming the limit."""
+    limit = request_limit(app.settings.max_message_bytes)
+    pid = unique_project("atlimit")
+    services.unavailable.add(pid)
+    request_provisioning(_request_of_size(pid, limit), app=app)
+    wait_for(
+        lambda: services.put_counts.get(("auth", pid), 0) >= 1, timeout=WAIT_S, message="auth never called"
+    )
+    services.unavailable.discard(pid)
+
+    wait_until_stage(app, [pid], timeout=WAIT_S)
+    row = app.repository.step(pid, step_by_key("auth").name)
+    assert row is not None and row.retry_count >= 1, row
+    key = base64.b64encode(pid.encode()).decode()
+    assert not [d for d in dead_letters(app.bootstrap_servers) if d.key_b64 == key]
+
+    over = unique_project("overlimit")
+    with pytest.raises(InvalidRequestError, match=f"over the limit of {limit}"):
+        request_provisioning(_request_of_size(over, limit + 1), app=app)
+    value = _produce(app, REQUESTED_TOPIC, _envelope(over, request=_request_of_size(over, limit + 1)))
+    [letter] = _wait_dead_lettered(app, [value]).values()
+    assert f"over the limit of {limit} bytes" in letter.reason, letter.reason
+    assert app.repository.project(over) is None

@@ -22,7 +22,7 @@ from services.api import (
 )
 from services.bootstrap import App
 from shared.db import ProjectRemovedError
-from shared.steps import REVERSE_STEPS, StepStatus
+from shared.steps import PURGE_STEP, REVERSE_STEPS, StepStatus
 from tests.support import REPO_ROOT, settings_env, unique_project
 
 TRIES = 40
@@ -142,4 +142,5 @@ def test_an_id_removed_as_an_orphan_is_refused_and_not_half_provisioned(app: App
     record = app.repository.project(pid)
     assert record is not None
     assert record.request is None
-    assert [r.position for r in app.repository.steps(pid)] == [s.position for s in REVERSE_STEPS]
+    removal = [s.position for s in (*REVERSE_STEPS, PURGE_STEP)]
+    assert [r.position for r in app.repository.steps(pid)] == removal
