@@ -74,8 +74,9 @@ def _purged(app: App, pid: str) -> bool:
 
 def test_a_deleted_project_comes_back_with_its_data_and_new_credentials(app: App, group: WorkerGroup) -> None:
     """Deprovisioned, a tenant is out of service (no live database, its role without LOGIN, its
-    registrations, keys and password gone) with its archive kept; restored, it is COMPLETED again
-    with its 1000 rows, a new password (the old one refused) and new API keys."""
+    registrations, keys and password gone) with its archive kept, a new request for its id refused
+    (exit 2, one line) and a second deprovisioning answered "already deleted"; restored, it is
+    COMPLETED again with its 1000 rows, a new password (the old one refused) and new API keys."""
     pid, old_password = _ready_with_data(app, "restore")
     old_keys = {k.key_id for k in app.key_store.list_keys(pid)}
 
@@ -84,6 +85,12 @@ def test_a_deleted_project_comes_back_with_its_data_and_new_credentials(app: App
     out_of_service = leftovers(app, [pid])
     assert (out_of_service.total, out_of_service.archives, out_of_service.roles) == (0, 1, 1)
     assert project_status(pid, app=app).restorable
+    # Asked again, the command line says what the project is, never "already requested".
+    request = CliRunner().invoke(cli, ["request", pid, "--region", "eu-west-1"], env=_cli_env(app))
+    assert request.exit_code == 2, request.output
+    assert "deleted" in request.output and len(request.output.strip().splitlines()) == 1, request.output
+    again = CliRunner().invoke(cli, ["deprovision", pid], env=_cli_env(app))
+    assert again.exit_code == 0 and "already deleted at" in again.output, again.output
 
     started = time.monotonic()
     receipt = restore_project(pid, app=app)
