@@ -18,9 +18,11 @@ from types import FrameType
 import structlog
 from confluent_kafka import Consumer
 from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
 
 from services.bootstrap import App, ConfigurationError, build_app
 from services.specs import SECRET_STEPS
+from shared.errors import StoreUnavailableError
 from shared.kafka import Duty, StepWorker, queue_due_purges, relay_outbox
 from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
@@ -40,6 +42,32 @@ def steps_of(service_or_step: str, chains: Collection[Chain] = tuple(Chain)) -> 
     return [s for s in ALL_STEPS if s.service == named.service and s.chain in chains]
 
 
+def _check_secret_key(app: App) -> bool:
+    """Check the secret key against the control plane's before consuming anything: a missing
+    key, or another than the control plane's, refuses (ConfigurationError). While the control
+    plane cannot be reached the check waits for it (0.5 s to 10 s apart), as a running worker
+    would; False when SIGTERM/SIGINT came meanwhile."""
+    stopped = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopped.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    delay = 0.5
+    try:
+        while True:
+            try:
+                _ = app.box
+                return True
+            except (StoreUnavailableError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning(
+                    "control_plane_unavailable", error=message, retry_in_s=delay, during="secret_key_check"
+                )
+            if stopped.wait(delay):
+                return False
+            delay = min(delay * 2, 10.0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_worker(
     step_key: str, settings: Settings | None = None, *, chains: Collection[Chain] = tuple(Chain)
 ) -> None:
@@ -56,9 +84,10 @@ def run_worker(
         raise ConfigurationError(f"the {step_key} service has no step in the {wanted} chain")
     # First, so a worker without its addresses refuses (ConfigurationError) before anything else.
     app = build_app(settings)
-    if any(step.key in SECRET_STEPS for step in steps):
-        _ = app.box  # a missing key, or another than the control plane's, refuses before consuming
     configure_logging(settings.log_level, settings.log_format)
+    if any(step.key in SECRET_STEPS for step in steps) and not _check_secret_key(app):
+        app.close()  # stopped while the control plane was away: nothing was consumed
+        return
     metrics, health = Metrics(), Health()
     server = serve_http(settings.metrics_port, metrics, health) if settings.metrics_port else None
     workers = [_worker(app, step, metrics, health) for step in steps]

@@ -26,7 +26,7 @@ from tests.conftest import TEST_STATE_DIR
 from tests.support import make_app
 
 # Beside the session's PostgreSQL port, below the ephemeral range like every test server's.
-TENANT_SERVER_PORT = int(os.environ.get("PROVISION_TEST_PG_PORT", "25432")) + 11
+TENANT_SERVER_PORT = int(os.environ.get("PROVISION_TEST_PG_PORT", "25432")) + 41
 
 
 @pytest.fixture(scope="session")
