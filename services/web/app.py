@@ -480,7 +480,8 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
     )
     def replay_failed(body: ReplayRequest) -> ReplayResult:
         """Move each still-failed step matching the filters back to pending and republish its
-        input (what `provision replay` does); `dry_run` says what it would do."""
+        input (what `provision replay` does) when `dry_run` is false; by default (a dry run)
+        only say what it would do."""
         step_key = None
         if body.step is not None:
             try:

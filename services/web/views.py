@@ -78,7 +78,9 @@ class Receipt(_View):
 class ReplayRequest(_View):
     project_id: str | None = Field(default=None, max_length=200)
     step: str | None = Field(default=None, max_length=100, description="a step key, e.g. schema")
-    dry_run: bool = False
+    dry_run: bool = Field(
+        default=True, description="only say what would be replayed (the default); false to replay"
+    )
     max: int | None = Field(default=None, ge=1, le=100_000, description="replay at most this many")
 
 

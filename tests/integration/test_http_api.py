@@ -12,8 +12,10 @@ import httpx
 import pytest
 
 from services.bootstrap import App
+from shared.events import ProvisionProjectPayload
 from tests.api_server import RunningApi, serve_api
-from tests.support import REPO_ROOT
+from tests.integration.test_replay_reads import SCHEMA, fail_schema_step, publish_failure
+from tests.support import REPO_ROOT, unique_project
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +196,23 @@ def test_replay_dry_run_and_an_unknown_step(client: httpx.Client) -> None:
     unknown = client.post("/v1/replays", json={"step": "teleport", "dry_run": True})
     assert unknown.status_code == 422
     assert _error(unknown)["field"] == "step"
+
+
+def test_replay_with_an_empty_body_is_a_dry_run(app: App, client: httpx.Client) -> None:
+    """POST /v1/replays with `{}` only says what it would replay: the failed step stays failed."""
+    project_id = unique_project("replay")
+    app.repository.register_request(ProvisionProjectPayload(project_id=project_id, region="eu-west-1"), uuid.uuid4())
+    fail_schema_step(app, project_id)
+    publish_failure(app, project_id)
+    before = app.repository.step(project_id, SCHEMA.name)
+    response = client.post("/v1/replays", json={})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["replayed"] == 0
+    assert {d["action"] for d in body["decisions"]} <= {"would replay", "would redrive", "skipped"}
+    mine = [d for d in body["decisions"] if d["project_id"] == project_id]
+    assert [(d["step"], d["action"]) for d in mine] == [("schema", "would replay")]
+    assert app.repository.step(project_id, SCHEMA.name) == before
 
 
 def test_the_served_openapi_document_is_the_committed_one(api: RunningApi) -> None:
