@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.api import request_deprovisioning
 from services.bootstrap import App
 from shared.events import ProvisionProjectPayload
 from tests.api_server import RunningApi, serve_api
@@ -237,3 +238,51 @@ def test_open_routes_health_metrics_page_and_json_404_405(api: RunningApi) -> No
         wrong = c.put("/healthz")
         assert wrong.status_code == 405
         assert _error(wrong)["code"] == "method_not_allowed"
+
+
+def _deleted(app: App, client: httpx.Client, *, purge_now: bool = False) -> str:
+    """A project requested, deprovisioned and marked deleted (what the reverse chain ends with)."""
+    payload = _payload(app)
+    assert client.post("/v1/projects", json=payload).status_code == 202
+    request_deprovisioning(payload["project_id"], app=app, purge_now=purge_now)
+    app.repository.mark_deleted(payload["project_id"])
+    return str(payload["project_id"])
+
+
+def test_restore_of_a_deleted_project_is_202_and_its_view_says_restorable(
+    app: App, client: httpx.Client
+) -> None:
+    """A deleted project's view shows its window and restorable; POST restore is 202 with the
+    receipt and the provisioning chain pending again; asked again it is 409 with the reason."""
+    project_id = _deleted(app, client)
+    view = client.get(f"/v1/projects/{project_id}").json()
+    assert view["deleted_at"] is not None and view["purge_after"] is not None
+    assert (view["purged_at"], view["restorable"]) == (None, True)
+    response = client.post(f"/v1/projects/{project_id}/restore")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["project_id"] == project_id
+    assert body["location"] == response.headers["location"] == f"/v1/projects/{project_id}"
+    uuid.UUID(body["correlation_id"])
+    after = client.get(f"/v1/projects/{project_id}").json()
+    assert (after["deleted_at"], after["restorable"], after["deprovisioning"]) == (None, False, [])
+    assert {s["status"] for s in after["steps"]} == {"pending"}
+    again = client.post(f"/v1/projects/{project_id}/restore")
+    assert again.status_code == 409
+    assert _error(again)["code"] == "conflict"
+    assert "not deleted" in _error(again)["message"] and "\n" not in _error(again)["message"]
+
+
+def test_restore_refused_past_the_window_is_409_and_unknown_404(app: App, client: httpx.Client) -> None:
+    """A project past its window is 409 naming it, not restorable; an unknown one 404; a live one 409."""
+    project_id = _deleted(app, client, purge_now=True)
+    assert client.get(f"/v1/projects/{project_id}").json()["restorable"] is False
+    refused = client.post(f"/v1/projects/{project_id}/restore")
+    assert refused.status_code == 409
+    assert "retention window" in _error(refused)["message"]
+    unknown = client.post(f"/v1/projects/{uuid.uuid4()}/restore")
+    assert unknown.status_code == 404
+    assert _error(unknown)["code"] == "project_not_found"
+    live = _payload(app)
+    client.post("/v1/projects", json=live)
+    assert client.post(f"/v1/projects/{live['project_id']}/restore").status_code == 409
