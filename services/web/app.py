@@ -42,16 +42,18 @@ from services.api import (
     list_projects,
     request_deprovisioning,
     request_provisioning,
+    restore_project,
 )
 from services.bootstrap import App
 from services.replay import replay
-from shared.db import ConflictingRequestError
+from shared.db import ConflictingRequestError, RestoreRefusedError
+from shared.db.repository import restore_refusal
 from shared.errors import StoreUnavailableError
 from shared.events import ProvisionProjectPayload, utcnow
 from shared.kafka.clients import PublishError
 from shared.naming import InvalidProjectIdError, validate_project_id
 from shared.settings import Settings
-from shared.steps import STEPS, Chain, resolve_step, step_by_name
+from shared.steps import PURGE_STEP, STEPS, Chain, resolve_step, step_by_name
 
 from .auth import NO_TOKENS, TokenConfigError, TokenSet
 from .stream import ProjectStream, TransitionListener, parse_last_event_id
@@ -66,6 +68,7 @@ from .views import (
     ReplayDecisionView,
     ReplayRequest,
     ReplayResult,
+    RestoreReceiptView,
     eta_seconds,
     step_states,
     step_view,
@@ -473,6 +476,37 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
         return Receipt(project_id=pid, correlation_id=str(receipt.correlation_id), location=location)
 
     @v1.post(
+        "/projects/{project_id}/restore",
+        status_code=202,
+        response_model=RestoreReceiptView,
+        summary="Restore a deleted project",
+        responses={
+            **_errors(404, "project_not_found"),
+            **_errors(409, "conflict"),
+            **_errors(422, "invalid_request"),
+        },
+    )
+    def restore(project_id: str, response: Response) -> RestoreReceiptView:
+        """Bring a deleted project back within its retention window: its provisioning chain
+        runs again (the archived database renamed back, new credentials and keys); 409 with
+        the reason when it cannot be (not deleted, purged, past its window)."""
+        pid = _project_id(project_id)
+        if app.repository.project(pid) is None:
+            raise ApiError(404, "project_not_found", f"project {pid!r} is not in the control plane")
+        try:
+            receipt = restore_project(pid, app=app)
+        except RestoreRefusedError as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        location = f"/v1/projects/{pid}"
+        response.headers["Location"] = location
+        return RestoreReceiptView(
+            project_id=pid,
+            correlation_id=str(receipt.correlation_id),
+            location=location,
+            published=receipt.published,
+        )
+
+    @v1.post(
         "/replays",
         response_model=ReplayResult,
         summary="Replay failed steps",
@@ -480,7 +514,8 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
     )
     def replay_failed(body: ReplayRequest) -> ReplayResult:
         """Move each still-failed step matching the filters back to pending and republish its
-        input (what `provision replay` does); `dry_run` says what it would do."""
+        input (what `provision replay` does) when `dry_run` is false; by default (a dry run)
+        only say what it would do."""
         step_key = None
         if body.step is not None:
             try:
@@ -589,6 +624,10 @@ def _project_view(app: App, durations: Durations, project_id: str) -> ProjectVie
         created_at=record.created_at,
         ready_at=record.ready_at,
         deleted_at=record.deleted_at,
+        purge_after=record.purge_after,
+        purged_at=record.purged_at,
+        restorable=record.deleted_at is not None
+        and restore_refusal(project_id, record, snapshot.step(PURGE_STEP.name), now=utcnow()) is None,
         steps=[step_view(r) for r in forward],
         deprovisioning=[step_view(r) for r in reverse],
         result=result,

@@ -58,6 +58,13 @@ class ProjectView(_View):
     created_at: datetime
     ready_at: datetime | None
     deleted_at: datetime | None
+    purge_after: datetime | None = Field(
+        default=None, description="a deleted project's archive is kept, restorable, until then"
+    )
+    purged_at: datetime | None = Field(default=None, description="when its archive was removed for good")
+    restorable: bool = Field(
+        default=False, description="deleted, and `POST /v1/projects/{id}/restore` would bring it back now"
+    )
     steps: list[StepView] = Field(description="the seven provisioning steps, in order")
     deprovisioning: list[StepView] = Field(
         description="the seven reverse steps, once deprovisioning is asked"
@@ -75,10 +82,19 @@ class Receipt(_View):
     location: str
 
 
+class RestoreReceiptView(_View):
+    project_id: str
+    correlation_id: str = Field(description="the restore's request id: the provisioning chain runs under it")
+    location: str
+    published: bool = Field(description="false when the broker did not answer: the outbox publishes it later")
+
+
 class ReplayRequest(_View):
     project_id: str | None = Field(default=None, max_length=200)
     step: str | None = Field(default=None, max_length=100, description="a step key, e.g. schema")
-    dry_run: bool = False
+    dry_run: bool = Field(
+        default=True, description="only say what would be replayed (the default); false to replay"
+    )
     max: int | None = Field(default=None, ge=1, le=100_000, description="replay at most this many")
 
 

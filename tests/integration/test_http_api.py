@@ -11,9 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from services.api import request_deprovisioning
 from services.bootstrap import App
+from shared.events import ProvisionProjectPayload
 from tests.api_server import RunningApi, serve_api
-from tests.support import REPO_ROOT
+from tests.integration.test_replay_reads import SCHEMA, fail_schema_step, publish_failure
+from tests.support import REPO_ROOT, unique_project
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +199,23 @@ def test_replay_dry_run_and_an_unknown_step(client: httpx.Client) -> None:
     assert _error(unknown)["field"] == "step"
 
 
+def test_replay_with_an_empty_body_is_a_dry_run(app: App, client: httpx.Client) -> None:
+    """POST /v1/replays with `{}` only says what it would replay: the failed step stays failed."""
+    project_id = unique_project("replay")
+    app.repository.register_request(ProvisionProjectPayload(project_id=project_id, region="eu-west-1"), uuid.uuid4())
+    fail_schema_step(app, project_id)
+    publish_failure(app, project_id)
+    before = app.repository.step(project_id, SCHEMA.name)
+    response = client.post("/v1/replays", json={})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["replayed"] == 0
+    assert {d["action"] for d in body["decisions"]} <= {"would replay", "would redrive", "skipped"}
+    mine = [d for d in body["decisions"] if d["project_id"] == project_id]
+    assert [(d["step"], d["action"]) for d in mine] == [("schema", "would replay")]
+    assert app.repository.step(project_id, SCHEMA.name) == before
+
+
 def test_the_served_openapi_document_is_the_committed_one(api: RunningApi) -> None:
     """/openapi.json, open to all, is exactly schemas/openapi.json."""
     with api.client(token="") as c:
@@ -218,3 +238,51 @@ def test_open_routes_health_metrics_page_and_json_404_405(api: RunningApi) -> No
         wrong = c.put("/healthz")
         assert wrong.status_code == 405
         assert _error(wrong)["code"] == "method_not_allowed"
+
+
+def _deleted(app: App, client: httpx.Client, *, purge_now: bool = False) -> str:
+    """A project requested, deprovisioned and marked deleted (what the reverse chain ends with)."""
+    payload = _payload(app)
+    assert client.post("/v1/projects", json=payload).status_code == 202
+    request_deprovisioning(payload["project_id"], app=app, purge_now=purge_now)
+    app.repository.mark_deleted(payload["project_id"])
+    return str(payload["project_id"])
+
+
+def test_restore_of_a_deleted_project_is_202_and_its_view_says_restorable(
+    app: App, client: httpx.Client
+) -> None:
+    """A deleted project's view shows its window and restorable; POST restore is 202 with the
+    receipt and the provisioning chain pending again; asked again it is 409 with the reason."""
+    project_id = _deleted(app, client)
+    view = client.get(f"/v1/projects/{project_id}").json()
+    assert view["deleted_at"] is not None and view["purge_after"] is not None
+    assert (view["purged_at"], view["restorable"]) == (None, True)
+    response = client.post(f"/v1/projects/{project_id}/restore")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["project_id"] == project_id
+    assert body["location"] == response.headers["location"] == f"/v1/projects/{project_id}"
+    uuid.UUID(body["correlation_id"])
+    after = client.get(f"/v1/projects/{project_id}").json()
+    assert (after["deleted_at"], after["restorable"], after["deprovisioning"]) == (None, False, [])
+    assert {s["status"] for s in after["steps"]} == {"pending"}
+    again = client.post(f"/v1/projects/{project_id}/restore")
+    assert again.status_code == 409
+    assert _error(again)["code"] == "conflict"
+    assert "not deleted" in _error(again)["message"] and "\n" not in _error(again)["message"]
+
+
+def test_restore_refused_past_the_window_is_409_and_unknown_404(app: App, client: httpx.Client) -> None:
+    """A project past its window is 409 naming it, not restorable; an unknown one 404; a live one 409."""
+    project_id = _deleted(app, client, purge_now=True)
+    assert client.get(f"/v1/projects/{project_id}").json()["restorable"] is False
+    refused = client.post(f"/v1/projects/{project_id}/restore")
+    assert refused.status_code == 409
+    assert "retention window" in _error(refused)["message"]
+    unknown = client.post(f"/v1/projects/{uuid.uuid4()}/restore")
+    assert unknown.status_code == 404
+    assert _error(unknown)["code"] == "project_not_found"
+    live = _payload(app)
+    client.post("/v1/projects", json=live)
+    assert client.post(f"/v1/projects/{live['project_id']}/restore").status_code == 409
