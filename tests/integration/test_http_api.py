@@ -202,7 +202,9 @@ def test_replay_dry_run_and_an_unknown_step(client: httpx.Client) -> None:
 def test_replay_with_an_empty_body_is_a_dry_run(app: App, client: httpx.Client) -> None:
     """POST /v1/replays with `{}` only says what it would replay: the failed step stays failed."""
     project_id = unique_project("replay")
-    app.repository.register_request(ProvisionProjectPayload(project_id=project_id, region="eu-west-1"), uuid.uuid4())
+    app.repository.register_request(
+        ProvisionProjectPayload(project_id=project_id, region="eu-west-1"), uuid.uuid4()
+    )
     fail_schema_step(app, project_id)
     publish_failure(app, project_id)
     before = app.repository.step(project_id, SCHEMA.name)
