@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 class UndecryptableError(ValueError):
@@ -87,3 +91,19 @@ def hash_api_key(secret: str) -> str:
     """The stored form of an API key. Keys carry 256 random bits, so a plain SHA-256 is
     enough: there is nothing to brute-force."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyedStore:
+    """A store of encrypted secrets over ``engine``, its key resolved on first use: what needs no
+    key (listing, counting, erasing) works without one."""
+
+    def __init__(self, engine: Engine, box: SecretBox | Callable[[], SecretBox]) -> None:
+        self.engine = engine
+        self._box = box
+
+    @property
+    def box(self) -> SecretBox:
+        """The key's box (resolved, and kept, on first use)."""
+        if not isinstance(self._box, SecretBox):
+            self._box = self._box()
+        return self._box

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, text
 
 from services.ports import require_tenant_names
 from services.tenant_cluster import ClusterAddress
-from shared.crypto import SecretBox, generate_password
+from shared.crypto import KeyedStore, generate_password
 from shared.errors import ErrorType, ProvisioningError
 from shared.naming import ARCHIVE_PREFIX, TENANT_PREFIX
 
@@ -166,20 +166,8 @@ class PostgresTenantCluster:
             yield conn
 
 
-class SqlCredentialStore:
+class SqlCredentialStore(KeyedStore):
     """Tenant passwords in the control plane, encrypted with the configured key."""
-
-    def __init__(self, engine: Engine, box: SecretBox | Callable[[], SecretBox]) -> None:
-        self.engine = engine
-        self._box = box
-
-    @property
-    def box(self) -> SecretBox:
-        """The key, resolved on first use: what needs no key (listing, counting, erasing)
-        works without one."""
-        if not isinstance(self._box, SecretBox):
-            self._box = self._box()
-        return self._box
 
     def password_for(self, project_id: str, role: str) -> str:
         candidate = generate_password()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, text
 
-from shared.crypto import SecretBox, generate_api_key, hash_api_key
+from shared.crypto import KeyedStore, generate_api_key, hash_api_key
 from shared.events import ApiKeyInfo
 
 VISIBLE_CHARS = 6  # of the random part shown beside the prefix, to tell keys apart
@@ -26,21 +25,9 @@ class NothingToRevealError(LookupError):
     """The project has no keys, or they were revealed already."""
 
 
-class SqlKeyStore:
+class SqlKeyStore(KeyedStore):
     """API keys in ``api_keys``: hash and visible prefix kept; the secret, encrypted, only
     until it is revealed."""
-
-    def __init__(self, engine: Engine, box: SecretBox | Callable[[], SecretBox]) -> None:
-        self.engine = engine
-        self._box = box
-
-    @property
-    def box(self) -> SecretBox:
-        """The key, resolved on first use: what needs no key (listing, counting, erasing)
-        works without one."""
-        if not isinstance(self._box, SecretBox):
-            self._box = self._box()
-        return self._box
 
     def ensure_keys(self, project_id: str, count: int, prefix: str) -> tuple[ApiKeyInfo, ...]:
         """The project's keys, ``count`` in all: the missing ones created (all of them the first

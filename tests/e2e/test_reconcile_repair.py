@@ -9,23 +9,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from psycopg import sql
 
 from services.api import project_status, request_provisioning
 from services.bootstrap import App
-from services.credentials import reveal_credentials
 from services.reconcile import Action, plan_for, reconcile, repair
 from shared.naming import TenantNames
 from shared.steps import Stage, StepStatus
 from tests.e2e.lifecycle_tools import start_ready
+from tests.integration.test_reconcile import ROWS, rows_of, write_rows
 from tests.isolated_plane import Plane
 from tests.support import WorkerGroup, env_of, unique_project, wait_for, wait_until_stage
 
 pytestmark = pytest.mark.e2e
 
-ROWS = 1000
 GRACE_S = 2.0
 
 
@@ -52,22 +50,8 @@ def _ready_with_rows(app: App, prefix: str) -> str:
     pid = unique_project(prefix)
     request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=app)
     wait_until_stage(app, [pid], timeout=90)
-    credentials = reveal_credentials(pid, app=app)
-    with psycopg.connect(credentials.connection_string, autocommit=True, connect_timeout=10) as conn:
-        conn.execute("CREATE TABLE notes (id int PRIMARY KEY)")
-        conn.execute("INSERT INTO notes SELECT generate_series(1, %s)", (ROWS,))
+    write_rows(app, pid)
     return pid
-
-
-def _rows(app: App, pid: str) -> int:
-    """The tenant's rows, counted as the cluster's admin."""
-    names = TenantNames.for_project(pid)
-    with app.cluster_address.admin(names.database) as conn:
-        row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}.notes").format(sql.Identifier(names.schema))
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def _database_exists(app: App, name: str) -> bool:
@@ -94,7 +78,7 @@ def test_a_lost_registration_is_repaired_through_the_chain_with_the_data_kept(
     record = app.repository.project(pid)
     assert record is not None and not record.fenced and record.deleted_at is None
     assert all(r.status is StepStatus.SUCCESS for r in app.repository.steps(pid))
-    assert _rows(app, pid) == _rows(app, neighbour) == ROWS
+    assert rows_of(app, pid) == rows_of(app, neighbour) == ROWS
     assert reconcile(app).findings == ()
 
 
@@ -121,7 +105,7 @@ def test_a_lost_database_is_reported_and_nothing_else_is_touched(
     assert len(app.key_store.list_keys(pid)) == keys_before > 0
     with app.cluster_address.admin() as conn:
         assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (names.role,)).fetchone()
-    assert _rows(app, neighbour) == ROWS
+    assert rows_of(app, neighbour) == ROWS
 
 
 def test_an_orphan_past_its_grace_period_is_removed_by_the_reverse_chain(
@@ -152,4 +136,4 @@ def test_an_orphan_past_its_grace_period_is_removed_by_the_reverse_chain(
     assert not _database_exists(app, name)
     assert _database_exists(app, TenantNames.for_project(orphan).archive)
     assert project_status(live, app=app).stage is Stage.COMPLETED
-    assert _rows(app, live) == ROWS
+    assert rows_of(app, live) == ROWS
