@@ -89,7 +89,16 @@ def run_worker(
         app.close()  # stopped while the control plane was away: nothing was consumed
         return
     metrics, health = Metrics(), Health()
-    server = serve_http(settings.metrics_port, metrics, health) if settings.metrics_port else None
+    server = None
+    if settings.metrics_port:
+        try:
+            server = serve_http(settings.metrics_port, metrics, health)
+        except OSError as exc:
+            app.close()
+            raise ConfigurationError(
+                f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}; "
+                "set PROVISION_METRICS_PORT to a free port (unset: no metrics server)"
+            ) from None
     workers = [_worker(app, step, metrics, health) for step in steps]
     stop = _Stop(workers)
     signal.signal(signal.SIGTERM, stop.on_signal)

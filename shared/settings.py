@@ -139,7 +139,7 @@ class Settings(BaseSettings):
 
     # Workers.
     metrics_port: int | None = Field(
-        default=None, description="Prometheus /metrics and /healthz port; off if unset"
+        default=None, ge=0, le=65535, description="Prometheus /metrics and /healthz port; off if unset or 0"
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     )
     api_max_streams: int = Field(
         default=1000, ge=1, description="live streams one API process holds open at once; more get 503"
+    )
+    api_stream_max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="how long one live stream stays open; then it ends and the client resumes "
+        "with `Last-Event-ID` (EventSource does so by itself)",
     )
 
     # Testing switch: kill the worker (SIGKILL) once at a point of a step, to prove crash safety.

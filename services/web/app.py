@@ -35,6 +35,8 @@ from prometheus_client import (
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from services.api import (
     InvalidRequestError,
@@ -56,7 +58,7 @@ from shared.settings import Settings
 from shared.steps import PURGE_STEP, STEPS, Chain, resolve_step, step_by_name
 
 from .auth import NO_TOKENS, TokenConfigError, TokenSet
-from .stream import ProjectStream, TransitionListener, parse_last_event_id
+from .stream import ProjectStream, StreamSlots, TransitionListener, parse_last_event_id
 from .views import (
     Durations,
     ErrorBody,
@@ -247,6 +249,22 @@ def _route(scope: MutableMapping[str, Any]) -> str:
     return str(getattr(route, "path", "unmatched"))
 
 
+class _HeldStream(StreamingResponse):
+    """A stream holding one of the process's slots, given back once when the response ends."""
+
+    def __init__(self, content: AsyncIterator[str], *, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release: Callable[[], None] | None = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
 def create_api(  # noqa: PLR0915 - the routes are closures over the app, listener and metrics
     app: App,
     *,
@@ -263,6 +281,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
         raise TokenConfigError(NO_TOKENS)
     metrics = ApiMetrics()
     listener = TransitionListener(app.database_url)
+    slots = StreamSlots(app.settings.api_max_streams, on_change=metrics.watchers.set)
     durations = Durations(app.repository)
 
     @asynccontextmanager
@@ -413,15 +432,17 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
             after = parse_last_event_id(last_event_id) or 0
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc), field="Last-Event-ID") from None
-        if listener.watcher_count >= app.settings.api_max_streams:
+        if await run_in_threadpool(app.repository.project, pid) is None:
+            raise ApiError(404, "project_not_found", f"project {pid!r} is not in the control plane")
+        # From taking the slot to handing it to the response nothing awaits: concurrent opens
+        # cannot all pass the test, and a slot taken is always given back.
+        if not slots.take():
             raise ApiError(
                 503,
                 "too_many_streams",
-                f"this API process holds its limit of {app.settings.api_max_streams} live streams; retry",
+                f"this API process holds its limit of {slots.limit} live streams; retry",
                 headers={"Retry-After": "5"},
             )
-        if await run_in_threadpool(app.repository.project, pid) is None:
-            raise ApiError(404, "project_not_found", f"project {pid!r} is not in the control plane")
         stream = ProjectStream(
             pid,
             after,
@@ -429,19 +450,12 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
             listener,
             durations.medians,
             keepalive=keepalive,
+            max_seconds=app.settings.api_stream_max_seconds,
             on_sent=lambda t: metrics.lag.observe(max(0.0, (utcnow() - t.at).total_seconds())),
         )
-
-        async def counted() -> AsyncIterator[str]:
-            metrics.watchers.inc()
-            try:
-                async for chunk in stream.events():
-                    yield chunk
-            finally:
-                metrics.watchers.dec()
-
-        return StreamingResponse(
-            counted(),
+        return _HeldStream(
+            stream.events(),
+            release=slots.give_back,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -640,6 +654,12 @@ def _install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error_response(exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers)
+
+    @api.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # Nobody reads the answer; the status is for the request's log line and metrics.
+        log.info("http_client_disconnected", path=request.url.path)
+        return _error_response(400, "client_disconnected", "the client closed the connection mid-request")
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import uvicorn
 
@@ -37,18 +38,32 @@ def serve(settings: Settings, *, host: str, port: int, insecure_local: bool = Fa
         raise ConfigurationError(str(exc)) from None
     if not tokens and not insecure_local:
         raise ConfigurationError(NO_TOKENS)
+    listening = listen(host, port)  # before anything else: a port in use is one line, exit 2
     configure_logging(settings.log_level, settings.log_format)
     app = build_app(settings)
     api = create_api(app, tokens=tokens if len(tokens) else None, insecure_local=insecure_local)
+    config = uvicorn.Config(
+        api,
+        log_config=None,
+        access_log=False,  # the API writes its own line per request, with the caller
+        timeout_graceful_shutdown=5,  # live streams are ended, not waited for
+        server_header=False,
+    )
     try:
-        uvicorn.run(
-            api,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,  # the API writes its own line per request, with the caller
-            timeout_graceful_shutdown=5,  # live streams are ended, not waited for
-            server_header=False,
-        )
+        uvicorn.Server(config).run(sockets=[listening])
     finally:
+        listening.close()
         app.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening; ConfigurationError (one line) when the
+    port is taken or the address is not this machine's."""
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        return socket.create_server((address, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve the API on {host}:{port}: {exc.strerror or exc}; choose another --host/--port"
+        ) from None

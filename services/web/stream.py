@@ -33,6 +33,7 @@ from .views import StepState, eta_seconds, step_error
 log = structlog.get_logger("provision.api.stream")
 
 CHANNEL = "step_transitions"
+LIFETIME_REACHED = ": this stream's lifetime is over; reconnect with Last-Event-ID\n\n"
 LISTENER_NAME = "provision-api-listener"
 """The listener connection's ``application_name``, as ``pg_stat_activity`` shows it."""
 
@@ -95,6 +96,33 @@ class TransitionListener:
             await asyncio.sleep(self._retry_seconds)
 
 
+class StreamSlots:
+    """The live streams one API process may hold at once.
+
+    A slot is taken when a stream is asked for, before the route awaits anything, so opens
+    arriving together cannot all pass one check (the route runs on the event loop: nothing
+    runs between the test and the count). It is given back when the response ends, however
+    it ends, client gone included.
+    """
+
+    def __init__(self, limit: int, *, on_change: Callable[[int], None] = lambda held: None) -> None:
+        self.limit = limit
+        self.held = 0
+        self._on_change = on_change
+
+    def take(self) -> bool:
+        """A slot, or False when all are held."""
+        if self.held >= self.limit:
+            return False
+        self.held += 1
+        self._on_change(self.held)
+        return True
+
+    def give_back(self) -> None:
+        self.held -= 1
+        self._on_change(self.held)
+
+
 def transition_event(project_id: str, transition: StepTransition) -> dict[str, Any]:
     """The data of a ``step`` event: the transition, its step's service and chain, its error."""
     step = step_by_name(transition.step_name)
@@ -133,6 +161,8 @@ class ProjectStream:
     listener: TransitionListener
     medians: Callable[[], Mapping[str, float]]
     keepalive: float = 15.0
+    max_seconds: float = 3600.0
+    """The stream's lifetime: then it ends and its client resumes with ``Last-Event-ID``."""
     on_sent: Callable[[StepTransition], None] = lambda t: None
     _sent: set[int] = field(default_factory=set, init=False)
     _latest: dict[str, StepTransition] = field(default_factory=dict, init=False)
@@ -181,6 +211,8 @@ class ProjectStream:
 
     async def events(self) -> AsyncIterator[str]:
         """SSE text: ``step`` events (with ids), ``stage`` when it changes, ``end`` at the last."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_seconds
         with self.listener.watch(self.project_id) as wake:
             try:
                 await anyio.to_thread.run_sync(self._begin)
@@ -203,10 +235,15 @@ class ProjectStream:
                 if stage in TERMINAL_STAGES:
                     yield _sse({"stage": stage}, event="end")
                     return
+                left = deadline - loop.time()
+                if left <= 0:
+                    yield LIFETIME_REACHED
+                    return
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=self.keepalive)
+                    await asyncio.wait_for(wake.wait(), timeout=min(self.keepalive, left))
                     continue
-                yield ": keepalive\n\n"
+                if loop.time() < deadline:
+                    yield ": keepalive\n\n"
 
 
 def _sse(data: Mapping[str, Any], *, event: str, id: int | None = None) -> str:

@@ -113,18 +113,17 @@ def validate_port(port: int, env_var: str) -> None:
         raise InfraError(f"port {port} is outside 1024-65535; set {env_var}")
 
 
-def private_dir(path: Path, *, traverse_gid: int | None = None) -> None:
+def private_dir(path: Path, *, owner: tuple[int, int] | None = None) -> None:
     """Create ``path`` (and parents) if needed and make it 0700: it holds secrets and data.
 
-    ``traverse_gid`` gives that group search (``x``) permission only, mode 0710: when root
-    runs PostgreSQL as an unprivileged user, that user must pass through to its data directory.
+    ``owner`` (uid, gid) hands it to another user, still 0700: when root runs PostgreSQL as an
+    unprivileged user, that user must pass through to its data directory, and root passes
+    any mode.
     """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if traverse_gid is None:
-        path.chmod(0o700)
-        return
-    os.chown(path, -1, traverse_gid)
-    path.chmod(0o710)
+    if owner is not None:
+        os.chown(path, *owner)
+    path.chmod(0o700)
 
 
 @contextmanager

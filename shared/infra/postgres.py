@@ -128,7 +128,7 @@ class LocalPostgres:
             return self._read_password()
         except FileNotFoundError:
             pass
-        private_dir(self.password_file.parent, traverse_gid=self.traverse_gid())
+        private_dir(self.password_file.parent, owner=self.server_owner())
         # Written aside, then linked into place: the file appears with its content or not at
         # all, so a concurrent reader (the clusters of `infra up --clusters N` start on
         # threads) never reads it empty, and the first link wins.
@@ -156,22 +156,21 @@ class LocalPostgres:
         """The system user the server runs as, if not ours (root hands it to ``pgserver``)."""
         return _ROOT_SERVER_USER if os.geteuid() == 0 else None
 
-    def traverse_gid(self) -> int | None:
-        """The group that must pass through the state directory to reach the data, if any."""
+    def server_owner(self) -> tuple[int, int] | None:
+        """The (uid, gid) that must pass through the state directory to reach the data, if
+        not ours: the system user root runs the server as."""
         user = self.server_user()
         if user is None:
             return None
         ensure_user_exists(user)
-        return pwd.getpwnam(user).pw_gid
+        entry = pwd.getpwnam(user)
+        return entry.pw_uid, entry.pw_gid
 
     def secure_home(self) -> None:
         """Make the state directory and the server's home private (see :func:`private_dir`)."""
-        private_dir(self.home.parent, traverse_gid=self.traverse_gid())
-        private_dir(self.home)
-        user = self.server_user()
-        if user is not None:
-            entry = pwd.getpwnam(user)
-            os.chown(self.home, entry.pw_uid, entry.pw_gid)
+        owner = self.server_owner()
+        private_dir(self.home.parent, owner=owner)
+        private_dir(self.home, owner=owner)
 
     # -- inspection ---------------------------------------------------------------------------
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import psycopg
@@ -14,7 +18,7 @@ from services.bootstrap import App
 from services.cli import app as cli
 from shared.steps import Stage, StepStatus, all_topics
 from tests.integration.test_requests import payload
-from tests.support import TEST_SECRET_KEY, unique_project
+from tests.support import TEST_SECRET_KEY, settings_env, unique_project
 
 
 @pytest.fixture
@@ -193,3 +197,23 @@ def test_clusters_lists_the_default_cluster_with_its_fill(app: App, cli_env: Non
     table = CliRunner().invoke(cli, ["clusters"])
     assert table.exit_code == 0 and "default" in table.output
     assert "postgres:" not in table.output  # no credentials
+
+
+def test_a_worker_whose_metrics_port_is_in_use_exits_2_in_one_line(app: App) -> None:
+    """A worker given a PROVISION_METRICS_PORT another process holds exits 2 with one line naming
+    the port, before it consumes anything."""
+    with socket.create_server(("0.0.0.0", 0)) as taken:  # noqa: S104 - where the worker serves
+        port = taken.getsockname()[1]
+        env = {**os.environ, **settings_env(app.settings), "PROVISION_METRICS_PORT": str(port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "services.database"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {port}" in lines[0] and "PROVISION_METRICS_PORT" in lines[0]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -211,3 +213,104 @@ def test_a_watcher_resumes_across_a_killed_api_process(app: App, tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+def test_the_stream_cap_holds_under_concurrent_opens(app: App, tmp_path: Path) -> None:
+    """Twenty streams asked for at once against a cap of three: three are served, the rest get
+    503, and once the three end their slots are free again."""
+    limited = make_app(env_of(app), tmp_path, api_max_streams=3)
+    try:
+        with serve_api(limited) as running, running.client() as client:
+            project_id = _request(client, limited)
+            start = threading.Barrier(20)
+            statuses: queue.Queue[int] = queue.Queue()
+            release = threading.Event()
+
+            def open_one() -> None:
+                with running.client() as own:
+                    start.wait()
+                    with own.stream("GET", f"/v1/projects/{project_id}/events", timeout=60) as response:
+                        statuses.put(response.status_code)
+                        release.wait(30)
+
+            threads = [threading.Thread(target=open_one, daemon=True) for _ in range(20)]
+            for thread in threads:
+                thread.start()
+            answered = [statuses.get(timeout=30) for _ in threads]
+            release.set()
+            for thread in threads:
+                thread.join(30)
+            assert sorted(answered) == [200] * 3 + [503] * 17
+            deadline = time.monotonic() + 10
+            while True:  # the slots come back as the server notices each client gone
+                with client.stream("GET", f"/v1/projects/{project_id}/events", timeout=10) as again:
+                    if again.status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "the slots of ended streams were not given back"
+                time.sleep(0.2)
+    finally:
+        limited.close()
+
+
+def test_a_stream_ends_at_its_lifetime_and_the_client_resumes_with_last_event_id(
+    app: App, tmp_path: Path
+) -> None:
+    """A stream open past PROVISION_API_STREAM_MAX_SECONDS ends with a comment saying so and gives
+    its slot back; the client reconnects with Last-Event-ID and gets only what came after."""
+    short = make_app(env_of(app), tmp_path, api_stream_max_seconds=1.5, api_max_streams=1)
+    try:
+        with serve_api(short, keepalive=0.5) as running, running.client() as client:
+            project_id = _request(client, short)
+            path = f"/v1/projects/{project_id}/events"
+            decoder = SseDecoder()
+            started = time.monotonic()
+            with client.stream("GET", path, timeout=30) as response:
+                assert response.status_code == 200
+                body = b"".join(response.iter_bytes())
+            lasted = time.monotonic() - started
+            assert 1.4 < lasted < 10, lasted
+            assert body.endswith(b"lifetime is over; reconnect with Last-Event-ID\n\n")
+            first = list(read_events(iter([body]), decoder))
+            last_id = max((int(e.id) for e in first if e.id), default=0)
+            update_provisioning_step(project_id, "create_tenant_database", "running", app=short)
+            with client.stream("GET", path, headers={"Last-Event-ID": str(last_id)}, timeout=30) as resumed:
+                assert resumed.status_code == 200  # the one slot was given back
+                steps = [e for e in read_events(resumed.iter_bytes(), SseDecoder()) if e.event == "step"]
+            assert [(e.data["step"], e.data["status"]) for e in steps] == [
+                ("create_tenant_database", "running")
+            ]
+    finally:
+        short.close()
+
+
+def test_a_client_gone_mid_body_is_a_4xx_not_a_500(app: App, api: RunningApi) -> None:
+    """A POST whose client closes the connection half way through its body is counted and
+    logged as 400 client_disconnected, never as a 500."""
+    host, port = api.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/projects HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {api.token}\r\nContent-Length: 1000\r\n\r\n".encode()
+            + b'{"project_id": "half'
+        )
+        time.sleep(0.3)
+
+    def posted_codes() -> list[str]:
+        lines = httpx.get(f"{api.base_url}/metrics", timeout=5).text.splitlines()
+        return [
+            match.group(1)
+            for line in lines
+            if line.startswith("provision_api_requests_total{")
+            and 'route="/v1/projects"' in line
+            and 'method="POST"' in line
+            and (match := re.search(r'status="(\d+)"', line))
+        ]
+
+    deadline = time.monotonic() + 10
+    while True:
+        codes = posted_codes()
+        if "400" in codes:
+            break
+        assert time.monotonic() < deadline, f"no 400 counted for the broken POST: {codes}"
+        time.sleep(0.2)
+    assert "500" not in codes

@@ -128,15 +128,12 @@ def test_local_postgres_superuser_needs_the_password_from_the_file(local_infra: 
 
 
 def test_local_state_is_private(local_infra: LocalInfra) -> None:
-    """The state dir is owner-only (0700, or 0710 for the server's group when root runs postgres as
-    another user), the Kafka and PostgreSQL dirs are 0700 and the password file is 0600."""
+    """The state dir, the Kafka and PostgreSQL dirs are 0700 (the state dir owned by the server's
+    user when root runs postgres as another user) and the password file is 0600."""
     state = local_infra.state_dir.stat()
-    server_user = local_infra.postgres.server_user()
-    if server_user is None:
-        assert stat.S_IMODE(state.st_mode) == 0o700
-    else:
-        assert stat.S_IMODE(state.st_mode) == 0o710
-        assert state.st_gid == local_infra.postgres.traverse_gid()
+    assert stat.S_IMODE(state.st_mode) == 0o700
+    owner = local_infra.postgres.server_owner()
+    assert (state.st_uid, state.st_gid) == (owner if owner is not None else (os.geteuid(), state.st_gid))
     for directory in (
         local_infra.kafka.home,
         local_infra.kafka.data,

@@ -16,7 +16,7 @@ def test_clusters_asking_at_once_all_get_the_one_password(
 ) -> None:
     """Eight clusters asking for the password at the same instant read one non-empty password,
     from a file of mode 0600, with no draft left beside it (a reader once saw it empty)."""
-    monkeypatch.setattr(LocalPostgres, "traverse_gid", lambda self: None)
+    monkeypatch.setattr(LocalPostgres, "server_owner", lambda self: None)
     password_file = tmp_path / "state" / "postgres.password"
     clusters = [LocalPostgres(tmp_path / f"pg{i}", 5000 + i, password_file) for i in range(8)]
     start = threading.Barrier(len(clusters))

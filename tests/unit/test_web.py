@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,13 @@ def test_a_stream_whose_database_goes_away_ends_quietly() -> None:
         assert asyncio.run(collect()) == []
     finally:
         gone.close()
+
+
+def test_api_command_on_a_port_in_use_is_one_line_and_exit_2() -> None:
+    """`provision api` on a port another process listens on exits 2 with one line naming it."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, output = _cli("api", "--insecure-local", "--port", str(port))
+    assert code == 2, output
+    assert output.strip().count("\n") == 0
+    assert f"127.0.0.1:{port}" in output and "in use" in output
