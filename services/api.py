@@ -18,17 +18,9 @@ import structlog
 from pydantic import ValidationError
 
 from services.bootstrap import App, default_app
-from shared.db import (
-    ConflictingRequestError,
-    ProjectRecord,
-    ProjectRemovedError,
-    Registration,
-    StepRow,
-    migrate,
-    removed_reason,
-)
-from shared.errors import ErrorType, ProvisioningError, StoreUnavailableError
-from shared.events import (
+from shared.db import migrate
+from shared.domain.errors import ErrorType, ProvisioningError, StoreUnavailableError
+from shared.domain.events import (
     CompletedEvent,
     DeprovisioningRequested,
     ProvisioningRequested,
@@ -39,6 +31,23 @@ from shared.events import (
     request_limit,
     request_size,
     utcnow,
+)
+from shared.domain.naming import normalize_project_id, validate_project_id
+from shared.domain.records import (
+    ConflictingRequestError,
+    ProjectRecord,
+    ProjectRemovedError,
+    Registration,
+    StepRow,
+    removed_reason,
+)
+from shared.domain.steps import (
+    DEPROVISIONING_REQUESTED_TOPIC,
+    REQUESTED_TOPIC,
+    STEPS,
+    Stage,
+    StepStatus,
+    resolve_step,
 )
 from shared.execution import (
     Busy,
@@ -53,15 +62,6 @@ from shared.execution import (
     run_step,
 )
 from shared.kafka import RetryPolicy, add_to_outbox, encode, relay_outbox
-from shared.naming import normalize_project_id, validate_project_id
-from shared.steps import (
-    DEPROVISIONING_REQUESTED_TOPIC,
-    REQUESTED_TOPIC,
-    STEPS,
-    Stage,
-    StepStatus,
-    resolve_step,
-)
 from shared.tracing import new_trace
 
 log = structlog.get_logger("provision.api")

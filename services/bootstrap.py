@@ -25,7 +25,8 @@ from services.specs import build_purge_specs, build_reverse_specs, build_specs
 from services.tenant_cluster import ClusterAddress, ClusterDirectory
 from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
 from shared.crypto import SecretBox
-from shared.db import StepRepository, StrandRule, make_engine
+from shared.db import StepRepository, make_engine
+from shared.domain.records import StrandRule
 from shared.execution import StepSpec
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
 from shared.redact import mask_url

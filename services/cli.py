@@ -55,16 +55,25 @@ from services.schemas import stale_schemas, write_schemas
 from services.web.auth import TokenConfigError, new_token
 from services.worker import run_worker
 from shared.crypto import UndecryptableError
-from shared.db import ConflictingRequestError, RestoreRefusedError, StepRow
 from shared.db import migrate as run_migrations
-from shared.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
+from shared.domain.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
+from shared.domain.naming import InvalidProjectIdError, normalize_project_id, validate_project_id
+from shared.domain.records import ConflictingRequestError, RestoreRefusedError, StepRow
+from shared.domain.steps import (
+    STEP_KEYS,
+    STEPS,
+    Chain,
+    Stage,
+    StepStatus,
+    all_topics,
+    resolve_step,
+    step_by_name,
+)
 from shared.infra import InfraError
 from shared.infra.cli import build_infra_app
 from shared.kafka import ensure_topics
 from shared.logging import configure_logging
-from shared.naming import InvalidProjectIdError, normalize_project_id, validate_project_id
 from shared.settings import Settings
-from shared.steps import STEP_KEYS, STEPS, Chain, Stage, StepStatus, all_topics, resolve_step, step_by_name
 
 if TYPE_CHECKING:
     from shared.infra import LocalInfra

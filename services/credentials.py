@@ -19,9 +19,9 @@ from urllib.parse import quote
 import structlog
 
 from services.bootstrap import App, default_app
-from shared.events import DatabaseInfo
-from shared.naming import normalize_project_id
-from shared.steps import STEPS, StepStatus
+from shared.domain.events import DatabaseInfo
+from shared.domain.naming import normalize_project_id
+from shared.domain.steps import STEPS, StepStatus
 
 log = structlog.get_logger("provision.credentials")
 

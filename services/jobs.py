@@ -92,7 +92,7 @@ def _register_defaults() -> None:
         return
     from services import api  # noqa: PLC0415 - see enqueue_job
     from services.bootstrap import default_app  # noqa: PLC0415
-    from shared.steps import ALL_STEPS  # noqa: PLC0415
+    from shared.domain.steps import ALL_STEPS  # noqa: PLC0415
 
     _handlers.setdefault(JobType.PROVISION_PROJECT, api.provision_project_handler)
     for step in ALL_STEPS:  # the provisioning steps, then the deprovisioning ones

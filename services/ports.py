@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from shared.errors import ProvisioningError
-from shared.events import ApiKeyInfo
-from shared.naming import ARCHIVE_PREFIX, TENANT_PREFIX
+from shared.domain.errors import ProvisioningError
+from shared.domain.events import ApiKeyInfo
+from shared.domain.naming import ARCHIVE_PREFIX, TENANT_PREFIX
 
 
 def require_tenant_names(*names: str) -> None:

@@ -44,11 +44,17 @@ from services.bootstrap import App
 from services.database.adapters import PostgresTenantCluster
 from services.ports import ServiceRegistry, TenantCluster, TenantListingError
 from services.redrive import queue_redrive
+from shared.classify import classify
 from shared.clusters import DEFAULT_CLUSTER
-from shared.errors import StoreUnavailableError, classify
+from shared.domain.errors import StoreUnavailableError
+from shared.domain.naming import (
+    InvalidProjectIdError,
+    TenantNames,
+    project_id_of_archive,
+    project_id_of_tenant,
+)
+from shared.domain.steps import FINAL_STEP, StepStatus, step_by_key, step_by_name
 from shared.kafka import relay_outbox
-from shared.naming import InvalidProjectIdError, TenantNames, project_id_of_archive, project_id_of_tenant
-from shared.steps import FINAL_STEP, StepStatus, step_by_key, step_by_name
 
 SERVICES: tuple[str, ...] = ("auth", "realtime", "storage")
 DATABASE_STEP = step_by_key("database").name

@@ -8,11 +8,11 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from services.bootstrap import App
-from shared.events import retry_event_for, utcnow
+from shared.domain.events import retry_event_for, utcnow
+from shared.domain.steps import Step
 from shared.execution import rebuild_input
 from shared.kafka import add_to_outbox, encode
 from shared.kafka.core import wrap_input
-from shared.steps import Step
 from shared.tracing import new_trace
 
 

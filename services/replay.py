@@ -10,12 +10,12 @@ from pydantic import ValidationError
 
 from services.bootstrap import App
 from services.redrive import queue_redrive
-from shared.db import StepRow
-from shared.errors import InvalidTransitionError
-from shared.events import FailedEvent, failed_event_for, retry_event_for, utcnow
+from shared.domain.errors import InvalidTransitionError
+from shared.domain.events import FailedEvent, failed_event_for, retry_event_for, utcnow
+from shared.domain.records import StepRow
+from shared.domain.steps import ALL_STEPS, Chain, Step, StepStatus, step_by_name
 from shared.kafka import encode, read_to_end, relay_outbox
 from shared.kafka.core import wrap_input
-from shared.steps import ALL_STEPS, Chain, Step, StepStatus, step_by_name
 from shared.tracing import new_trace
 
 

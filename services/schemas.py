@@ -9,7 +9,7 @@ from typing import Any
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from shared.events import ProvisionProjectPayload, ProvisionProjectResult, event_models
+from shared.domain.events import ProvisionProjectPayload, ProvisionProjectResult, event_models
 
 
 class ContractJsonSchema(GenerateJsonSchema):

@@ -19,10 +19,10 @@ from services.ports import (
 from services.registration.handler import Service, deregister, register
 from services.schema import handler as schema
 from services.verify import handler as verify
-from shared.errors import ErrorType
-from shared.events import ProvisionProjectResult
+from shared.domain.errors import ErrorType
+from shared.domain.events import ProvisionProjectResult
+from shared.domain.steps import PURGE_STEP, REVERSE_STEPS, STEPS, step_by_key
 from shared.execution import StepSpec
-from shared.steps import PURGE_STEP, REVERSE_STEPS, STEPS, step_by_key
 
 SERVICES: tuple[Service, ...] = ("auth", "realtime", "storage")
 

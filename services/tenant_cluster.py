@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.clusters import ClusterMap
 from shared.db.engine import libpq_url
-from shared.errors import ErrorType, ProvisioningError
+from shared.domain.errors import ErrorType, ProvisioningError
 
 POOL_WAIT_SECONDS = 2.0
 """How long an admin connection is waited for from the pool (steps use one at a time, so a

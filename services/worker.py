@@ -22,13 +22,13 @@ from sqlalchemy import exc as sa_exc
 
 from services.bootstrap import App, ConfigurationError, build_app
 from services.specs import SECRET_STEPS
-from shared.errors import StoreUnavailableError
+from shared.domain.errors import StoreUnavailableError
+from shared.domain.steps import ALL_STEPS, PLACING_STEP, PURGE_STEP, Chain, Step, resolve_step
 from shared.kafka import Duty, StepWorker, queue_due_purges, relay_outbox
 from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
 from shared.observability import Health, Metrics, serve_http
 from shared.settings import Settings
-from shared.steps import ALL_STEPS, PLACING_STEP, PURGE_STEP, Chain, Step, resolve_step
 
 log = structlog.get_logger("provision.worker")
 

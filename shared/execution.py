@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from shared.db.repository import Claim, ProjectRecord, Registration, Snapshot, StepRow, removed_reason
-from shared.errors import (
+from shared.classify import classify
+from shared.domain.errors import (
     ErrorType,
     InvalidTransitionError,
     ProvisioningError,
     StoreUnavailableError,
-    classify,
     failure_details,
 )
-from shared.events import (
+from shared.domain.events import (
     CompletedEvent,
     DeprovisioningRequested,
     ErrorInfo,
@@ -46,7 +45,8 @@ from shared.events import (
     completed_event_for,
     utcnow,
 )
-from shared.steps import FINAL_REVERSE_STEP, PURGE_STEP, Chain, Step, StepStatus, chain_start, step_at
+from shared.domain.records import Claim, ProjectRecord, Registration, Snapshot, StepRow, removed_reason
+from shared.domain.steps import FINAL_REVERSE_STEP, PURGE_STEP, Chain, Step, StepStatus, chain_start, step_at
 
 _LAST_OF_REMOVAL = (FINAL_REVERSE_STEP, PURGE_STEP)
 """The steps whose outcome ends a removal: republished only for the very event they were done for."""

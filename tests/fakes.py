@@ -25,21 +25,9 @@ from services.reconcile import ProjectState, Removal
 from services.specs import build_purge_specs, build_reverse_specs, build_specs
 from shared.clusters import DEFAULT_CLUSTER, ClusterMap
 from shared.crypto import generate_api_key, generate_password
-from shared.db.repository import (
-    ALLOWED_TRANSITIONS,
-    DEFAULT_RETENTION_SECONDS,
-    Claim,
-    ClusterFill,
-    ProjectRecord,
-    Registration,
-    RestoreRefusedError,
-    Snapshot,
-    StepRow,
-    request_hash,
-    restore_refusal,
-)
-from shared.errors import ErrorType, InvalidTransitionError, ProvisioningError, StoreUnavailableError
-from shared.events import (
+from shared.db.repository import DEFAULT_RETENTION_SECONDS
+from shared.domain.errors import ErrorType, InvalidTransitionError, ProvisioningError, StoreUnavailableError
+from shared.domain.events import (
     ApiKeyInfo,
     DeprovisioningRequested,
     ProvisioningRequested,
@@ -53,10 +41,20 @@ from shared.events import (
     StepRetryScheduled,
     retry_event_for,
 )
-from shared.execution import Completed, Outcome, StepContext, StepSpec, Trigger, run_step
-from shared.naming import ARCHIVE_PREFIX, TENANT_PREFIX
-from shared.settings import DEFAULT_REGIONS
-from shared.steps import (
+from shared.domain.naming import ARCHIVE_PREFIX, TENANT_PREFIX
+from shared.domain.records import (
+    ALLOWED_TRANSITIONS,
+    Claim,
+    ClusterFill,
+    ProjectRecord,
+    Registration,
+    RestoreRefusedError,
+    Snapshot,
+    StepRow,
+    request_hash,
+    restore_refusal,
+)
+from shared.domain.steps import (
     PLACING_STEP,
     PURGE_STEP,
     REVERSE_STEP_NAMES,
@@ -70,6 +68,8 @@ from shared.steps import (
     step_by_key,
     step_by_name,
 )
+from shared.execution import Completed, Outcome, StepContext, StepSpec, Trigger, run_step
+from shared.settings import DEFAULT_REGIONS
 
 S = StepStatus
 ReverseInput = DeprovisioningRequested | ReverseCompleted

@@ -21,9 +21,9 @@ import psutil
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.bootstrap import App, build_app, local_infra, worker_environment
+from shared.domain.steps import DEADLETTER_TOPIC, FINAL_STEP, STEP_KEYS, STEPS, all_topics
 from shared.infra import LocalInfra
 from shared.settings import Settings
-from shared.steps import DEADLETTER_TOPIC, FINAL_STEP, STEP_KEYS, STEPS, all_topics
 
 Say = Callable[[str], None]
 

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 from services.bench.cli import BenchRun, Plan, _progress
 from services.bench.harness import BenchFailure
 from services.bench.stats import epoch_to_utc, ms, rate, summarize_or_none
-from shared.steps import DEADLETTER_TOPIC, STEP_NAMES, Stage, StepStatus
+from shared.domain.steps import DEADLETTER_TOPIC, STEP_NAMES, Stage, StepStatus
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from services.bench.harness import CompletionWatcher, Outcome, WorkerFleet
     from services.bootstrap import App
-    from shared.db import StepRow
+    from shared.domain.records import StepRow
     from shared.settings import Settings
 
 Tick = Callable[[], None]
@@ -432,7 +432,7 @@ def leftovers(app: App, project_ids: Sequence[str]) -> list[tuple[str, str]]:
     database and role on the tenant cluster, their rows of the per-project tables."""
     from sqlalchemy import text  # noqa: PLC0415
 
-    from shared.naming import TenantNames  # noqa: PLC0415
+    from shared.domain.naming import TenantNames  # noqa: PLC0415
 
     names = {pid: TenantNames.for_project(pid) for pid in project_ids}
     by_database = {n.database: pid for pid, n in names.items()}

@@ -38,8 +38,8 @@ from services.bench.stats import (
     timeline,
 )
 from services.bootstrap import App
-from shared.naming import TenantNames
-from shared.steps import FINAL_STEP, STEP_KEYS, STEPS, step_by_name
+from shared.domain.naming import TenantNames
+from shared.domain.steps import FINAL_STEP, STEP_KEYS, STEPS, step_by_name
 
 Mode = Literal["choreography", "in_process"]
 Tick = Callable[[], None]

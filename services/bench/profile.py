@@ -30,9 +30,9 @@ from services.bench.stats import (
 )
 from services.bootstrap import App
 from shared.db import libpq_url, sqlalchemy_url
-from shared.events import event_models
+from shared.domain.events import event_models
+from shared.domain.steps import STEP_KEYS, STEPS
 from shared.kafka import Publisher, consumer_config, decode, encode, ensure_topics
-from shared.steps import STEP_KEYS, STEPS
 from shared.tracing import new_trace
 
 PROBE_TOPIC = "bench.probe"

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from services.bench.measure import DbProject, Sample, project_timeline
 from services.bench.stats import Target, epoch_to_utc, median_index, ms
-from shared.steps import STEP_KEYS
+from shared.domain.steps import STEP_KEYS
 
 
 def _get(data: dict[str, Any], *path: str) -> Any:

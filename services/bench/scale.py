@@ -36,8 +36,8 @@ from services.bench.cli import BenchRun, Plan, _progress
 from services.bench.harness import BenchFailure
 from services.bench.stats import Target, epoch_to_utc, ms, rate, ratio
 from services.ports import require_tenant_names
-from shared.naming import TenantNames
-from shared.steps import STEPS
+from shared.domain.naming import TenantNames
+from shared.domain.steps import STEPS
 
 if TYPE_CHECKING:
     from rich.console import Console

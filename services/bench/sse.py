@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from services.bench.cli import BenchRun, Plan
 from services.bench.harness import BenchFailure
 from services.bench.stats import Target, summarize_or_none
-from shared.steps import STEPS, Chain, StepStatus
+from shared.domain.steps import STEPS, Chain, StepStatus
 
 if TYPE_CHECKING:
     import httpx

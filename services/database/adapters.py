@@ -13,8 +13,8 @@ from sqlalchemy import Connection, text
 from services.ports import require_tenant_names
 from services.tenant_cluster import ClusterAddress
 from shared.crypto import KeyedStore, generate_password
-from shared.errors import ErrorType, ProvisioningError
-from shared.naming import ARCHIVE_PREFIX, TENANT_PREFIX
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.naming import ARCHIVE_PREFIX, TENANT_PREFIX
 
 
 def _like(prefix: str) -> str:

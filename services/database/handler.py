@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from services.ports import CredentialStore, ProjectLedger, TenantClusters
-from shared.errors import ErrorType, ProvisioningError
-from shared.events import DatabaseInfo, StepResults
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.events import DatabaseInfo, StepResults
+from shared.domain.naming import TenantNames
 from shared.execution import StepContext, StepOutput
-from shared.naming import TenantNames
 
 
 def handle(

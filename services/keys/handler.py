@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.ports import KeyStore
-from shared.events import StepResults
+from shared.domain.events import StepResults
 from shared.execution import StepContext, StepOutput
 
 

@@ -18,7 +18,8 @@ import httpx
 from sqlalchemy import Engine, text
 
 from services.ports import Registered, TenantListingError
-from shared.errors import ErrorType, ProvisioningError, classify
+from shared.classify import classify
+from shared.domain.errors import ErrorType, ProvisioningError
 
 
 class CatalogRegistry:

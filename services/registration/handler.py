@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from services.ports import ServiceRegistry
-from shared.errors import ErrorType, ProvisioningError
-from shared.events import ServiceRegistration, StepResults, StorageRegistration
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.events import ServiceRegistration, StepResults, StorageRegistration
+from shared.domain.naming import TenantNames
 from shared.execution import StepContext, StepOutput
-from shared.naming import TenantNames
 
 Service = Literal["auth", "realtime", "storage"]
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from services.ports import TenantClusters
-from shared.errors import ErrorType, ProvisioningError
-from shared.events import StepResults
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.events import StepResults
+from shared.domain.naming import TenantNames
 from shared.execution import StepContext, StepOutput
-from shared.naming import TenantNames
 
 
 def handle(context: StepContext, *, clusters: TenantClusters) -> StepOutput:

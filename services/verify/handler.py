@@ -7,8 +7,8 @@ from datetime import datetime
 
 from services.ports import CredentialStore, KeyStore, ProjectLedger, ServiceRegistry, TenantClusters
 from services.schema.handler import placement_of
-from shared.errors import ErrorType, ProvisioningError
-from shared.events import (
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.events import (
     ProvisionProjectPayload,
     ProvisionProjectResult,
     ResultDatabase,
@@ -16,8 +16,8 @@ from shared.events import (
     ResultServices,
     StepResults,
 )
+from shared.domain.naming import TenantNames
 from shared.execution import StepContext, StepOutput
-from shared.naming import TenantNames
 
 SERVICES = ("auth", "realtime", "storage")
 

@@ -48,14 +48,13 @@ from services.api import (
 )
 from services.bootstrap import App
 from services.replay import replay
-from shared.db import ConflictingRequestError, RestoreRefusedError
-from shared.db.repository import restore_refusal
-from shared.errors import StoreUnavailableError
-from shared.events import ProvisionProjectPayload, utcnow
+from shared.domain.errors import StoreUnavailableError
+from shared.domain.events import ProvisionProjectPayload, utcnow
+from shared.domain.naming import InvalidProjectIdError, validate_project_id
+from shared.domain.records import ConflictingRequestError, RestoreRefusedError, restore_refusal
+from shared.domain.steps import PURGE_STEP, STEPS, Chain, resolve_step, step_by_name
 from shared.kafka.clients import PublishError
-from shared.naming import InvalidProjectIdError, validate_project_id
 from shared.settings import Settings
-from shared.steps import PURGE_STEP, STEPS, Chain, resolve_step, step_by_name
 
 from .auth import NO_TOKENS, TokenConfigError, TokenSet
 from .stream import ProjectStream, StreamSlots, TransitionListener, parse_last_event_id

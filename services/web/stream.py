@@ -23,10 +23,11 @@ import anyio.to_thread
 import psycopg
 import structlog
 
-from shared.db import StepRepository, StepTransition
+from shared.db import StepRepository
 from shared.db.engine import libpq_url
-from shared.errors import StoreUnavailableError
-from shared.steps import FINAL_STEP, TERMINAL_STAGES, Stage, StepStatus, derive_stage, step_by_name
+from shared.domain.errors import StoreUnavailableError
+from shared.domain.records import StepTransition
+from shared.domain.steps import FINAL_STEP, TERMINAL_STAGES, Stage, StepStatus, derive_stage, step_by_name
 
 from .views import StepState, eta_seconds, step_error
 

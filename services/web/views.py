@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.db import StepRepository, StepRow
-from shared.errors import ErrorType
-from shared.steps import REVERSE_STEPS, STEPS, TERMINAL_STAGES, Chain, Stage, StepStatus, step_by_name
+from shared.db import StepRepository
+from shared.domain.errors import ErrorType
+from shared.domain.records import StepRow
+from shared.domain.steps import REVERSE_STEPS, STEPS, TERMINAL_STAGES, Chain, Stage, StepStatus, step_by_name
 
 
 class _View(BaseModel):

@@ -1,43 +1,15 @@
-"""The control-plane database: tables, migrations and the step-table state machine."""
+"""The control-plane database: tables, migrations and the step-table state machine in SQL.
+
+The records it reads and writes are the domain's (:mod:`shared.domain.records`)."""
 
 from shared.db.engine import current_revision, libpq_url, make_engine, migrate, sqlalchemy_url
-from shared.db.repository import (
-    ALLOWED_TRANSITIONS,
-    Claim,
-    ConflictingRequestError,
-    ProjectOverview,
-    ProjectRecord,
-    ProjectRemovedError,
-    Registration,
-    RestoreRefusedError,
-    Snapshot,
-    StepRepository,
-    StepRow,
-    StepTransition,
-    StrandRule,
-    removed_reason,
-    request_hash,
-)
+from shared.db.repository import StepRepository
 
 __all__ = [
-    "ALLOWED_TRANSITIONS",
-    "Claim",
-    "ConflictingRequestError",
-    "ProjectOverview",
-    "ProjectRecord",
-    "ProjectRemovedError",
-    "Registration",
-    "RestoreRefusedError",
-    "Snapshot",
     "StepRepository",
-    "StepRow",
-    "StepTransition",
-    "StrandRule",
     "current_revision",
     "libpq_url",
     "make_engine",
     "migrate",
-    "removed_reason",
-    "request_hash",
     "sqlalchemy_url",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from shared.events import (
+from shared.domain.events import (
     SUPPORTED_SCHEMA_VERSIONS,
     Envelope,
     Event,

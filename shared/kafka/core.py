@@ -26,8 +26,8 @@ from typing import Any, cast
 import structlog
 from pydantic import BaseModel
 
-from shared.errors import ErrorType, StoreUnavailableError
-from shared.events import (
+from shared.domain.errors import ErrorType, StoreUnavailableError
+from shared.domain.events import (
     DeadLettered,
     DeprovisioningRequested,
     Envelope,
@@ -45,6 +45,7 @@ from shared.events import (
     retry_event_for,
     utcnow,
 )
+from shared.domain.steps import DEADLETTER_TOPIC, StepStatus
 from shared.execution import (
     Busy,
     Completed,
@@ -61,7 +62,6 @@ from shared.execution import (
 )
 from shared.kafka.codec import DecodeError, decode, header_map
 from shared.observability import Metrics
-from shared.steps import DEADLETTER_TOPIC, StepStatus
 
 log = structlog.get_logger("provision.worker")
 

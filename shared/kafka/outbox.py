@@ -8,10 +8,10 @@ import uuid
 from sqlalchemy import Connection, Engine, text
 
 from shared.db import StepRepository
-from shared.events import PurgeRequested, utcnow
+from shared.domain.events import PurgeRequested, utcnow
+from shared.domain.steps import PURGE_REQUESTED_TOPIC
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import Headers, encode, header_map
-from shared.steps import PURGE_REQUESTED_TOPIC
 from shared.tracing import new_trace
 
 

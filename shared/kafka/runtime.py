@@ -28,7 +28,8 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from shared.events import DeadLettered, Event
+from shared.domain.events import DeadLettered, Event
+from shared.domain.steps import DEADLETTER_TOPIC
 from shared.execution import StepSpec, StepStore
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode, header_map
@@ -45,7 +46,6 @@ from shared.kafka.core import (
 )
 from shared.kafka.ports import ConsumerLike
 from shared.observability import Health, Metrics
-from shared.steps import DEADLETTER_TOPIC
 from shared.tracing import TraceContext, new_trace, parse_traceparent, span
 
 __all__ = ["CRASH_POINTS", "CommittedOffsets", "Duty", "RetryPolicy", "StepWorker", "WorkerOptions"]

@@ -16,7 +16,7 @@ import psycopg
 
 from services.bootstrap import App
 from shared.db import libpq_url
-from shared.naming import TenantNames
+from shared.domain.naming import TenantNames
 from shared.settings import Settings
 from tests.support import env_of, make_app
 

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Mapping
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from shared.events import DeadLettered
+from shared.domain.events import DeadLettered
+from shared.domain.steps import DEADLETTER_TOPIC
 from shared.kafka import read_to_end
-from shared.steps import DEADLETTER_TOPIC
 
 
 def read_all(bootstrap: str, topics: Iterable[str], *, timeout: float = 10.0) -> list[Message]:

@@ -13,8 +13,8 @@ import psycopg
 
 from services.bootstrap import App
 from shared.db import libpq_url
-from shared.naming import TenantNames
-from shared.steps import ALL_STEPS, FINAL_REVERSE_STEP, PURGE_STEP, STEP_KEYS, STEPS, Stage
+from shared.domain.naming import TenantNames
+from shared.domain.steps import ALL_STEPS, FINAL_REVERSE_STEP, PURGE_STEP, STEP_KEYS, STEPS, Stage
 from tests.support import WorkerGroup, stages, wait_for
 
 

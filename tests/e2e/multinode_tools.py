@@ -13,8 +13,8 @@ from confluent_kafka.admin import AdminClient
 
 from services.bootstrap import App
 from shared.db import libpq_url
-from shared.naming import TenantNames
-from shared.steps import Stage
+from shared.domain.naming import TenantNames
+from shared.domain.steps import Stage
 from tests.e2e.faults import side_effects
 from tests.support import stages
 

@@ -15,9 +15,10 @@ import pytest
 
 from services.api import InvalidRequestError, request_provisioning
 from services.bootstrap import App
-from shared.db import ConflictingRequestError, libpq_url
-from shared.events import DeadLettered
-from shared.steps import (
+from shared.db import libpq_url
+from shared.domain.events import DeadLettered
+from shared.domain.records import ConflictingRequestError
+from shared.domain.steps import (
     DEADLETTER_TOPIC,
     REQUESTED_TOPIC,
 )

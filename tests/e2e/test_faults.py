@@ -12,14 +12,14 @@ import pytest
 from services.api import project_status, request_provisioning
 from services.bootstrap import App
 from services.replay import replay
-from shared.infra import LocalInfra
-from shared.kafka import CRASH_POINTS
-from shared.steps import (
+from shared.domain.steps import (
     STEP_KEYS,
     Stage,
     StepStatus,
     step_by_key,
 )
+from shared.infra import LocalInfra
+from shared.kafka import CRASH_POINTS
 from tests.e2e.faults import assert_each_side_effect_once, service_stand_in, side_effects
 from tests.e2e.kafka_tools import read_all
 from tests.support import WorkerGroup, env_of, make_app, unique_project, wait_for, wait_until_stage

@@ -31,10 +31,9 @@ from services.api import InvalidRequestError, project_status, request_provisioni
 from services.bootstrap import App
 from services.replay import replay
 from shared.db import libpq_url
-from shared.events import DeadLettered, ProvisionProjectPayload, request_limit, request_size, utcnow
-from shared.execution import outcome_event_id
-from shared.naming import TenantNames
-from shared.steps import (
+from shared.domain.events import DeadLettered, ProvisionProjectPayload, request_limit, request_size, utcnow
+from shared.domain.naming import TenantNames
+from shared.domain.steps import (
     DEADLETTER_TOPIC,
     REQUESTED_TOPIC,
     STEPS,
@@ -43,6 +42,7 @@ from shared.steps import (
     StepStatus,
     step_by_key,
 )
+from shared.execution import outcome_event_id
 from tests.e2e.faults import ServiceStandIn, service_stand_in, side_effects
 from tests.e2e.kafka_tools import dead_letters, produce_raw, read_all
 from tests.support import REPO_ROOT, WorkerGroup, settings_env, unique_project, wait_for, wait_until_stage

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.bootstrap import App
-from shared.steps import STEPS
+from shared.domain.steps import STEPS
 from tests.api_server import RunningApi, serve_api
 from tests.sse import stream_until_end
 from tests.support import WorkerGroup

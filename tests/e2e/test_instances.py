@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from services.api import request_provisioning
 from services.bootstrap import App
-from shared.steps import STEP_KEYS, StepStatus, step_by_key
+from shared.domain.steps import STEP_KEYS, StepStatus, step_by_key
 from tests.e2e.faults import assert_each_side_effect_once
 from tests.e2e.instances import Instances, logged_at
 from tests.support import unique_project, wait_for, wait_until_stage

@@ -11,8 +11,16 @@ import pytest
 
 from services.api import project_status, request_deprovisioning, request_provisioning
 from services.bootstrap import App
+from shared.domain.steps import (
+    REVERSE_STEP_NAMES,
+    REVERSE_STEPS,
+    STEP_KEYS,
+    STEPS,
+    Stage,
+    StepStatus,
+    step_by_key,
+)
 from shared.kafka import CRASH_POINTS
-from shared.steps import REVERSE_STEP_NAMES, REVERSE_STEPS, STEP_KEYS, STEPS, Stage, StepStatus, step_by_key
 from tests.e2e.faults import assert_each_side_effect_once
 from tests.e2e.lifecycle_tools import LifecycleTable, leftovers, start_ready, tombstones, worker_held
 from tests.support import WorkerGroup, env_of, stages, unique_project, wait_for, wait_until_stage

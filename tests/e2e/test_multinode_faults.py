@@ -21,9 +21,9 @@ from services.api import project_status, request_provisioning
 from services.bootstrap import App, build_app
 from services.replay import replay
 from shared.db import migrate
+from shared.domain.steps import REQUESTED_TOPIC, STEP_KEYS, Stage, StepStatus, all_topics, step_by_key
 from shared.infra import InfraEnv, LocalInfra
 from shared.kafka import ensure_topics
-from shared.steps import REQUESTED_TOPIC, STEP_KEYS, Stage, StepStatus, all_topics, step_by_key
 from tests.conftest import TEST_CONTROLLER_PORT, TEST_KAFKA_PORT, TEST_PG_PORT, TEST_STATE_DIR
 from tests.e2e.lifecycle_tools import start_ready
 from tests.e2e.multinode_tools import FaultTable, leader_node, outcome, wait_fully_replicated

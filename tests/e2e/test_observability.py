@@ -10,7 +10,7 @@ import pytest
 
 from services.api import request_provisioning
 from services.bootstrap import App
-from shared.steps import REQUESTED_TOPIC, STEPS
+from shared.domain.steps import REQUESTED_TOPIC, STEPS
 from shared.tracing import parse_traceparent
 from tests.e2e.kafka_tools import read_all
 from tests.support import WorkerGroup, unique_project, wait_for, wait_until_stage

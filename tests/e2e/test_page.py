@@ -15,7 +15,7 @@ from playwright.sync_api import Page, ViewportSize, expect
 from services.bootstrap import App
 from services.web.app import create_api
 from services.web.auth import TokenSet, new_token
-from shared.steps import STEP_NAMES
+from shared.domain.steps import STEP_NAMES
 from tests.api_server import serving
 from tests.browser import chromium
 from tests.e2e.faults import ServiceStandIn, service_stand_in

@@ -14,9 +14,9 @@ from services.api import project_status, request_provisioning
 from services.bootstrap import App
 from services.cli import app as cli
 from shared.db import libpq_url
-from shared.events import VerifyCompleted
-from shared.naming import TenantNames
-from shared.steps import FINAL_STEP, REQUESTED_TOPIC, STEP_KEYS, Stage, all_topics
+from shared.domain.events import VerifyCompleted
+from shared.domain.naming import TenantNames
+from shared.domain.steps import FINAL_STEP, REQUESTED_TOPIC, STEP_KEYS, Stage, all_topics
 from tests.e2e.kafka_tools import produce_raw, read_all
 from tests.support import TEST_SECRET_KEY, WorkerGroup, unique_project, wait_until_stage
 

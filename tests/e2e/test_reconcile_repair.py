@@ -15,8 +15,8 @@ from psycopg import sql
 from services.api import project_status, request_provisioning
 from services.bootstrap import App
 from services.reconcile import Action, plan_for, reconcile, repair
-from shared.naming import TenantNames
-from shared.steps import Stage, StepStatus
+from shared.domain.naming import TenantNames
+from shared.domain.steps import Stage, StepStatus
 from tests.e2e.lifecycle_tools import start_ready
 from tests.integration.test_reconcile import ROWS, rows_of, write_rows
 from tests.isolated_plane import Plane

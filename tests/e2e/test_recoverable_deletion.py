@@ -18,9 +18,9 @@ from services.api import project_status, request_deprovisioning, request_provisi
 from services.bootstrap import App
 from services.cli import app as cli
 from services.credentials import reveal_credentials
-from shared.db import RestoreRefusedError
-from shared.naming import TenantNames
-from shared.steps import PURGE_STEP, STEP_KEYS, STEP_NAMES, Stage, StepStatus
+from shared.domain.naming import TenantNames
+from shared.domain.records import RestoreRefusedError
+from shared.domain.steps import PURGE_STEP, STEP_KEYS, STEP_NAMES, Stage, StepStatus
 from tests.e2e.lifecycle_tools import leftovers, start_ready
 from tests.support import TEST_SECRET_KEY, WorkerGroup, env_of, unique_project, wait_for, wait_until_stage
 from tests.support import test_settings as settings_for_tests

@@ -12,7 +12,7 @@ from services.bootstrap import App
 from services.database.adapters import PostgresTenantCluster
 from services.tenant_cluster import ClusterAddress
 from shared.crypto import generate_password
-from shared.naming import TenantNames
+from shared.domain.naming import TenantNames
 from tests.integration.tenants import Tenant
 from tests.support import unique_project
 

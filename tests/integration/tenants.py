@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from services.tenant_cluster import ClusterAddress
-from shared.naming import TenantNames
+from shared.domain.naming import TenantNames
 
 
 @dataclass(frozen=True)

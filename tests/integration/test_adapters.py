@@ -25,9 +25,10 @@ from services.registration.adapters import CatalogRegistry, HttpRegistry
 from services.schema.adapters import BASELINE_VERSION, PostgresTenantSchemas
 from services.tenant_cluster import ClusterAddress
 from services.verify.adapters import PostgresTenantProbe
+from shared.classify import classify
 from shared.crypto import generate_password
-from shared.errors import ErrorType, ProvisioningError, classify
-from shared.naming import TenantNames
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.naming import TenantNames
 from tests.integration.tenants import Tenant, admin_value, connect_as, race
 from tests.support import unique_project
 

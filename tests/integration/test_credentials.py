@@ -16,8 +16,8 @@ from psycopg import sql
 from services.api import provision_project_handler, request_deprovisioning
 from services.bootstrap import App
 from services.credentials import CredentialsError, reveal_credentials, rotate_credentials
+from shared.domain.naming import TenantNames
 from shared.infra import InfraEnv
-from shared.naming import TenantNames
 from tests import support
 from tests.integration.test_requests import payload
 from tests.support import REPO_ROOT, settings_env, unique_project

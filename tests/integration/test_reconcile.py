@@ -38,8 +38,8 @@ from services.reconcile import (
     reconcile,
     repair,
 )
-from shared.naming import TenantNames
-from shared.steps import STEPS, StepStatus, step_by_key
+from shared.domain.naming import TenantNames
+from shared.domain.steps import STEPS, StepStatus, step_by_key
 from tests.e2e.faults import ServiceStandIn, service_stand_in
 from tests.integration.test_requests import payload
 from tests.isolated_plane import Plane

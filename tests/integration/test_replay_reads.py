@@ -10,7 +10,7 @@ import pytest
 
 from services.bootstrap import App
 from services.replay import replay
-from shared.events import (
+from shared.domain.events import (
     DatabaseInfo,
     ErrorInfo,
     ProvisionProjectPayload,
@@ -21,9 +21,9 @@ from shared.events import (
     retry_event_for,
     utcnow,
 )
+from shared.domain.steps import StepStatus, step_by_key
 from shared.infra import InfraEnv
 from shared.kafka import encode, read_to_end
-from shared.steps import StepStatus, step_by_key
 from shared.tracing import new_trace
 from tests.support import make_app, unique_project
 

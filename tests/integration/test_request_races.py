@@ -21,8 +21,8 @@ from services.api import (
     request_provisioning,
 )
 from services.bootstrap import App
-from shared.db import ProjectRemovedError
-from shared.steps import PURGE_STEP, REVERSE_STEPS, StepStatus
+from shared.domain.records import ProjectRemovedError
+from shared.domain.steps import PURGE_STEP, REVERSE_STEPS, StepStatus
 from tests.support import REPO_ROOT, settings_env, unique_project
 
 TRIES = 40

@@ -23,19 +23,19 @@ from services.api import (
 )
 from services.bootstrap import App
 from services.database.adapters import PostgresTenantCluster
-from shared.db import ConflictingRequestError
-from shared.errors import ErrorType, ProvisioningError
-from shared.events import (
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.events import (
     ProvisioningRequested,
     ProvisionProjectPayload,
     ProvisionProjectResult,
     utcnow,
 )
+from shared.domain.naming import TenantNames
+from shared.domain.records import ConflictingRequestError
+from shared.domain.steps import REQUESTED_TOPIC, STEP_NAMES, Stage, StepStatus
 from shared.infra import InfraEnv
 from shared.kafka import Publisher, add_to_outbox, encode, read_to_end, relay_outbox
 from shared.kafka.codec import header_map
-from shared.naming import TenantNames
-from shared.steps import REQUESTED_TOPIC, STEP_NAMES, Stage, StepStatus
 from shared.tracing import new_trace
 from tests.support import make_app, unique_project
 

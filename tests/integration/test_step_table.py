@@ -22,10 +22,10 @@ from services.api import (
 from services.bootstrap import App
 from shared.db import StepRepository, make_engine, migrate
 from shared.db.engine import libpq_url
-from shared.db.repository import StepRow
-from shared.errors import InvalidTransitionError
-from shared.naming import InvalidProjectIdError
-from shared.steps import STEP_NAMES, StepStatus
+from shared.domain.errors import InvalidTransitionError
+from shared.domain.naming import InvalidProjectIdError
+from shared.domain.records import StepRow
+from shared.domain.steps import STEP_NAMES, StepStatus
 from tests.support import unique_project
 
 S = StepStatus

@@ -20,10 +20,10 @@ import pytest
 
 from services.bootstrap import App
 from shared.db import StepRepository, make_engine
-from shared.db.repository import ALLOWED_TRANSITIONS, Claim, Registration, RestoreRefusedError, StepRow
-from shared.errors import InvalidTransitionError, StoreUnavailableError
-from shared.events import ProvisionProjectPayload
-from shared.steps import (
+from shared.domain.errors import InvalidTransitionError, StoreUnavailableError
+from shared.domain.events import ProvisionProjectPayload
+from shared.domain.records import ALLOWED_TRANSITIONS, Claim, Registration, RestoreRefusedError, StepRow
+from shared.domain.steps import (
     PURGE_STEP,
     REVERSE_STEP_NAMES,
     STEP_NAMES,

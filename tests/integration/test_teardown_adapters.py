@@ -20,8 +20,9 @@ from services.ports import TenantListingError
 from services.registration.adapters import CatalogRegistry, HttpRegistry
 from services.schema.adapters import PostgresTenantSchemas
 from services.tenant_cluster import ClusterAddress
-from shared.errors import ErrorType, ProvisioningError, classify
-from shared.naming import TenantNames
+from shared.classify import classify
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.naming import TenantNames
 from tests.e2e.faults import ServiceStandIn, service_stand_in
 from tests.integration.tenants import Tenant, admin_value, connect_as, race
 from tests.support import unique_project

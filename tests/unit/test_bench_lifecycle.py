@@ -22,8 +22,8 @@ from services.bench.lifecycle import (
     summary_lines,
     verdict,
 )
-from shared.db import StepRow
-from shared.steps import DEADLETTER_TOPIC, FINAL_STEP, REVERSE_STEPS, STEPS, Stage, StepStatus
+from shared.domain.records import StepRow
+from shared.domain.steps import DEADLETTER_TOPIC, FINAL_STEP, REVERSE_STEPS, STEPS, Stage, StepStatus
 from tests.fakes import Fakes
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from services.tenant_cluster import POOL_WAIT_SECONDS, ClusterAddress, ClusterUnreachableError
-from shared.errors import ErrorType, classify
+from shared.classify import classify
+from shared.domain.errors import ErrorType
 
 
 def closed_port() -> int:

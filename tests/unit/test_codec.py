@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from shared.events import ProvisioningRequested
+from shared.domain.events import ProvisioningRequested
+from shared.domain.steps import REQUESTED_TOPIC
 from shared.kafka.codec import Decoded, DecodeError, decode, encode
-from shared.steps import REQUESTED_TOPIC
 from shared.tracing import new_trace
 from tests.fakes import make_requested, requested_json
 

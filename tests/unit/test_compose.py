@@ -18,8 +18,8 @@ from pydantic import AliasChoices
 from typer.main import get_command
 
 from services.cli import app
+from shared.domain.steps import STEP_KEYS
 from shared.settings import Settings
-from shared.steps import STEP_KEYS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"

@@ -21,7 +21,7 @@ from hypothesis_jsonschema import from_schema
 from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import ValidationError
 
-from shared.events import DeadLettered, Event, event_models
+from shared.domain.events import DeadLettered, Event, event_models
 from shared.kafka.codec import DecodeError, decode, loads_strict
 from shared.settings import Settings
 from tests.fakes import requested_json

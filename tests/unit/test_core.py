@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from shared.events import DeadLettered, utcnow
+from shared.domain.events import DeadLettered, utcnow
+from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.kafka.codec import encode
 from shared.kafka.core import (
     RETRY_WAIT_SLACK_SECONDS,
@@ -19,7 +20,6 @@ from shared.kafka.core import (
     WorkerOptions,
 )
 from shared.observability import Metrics
-from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.tracing import new_trace
 from tests.fakes import FakeClock, Fakes, make_requested, make_retry
 

@@ -18,8 +18,8 @@ from services.keys import handler as keys
 from services.registration import handler as registration
 from services.schema import handler as schema
 from services.verify import handler as verify
-from shared.errors import ErrorType, ProvisioningError
-from shared.events import (
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.events import (
     DeadLettered,
     DeprovisioningRequested,
     DeregisterStorageCompleted,
@@ -32,20 +32,8 @@ from shared.events import (
     SchemaCompleted,
     utcnow,
 )
-from shared.execution import Busy, Completed, Ignored, Outcome, Rejected, StepContext, Trigger, run_step
-from shared.kafka.codec import encode
-from shared.kafka.core import (
-    RETRY_WAIT_SLACK_SECONDS,
-    Deliver,
-    Incoming,
-    RetryPolicy,
-    StepCore,
-    Wait,
-    WorkerOptions,
-)
-from shared.naming import TenantNames
-from shared.observability import Metrics
-from shared.steps import (
+from shared.domain.naming import TenantNames
+from shared.domain.steps import (
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
     PURGE_STEP,
@@ -58,6 +46,18 @@ from shared.steps import (
     derive_stage,
     step_by_key,
 )
+from shared.execution import Busy, Completed, Ignored, Outcome, Rejected, StepContext, Trigger, run_step
+from shared.kafka.codec import encode
+from shared.kafka.core import (
+    RETRY_WAIT_SLACK_SECONDS,
+    Deliver,
+    Incoming,
+    RetryPolicy,
+    StepCore,
+    Wait,
+    WorkerOptions,
+)
+from shared.observability import Metrics
 from shared.tracing import new_trace
 from tests.fakes import (
     LEASE_SECONDS,

@@ -6,7 +6,8 @@ import httpx
 import psycopg
 import pytest
 
-from shared.errors import ErrorType, InvalidTransitionError, ProvisioningError, classify
+from shared.classify import classify
+from shared.domain.errors import ErrorType, InvalidTransitionError, ProvisioningError
 
 
 @pytest.mark.parametrize("error_type", list(ErrorType))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from shared.events import (
+from shared.domain.events import (
     ApiKeyInfo,
     DatabaseInfo,
     ErrorInfo,
@@ -27,8 +27,8 @@ from shared.events import (
     failed_event_for,
     retry_event_for,
 )
+from shared.domain.steps import STEP_KEYS, all_topics
 from shared.execution import outcome_event_id
-from shared.steps import STEP_KEYS, all_topics
 from tests.fakes import T0, make_payload, make_requested
 
 BASE = {"project_id": "acme-app", "region": "us-east-1"}

@@ -8,8 +8,9 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from shared.errors import ErrorType, ProvisioningError, StoreUnavailableError
-from shared.events import DatabaseInfo, ServiceRegistration
+from shared.domain.errors import ErrorType, ProvisioningError, StoreUnavailableError
+from shared.domain.events import DatabaseInfo, ServiceRegistration
+from shared.domain.steps import StepStatus, step_by_key
 from shared.execution import (
     Busy,
     Completed,
@@ -21,7 +22,6 @@ from shared.execution import (
     outcome_event_id,
     run_step,
 )
-from shared.steps import StepStatus, step_by_key
 from tests.fakes import LEASE_SECONDS, OWNER, Fakes, make_payload, make_requested, trigger_of
 
 PROJECT = "acme-app"

@@ -12,10 +12,10 @@ import pytest
 
 from services.bootstrap import App
 from shared.clusters import ClusterMap
-from shared.db.repository import ALLOWED_TRANSITIONS, Registration
-from shared.errors import InvalidTransitionError
+from shared.domain.errors import InvalidTransitionError
+from shared.domain.records import ALLOWED_TRANSITIONS, Registration
+from shared.domain.steps import REVERSE_STEPS, STEP_NAMES, STEPS, StepStatus
 from shared.settings import Settings
-from shared.steps import REVERSE_STEPS, STEP_NAMES, STEPS, StepStatus
 from tests.fakes import Fakes, FakeStepStore, make_payload
 
 S = StepStatus

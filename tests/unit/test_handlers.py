@@ -10,8 +10,8 @@ from services.auth import handler as auth_handler
 from services.realtime import handler as realtime_handler
 from services.storage import handler as storage_handler
 from shared.clusters import ClusterMap, TenantClusterConfig
-from shared.errors import ErrorType, ProvisioningError
-from shared.events import (
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.events import (
     DatabaseInfo,
     ProvisioningRequested,
     ProvisionProjectResult,
@@ -20,8 +20,8 @@ from shared.events import (
     VerifyCompleted,
     completed_event_for,
 )
+from shared.domain.steps import STEP_KEYS, StepStatus, step_by_key
 from shared.execution import Completed, Failed, Retry, outcome_event_id
-from shared.steps import STEP_KEYS, StepStatus, step_by_key
 from tests.fakes import OWNER, Fakes, context_of, make_deprovisioning_requested, make_requested
 
 PROJECT = "acme-app"

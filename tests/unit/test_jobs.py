@@ -23,7 +23,7 @@ from services.jobs import (
     register_job_handler,
     validate_required_handlers,
 )
-from shared.steps import STEP_NAMES
+from shared.domain.steps import STEP_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,8 +20,8 @@ import services.cli
 import services.worker
 from services.bootstrap import ConfigurationError, build_app, worker_environment
 from services.cli import app
+from shared.domain.steps import Chain
 from shared.settings import Settings
-from shared.steps import Chain
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

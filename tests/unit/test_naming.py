@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.naming import InvalidProjectIdError, TenantNames, validate_project_id
+from shared.domain.naming import InvalidProjectIdError, TenantNames, validate_project_id
 
 
 def test_tenant_names_for_valid_id() -> None:

@@ -27,10 +27,10 @@ from services.reconcile import (
     take_inventory,
 )
 from shared.clusters import ClusterMap, TenantClusterConfig
-from shared.errors import ErrorType
-from shared.events import utcnow
-from shared.naming import TenantNames
-from shared.steps import StepStatus
+from shared.domain.errors import ErrorType
+from shared.domain.events import utcnow
+from shared.domain.naming import TenantNames
+from shared.domain.steps import StepStatus
 from tests.fakes import Fakes, FakeTenantCluster, make_requested
 
 K = DriftKind

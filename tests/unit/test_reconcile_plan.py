@@ -18,9 +18,9 @@ from services.reconcile import (
     plan,
     take_inventory,
 )
-from shared.events import utcnow
-from shared.naming import TenantNames
-from shared.steps import STEPS, step_by_key
+from shared.domain.events import utcnow
+from shared.domain.naming import TenantNames
+from shared.domain.steps import STEPS, step_by_key
 from tests.fakes import Fakes, make_deprovisioning_requested, make_requested
 
 K = DriftKind

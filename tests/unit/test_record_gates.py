@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from shared.events import (
+from shared.domain.events import (
     DeadLettered,
     ErrorInfo,
     ProvisioningRequested,
@@ -20,11 +20,7 @@ from shared.events import (
     retry_event_for,
     utcnow,
 )
-from shared.execution import Busy, Completed, Ignored, Rejected
-from shared.kafka.codec import DecodeError, decode, encode
-from shared.kafka.core import Deliver, Incoming, StepCore, WorkerOptions, wrap_input
-from shared.observability import Metrics
-from shared.steps import (
+from shared.domain.steps import (
     DEADLETTER_TOPIC,
     FINAL_REVERSE_STEP,
     REQUESTED_TOPIC,
@@ -34,6 +30,10 @@ from shared.steps import (
     StepStatus,
     step_by_key,
 )
+from shared.execution import Busy, Completed, Ignored, Rejected
+from shared.kafka.codec import DecodeError, decode, encode
+from shared.kafka.core import Deliver, Incoming, StepCore, WorkerOptions, wrap_input
+from shared.observability import Metrics
 from shared.tracing import new_trace
 from tests.fakes import (
     Fakes,

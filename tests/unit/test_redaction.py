@@ -14,7 +14,7 @@ from services.keys.adapters import RevealedKey
 from services.tenant_cluster import ClusterAddress
 from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.crypto import SecretBox
-from shared.events import ApiKeyInfo
+from shared.domain.events import ApiKeyInfo
 from shared.infra import InfraEnv
 from shared.redact import mask_url
 from shared.settings import Settings

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from shared.events import DeadLettered, utcnow
+from shared.domain.events import DeadLettered, utcnow
+from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode
 from shared.kafka.core import Deliver, WorkerOptions
 from shared.kafka.runtime import CommittedOffsets, Duty, StepWorker
 from shared.observability import Health, Metrics
-from shared.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.tracing import new_trace
 from tests.fakebroker import FakeBroker, FakeConsumer, FakeProducer, MonotonicClock
 from tests.fakes import FakeClock, Fakes, make_requested, make_retry

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from shared.steps import (
+from shared.domain.steps import (
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
     FINAL_STEP,

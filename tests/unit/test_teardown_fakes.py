@@ -22,8 +22,9 @@ from services.ports import (
     require_tenant_names,
 )
 from services.registration.adapters import CatalogRegistry, HttpRegistry
-from shared.errors import ErrorType, ProvisioningError, classify
-from shared.naming import TenantNames
+from shared.classify import classify
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.naming import TenantNames
 from tests.fakes import (
     FakeCredentialStore,
     FakeKeyStore,

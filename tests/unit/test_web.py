@@ -22,9 +22,9 @@ from services.web.auth import NO_TOKENS, TokenConfigError, TokenSet, hash_token,
 from services.web.server import is_loopback
 from services.web.stream import ProjectStream, TransitionListener, _sse, parse_last_event_id, transition_event
 from services.web.views import eta_seconds, step_error, step_states
-from shared.db import StepRow, StepTransition
+from shared.domain.records import StepRow, StepTransition
+from shared.domain.steps import REVERSE_STEPS, STEPS, Stage, StepStatus
 from shared.settings import Settings
-from shared.steps import REVERSE_STEPS, STEPS, Stage, StepStatus
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

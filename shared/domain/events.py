@@ -26,7 +26,7 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from shared.steps import (
+from shared.domain.steps import (
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
     PURGE_REQUESTED_TOPIC,
