@@ -53,10 +53,9 @@ from shared.domain.naming import (
     project_id_of_archive,
     project_id_of_tenant,
 )
-from shared.domain.steps import FINAL_STEP, StepStatus, step_by_key, step_by_name
+from shared.domain.steps import FINAL_STEP, REGISTERED_SERVICES, StepStatus, step_by_key, step_by_name
 from shared.kafka import relay_outbox
 
-SERVICES: tuple[str, ...] = ("auth", "realtime", "storage")
 DATABASE_STEP = step_by_key("database").name
 SCHEMA_STEP = step_by_key("schema").name
 KEYS_STEP = step_by_key("keys").name
@@ -381,7 +380,7 @@ def take_inventory(
     registry: ServiceRegistry,
     *,
     labels: Mapping[str, str] | None = None,
-    services: Iterable[str] = SERVICES,
+    services: Iterable[str] = REGISTERED_SERVICES,
     keys: KeyCounts | None = None,
 ) -> Inventory:
     """List every source, the record before and after the others; ReconcileAbortedError

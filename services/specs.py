@@ -16,15 +16,13 @@ from services.ports import (
     ServiceRegistry,
     TenantClusters,
 )
-from services.registration.handler import Service, deregister, register
+from services.registration.handler import deregister, register
 from services.schema import handler as schema
 from services.verify import handler as verify
 from shared.domain.errors import ErrorType
 from shared.domain.events import ProvisionProjectResult
-from shared.domain.steps import PURGE_STEP, REVERSE_STEPS, STEPS, step_by_key
+from shared.domain.steps import PURGE_STEP, REGISTERED_SERVICES, REVERSE_STEPS, STEPS, step_by_key
 from shared.execution import StepSpec
-
-SERVICES: tuple[Service, ...] = ("auth", "realtime", "storage")
 
 SECRET_STEPS: frozenset[str] = frozenset({"database", "keys", "verify"})
 """The steps that encrypt or decrypt with the secret key (a tenant password, an API key's
@@ -77,7 +75,7 @@ def build_specs(
             extra_models={"result": result_from_json},
         ),
     }
-    for service in SERVICES:
+    for service in REGISTERED_SERVICES:
         specs[service] = StepSpec(
             step_by_key(service),
             functools.partial(register, service=service, registry=registry),
@@ -124,7 +122,7 @@ def build_reverse_specs(
             functools.partial(verify.mark_deleted, credentials=credentials, keys=keys_store, ledger=ledger),
         ),
     }
-    for service in SERVICES:
+    for service in REGISTERED_SERVICES:
         specs[f"deprovision-{service}"] = StepSpec(
             step_by_key(f"deprovision-{service}"),
             functools.partial(deregister, service=service, registry=registry),

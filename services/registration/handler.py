@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from services.ports import ServiceRegistry
 from shared.domain.errors import ErrorType, ProvisioningError
 from shared.domain.events import ServiceRegistration, StepResults, StorageRegistration
 from shared.domain.naming import TenantNames
+from shared.domain.steps import RegisteredService
 from shared.execution import StepContext, StepOutput
 
-Service = Literal["auth", "realtime", "storage"]
+Service = RegisteredService
 
 
 def register(context: StepContext, *, service: Service, registry: ServiceRegistry) -> StepOutput:

@@ -17,9 +17,8 @@ from shared.domain.events import (
     StepResults,
 )
 from shared.domain.naming import TenantNames
+from shared.domain.steps import REGISTERED_SERVICES
 from shared.execution import StepContext, StepOutput
-
-SERVICES = ("auth", "realtime", "storage")
 
 
 def handle(
@@ -57,7 +56,7 @@ def handle(
         )
     if facts.baseline_migrations < 1:
         raise ProvisioningError(ErrorType.SCHEMA_CREATION_FAILED, "the baseline migration is missing")
-    for service in SERVICES:
+    for service in REGISTERED_SERVICES:
         if getattr(request.services, service) and registry.lookup(service, context.project_id) is None:
             raise ProvisioningError(
                 ErrorType.SERVICE_REGISTRATION_FAILED, f"no {service} registration for the tenant"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal, cast
 
 REQUESTED_TOPIC = "provisioning.requested"
 DEPROVISIONING_REQUESTED_TOPIC = "deprovisioning.requested"
@@ -174,6 +175,12 @@ CHAIN_STEPS: dict[Chain, tuple[Step, ...]] = {
 ALL_STEPS: tuple[Step, ...] = STEPS + REVERSE_STEPS + PURGE_STEPS
 STEP_KEYS: tuple[str, ...] = tuple(s.key for s in STEPS)
 """The step services (and the provisioning steps' keys)."""
+RegisteredService = Literal["auth", "realtime", "storage"]
+"""A platform service a tenant is registered with (the type of one of REGISTERED_SERVICES)."""
+REGISTERED_SERVICES: tuple[RegisteredService, ...] = tuple(
+    cast("RegisteredService", s.service) for s in STEPS if s.stage.name.startswith("REGISTERING_")
+)
+"""The platform services a tenant is registered with, in chain order: the steps that register."""
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 REVERSE_STEP_NAMES: tuple[str, ...] = tuple(s.name for s in REVERSE_STEPS)
 _BY_KEY = {s.key: s for s in ALL_STEPS}

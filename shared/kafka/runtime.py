@@ -22,7 +22,6 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import structlog
@@ -131,15 +130,6 @@ class StepWorker:
         self._last_lag = float("-inf")
 
     # --- lifecycle ------------------------------------------------------------------------
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT finish the message in hand, commit and close."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("shutdown_requested", signal=signal.Signals(signum).name)
-        self.stop()
 
     def stop(self) -> None:
         """Ask the loop to stop after the message in hand."""

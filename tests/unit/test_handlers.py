@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from services.auth import handler as auth_handler
-from services.realtime import handler as realtime_handler
-from services.storage import handler as storage_handler
 from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.domain.errors import ErrorType, ProvisioningError
 from shared.domain.events import (
@@ -20,7 +15,7 @@ from shared.domain.events import (
     VerifyCompleted,
     completed_event_for,
 )
-from shared.domain.steps import STEP_KEYS, StepStatus, step_by_key
+from shared.domain.steps import REGISTERED_SERVICES, STEP_KEYS, StepStatus, step_by_key
 from shared.execution import Completed, Failed, Retry, outcome_event_id
 from tests.fakes import OWNER, Fakes, context_of, make_deprovisioning_requested, make_requested
 
@@ -323,18 +318,15 @@ def test_registration_failure_propagates(fakes: Fakes, service: str) -> None:
     assert _row_status(fakes, service) is StepStatus.PENDING
 
 
-@pytest.mark.parametrize(
-    ("module", "service"),
-    [(auth_handler, "auth"), (realtime_handler, "realtime"), (storage_handler, "storage")],
-)
-def test_service_handler_modules_register_their_service(fakes: Fakes, module: Any, service: str) -> None:
-    """Each per-service handler module registers with its own service; its spec skips on it."""
+@pytest.mark.parametrize("service", REGISTERED_SERVICES)
+def test_each_registration_step_registers_its_own_service(fakes: Fakes, service: str) -> None:
+    """Each registration step's consumer registers with its own service; its spec skips on it."""
     event = fakes.input_for(service, make_requested())
     before = len(fakes.registry.calls)
-    output = module.handle(context_of(event), registry=fakes.registry)
-    assert service == module.SERVICE
+    outcome = fakes.run(service, event)
+    assert isinstance(outcome, Completed)
     assert fakes.registry.calls[before:] == [("register", service, PROJECT)]
-    assert getattr(output.results, service).tenant_id == PROJECT
+    assert getattr(outcome.event.results, service).tenant_id == PROJECT
     assert fakes.specs[service].skip_service == service
 
 

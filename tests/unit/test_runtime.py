@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -461,17 +460,6 @@ def test_final_flush_and_close_failures_do_not_raise(rig: Rig, monkeypatch: pyte
     rig.worker.stop()
     rig.worker.run()
     assert not rig.consumer.closed
-
-
-def test_a_signal_asks_the_loop_to_stop(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGTERM and SIGINT are routed to ``stop``: the message in hand finishes, then the loop ends."""
-    installed: dict[int, Any] = {}
-    monkeypatch.setattr(signal, "signal", installed.setdefault)
-    rig.worker.install_signal_handlers()
-    assert set(installed) == {signal.SIGTERM, signal.SIGINT}
-    installed[signal.SIGTERM](signal.SIGTERM, None)
-    rig.worker.run()
-    assert rig.consumer.closed
 
 
 # --- crash points ----------------------------------------------------------------------------------
