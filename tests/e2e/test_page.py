@@ -411,3 +411,22 @@ def test_a_purged_projects_view_says_so_and_offers_no_restore(
             expect(notice).to_contain_text("Its archive was purged at ")
             expect(notice).to_contain_text("it cannot be restored")
             expect(page.locator("#restore")).to_be_hidden()
+
+
+def test_the_landing_view_asks_for_a_token_and_then_lists(app: App) -> None:
+    """With tokens required, the landing view asks for one before it can list; given it, the
+    list is read (the counts show the project just requested)."""
+    token, entry = new_token("page-landing")
+    api = create_api(app, tokens=TokenSet.parse([entry], source="test"), insecure_local=False)
+    with serving(api) as base_url, chromium() as browser:
+        _request_project(base_url, token=token)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"{base_url}/")
+        expect(page.locator("#token-reason")).to_have_text("This API needs a token to list projects.")
+        expect(page.locator("#landing-status")).not_to_contain_text("updated")
+
+        page.locator("#token").fill(token)
+        page.locator("#token-form button").click()
+        _listed(page)
+        expect(page.locator("#token-box")).to_be_hidden()
+        expect(page.locator("#counts .count").first).to_be_visible()
