@@ -1,25 +1,32 @@
 """The live page in a real headless Chromium against the real HTTP API, broker, database and
 step workers (separate OS processes): steps fill in as they happen, a failure shows its cause
-and remedy, and the replay button re-drives it."""
+and remedy, and the replay button re-drives it; with no project open, the landing view lists
+the projects that need an operator; a deleted project's view offers its restore."""
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, ViewportSize, expect
+from playwright.sync_api import Locator, Page, ViewportSize, expect
+from sqlalchemy import text
 
+from services.api import request_deprovisioning
 from services.bootstrap import App
 from services.web.app import create_api
 from services.web.auth import TokenSet, new_token
-from shared.domain.steps import STEP_NAMES
+from shared.domain.events import ProvisionProjectPayload
+from shared.domain.steps import STEP_NAMES, Stage
 from tests.api_server import serving
 from tests.browser import chromium
 from tests.e2e.faults import ServiceStandIn, service_stand_in
-from tests.support import REPO_ROOT, WorkerGroup, unique_project
+from tests.isolated_plane import Plane
+from tests.support import REPO_ROOT, WorkerGroup, unique_project, wait_for, wait_until_stage
 
 pytestmark = pytest.mark.e2e
 
@@ -195,3 +202,231 @@ def test_a_token_typed_into_the_page_opens_a_guarded_project(app: App) -> None:
             expect(page.locator("#chain-provisioning tr[data-step]")).to_have_count(len(STEP_NAMES))
             expect(page.locator("#project-id")).to_have_text(project_id)
             assert page.evaluate("sessionStorage.getItem('provision.apiToken')") == token
+
+
+# --- the landing view, and a deleted project's view ---------------------------------------
+
+
+def _attention_row(page: Page, project_id: str) -> Locator:
+    """The landing view's row of ``project_id`` (whatever other projects the session left)."""
+    return page.locator(f'#attention tr[data-project="{project_id}"]')
+
+
+def _listed(page: Page) -> None:
+    """Wait until the landing view has read the list at least once since it was shown."""
+    expect(page.locator("#landing")).to_be_visible()
+    expect(page.locator("#landing-status")).to_contain_text("updated", timeout=SHOWN_WITHIN_MS)
+
+
+def _failing_project(base_url: str, app: App, stand_in: ServiceStandIn) -> str:
+    """A project whose auth registration is refused for good: FAILED at its third step."""
+    stand_in.reject.add("auth")
+    project_id = _request_project(base_url)
+    wait_until_stage(app, [project_id], Stage.FAILED, timeout=SHOWN_WITHIN_MS / 1000)
+    stand_in.reject.clear()
+    return project_id
+
+
+def _deleted_project(base_url: str, app: App) -> str:
+    """A project provisioned, then deprovisioned through the API: DELETED, restorable."""
+    project_id = _request_project(base_url)
+    wait_until_stage(app, [project_id], timeout=90)
+    status, body = _call(base_url, "DELETE", f"/v1/projects/{project_id}?reason=page+test")
+    assert status == 202, f"DELETE answered {status}: {body}"
+    wait_until_stage(app, [project_id], Stage.DELETED, timeout=90)
+    return project_id
+
+
+def test_the_landing_view_lists_a_failed_project_and_its_link_opens_it(
+    app: App, open_api: str, registering_workers: WorkerGroup, stand_in: ServiceStandIn
+) -> None:
+    """With no project open, a project that fails while the page is shown appears in the list
+    (no reload) with its stage, a failed badge and how long it has been unchanged, beside the
+    count per stage; its link opens its view, and going back shows the list again."""
+    with chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"{open_api}/")
+        _listed(page)
+        expect(page.locator("#view")).to_be_hidden()
+        project_id = _failing_project(open_api, app, stand_in)
+
+        row = _attention_row(page, project_id)
+        expect(row).to_be_visible(timeout=SHOWN_WITHIN_MS)
+        expect(row).to_have_attribute("data-stage", "FAILED")
+        expect(row.locator(".stage")).to_have_text("FAILED")
+        expect(row.locator('.badge[data-status="failed"]')).to_have_text("failed")
+        expect(row.locator(".badge[data-status=stuck], .badge[data-status=stranded]")).to_have_count(0)
+        expect(row.locator(".unchanged")).to_have_text(re.compile(r"^\d+ (s|min)$"))
+        expect(page.locator('#counts .count[data-stage="FAILED"] b')).to_have_text(re.compile(r"^[1-9]\d*$"))
+        expect(page.locator("#attention-none")).to_be_hidden()
+        _screenshot(page, "page-landing.png")
+
+        row.locator("a").click()
+        expect(page.locator("#landing")).to_be_hidden()
+        expect(page.locator("#project-id")).to_have_text(project_id)
+        expect(page.locator("#stage")).to_have_attribute("data-stage", "FAILED")
+        expect(page.locator('tr[data-step="register_auth_service"]')).to_have_attribute(
+            "data-status", "failed"
+        )
+        assert f"project={project_id}" in page.url
+
+        page.go_back()
+        _listed(page)
+        expect(page.locator("#view")).to_be_hidden()
+        expect(_attention_row(page, project_id)).to_be_visible()
+
+
+def test_a_completed_project_is_not_listed_as_needing_attention(
+    app: App, open_api: str, registering_workers: WorkerGroup
+) -> None:
+    """A project that reached COMPLETED has no row on the landing view, and the COMPLETED
+    count is shown."""
+    project_id = _request_project(open_api)
+    wait_until_stage(app, [project_id], timeout=90)
+    with chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"{open_api}/")
+        _listed(page)
+        expect(page.locator('#counts .count[data-stage="COMPLETED"] b')).to_have_text(
+            re.compile(r"^[1-9]\d*$")
+        )
+        expect(_attention_row(page, project_id)).to_have_count(0)
+        # The same after the next periodic read.
+        page.wait_for_timeout(6000)
+        expect(_attention_row(page, project_id)).to_have_count(0)
+
+
+def test_an_empty_control_plane_says_nothing_needs_attention(plane: Plane) -> None:
+    """On a control plane with no project, the landing view shows the calm line and no table."""
+    with serving(create_api(plane.app, tokens=None, insecure_local=True)) as base_url, chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"{base_url}/")
+        _listed(page)
+        expect(page.locator("#attention-none")).to_have_text("Nothing needs attention.")
+        expect(page.locator("#attention")).to_be_hidden()
+        expect(page.locator("#counts .count")).to_have_count(0)
+
+
+def test_the_landing_view_flags_a_stranded_project(plane: Plane) -> None:
+    """A project whose first step is pending with no message to move it, unchanged for hours,
+    is listed with its stage and a stranded badge, and its link opens it."""
+    project_id = unique_project("stranded")
+    payload = ProvisionProjectPayload.model_validate({"project_id": project_id, "region": REGION})
+    plane.app.repository.register_request(payload, uuid.uuid4())  # recorded, never published
+    with plane.app.engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE provisioning_steps SET updated_at = now() - interval '3 hours' WHERE project_id = :p"
+            ),
+            {"p": project_id},
+        )
+    with serving(create_api(plane.app, tokens=None, insecure_local=True)) as base_url, chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"{base_url}/")
+        _listed(page)
+        row = _attention_row(page, project_id)
+        expect(row).to_be_visible()
+        expect(row.locator('.badge[data-status="stranded"]')).to_have_text("stranded")
+        expect(row.locator(".stage")).to_have_text("INITIALIZING")
+        expect(row.locator(".unchanged")).to_have_text(re.compile(r"^3 h \d+ min$"))
+        expect(page.locator('#counts .count[data-stage="INITIALIZING"] b')).to_have_text("1")
+        row.locator("a").click()
+        expect(page.locator("#project-id")).to_have_text(project_id)
+
+
+def test_a_deleted_projects_view_offers_restore_and_restoring_brings_it_back(
+    app: App, open_api: str, registering_workers: WorkerGroup
+) -> None:
+    """A deprovisioned project's view shows when it was deleted and until when it can be restored,
+    with a Restore button; pressing it shows "Restoring…" and the page follows the provisioning
+    chain live until the project is COMPLETED again."""
+    project_id = _deleted_project(open_api, app)
+    status, view = _call(open_api, "GET", f"/v1/projects/{project_id}")
+    assert status == 200 and view["restorable"] is True, view
+    with chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"{open_api}/?project={project_id}")
+        expect(page.locator("#stage")).to_have_attribute("data-stage", "DELETED")
+        notice = page.locator("#removal")
+        expect(notice).to_be_visible()
+        expect(notice).to_contain_text("Deleted at ")
+        expect(notice).to_contain_text("It can be restored until ")
+        expect(page.locator("#restore")).to_be_visible()
+        expect(page.locator("#chain-deprovisioning")).to_be_visible()
+        _screenshot(page, "page-deleted.png")
+
+        page.locator("#restore").click()
+        expect(page.locator("#restore-note")).to_have_text("Restoring…")
+        for name in STEP_NAMES:
+            expect(page.locator(f'tr[data-step="{name}"]')).to_have_attribute(
+                "data-status", "success", timeout=SHOWN_WITHIN_MS
+            )
+        expect(page.locator("#stage")).to_have_attribute("data-stage", "COMPLETED", timeout=SHOWN_WITHIN_MS)
+        expect(page.locator("#restore-note")).to_have_text("Restored.")
+        expect(notice).to_be_hidden()
+        expect(page.locator("#restore")).to_be_hidden()
+        expect(page.locator("#chain-deprovisioning")).to_be_hidden()
+    assert _call(open_api, "GET", f"/v1/projects/{project_id}")[1]["stage"] == "COMPLETED"
+
+
+def test_a_refused_restore_shows_the_apis_reason(
+    app: App, open_api: str, registering_workers: WorkerGroup
+) -> None:
+    """A project restored behind the page's back: pressing the page's Restore button shows the
+    API's 409 message."""
+    project_id = _deleted_project(open_api, app)
+    with chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"{open_api}/?project={project_id}")
+        expect(page.locator("#restore")).to_be_visible()
+        status, _ = _call(open_api, "POST", f"/v1/projects/{project_id}/restore")
+        assert status == 202
+        status, refused = _call(open_api, "POST", f"/v1/projects/{project_id}/restore")
+        assert status == 409, refused
+        page.locator("#restore").click()
+        expect(page.locator("#restore-note")).to_have_text(f"Restore refused: {refused['error']['message']}")
+        wait_until_stage(app, [project_id], timeout=90)
+
+
+def test_a_purged_projects_view_says_so_and_offers_no_restore(
+    app: App, registering_workers: WorkerGroup
+) -> None:
+    """A project deleted with purge now: its view says when it was deleted and purged, and shows
+    no Restore button."""
+    with serving(create_api(app, tokens=None, insecure_local=True)) as base_url:
+        project_id = _request_project(base_url)
+        wait_until_stage(app, [project_id], timeout=90)
+        request_deprovisioning(project_id, reason="page test", purge_now=True, app=app)
+        wait_for(
+            lambda: _call(base_url, "GET", f"/v1/projects/{project_id}")[1].get("purged_at"),
+            timeout=90,
+            message="the purge did not run",
+        )
+        with chromium() as browser:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(f"{base_url}/#{project_id}")
+            notice = page.locator("#removal")
+            expect(notice).to_be_visible()
+            expect(notice).to_contain_text("Deleted at ")
+            expect(notice).to_contain_text("Its archive was purged at ")
+            expect(notice).to_contain_text("it cannot be restored")
+            expect(page.locator("#restore")).to_be_hidden()
+
+
+def test_the_landing_view_asks_for_a_token_and_then_lists(app: App) -> None:
+    """With tokens required, the landing view asks for one before it can list; given it, the
+    list is read (the counts show the project just requested)."""
+    token, entry = new_token("page-landing")
+    api = create_api(app, tokens=TokenSet.parse([entry], source="test"), insecure_local=False)
+    with serving(api) as base_url, chromium() as browser:
+        _request_project(base_url, token=token)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"{base_url}/")
+        expect(page.locator("#token-reason")).to_have_text("This API needs a token to list projects.")
+        expect(page.locator("#landing-status")).not_to_contain_text("updated")
+
+        page.locator("#token").fill(token)
+        page.locator("#token-form button").click()
+        _listed(page)
+        expect(page.locator("#token-box")).to_be_hidden()
+        expect(page.locator("#counts .count").first).to_be_visible()
