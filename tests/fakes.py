@@ -25,7 +25,7 @@ from services.reconcile import ProjectState, Removal
 from services.specs import build_purge_specs, build_reverse_specs, build_specs
 from shared.clusters import DEFAULT_CLUSTER, ClusterMap
 from shared.crypto import generate_api_key, generate_password
-from shared.db.repository import DEFAULT_RETENTION_SECONDS
+from shared.db import DEFAULT_RETENTION_SECONDS
 from shared.domain.errors import ErrorType, InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.domain.events import (
     ApiKeyInfo,
