@@ -3,8 +3,8 @@ on PostgreSQL: every branch of the step flow's port (``shared.domain.ports.StepS
 ``FakeStepStore`` and ``StepRepository``, with the seed's ``initialize`` and the orphan's bare
 deprovisioning a test sets up), and the ledger's marks (``FakeLedger`` and ``ProjectStore``),
 behave the same on both, so the unit tests that lean on the fakes test what production does.
-What no fake stands in for (the purge now, the restore, the list view's stages) is tested here
-on PostgreSQL only.
+What no fake stands in for is tested on PostgreSQL only: the purge now and the restore in
+``test_project_store.py``, the list view's stages in ``test_read_models.py``.
 
 Rows are compared by what a caller acts on (status, attempt, retry and replay counts, lease,
 result, error), never by the exact value of a timestamp: only whether it is set.
@@ -31,16 +31,13 @@ from shared.domain.records import (
     Claim,
     ProjectRecord,
     Registration,
-    RestoreRefusedError,
     StepRow,
 )
 from shared.domain.steps import (
     PURGE_STEP,
     REVERSE_STEP_NAMES,
     STEP_NAMES,
-    Stage,
     StepStatus,
-    derive_stage,
     step_by_name,
 )
 from tests.fakes import FakeLedger, FakeStepStore, make_payload
@@ -1044,37 +1041,6 @@ def test_mark_deleted_sets_the_tombstone_once_and_cancels_what_provisioning_left
     assert ledger.mark_deleted(project_id) == deleted_at
 
 
-def test_overview_stages_of_a_deprovisioning_agree_with_derive_stage(app: App) -> None:
-    """The overview's stage keys once reverse rows exist are DEPROVISIONING, DELETED (was ready),
-    CANCELLED (never ready) and FAILED (a reverse step failed), as derive_stage has them."""
-    repo = app.repository
-    projects: dict[Stage, str] = {}
-    for stage in (Stage.DEPROVISIONING, Stage.DELETED, Stage.CANCELLED, Stage.FAILED):
-        project_id, _, _ = register(repo)
-        if stage is Stage.DELETED:
-            app.projects.mark_ready(project_id)
-        deprovisioning = deprovision(repo, project_id)
-        if stage is not Stage.DEPROVISIONING:
-            reverse_done(
-                repo, project_id, deprovisioning, failing=REV_SECOND if stage is Stage.FAILED else None
-            )
-        projects[stage] = project_id
-
-    rows, counts = app.read_models.overview(limit=100_000)
-
-    found = {row.project_id: row.stage_key for row in rows}
-    for stage, project_id in projects.items():
-        snapshot = repo.snapshot(project_id)
-        assert snapshot.project is not None
-        statuses = {r.step_name: r.status for r in snapshot.steps}
-        derived = derive_stage(statuses, ever_ready=snapshot.project.ready_at is not None)
-        assert found[project_id] == stage.value == derived.value, project_id
-        assert counts[stage.value] >= 1
-    selected, _ = app.read_models.overview([Stage.CANCELLED.value], limit=100_000)
-    assert projects[Stage.CANCELLED] in {row.project_id for row in selected}
-    assert not {projects[s] for s in (Stage.DELETED, Stage.FAILED)} & {row.project_id for row in selected}
-
-
 # --- the same story, told by both stores --------------------------------------------------------
 
 
@@ -1224,14 +1190,6 @@ def removal(backend: str, request: pytest.FixtureRequest) -> tuple[Store, Ledger
     return StepRepository(app.engine, projects=projects, placements=app.placements), projects
 
 
-@pytest.fixture
-def removal_db(app: App) -> StepRepository:
-    """The repository on PostgreSQL whose project store keeps deleted projects ``WINDOW`` seconds
-    (the purge now and the restore have no fake: they are tested on the database only)."""
-    projects = ProjectStore(app.engine, retention_seconds=WINDOW)
-    return StepRepository(app.engine, projects=projects, placements=app.placements)
-
-
 def deleted(store: Store, ledger: Ledger, **fields: Any) -> tuple[str, uuid.UUID, uuid.UUID]:
     """A registered project deprovisioned and marked deleted: its id, request and deprovisioning ids."""
     project_id, correlation_id, _ = register(store, **fields)
@@ -1276,84 +1234,3 @@ def test_the_purge_is_claimed_only_under_the_deprovisioning_request(removal: tup
     elapse_for(store, WINDOW + 0.1)
     assert claim(store, project_id, correlation_id, PURGE_STEP.name) is None
     assert claim(store, project_id, uuid.uuid4(), PURGE_STEP.name) is None
-
-
-def test_purge_now_ends_the_window_before_the_deletion_and_after_it(removal_db: StepRepository) -> None:
-    """purge_now during the deprovisioning makes mark_deleted end the window at once; asked of a
-    project already deleted it ends the window too; of a live project it does nothing."""
-    store, projects = removal_db, removal_db.projects
-    project_id, _, _ = register(store)
-    assert projects.purge_now(project_id) is None
-    removal = uuid.uuid4()
-    projects.register_deprovisioning(project_id, removal, purge_now=True)
-    projects.mark_deleted(project_id)
-    assert claim(store, project_id, removal, PURGE_STEP.name) is not None
-
-    other, _, other_removal = deleted(store, projects)
-    assert claim(store, other, other_removal, PURGE_STEP.name) is None
-    assert projects.purge_now(other) is not None
-    assert claim(store, other, other_removal, PURGE_STEP.name) is not None
-
-
-def test_a_deleted_project_is_restored_within_its_window(removal_db: StepRepository) -> None:
-    """restore lifts the fence and the tombstone, removes the removal rows, sets the seven steps
-    pending at attempt 0 under the new request id, which then claims the first step; the old
-    request's id claims nothing; the same payload again is a duplicate, not a removed id."""
-    store, projects = removal_db, removal_db.projects
-    project_id, old, _ = register(store)
-    assert claim(store, project_id, old) is not None
-    store.transition(project_id, FIRST, S.SUCCESS, result={"results": {}}, expected_owner=ME)
-    store.register_deprovisioning(project_id, uuid.uuid4())
-    projects.mark_deleted(project_id)
-    new = uuid.uuid4()
-
-    record = projects.restore(project_id, new)
-
-    assert record.correlation_id == new
-    assert not record.fenced and record.deleted_at is None and record.restored_at is not None
-    steps = store.snapshot(project_id).steps
-    assert [r.step_name for r in steps] == list(STEP_NAMES)
-    assert [view(r) for r in steps] == [PENDING_VIEW | {"retry_count": r.retry_count} for r in steps]
-    assert claim(store, project_id, old) is None
-    assert claim(store, project_id, new) is not None
-    payload = ProvisionProjectPayload.model_validate(record.request, strict=False)
-    assert store.register_request(payload, uuid.uuid4())[0] is Registration.DUPLICATE
-
-
-@pytest.mark.parametrize("case", ["live", "deprovisioning", "past the window", "purged", "orphan", "unknown"])
-def test_restore_is_refused_in_one_line_unless_deleted_within_its_window(
-    removal_db: StepRepository, case: str
-) -> None:
-    """A live project, one still being deprovisioned, past its window, purged, an orphan and an
-    unknown id are refused with RestoreRefusedError naming why, changing nothing."""
-    store, projects = removal_db, removal_db.projects
-    if case == "live":
-        project_id, _, _ = register(store)
-        reason = "is not deleted"
-    elif case == "deprovisioning":
-        project_id, _, _ = register(store)
-        store.register_deprovisioning(project_id, uuid.uuid4())
-        reason = "is being deprovisioned"
-    elif case == "past the window":
-        project_id, _, _ = deleted(store, projects)
-        elapse_for(store, WINDOW + 0.1)
-        reason = "past its retention window"
-    elif case == "purged":
-        project_id, _, _ = deleted(store, projects)
-        projects.mark_purged(project_id)
-        reason = "was purged at"
-    elif case == "orphan":
-        project_id = unique_project()
-        projects.register_deprovisioning(project_id, uuid.uuid4(), create=True)
-        projects.mark_deleted(project_id)
-        reason = "an orphan"
-    else:
-        project_id = unique_project()
-        reason = "is not in the control plane"
-    before = store.snapshot(project_id)
-
-    with pytest.raises(RestoreRefusedError, match=reason) as refused:
-        projects.restore(project_id, uuid.uuid4())
-
-    assert "\n" not in str(refused.value)
-    assert store.snapshot(project_id) == before
