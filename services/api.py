@@ -166,7 +166,7 @@ def request_provisioning(
     model = validate_payload(payload, app=app)
     correlation_id = uuid.uuid4()
     with app.engine.begin() as conn:
-        registration, record = app.repository.register_request(model, correlation_id, connection=conn)
+        registration, record = app.projects.register_request(model, correlation_id, connection=conn)
         _refuse_unless_registered(registration, record)
         if registration is Registration.NEW:
             event = ProvisioningRequested(
@@ -255,7 +255,7 @@ def request_deprovisioning(
     app = app or default_app()
     correlation_id = uuid.uuid4()
     with app.engine.begin() as conn:
-        registered = app.repository.register_deprovisioning(
+        registered = app.projects.register_deprovisioning(
             project_id, correlation_id, reason=reason, create=orphan, purge_now=purge_now, connection=conn
         )
         if registered is None:
@@ -266,7 +266,7 @@ def request_deprovisioning(
                 f"project {project_id!r} has a registered request: it is no orphan, and is left alone"
             )
         if orphan and cluster is not None:
-            app.repository.record_placement(project_id, cluster, connection=conn)
+            app.placements.record_placement(project_id, cluster, connection=conn)
         if registration is Registration.NEW:
             event = DeprovisioningRequested(
                 event_id=uuid.uuid4(),
@@ -318,7 +318,7 @@ def restore_project(
     app = app or default_app()
     correlation_id = uuid.uuid4()
     with app.engine.begin() as conn:
-        record = app.repository.restore(project_id, correlation_id, connection=conn)
+        record = app.projects.restore(project_id, correlation_id, connection=conn)
         assert record.request is not None  # restore refuses an orphan
         event = ProvisioningRequested(
             event_id=uuid.uuid4(),
@@ -587,7 +587,7 @@ def list_projects(
                 f"unknown stage {stage!r}; one of {', '.join(s.value for s in Stage)}"
             ) from None
     keys = None if stage is None else [key for key, s in _STAGE_OF_KEY.items() if s is stage]
-    rows, counts = (app or default_app()).repository.overview(keys, limit=limit, offset=offset)
+    rows, counts = (app or default_app()).read_models.overview(keys, limit=limit, offset=offset)
     by_stage: dict[Stage, int] = {}
     for key, n in counts.items():
         by_stage[_STAGE_OF_KEY[key]] = by_stage.get(_STAGE_OF_KEY[key], 0) + n

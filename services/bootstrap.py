@@ -25,7 +25,7 @@ from services.specs import build_purge_specs, build_reverse_specs, build_specs
 from services.tenant_cluster import ClusterAddress, ClusterDirectory
 from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
 from shared.crypto import SecretBox
-from shared.db import StepRepository, make_engine
+from shared.db import Placements, ProjectStore, ReadModels, StepRepository, make_engine
 from shared.domain.records import StrandRule
 from shared.execution import StepSpec
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
@@ -90,11 +90,25 @@ class App:
 
     @cached_property
     def repository(self) -> StepRepository:
+        """The step table's state machine: the store the step flow runs on."""
+        return StepRepository(self.engine, projects=self.projects, placements=self.placements)
+
+    @cached_property
+    def projects(self) -> ProjectStore:
+        """The project records: registration, fence, readiness, tombstone, purge, restore."""
+        return ProjectStore(self.engine, retention_seconds=self.settings.retention_seconds)
+
+    @cached_property
+    def placements(self) -> Placements:
+        """Which tenant cluster each project is placed on."""
+        return Placements(self.engine, self.tenant_cluster_map)
+
+    @cached_property
+    def read_models(self) -> ReadModels:
+        """The record as the list view, the stream, replay and the ETA read it."""
         settings = self.settings
-        return StepRepository(
+        return ReadModels(
             self.engine,
-            self.tenant_cluster_map,
-            retention_seconds=settings.retention_seconds,
             strand_rule=StrandRule(
                 lease_seconds=settings.lease_seconds,
                 retry_base_seconds=settings.retry_base_seconds,
@@ -139,7 +153,7 @@ class App:
     @cached_property
     def placed_clusters(self) -> PlacedClusters:
         """The tenant clusters as the step handlers reach them, by placement."""
-        return PlacedClusters(self.clusters, self.repository)
+        return PlacedClusters(self.clusters, self.placements)
 
     @cached_property
     def cluster_address(self) -> ClusterAddress:
@@ -179,7 +193,7 @@ class App:
             credentials=self.credentials,
             registry=self.registry,
             keys_store=self.key_store,
-            ledger=self.repository,
+            ledger=self.projects,
             regions=self.settings.regions,
         )
 
@@ -191,13 +205,13 @@ class App:
             credentials=self.credentials,
             registry=self.registry,
             keys_store=self.key_store,
-            ledger=self.repository,
+            ledger=self.projects,
         )
 
     @cached_property
     def purge_specs(self) -> dict[str, StepSpec]:
         """The purge step's handler bound to its collaborators, by step key."""
-        return build_purge_specs(clusters=self.placed_clusters, ledger=self.repository)
+        return build_purge_specs(clusters=self.placed_clusters, ledger=self.projects)
 
     def spec(self, step_key: str) -> StepSpec:
         """The spec of a step of any chain, by its key."""

@@ -800,7 +800,7 @@ def clusters(
     with _errors():
         a = _app(local=local)
         try:
-            fills = a.repository.cluster_fill()
+            fills = a.placements.cluster_fill()
             hosts = {c.name: c for c in a.tenant_cluster_map.clusters}
         finally:
             a.close()
@@ -928,7 +928,7 @@ def keys_reveal(
     with _errors():
         a = _keyed_app(local=local)
         project_id = normalize_project_id(project_id)
-        if a.repository.project(project_id) is None:
+        if a.projects.project(project_id) is None:
             raise Failure(f"no project {project_id!r}")
         try:
             revealed = a.key_store.reveal(project_id)

@@ -103,7 +103,7 @@ def rotate_credentials(project_id: str, *, app: App | None = None) -> str:
         role, password = app.credentials.begin_rotation(project_id)
     except LookupError:
         raise CredentialsError(f"project {project_id!r} has no stored credentials") from None
-    placement = app.repository.placement(project_id)
+    placement = app.placements.placement(project_id)
     if placement is None:
         raise CredentialsError(f"project {project_id!r} is placed on no tenant cluster")
     app.placed_clusters.cluster(placement).ensure_role(role, password)

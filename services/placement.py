@@ -6,15 +6,15 @@ from services.database.adapters import PostgresTenantCluster
 from services.schema.adapters import PostgresTenantSchemas
 from services.tenant_cluster import ClusterDirectory
 from services.verify.adapters import PostgresTenantProbe
-from shared.db import StepRepository
+from shared.db import Placements
 
 
 class PlacedClusters:
     """``TenantClusters`` over the cluster map's directory and the control plane's fill."""
 
-    def __init__(self, directory: ClusterDirectory, repository: StepRepository) -> None:
+    def __init__(self, directory: ClusterDirectory, placements: Placements) -> None:
         self.directory = directory
-        self.repository = repository
+        self.placements = placements
 
     def cluster(self, name: str) -> PostgresTenantCluster:
         return PostgresTenantCluster(self.directory.address(name))
@@ -26,5 +26,5 @@ class PlacedClusters:
         return PostgresTenantProbe(self.directory.address(name))
 
     def fill(self, region: str) -> str:
-        fills = self.repository.cluster_fill(region)
+        fills = self.placements.cluster_fill(region)
         return ", ".join(str(f) for f in fills) if fills else "no cluster serves it"

@@ -903,7 +903,7 @@ def _schedule_repair(app: App, item: Planned) -> list[str]:
     retry (its input rebuilt from the record) in the outbox. The steps moved."""
     note = f"reconcile: {item.reason}"[:2048]
     with app.engine.begin() as conn:
-        moved = app.repository.schedule_repair(item.subject, item.steps, note=note, connection=conn)
+        moved = app.projects.schedule_repair(item.subject, item.steps, note=note, connection=conn)
         if moved:
             queue_redrive(conn, app, item.subject, step_by_name(moved[0].step_name), attempt=1)
     return [row.step_name for row in moved]

@@ -66,7 +66,7 @@ def replay(
             latest[(event.project_id, step.key)] = (step, event)
     stranded = [
         (pid, row)
-        for pid, row in app.repository.stranded(project_id)
+        for pid, row in app.read_models.stranded(project_id)
         if step_key is None or step_by_name(row.step_name).key == step_key
     ]
 

@@ -130,7 +130,7 @@ def duties_of(app: App, step: Step) -> list[Duty]:
             Duty(
                 "purge_sweep",
                 s.purge_sweep_seconds,
-                lambda: queue_due_purges(app.repository, requeue_after_seconds=requeue),
+                lambda: queue_due_purges(app.projects, requeue_after_seconds=requeue),
             )
         )
     return duties

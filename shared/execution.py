@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from shared.classify import classify
 from shared.domain.errors import (
@@ -45,7 +45,8 @@ from shared.domain.events import (
     completed_event_for,
     utcnow,
 )
-from shared.domain.records import Claim, ProjectRecord, Registration, Snapshot, StepRow, removed_reason
+from shared.domain.ports import StepStore
+from shared.domain.records import ProjectRecord, Registration, Snapshot, StepRow, removed_reason
 from shared.domain.steps import FINAL_REVERSE_STEP, PURGE_STEP, Chain, Step, StepStatus, chain_start, step_at
 
 _LAST_OF_REMOVAL = (FINAL_REVERSE_STEP, PURGE_STEP)
@@ -121,70 +122,6 @@ class StepSpec:
     admits_new_projects: bool = False
     """The chain's first step: it registers the request (provisioning or deprovisioning) it is handed."""
     extra_models: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
-
-
-class StepStore(Protocol):
-    """What the flow needs of the step table (the repository, or a fake in unit tests).
-
-    Every method raises StoreUnavailableError when the database does not answer.
-    """
-
-    def register_request(
-        self, payload: ProvisionProjectPayload, correlation_id: uuid.UUID
-    ) -> tuple[Registration, ProjectRecord]: ...
-
-    def register_deprovisioning(
-        self,
-        project_id: str,
-        correlation_id: uuid.UUID,
-        *,
-        reason: str | None = ...,
-    ) -> tuple[Registration, ProjectRecord] | None: ...
-
-    def claim(
-        self,
-        project_id: str,
-        step_name: str,
-        *,
-        correlation_id: uuid.UUID,
-        owner: str,
-        lease_seconds: float,
-        skip_service: str | None = ...,
-        skip_result: Mapping[str, Any] | None = ...,
-    ) -> Claim | None: ...
-
-    def snapshot(self, project_id: str) -> Snapshot: ...
-
-    def transition(
-        self,
-        project_id: str,
-        step_name: str,
-        to: StepStatus | str,
-        *,
-        result: Mapping[str, Any] | None = ...,
-        expected_owner: str | None = ...,
-    ) -> StepRow: ...
-
-    def record_attempt_failure(
-        self,
-        project_id: str,
-        step_name: str,
-        *,
-        owner: str,
-        error_message: str,
-        error_details: Mapping[str, Any],
-        final: bool,
-    ) -> StepRow | None: ...
-
-    def renew_lease(
-        self,
-        project_id: str,
-        step_name: str,
-        *,
-        owner: str,
-        lease_seconds: float,
-        cancel_if_fenced: bool = ...,
-    ) -> bool: ...
 
 
 # --- outcomes ----------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """In-memory fakes for the unit tests: the step table and every port, plus wiring helpers.
 
 Each fake keeps its state in plain dicts and records every call it receives in ``calls``,
-so a test can assert what a step did and that a second run did nothing. The step store
-enforces the same state machine as ``shared.db.repository`` (``ALLOWED_TRANSITIONS``,
-take-over of an expired lease, ``expected_owner``), for both chains (the deprovisioning fence,
-the reverse claim waiting for its counterpart's live lease), on a clock the test controls.
+so a test can assert what a step did and that a second run did nothing. The step store is
+the step flow's port (``shared.domain.ports.StepStore``) and enforces the same state machine as
+``shared.db.StepRepository`` (``ALLOWED_TRANSITIONS``, take-over of an expired lease,
+``expected_owner``), for both chains (the deprovisioning fence, the reverse claim waiting for
+its counterpart's live lease), on a clock the test controls; the ledger fake marks the same
+records (readiness, tombstone, purge) as ``shared.db.ProjectStore``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from services.reconcile import ProjectState, Removal
 from services.specs import build_purge_specs, build_reverse_specs, build_specs
 from shared.clusters import DEFAULT_CLUSTER, ClusterMap
 from shared.crypto import generate_api_key, generate_password
-from shared.db.repository import DEFAULT_RETENTION_SECONDS
+from shared.db import DEFAULT_RETENTION_SECONDS
 from shared.domain.errors import ErrorType, InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.domain.events import (
     ApiKeyInfo,
@@ -48,11 +50,9 @@ from shared.domain.records import (
     ClusterFill,
     ProjectRecord,
     Registration,
-    RestoreRefusedError,
     Snapshot,
     StepRow,
     request_hash,
-    restore_refusal,
 )
 from shared.domain.steps import (
     PLACING_STEP,
@@ -94,18 +94,14 @@ class FakeClock:
 
 
 class FakeStepStore:
-    """``StepRepository`` in memory: projects, their steps of both chains and the state machine."""
+    """The step flow's port (``StepStore``) in memory, as ``StepRepository`` implements it:
+    projects, their steps of both chains and the state machine; and what a test sets up or
+    inspects directly (``projects``, ``rows``, ``placements``, :meth:`initialize`,
+    :meth:`remove_project`)."""
 
-    def __init__(
-        self,
-        clock: FakeClock | None = None,
-        clusters: ClusterMap | None = None,
-        *,
-        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
-    ) -> None:
+    def __init__(self, clock: FakeClock | None = None, clusters: ClusterMap | None = None) -> None:
         self.clock = clock or FakeClock()
         self.clusters = clusters or ClusterMap.single("fake://default", 1000)
-        self.retention_seconds = retention_seconds
         self.placements: dict[str, str] = {}
         """The cluster each placed project is on, by project id."""
         self.projects: dict[str, ProjectRecord] = {}
@@ -152,12 +148,12 @@ class FakeStepStore:
         *,
         reason: str | None = None,
         create: bool = False,
-        purge_now: bool = False,
     ) -> tuple[Registration, ProjectRecord] | None:
         """The repository's: the first time set the fence, cancel the provisioning steps still
         ``pending`` and add the seven reverse steps and the purge (``NEW``); afterwards
         ``DUPLICATE`` with the first request's id. None for an unknown project unless ``create``
-        (a bare record). ``purge_now`` ends the retention window at once."""
+        (a bare record: an orphan as ``provision reconcile`` records it, through
+        ``ProjectStore.register_deprovisioning``)."""
         self._check()
         self.calls.append(("register_deprovisioning", project_id, correlation_id))
         if create:
@@ -168,8 +164,6 @@ class FakeStepStore:
         if existing is None:
             return None
         if existing.deprovision_correlation_id is not None:
-            if purge_now:
-                self.purge_now(project_id)
             return Registration.DUPLICATE, self._copied(self.projects[project_id])
         record = replace(
             existing,
@@ -180,104 +174,7 @@ class FakeStepStore:
         self.projects[project_id] = record
         self._cancel_provisioning(project_id, {S.PENDING})
         self._initialize(project_id, REVERSE_STEPS[0].position, (*REVERSE_STEP_NAMES, PURGE_STEP.name))
-        if purge_now:
-            self.purge_now(project_id)
         return Registration.NEW, self._copied(self.projects[project_id])
-
-    def purge_now(self, project_id: str) -> ProjectRecord | None:
-        """The repository's: the retention window of a project being removed ends now."""
-        record = self.projects.get(project_id)
-        if record is None or not record.fenced or record.purged_at is not None:
-            return None
-        now = self.clock()
-        after = now if record.purge_after is None else min(record.purge_after, now)
-        self.projects[project_id] = replace(record, purge_after=after)
-        return self._copied(self.projects[project_id])
-
-    def mark_purged(self, project_id: str) -> datetime:
-        """The repository's: purged once; LookupError unless deleted."""
-        self._check()
-        self.calls.append(("mark_purged", project_id))
-        record = self.projects.get(project_id)
-        if record is None or record.deleted_at is None:
-            raise LookupError(f"project {project_id!r} is not deleted")
-        if record.purged_at is None:
-            record = replace(record, purged_at=self.clock())
-            self.projects[project_id] = record
-        assert record.purged_at is not None
-        return record.purged_at
-
-    def restore(self, project_id: str, correlation_id: uuid.UUID) -> ProjectRecord:
-        """The repository's restore, by the same rules (``restore_refusal``)."""
-        self._check()
-        record = self.projects.get(project_id)
-        purge = self.rows.get((project_id, PURGE_STEP.name))
-        refusal = restore_refusal(project_id, record, purge, now=self.clock())
-        if refusal is not None:
-            raise RestoreRefusedError(refusal)
-        assert record is not None
-        now = self.clock()
-        for key, row in list(self.rows.items()):
-            if key[0] != project_id:
-                continue
-            if row.position > STEPS[-1].position:
-                del self.rows[key]
-            else:
-                self.rows[key] = replace(
-                    row,
-                    status=S.PENDING,
-                    updated_at=now,
-                    started_at=None,
-                    completed_at=None,
-                    error_message=None,
-                    error_details=None,
-                    attempt=0,
-                    replay_count=0,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    result=None,
-                )
-        self.projects[project_id] = replace(
-            record,
-            correlation_id=correlation_id,
-            deprovision_correlation_id=None,
-            deprovision_requested_at=None,
-            deprovision_reason=None,
-            deleted_at=None,
-            purge_after=None,
-            restored_at=now,
-        )
-        return self._copied(self.projects[project_id])
-
-    def mark_ready(self, project_id: str) -> datetime:
-        """``ready_at`` set once; LookupError for an unknown project."""
-        self._check()
-        self.calls.append(("mark_ready", project_id))
-        record = self.projects.get(project_id)
-        if record is None:
-            raise LookupError(f"project {project_id!r} not found")
-        if record.ready_at is None:
-            record = replace(record, ready_at=self.clock())
-            self.projects[project_id] = record
-        assert record.ready_at is not None
-        return record.ready_at
-
-    def mark_deleted(self, project_id: str) -> datetime:
-        """The tombstone, set once, and every provisioning step still ``pending`` or ``running``
-        cancelled; LookupError when no deprovisioning is recorded."""
-        self._check()
-        self.calls.append(("mark_deleted", project_id))
-        record = self.projects.get(project_id)
-        if record is None or record.deprovision_requested_at is None:
-            raise LookupError(f"project {project_id!r} has no deprovisioning request")
-        if record.deleted_at is None:
-            record = replace(record, deleted_at=self.clock())
-        if record.purge_after is None:
-            record = replace(record, purge_after=self.clock() + timedelta(seconds=self.retention_seconds))
-        self.projects[project_id] = record
-        self._cancel_provisioning(project_id, {S.PENDING, S.RUNNING})
-        assert record.deleted_at is not None
-        return record.deleted_at
 
     def _cancel_provisioning(self, project_id: str, statuses: set[StepStatus]) -> None:
         """Provisioning rows in ``statuses`` become ``cancelled`` (one ``UPDATE``, no CAS)."""
@@ -293,44 +190,11 @@ class FakeStepStore:
                     lease_expires_at=None,
                 )
 
-    def project(self, project_id: str) -> ProjectRecord | None:
-        self._check()
-        self.calls.append(("project", project_id))
-        record = self.projects.get(project_id)
-        return self._copied(record) if record is not None else None
-
     def snapshot(self, project_id: str) -> Snapshot:
         self._check()
         self.calls.append(("snapshot", project_id))
         record = self.projects.get(project_id)
-        return Snapshot(self._copied(record) if record is not None else None, self.steps(project_id))
-
-    def project_states(self) -> dict[str, ProjectState]:
-        """Every project with its steps' statuses and removal state (``SqlProjectRecords``)."""
-        self._check()
-        self.calls.append(("project_states",))
-        statuses: dict[str, dict[str, StepStatus]] = {p: {} for p in self.projects}
-        for (project_id, step_name), row in self.rows.items():
-            statuses.setdefault(project_id, {})[step_name] = row.status
-        states: dict[str, ProjectState] = {}
-        for project_id, steps in statuses.items():
-            record = self.projects.get(project_id)
-            removal = Removal.LIVE
-            if record is not None and record.purged_at is not None:
-                removal = Removal.PURGED
-            elif record is not None and record.deleted_at is not None:
-                removal = Removal.DELETED
-            elif record is not None and record.fenced:
-                removal = Removal.UNDER_WAY
-            request = record.request if record is not None else None
-            wanted = ((request.get("api_keys") or {}).get("count", 2)) if request is not None else None
-            states[project_id] = ProjectState(
-                statuses=steps,
-                removal=removal,
-                ready=record is not None and record.ready_at is not None,
-                keys_wanted=wanted,
-            )
-        return states
+        return Snapshot(self._copied(record) if record is not None else None, self._steps(project_id))
 
     def remove_project(self, project_id: str) -> None:
         """The project and its steps are gone (deleted by an operator)."""
@@ -341,10 +205,11 @@ class FakeStepStore:
     # steps
 
     def initialize(self, project_id: str) -> list[StepRow]:
-        """A bare project record (if absent) and seven pending steps; idempotent."""
+        """A bare project record (if absent) and seven pending steps; idempotent (the seed's
+        ``StepRepository.initialize``: a project with no request, which no claim takes)."""
         self.projects.setdefault(project_id, ProjectRecord(project_id, None, None, None, self.clock(), None))
         self._initialize(project_id)
-        return self.steps(project_id)
+        return self._steps(project_id)
 
     def _initialize(
         self, project_id: str, first_position: int = 1, names: tuple[str, ...] = STEP_NAMES
@@ -374,15 +239,9 @@ class FakeStepStore:
                 ),
             )
 
-    def steps(self, project_id: str) -> list[StepRow]:
+    def _steps(self, project_id: str) -> list[StepRow]:
         rows = [self._read(r) for (p, _), r in self.rows.items() if p == project_id]
         return sorted(rows, key=lambda r: r.position)
-
-    def step(self, project_id: str, step_name: str) -> StepRow | None:
-        self._check()
-        self.calls.append(("step", project_id, step_name))
-        row = self.rows.get((project_id, step_name))
-        return self._read(row) if row is not None else None
 
     def claim(
         self,
@@ -410,7 +269,7 @@ class FakeStepStore:
         if not self._chain_allows(step, project, correlation_id):
             return None
         first = chain_start(step.chain)
-        earlier = [r for r in self.steps(project_id) if first.position <= r.position < row.position]
+        earlier = [r for r in self._steps(project_id) if first.position <= r.position < row.position]
         if any(not r.done for r in earlier):
             return None
         services = (project.request or {}).get("services") or {}
@@ -458,30 +317,11 @@ class FakeStepStore:
         """The repository's placement: the least filled cluster of the region with room."""
         candidates = [
             (fill.used / fill.capacity, index, fill.name)
-            for index, fill in enumerate(self.cluster_fill(region))
+            for index, fill in enumerate(cluster_fill(self, region))
             if fill.used < fill.capacity
         ]
         if candidates:
             self.placements[project_id] = min(candidates)[2]
-
-    def cluster_fill(self, region: str | None = None) -> list[ClusterFill]:
-        """Every cluster (of ``region``) with its live tenants (placed, not deleted) and capacity."""
-        live = [c for p, c in self.placements.items() if self.projects[p].deleted_at is None]
-        clusters = self.clusters.clusters if region is None else self.clusters.for_region(region)
-        return [ClusterFill(c.name, c.region, live.count(c.name), c.capacity) for c in clusters]
-
-    def placement(self, project_id: str) -> str | None:
-        return self.placements.get(project_id)
-
-    def project_placements(self) -> dict[str, str]:
-        """Every placed project with its cluster (``SqlProjectRecords``)."""
-        self._check()
-        self.calls.append(("project_placements",))
-        return dict(self.placements)
-
-    def record_placement(self, project_id: str, cluster: str) -> str:
-        """Place the project on ``cluster`` unless placed already; where it is placed."""
-        return self.placements.setdefault(project_id, cluster)
 
     def renew_lease(
         self,
@@ -640,6 +480,55 @@ class FakeStepStore:
             changes |= {"completed_at": now, "lease_owner": None, "lease_expires_at": None}
         self.rows[key] = replace(current, **changes)
         return self._read(self.rows[key])
+
+
+def cluster_fill(store: FakeStepStore, region: str | None = None) -> list[ClusterFill]:
+    """Every cluster (of ``region``) with its live tenants (placed, not deleted) and capacity,
+    as ``Placements.cluster_fill`` counts them."""
+    live = [c for p, c in store.placements.items() if store.projects[p].deleted_at is None]
+    clusters = store.clusters.clusters if region is None else store.clusters.for_region(region)
+    return [ClusterFill(c.name, c.region, live.count(c.name), c.capacity) for c in clusters]
+
+
+class FakeProjectRecords:
+    """``ProjectRecords`` (``SqlProjectRecords``) over the fake store's state, for reconcile."""
+
+    def __init__(self, store: FakeStepStore) -> None:
+        self.store = store
+        self.calls: list[tuple[Any, ...]] = []
+
+    def project_states(self) -> dict[str, ProjectState]:
+        """Every project with its steps' statuses and removal state."""
+        self.store._check()
+        self.calls.append(("project_states",))
+        statuses: dict[str, dict[str, StepStatus]] = {p: {} for p in self.store.projects}
+        for (project_id, step_name), row in self.store.rows.items():
+            statuses.setdefault(project_id, {})[step_name] = row.status
+        states: dict[str, ProjectState] = {}
+        for project_id, steps in statuses.items():
+            record = self.store.projects.get(project_id)
+            removal = Removal.LIVE
+            if record is not None and record.purged_at is not None:
+                removal = Removal.PURGED
+            elif record is not None and record.deleted_at is not None:
+                removal = Removal.DELETED
+            elif record is not None and record.fenced:
+                removal = Removal.UNDER_WAY
+            request = record.request if record is not None else None
+            wanted = ((request.get("api_keys") or {}).get("count", 2)) if request is not None else None
+            states[project_id] = ProjectState(
+                statuses=steps,
+                removal=removal,
+                ready=record is not None and record.ready_at is not None,
+                keys_wanted=wanted,
+            )
+        return states
+
+    def project_placements(self) -> dict[str, str]:
+        """Every placed project with its cluster."""
+        self.store._check()
+        self.calls.append(("project_placements",))
+        return dict(self.store.placements)
 
 
 def _as_json(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -909,42 +798,77 @@ class FakeTenantProbe:
 
 
 class FakeLedger:
-    """The projects' readiness and tombstone: each marked once, the first time stays.
+    """``ProjectLedger``: the projects' readiness, tombstone and purge, each marked once, the
+    first time stays.
 
-    In production the ledger is the step repository itself; given the fake ``store``, the
-    tombstone is the store's (``mark_deleted`` there: refused without a deprovisioning, and the
-    provisioning steps left over cancelled), and so is ``ready_at`` of a project the store
-    knows (a handler test may mark a project the store never heard of: kept here only).
+    In production the ledger is ``ProjectStore``; given the fake ``store``, the marks are the
+    store's records, by ``ProjectStore``'s rules: the tombstone refused without a deprovisioning,
+    the end of the retention window set with it (``retention_seconds`` on), the provisioning
+    steps left over cancelled; the purge refused unless deleted; ``ready_at`` of a project the
+    store knows (a handler test may mark a project the store never heard of: kept here only).
     """
 
     def __init__(
-        self, clock: Callable[[], datetime] | None = None, store: FakeStepStore | None = None
+        self,
+        clock: Callable[[], datetime] | None = None,
+        store: FakeStepStore | None = None,
+        *,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     ) -> None:
         self.clock = clock or FakeClock()
         self.store = store
+        self.retention_seconds = retention_seconds
         self.ready: dict[str, datetime] = {}
         self.deleted: dict[str, datetime] = {}
         self.purged: dict[str, datetime] = {}
         self.calls: list[tuple[Any, ...]] = []
 
+    def _record(self, project_id: str) -> ProjectRecord | None:
+        assert self.store is not None
+        self.store._check()
+        return self.store.projects.get(project_id)
+
     def mark_ready(self, project_id: str) -> datetime:
         self.calls.append(("mark_ready", project_id))
         if self.store is not None and project_id in self.store.projects:
-            self.ready.setdefault(project_id, self.store.mark_ready(project_id))
+            record = self._record(project_id)
+            assert record is not None
+            if record.ready_at is None:
+                record = replace(record, ready_at=self.clock())
+                self.store.projects[project_id] = record
+            assert record.ready_at is not None
+            self.ready.setdefault(project_id, record.ready_at)
         return self.ready.setdefault(project_id, self.clock())
 
     def mark_deleted(self, project_id: str) -> datetime:
         """The tombstone (once); LookupError when the store records no deprovisioning."""
         self.calls.append(("mark_deleted", project_id))
         if self.store is not None:
-            self.deleted[project_id] = self.store.mark_deleted(project_id)
+            record = self._record(project_id)
+            if record is None or record.deprovision_requested_at is None:
+                raise LookupError(f"project {project_id!r} has no deprovisioning request")
+            if record.deleted_at is None:
+                record = replace(record, deleted_at=self.clock())
+            if record.purge_after is None:
+                record = replace(record, purge_after=self.clock() + timedelta(seconds=self.retention_seconds))
+            self.store.projects[project_id] = record
+            self.store._cancel_provisioning(project_id, {S.PENDING, S.RUNNING})
+            assert record.deleted_at is not None
+            self.deleted[project_id] = record.deleted_at
         return self.deleted.setdefault(project_id, self.clock())
 
     def mark_purged(self, project_id: str) -> datetime:
         """Purged (once); LookupError when the store does not show it deleted."""
         self.calls.append(("mark_purged", project_id))
         if self.store is not None:
-            self.purged[project_id] = self.store.mark_purged(project_id)
+            record = self._record(project_id)
+            if record is None or record.deleted_at is None:
+                raise LookupError(f"project {project_id!r} is not deleted")
+            if record.purged_at is None:
+                record = replace(record, purged_at=self.clock())
+                self.store.projects[project_id] = record
+            assert record.purged_at is not None
+            self.purged[project_id] = record.purged_at
         return self.purged.setdefault(project_id, self.clock())
 
 
@@ -986,7 +910,7 @@ class FakeTenantClusters:
         return self._get(name)[2]
 
     def fill(self, region: str) -> str:
-        fills = self.store.cluster_fill(region)
+        fills = cluster_fill(self.store, region)
         return ", ".join(str(f) for f in fills) if fills else "no cluster serves it"
 
 
@@ -1005,6 +929,7 @@ class Fakes:
     keys: FakeKeyStore = field(init=False)
     probe: FakeTenantProbe = field(init=False)
     ledger: FakeLedger = field(init=False)
+    records: FakeProjectRecords = field(init=False)
 
     cluster_map: ClusterMap | None = None
     """The tenant clusters; None: one, ``default``, of ``max_tenants``, its fakes the fields above."""
@@ -1016,6 +941,7 @@ class Fakes:
         self.keys = FakeKeyStore(self.clock)
         self.probe = FakeTenantProbe(self.cluster, self.schemas)
         self.ledger = FakeLedger(self.clock, self.store)
+        self.records = FakeProjectRecords(self.store)
         self.clusters = FakeTenantClusters(self.store)
         for index, name in enumerate(tenant_map.names):
             # The first cluster's fakes are the fields, so single-cluster tests see them directly.

@@ -586,7 +586,7 @@ def _check_quota(app: App, planned: int) -> None:
     """Refuse a run that would push the tenant cluster past its limit halfway through."""
     from services.cli import UsageError  # noqa: PLC0415
 
-    fills = app.repository.cluster_fill(app.settings.regions[0])
+    fills = app.placements.cluster_fill(app.settings.regions[0])
     present = sum(f.used for f in fills)
     limit = sum(f.capacity for f in fills)
     if present + planned > limit:

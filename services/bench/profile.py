@@ -271,7 +271,7 @@ def db_probe(app: App, project_id: str, n: int = 200) -> dict[str, Any]:
             timed("round_trip_ms", lambda: raw.execute("SELECT 1").fetchone())
         timed("new_connection_ms", new_connection, count=min(n, 50))
         name = STEPS[1].name
-        timed("repository_project_ms", lambda: app.repository.project(project_id))
+        timed("repository_project_ms", lambda: app.projects.project(project_id))
         timed("repository_step_ms", lambda: app.repository.step(project_id, name))
     finally:
         no_ping.dispose()

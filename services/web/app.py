@@ -281,7 +281,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
     metrics = ApiMetrics()
     listener = TransitionListener(app.database_url)
     slots = StreamSlots(app.settings.api_max_streams, on_change=metrics.watchers.set)
-    durations = Durations(app.repository)
+    durations = Durations(app.read_models)
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
@@ -431,7 +431,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
             after = parse_last_event_id(last_event_id) or 0
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc), field="Last-Event-ID") from None
-        if await run_in_threadpool(app.repository.project, pid) is None:
+        if await run_in_threadpool(app.projects.project, pid) is None:
             raise ApiError(404, "project_not_found", f"project {pid!r} is not in the control plane")
         # From taking the slot to handing it to the response nothing awaits: concurrent opens
         # cannot all pass the test, and a slot taken is always given back.
@@ -445,7 +445,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
         stream = ProjectStream(
             pid,
             after,
-            app.repository,
+            app.read_models,
             listener,
             durations.medians,
             keepalive=keepalive,
@@ -504,7 +504,7 @@ def create_api(  # noqa: PLR0915 - the routes are closures over the app, listene
         runs again (the archived database renamed back, new credentials and keys); 409 with
         the reason when it cannot be (not deleted, purged, past its window)."""
         pid = _project_id(project_id)
-        if app.repository.project(pid) is None:
+        if app.projects.project(pid) is None:
             raise ApiError(404, "project_not_found", f"project {pid!r} is not in the control plane")
         try:
             receipt = restore_project(pid, app=app)
@@ -619,7 +619,7 @@ def _json_body(body: bytes) -> Any:
 def _project_view(app: App, durations: Durations, project_id: str) -> ProjectView:
     # The id first: a transition committed between the two reads is then sent again to a
     # client resuming from it, rather than never.
-    last_event_id = app.repository.last_transition_id(project_id)
+    last_event_id = app.read_models.last_transition_id(project_id)
     snapshot = app.repository.snapshot(project_id)
     record = snapshot.project
     if record is None:

@@ -23,7 +23,7 @@ import anyio.to_thread
 import psycopg
 import structlog
 
-from shared.db import StepRepository
+from shared.db import ReadModels
 from shared.db.engine import libpq_url
 from shared.domain.errors import StoreUnavailableError
 from shared.domain.records import StepTransition
@@ -158,7 +158,7 @@ class ProjectStream:
 
     project_id: str
     after: int
-    repository: StepRepository
+    read_models: ReadModels
     listener: TransitionListener
     medians: Callable[[], Mapping[str, float]]
     keepalive: float = 15.0
@@ -173,7 +173,7 @@ class ProjectStream:
 
     def _begin(self) -> None:
         """The record's statuses, for steps with no transition logged (made before the log)."""
-        snapshot = self.repository.snapshot(self.project_id)
+        snapshot = self.read_models.snapshot(self.project_id)
         self._seed = {row.step_name: row.status for row in snapshot.steps}
         self._ever_ready = snapshot.project is not None and snapshot.project.ready_at is not None
 
@@ -185,7 +185,7 @@ class ProjectStream:
 
     def _unsent(self) -> list[StepTransition]:
         fresh = []
-        for transition in self.repository.transitions(self.project_id):
+        for transition in self.read_models.transitions(self.project_id):
             latest = self._latest.get(transition.step_name)
             if latest is None or transition.id > latest.id:
                 self._latest[transition.step_name] = transition

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.db import StepRepository
+from shared.db import ReadModels
 from shared.domain.errors import ErrorType
 from shared.domain.records import StepRow
 from shared.domain.steps import REVERSE_STEPS, STEPS, TERMINAL_STAGES, Chain, Stage, StepStatus, step_by_name
@@ -173,8 +173,8 @@ class Durations:
     """Each step's median duration over its recent successes, read at most every ``ttl``
     seconds (one query for all steps), for the ETA."""
 
-    def __init__(self, repository: StepRepository, *, ttl: float = 30.0, sample: int = 100) -> None:
-        self._repository = repository
+    def __init__(self, read_models: ReadModels, *, ttl: float = 30.0, sample: int = 100) -> None:
+        self._read_models = read_models
         self._ttl = ttl
         self._sample = sample
         self._lock = threading.Lock()
@@ -184,7 +184,7 @@ class Durations:
     def medians(self) -> dict[str, float]:
         with self._lock:
             if time.monotonic() - self._read_at > self._ttl:
-                self._medians = self._repository.median_step_seconds(sample=self._sample)
+                self._medians = self._read_models.median_step_seconds(sample=self._sample)
                 self._read_at = time.monotonic()
             return self._medians
 

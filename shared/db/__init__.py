@@ -1,11 +1,21 @@
-"""The control-plane database: tables, migrations and the step-table state machine in SQL.
+"""The control-plane database: tables, migrations, and its stores by concern, each over the
+one engine: the step table's state machine (:class:`StepRepository`, the step flow's store),
+the project records (:class:`ProjectStore`), the tenant placements (:class:`Placements`) and
+the read models (:class:`ReadModels`).
 
-The records it reads and writes are the domain's (:mod:`shared.domain.records`)."""
+The records they read and write are the domain's (:mod:`shared.domain.records`)."""
 
 from shared.db.engine import current_revision, libpq_url, make_engine, migrate, sqlalchemy_url
-from shared.db.repository import StepRepository
+from shared.db.placement import Placements
+from shared.db.projects import DEFAULT_RETENTION_SECONDS, ProjectStore
+from shared.db.read_models import ReadModels
+from shared.db.state_machine import StepRepository
 
 __all__ = [
+    "DEFAULT_RETENTION_SECONDS",
+    "Placements",
+    "ProjectStore",
+    "ReadModels",
     "StepRepository",
     "current_revision",
     "libpq_url",

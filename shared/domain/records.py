@@ -232,7 +232,7 @@ def restore_refusal(
     project_id: str, record: ProjectRecord | None, purge: StepRow | None, *, now: datetime
 ) -> str | None:
     """Why ``project_id`` cannot be restored now, or None when it can (pure: the rules of
-    :meth:`StepRepository.restore`)."""
+    :meth:`shared.db.ProjectStore.restore`)."""
     if record is None:
         return f"project {project_id!r} is not in the control plane"
     if record.purged_at is not None:

@@ -45,6 +45,7 @@ from shared.domain.events import (
     retry_event_for,
     utcnow,
 )
+from shared.domain.ports import StepStore
 from shared.domain.steps import DEADLETTER_TOPIC, StepStatus
 from shared.execution import (
     Busy,
@@ -55,7 +56,6 @@ from shared.execution import (
     Rejected,
     Retry,
     StepSpec,
-    StepStore,
     Superseded,
     Trigger,
     run_step,

@@ -7,7 +7,7 @@ import uuid
 
 from sqlalchemy import Connection, Engine, text
 
-from shared.db import StepRepository
+from shared.db import ProjectStore
 from shared.domain.events import PurgeRequested, utcnow
 from shared.domain.steps import PURGE_REQUESTED_TOPIC
 from shared.kafka.clients import Publisher, PublishError
@@ -75,7 +75,7 @@ def purge_event_id(project_id: str, correlation_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(correlation_id, f"{project_id}/purge.requested")
 
 
-def queue_due_purges(repository: StepRepository, *, requeue_after_seconds: float) -> int:
+def queue_due_purges(projects: ProjectStore, *, requeue_after_seconds: float) -> int:
     """Queue, through the outbox, the purge of every deleted project whose retention window has
     passed (and again, of one whose trigger went ``requeue_after_seconds`` unanswered); how many.
     The record says what is due: the trigger only wakes the purge step."""
@@ -89,4 +89,4 @@ def queue_due_purges(repository: StepRepository, *, requeue_after_seconds: float
         )
         add_to_outbox(conn, PURGE_REQUESTED_TOPIC, *encode(event, new_trace()))
 
-    return len(repository.queue_due_purges(queue, requeue_after_seconds=requeue_after_seconds))
+    return len(projects.queue_due_purges(queue, requeue_after_seconds=requeue_after_seconds))

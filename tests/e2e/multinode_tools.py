@@ -101,7 +101,7 @@ def outcome(
     lost: list[str] = []
     duplicated: list[str] = []
     for pid in project_ids:
-        placed = app.repository.placement(pid)
+        placed = app.placements.placement(pid)
         here = on_clusters.get(placed or "", Counter())[pid]
         elsewhere = sum(counts[pid] for name, counts in on_clusters.items() if name != placed)
         registrations = [control.registrations.get((pid, s), 0) for s in ("auth", "realtime", "storage")]

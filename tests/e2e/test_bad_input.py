@@ -150,7 +150,7 @@ def test_duplicate_requests_provision_once_and_a_conflicting_one_is_answered(
     with pytest.raises(ConflictingRequestError, match="different payload"):
         request_provisioning({"project_id": pid, "region": "us-east-1"}, app=app)
     # The same from a raw producer: a duplicate of the request and a conflicting one.
-    record = app.repository.project(pid)
+    record = app.projects.project(pid)
     assert record is not None
     produce_raw(
         app.bootstrap_servers,

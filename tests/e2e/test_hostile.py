@@ -236,7 +236,7 @@ def assert_integrity(
     this module forged (``forged`` event ids) are left out."""
     events = _events(app, [*COMPLETED_TOPICS, *FAILED_TOPICS])
     for pid in project_ids:
-        record = app.repository.project(pid)
+        record = app.projects.project(pid)
         assert record is not None and record.request is not None and record.correlation_id is not None
         request = ProvisionProjectPayload.model_validate(record.request, strict=False)
         rows = {r.step_name: r for r in app.repository.steps(pid)}
@@ -470,7 +470,7 @@ def test_an_envelope_naming_another_project_than_its_request_is_dead_lettered(
     letters = _wait_dead_lettered(app, values)
     for value in values:
         assert "differs from request.project_id" in letters[hashlib.sha256(value).hexdigest()].reason
-    assert app.repository.project(outer) is None and app.repository.project(inner) is None
+    assert app.projects.project(outer) is None and app.projects.project(inner) is None
 
     for pid in (outer, inner):
         request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=app)
@@ -517,7 +517,7 @@ def test_huge_values_and_keys_are_dead_lettered_as_bounded_copies(
         letter = DeadLettered.model_validate_json(msg.value() or b"")
         if letter in (by_value, by_key):
             assert len(msg.value() or b"") < 100 * 1024 and len(msg.key() or b"") <= 256
-    assert app.repository.project(huge_value_pid) is None and app.repository.project(huge_key_pid) is None
+    assert app.projects.project(huge_value_pid) is None and app.projects.project(huge_key_pid) is None
     assert_integrity(app, [after], calls=services)
 
 
@@ -689,7 +689,7 @@ def test_a_provisioning_retry_wrapping_a_new_request_creates_no_project(
     [letter] = _wait_dead_lettered(app, [_produce(app, first.retry_topic, retry)]).values()
 
     assert "PROJECT_NOT_FOUND" in letter.reason, letter.reason
-    assert app.repository.project(pid) is None
+    assert app.projects.project(pid) is None
     assert side_effects(app, [pid]).databases == 0
 
 
@@ -776,4 +776,4 @@ def test_a_request_at_the_limit_goes_through_a_retry_and_one_over_is_refused(
     value = _produce(app, REQUESTED_TOPIC, _envelope(over, request=_request_of_size(over, limit + 1)))
     [letter] = _wait_dead_lettered(app, [value]).values()
     assert f"over the limit of {limit} bytes" in letter.reason, letter.reason
-    assert app.repository.project(over) is None
+    assert app.projects.project(over) is None

@@ -165,7 +165,7 @@ def test_deprovisioning_twice_is_one_deprovisioning(
     assert [(s.step_name, s.status, s.attempt) for s in reverse] == [
         (name, StepStatus.SUCCESS, 1) for name in REVERSE_STEP_NAMES
     ]
-    record = app.repository.project(pid)
+    record = app.projects.project(pid)
     assert record is not None and record.deprovision_reason == "first"
     _assert_nothing_left(app, table, "deprovision twice", [pid])
 
@@ -206,7 +206,7 @@ def test_deprovisioning_cancels_provisioning_at_each_step(
             message=lambda: f"stages: {dict(stages(app, ids))}",
         )
     assert stages(app, ids) == {running: Stage.CANCELLED, waiting: Stage.CANCELLED}
-    record = app.repository.project(running)
+    record = app.projects.project(running)
     assert record is not None and record.deprovision_requested_at is not None
     rows = {s.step_name: s for s in app.repository.steps(running)}
     held, undo = rows[forward.name], rows[reverse.name]

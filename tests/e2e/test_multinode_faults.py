@@ -282,7 +282,7 @@ def test_one_tenant_cluster_down_stops_only_its_tenants(mn: Multinode) -> None:
         # this test is about the tenant clusters, so it starts from live workers.
         mn.workers.stop()
         start_ready(mn.workers)
-    fill = {f.name: f.used for f in app.repository.cluster_fill(REGION)}
+    fill = {f.name: f.used for f in app.placements.cluster_fill(REGION)}
     started = time.monotonic()
     # Killed as soon as the first placements are made: every project is still in flight.
     ids, in_flight = _request_all(

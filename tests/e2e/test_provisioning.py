@@ -194,7 +194,7 @@ def test_a_seed_uuid_project_from_the_command_line_to_its_credentials(
     assert requested.exit_code == 0, requested.output
     assert requested.output.startswith(f"{pid}: requested")
     assert "COMPLETED" in requested.output
-    assert app.repository.project(pid) is not None
+    assert app.projects.project(pid) is not None
 
     revealed = runner.invoke(cli, ["credentials", "reveal", pid])
     assert revealed.exit_code == 0, revealed.output

@@ -75,7 +75,7 @@ def test_a_lost_registration_is_repaired_through_the_chain_with_the_data_kept(
 
     wait_for(lambda: pid in app.registry.list_tenants("auth"), timeout=60, message="auth registered again")
     wait_until_stage(app, [pid], timeout=60)
-    record = app.repository.project(pid)
+    record = app.projects.project(pid)
     assert record is not None and not record.fenced and record.deleted_at is None
     assert all(r.status is StepStatus.SUCCESS for r in app.repository.steps(pid))
     assert rows_of(app, pid) == rows_of(app, neighbour) == ROWS
@@ -126,7 +126,7 @@ def test_an_orphan_past_its_grace_period_is_removed_by_the_reverse_chain(
     first = plan_for(app, reconcile(app))
     assert [p.action for p in first] == [Action.WAIT, Action.WAIT]
     repair(app, first)
-    assert app.repository.project(orphan) is None
+    assert app.projects.project(orphan) is None
     time.sleep(GRACE_S + 0.5)
 
     repairs = repair(app, plan_for(app, reconcile(app)))

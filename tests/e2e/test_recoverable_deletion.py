@@ -68,7 +68,7 @@ def _connect(app: App, pid: str, password: str) -> None:
 
 
 def _purged(app: App, pid: str) -> bool:
-    record = app.repository.project(pid)
+    record = app.projects.project(pid)
     return record is not None and record.purged_at is not None
 
 
@@ -153,12 +153,12 @@ def test_the_purge_runs_by_itself_once_the_window_has_passed(
         pid, _ = _ready_with_data(app, "window")
         request_deprovisioning(pid, reason="window", app=app)
         wait_until_stage(app, [pid], Stage.DELETED, timeout=90)
-        record = app.repository.project(pid)
+        record = app.projects.project(pid)
         assert record is not None and record.deleted_at is not None and record.purge_after is not None
         assert (record.purge_after - record.deleted_at).total_seconds() == pytest.approx(RETENTION_S, abs=0.5)
         assert not _purged(app, pid), "not before the window has passed"
         wait_for(lambda: _purged(app, pid), timeout=RETENTION_S + 60, message="never purged")
-        purged = app.repository.project(pid)
+        purged = app.projects.project(pid)
         assert purged is not None and purged.purged_at is not None
         assert purged.purged_at >= record.purge_after
         assert leftovers(app, [pid]).anything == 0

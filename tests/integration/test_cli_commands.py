@@ -165,7 +165,7 @@ def test_deprovision_command_once_twice_unknown_and_bad_id(app: App, cli_env: No
     assert second.exit_code == 0, second.output
     assert second.output.startswith(f"{pid}: already being deprovisioned; correlation_id ")
     assert first.output.split("correlation_id ")[1] == second.output.split("correlation_id ")[1]
-    record = app.repository.project(pid)
+    record = app.projects.project(pid)
     assert record is not None and record.deprovision_reason == "customer left"
     assert project_status(pid, app=app).stage is Stage.DEPROVISIONING
     listed = CliRunner().invoke(cli, ["status", "--all", "--stage", "deprovisioning", "--json"])
@@ -192,8 +192,8 @@ def test_clusters_lists_the_default_cluster_with_its_fill(app: App, cli_env: Non
     assert cluster["region"] == "any"
     assert cluster["capacity"] == app.settings.max_tenants_per_cluster
     assert cluster["address"] == f"{address.host}:{address.port}"
-    assert cluster["tenants"] == app.repository.cluster_fill()[0].used >= 1
-    assert app.repository.placement(pid) == "default"
+    assert cluster["tenants"] == app.placements.cluster_fill()[0].used >= 1
+    assert app.placements.placement(pid) == "default"
     table = CliRunner().invoke(cli, ["clusters"])
     assert table.exit_code == 0 and "default" in table.output
     assert "postgres:" not in table.output  # no credentials

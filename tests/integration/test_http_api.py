@@ -247,7 +247,7 @@ def _deleted(app: App, client: httpx.Client, *, purge_now: bool = False) -> str:
     payload = _payload(app)
     assert client.post("/v1/projects", json=payload).status_code == 202
     request_deprovisioning(payload["project_id"], app=app, purge_now=purge_now)
-    app.repository.mark_deleted(payload["project_id"])
+    app.projects.mark_deleted(payload["project_id"])
     return str(payload["project_id"])
 
 

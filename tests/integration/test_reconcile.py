@@ -128,7 +128,7 @@ def test_a_completed_project_missing_a_registration_is_repaired_never_removed(pl
     assert [(r.project_id, r.action) for r in repairs] == [
         (target, f"repair requested: {AUTH}, {VERIFY} re-run")
     ]
-    record = app.repository.project(target)
+    record = app.projects.project(target)
     assert record is not None and not record.fenced
     steps = {r.step_name: r for r in app.repository.steps(target)}
     assert (steps[AUTH].status, steps[VERIFY].status) == (StepStatus.PENDING, StepStatus.PENDING)
@@ -152,7 +152,7 @@ def test_a_lost_database_of_a_ready_project_is_reported_not_removed(plane: Plane
 
     assert done.action == "reported (for a human)"
     assert done.reason.startswith("DATA LOSS: ")
-    record = app.repository.project(target)
+    record = app.projects.project(target)
     assert record is not None and not record.fenced
     assert all(r.status is StepStatus.SUCCESS for r in app.repository.steps(target))
     assert all(target in app.registry.list_tenants(s) for s in ("auth", "realtime", "storage"))
@@ -217,7 +217,7 @@ def test_an_empty_service_listing_aborts_and_nothing_is_touched(
     assert str(aborted.value).startswith("the auth service lists 0 tenants; the record has 12 there")
     assert result.exit_code == 1, result.output
     assert result.output.strip().startswith("error: the auth service lists 0 tenants")
-    assert all(not r.fenced for r in map(plane.app.repository.project, ids) if r is not None)
+    assert all(not r.fenced for r in map(plane.app.projects.project, ids) if r is not None)
     assert all(r.status is StepStatus.SUCCESS for p in ids for r in plane.app.repository.steps(p))
     assert rows_of(plane.app, ids[0]) == ROWS
 
@@ -305,17 +305,17 @@ def test_an_orphan_is_removed_only_once_seen_twice_a_grace_period_apart(plane: P
         first = repair(app, plan_for(app, reconcile(app)))
         second = repair(app, plan_for(app, reconcile(app)))
         assert [r.action.split(" until ")[0] for r in first + second] == ["orphan in its grace period"] * 4
-        assert app.repository.project(orphan) is None
+        assert app.projects.project(orphan) is None
         time.sleep(1.6)
         dry = [r.action for r in map(describe, plan_for(app, reconcile(app)))]
         assert dry == ["would deprovision the orphan"] * 2
-        assert app.repository.project(orphan) is None
+        assert app.projects.project(orphan) is None
 
         third = repair(app, plan_for(app, reconcile(app)))
     finally:
         app.close()
     assert sorted(r.action for r in third) == ["already being deprovisioned", "deprovisioning requested"]
-    record = plane.app.repository.project(orphan)
+    record = plane.app.projects.project(orphan)
     assert record is not None and record.fenced and record.request is None
     assert database_exists(plane.app, name), "the reverse chain (no workers here) archives it, later"
 

@@ -34,7 +34,7 @@ S = StepStatus
 def publish_failure(app: App, project_id: str, message: str = "owner mismatch") -> StepFailed:
     """Publish a StepFailed record of the schema step for ``project_id`` to its failed topic."""
     request = ProvisionProjectPayload(project_id=project_id, region="eu-west-1")
-    project = app.repository.project(project_id)
+    project = app.projects.project(project_id)
     correlation_id = project.correlation_id if project and project.correlation_id else uuid.uuid4()
     database = DatabaseInfo(host="127.0.0.1", port=5432, database_name="tenant_x", role_name="tenant_x")
     input_event = completed_event_for("database")(
@@ -246,11 +246,11 @@ def test_a_pending_step_past_every_allowed_wait_is_listed_as_stranded(app: App, 
     """The overview flags a project whose next step waits past every lease and retry delay; not before."""
     project_id, _ = stranded_project(app)
 
-    [late] = [r for r in strand_app.repository.overview(None, limit=10_000)[0] if r.project_id == project_id]
-    [fresh] = [r for r in app.repository.overview(None, limit=10_000)[0] if r.project_id == project_id]
+    [late] = [r for r in strand_app.read_models.overview(None, limit=10_000)[0] if r.project_id == project_id]
+    [fresh] = [r for r in app.read_models.overview(None, limit=10_000)[0] if r.project_id == project_id]
 
     assert (late.stranded, fresh.stranded) == (True, False)
-    assert [(pid, row.step_name) for pid, row in strand_app.repository.stranded(project_id)] == [
+    assert [(pid, row.step_name) for pid, row in strand_app.read_models.stranded(project_id)] == [
         (project_id, DATABASE.name)
     ]
 

@@ -64,7 +64,7 @@ def test_deprovisioning_racing_a_first_request_fences_it_or_finds_it_unknown(app
             lag=(attempt % 20) * 0.001,  # from at once to 19 ms later: across the request's commit
         )
         assert not isinstance(requested, Exception), requested
-        record = app.repository.project(pid)
+        record = app.projects.project(pid)
         assert record is not None
         if isinstance(removed, DeprovisionReceipt):
             fenced += 1
@@ -110,7 +110,7 @@ def test_the_same_race_through_the_command_line_in_processes_is_one_line_each(ap
         if remove.returncode == 1:
             assert "is not in the control plane" in remove_err
             assert len(remove_err.strip().splitlines()) == 1, remove_err
-        record = app.repository.project(pid)
+        record = app.projects.project(pid)
         assert record is not None
         assert record.fenced == (remove.returncode == 0)
         outcomes[remove.returncode] = outcomes.get(remove.returncode, 0) + 1
@@ -127,7 +127,7 @@ def test_an_id_being_deprovisioned_is_refused_on_a_new_request(app: App) -> None
     receipt = request_deprovisioning(pid, app=app)
     with pytest.raises(ProjectRemovedError, match="being deprovisioned; a project id is never reused"):
         request_provisioning({"project_id": pid, "region": "eu-west-1", "api_keys": {"count": 3}}, app=app)
-    record = app.repository.project(pid)
+    record = app.projects.project(pid)
     assert record is not None
     assert record.deprovision_correlation_id == receipt.correlation_id
 
@@ -139,7 +139,7 @@ def test_an_id_removed_as_an_orphan_is_refused_and_not_half_provisioned(app: App
     request_deprovisioning(pid, reason="reconcile: database_without_project", orphan=True, app=app)
     with pytest.raises(ProjectRemovedError, match="orphan"):
         request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=app)
-    record = app.repository.project(pid)
+    record = app.projects.project(pid)
     assert record is not None
     assert record.request is None
     removal = [s.position for s in (*REVERSE_STEPS, PURGE_STEP)]

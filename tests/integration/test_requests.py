@@ -102,7 +102,7 @@ def relay_everything(app: App) -> None:
 
 def nothing_written(app: App, project_id: str) -> bool:
     return (
-        app.repository.project(project_id) is None
+        app.projects.project(project_id) is None
         and app.repository.steps(project_id) == []
         and outbox_rows(app, project_id) == []
     )
@@ -127,7 +127,7 @@ def test_request_records_project_steps_and_outbox_row_in_one_transaction(
     assert (receipt.project_id, receipt.status) == (project_id, "requested")
     assert receipt.published
 
-    project = app.repository.project(project_id)
+    project = app.projects.project(project_id)
     assert project is not None
     assert project.correlation_id == receipt.correlation_id
     model = ProvisionProjectPayload.model_validate(request)
@@ -178,12 +178,12 @@ def test_different_payload_for_the_same_project_conflicts(
     """Another payload for a requested project raises ConflictingRequestError, changes nothing."""
     request, _ = requested
     project_id = request["project_id"]
-    before = app.repository.project(project_id)
+    before = app.projects.project(project_id)
 
     with pytest.raises(ConflictingRequestError, match=f"{project_id!r} was already requested"):
         request_provisioning({**request, "region": "us-east-1"}, app=app)
 
-    assert app.repository.project(project_id) == before
+    assert app.projects.project(project_id) == before
     assert len(outbox_rows(app, project_id)) == 1
 
 
@@ -200,7 +200,7 @@ def test_unpublished_outbox_row_is_published_by_the_relay_later(app: App) -> Non
         request=model,
     )
     with app.engine.begin() as conn:
-        app.repository.register_request(model, correlation_id, connection=conn)
+        app.projects.register_request(model, correlation_id, connection=conn)
         add_to_outbox(conn, REQUESTED_TOPIC, *encode(event, new_trace()))
     [row] = outbox_rows(app, project_id)
     assert row.published_at is None
@@ -366,7 +366,7 @@ def test_handler_returns_the_result_of_a_completed_project(
     assert (result.metadata.region, result.metadata.owner_id) == ("eu-west-1", "user-42")
 
     assert [s.status for s in app.repository.steps(project_id)] == [StepStatus.SUCCESS] * 7
-    project = app.repository.project(project_id)
+    project = app.projects.project(project_id)
     assert project is not None
     assert project.ready_at == result.metadata.provisioned_at
 

@@ -20,7 +20,6 @@ from sqlalchemy.engine import make_url
 from services.database.adapters import SqlCredentialStore
 from services.keys.adapters import SqlKeyStore
 from services.secret_key import check, fingerprint, recorded_fingerprint
-from shared.clusters import ClusterMap
 from shared.crypto import SecretBox, UndecryptableError
 from shared.db import StepRepository, libpq_url, make_engine, migrate
 from shared.infra import InfraEnv
@@ -68,7 +67,7 @@ def _run(
 def _project_with_keys(engine: Engine, box: SecretBox, database_url: str) -> tuple[str, set[str]]:
     """A bare project with two API keys encrypted by ``box``; their secrets."""
     project = unique_project("sk")
-    StepRepository(engine, ClusterMap.single(database_url, 10)).initialize(project)
+    StepRepository(engine).initialize(project)
     SqlKeyStore(engine, box).ensure_keys(project, 2, "pk")
     with engine.connect() as conn:
         tokens = conn.execute(

@@ -318,7 +318,7 @@ def test_seed_initialize_refuses_an_invalid_project_id(app: App) -> None:
     """initialize_provisioning_steps refuses a project id outside the pattern and writes nothing."""
     with pytest.raises(InvalidProjectIdError, match="lower-case letters"):
         initialize_provisioning_steps("Robert'); DROP TABLE projects;--", app=app)
-    assert app.repository.project("Robert'); DROP TABLE projects;--") is None
+    assert app.projects.project("Robert'); DROP TABLE projects;--") is None
 
 
 # --- record_attempt_failure and mark_ready ------------------------------------------------------
@@ -409,20 +409,20 @@ def test_attempt_failure_of_a_missing_step_is_none(repo: StepRepository) -> None
     )
 
 
-def test_mark_ready_is_set_once(repo: StepRepository) -> None:
+def test_mark_ready_is_set_once(app: App, repo: StepRepository) -> None:
     """mark_ready sets ready_at once and returns it again; an unknown project is a LookupError."""
     project_id = unique_project()
     repo.initialize(project_id)
 
-    first = repo.mark_ready(project_id)
+    first = app.projects.mark_ready(project_id)
     time.sleep(0.01)
 
-    assert repo.mark_ready(project_id) == first
-    project = repo.project(project_id)
+    assert app.projects.mark_ready(project_id) == first
+    project = app.projects.project(project_id)
     assert project is not None
     assert project.ready_at == first
     with pytest.raises(LookupError, match="not found"):
-        repo.mark_ready(unique_project())
+        app.projects.mark_ready(unique_project())
 
 
 def test_the_seeds_own_call_sequence_with_a_uuid_project(app: App) -> None:

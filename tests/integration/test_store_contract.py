@@ -1,6 +1,10 @@
-"""One contract for the step store, run on the in-memory fake and on the real PostgreSQL
-repository: every branch of ``StepStore`` behaves the same on both, so the unit tests that
-lean on the fake test what production does.
+"""One contract for what the unit tests' fakes stand in for, run on the fakes in memory and
+on PostgreSQL: every branch of the step flow's port (``shared.domain.ports.StepStore``:
+``FakeStepStore`` and ``StepRepository``, with the seed's ``initialize`` and the orphan's bare
+deprovisioning a test sets up), and the ledger's marks (``FakeLedger`` and ``ProjectStore``),
+behave the same on both, so the unit tests that lean on the fakes test what production does.
+What no fake stands in for is tested on PostgreSQL only: the purge now and the restore in
+``test_project_store.py``, the list view's stages in ``test_read_models.py``.
 
 Rows are compared by what a caller acts on (status, attempt, retry and replay counts, lease,
 result, error), never by the exact value of a timestamp: only whether it is set.
@@ -19,24 +23,29 @@ from typing import Any
 import pytest
 
 from services.bootstrap import App
-from shared.db import StepRepository, make_engine
+from shared.db import ProjectStore, StepRepository, make_engine
 from shared.domain.errors import InvalidTransitionError, StoreUnavailableError
 from shared.domain.events import ProvisionProjectPayload
-from shared.domain.records import ALLOWED_TRANSITIONS, Claim, Registration, RestoreRefusedError, StepRow
+from shared.domain.records import (
+    ALLOWED_TRANSITIONS,
+    Claim,
+    ProjectRecord,
+    Registration,
+    StepRow,
+)
 from shared.domain.steps import (
     PURGE_STEP,
     REVERSE_STEP_NAMES,
     STEP_NAMES,
-    Stage,
     StepStatus,
-    derive_stage,
     step_by_name,
 )
-from tests.fakes import FakeStepStore, make_payload
+from tests.fakes import FakeLedger, FakeStepStore, make_payload
 from tests.support import unique_project
 
 S = StepStatus
 Store = FakeStepStore | StepRepository
+Ledger = FakeLedger | ProjectStore
 Elapse = Callable[[float], None]
 
 FIRST, SECOND, THIRD, FOURTH = STEP_NAMES[:4]
@@ -78,6 +87,14 @@ def elapse(store: Store) -> Elapse:
     if isinstance(store, FakeStepStore):
         return store.clock.advance
     return time.sleep
+
+
+@pytest.fixture
+def ledger(store: Store) -> Ledger:
+    """The ledger over the same records: the fake's over the fake store, or the project store."""
+    if isinstance(store, FakeStepStore):
+        return FakeLedger(store.clock, store)
+    return store.projects
 
 
 @pytest.fixture
@@ -718,7 +735,6 @@ def test_attempts_are_counted_across_retries_take_overs_and_own_reclaims(
         "snapshot",
         "transition",
         "record_attempt_failure",
-        "mark_deleted",
     ],
 )
 def test_every_operation_raises_store_unavailable_when_the_database_is_away(
@@ -730,7 +746,6 @@ def test_every_operation_raises_store_unavailable_when_the_database_is_away(
     operations: dict[str, Callable[[], object]] = {
         "register_request": lambda: store.register_request(make_payload(project_id), uuid.uuid4()),
         "register_deprovisioning": lambda: store.register_deprovisioning(project_id, uuid.uuid4()),
-        "mark_deleted": lambda: store.mark_deleted(project_id),
         "claim": lambda: claim(store, project_id, uuid.uuid4()),
         "snapshot": lambda: store.snapshot(project_id),
         "transition": lambda: store.transition(project_id, FIRST, S.SUCCESS, result={}),
@@ -740,6 +755,14 @@ def test_every_operation_raises_store_unavailable_when_the_database_is_away(
     }
     with pytest.raises(StoreUnavailableError):
         operations[operation]()
+
+
+def test_the_ledger_raises_store_unavailable_when_the_database_is_away(unavailable_store: Store) -> None:
+    """mark_deleted raises StoreUnavailableError, not a driver error, when nothing answers."""
+    store = unavailable_store
+    ledger = FakeLedger(store.clock, store) if isinstance(store, FakeStepStore) else store.projects
+    with pytest.raises(StoreUnavailableError):
+        ledger.mark_deleted(unique_project())
 
 
 # --- deprovisioning: the fence and the reverse chain ---------------------------------------------
@@ -770,6 +793,16 @@ def reverse_done(
             assert failed is not None
             return
         store.transition(project_id, name, S.SUCCESS, result={"results": {}}, expected_owner=ME)
+
+
+def register_orphan(
+    store: Store, project_id: str, correlation_id: uuid.UUID
+) -> tuple[Registration, ProjectRecord] | None:
+    """The bare deprovisioning ``provision reconcile`` records for an orphan (``create``): the
+    project store's, which the fake store's stands in for."""
+    if isinstance(store, FakeStepStore):
+        return store.register_deprovisioning(project_id, correlation_id, create=True)
+    return store.projects.register_deprovisioning(project_id, correlation_id, create=True)
 
 
 def test_deprovisioning_of_an_unknown_project_is_none_and_creates_nothing(store: Store) -> None:
@@ -817,7 +850,7 @@ def test_deprovisioning_created_for_a_name_alone_has_only_reverse_rows(store: St
     project_id = unique_project()
     correlation_id = uuid.uuid4()
 
-    registered = store.register_deprovisioning(project_id, correlation_id, create=True)
+    registered = register_orphan(store, project_id, correlation_id)
 
     assert registered is not None
     registration, record = registered
@@ -957,18 +990,20 @@ def test_reverse_step_of_a_service_turned_off_is_skipped(store: Store) -> None:
     assert view(claimed.row) == expect(status=S.SKIPPED, result=SKIPPED_RESULT, started=True, completed=True)
 
 
-def test_mark_deleted_needs_a_deprovisioning(store: Store) -> None:
+def test_mark_deleted_needs_a_deprovisioning(store: Store, ledger: Ledger) -> None:
     """mark_deleted of an unknown project, or of one never deprovisioned, is a LookupError."""
     with pytest.raises(LookupError):
-        store.mark_deleted(unique_project())
+        ledger.mark_deleted(unique_project())
     project_id, _, _ = register(store)
     with pytest.raises(LookupError):
-        store.mark_deleted(project_id)
+        ledger.mark_deleted(project_id)
     snapshot = store.snapshot(project_id)
     assert snapshot.project is not None and snapshot.project.deleted_at is None
 
 
-def test_mark_deleted_sets_the_tombstone_once_and_cancels_what_provisioning_left(store: Store) -> None:
+def test_mark_deleted_sets_the_tombstone_once_and_cancels_what_provisioning_left(
+    store: Store, ledger: Ledger
+) -> None:
     """mark_deleted sets deleted_at once (a second call returns the same time) and cancels the
     provisioning rows left pending or running; done, failed and reverse rows stay."""
     project_id, correlation_id, _ = register(store)
@@ -987,7 +1022,7 @@ def test_mark_deleted_sets_the_tombstone_once_and_cancels_what_provisioning_left
     assert claim(store, project_id, deprovisioning, REV_FIRST) is not None
     before = [view(r) for r in store.snapshot(project_id).steps]
 
-    deleted_at = store.mark_deleted(project_id)
+    deleted_at = ledger.mark_deleted(project_id)
 
     after = store.snapshot(project_id)
     assert after.project is not None
@@ -1003,38 +1038,7 @@ def test_mark_deleted_sets_the_tombstone_once_and_cancels_what_provisioning_left
     }
     assert views[3:] == before[3:]
     assert views[3]["status"] is S.FAILED
-    assert store.mark_deleted(project_id) == deleted_at
-
-
-def test_overview_stages_of_a_deprovisioning_agree_with_derive_stage(app: App) -> None:
-    """The overview's stage keys once reverse rows exist are DEPROVISIONING, DELETED (was ready),
-    CANCELLED (never ready) and FAILED (a reverse step failed), as derive_stage has them."""
-    repo = app.repository
-    projects: dict[Stage, str] = {}
-    for stage in (Stage.DEPROVISIONING, Stage.DELETED, Stage.CANCELLED, Stage.FAILED):
-        project_id, _, _ = register(repo)
-        if stage is Stage.DELETED:
-            repo.mark_ready(project_id)
-        deprovisioning = deprovision(repo, project_id)
-        if stage is not Stage.DEPROVISIONING:
-            reverse_done(
-                repo, project_id, deprovisioning, failing=REV_SECOND if stage is Stage.FAILED else None
-            )
-        projects[stage] = project_id
-
-    rows, counts = repo.overview(limit=100_000)
-
-    found = {row.project_id: row.stage_key for row in rows}
-    for stage, project_id in projects.items():
-        snapshot = repo.snapshot(project_id)
-        assert snapshot.project is not None
-        statuses = {r.step_name: r.status for r in snapshot.steps}
-        derived = derive_stage(statuses, ever_ready=snapshot.project.ready_at is not None)
-        assert found[project_id] == stage.value == derived.value, project_id
-        assert counts[stage.value] >= 1
-    selected, _ = repo.overview([Stage.CANCELLED.value], limit=100_000)
-    assert projects[Stage.CANCELLED] in {row.project_id for row in selected}
-    assert not {projects[s] for s in (Stage.DELETED, Stage.FAILED)} & {row.project_id for row in selected}
+    assert ledger.mark_deleted(project_id) == deleted_at
 
 
 # --- the same story, told by both stores --------------------------------------------------------
@@ -1164,7 +1168,7 @@ def test_renew_of_a_fenced_provisioning_step_cancels_it(store: Store) -> None:
 
     assert store.renew_lease(project_id, FIRST, owner=ME, lease_seconds=LIVE) is False
 
-    row = store.step(project_id, FIRST)
+    row = store.snapshot(project_id).step(FIRST)
     assert row is not None
     assert (row.status, row.lease_owner, row.lease_expires_at) == (S.CANCELLED, None, None)
 
@@ -1175,20 +1179,23 @@ WINDOW = 0.3  # a retention window a test waits out
 
 
 @pytest.fixture
-def removal_store(backend: str, request: pytest.FixtureRequest) -> Store:
-    """A store whose deleted projects are kept ``WINDOW`` seconds before their purge is due."""
+def removal(backend: str, request: pytest.FixtureRequest) -> tuple[Store, Ledger]:
+    """A store and its ledger, which keeps deleted projects ``WINDOW`` seconds before their
+    purge is due."""
     if backend == "fake":
-        return FakeStepStore(retention_seconds=WINDOW)
+        fake = FakeStepStore()
+        return fake, FakeLedger(fake.clock, fake, retention_seconds=WINDOW)
     app: App = request.getfixturevalue("app")
-    return StepRepository(app.engine, app.tenant_cluster_map, retention_seconds=WINDOW)
+    projects = ProjectStore(app.engine, retention_seconds=WINDOW)
+    return StepRepository(app.engine, projects=projects, placements=app.placements), projects
 
 
-def deleted(store: Store, **fields: Any) -> tuple[str, uuid.UUID, uuid.UUID]:
+def deleted(store: Store, ledger: Ledger, **fields: Any) -> tuple[str, uuid.UUID, uuid.UUID]:
     """A registered project deprovisioned and marked deleted: its id, request and deprovisioning ids."""
     project_id, correlation_id, _ = register(store, **fields)
     removal = uuid.uuid4()
     assert store.register_deprovisioning(project_id, removal) is not None
-    store.mark_deleted(project_id)
+    ledger.mark_deleted(project_id)
     return project_id, correlation_id, removal
 
 
@@ -1199,110 +1206,31 @@ def elapse_for(store: Store, seconds: float) -> None:
         time.sleep(seconds)
 
 
-def test_the_purge_is_claimable_only_once_the_retention_window_has_passed(removal_store: Store) -> None:
+def test_the_purge_is_claimable_only_once_the_retention_window_has_passed(
+    removal: tuple[Store, Ledger],
+) -> None:
     """mark_deleted sets the end of the window; the purge's claim is refused before it, taken
     after it; once purged, the project records it and the purge is not claimable again."""
-    store = removal_store
-    project_id, _, removal = deleted(store)
-    record = store.project(project_id)
+    store, ledger = removal
+    project_id, _, removal_id = deleted(store, ledger)
+    record = store.snapshot(project_id).project
     assert record is not None and record.deleted_at is not None and record.purge_after is not None
     assert record.purge_after > record.deleted_at
 
-    assert claim(store, project_id, removal, PURGE_STEP.name) is None
+    assert claim(store, project_id, removal_id, PURGE_STEP.name) is None
     elapse_for(store, WINDOW + 0.1)
-    claimed = claim(store, project_id, removal, PURGE_STEP.name)
+    claimed = claim(store, project_id, removal_id, PURGE_STEP.name)
     assert claimed is not None and claimed.row.status is S.RUNNING
 
-    store.mark_purged(project_id)
-    record = store.project(project_id)
+    ledger.mark_purged(project_id)
+    record = store.snapshot(project_id).project
     assert record is not None and record.purged_at is not None
 
 
-def test_the_purge_is_claimed_only_under_the_deprovisioning_request(removal_store: Store) -> None:
+def test_the_purge_is_claimed_only_under_the_deprovisioning_request(removal: tuple[Store, Ledger]) -> None:
     """A purge trigger under the provisioning request's id or any other id claims nothing."""
-    store = removal_store
-    project_id, correlation_id, _ = deleted(store)
+    store, ledger = removal
+    project_id, correlation_id, _ = deleted(store, ledger)
     elapse_for(store, WINDOW + 0.1)
     assert claim(store, project_id, correlation_id, PURGE_STEP.name) is None
     assert claim(store, project_id, uuid.uuid4(), PURGE_STEP.name) is None
-
-
-def test_purge_now_ends_the_window_before_the_deletion_and_after_it(removal_store: Store) -> None:
-    """purge_now during the deprovisioning makes mark_deleted end the window at once; asked of a
-    project already deleted it ends the window too; of a live project it does nothing."""
-    store = removal_store
-    project_id, _, _ = register(store)
-    assert store.purge_now(project_id) is None
-    removal = uuid.uuid4()
-    store.register_deprovisioning(project_id, removal, purge_now=True)
-    store.mark_deleted(project_id)
-    assert claim(store, project_id, removal, PURGE_STEP.name) is not None
-
-    other, _, other_removal = deleted(store)
-    assert claim(store, other, other_removal, PURGE_STEP.name) is None
-    assert store.purge_now(other) is not None
-    assert claim(store, other, other_removal, PURGE_STEP.name) is not None
-
-
-def test_a_deleted_project_is_restored_within_its_window(removal_store: Store) -> None:
-    """restore lifts the fence and the tombstone, removes the removal rows, sets the seven steps
-    pending at attempt 0 under the new request id, which then claims the first step; the old
-    request's id claims nothing; the same payload again is a duplicate, not a removed id."""
-    store = removal_store
-    project_id, old, _ = register(store)
-    assert claim(store, project_id, old) is not None
-    store.transition(project_id, FIRST, S.SUCCESS, result={"results": {}}, expected_owner=ME)
-    store.register_deprovisioning(project_id, uuid.uuid4())
-    store.mark_deleted(project_id)
-    new = uuid.uuid4()
-
-    record = store.restore(project_id, new)
-
-    assert record.correlation_id == new
-    assert not record.fenced and record.deleted_at is None and record.restored_at is not None
-    steps = store.snapshot(project_id).steps
-    assert [r.step_name for r in steps] == list(STEP_NAMES)
-    assert [view(r) for r in steps] == [PENDING_VIEW | {"retry_count": r.retry_count} for r in steps]
-    assert claim(store, project_id, old) is None
-    assert claim(store, project_id, new) is not None
-    payload = ProvisionProjectPayload.model_validate(record.request, strict=False)
-    assert store.register_request(payload, uuid.uuid4())[0] is Registration.DUPLICATE
-
-
-@pytest.mark.parametrize("case", ["live", "deprovisioning", "past the window", "purged", "orphan", "unknown"])
-def test_restore_is_refused_in_one_line_unless_deleted_within_its_window(
-    removal_store: Store, case: str
-) -> None:
-    """A live project, one still being deprovisioned, past its window, purged, an orphan and an
-    unknown id are refused with RestoreRefusedError naming why, changing nothing."""
-    store = removal_store
-    if case == "live":
-        project_id, _, _ = register(store)
-        reason = "is not deleted"
-    elif case == "deprovisioning":
-        project_id, _, _ = register(store)
-        store.register_deprovisioning(project_id, uuid.uuid4())
-        reason = "is being deprovisioned"
-    elif case == "past the window":
-        project_id, _, _ = deleted(store)
-        elapse_for(store, WINDOW + 0.1)
-        reason = "past its retention window"
-    elif case == "purged":
-        project_id, _, _ = deleted(store)
-        store.mark_purged(project_id)
-        reason = "was purged at"
-    elif case == "orphan":
-        project_id = unique_project()
-        store.register_deprovisioning(project_id, uuid.uuid4(), create=True)
-        store.mark_deleted(project_id)
-        reason = "an orphan"
-    else:
-        project_id = unique_project()
-        reason = "is not in the control plane"
-    before = store.snapshot(project_id)
-
-    with pytest.raises(RestoreRefusedError, match=reason) as refused:
-        store.restore(project_id, uuid.uuid4())
-
-    assert "\n" not in str(refused.value)
-    assert store.snapshot(project_id) == before

@@ -85,7 +85,7 @@ def _provisioned(fakes: Fakes, **fields: Any) -> DeprovisioningRequested:
 
 
 def _statuses(fakes: Fakes, project_id: str = PROJECT) -> dict[str, StepStatus]:
-    return {row.step_name: row.status for row in fakes.store.steps(project_id)}
+    return {row.step_name: row.status for row in fakes.store.snapshot(project_id).steps}
 
 
 # --- the reverse handlers, called directly ------------------------------------------------------
@@ -300,7 +300,7 @@ def test_reverse_chain_takes_the_tenant_out_of_service_and_the_purge_removes_the
     assert fakes.credentials.passwords == {}
     record = fakes.store.projects[PROJECT]
     assert record.deleted_at is not None and record.ready_at is not None
-    assert record.purge_after == record.deleted_at + timedelta(seconds=fakes.store.retention_seconds)
+    assert record.purge_after == record.deleted_at + timedelta(seconds=fakes.ledger.retention_seconds)
     statuses = _statuses(fakes)
     assert len(statuses) == 15
     assert statuses[PURGE_STEP.name] is S.PENDING
@@ -352,7 +352,7 @@ def test_deprovisioning_of_an_unknown_project_is_rejected_and_records_nothing(fa
     assert isinstance(outcome, Rejected)
     assert outcome.reason.startswith(ErrorType.PROJECT_NOT_FOUND.value)
     assert "ghost-app" not in fakes.store.projects
-    assert fakes.store.steps("ghost-app") == []
+    assert fakes.store.snapshot("ghost-app").steps == []
     assert all(calls == [] for calls in fakes.port_calls().values())
 
 
@@ -394,7 +394,7 @@ def test_a_project_known_by_name_alone_is_deprovisioned_in_full(fakes: Fakes) ->
     correlation_id = uuid.uuid4()
     registered = fakes.store.register_deprovisioning(PROJECT, correlation_id, create=True)
     assert registered is not None
-    fakes.store.record_placement(PROJECT, "default")  # where reconcile found its objects
+    fakes.store.placements.setdefault(PROJECT, "default")  # where reconcile found its objects
 
     events = fakes.run_reverse_chain(make_deprovisioning_requested(PROJECT, correlation_id=correlation_id))
 

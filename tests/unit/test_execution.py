@@ -31,7 +31,7 @@ AUTH = step_by_key("auth").name
 
 
 def _row(fakes: Fakes, step_name: str):  # type: ignore[no-untyped-def]
-    row = fakes.store.step(PROJECT, step_name)
+    row = fakes.store.snapshot(PROJECT).step(step_name)
     assert row is not None
     return row
 

@@ -12,7 +12,9 @@ import pytest
 
 from services.bootstrap import App
 from shared.clusters import ClusterMap
+from shared.db import StepRepository
 from shared.domain.errors import InvalidTransitionError
+from shared.domain.ports import StepStore
 from shared.domain.records import ALLOWED_TRANSITIONS, Registration
 from shared.domain.steps import REVERSE_STEPS, STEP_NAMES, STEPS, StepStatus
 from shared.settings import Settings
@@ -20,6 +22,28 @@ from tests.fakes import Fakes, FakeStepStore, make_payload
 
 S = StepStatus
 STEP = STEP_NAMES[0]
+
+
+def _public_methods(cls: type) -> set[str]:
+    return {name for name, value in vars(cls).items() if callable(value) and not name.startswith("_")}
+
+
+def test_the_fake_store_is_the_port_and_two_setup_helpers() -> None:
+    """The fake store offers the step flow's port, which the repository offers too, and only the
+    two helpers a test sets up with (the seed's bare project; an operator's deletion): nothing
+    else of the real stores is kept twice."""
+    port = _public_methods(StepStore)
+    assert port == {
+        "register_request",
+        "register_deprovisioning",
+        "claim",
+        "snapshot",
+        "transition",
+        "record_attempt_failure",
+        "renew_lease",
+    }
+    assert port <= _public_methods(StepRepository)
+    assert _public_methods(FakeStepStore) == port | {"initialize", "remove_project"}
 
 
 def _store_with(status: StepStatus, *, owner: str | None = None, lease: float = 300.0) -> FakeStepStore:
@@ -54,7 +78,7 @@ def test_running_to_running_only_on_expired_lease() -> None:
     with pytest.raises(InvalidTransitionError):
         store.transition("acme-app", STEP, S.RUNNING, owner="other")
     store.clock.advance(11)
-    assert store.step("acme-app", STEP).lease_expired  # type: ignore[union-attr]
+    assert store.snapshot("acme-app").step(STEP).lease_expired  # type: ignore[union-attr]
     row = store.transition("acme-app", STEP, S.RUNNING, owner="other")
     assert (row.lease_owner, row.retry_count, row.lease_expired) == ("other", 1, False)
 
@@ -88,8 +112,8 @@ def test_register_request_new_duplicate_conflict() -> None:
     registration, record = store.register_request(make_payload(), first)
     assert registration is Registration.NEW
     assert record.correlation_id == first
-    assert [r.step_name for r in store.steps("acme-app")] == list(STEP_NAMES)
-    assert all(r.status is S.PENDING for r in store.steps("acme-app"))
+    assert [r.step_name for r in store.snapshot("acme-app").steps] == list(STEP_NAMES)
+    assert all(r.status is S.PENDING for r in store.snapshot("acme-app").steps)
     registration, record = store.register_request(make_payload(), second)
     assert (registration, record.correlation_id) == (Registration.DUPLICATE, first)
     registration, _ = store.register_request(make_payload(region="eu-west-1"), second)

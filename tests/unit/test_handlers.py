@@ -42,7 +42,7 @@ def _assert_envelope(out: StepCompleted, step_key: str, event: StepInputEvent) -
 
 
 def _row_status(fakes: Fakes, step_key: str) -> StepStatus:
-    row = fakes.store.step(PROJECT, step_by_key(step_key).name)
+    row = fakes.store.snapshot(PROJECT).step(step_by_key(step_key).name)
     assert row is not None
     return row.status
 
@@ -111,7 +111,7 @@ def test_database_happy_path(fakes: Fakes) -> None:
     )
     assert out.results.model_fields_set == {"database"}
     assert fakes.credentials.passwords[PROJECT] not in out.model_dump_json()
-    assert fakes.store.project(PROJECT) is not None
+    assert fakes.store.snapshot(PROJECT).project is not None
     assert _row_status(fakes, "database") is StepStatus.SUCCESS
 
 

@@ -44,7 +44,7 @@ def provisioned(fakes: Fakes, project_id: str, **fields: Any) -> TenantNames:
 
 
 def report_of(fakes: Fakes) -> ReconcileReport:
-    return judge(take_inventory(fakes.store, fakes.cluster, fakes.registry))
+    return judge(take_inventory(fakes.records, fakes.cluster, fakes.registry))
 
 
 def kinds(report: ReconcileReport) -> list[tuple[DriftKind, str, str | None]]:
@@ -231,7 +231,7 @@ def test_reconcile_changes_nothing(fakes: Fakes) -> None:
     provisioned(fakes, "acme-one")
     fakes.cluster.databases["tenant_ghost"] = "postgres"
     before = fakes.port_calls()
-    store_calls = len(fakes.store.calls)
+    store_calls = len(fakes.records.calls)
 
     report_of(fakes)
 
@@ -244,7 +244,7 @@ def test_reconcile_changes_nothing(fakes: Fakes) -> None:
     ]
     assert new["registry"] == [("list_tenants", s) for s in ("auth", "realtime", "storage")]
     assert all(not calls for name, calls in new.items() if name not in ("cluster", "registry"))
-    assert fakes.store.calls[store_calls:] == [("project_states",), ("project_placements",)] * 2
+    assert fakes.records.calls[store_calls:] == [("project_states",), ("project_placements",)] * 2
 
 
 # --- an incomplete inventory aborts ------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_a_service_that_cannot_list_aborts_naming_it(fakes: Fakes) -> None:
     )
 
     with pytest.raises(ReconcileAbortedError) as caught:
-        take_inventory(fakes.store, fakes.cluster, fakes.registry)
+        take_inventory(fakes.records, fakes.cluster, fakes.registry)
 
     assert str(caught.value) == (
         "cannot list the tenants of the realtime service: realtime service cannot list its tenants: "
@@ -277,7 +277,7 @@ def test_a_service_that_cannot_list_aborts_naming_it(fakes: Fakes) -> None:
 def test_an_unreachable_cluster_aborts_naming_it(fakes: Fakes) -> None:
     """A tenant cluster that cannot be listed aborts the run in one line naming host:port."""
     with pytest.raises(ReconcileAbortedError) as caught:
-        take_inventory(fakes.store, UnreachableCluster(), fakes.registry)
+        take_inventory(fakes.records, UnreachableCluster(), fakes.registry)
 
     message = str(caught.value)
     assert message.startswith(f"cannot list the tenant cluster {CLUSTER}: OperationalError: ")
@@ -291,7 +291,7 @@ def test_an_unreachable_record_aborts_naming_it(fakes: Fakes) -> None:
     fakes.store.unavailable = True
 
     with pytest.raises(ReconcileAbortedError, match=r"^cannot list the project record \(control-plane"):
-        take_inventory(fakes.store, fakes.cluster, fakes.registry)
+        take_inventory(fakes.records, fakes.cluster, fakes.registry)
 
     assert fakes.cluster.calls == []
     assert fakes.registry.calls == []
@@ -428,7 +428,7 @@ def test_objects_on_every_cluster_are_judged_by_the_placement() -> None:
     eu2.ensure_database("tenant_ghost", "postgres")
     del eu2.databases["tenant_acme_two"]
 
-    inventory = take_inventory(fakes.store, {"eu-1": eu1, "eu-2": eu2}, fakes.registry)
+    inventory = take_inventory(fakes.records, {"eu-1": eu1, "eu-2": eu2}, fakes.registry)
     report = judge(inventory)
 
     assert kinds(report) == [

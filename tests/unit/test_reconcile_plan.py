@@ -35,7 +35,7 @@ def provisioned(fakes: Fakes, *project_ids: str) -> None:
 
 
 def report_of(fakes: Fakes, share: float = 0.1) -> ReconcileReport:
-    inventory = take_inventory(fakes.store, fakes.cluster, fakes.registry, keys=fakes.keys)
+    inventory = take_inventory(fakes.records, fakes.cluster, fakes.registry, keys=fakes.keys)
     return judge(inventory, max_missing_share=share)
 
 

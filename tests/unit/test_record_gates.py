@@ -82,7 +82,7 @@ def test_a_retry_wrapping_a_new_request_creates_no_project(fakes: Fakes) -> None
     topic = step_by_key("database").retry_topic
     reason = _dead_reason(_core(fakes, "database").decide(_incoming(topic, retry)))
     assert "PROJECT_NOT_FOUND" in reason
-    assert fakes.store.project("never-asked") is None
+    assert fakes.store.snapshot("never-asked").project is None
     assert fakes.cluster.databases == {}
 
 
@@ -99,7 +99,7 @@ def test_a_reverse_retry_wrapping_a_new_deprovisioning_removes_nothing(fakes: Fa
     )
 
     assert "not the deprovisioning request's" in reason
-    project = fakes.store.project(PROJECT)
+    project = fakes.store.snapshot(PROJECT).project
     assert project is not None
     assert not project.fenced
     assert fakes.store.snapshot(PROJECT).stage is Stage.COMPLETED
@@ -127,7 +127,7 @@ def test_a_retry_naming_an_attempt_the_record_did_not_schedule_is_dead_lettered(
         _core(fakes, "database").decide(_incoming(step_by_key("database").retry_topic, retry))
     )
     assert "attempt 0, the retry names attempt 5" in reason
-    row = fakes.store.step(PROJECT, STEPS[0].name)
+    row = fakes.store.snapshot(PROJECT).step(STEPS[0].name)
     assert row is not None
     assert row.status is StepStatus.PENDING
 
@@ -186,7 +186,7 @@ def test_a_new_request_for_a_removed_orphan_id_is_rejected(fakes: Fakes) -> None
     outcome = fakes.run("database", make_requested(project_id=PROJECT))
     assert isinstance(outcome, Rejected)
     assert "orphan" in outcome.reason
-    project = fakes.store.project(PROJECT)
+    project = fakes.store.snapshot(PROJECT).project
     assert project is not None
     assert project.request is None
 

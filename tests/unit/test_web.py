@@ -279,7 +279,7 @@ def test_with_the_database_gone_every_route_answers_503_not_500() -> None:
 def test_a_stream_whose_database_goes_away_ends_quietly() -> None:
     """A stream that cannot read the log ends without an event or an exception (the client resumes)."""
     gone = App(Settings(), "127.0.0.1:1", "postgresql://x@127.0.0.1:1/x", "postgresql://x@127.0.0.1:1/x")
-    stream = ProjectStream("p1", 0, gone.repository, TransitionListener(gone.database_url), lambda: {})
+    stream = ProjectStream("p1", 0, gone.read_models, TransitionListener(gone.database_url), lambda: {})
 
     async def collect() -> list[str]:
         return [chunk async for chunk in stream.events()]
