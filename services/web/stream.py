@@ -27,7 +27,7 @@ from shared.db import ReadModels
 from shared.db.engine import libpq_url
 from shared.domain.errors import StoreUnavailableError
 from shared.domain.records import StepTransition
-from shared.domain.steps import FINAL_STEP, TERMINAL_STAGES, Stage, StepStatus, derive_stage, step_by_name
+from shared.domain.steps import TERMINAL_STAGES, Stage, StepStatus, step_by_name
 
 from .views import StepState, eta_seconds, step_error
 
@@ -151,9 +151,10 @@ class ProjectStream:
     sent, in id order. Ids are taken when a transition is made, not when it commits, so two
     transactions on different steps of one project (a cancel racing a step's end) can commit
     out of id order: reading the whole log sends the late one too, where reading past the
-    last id sent would skip it. One step's transitions are serialized by its row lock, so
-    the latest id of a step is its current status: the stage is derived from the log alone,
-    with no other query per wake.
+    last id sent would skip it. The stage comes from the step rows, read just before the
+    log: a restore removes the removal chain's rows while their transitions stay in the log,
+    and whatever the rows show committed before the log was read, so a terminal stage is
+    never announced ahead of the transitions that led to it.
     """
 
     project_id: str
@@ -166,46 +167,28 @@ class ProjectStream:
     """The stream's lifetime: then it ends and its client resumes with ``Last-Event-ID``."""
     on_sent: Callable[[StepTransition], None] = lambda t: None
     _sent: set[int] = field(default_factory=set, init=False)
-    _latest: dict[str, StepTransition] = field(default_factory=dict, init=False)
-    _seed: dict[str, StepStatus] = field(default_factory=dict, init=False)
-    _ever_ready: bool = field(default=False, init=False)
     _stage: Stage | None = field(default=None, init=False)
 
-    def _begin(self) -> None:
-        """The record's statuses, for steps with no transition logged (made before the log)."""
-        snapshot = self.read_models.snapshot(self.project_id)
-        self._seed = {row.step_name: row.status for row in snapshot.steps}
-        self._ever_ready = snapshot.project is not None and snapshot.project.ready_at is not None
-
     def _read(self) -> tuple[list[StepTransition], Stage, float | None]:
-        """The transitions not yet sent, and the stage and ETA after them (on a worker
+        """The transitions not yet sent, and the stage and ETA by the rows (on a worker
         thread: the ETA's medians may be a query)."""
+        snapshot = self.read_models.snapshot(self.project_id)
         fresh = self._unsent()
-        return (fresh, *self._stage_now())
+        states = {
+            row.step_name: StepState(row.status, row.started_at if row.status is StepStatus.RUNNING else None)
+            for row in snapshot.steps
+        }
+        stage = snapshot.stage
+        return fresh, stage, eta_seconds(states, stage, self.medians(), datetime.now(UTC))
 
     def _unsent(self) -> list[StepTransition]:
         fresh = []
         for transition in self.read_models.transitions(self.project_id):
-            latest = self._latest.get(transition.step_name)
-            if latest is None or transition.id > latest.id:
-                self._latest[transition.step_name] = transition
             if transition.id not in self._sent:
                 self._sent.add(transition.id)
                 if transition.id > self.after:
                     fresh.append(transition)
         return fresh
-
-    def _stage_now(self) -> tuple[Stage, float | None]:
-        states = {name: StepState(status, None) for name, status in self._seed.items()}
-        for name, transition in self._latest.items():
-            status = StepStatus(transition.status)
-            states[name] = StepState(status, transition.at if status is StepStatus.RUNNING else None)
-        final = self._latest.get(FINAL_STEP.name)
-        self._ever_ready = self._ever_ready or (final is not None and final.status == StepStatus.SUCCESS)
-        stage = derive_stage(
-            {name: state.status for name, state in states.items()}, ever_ready=self._ever_ready
-        )
-        return stage, eta_seconds(states, stage, self.medians(), datetime.now(UTC))
 
     def _gone(self, exc: Exception) -> None:
         log.warning("stream_store_unavailable", project_id=self.project_id, error=type(exc).__name__)
@@ -215,11 +198,6 @@ class ProjectStream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_seconds
         with self.listener.watch(self.project_id) as wake:
-            try:
-                await anyio.to_thread.run_sync(self._begin)
-            except StoreUnavailableError as exc:  # its client resumes later or elsewhere
-                self._gone(exc)
-                return  # the client reconnects with Last-Event-ID; the log keeps what it missed
             while True:
                 wake.clear()
                 try:

@@ -5,6 +5,7 @@ window (or at once when asked), and a kill -9 anywhere in between loses nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from services.api import project_status, request_deprovisioning, request_provisi
 from services.bootstrap import App
 from services.cli import app as cli
 from services.credentials import reveal_credentials
+from services.web.stream import ProjectStream, TransitionListener
 from shared.domain.naming import TenantNames
 from shared.domain.records import RestoreRefusedError
 from shared.domain.steps import PURGE_STEP, STEP_KEYS, STEP_NAMES, Stage, StepStatus
@@ -108,6 +110,9 @@ def test_a_deleted_project_comes_back_with_its_data_and_new_credentials(app: App
     state = project_status(pid, app=app)
     assert state.restored_at is not None and state.deleted_at is None
     assert [r.step_name for r in state.steps] == list(STEP_NAMES)
+    # Its live stream, opened now, says COMPLETED: the removal's transitions stay in the log,
+    # but the rows they changed are gone.
+    assert _streamed(app, pid)[-1] == 'event: end\ndata: {"stage":"COMPLETED"}\n\n'
     print(f"\nrestore of a deleted project with {ROWS} rows: COMPLETED again in {restore_seconds:.2f} s")
 
 
@@ -130,6 +135,18 @@ def test_purge_now_removes_everything_and_the_project_cannot_be_restored(
     assert result.exit_code == 1, result.output
     assert result.output.strip().startswith(f"error: project '{pid}' was purged at ")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def _streamed(app: App, pid: str) -> list[str]:
+    """What the project's live stream sends from the start, until its end (30 s at most)."""
+
+    async def read() -> list[str]:
+        stream = ProjectStream(
+            pid, 0, app.read_models, TransitionListener(app.database_url), dict, keepalive=1
+        )
+        return [chunk async for chunk in stream.events()]
+
+    return asyncio.run(asyncio.wait_for(read(), 30))
 
 
 def _cli_env(app: App) -> dict[str, str]:
