@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable, Collection, Mapping
@@ -358,9 +357,3 @@ def worker_environment(
             text = str(value)
         env[f"PROVISION_{name.upper()}"] = text
     return env
-
-
-@functools.cache
-def default_app() -> App:
-    """The process-wide app for library calls that are not handed one."""
-    return build_app()

@@ -28,30 +28,32 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from services import secret_key
-from services.api import (
-    InvalidRequestError,
+from services.bench.cli import bench_app
+from services.bootstrap import App, ConfigurationError, build_app, local_infra, worker_environment
+from services.keys.adapters import NothingToRevealError
+from services.schemas import stale_schemas, write_schemas
+from services.usecases.credentials import CredentialsError, reveal_credentials, rotate_credentials
+from services.usecases.payloads import InvalidRequestError, parse_payload
+from services.usecases.queries import (
     ProjectList,
     ProjectStatus,
     ProjectSummary,
-    UnknownProjectError,
     list_projects,
-    parse_payload,
+    project_result,
     project_status,
+)
+from services.usecases.reconcile import ReconcileAbortedError, ReconcileReport
+from services.usecases.reconcile import describe as describe_plan
+from services.usecases.reconcile import plan_for as plan_reconcile
+from services.usecases.reconcile import reconcile as run_reconcile
+from services.usecases.reconcile import repair as repair_drift
+from services.usecases.replay import replay as run_replay
+from services.usecases.requests import (
+    UnknownProjectError,
     request_deprovisioning,
     request_provisioning,
     restore_project,
 )
-from services.bench.cli import bench_app
-from services.bootstrap import App, ConfigurationError, build_app, local_infra, worker_environment
-from services.credentials import CredentialsError, reveal_credentials, rotate_credentials
-from services.keys.adapters import NothingToRevealError
-from services.reconcile import ReconcileAbortedError, ReconcileReport
-from services.reconcile import describe as describe_plan
-from services.reconcile import plan_for as plan_reconcile
-from services.reconcile import reconcile as run_reconcile
-from services.reconcile import repair as repair_drift
-from services.replay import replay as run_replay
-from services.schemas import stale_schemas, write_schemas
 from services.web.auth import TokenConfigError, new_token
 from services.worker import run_worker
 from shared.crypto import UndecryptableError
@@ -1113,10 +1115,9 @@ def _stop_started(infra: LocalInfra, before: dict[str, str]) -> None:
 
 def _final_result(a: App, project_id: str) -> dict[str, Any]:
     """The result the verify step published, read back from its stored outcome."""
-    row = a.repository.step(project_id, STEPS[-1].name)
-    if row is None or row.result is None:
+    result = project_result(project_id, app=a)
+    if result is None:
         raise Failure(f"{project_id} has no result")
-    result: dict[str, Any] = row.result["extra"]["result"]
     return result
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import psycopg
 
 from services.ports import Registered, TenantFacts, TenantListingError, require_tenant_names
-from services.reconcile import ProjectState, Removal
 from services.specs import build_purge_specs, build_reverse_specs, build_specs
+from services.usecases.reconcile import ProjectState, Removal
 from shared.clusters import DEFAULT_CLUSTER, ClusterMap
 from shared.crypto import generate_api_key, generate_password
 from shared.db import DEFAULT_RETENTION_SECONDS

@@ -176,7 +176,7 @@ def wait_for(
 
 def stages(app: App, project_ids: Iterable[str]) -> Mapping[str, Stage]:
     """The derived stage of each project."""
-    from services.api import project_status
+    from services.usecases.queries import project_status
 
     return {pid: project_status(pid, app=app).stage for pid in project_ids}
 

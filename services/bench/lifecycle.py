@@ -289,8 +289,8 @@ def send_burst(
     """Request every project (``concurrency`` request threads, in order); right after a
     project's request its thread deprovisions the projects ``removals`` names for it, while
     the burst goes on (see ``schedule``)."""
-    from services.api import request_deprovisioning, request_provisioning  # noqa: PLC0415
     from services.bench.measure import payload  # noqa: PLC0415
+    from services.usecases.requests import request_deprovisioning, request_provisioning  # noqa: PLC0415
 
     burst = Burst(first_call=time.time())
     # A removal may be sent from another thread than its project's request: it waits for
@@ -334,7 +334,7 @@ def await_both(
     A project with a step failed for good is no longer waited for, nor is anything after
     ``timeout`` seconds: what did not finish is left for the checks to count.
     """
-    from services.api import project_status  # noqa: PLC0415
+    from services.usecases.queries import project_status  # noqa: PLC0415
 
     waited = Waited()
     watched = {*kept, *removed}
@@ -399,7 +399,7 @@ def failed_projects(app: App, project_ids: Iterable[str]) -> set[str]:
 def final_stages(app: App, project_ids: Iterable[str]) -> tuple[dict[str, Stage], int]:
     """Each project's stage as ``provision status`` derives it, and how many of them had a
     provisioning step done before their removal (work undone, not merely cancelled)."""
-    from services.api import project_status  # noqa: PLC0415
+    from services.usecases.queries import project_status  # noqa: PLC0415
 
     statuses = {pid: project_status(pid, app=app) for pid in project_ids}
     undone = sum(1 for s in statuses.values() if provisioned_any(s.steps))

@@ -18,7 +18,6 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from services.api import provision_project_handler, request_provisioning
 from services.bench.harness import (
     BenchFailure,
     CompletionWatcher,
@@ -38,6 +37,8 @@ from services.bench.stats import (
     timeline,
 )
 from services.bootstrap import App
+from services.usecases.requests import request_provisioning
+from services.usecases.seed import provision_project_handler
 from shared.domain.naming import TenantNames
 from shared.domain.steps import FINAL_STEP, STEP_KEYS, STEPS, step_by_name
 

@@ -519,8 +519,8 @@ class ScaleRun(BenchRun):
 
     def _warm(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet, k: int) -> None:
         """A few projects through the chain, so every instance has its connections open."""
-        from services.api import request_provisioning  # noqa: PLC0415
         from services.bench.measure import payload  # noqa: PLC0415
+        from services.usecases.requests import request_provisioning  # noqa: PLC0415
 
         with self.err.status(f"warm-up of {k} instance(s)"):
             for pid in self.warm_ids[k]:
@@ -528,8 +528,8 @@ class ScaleRun(BenchRun):
             watcher.wait(self.warm_ids[k], timeout=120, while_waiting=fleet.check_alive)
 
     def _burst(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet, k: int) -> Phase:
-        from services.api import request_provisioning  # noqa: PLC0415
         from services.bench.measure import payload  # noqa: PLC0415
+        from services.usecases.requests import request_provisioning  # noqa: PLC0415
 
         ids = self.burst_ids[k]
         self._checkpoint(app)
@@ -562,7 +562,7 @@ class ScaleRun(BenchRun):
 
     def _clean_up(self, app: App, fleet: WorkerFleet, ids: Sequence[str]) -> dict[str, Any]:
         """Deprovision the run's projects through the chain and wait until they are deleted."""
-        from services.api import request_deprovisioning  # noqa: PLC0415
+        from services.usecases.requests import request_deprovisioning  # noqa: PLC0415
 
         started = time.monotonic()
         with self.err.status(f"clean-up: deprovisioning {len(ids)} projects"):

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from services.api import InvalidRequestError, request_provisioning
 from services.bootstrap import App
+from services.usecases.payloads import InvalidRequestError
+from services.usecases.requests import request_provisioning
 from shared.db import libpq_url
 from shared.domain.events import DeadLettered
 from shared.domain.records import ConflictingRequestError

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from services.api import project_status, request_provisioning
 from services.bootstrap import App
-from services.replay import replay
+from services.usecases.queries import project_status
+from services.usecases.replay import replay
+from services.usecases.requests import request_provisioning
 from shared.domain.steps import (
     STEP_KEYS,
     Stage,

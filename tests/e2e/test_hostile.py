@@ -27,9 +27,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from services.api import InvalidRequestError, project_status, request_provisioning
 from services.bootstrap import App
-from services.replay import replay
+from services.usecases.payloads import InvalidRequestError
+from services.usecases.queries import project_status
+from services.usecases.replay import replay
+from services.usecases.requests import request_provisioning
 from shared.db import libpq_url
 from shared.domain.events import DeadLettered, ProvisionProjectPayload, request_limit, request_size, utcnow
 from shared.domain.naming import TenantNames
@@ -699,7 +701,7 @@ def test_a_deleted_projects_old_request_replayed_raw_publishes_nothing(
     """A DELETED project's own request, produced again as it was read off the topic, is ignored:
     no step runs and no step publishes (no provisioning.verify.completed for a project that is
     gone); the project stays DELETED."""
-    from services.api import request_deprovisioning
+    from services.usecases.requests import request_deprovisioning
 
     pid = unique_project("gone")
     request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=app)

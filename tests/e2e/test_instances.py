@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import text
 
-from services.api import request_provisioning
 from services.bootstrap import App
+from services.usecases.requests import request_provisioning
 from shared.domain.steps import STEP_KEYS, StepStatus, step_by_key
 from tests.e2e.faults import assert_each_side_effect_once
 from tests.e2e.instances import Instances, logged_at

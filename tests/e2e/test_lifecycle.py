@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from services.api import project_status, request_deprovisioning, request_provisioning
 from services.bootstrap import App
+from services.usecases.queries import project_status
+from services.usecases.requests import request_deprovisioning, request_provisioning
 from shared.domain.steps import (
     REVERSE_STEP_NAMES,
     REVERSE_STEPS,

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from services.api import project_status, request_provisioning
 from services.bootstrap import App, build_app
-from services.replay import replay
+from services.usecases.queries import project_status
+from services.usecases.replay import replay
+from services.usecases.requests import request_provisioning
 from shared.db import migrate
 from shared.domain.steps import REQUESTED_TOPIC, STEP_KEYS, Stage, StepStatus, all_topics, step_by_key
 from shared.infra import InfraEnv, LocalInfra

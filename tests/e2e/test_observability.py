@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from services.api import request_provisioning
 from services.bootstrap import App
+from services.usecases.requests import request_provisioning
 from shared.domain.steps import REQUESTED_TOPIC, STEPS
 from shared.tracing import parse_traceparent
 from tests.e2e.kafka_tools import read_all

@@ -16,8 +16,8 @@ import pytest
 from playwright.sync_api import Locator, Page, ViewportSize, expect
 from sqlalchemy import text
 
-from services.api import request_deprovisioning
 from services.bootstrap import App
+from services.usecases.requests import request_deprovisioning
 from services.web.app import create_api
 from services.web.auth import TokenSet, new_token
 from shared.domain.events import ProvisionProjectPayload

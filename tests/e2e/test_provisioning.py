@@ -10,9 +10,10 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from services.api import project_status, request_provisioning
 from services.bootstrap import App
 from services.cli import app as cli
+from services.usecases.queries import project_status
+from services.usecases.requests import request_provisioning
 from shared.db import libpq_url
 from shared.domain.events import VerifyCompleted
 from shared.domain.naming import TenantNames

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from services.api import project_status, request_provisioning
 from services.bootstrap import App
-from services.reconcile import Action, plan_for, reconcile, repair
+from services.usecases.queries import project_status
+from services.usecases.reconcile import Action, plan_for, reconcile, repair
+from services.usecases.requests import request_provisioning
 from shared.domain.naming import TenantNames
 from shared.domain.steps import Stage, StepStatus
 from tests.e2e.lifecycle_tools import start_ready

@@ -15,10 +15,11 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from services.api import project_status, request_deprovisioning, request_provisioning, restore_project
 from services.bootstrap import App
 from services.cli import app as cli
-from services.credentials import reveal_credentials
+from services.usecases.credentials import reveal_credentials
+from services.usecases.queries import project_status
+from services.usecases.requests import request_deprovisioning, request_provisioning, restore_project
 from services.web.stream import ProjectStream, TransitionListener
 from shared.domain.naming import TenantNames
 from shared.domain.records import RestoreRefusedError

@@ -13,9 +13,10 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from services.api import list_projects, project_status, provision_project_handler
 from services.bootstrap import App
 from services.cli import app as cli
+from services.usecases.queries import list_projects, project_status
+from services.usecases.seed import provision_project_handler
 from shared.domain.steps import Stage, StepStatus, all_topics
 from tests.integration.test_requests import payload
 from tests.support import TEST_SECRET_KEY, settings_env, unique_project

@@ -13,9 +13,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from services.api import provision_project_handler, request_deprovisioning
 from services.bootstrap import App
-from services.credentials import CredentialsError, reveal_credentials, rotate_credentials
+from services.usecases.credentials import (
+    AFTER_ROLE_CHANGE,
+    CredentialsError,
+    reveal_credentials,
+    rotate_credentials,
+)
+from services.usecases.requests import request_deprovisioning
+from services.usecases.seed import provision_project_handler
 from shared.domain.naming import TenantNames
 from shared.infra import InfraEnv
 from tests import support
@@ -91,14 +97,9 @@ def test_rotation_killed_after_the_role_change_is_finished_by_a_rerun(
     """kill -9 between altering the role and storing the password: the stored password no
     longer connects; running the rotation again makes the two agree."""
     old = _stored_password(app, project)
-    env = {
-        **os.environ,
-        **settings_env(support.test_settings(infra_env, state_dir)),
-        "PROVISION_CRASH_AT": "credentials:after_role_change",
-    }
-    code = "import sys; from services.credentials import rotate_credentials; rotate_credentials(sys.argv[1])"
+    env = {**os.environ, **settings_env(support.test_settings(infra_env, state_dir))}
     killed = subprocess.run(
-        [sys.executable, "-c", code, project],
+        [sys.executable, "-m", "tests.integration.crash_rotate", project, AFTER_ROLE_CHANGE],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from services.api import request_deprovisioning
 from services.bootstrap import App
+from services.usecases.requests import request_deprovisioning
 from shared.domain.events import ProvisionProjectPayload
 from tests.api_server import RunningApi, serve_api
 from tests.integration.test_replay_reads import SCHEMA, fail_schema_step, publish_failure

@@ -20,9 +20,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from services.api import update_provisioning_step
 from services.bench.sse import SseDecoder
 from services.bootstrap import App
+from services.usecases.seed import update_provisioning_step
 from services.web.stream import LISTENER_NAME
 from tests.api_server import RunningApi, free_port, serve_api
 from tests.sse import SseEvent, read_events

@@ -23,11 +23,10 @@ from psycopg import sql
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from services.api import provision_project_handler
 from services.bootstrap import App
 from services.cli import app as cli
-from services.credentials import reveal_credentials
-from services.reconcile import (
+from services.usecases.credentials import reveal_credentials
+from services.usecases.reconcile import (
     Action,
     DriftKind,
     Finding,
@@ -38,6 +37,7 @@ from services.reconcile import (
     reconcile,
     repair,
 )
+from services.usecases.seed import provision_project_handler
 from shared.domain.naming import TenantNames
 from shared.domain.steps import STEPS, StepStatus, step_by_key
 from tests.e2e.faults import ServiceStandIn, service_stand_in

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.bootstrap import App
-from services.replay import replay
+from services.usecases.replay import replay
 from shared.domain.events import (
     DatabaseInfo,
     ErrorInfo,

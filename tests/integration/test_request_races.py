@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from services.api import (
+from services.bootstrap import App
+from services.usecases.requests import (
     DeprovisionReceipt,
     UnknownProjectError,
     request_deprovisioning,
     request_provisioning,
 )
-from services.bootstrap import App
 from shared.domain.records import ProjectRemovedError
 from shared.domain.steps import PURGE_STEP, REVERSE_STEPS, StepStatus
 from tests.support import REPO_ROOT, settings_env, unique_project

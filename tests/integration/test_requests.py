@@ -14,15 +14,12 @@ from confluent_kafka import Message
 from psycopg import sql
 from sqlalchemy import text
 
-from services.api import (
-    InvalidRequestError,
-    RequestReceipt,
-    project_status,
-    provision_project_handler,
-    request_provisioning,
-)
 from services.bootstrap import App
 from services.database.adapters import PostgresTenantCluster
+from services.usecases.payloads import InvalidRequestError
+from services.usecases.queries import project_status
+from services.usecases.requests import RequestReceipt, request_provisioning
+from services.usecases.seed import provision_project_handler
 from shared.domain.errors import ErrorType, ProvisioningError
 from shared.domain.events import (
     ProvisioningRequested,

@@ -12,14 +12,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from services.api import (
-    InvalidRequestError,
+from services.bootstrap import App
+from services.usecases.payloads import InvalidRequestError
+from services.usecases.seed import (
     create_provisioning_steps_table,
     get_provisioning_steps,
     initialize_provisioning_steps,
     update_provisioning_step,
 )
-from services.bootstrap import App
 from shared.db import StepRepository, make_engine, migrate
 from shared.db.engine import libpq_url
 from shared.domain.errors import InvalidTransitionError

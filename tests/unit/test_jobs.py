@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from services import jobs
-from services.jobs import (
+from services.usecases import jobs, seed
+from services.usecases.jobs import (
     JobType,
     MissingJobHandlersError,
     UnknownJobTypeError,
@@ -39,17 +39,17 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(services.bootstrap, "make_engine", _no_connection)
     monkeypatch.setattr(psycopg, "connect", _no_connection)
-    services.bootstrap.default_app.cache_clear()
+    seed.configure(None)
     saved = dict(jobs._handlers)
     yield
     jobs._handlers.clear()
     jobs._handlers.update(saved)
-    assert services.bootstrap.default_app.cache_info().currsize == 0, "an app was built"
+    assert not seed.is_configured(), "an app was installed"
 
 
 def test_provision_project_registered_by_default() -> None:
     """provision_project has a handler without anyone registering it."""
-    from services.api import provision_project_handler
+    from services.usecases.seed import provision_project_handler
 
     assert has_job_handler("provision_project")
     assert get_job_handler(JobType.PROVISION_PROJECT) is provision_project_handler
@@ -107,10 +107,10 @@ def test_enqueue_unknown_job_type() -> None:
 
 
 def test_registry_module_imports_api_lazily() -> None:
-    """Importing services.jobs imports neither the api nor the wiring (they come on first use)."""
+    """Importing services.usecases.jobs imports neither the api nor the wiring (they come on first use)."""
     code = (
-        "import sys, services.jobs\n"
-        "heavy = ('services.api', 'services.bootstrap', 'sqlalchemy')\n"
+        "import sys, services.usecases.jobs\n"
+        "heavy = ('services.usecases.seed', 'services.usecases.requests', 'services.bootstrap', 'sqlalchemy')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
@@ -139,7 +139,7 @@ def test_registry_module_imports_api_lazily() -> None:
 )
 def test_enqueue_hostile_payload_is_invalid_request(payload: Any) -> None:
     """A non-object, NUL, NaN/inf or oversized payload is one-line InvalidRequestError, unconnected."""
-    from services.api import InvalidRequestError
+    from services.usecases.payloads import InvalidRequestError
 
     with pytest.raises(InvalidRequestError) as caught:
         enqueue_job(JobType.PROVISION_PROJECT, payload)
@@ -164,3 +164,16 @@ def test_the_registry_refuses_an_empty_type_or_a_handler_that_cannot_run(
     with pytest.raises(error):
         register_job_handler(job_type, handler)  # type: ignore[arg-type]
     assert not has_job_handler("bad")
+
+
+def test_a_default_step_handler_before_configure_says_to_configure() -> None:
+    """A default step handler run before seed.configure raises SeedNotConfiguredError naming configure."""
+    handler = get_job_handler("create_tenant_database")
+    with pytest.raises(seed.SeedNotConfiguredError, match=r"seed\.configure"):
+        handler(object())
+
+
+def test_enqueue_before_configure_says_to_configure() -> None:
+    """enqueue_job of a valid payload before seed.configure raises SeedNotConfiguredError, unconnected."""
+    with pytest.raises(seed.SeedNotConfiguredError, match="configure"):
+        enqueue_job(JobType.PROVISION_PROJECT, {"project_id": "acme-app", "region": "eu-west-1"})

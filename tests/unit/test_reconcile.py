@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 
 import services.cli
 from services.ports import TenantListingError
-from services.reconcile import (
+from services.usecases.reconcile import (
     DriftKind,
     Finding,
     Planned,

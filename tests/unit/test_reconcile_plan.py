@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from services.reconcile import (
+from services.usecases.reconcile import (
     Action,
     DriftKind,
     Planned,

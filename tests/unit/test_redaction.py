@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from services.bootstrap import App
-from services.credentials import TenantCredentials
 from services.keys.adapters import RevealedKey
 from services.tenant_cluster import ClusterAddress
+from services.usecases.credentials import TenantCredentials
 from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.crypto import SecretBox
 from shared.domain.events import ApiKeyInfo

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 from services.bootstrap import App
 from services.cli import app as cli
-from services.web.app import ApiMetrics, Guard, create_api
+from services.web.app import create_api
 from services.web.auth import NO_TOKENS, TokenConfigError, TokenSet, hash_token, load_tokens, new_token
+from services.web.guard import ApiMetrics, Guard
 from services.web.server import is_loopback
 from services.web.stream import ProjectStream, TransitionListener, _sse, parse_last_event_id, transition_event
 from services.web.views import eta_seconds, step_error, step_states

@@ -1,4 +1,9 @@
-"""The seed's job-handler registry: job types and step names mapped to handlers."""
+"""The seed's job-handler registry: job types and step names mapped to handlers.
+
+The default handlers run on the app installed by ``services.usecases.seed.configure``; looking
+one up builds and connects nothing, and running one before ``configure`` raises
+``SeedNotConfiguredError``. Importing this module imports neither the use cases nor the wiring.
+"""
 
 from __future__ import annotations
 
@@ -78,25 +83,25 @@ def enqueue_job(job_type: str, payload: Any, **kwargs: Any) -> Any:
         raise UnknownJobTypeError(
             f"job type {job_type!r} cannot be enqueued; known: {JobType.PROVISION_PROJECT.value}"
         )
-    from services.api import (  # noqa: PLC0415 - api imports the wiring; keep registry light
-        parse_payload,
-        request_provisioning,
-    )
+    from services.usecases import seed  # noqa: PLC0415 - the use cases import the wiring; keep registry light
+    from services.usecases.payloads import parse_payload  # noqa: PLC0415
+    from services.usecases.requests import request_provisioning  # noqa: PLC0415
 
     # Refused before any settings are read or anything connects: "hello", a NUL, NaN...
-    return request_provisioning(parse_payload(payload), **kwargs)
+    model = parse_payload(payload)
+    app = seed.configured_app(kwargs.pop("app", None))
+    return request_provisioning(model, app=app, **kwargs)
 
 
 def _register_defaults() -> None:
     if JobType.PROVISION_PROJECT in _handlers:
         return
-    from services import api  # noqa: PLC0415 - see enqueue_job
-    from services.bootstrap import default_app  # noqa: PLC0415
+    from services.usecases import seed  # noqa: PLC0415 - see enqueue_job
     from shared.domain.steps import ALL_STEPS  # noqa: PLC0415
 
-    _handlers.setdefault(JobType.PROVISION_PROJECT, api.provision_project_handler)
+    _handlers.setdefault(JobType.PROVISION_PROJECT, seed.provision_project_handler)
     for step in ALL_STEPS:  # the provisioning steps, then the deprovisioning ones
-        _handlers.setdefault(step.name, _step_handler(step.key, default_app))
+        _handlers.setdefault(step.name, _step_handler(step.key, seed.configured_app))
 
 
 def _step_handler(step_key: str, app_factory: Callable[[], Any]) -> JobHandler:

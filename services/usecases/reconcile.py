@@ -863,7 +863,7 @@ def repair(app: App, planned: Sequence[Planned]) -> list[Repair]:
     message to move it); an orphan's removal requests its deprovisioning (the project recorded by
     name alone, placed where its objects were found). Reports, waits and what is left alone are
     listed, nothing done. Two runs at once repair a step once: the second finds it pending."""
-    from services.api import NotAnOrphanError, request_deprovisioning  # noqa: PLC0415 - api imports reconcile's peers
+    from services.usecases.requests import NotAnOrphanError, request_deprovisioning  # noqa: PLC0415 - api imports reconcile's peers
 
     done: list[Repair] = []
     queued = False

@@ -7,18 +7,20 @@ API keys. :func:`rotate_credentials` gives the role a new password in three move
 as pending, alter the role, make it the stored one — so that whatever instant a run is cut
 off at, running it again finishes the same rotation and leaves the role and the stored
 password in agreement. Passwords never reach a topic or a log line.
+
+A rotation tells its ``checkpoint`` (a no-op by default) the named points it passes
+(:data:`AFTER_ROLE_CHANGE`), so a test can cut it off exactly there.
 """
 
 from __future__ import annotations
 
-import os
-import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import structlog
 
-from services.bootstrap import App, default_app
+from services.bootstrap import App
 from shared.domain.events import DatabaseInfo
 from shared.domain.naming import normalize_project_id
 from shared.domain.steps import STEPS, StepStatus
@@ -26,6 +28,9 @@ from shared.domain.steps import STEPS, StepStatus
 log = structlog.get_logger("provision.credentials")
 
 _DATABASE_STEP = STEPS[0].name
+
+AFTER_ROLE_CHANGE = "credentials:after_role_change"
+"""The point between the role's new password and the stored one's switch."""
 
 
 class CredentialsError(LookupError):
@@ -73,9 +78,8 @@ def _database_of(app: App, project_id: str) -> DatabaseInfo:
     return DatabaseInfo.model_validate(stored)
 
 
-def reveal_credentials(project_id: str, *, app: App | None = None) -> TenantCredentials:
+def reveal_credentials(project_id: str, *, app: App) -> TenantCredentials:
     """The tenant's connection details with its password, once; CredentialsError after."""
-    app = app or default_app()
     project_id = normalize_project_id(project_id)
     database = _database_of(app, project_id)
     try:
@@ -92,11 +96,16 @@ def reveal_credentials(project_id: str, *, app: App | None = None) -> TenantCred
     return TenantCredentials(database.host, database.port, database.database_name, role, password)
 
 
-def rotate_credentials(project_id: str, *, app: App | None = None) -> str:
+def _no_checkpoint(point: str) -> None:
+    pass
+
+
+def rotate_credentials(
+    project_id: str, *, app: App, checkpoint: Callable[[str], None] = _no_checkpoint
+) -> str:
     """Give the tenant's role a new password (revealed once by :func:`reveal_credentials`).
     Idempotent and crash-safe: rerun after any failure, it finishes the same rotation.
-    Returns the role."""
-    app = app or default_app()
+    ``checkpoint`` is told each named point passed. Returns the role."""
     project_id = normalize_project_id(project_id)
     _database_of(app, project_id)
     try:
@@ -107,13 +116,7 @@ def rotate_credentials(project_id: str, *, app: App | None = None) -> str:
     if placement is None:
         raise CredentialsError(f"project {project_id!r} is placed on no tenant cluster")
     app.placed_clusters.cluster(placement).ensure_role(role, password)
-    _crash_point(app, "credentials:after_role_change")
+    checkpoint(AFTER_ROLE_CHANGE)
     app.credentials.finish_rotation(project_id)
     log.info("credentials_rotated", project_id=project_id, role=role)
     return role
-
-
-def _crash_point(app: App, point: str) -> None:
-    """Testing switch (``PROVISION_CRASH_AT``): die here, as a kill -9 would."""
-    if app.settings.crash_at == point:
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,1 @@
+"""The API's routes by concern, each an ``APIRouter`` at module level."""

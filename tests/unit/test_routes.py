@@ -1,0 +1,285 @@
+"""The HTTP routes one by one, on a fake of the use-case layer: nothing connects."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from services.usecases.payloads import InvalidRequestError
+from services.usecases.queries import ProjectDetail, ProjectList, ProjectSummary
+from services.usecases.replay import ReplayDecision
+from services.usecases.requests import (
+    DeprovisionReceipt,
+    RequestReceipt,
+    RestoreReceipt,
+    UnknownProjectError,
+)
+from services.web.app import build_api
+from services.web.auth import TokenSet, hash_token
+from services.web.deps import WebState
+from services.web.guard import ApiMetrics
+from services.web.routes import ops, projects, replays
+from services.web.stream import StreamSlots, TransitionListener
+from services.web.views import Durations
+from shared.domain.records import ConflictingRequestError, ProjectRecord, RestoreRefusedError
+from shared.domain.steps import Stage
+
+PID = "3f1c2a9e-7d41-4c8a-9a57-0c7f9a1b2c3d"
+CORRELATION = uuid.UUID("11111111-2222-4333-8444-555555555555")
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FakeReadModels:
+    """Read models with no step durations."""
+
+    def median_step_seconds(self, *, sample: int) -> dict[str, float]:
+        return {}
+
+
+class FakeUseCases:
+    """The use-case layer, answering from what a test sets and recording each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.known: set[str] = {PID}
+        self.fail: Exception | None = None
+        self.duplicate = False
+        self.database = True
+
+    def _called(self, name: str, arg: Any) -> None:
+        self.calls.append((name, arg))
+        if self.fail is not None:
+            raise self.fail
+
+    def request_provisioning(self, payload: Any) -> RequestReceipt:
+        self._called("request_provisioning", payload)
+        status = "duplicate" if self.duplicate else "requested"
+        return RequestReceipt(payload["project_id"], CORRELATION, status, published=True)
+
+    def request_deprovisioning(self, project_id: str, *, reason: str | None) -> DeprovisionReceipt:
+        self._called("request_deprovisioning", (project_id, reason))
+        if project_id not in self.known:
+            raise UnknownProjectError(f"project {project_id!r} is not in the control plane")
+        status = "duplicate" if self.duplicate else "requested"
+        return DeprovisionReceipt(project_id, CORRELATION, status, True, cancelled_provisioning=False)
+
+    def restore_project(self, project_id: str) -> RestoreReceipt:
+        self._called("restore_project", project_id)
+        return RestoreReceipt(project_id, CORRELATION, published=False)
+
+    def list_projects(self, stage: str | None, *, limit: int, offset: int) -> ProjectList:
+        self._called("list_projects", (stage, limit, offset))
+        summary = ProjectSummary(PID, Stage.COMPLETED, NOW, NOW, stuck=False)
+        return ProjectList([summary] * min(limit, 2), {Stage.COMPLETED: 2})
+
+    def project_detail(self, project_id: str) -> ProjectDetail | None:
+        self._called("project_detail", project_id)
+        if project_id not in self.known:
+            return None
+        record = ProjectRecord(project_id, CORRELATION, {}, "hash", NOW, NOW)
+        return ProjectDetail(
+            project_id,
+            Stage.COMPLETED,
+            record,
+            [],
+            [],
+            [],
+            {"services": {}},
+            restorable=False,
+            last_event_id=7,
+        )
+
+    def project_exists(self, project_id: str) -> bool:
+        self.calls.append(("project_exists", project_id))  # a lookup, never made to fail
+        return project_id in self.known
+
+    def replay(
+        self, *, step_key: str | None, project_id: str | None, dry_run: bool, max_replays: int | None
+    ) -> list[ReplayDecision]:
+        self._called("replay", (step_key, project_id, dry_run, max_replays))
+        return [ReplayDecision(PID, "create_tenant_database", "would replay", "failed")]
+
+    def database_answers(self) -> bool:
+        return self.database
+
+
+def _state(calls: FakeUseCases, *, tokens: TokenSet | None = None) -> WebState:
+    read_models = cast(Any, FakeReadModels())
+    metrics = ApiMetrics()
+    return WebState(
+        usecases=calls,
+        tokens=tokens,
+        insecure_local=tokens is None,
+        metrics=metrics,
+        listener=TransitionListener("postgresql://unused@127.0.0.1:1/unused"),
+        slots=StreamSlots(1, on_change=metrics.watchers.set),
+        durations=Durations(read_models),
+        read_models=read_models,
+        keepalive=15.0,
+        stream_max_seconds=60.0,
+    )
+
+
+@pytest.fixture
+def calls() -> FakeUseCases:
+    """A fresh fake of the use-case layer."""
+    return FakeUseCases()
+
+
+@pytest.fixture
+def client(calls: FakeUseCases) -> TestClient:
+    """A client of the whole API on the fake, without the lifespan (no listener runs)."""
+    return TestClient(build_api(_state(calls)))
+
+
+def _one_router(router: Any, calls: FakeUseCases, *, prefix: str = "") -> TestClient:
+    api = FastAPI()
+    api.state.web = _state(calls)
+    api.include_router(router, prefix=prefix)
+    return TestClient(api)
+
+
+def test_a_projects_route_mounts_alone(calls: FakeUseCases) -> None:
+    """The projects router answers on an app of its own, with nothing else assembled."""
+    response = _one_router(projects.router, calls).get(f"/projects/{PID}")
+    assert response.status_code == 200
+    assert response.json()["last_event_id"] == 7
+
+
+def test_create_project_is_202_then_200_for_the_same_request(client: TestClient, calls: FakeUseCases) -> None:
+    """POST /v1/projects answers 202 with the receipt and Location, 200 for a duplicate."""
+    response = client.post("/v1/projects", json={"project_id": PID})
+    assert response.status_code == 202
+    assert response.headers["Location"] == f"/v1/projects/{PID}"
+    assert response.json()["correlation_id"] == str(CORRELATION)
+    assert calls.calls == [("request_provisioning", {"project_id": PID})]
+    calls.duplicate = True
+    assert client.post("/v1/projects", json={"project_id": PID}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (InvalidRequestError("invalid request: region", field="region"), 422, "invalid_request"),
+        (ConflictingRequestError("another payload"), 409, "conflict"),
+    ],
+)
+def test_create_project_maps_the_use_case_errors(
+    client: TestClient, calls: FakeUseCases, error: Exception, status: int, code: str
+) -> None:
+    """An invalid request is 422 with its field; a conflicting one is 409."""
+    calls.fail = error
+    response = client.post("/v1/projects", json={"project_id": PID})
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+def test_create_project_refuses_a_body_that_is_not_json(client: TestClient, calls: FakeUseCases) -> None:
+    """A body that is not JSON is 422 before any use case is called."""
+    response = client.post("/v1/projects", content=b"{nope", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == "the request body is not JSON"
+    assert calls.calls == []
+
+
+def test_list_projects_pages_with_a_next_link(client: TestClient, calls: FakeUseCases) -> None:
+    """GET /v1/projects passes the filters through and links the next page when full."""
+    body = client.get("/v1/projects", params={"stage": "completed", "limit": 2}).json()
+    assert calls.calls == [("list_projects", ("completed", 2, 0))]
+    assert body["counts"] == {"COMPLETED": 2}
+    assert body["next"] == "/v1/projects?limit=2&offset=2&stage=completed"
+
+
+def test_list_projects_with_an_unknown_stage_is_422(client: TestClient, calls: FakeUseCases) -> None:
+    """An unknown stage refused by the query is 422 on the stage field."""
+    calls.fail = InvalidRequestError("unknown stage")
+    error = client.get("/v1/projects", params={"stage": "nope"}).json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", "stage")
+
+
+def test_get_project_shows_the_view_or_404(client: TestClient, calls: FakeUseCases) -> None:
+    """GET /v1/projects/{id} renders the project's detail; an unknown one is 404."""
+    body = client.get(f"/v1/projects/{PID}").json()
+    assert (body["stage"], body["result"], body["restorable"]) == ("COMPLETED", {"services": {}}, False)
+    other = str(uuid.uuid4())
+    response = client.get(f"/v1/projects/{other}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "project_not_found"
+
+
+def test_a_bad_project_id_is_422_before_any_use_case(client: TestClient, calls: FakeUseCases) -> None:
+    """A malformed project id is 422 on project_id, and no use case is called."""
+    response = client.get("/v1/projects/NOT%20AN%20ID")
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "project_id"
+    assert calls.calls == []
+
+
+def test_events_of_an_unknown_project_is_404(client: TestClient, calls: FakeUseCases) -> None:
+    """The live stream of a project the control plane does not know is 404, no slot held."""
+    response = client.get(f"/v1/projects/{uuid.uuid4()}/events")
+    assert response.status_code == 404
+
+
+def test_events_with_a_bad_last_event_id_is_422(client: TestClient) -> None:
+    """A Last-Event-ID that is not an event id is 422 on that header."""
+    response = client.get(f"/v1/projects/{PID}/events", headers={"Last-Event-ID": "x"})
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "Last-Event-ID"
+
+
+def test_delete_project_is_202_then_200_and_404_when_unknown(client: TestClient, calls: FakeUseCases) -> None:
+    """DELETE passes the reason; 202 new, 200 duplicate, 404 for an unknown project."""
+    response = client.delete(f"/v1/projects/{PID}", params={"reason": "done"})
+    assert response.status_code == 202
+    assert calls.calls == [("request_deprovisioning", (PID, "done"))]
+    calls.duplicate = True
+    assert client.delete(f"/v1/projects/{PID}").status_code == 200
+    assert client.delete(f"/v1/projects/{uuid.uuid4()}").status_code == 404
+
+
+def test_restore_is_202_409_or_404(client: TestClient, calls: FakeUseCases) -> None:
+    """POST restore answers 202 with the receipt, 409 when refused, 404 for an unknown project."""
+    response = client.post(f"/v1/projects/{PID}/restore")
+    assert response.status_code == 202
+    assert response.json()["published"] is False
+    assert client.post(f"/v1/projects/{uuid.uuid4()}/restore").status_code == 404
+    calls.fail = RestoreRefusedError("not deleted")
+    response = client.post(f"/v1/projects/{PID}/restore")
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "conflict")
+
+
+def test_replays_resolve_the_step_and_pass_the_filters(calls: FakeUseCases) -> None:
+    """POST /replays resolves the step to its key and reports the decisions; an unknown step is 422."""
+    client = _one_router(replays.router, calls)
+    body = client.post("/replays", json={"step": "create_tenant_database", "project_id": PID}).json()
+    assert calls.calls == [("replay", ("database", PID, True, None))]
+    assert body["replayed"] == 0
+    assert body["decisions"][0]["action"] == "would replay"
+    assert client.post("/replays", json={"step": "nope"}).status_code == 422
+
+
+def test_healthz_is_503_while_the_listener_is_not_connected(calls: FakeUseCases) -> None:
+    """/healthz says the database answers but is 503 until the listener connects."""
+    client = _one_router(ops.router, calls)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "database": True, "listener": False}
+
+
+def test_metrics_and_page_need_no_token(calls: FakeUseCases) -> None:
+    """/metrics and / answer without a token, while a /v1 route wants one."""
+    token = "secret-token"
+    tokens = TokenSet.parse([f"ops={hash_token(token)}"], source="test")
+    api = build_api(_state(calls, tokens=tokens))
+    client = TestClient(api)
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/").status_code == 200
+    assert client.get(f"/v1/projects/{PID}").status_code == 401
+    authorized = client.get(f"/v1/projects/{PID}", headers={"Authorization": f"Bearer {token}"})
+    assert authorized.status_code == 200
