@@ -22,6 +22,7 @@ from services.usecases.requests import (
 from services.web.app import build_api
 from services.web.auth import TokenSet, hash_token
 from services.web.deps import WebState
+from services.web.errors import install_error_handlers
 from services.web.guard import ApiMetrics
 from services.web.routes import ops, projects, replays
 from services.web.stream import StreamSlots, TransitionListener
@@ -141,6 +142,7 @@ def _one_router(router: Any, calls: FakeUseCases, *, prefix: str = "") -> TestCl
     api = FastAPI()
     api.state.web = _state(calls)
     api.include_router(router, prefix=prefix)
+    install_error_handlers(api)
     return TestClient(api)
 
 
