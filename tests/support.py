@@ -16,8 +16,8 @@ from typing import Any
 
 from services.bootstrap import App, build_app, worker_environment
 from shared.domain.steps import STEP_KEYS, Stage
-from shared.infra import InfraEnv
 from shared.settings import Settings
+from tooling.infra import InfraEnv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # A fixed key for the suite: tests decrypt what workers in other processes encrypted.

@@ -17,10 +17,10 @@ from services.api import provision_project_handler, request_deprovisioning
 from services.bootstrap import App
 from services.credentials import CredentialsError, reveal_credentials, rotate_credentials
 from shared.domain.naming import TenantNames
-from shared.infra import InfraEnv
 from tests import support
 from tests.integration.test_requests import payload
 from tests.support import REPO_ROOT, settings_env, unique_project
+from tooling.infra import InfraEnv
 
 
 @pytest.fixture
