@@ -24,6 +24,8 @@ class WorkerFleet:
     env: dict[str, str]
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    cwd: Path | None = None
+    """The workers' working directory (None: the caller's)."""
 
     def start(self) -> None:
         """Start one worker for each of the seven steps."""
@@ -33,6 +35,7 @@ class WorkerFleet:
 
     def spawn(self, name: str, step: str, env: Mapping[str, str] | None = None) -> None:
         """Start one more worker of ``step`` under ``name``; ``env`` replaces the fleet's."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         environment = {**os.environ, **(self.env if env is None else env)}
         with (self.log_dir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
@@ -41,6 +44,7 @@ class WorkerFleet:
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
+                cwd=self.cwd,
                 # Their own process group: a Ctrl-C at the terminal reaches the caller only,
                 # which then stops every worker the one way, by SIGTERM.
                 process_group=0,
