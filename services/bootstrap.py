@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from confluent_kafka import Consumer
@@ -28,30 +28,10 @@ from shared.db import Placements, ProjectStore, ReadModels, StepRepository, make
 from shared.domain.records import StrandRule
 from shared.execution import StepSpec
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
+from shared.local_env import read_local_env
 from shared.redact import mask_url
 from shared.settings import ConfigurationError as ConfigurationError  # noqa: PLC0414 - re-exported, callers import it here
 from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from shared.infra import LocalInfra
-
-
-def local_infra(settings: Settings) -> LocalInfra:
-    """The local Kafka + PostgreSQL of ``provision infra``, as configured; InfraError naming
-    the 'local' extra when its packages are not installed (a worker image lacks them)."""
-    from shared.infra import LOCAL_EXTRA_HINT, InfraError  # noqa: PLC0415
-
-    try:
-        from shared.infra import LocalInfra  # noqa: PLC0415 - workers never need it; it is heavy
-    except ImportError as exc:
-        raise InfraError(f"{LOCAL_EXTRA_HINT} ({exc.name} is missing)") from None
-
-    return LocalInfra(
-        state_dir=settings.state_dir,
-        kafka_port=settings.kafka_port,
-        controller_port=settings.kafka_controller_port,
-        pg_port=settings.pg_port,
-    )
 
 
 @dataclass
@@ -267,8 +247,8 @@ def build_app(settings: Settings | None = None) -> App:
     """Wire the application from settings (the environment when not given).
 
     Explicit KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL win. A missing one is a ConfigurationError
-    unless local mode is asked for (``PROVISION_LOCAL=1``); then the local infrastructure's
-    addresses fill in (start it with `provision infra up`). Connecting to whatever listens on
+    unless local mode is asked for (``PROVISION_LOCAL=1``); then the addresses `provision infra up`
+    recorded in the state directory fill in. Connecting to whatever listens on
     the local ports by default would let a misconfigured production worker join the wrong servers.
     """
     settings = settings or Settings()
@@ -283,14 +263,20 @@ def build_app(settings: Settings | None = None) -> App:
     environ: dict[str, str] = dict(os.environ)
     all_local = not bootstrap and not database_url
     if not bootstrap or not database_url:
-        local = local_infra(settings).env()
-        bootstrap = bootstrap or local.bootstrap_servers
-        database_url = database_url or local.database_url
+        local = read_local_env(settings.state_dir)
+        bootstrap = bootstrap or local["KAFKA_BOOTSTRAP_SERVERS"]
+        database_url = database_url or local["DATABASE_URL"]
         # The rest of what `provision infra env` would print, where the settings say nothing:
         # several local clusters' map, a replicated broker's topic settings.
-        environ = {**local.as_env(), **environ}
+        environ = {**local, **environ}
+        clusters_file = local.get("PROVISION_CLUSTERS_FILE")
+        replication = local.get("PROVISION_TOPIC_REPLICATION")
+        min_insync = local.get("PROVISION_TOPIC_MIN_INSYNC_REPLICAS")
         settings = _with_local_topology(
-            settings, local.clusters_file, local.topic_replication, local.topic_min_insync_replicas
+            settings,
+            Path(clusters_file) if clusters_file else None,
+            int(replication) if replication else None,
+            int(min_insync) if min_insync else None,
         )
     tenant_database_url = settings.tenant_database_url or database_url
     return App(

@@ -3,19 +3,17 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from confluent_kafka import KafkaError, KafkaException
@@ -26,10 +24,10 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from typer.core import TyperGroup
 
 from services import secret_key
-from services.bench.cli import bench_app
-from services.bootstrap import App, ConfigurationError, build_app, local_infra, worker_environment
+from services.bootstrap import App, ConfigurationError, build_app
 from services.keys.adapters import NothingToRevealError
 from services.schemas import stale_schemas, write_schemas
 from services.usecases.credentials import CredentialsError, reveal_credentials, rotate_credentials
@@ -39,7 +37,6 @@ from services.usecases.queries import (
     ProjectStatus,
     ProjectSummary,
     list_projects,
-    project_result,
     project_status,
 )
 from services.usecases.reconcile import ReconcileAbortedError, ReconcileReport
@@ -71,16 +68,64 @@ from shared.domain.steps import (
     resolve_step,
     step_by_name,
 )
-from shared.infra import InfraError
-from shared.infra.cli import build_infra_app
 from shared.kafka import ensure_topics
 from shared.logging import configure_logging
 from shared.settings import Settings
 
-if TYPE_CHECKING:
-    from shared.infra import LocalInfra
+
+class _WithToolingCommands(TyperGroup):
+    """The root command: the product's commands, then those the tooling declares (entry points
+    ``provision.commands``), each loaded only when it runs or is listed: the product never
+    imports the tooling, and a worker started by `provision worker` loads none of it."""
+
+    # Typed loosely: typer's own click is private to it (typer._click).
+    def list_commands(self, ctx: Any) -> list[str]:
+        own = super().list_commands(ctx)
+        return [*own, *(name for name in _tooling_commands() if name not in own)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _tooling_commands():
+            command = _load_tooling_command(_tooling_commands()[cmd_name])
+        return command
+
+
+@functools.cache
+def _tooling_commands() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group="provision.commands")}
+
+
+def _load_tooling_command(ep: importlib.metadata.EntryPoint) -> Any:
+    """The command of one entry point: a typer.Typer sub-app or a plain command function; one
+    whose extra is not installed says so in one line, exit 1."""
+    options: dict[str, Any] = {}
+    try:
+        loaded = ep.load()
+    except ImportError as exc:
+        extra = ep.extras[0] if ep.extras else "dev"
+        message = (
+            f"`provision {ep.name}` needs the '{extra}' extra: pip install 'tenant-provisioning[{extra}]' "
+            f"({exc.name or exc} is missing)"
+        )
+
+        def missing() -> None:
+            _die(message, 1)
+
+        loaded = missing
+        options = {
+            "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+            "add_help_option": False,
+            "help": f"Needs the '{extra}' extra.",
+        }
+    if isinstance(loaded, typer.Typer):
+        return typer.main.get_command(loaded)
+    single = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False, add_completion=False)
+    single.command(ep.name, **options)(loaded)
+    return typer.main.get_command(single)
+
 
 app = typer.Typer(
+    cls=_WithToolingCommands,
     rich_markup_mode=None,
     help="Tenant provisioning by Kafka choreography: seven step consumers bring a project to life.",
     no_args_is_help=True,
@@ -183,7 +228,7 @@ def _errors() -> Iterator[None]:
         UndecryptableError,
     ) as exc:
         _die(str(exc), 2)
-    except (Failure, InfraError, ProvisioningError) as exc:
+    except (Failure, ProvisioningError) as exc:
         _die(str(exc), 1)
     except (OperationalError, StoreUnavailableError) as exc:
         cause = exc.orig if isinstance(exc, OperationalError) else exc
@@ -199,23 +244,6 @@ def _kafka_reason(exc: KafkaException) -> str:
     error = exc.args[0] if exc.args else None
     text = error.str() if isinstance(error, KafkaError) else str(exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-
-
-# --- infrastructure -----------------------------------------------------------------------
-
-
-def _local_key_env() -> dict[str, str]:
-    """The local servers' key, for `infra env`: the shell it sets up then has explicit servers,
-    which never make a key up."""
-    try:
-        keys = secret_key.load_keys(_settings(), local=True)
-    except (ConfigurationError, UsageError) as exc:
-        raise InfraError(str(exc)) from None
-    return {"PROVISION_SECRET_KEY": ",".join(keys)}
-
-
-app.add_typer(build_infra_app(lambda: local_infra(_settings()), _local_key_env), name="infra")
-app.add_typer(bench_app, name="bench")
 
 
 @app.command()
@@ -1006,119 +1034,6 @@ def secret_key_rotate(
         f"{count} secrets re-encrypted under {secret_key.fingerprint(newest)}, now the recorded key; "
         "drop the old key from PROVISION_SECRET_KEY once no process encrypts with it"
     )
-
-
-# --- demo ---------------------------------------------------------------------------------
-
-
-@app.command()
-def demo(
-    project_id: Annotated[str | None, typer.Option(help="Project id (default: demo-<random>).")] = None,
-    region: Annotated[str, typer.Option(help="Region.")] = "eu-west-1",
-    keep_infra: Annotated[
-        bool, typer.Option("--keep-infra", help="Leave Kafka and PostgreSQL running.")
-    ] = False,
-) -> None:
-    """Everything end to end on the local defaults: infra up, migrate, topics, the seven
-    workers as separate processes, one request, live progress, the result, shutdown."""
-
-    started = time.monotonic()
-    with _errors():
-        # Every argument and setting is checked before anything starts.
-        settings = _settings(local=True)  # local by nature: it starts the servers it lacks
-        pid = validate_project_id(project_id) if project_id else f"demo-{uuid.uuid4().hex[:6]}"
-        if region not in settings.regions:
-            raise UsageError(f"region {region!r} is not one of {', '.join(sorted(settings.regions))}")
-        # SIGTERM unwinds like Ctrl-C, so everything started below is stopped again.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        with ExitStack() as cleanup:
-            _demo(settings, pid, region, keep_infra=keep_infra, cleanup=cleanup)
-    err.print(f"demo finished in {time.monotonic() - started:.1f} s")
-
-
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanup: ExitStack) -> None:
-    """The demo's work; each thing it starts registers its own stop on ``cleanup`` first,
-    so any exit (an error, a port taken, Ctrl-C, SIGTERM) stops exactly what it started."""
-    infra = local_infra(settings)
-    if settings.kafka_bootstrap_servers is None or settings.database_url is None:
-        before = infra.status()
-        if not keep_infra:
-            cleanup.callback(_stop_started, infra, before)
-        infra.up(_infra_progress)
-    a = build_app(settings)
-    cleanup.callback(a.close)
-    applied = run_migrations(a.engine)
-    err.print(f"migrations: {', '.join(applied) if applied else 'up to date'}")
-    _ = a.box  # the key checked (recorded the first time) before any worker starts
-    ensure_topics(
-        a.bootstrap_servers,
-        all_topics(),
-        partitions=a.settings.topic_partitions,
-        replication=a.settings.topic_replication,
-        min_insync_replicas=a.settings.topic_min_insync_replicas,
-    )
-    err.print(f"topics: {len(all_topics())} ready")
-    log_dir = Path(settings.state_dir) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    local = settings.kafka_bootstrap_servers is None or settings.database_url is None
-    env = {
-        **os.environ,
-        **(infra.env().as_env() if local else {}),  # several local clusters' URLs, if any
-        **worker_environment(a.settings, bootstrap_servers=a.bootstrap_servers, database_url=a.database_url),
-        **a.secret_key_env(),  # in local mode the state directory's key: the workers never make one up
-    }
-    workers: list[subprocess.Popen[bytes]] = []
-    cleanup.callback(_stop_workers, workers)
-    for key in STEP_KEYS:
-        with (log_dir / f"{key}.log").open("ab") as log_file:
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", f"services.{key}"], env=env, stdout=log_file, stderr=log_file
-                )
-            )
-    err.print(f"workers: {len(workers)} started (logs in {log_dir}/)")
-    receipt = request_provisioning({"project_id": pid, "region": region}, app=a)
-    out.print(f"requested {pid} (correlation_id {receipt.correlation_id})")
-    _follow(a, pid, timeout=180)
-    out.print()
-    out.print_json(json.dumps(_final_result(a, pid)))
-
-
-def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
-    for proc in workers:
-        proc.send_signal(signal.SIGTERM)
-    for proc in workers:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if workers:
-        err.print(f"workers: stopped ({', '.join(str(p.returncode) for p in workers)})")
-
-
-def _infra_progress(line: str) -> None:
-    err.print(f"[dim]infra:[/dim] {line}", highlight=False)
-
-
-def _stop_started(infra: LocalInfra, before: dict[str, str]) -> None:
-    """Stop the servers that were not running before the demo (a partial start included)."""
-    if not before["kafka"].startswith("running"):
-        infra.stop_kafka(_infra_progress)
-    if not before["postgres"].startswith("running"):
-        infra.stop_postgres(_infra_progress)
-
-
-def _final_result(a: App, project_id: str) -> dict[str, Any]:
-    """The result the verify step published, read back from its stored outcome."""
-    result = project_result(project_id, app=a)
-    if result is None:
-        raise Failure(f"{project_id} has no result")
-    return result
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Where they come from, in order of preference:
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` both set: use those servers as they are.
 2. A Docker engine answers: start throwaway containers with testcontainers.
-3. Otherwise: :class:`shared.infra.LocalInfra` under ``<repo>/.provision/test`` on ports
+3. Otherwise: :class:`tooling.infra.LocalInfra` under ``<repo>/.provision/test`` on ports
    29092/29093/25432 (clear of the development defaults), wiped at session start (the broker
    jars are kept) and stopped at session end.
 
@@ -27,8 +27,8 @@ from typing import Literal
 import pytest
 from sqlalchemy.engine import make_url
 
-from shared.infra import InfraEnv, LocalInfra, docker_engine_available
-from shared.infra.kafka import wait_until_ready
+from tooling.infra import InfraEnv, LocalInfra, docker_engine_available
+from tooling.infra.kafka import wait_until_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Overridable so two sessions on one machine (say, two worktrees) can each run their own.
@@ -39,7 +39,7 @@ TEST_PG_PORT = int(os.environ.get("PROVISION_TEST_PG_PORT", "25432"))
 # All below 32768, where Linux picks ephemeral ports for outgoing connections: a client
 # socket can otherwise take a server port between two sessions.
 
-# Same broker version as shared/infra/pom.xml, so both paths test against one Kafka.
+# Same broker version as tooling/infra/pom.xml, so both paths test against one Kafka.
 KAFKA_IMAGE = os.environ.get("PROVISION_TEST_KAFKA_IMAGE", "apache/kafka:4.3.1")
 POSTGRES_IMAGE = os.environ.get("PROVISION_TEST_POSTGRES_IMAGE", "postgres:18")
 

@@ -20,10 +20,10 @@ from sqlalchemy.engine import make_url
 
 from services.bootstrap import App
 from shared.db import libpq_url, migrate
-from shared.infra import InfraEnv
-from shared.infra.postgres import LocalPostgres
 from tests.conftest import TEST_STATE_DIR
 from tests.support import make_app
+from tooling.infra import InfraEnv
+from tooling.infra.postgres import LocalPostgres
 
 # Beside the session's PostgreSQL port, below the ephemeral range like every test server's.
 TENANT_SERVER_PORT = int(os.environ.get("PROVISION_TEST_PG_PORT", "25432")) + 41

@@ -11,9 +11,9 @@ import pytest
 from services.bootstrap import App
 from shared.db import migrate
 from shared.domain.steps import all_topics
-from shared.infra import InfraEnv
 from shared.kafka import ensure_topics
 from tests.support import WorkerGroup, make_app
+from tooling.infra import InfraEnv
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -16,8 +15,9 @@ from typing import Any
 
 from services.bootstrap import App, build_app, worker_environment
 from shared.domain.steps import STEP_KEYS, Stage
-from shared.infra import InfraEnv
 from shared.settings import Settings
+from tooling.fleet import WorkerFleet
+from tooling.infra import InfraEnv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # A fixed key for the suite: tests decrypt what workers in other processes encrypted.
@@ -96,14 +96,7 @@ class WorkerGroup:
                 **self.extra_env,
                 **env,
             }
-            with (self.log_dir / f"{step}.log").open("ab") as log:
-                self.procs[step] = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{step}"],
-                    env=environment,
-                    stdout=log,
-                    stderr=log,
-                    cwd=REPO_ROOT,
-                )
+            WorkerFleet({}, self.log_dir, self.procs, cwd=REPO_ROOT).spawn(step, step, environment)
 
     def kill(self, step: str) -> None:
         """SIGKILL one worker, as a crash would."""

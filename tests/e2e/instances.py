@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from shared.settings import Settings
 from tests.support import REPO_ROOT, settings_env
+from tooling.fleet import WorkerFleet
 
 
 @dataclass
@@ -39,14 +39,7 @@ class Instances:
                 "PROVISION_GROUP_INSTANCE_ID": f"{name}-instance",
                 **env,
             }
-            with (self.log_dir / f"{name}.log").open("ab") as log:
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{step}"],
-                    env=environment,
-                    stdout=log,
-                    stderr=log,
-                    cwd=REPO_ROOT,
-                )
+            WorkerFleet({}, self.log_dir, self.procs, cwd=REPO_ROOT).spawn(name, step, environment)
         return names
 
     def of(self, step: str) -> list[str]:

@@ -21,7 +21,7 @@ from tests.support import stages
 
 def leader_node(bootstrap_servers: str, topic: str, *, timeout: float = 30.0) -> int:
     """The index (0-based) of the Kafka node leading most partitions of ``topic`` (partition 0's
-    leader on a tie); node index j is broker id j + 1 (shared/infra/local.py)."""
+    leader on a tie); node index j is broker id j + 1 (tooling/infra/local.py)."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     deadline = time.monotonic() + timeout
     while True:

@@ -23,13 +23,13 @@ from services.usecases.replay import replay
 from services.usecases.requests import request_provisioning
 from shared.db import migrate
 from shared.domain.steps import REQUESTED_TOPIC, STEP_KEYS, Stage, StepStatus, all_topics, step_by_key
-from shared.infra import InfraEnv, LocalInfra
 from shared.kafka import ensure_topics
 from tests.conftest import TEST_CONTROLLER_PORT, TEST_KAFKA_PORT, TEST_PG_PORT, TEST_STATE_DIR
 from tests.e2e.lifecycle_tools import start_ready
 from tests.e2e.multinode_tools import FaultTable, leader_node, outcome, wait_fully_replicated
 from tests.support import WorkerGroup, stages, unique_project, wait_until_stage
 from tests.support import test_settings as settings_for_tests
+from tooling.infra import InfraEnv, LocalInfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multinode]
 

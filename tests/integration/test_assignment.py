@@ -10,8 +10,8 @@ from confluent_kafka import Consumer
 # NewTopic's documented home; the package's typing re-exports it only implicitly.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from shared.infra import InfraEnv
 from shared.kafka import consumer_config
+from tooling.infra import InfraEnv
 
 
 def _topics(env: InfraEnv, partitions: int) -> tuple[str, str]:

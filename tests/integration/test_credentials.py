@@ -23,10 +23,10 @@ from services.usecases.credentials import (
 from services.usecases.requests import request_deprovisioning
 from services.usecases.seed import provision_project_handler
 from shared.domain.naming import TenantNames
-from shared.infra import InfraEnv
 from tests import support
 from tests.integration.test_requests import payload
 from tests.support import REPO_ROOT, settings_env, unique_project
+from tooling.infra import InfraEnv
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.infra import LocalInfra
 from tests.support import REPO_ROOT
+from tooling.infra import LocalInfra
 
 
 def _free_port() -> int:

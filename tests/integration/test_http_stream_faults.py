@@ -20,13 +20,13 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from services.bench.sse import SseDecoder
 from services.bootstrap import App
 from services.usecases.seed import update_provisioning_step
 from services.web.stream import LISTENER_NAME
 from tests.api_server import RunningApi, free_port, serve_api
 from tests.sse import SseEvent, read_events
 from tests.support import REPO_ROOT, env_of, make_app, settings_env
+from tooling.bench.sse import SseDecoder
 
 
 def _request(client: httpx.Client, app: App) -> str:

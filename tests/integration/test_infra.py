@@ -20,9 +20,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from shared.infra import InfraEnv, LocalInfra
-from shared.infra.postgres import LocalPostgres
-from shared.infra.topology import Topology, read_topology
+from tooling.infra import InfraEnv, LocalInfra
+from tooling.infra.postgres import LocalPostgres
+from tooling.infra.topology import Topology, read_topology
 
 if TYPE_CHECKING:
     from tests.conftest import InfraHandle

@@ -14,11 +14,11 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 # ConfigResource's documented home; the package's typing re-exports it only implicitly.
 from confluent_kafka.admin import AdminClient, ConfigResource, PartitionMetadata  # type: ignore[attr-defined]
 
-from shared.infra import InfraEnv, LocalInfra
 from shared.kafka import ensure_topics
 from shared.kafka.clientlog import client_logger
 from shared.kafka.clients import producer_config
 from tests.conftest import TEST_CONTROLLER_PORT, TEST_KAFKA_PORT, TEST_PG_PORT, TEST_STATE_DIR
+from tooling.infra import InfraEnv, LocalInfra
 
 pytestmark = pytest.mark.multinode
 

@@ -22,10 +22,10 @@ from shared.domain.events import (
     utcnow,
 )
 from shared.domain.steps import StepStatus, step_by_key
-from shared.infra import InfraEnv
 from shared.kafka import encode, read_to_end
 from shared.tracing import new_trace
 from tests.support import make_app, unique_project
+from tooling.infra import InfraEnv
 
 SCHEMA = step_by_key("schema")
 S = StepStatus

@@ -30,11 +30,11 @@ from shared.domain.events import (
 from shared.domain.naming import TenantNames
 from shared.domain.records import ConflictingRequestError
 from shared.domain.steps import REQUESTED_TOPIC, STEP_NAMES, Stage, StepStatus
-from shared.infra import InfraEnv
 from shared.kafka import Publisher, add_to_outbox, encode, read_to_end, relay_outbox
 from shared.kafka.codec import header_map
 from shared.tracing import new_trace
 from tests.support import make_app, unique_project
+from tooling.infra import InfraEnv
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 

@@ -22,8 +22,8 @@ from services.keys.adapters import SqlKeyStore
 from services.secret_key import check, fingerprint, recorded_fingerprint
 from shared.crypto import SecretBox, UndecryptableError
 from shared.db import StepRepository, libpq_url, make_engine, migrate
-from shared.infra import InfraEnv
 from tests.support import REPO_ROOT, unique_project
+from tooling.infra import InfraEnv
 
 OLD, NEW = SecretBox.generate_key(), SecretBox.generate_key()
 

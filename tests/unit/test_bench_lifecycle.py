@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
-from services.bench.harness import Outcome
-from services.bench.lifecycle import (
+from shared.domain.records import StepRow
+from shared.domain.steps import DEADLETTER_TOPIC, FINAL_STEP, REVERSE_STEPS, STEPS, Stage, StepStatus
+from tests.fakes import Fakes
+from tooling.bench.harness import Outcome
+from tooling.bench.lifecycle import (
     Waited,
     _note,
     counts,
@@ -22,9 +25,6 @@ from services.bench.lifecycle import (
     summary_lines,
     verdict,
 )
-from shared.domain.records import StepRow
-from shared.domain.steps import DEADLETTER_TOPIC, FINAL_STEP, REVERSE_STEPS, STEPS, Stage, StepStatus
-from tests.fakes import Fakes
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 IDS = [f"p{i:03d}" for i in range(200)]

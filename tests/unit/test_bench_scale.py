@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.bench.scale import (
+from tooling.bench.scale import (
     CpuReading,
     bound_notes,
     burst_rate,

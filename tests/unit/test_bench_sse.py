@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.bench.sse import (
+from tooling.bench.sse import (
     SseDecoder,
     SseEvent,
     StepSeen,
@@ -23,7 +23,7 @@ from services.bench.sse import (
     summary_lines,
     topic_leads_ms,
 )
-from services.bench.stats import summarize_or_none
+from tooling.bench.stats import summarize_or_none
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.bench.stats import (
+from tooling.bench.stats import (
     Completion,
     StepLog,
     StepSpan,

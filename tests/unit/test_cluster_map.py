@@ -10,9 +10,10 @@ import pytest
 
 from services.bootstrap import ConfigurationError, build_app
 from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
-from shared.infra import InfraEnv
-from shared.infra.topology import cluster_url_env
+from shared.local_env import write_local_env
 from shared.settings import Settings
+from tooling.infra import InfraEnv
+from tooling.infra.topology import cluster_url_env
 
 ENV = {"EU1": "postgresql://postgres:pw@127.0.0.1:5433/postgres", "EU2": "postgresql://p:q@h:5434/postgres"}
 TOML = """
@@ -131,8 +132,6 @@ def test_local_mode_takes_the_local_clusters_map_and_topic_settings(
     """With PROVISION_LOCAL and `infra up --clusters 2 --brokers 3`, the app reads the local
     clusters.toml (its URLs from the local env) and replication 3 / min ISR 2, unless the
     settings say otherwise."""
-    import services.bootstrap
-
     path = write(
         tmp_path, TOML.replace('"EU1"', f'"{cluster_url_env(0)}"').replace('"EU2"', f'"{cluster_url_env(1)}"')
     )
@@ -145,11 +144,10 @@ def test_local_mode_takes_the_local_clusters_map_and_topic_settings(
         topic_min_insync_replicas=2,
     )
 
-    class Local:
-        def env(self) -> InfraEnv:
-            return local
-
-    monkeypatch.setattr(services.bootstrap, "local_infra", lambda settings: Local())
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(state_dir))
+    write_local_env(state_dir, local.as_env())  # as `infra up` records it
     for index in (0, 1):
         monkeypatch.delenv(cluster_url_env(index), raising=False)  # from the local env, not the shell
 

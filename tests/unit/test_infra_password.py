@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.infra.postgres import LocalPostgres
+from tooling.infra.postgres import LocalPostgres
 
 
 def test_clusters_asking_at_once_all_get_the_one_password(

@@ -9,10 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from shared.clusters import load_cluster_map
-from shared.infra import InfraError, LocalInfra
-from shared.infra.cli import build_infra_app
-from shared.infra.kafka import KafkaBroker
-from shared.infra.topology import (
+from shared.settings import DEFAULT_REGIONS
+from tooling.infra import InfraError, LocalInfra
+from tooling.infra.cli import build_infra_app
+from tooling.infra.kafka import KafkaBroker
+from tooling.infra.topology import (
     InfraEnv,
     Ports,
     Topology,
@@ -21,7 +22,6 @@ from shared.infra.topology import (
     write_clusters_file,
     write_topology,
 )
-from shared.settings import DEFAULT_REGIONS
 
 # Ports of no running server: nothing here may start or reach one.
 KAFKA, CONTROLLER, PG = 24992, 24993, 24932

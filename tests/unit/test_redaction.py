@@ -15,9 +15,9 @@ from services.usecases.credentials import TenantCredentials
 from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.crypto import SecretBox
 from shared.domain.events import ApiKeyInfo
-from shared.infra import InfraEnv
 from shared.redact import mask_url
 from shared.settings import Settings
+from tooling.infra import InfraEnv
 
 PASSWORD = "AsySNKv3ryS3cret"
 URL = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:25432/postgres"

@@ -18,6 +18,7 @@ from services.secret_key import SecretKeyMismatchError, fingerprint, reencrypted
 from services.worker import run_worker
 from shared.crypto import SecretBox, UndecryptableError
 from shared.settings import Settings
+from tooling.infra import local_infra
 
 OLD, NEW = SecretBox.generate_key(), SecretBox.generate_key()
 EXPLICIT = {"kafka_bootstrap_servers": "127.0.0.1:1", "database_url": "postgresql://nobody@127.0.0.1:1/none"}
@@ -72,6 +73,7 @@ def test_key_using_commands_refuse_without_a_key(
 def test_local_mode_makes_the_key_file_once_with_mode_0600(tmp_path: Path) -> None:
     """In local mode the key is the state directory's file, made once (0600) and then read back."""
     settings = Settings(local=True, state_dir=tmp_path / "state", pg_port=23932, kafka_port=23992)
+    local_infra(settings).record()  # as `infra up` leaves it
     first = build_app(settings)
     assert first.local
     key = first.secret_keys[0]
@@ -86,6 +88,7 @@ def test_local_mode_makes_the_key_file_once_with_mode_0600(tmp_path: Path) -> No
 def test_a_configured_key_wins_in_local_mode(tmp_path: Path) -> None:
     """In local mode PROVISION_SECRET_KEY, when set, is used and no key file is made."""
     settings = Settings(local=True, state_dir=tmp_path, secret_key=NEW, pg_port=23932, kafka_port=23992)
+    local_infra(settings).record()  # as `infra up` leaves it
     assert build_app(settings).secret_keys == (NEW,)
     assert not (tmp_path / secret_key.KEY_FILE).exists()
 

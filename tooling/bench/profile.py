@@ -14,9 +14,15 @@ import psycopg
 from confluent_kafka import Consumer, Message, TopicPartition
 from sqlalchemy import Engine, create_engine, text
 
-from services.bench.harness import end_offset
-from services.bench.measure import DbProject, Sample
-from services.bench.stats import (
+from services.bootstrap import App
+from shared.db import libpq_url, sqlalchemy_url
+from shared.domain.events import event_models
+from shared.domain.steps import STEP_KEYS, STEPS
+from shared.kafka import Publisher, consumer_config, decode, encode, ensure_topics
+from shared.tracing import new_trace
+from tooling.bench.harness import end_offset
+from tooling.bench.measure import DbProject, Sample
+from tooling.bench.stats import (
     Completion,
     HopParts,
     StepLog,
@@ -28,12 +34,6 @@ from services.bench.stats import (
     split_hop,
     summarize_or_none,
 )
-from services.bootstrap import App
-from shared.db import libpq_url, sqlalchemy_url
-from shared.domain.events import event_models
-from shared.domain.steps import STEP_KEYS, STEPS
-from shared.kafka import Publisher, consumer_config, decode, encode, ensure_topics
-from shared.tracing import new_trace
 
 PROBE_TOPIC = "bench.probe"
 

@@ -3,6 +3,7 @@
 By default one Kafka node and one PostgreSQL cluster; in multi-node mode N clusters and a
 three-node Kafka quorum, all on loopback. Layout under the state directory::
 
+    local-env.json       the connection settings `up` last recorded, read by local mode (0600)
     topology.json        how many clusters and brokers `up` last started (read by every command)
     clusters.toml        the tenant cluster map, with two or more clusters
     postgres.password    the superuser's password, one for every cluster (mode 0600)
@@ -22,10 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from shared.infra._common import InfraError, Progress, private_dir, quiet, state_lock
-from shared.infra.kafka import KafkaBroker, Quorum
-from shared.infra.postgres import LocalPostgres
-from shared.infra.topology import (
+from shared.local_env import write_local_env
+from shared.settings import Settings
+from tooling.infra._common import InfraError, Progress, private_dir, quiet, state_lock
+from tooling.infra.kafka import KafkaBroker, Quorum
+from tooling.infra.postgres import LocalPostgres
+from tooling.infra.topology import (
     InfraEnv,
     Ports,
     Topology,
@@ -35,7 +38,7 @@ from shared.infra.topology import (
     write_topology,
 )
 
-__all__ = ["InfraEnv", "LocalInfra", "Topology", "docker_engine_available"]
+__all__ = ["InfraEnv", "LocalInfra", "Topology", "docker_engine_available", "local_infra"]
 
 _T = TypeVar("_T")
 
@@ -170,7 +173,14 @@ class LocalInfra:
             launched = self._launch_kafka(progress)
             _each(lambda cluster: cluster.start(progress), self.postgres_clusters)
             _each(lambda node: node.wait_ready(progress), launched)
-        return self.env()
+            return self.record()
+
+    def record(self) -> InfraEnv:
+        """Record :meth:`env` in the state directory (``local-env.json``, mode 0600), where the
+        product's local mode reads it; starts nothing."""
+        env = self.env()
+        write_local_env(self.state_dir, env.as_env())
+        return env
 
     def _launch_kafka(self, progress: Progress) -> list[KafkaBroker]:
         """Launch every stopped node at once (formatting a node's storage is a JVM start of its
@@ -295,6 +305,16 @@ class LocalInfra:
                 node.wipe()
             for cluster in self.postgres_clusters:
                 cluster.wipe()
+
+
+def local_infra(settings: Settings) -> LocalInfra:
+    """The local Kafka + PostgreSQL of ``provision infra``, at the settings' state directory and ports."""
+    return LocalInfra(
+        state_dir=settings.state_dir,
+        kafka_port=settings.kafka_port,
+        controller_port=settings.kafka_controller_port,
+        pg_port=settings.pg_port,
+    )
 
 
 def _label(kind: str, index: int) -> str:

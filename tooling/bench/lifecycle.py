@@ -18,18 +18,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from services.bench.cli import BenchRun, Plan, _progress
-from services.bench.harness import BenchFailure
-from services.bench.stats import epoch_to_utc, ms, rate, summarize_or_none
 from shared.domain.steps import DEADLETTER_TOPIC, STEP_NAMES, Stage, StepStatus
+from tooling.bench.cli import BenchRun, Plan, _progress
+from tooling.bench.harness import BenchFailure
+from tooling.bench.stats import epoch_to_utc, ms, rate, summarize_or_none
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from services.bench.harness import CompletionWatcher, Outcome, WorkerFleet
     from services.bootstrap import App
     from shared.domain.records import StepRow
     from shared.settings import Settings
+    from tooling.bench.harness import CompletionWatcher, Outcome, WorkerFleet
 
 Tick = Callable[[], None]
 
@@ -230,8 +230,8 @@ class LifecycleRun(BenchRun):
             )
 
     def _analyse(self, app: App) -> None:
-        from services.bench import measure  # noqa: PLC0415
-        from services.bench.profile import read_step_logs, replays  # noqa: PLC0415
+        from tooling.bench import measure  # noqa: PLC0415
+        from tooling.bench.profile import read_step_logs, replays  # noqa: PLC0415
 
         every, waited = self.ids.thr_c, self.waited
         kept_integrity = measure.check_integrity(app, self.kept)
@@ -289,8 +289,8 @@ def send_burst(
     """Request every project (``concurrency`` request threads, in order); right after a
     project's request its thread deprovisions the projects ``removals`` names for it, while
     the burst goes on (see ``schedule``)."""
-    from services.bench.measure import payload  # noqa: PLC0415
     from services.usecases.requests import request_deprovisioning, request_provisioning  # noqa: PLC0415
+    from tooling.bench.measure import payload  # noqa: PLC0415
 
     burst = Burst(first_call=time.time())
     # A removal may be sent from another thread than its project's request: it waits for
@@ -462,10 +462,10 @@ def leftovers(app: App, project_ids: Sequence[str]) -> list[tuple[str, str]]:
 
 def run(plan: Plan, deprovision: int, lag: int = 0) -> None:
     """The command: the run, with the CLI's one-line errors and exit codes."""
-    from services.cli import Failure, _errors, _settings, err, out  # noqa: PLC0415 - mounts us
+    from tooling.output import Failure, err, errors, local_settings, out  # noqa: PLC0415 - keep --help fast
 
-    with _errors():
+    with errors():
         try:
-            LifecycleRun(plan, _settings(local=True), out, err, deprovision=deprovision, lag=lag).execute()
+            LifecycleRun(plan, local_settings(), out, err, deprovision=deprovision, lag=lag).execute()
         except BenchFailure as exc:
             raise Failure(str(exc)) from None

@@ -18,14 +18,19 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from services.bench.harness import (
+from services.bootstrap import App
+from services.usecases.requests import request_provisioning
+from services.usecases.seed import provision_project_handler
+from shared.domain.naming import TenantNames
+from shared.domain.steps import FINAL_STEP, STEP_KEYS, STEPS, step_by_name
+from tooling.bench.harness import (
     BenchFailure,
     CompletionWatcher,
     FootprintSampler,
     ProcessSample,
     WorkerFleet,
 )
-from services.bench.stats import (
+from tooling.bench.stats import (
     StepSpan,
     Timeline,
     epoch_to_utc,
@@ -36,11 +41,6 @@ from services.bench.stats import (
     summarize_or_none,
     timeline,
 )
-from services.bootstrap import App
-from services.usecases.requests import request_provisioning
-from services.usecases.seed import provision_project_handler
-from shared.domain.naming import TenantNames
-from shared.domain.steps import FINAL_STEP, STEP_KEYS, STEPS, step_by_name
 
 Mode = Literal["choreography", "in_process"]
 Tick = Callable[[], None]

@@ -1,7 +1,7 @@
 """A local Apache Kafka node (KRaft, broker and controller in one JVM) run from plain jars.
 
 One node makes a single-node cluster; three nodes, each listing all three as voters, make a
-three-node quorum (see :class:`shared.infra.local.LocalInfra`). Layout under a node's home
+three-node quorum (see :class:`tooling.infra.local.LocalInfra`). Layout under a node's home
 directory (``<state dir>/kafka`` for the single node)::
 
     pom.xml            copy of the packaged pom that Maven resolved (single node, or the node owning libs/)
@@ -34,7 +34,7 @@ import psutil
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from shared.infra._common import (
+from tooling.infra._common import (
     CONTROLLER_PORT_ENV,
     KAFKA_PORT_ENV,
     LOOPBACK,
@@ -63,7 +63,7 @@ def _probe_logger() -> logging.Logger:
     While the broker boots, every readiness probe logs "connection refused" and similar
     at error level; they are expected and would otherwise spill onto the user's terminal.
     """
-    logger = logging.getLogger("shared.infra.kafka.probe")
+    logger = logging.getLogger("tooling.infra.kafka.probe")
     logger.propagate = False
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())
@@ -517,9 +517,9 @@ class KafkaBroker:
 
 def _packaged(name: str) -> Path:
     """Path of a data file shipped in this package (pom.xml, log4j2.yaml)."""
-    path = Path(str(resources.files("shared.infra").joinpath(name)))
+    path = Path(str(resources.files("tooling.infra").joinpath(name)))
     if not path.is_file():
-        raise InfraError(f"packaged file {name} is missing from shared.infra; reinstall it")
+        raise InfraError(f"packaged file {name} is missing from tooling.infra; reinstall it")
     return path
 
 

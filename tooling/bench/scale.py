@@ -20,7 +20,6 @@ import functools
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,21 +31,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 
-from services.bench.cli import BenchRun, Plan, _progress
-from services.bench.harness import BenchFailure
-from services.bench.stats import Target, epoch_to_utc, ms, rate, ratio
 from services.ports import require_tenant_names
 from shared.domain.naming import TenantNames
 from shared.domain.steps import STEPS
+from tooling.bench.cli import BenchRun, Plan, _progress
+from tooling.bench.harness import BenchFailure
+from tooling.bench.stats import Target, epoch_to_utc, ms, rate, ratio
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from services.bench.harness import CompletionWatcher, WorkerFleet
-    from services.bench.measure import DbProject
     from services.bootstrap import App
     from shared.settings import Settings
+    from tooling.bench.harness import CompletionWatcher, WorkerFleet
+    from tooling.bench.measure import DbProject
 
 T = TypeVar("T")
 
@@ -298,7 +297,7 @@ def scale_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     """The printed table: one row per instance count."""
     from rich.table import Table  # noqa: PLC0415
 
-    from services.bench.report import _fmt  # noqa: PLC0415
+    from tooling.bench.report import _fmt  # noqa: PLC0415
 
     table = Table(title="provision bench scale: database step instances", title_justify="left")
     columns = (
@@ -519,8 +518,8 @@ class ScaleRun(BenchRun):
 
     def _warm(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet, k: int) -> None:
         """A few projects through the chain, so every instance has its connections open."""
-        from services.bench.measure import payload  # noqa: PLC0415
         from services.usecases.requests import request_provisioning  # noqa: PLC0415
+        from tooling.bench.measure import payload  # noqa: PLC0415
 
         with self.err.status(f"warm-up of {k} instance(s)"):
             for pid in self.warm_ids[k]:
@@ -528,8 +527,8 @@ class ScaleRun(BenchRun):
             watcher.wait(self.warm_ids[k], timeout=120, while_waiting=fleet.check_alive)
 
     def _burst(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet, k: int) -> Phase:
-        from services.bench.measure import payload  # noqa: PLC0415
         from services.usecases.requests import request_provisioning  # noqa: PLC0415
+        from tooling.bench.measure import payload  # noqa: PLC0415
 
         ids = self.burst_ids[k]
         self._checkpoint(app)
@@ -578,7 +577,7 @@ class ScaleRun(BenchRun):
     # --- analysing, writing, printing -----------------------------------------------------
 
     def _analyse(self, app: App) -> None:
-        from services.bench import measure  # noqa: PLC0415
+        from tooling.bench import measure  # noqa: PLC0415
 
         every = [pid for k in self.instance_counts for pid in self.burst_ids[k]]
         projects = measure.fetch_projects(app, every)
@@ -611,7 +610,7 @@ class ScaleRun(BenchRun):
         self.result["integrity"] = measure.check_integrity(app, list(self.ids.warm_c))
 
     def _write(self) -> None:
-        from services.bench.report import write_json  # noqa: PLC0415
+        from tooling.bench.report import write_json  # noqa: PLC0415
 
         finished = time.time()
         bench = self.result["bench"]
@@ -750,19 +749,11 @@ def drop_tenants(app: App, tenants: Iterable[tuple[str, str]]) -> None:
 def start_database_instance(fleet: WorkerFleet, n: int) -> None:
     """One more database worker process in the fleet (``database-<n>``), with its own static
     group member id when the others have one."""
-    env = {**os.environ, **fleet.env}
-    if env.get("PROVISION_GROUP_INSTANCE_ID"):
-        env["PROVISION_GROUP_INSTANCE_ID"] = f"{env['PROVISION_GROUP_INSTANCE_ID']}-database-{n}"
-    name = f"{DATABASE_STEP.key}-{n}"
-    with (fleet.log_dir / f"{name}.log").open("ab") as log:
-        fleet.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{DATABASE_STEP.key}"],
-            env=env,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-        )
+    member = {**os.environ, **fleet.env}.get("PROVISION_GROUP_INSTANCE_ID")
+    env = dict(fleet.env)
+    if member:
+        env["PROVISION_GROUP_INSTANCE_ID"] = f"{member}-database-{n}"
+    fleet.spawn(f"{DATABASE_STEP.key}-{n}", DATABASE_STEP.key, env)
 
 
 def wait_for_group(
@@ -889,11 +880,11 @@ def run(plan: Plan, max_instances: int = 3) -> None:
     """The command: the run, with the CLI's one-line errors and exit codes."""
     from confluent_kafka import KafkaException  # noqa: PLC0415
 
-    from services.cli import Failure, _errors, _settings, err, out  # noqa: PLC0415 - mounts us
+    from tooling.output import Failure, err, errors, local_settings, out  # noqa: PLC0415 - keep --help fast
 
-    with _errors():
+    with errors():
         try:
-            ScaleRun(plan, _settings(local=True), out, err, max_instances=max_instances).execute()
+            ScaleRun(plan, local_settings(), out, err, max_instances=max_instances).execute()
         except BenchFailure as exc:
             raise Failure(str(exc)) from None
         except KafkaException as exc:

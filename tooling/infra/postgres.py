@@ -48,7 +48,7 @@ with warnings.catch_warnings():
         ensure_user_exists,
     )
 
-from shared.infra._common import (
+from tooling.infra._common import (
     LOOPBACK,
     PG_PORT_ENV,
     InfraError,
@@ -69,14 +69,14 @@ _ROOT_SERVER_USER = "pgserver"
 # No role is trusted, the superuser included: anything on the machine can reach loopback, and a
 # server any local process could administer would make the tenant roles' passwords moot.
 _PG_HBA = """\
-# Written by shared/infra/postgres.py.
+# Written by tooling/infra/postgres.py.
 # TYPE  DATABASE  USER      ADDRESS        METHOD
 local   all       all                      scram-sha-256
 host    all       all       127.0.0.1/32   scram-sha-256
 """
 
 _CONF_APPENDIX = """
-# --- added by shared/infra/postgres.py ---
+# --- added by tooling/infra/postgres.py ---
 # Already the default; stated because pg_hba.conf relies on SCRAM verifiers being stored.
 password_encryption = 'scram-sha-256'
 # Seven step workers with connection pools, plus the tests, outgrow the default of 100.

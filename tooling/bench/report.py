@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.table import Table
 
-from services.bench.measure import DbProject, Sample, project_timeline
-from services.bench.stats import Target, epoch_to_utc, median_index, ms
 from shared.domain.steps import STEP_KEYS
+from tooling.bench.measure import DbProject, Sample, project_timeline
+from tooling.bench.stats import Target, epoch_to_utc, median_index, ms
 
 
 def _get(data: dict[str, Any], *path: str) -> Any:

@@ -1,9 +1,7 @@
 """``infra`` commands: start, stop and locate the local Kafka broker(s) and PostgreSQL server(s).
 
-The main CLI mounts the app from :func:`build_infra_app`, passing a factory that reads the
-state directory and ports from its settings, e.g.::
-
-    app.add_typer(build_infra_app(make_local_infra), name="infra")
+``provision`` mounts :data:`infra_app` from its ``provision.commands`` entry point: the infra
+of the settings' state directory and ports, with the local servers' secret key in ``env``.
 
 Progress and errors go to stderr so that ``eval "$(provision infra env)"`` only sees the
 variable assignments on stdout.
@@ -17,10 +15,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.infra._common import InfraError
+from services import secret_key
+from shared.settings import ConfigurationError, Settings
+from tooling.infra._common import InfraError
+from tooling.infra.local import local_infra
+from tooling.output import UsageError, settings
 
 if TYPE_CHECKING:
-    from shared.infra.local import LocalInfra
+    from tooling.infra.local import LocalInfra
 
 
 def _progress(line: str) -> None:
@@ -42,6 +44,7 @@ def build_infra_app(
     to what ``env`` prints (the local servers' secret key).
     """
     infra_app = typer.Typer(
+        rich_markup_mode=None,
         help="Run a local Kafka broker and PostgreSQL server (no Docker needed).",
         no_args_is_help=True,
     )
@@ -133,3 +136,28 @@ def build_infra_app(
             typer.echo(f"{name}: {state}")
 
     return infra_app
+
+
+def _configured_infra() -> LocalInfra:
+    """The local infra of the settings in the environment."""
+    return local_infra(_settings())
+
+
+def _settings() -> Settings:
+    try:
+        return settings()
+    except UsageError as exc:
+        raise InfraError(str(exc)) from None
+
+
+def _local_key_env() -> dict[str, str]:
+    """The local servers' key, for `infra env`: the shell it sets up then has explicit servers,
+    which never make a key up."""
+    try:
+        keys = secret_key.load_keys(_settings(), local=True)
+    except ConfigurationError as exc:
+        raise InfraError(str(exc)) from None
+    return {"PROVISION_SECRET_KEY": ",".join(keys)}
+
+
+infra_app = build_infra_app(_configured_infra, _local_key_env)

@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.infra._common import (
+from shared.redact import mask_url
+from tooling.infra._common import (
     CONTROLLER_PORT_ENV,
     KAFKA_PORT_ENV,
     PG_PORT_ENV,
     InfraError,
     validate_port,
 )
-from shared.redact import mask_url
 
 TOPOLOGY_FILE = "topology.json"
 CLUSTERS_FILE = "clusters.toml"

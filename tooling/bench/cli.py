@@ -8,6 +8,7 @@ Exit codes as the rest of the CLI: 0 the run finished (targets met or not, unles
 from __future__ import annotations
 
 import gc
+import importlib.util
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,12 +30,13 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
-    from services.bench.harness import CompletionWatcher, Infra, WorkerFleet
-    from services.bench.measure import LatencyRun, Sample, ThroughputRun
     from services.bootstrap import App
     from shared.settings import Settings
+    from tooling.bench.harness import CompletionWatcher, Infra, WorkerFleet
+    from tooling.bench.measure import LatencyRun, Sample, ThroughputRun
 
 bench_app = typer.Typer(
+    rich_markup_mode=None,
     help="Benchmark the choreography against the in-process handler: latency, throughput, footprint.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -212,7 +214,7 @@ def lifecycle(
     keep_infra: KeepInfra = False,
 ) -> None:
     """A burst of M, D of them deprovisioned while it runs: none of the others lost, nothing left of the D."""
-    from services.bench.lifecycle import run as run_lifecycle  # noqa: PLC0415 - keep --help fast
+    from tooling.bench.lifecycle import run as run_lifecycle  # noqa: PLC0415 - keep --help fast
 
     if deprovision > throughput_m:
         raise typer.BadParameter(
@@ -245,7 +247,7 @@ def scale(
     check: Check = False,
 ) -> None:
     """Throughput with 1..3 database step instances, each against k parallel psql sessions doing its SQL."""
-    from services.bench.scale import run as run_scale  # noqa: PLC0415 - keep --help fast
+    from tooling.bench.scale import run as run_scale  # noqa: PLC0415 - keep --help fast
 
     plan = Plan(
         "scale",
@@ -277,7 +279,7 @@ def sse(
     check: Check = False,
 ) -> None:
     """The HTTP API: SSE latency from commit, LISTEN/NOTIFY against the topics, idle CPU of watchers."""
-    from services.bench.sse import run as run_sse  # noqa: PLC0415 - keep --help fast
+    from tooling.bench.sse import run as run_sse  # noqa: PLC0415 - keep --help fast
 
     plan = Plan("sse", throughput_m=m, warmup=warmup, out=out, keep_infra=keep_infra, check=check)
     run_sse(plan, watchers, idle_seconds)
@@ -289,14 +291,15 @@ def sse(
 def _execute(plan: Plan) -> None:
     from confluent_kafka import KafkaException  # noqa: PLC0415
 
-    from services.bench.harness import BenchFailure  # noqa: PLC0415 - keep --help fast
-    from services.bench.report import targets  # noqa: PLC0415
-    from services.cli import Failure, _errors, _settings, err, out  # noqa: PLC0415 - mounts us
+    from tooling.bench.harness import BenchFailure  # noqa: PLC0415 - keep --help fast
+    from tooling.bench.report import targets  # noqa: PLC0415
+    from tooling.output import Failure, err, errors, local_settings, out  # noqa: PLC0415 - keep --help fast
 
-    with _errors():
+    with errors():
+        _require_bench_extra()
         try:
             # Local by nature: it starts the servers it is not given by URL.
-            result = BenchRun(plan, _settings(local=True), out, err).execute()
+            result = BenchRun(plan, local_settings(), out, err).execute()
         except BenchFailure as exc:
             raise Failure(str(exc)) from None
         except KafkaException as exc:
@@ -311,6 +314,17 @@ def _execute(plan: Plan) -> None:
             missed = [t.name for t in targets(result) if t.met is False]
             if missed:
                 raise Failure(f"targets missed: {'; '.join(missed)}")
+
+
+def _require_bench_extra() -> None:
+    """UsageError (one line, exit 2) naming the 'bench' extra when its chart library is missing."""
+    from tooling.output import UsageError  # noqa: PLC0415 - keep --help fast
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(
+            "the benchmarks need the 'bench' extra: pip install 'tenant-provisioning[bench]' "
+            "(matplotlib is missing)"
+        )
 
 
 @dataclass
@@ -381,7 +395,7 @@ class BenchRun:
         self.err.print(f"[dim]{line}[/dim]", highlight=False, soft_wrap=True)
 
     def execute(self) -> dict[str, Any]:
-        from services.bench import harness  # noqa: PLC0415
+        from tooling.bench import harness  # noqa: PLC0415
 
         self.plan.out.mkdir(parents=True, exist_ok=True)
         infra = harness.bring_up(self.settings, self.say)
@@ -419,7 +433,7 @@ class BenchRun:
 
     def _warm_up_choreography(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
         """The warm-up projects through the choreography only (the consumers join their groups)."""
-        from services.bench import measure  # noqa: PLC0415
+        from tooling.bench import measure  # noqa: PLC0415
 
         with self.err.status("warm-up: the seven consumers join their groups, a project completes"):
             for project_id in self.ids.warm_c:
@@ -428,7 +442,7 @@ class BenchRun:
                 )
 
     def _measure(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
-        from services.bench import harness, measure  # noqa: PLC0415
+        from tooling.bench import harness, measure  # noqa: PLC0415
 
         plan, ids, region = self.plan, self.ids, self.region
         with self.err.status("warm-up: the seven consumers join their groups, a project completes"):
@@ -476,7 +490,7 @@ class BenchRun:
     # --- analysing ------------------------------------------------------------------------
 
     def _analyse(self, app: App) -> None:
-        from services.bench import measure, profile, report  # noqa: PLC0415
+        from tooling.bench import measure, profile, report  # noqa: PLC0415
 
         result, every = self.result, self.ids.every()
         logs = profile.read_step_logs(self.log_dir)
@@ -519,7 +533,7 @@ class BenchRun:
         result["findings"] = report.findings(result)
 
     def _write(self) -> None:
-        from services.bench import measure, report  # noqa: PLC0415
+        from tooling.bench import measure, report  # noqa: PLC0415
 
         finished = time.time()
         bench = self.result["bench"]
@@ -544,7 +558,7 @@ class BenchRun:
         report.write_json(self.json_path, self.result)
 
     def _print(self) -> None:
-        from services.bench import report  # noqa: PLC0415
+        from tooling.bench import report  # noqa: PLC0415
 
         result, out = self.result, self.out
         out.print(report.targets_table(result))
@@ -584,7 +598,7 @@ def _progress(console: Console) -> Iterator[Progress]:
 
 def _check_quota(app: App, planned: int) -> None:
     """Refuse a run that would push the tenant cluster past its limit halfway through."""
-    from services.cli import UsageError  # noqa: PLC0415
+    from tooling.output import UsageError  # noqa: PLC0415
 
     fills = app.placements.cluster_fill(app.settings.regions[0])
     present = sum(f.used for f in fills)
@@ -611,7 +625,7 @@ def _settings_used(settings: Settings, app: App) -> dict[str, Any]:
 
 def _samples_json(samples: list[Sample], projects: dict[str, Any]) -> list[dict[str, Any]]:
     """Every measured project, with its raw timestamps and its timeline, for re-analysis."""
-    from services.bench.measure import project_timeline  # noqa: PLC0415
+    from tooling.bench.measure import project_timeline  # noqa: PLC0415
 
     rows: list[dict[str, Any]] = []
     for s in samples:

@@ -36,19 +36,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.bench.cli import BenchRun, Plan
-from services.bench.harness import BenchFailure
-from services.bench.stats import Target, summarize_or_none
 from shared.domain.steps import STEPS, Chain, StepStatus
+from tooling.bench.cli import BenchRun, Plan
+from tooling.bench.harness import BenchFailure
+from tooling.bench.stats import Target, summarize_or_none
 
 if TYPE_CHECKING:
     import httpx
     import psutil
     from rich.console import Console
 
-    from services.bench.harness import CompletionWatcher, Say, WorkerFleet
     from services.bootstrap import App
     from shared.settings import Settings
+    from tooling.bench.harness import CompletionWatcher, Say, WorkerFleet
 
 LATENCY_P95_MS = 50.0
 IDLE_CPU_PERCENT = 5.0
@@ -448,7 +448,7 @@ class TopicWatcher:
     def __init__(self, app: App) -> None:
         from confluent_kafka import Consumer  # noqa: PLC0415
 
-        from services.bench.harness import assign_from_end  # noqa: PLC0415
+        from tooling.bench.harness import assign_from_end  # noqa: PLC0415
 
         self.step_of = {s.completed_topic: s.name for s in STEPS}
         self.consumer = Consumer(
@@ -523,7 +523,7 @@ def _client(base_url: str) -> httpx.AsyncClient:
 
 
 async def _request(client: httpx.AsyncClient, project_id: str, region: str) -> None:
-    from services.bench.measure import payload  # noqa: PLC0415
+    from tooling.bench.measure import payload  # noqa: PLC0415
 
     response = await client.post("/v1/projects", json=payload(project_id, region))
     if response.status_code != 202:
@@ -664,7 +664,7 @@ class SseRun(BenchRun):
         self.api_facts: dict[str, Any] = {}
 
     def _measure(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
-        from services.bench.harness import worker_env  # noqa: PLC0415
+        from tooling.bench.harness import worker_env  # noqa: PLC0415
 
         self._warm_up_choreography(app, watcher, fleet)
         self.say(f"warm-up: {len(self.ids.warm_c)} project(s) done")
@@ -695,7 +695,7 @@ class SseRun(BenchRun):
         self.api_facts["killed_after_sigterm_timeout"] = api.killed
 
     def _analyse(self, app: App) -> None:
-        from services.bench import measure  # noqa: PLC0415
+        from tooling.bench import measure  # noqa: PLC0415
 
         seen = [s for stream in self.streams for s in stream.steps]
         commits = commit_times(app, [s.id for s in seen if not s.replayed])
@@ -756,12 +756,12 @@ def run(plan: Plan, watchers: int, idle_seconds: float) -> None:
     """The command: the run, with the CLI's one-line errors and exit codes."""
     from confluent_kafka import KafkaException  # noqa: PLC0415
 
-    from services.cli import Failure, _errors, _settings, err, out  # noqa: PLC0415 - mounts us
+    from tooling.output import Failure, err, errors, local_settings, out  # noqa: PLC0415 - keep --help fast
 
-    with _errors():
+    with errors():
         try:
             result = SseRun(
-                plan, _settings(local=True), out, err, watchers=watchers, idle_seconds=idle_seconds
+                plan, local_settings(), out, err, watchers=watchers, idle_seconds=idle_seconds
             ).execute()
         except BenchFailure as exc:
             raise Failure(str(exc)) from None

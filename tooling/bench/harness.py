@@ -7,23 +7,23 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from services.bootstrap import App, build_app, local_infra, worker_environment
-from shared.domain.steps import DEADLETTER_TOPIC, FINAL_STEP, STEP_KEYS, STEPS, all_topics
-from shared.infra import LocalInfra
+from services.bootstrap import App, build_app, worker_environment
+from shared.domain.steps import DEADLETTER_TOPIC, FINAL_STEP, STEPS, all_topics
 from shared.settings import Settings
+from tooling import fleet
+from tooling.infra import LocalInfra, local_infra
 
 Say = Callable[[str], None]
 
@@ -98,62 +98,14 @@ def worker_env(settings: Settings, app: App) -> dict[str, str]:
     return {**cluster_urls, **env, **app.secret_key_env(), "PROVISION_LOG_LEVEL": "INFO"}
 
 
-@dataclass
-class WorkerFleet:
-    """The seven step workers, each its own OS process (``python -m services.<step>``)."""
-
-    env: dict[str, str]
-    log_dir: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        environment = {**os.environ, **self.env}
-        for step in STEP_KEYS:
-            with (self.log_dir / f"{step}.log").open("ab") as log:
-                self.procs[step] = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{step}"],
-                    env=environment,
-                    stdout=log,
-                    stderr=log,
-                    stdin=subprocess.DEVNULL,
-                    # Their own process group: a Ctrl-C at the terminal reaches the bench
-                    # only, which then stops every worker the one way, by SIGTERM.
-                    process_group=0,
-                )
-
-    def pids(self) -> dict[str, int]:
-        return {step: proc.pid for step, proc in self.procs.items()}
+class WorkerFleet(fleet.WorkerFleet):
+    """The fleet of the bench: a worker that exits fails the run."""
 
     def check_alive(self) -> None:
         """BenchFailure naming the first worker that exited, with the end of its log."""
-        for step, proc in self.procs.items():
-            code = proc.poll()
-            if code is not None:
-                raise BenchFailure(f"the {step} worker exited with code {code}: {self.tail(step)}")
-
-    def tail(self, step: str, lines: int = 2) -> str:
-        path = self.log_dir / f"{step}.log"
-        if not path.exists():
-            return "(no log)"
-        kept = [line.strip()[:240] for line in path.read_text(errors="replace").splitlines() if line.strip()]
-        return " | ".join(kept[-lines:]) or "(empty log)"
-
-    def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM every worker, wait, SIGKILL the ones that do not stop; their exit codes."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        codes: dict[str, int | None] = {}
-        deadline = time.monotonic() + timeout
-        for step, proc in self.procs.items():
-            try:
-                codes[step] = proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes[step] = proc.wait(5)
-        self.procs.clear()
-        return codes
+        exited = self.first_exited()
+        if exited is not None:
+            raise BenchFailure(exited)
 
 
 @contextmanager

@@ -1,0 +1,48 @@
+"""The local servers' connection settings as `provision infra up` records them in the state
+directory: a plain data contract between the tooling, which writes the file, and the product's
+local mode, which reads it (the product never imports the tooling)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from shared.settings import ConfigurationError
+
+LOCAL_ENV_FILE = "local-env.json"
+
+
+def local_env_path(state_dir: Path) -> Path:
+    """Where the local servers' connection settings are recorded under ``state_dir``."""
+    return Path(state_dir) / LOCAL_ENV_FILE
+
+
+def write_local_env(state_dir: Path, env: Mapping[str, str]) -> Path:
+    """Record ``env`` (variable name to value; it holds the superuser's password) in the state
+    directory, readable by the owner only, replacing what was there in one step."""
+    path = local_env_path(state_dir)
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(dict(env), file, indent=2, sort_keys=True)
+    os.replace(partial, path)
+    return path
+
+
+def read_local_env(state_dir: Path) -> dict[str, str]:
+    """The recorded connection settings (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL and, with several
+    nodes, the tenant clusters and topic settings); ConfigurationError when none are recorded."""
+    path = local_env_path(state_dir)
+    try:
+        recorded = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"local mode: no local servers recorded in {state_dir}; start them with `provision infra up`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"local mode: cannot read {path}: {exc}") from None
+    if not isinstance(recorded, dict):
+        raise ConfigurationError(f"local mode: {path} holds no settings; run `provision infra up` again")
+    return {str(name): str(value) for name, value in recorded.items()}
