@@ -9,6 +9,7 @@ from typing import Any
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from services.web.app import openapi_document
 from shared.domain.events import ProvisionProjectPayload, ProvisionProjectResult, event_models
 
 
@@ -41,16 +42,14 @@ def render_schemas() -> dict[str, str]:
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = name
         rendered[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
-    from services.web.app import openapi_document  # noqa: PLC0415 - needs the api extra, like this command
-
     rendered["openapi.json"] = json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
     return rendered
 
 
 def write_schemas(directory: Path) -> list[str]:
     """Write the schemas; returns the files that changed. Stale files are removed."""
-    directory.mkdir(parents=True, exist_ok=True)
     rendered = render_schemas()
+    directory.mkdir(parents=True, exist_ok=True)
     changed = []
     for name, text in rendered.items():
         path = directory / name

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from services.bootstrap import App, build_app, worker_environment
+from services.cli.follow import follow
 from services.usecases.queries import project_result
 from services.usecases.requests import request_provisioning
 from shared.db import migrate as run_migrations
@@ -91,21 +92,9 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
     err.print(f"workers: {len(fleet.procs)} started (logs in {log_dir}/)")
     receipt = request_provisioning({"project_id": pid, "region": region}, app=a)
     out.print(f"requested {pid} (correlation_id {receipt.correlation_id})")
-    _follow(a, pid, timeout=180)
+    follow(a, pid, timeout=180)
     out.print()
     out.print_json(json.dumps(_final_result(a, pid)))
-
-
-def _follow(a: App, project_id: str, timeout: float) -> None:
-    """The live progress of `provision status --watch`, its failure as the demo's."""
-    # Imported here: `provision` mounts this module while services.cli is being imported.
-    from services.cli import Failure as CommandFailure  # noqa: PLC0415
-    from services.cli import _follow as follow  # noqa: PLC0415
-
-    try:
-        follow(a, project_id, timeout)
-    except CommandFailure as exc:
-        raise Failure(str(exc)) from None
 
 
 def _stop_workers(fleet: WorkerFleet) -> None:

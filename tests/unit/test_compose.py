@@ -93,7 +93,7 @@ def test_compose_interpolations_are_well_formed() -> None:
 def test_compose_runs_one_worker_per_step_with_real_commands() -> None:
     """There is one worker service per step, and every command is a real `provision` command."""
     services: dict[str, dict[str, Any]] = _compose()["services"]
-    commands = get_command(app).commands  # type: ignore[attr-defined]
+    commands = get_command(app).list_commands(None)  # type: ignore[attr-defined, arg-type]
     image_services = {
         n: s for n, s in services.items() if s.get("image", "").startswith("tenant-provisioning")
     }

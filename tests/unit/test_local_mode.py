@@ -16,6 +16,8 @@ from typer.testing import CliRunner, Result
 
 import services.bootstrap
 import services.cli
+import services.cli.common
+import services.cli.serve
 import services.worker
 import tooling.bench.cli
 import tooling.demo
@@ -185,7 +187,7 @@ def test_worker_honours_local_mode(monkeypatch: pytest.MonkeyPatch, how: str) ->
     def fake_run_worker(step_key: str, settings: Settings, *, chains: Collection[Chain]) -> None:
         seen.append((step_key, settings, chains))
 
-    monkeypatch.setattr(services.cli, "run_worker", fake_run_worker)
+    monkeypatch.setattr(services.cli.serve, "run_worker", fake_run_worker)
     _record_local_servers()
     if how == "env":
         monkeypatch.setenv("PROVISION_LOCAL", "1")
@@ -207,7 +209,7 @@ def test_connecting_commands_accept_local(monkeypatch: pytest.MonkeyPatch, comma
         built.append(settings)
         raise _Stop
 
-    monkeypatch.setattr(services.cli, "build_app", fake_build_app)
+    monkeypatch.setattr(services.cli.common, "build_app", fake_build_app)
     result = _run(*command, "--local")
     assert isinstance(result.exception, _Stop), result.output
     assert [s.local for s in built] == [True]

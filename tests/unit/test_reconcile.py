@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import services.cli
+import services.cli.operate
 from services.ports import TenantListingError
 from services.usecases.reconcile import (
     DriftKind,
@@ -316,8 +317,8 @@ def cli_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
         def fake_plan(app: Any, report: ReconcileReport) -> list[Planned]:
             return plan(report, {}, now=utcnow(), grace=timedelta(hours=1))
 
-        monkeypatch.setattr(services.cli, "run_reconcile", fake_reconcile)
-        monkeypatch.setattr(services.cli, "plan_reconcile", fake_plan)
+        monkeypatch.setattr(services.cli.operate, "run_reconcile", fake_reconcile)
+        monkeypatch.setattr(services.cli.operate, "plan_reconcile", fake_plan)
         return CliRunner().invoke(services.cli.app, ["reconcile", *args])
 
     return run

@@ -29,6 +29,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from tooling.bench.startup import startup
+
 if TYPE_CHECKING:
     from services.bootstrap import App
     from shared.settings import Settings
@@ -649,3 +651,6 @@ def _samples_json(samples: list[Sample], projects: dict[str, Any]) -> list[dict[
             row["work_ms"] = {k: round(v, 3) for k, v in t.work_ms.items()}
         rows.append(row)
     return rows
+
+
+bench_app.command()(startup)

@@ -1,0 +1,120 @@
+"""What every command shares: its two consoles (stdout is the answer, stderr the rest), the
+settings and the app of one command, and the mapping of every error a user can cause to one
+line and an exit code (0 success, 1 the thing asked failed, 2 bad usage or bad input)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn
+
+import typer
+from confluent_kafka import KafkaError, KafkaException
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from sqlalchemy.exc import OperationalError
+
+from services.bootstrap import App, ConfigurationError, build_app
+from services.usecases.payloads import InvalidRequestError
+from shared.crypto import UndecryptableError
+from shared.domain.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
+from shared.domain.naming import InvalidProjectIdError
+from shared.domain.records import ConflictingRequestError
+from shared.settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line, exit code 2."""
+
+
+class Failure(Exception):
+    """The thing asked failed: one line, exit code 1."""
+
+
+LocalFlag = Annotated[
+    bool,
+    typer.Option(
+        "--local",
+        help="Use the local servers of `provision infra up` for an unset KAFKA_BOOTSTRAP_SERVERS or "
+        "DATABASE_URL (same as PROVISION_LOCAL=1).",
+    ),
+]
+
+BrokerTimeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout", min=0.1, help="Give up on an unanswering Kafka broker after this many seconds."
+    ),
+]
+
+
+def read_settings(*, local: bool = False) -> Settings:
+    """The settings from the environment, read once per command; ``local`` turns local mode
+    on (never off). A bad value is a UsageError naming its variable."""
+    try:
+        return Settings(local=True) if local else Settings()
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        name = "PROVISION_" + "_".join(str(p) for p in first["loc"]).upper()
+        raise UsageError(f"bad setting {name}: {first['msg']}") from None
+
+
+def command_app(*, local: bool = False) -> App:
+    """The app of one command; refuses (ConfigurationError, exit 2) when a server address is
+    missing and local mode is off."""
+    app = build_app(read_settings(local=local))
+    app.one_shot = True
+    return app
+
+
+def keyed_app(*, local: bool = False) -> App:
+    """The app of a command that encrypts or decrypts: refuses (ConfigurationError, exit 2)
+    before doing anything when the secret key is missing or not the control plane's."""
+    app = command_app(local=local)
+    _ = app.box
+    return app
+
+
+def die(message: str, code: int) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn every error a user can cause into one line and an exit code."""
+
+    try:
+        yield
+    except (
+        UsageError,
+        InvalidRequestError,
+        ConflictingRequestError,
+        InvalidTransitionError,
+        InvalidProjectIdError,
+        ConfigurationError,
+        UndecryptableError,
+    ) as exc:
+        die(str(exc), 2)
+    except (Failure, ProvisioningError) as exc:
+        die(str(exc), 1)
+    except (OperationalError, StoreUnavailableError) as exc:
+        cause = exc.orig if isinstance(exc, OperationalError) else exc
+        first = (str(cause or exc).strip().splitlines() or [type(exc).__name__])[0]
+        die(f"cannot reach the control-plane database ({first}); is `provision infra up` running?", 1)
+    except KafkaException as exc:
+        die(f"Kafka did not answer ({kafka_reason(exc)}); is the broker up?", 1)
+    except KeyboardInterrupt:
+        die("interrupted", 130)
+
+
+def kafka_reason(exc: KafkaException) -> str:
+    """The first line of what the Kafka client said."""
+    error = exc.args[0] if exc.args else None
+    text = error.str() if isinstance(error, KafkaError) else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

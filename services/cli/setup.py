@@ -1,0 +1,33 @@
+"""`provision migrate` and `provision topics`: the control plane's tables and the topics."""
+
+from __future__ import annotations
+
+from services.cli.common import BrokerTimeout, LocalFlag, command_app, errors, out
+from shared.db import migrate as run_migrations
+from shared.domain.steps import all_topics
+from shared.kafka import ensure_topics
+
+
+def migrate(local: LocalFlag = False) -> None:
+    """Apply the control-plane database migrations (idempotent)."""
+
+    with errors():
+        applied = run_migrations(command_app(local=local).engine)
+    out.print(f"applied {', '.join(applied)}" if applied else "database is up to date")
+
+
+def topics(local: LocalFlag = False, timeout: BrokerTimeout = 10.0) -> None:
+    """Create every topic that is missing (partitions and replication from settings)."""
+
+    with errors():
+        a = command_app(local=local)
+        outcome = ensure_topics(
+            a.bootstrap_servers,
+            all_topics(),
+            partitions=a.settings.topic_partitions,
+            replication=a.settings.topic_replication,
+            min_insync_replicas=a.settings.topic_min_insync_replicas,
+            timeout=timeout,
+        )
+    created = [t for t, state in outcome.items() if state == "created"]
+    out.print(f"{len(outcome)} topics: {len(created)} created, {len(outcome) - len(created)} already there")
