@@ -19,7 +19,8 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from services.bootstrap import App
-from shared.db import libpq_url, migrate
+from shared.db import libpq_url
+from shared.db.migrator import migrate
 from tests.conftest import TEST_STATE_DIR
 from tests.support import make_app
 from tooling.infra import InfraEnv

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.bootstrap import App
-from shared.db import migrate
+from shared.db.migrator import migrate
 from shared.domain.steps import all_topics
 from shared.kafka import ensure_topics
 from tests.support import WorkerGroup, make_app

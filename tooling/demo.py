@@ -19,7 +19,7 @@ from services.bootstrap import App, build_app, worker_environment
 from services.cli.follow import follow
 from services.usecases.queries import project_result
 from services.usecases.requests import request_provisioning
-from shared.db import migrate as run_migrations
+from shared.db.migrator import migrate as run_migrations
 from shared.domain.naming import validate_project_id
 from shared.domain.steps import all_topics
 from shared.kafka import ensure_topics

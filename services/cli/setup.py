@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.cli.common import BrokerTimeout, LocalFlag, command_app, errors, out
-from shared.db import migrate as run_migrations
+from shared.db.migrator import migrate as run_migrations
 from shared.domain.steps import all_topics
 from shared.kafka import ensure_topics
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.bootstrap import App
-from shared.db import migrate
+from shared.db.migrator import migrate
 from shared.domain.events import ProvisionProjectPayload, ProvisionProjectResult, json_defect
 from shared.domain.naming import validate_project_id
 from shared.domain.records import StepRow

@@ -1,11 +1,12 @@
 """The control-plane database: tables, migrations, and its stores by concern, each over the
 one engine: the step table's state machine (:class:`StepRepository`, the step flow's store),
 the project records (:class:`ProjectStore`), the tenant placements (:class:`Placements`) and
-the read models (:class:`ReadModels`).
+the read models (:class:`ReadModels`). Its migrations are :mod:`shared.db.migrator`, imported
+by what migrates only.
 
 The records they read and write are the domain's (:mod:`shared.domain.records`)."""
 
-from shared.db.engine import current_revision, libpq_url, make_engine, migrate, sqlalchemy_url
+from shared.db.engine import libpq_url, make_engine, sqlalchemy_url
 from shared.db.placement import Placements
 from shared.db.projects import DEFAULT_RETENTION_SECONDS, ProjectStore
 from shared.db.read_models import ReadModels
@@ -17,9 +18,7 @@ __all__ = [
     "ProjectStore",
     "ReadModels",
     "StepRepository",
-    "current_revision",
     "libpq_url",
     "make_engine",
-    "migrate",
     "sqlalchemy_url",
 ]

@@ -21,7 +21,7 @@ from services.bootstrap import App, build_app
 from services.usecases.queries import project_status
 from services.usecases.replay import replay
 from services.usecases.requests import request_provisioning
-from shared.db import migrate
+from shared.db.migrator import migrate
 from shared.domain.steps import REQUESTED_TOPIC, STEP_KEYS, Stage, StepStatus, all_topics, step_by_key
 from shared.kafka import ensure_topics
 from tests.conftest import TEST_CONTROLLER_PORT, TEST_KAFKA_PORT, TEST_PG_PORT, TEST_STATE_DIR

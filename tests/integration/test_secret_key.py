@@ -21,7 +21,8 @@ from services.database.adapters import SqlCredentialStore
 from services.keys.adapters import SqlKeyStore
 from services.secret_key import check, fingerprint, recorded_fingerprint
 from shared.crypto import SecretBox, UndecryptableError
-from shared.db import StepRepository, libpq_url, make_engine, migrate
+from shared.db import StepRepository, libpq_url, make_engine
+from shared.db.migrator import migrate
 from tests.support import REPO_ROOT, unique_project
 from tooling.infra import InfraEnv
 

@@ -20,8 +20,9 @@ from services.usecases.seed import (
     initialize_provisioning_steps,
     update_provisioning_step,
 )
-from shared.db import StepRepository, make_engine, migrate
+from shared.db import StepRepository, make_engine
 from shared.db.engine import libpq_url
+from shared.db.migrator import migrate
 from shared.domain.errors import InvalidTransitionError
 from shared.domain.naming import InvalidProjectIdError
 from shared.domain.records import StepRow

@@ -55,7 +55,7 @@ def bring_up(settings: Settings, say: Say) -> Infra:
 
 def prepare(settings: Settings, say: Say) -> App:
     """The app wired to the servers, with migrations applied and every topic created."""
-    from shared.db import migrate  # noqa: PLC0415 - alembic is slow to import
+    from shared.db.migrator import migrate  # noqa: PLC0415 - alembic is slow to import
     from shared.kafka import ensure_topics  # noqa: PLC0415
 
     app = build_app(settings)

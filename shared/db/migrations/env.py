@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection handed over by ``shared.db.migrate``."""
+"""Alembic environment: runs on the connection handed over by ``shared.db.migrator.migrate``."""
 
 from __future__ import annotations
 
