@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from shared.local_env import local_env_path, read_local_env
 from tooling.infra import InfraEnv, LocalInfra
 from tooling.infra.postgres import LocalPostgres
 from tooling.infra.topology import Topology, read_topology
@@ -108,6 +109,16 @@ def test_local_up_records_one_cluster_and_one_broker(local_infra: LocalInfra) ->
     assert (local_infra.kafka.home.name, local_infra.postgres.home.name) == ("kafka", "postgres")
     assert not local_infra.clusters_file.exists()
     assert set(local_infra.env().as_env()) == {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"}
+
+
+def test_local_up_records_what_local_mode_reads(local_infra: LocalInfra) -> None:
+    """`up` records the connection settings it prints (0600) in the state dir, and local mode
+    reads them back: the same addresses and superuser password."""
+    recorded = local_env_path(local_infra.state_dir)
+    assert stat.S_IMODE(recorded.stat().st_mode) == 0o600
+    assert read_local_env(local_infra.state_dir) == local_infra.env().as_env()
+    password = local_infra.password_file.read_text().strip()
+    assert f":{password}@" in read_local_env(local_infra.state_dir)["DATABASE_URL"]
 
 
 def test_local_postgres_superuser_needs_the_password_from_the_file(local_infra: LocalInfra) -> None:
