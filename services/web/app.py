@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import Depends, FastAPI
 
 from services.bootstrap import App
 from shared.domain.events import ProvisionProjectPayload
@@ -77,10 +77,8 @@ def build_api(state: WebState | None, *, max_body_bytes: int | None = None) -> F
         lifespan=_lifespan,
     )
     api.state.web = state
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(caller)], responses=COMMON_ERRORS)
-    v1.include_router(projects.router)
-    v1.include_router(replays.router)
-    api.include_router(v1)
+    for v1 in (projects.router, replays.router):
+        api.include_router(v1, dependencies=[Depends(caller)], responses=COMMON_ERRORS)
     api.include_router(ops.router)
     install_error_handlers(api)
     _document_payload(api)

@@ -138,17 +138,17 @@ def client(calls: FakeUseCases) -> TestClient:
     return TestClient(build_api(_state(calls)))
 
 
-def _one_router(router: Any, calls: FakeUseCases, *, prefix: str = "") -> TestClient:
+def _one_router(router: Any, calls: FakeUseCases) -> TestClient:
     api = FastAPI()
     api.state.web = _state(calls)
-    api.include_router(router, prefix=prefix)
+    api.include_router(router)
     install_error_handlers(api)
     return TestClient(api)
 
 
 def test_a_projects_route_mounts_alone(calls: FakeUseCases) -> None:
     """The projects router answers on an app of its own, with nothing else assembled."""
-    response = _one_router(projects.router, calls).get(f"/projects/{PID}")
+    response = _one_router(projects.router, calls).get(f"/v1/projects/{PID}")
     assert response.status_code == 200
     assert response.json()["last_event_id"] == 7
 
@@ -257,13 +257,13 @@ def test_restore_is_202_409_or_404(client: TestClient, calls: FakeUseCases) -> N
 
 
 def test_replays_resolve_the_step_and_pass_the_filters(calls: FakeUseCases) -> None:
-    """POST /replays resolves the step to its key and reports the decisions; an unknown step is 422."""
+    """POST /v1/replays resolves the step to its key and reports the decisions; an unknown step is 422."""
     client = _one_router(replays.router, calls)
-    body = client.post("/replays", json={"step": "create_tenant_database", "project_id": PID}).json()
+    body = client.post("/v1/replays", json={"step": "create_tenant_database", "project_id": PID}).json()
     assert calls.calls == [("replay", ("database", PID, True, None))]
     assert body["replayed"] == 0
     assert body["decisions"][0]["action"] == "would replay"
-    assert client.post("/replays", json={"step": "nope"}).status_code == 422
+    assert client.post("/v1/replays", json={"step": "nope"}).status_code == 422
 
 
 def test_healthz_is_503_while_the_listener_is_not_connected(calls: FakeUseCases) -> None:
@@ -285,3 +285,11 @@ def test_metrics_and_page_need_no_token(calls: FakeUseCases) -> None:
     assert client.get(f"/v1/projects/{PID}").status_code == 401
     authorized = client.get(f"/v1/projects/{PID}", headers={"Authorization": f"Bearer {token}"})
     assert authorized.status_code == 200
+
+
+def test_v1_routes_carry_their_full_path_for_the_metrics_label() -> None:
+    """Each /v1 route's own path is its full template: the guard labels requests by it, and
+    FastAPI no longer folds an include's prefix into the route."""
+    paths = [route.path for router in (projects.router, replays.router) for route in router.routes]
+    assert paths
+    assert all(path.startswith("/v1/") for path in paths), paths

@@ -32,7 +32,9 @@ from ..views import (
     step_view,
 )
 
-router = APIRouter()
+router = APIRouter(prefix="/v1")
+"""Mounted by the app behind the caller check; the prefix is the router's own, so each
+route's path is the full template the metrics and the request log label by."""
 
 Calls = Annotated[UseCases, Depends(use_cases)]
 State = Annotated[WebState, Depends(web_state)]

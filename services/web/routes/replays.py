@@ -17,7 +17,9 @@ from ..views import ReplayDecisionView, ReplayRequest, ReplayResult
 
 log = structlog.get_logger("provision.api.http")
 
-router = APIRouter()
+router = APIRouter(prefix="/v1")
+"""Mounted by the app behind the caller check; the prefix is the router's own, so each
+route's path is the full template the metrics and the request log label by."""
 
 
 @router.post(
