@@ -253,6 +253,7 @@ def sse(
 
 
 def _execute(plan: Plan) -> None:
+    """Carry out a plan of run, latency, throughput or footprint (their module loaded now)."""
     from tooling.bench import suite  # noqa: PLC0415 - keep --help fast
 
     suite.run(plan)
