@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tooling.bench.sse import SseDecoder
+from tooling.bench.sse_events import SseDecoder
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from services.web.stream import LISTENER_NAME
 from tests.api_server import RunningApi, free_port, serve_api
 from tests.sse import SseEvent, read_events
 from tests.support import REPO_ROOT, env_of, make_app, settings_env
-from tooling.bench.sse import SseDecoder
+from tooling.bench.sse_events import SseDecoder
 
 
 def _request(client: httpx.Client, app: App) -> str:

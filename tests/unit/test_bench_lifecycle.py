@@ -12,9 +12,8 @@ from shared.domain.records import StepRow
 from shared.domain.steps import DEADLETTER_TOPIC, FINAL_STEP, REVERSE_STEPS, STEPS, Stage, StepStatus
 from tests.fakes import Fakes
 from tooling.bench.harness import Outcome
-from tooling.bench.lifecycle import (
-    Waited,
-    _note,
+from tooling.bench.lifecycle import Waited, _note
+from tooling.bench.lifecycle_tally import (
     counts,
     durations_s,
     kept_rate,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tooling.bench.scale import (
+from tooling.bench.scale_figures import (
     CpuReading,
     bound_notes,
     burst_rate,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tooling.bench.sse import (
+from tooling.bench.sse_events import (
     SseDecoder,
     SseEvent,
     StepSeen,

@@ -19,7 +19,7 @@ import services.cli
 import services.cli.common
 import services.cli.serve
 import services.worker
-import tooling.bench.cli
+import tooling.bench.suite
 import tooling.demo
 from services.bootstrap import ConfigurationError, build_app, worker_environment
 from services.cli import app
@@ -257,7 +257,7 @@ def test_bench_is_local_without_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         def execute(self) -> dict[str, Any]:
             raise _Stop
 
-    monkeypatch.setattr(tooling.bench.cli, "BenchRun", FakeRun)
+    monkeypatch.setattr(tooling.bench.suite, "SuiteRun", FakeRun)
     result = _run("bench", "latency")
     assert isinstance(result.exception, _Stop), result.output
     assert [s.local for s in given] == [True]

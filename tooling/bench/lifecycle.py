@@ -5,7 +5,7 @@ end DELETED or CANCELLED with nothing of it left behind.
 The set-up (servers, migrations, topics, the seven worker processes, the completion watcher)
 and the JSON result are ``BenchRun``'s; this module adds the burst with its deprovisionings,
 the wait for both chains, and the checks. The pure parts (which projects to remove, the
-counts, the verdict, the summary lines) are at the top and unit-tested.
+counts, the verdict, the summary lines) are in :mod:`tooling.bench.lifecycle_tally`.
 """
 
 from __future__ import annotations
@@ -16,141 +16,41 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shared.domain.steps import DEADLETTER_TOPIC, STEP_NAMES, Stage, StepStatus
-from tooling.bench.cli import BenchRun, Plan, _progress
-from tooling.bench.harness import BenchFailure
-from tooling.bench.stats import epoch_to_utc, ms, rate, summarize_or_none
+from rich.console import Console
+from sqlalchemy import text
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from services.bootstrap import App
-    from shared.domain.records import StepRow
-    from shared.settings import Settings
-    from tooling.bench.harness import CompletionWatcher, Outcome, WorkerFleet
+from services.bootstrap import App
+from services.usecases.queries import project_status
+from services.usecases.requests import request_deprovisioning, request_provisioning
+from shared.domain.naming import TenantNames
+from shared.domain.steps import DEADLETTER_TOPIC, Stage
+from shared.settings import Settings
+from tooling.bench.harness import BenchFailure, CompletionWatcher, Outcome, WorkerFleet
+from tooling.bench.lifecycle_tally import (
+    REMOVED,
+    counts,
+    durations_s,
+    kept_rate,
+    provisioned_any,
+    residue,
+    schedule,
+    spread,
+    summary_lines,
+    verdict,
+)
+from tooling.bench.plan import Plan
+from tooling.bench.profile import read_step_logs, replays
+from tooling.bench.projects import check_integrity, fetch_projects, payload
+from tooling.bench.run import BenchRun, progress_bars
+from tooling.bench.stats import summarize_or_none
+from tooling.output import Failure, err, errors, local_settings, out
 
 Tick = Callable[[], None]
 
-REMOVED = frozenset({Stage.DELETED, Stage.CANCELLED})
-"""Where a deprovisioned project must end."""
 _FINAL = REMOVED | {Stage.FAILED}
 REASON = "bench lifecycle: removed during the burst"
-
-# --- pure ---------------------------------------------------------------------------------
-
-
-def spread(project_ids: Sequence[str], count: int) -> list[str]:
-    """``count`` of the ids, evenly spread through them (every (M/D)-th, the first included).
-
-    ValueError when ``count`` is negative or more than there are ids.
-    """
-    if not 0 <= count <= len(project_ids):
-        raise ValueError(f"cannot pick {count} of {len(project_ids)} projects")
-    return [project_ids[i * len(project_ids) // count] for i in range(count)]
-
-
-def schedule(project_ids: Sequence[str], removed: Iterable[str], lag: int) -> dict[str, list[str]]:
-    """After which project's request each removed project is deprovisioned: ``lag`` requests
-    after its own (0: right after it), or after the last request when the burst is shorter.
-    A larger lag reaches projects whose steps have run (their work is undone) or are done."""
-    if lag < 0:
-        raise ValueError(f"lag must not be negative, got {lag}")
-    position = {pid: i for i, pid in enumerate(project_ids)}
-    after: dict[str, list[str]] = {}
-    for pid in removed:
-        trigger = project_ids[min(position[pid] + lag, len(project_ids) - 1)]
-        after.setdefault(trigger, []).append(pid)
-    return after
-
-
-def durations_s(rows: Iterable[tuple[datetime | None, datetime | None]]) -> list[float]:
-    """Seconds from each deprovisioning request to its ``deleted_at`` (pairs not both known are
-    left out)."""
-    return [ms(deleted - requested) / 1000 for requested, deleted in rows if requested and deleted]
-
-
-def kept_rate(first_call: float, finals: Sequence[datetime | None]) -> dict[str, Any]:
-    """Throughput of the kept projects: how many completed, from the burst's first request
-    call (``time.time()``) to the last one's final step ``completed_at``."""
-    done = [f for f in finals if f is not None]
-    seconds = ms(max(done) - epoch_to_utc(first_call)) / 1000 if done else 0.0
-    per_second = rate(len(done), seconds)
-    return {
-        "projects": len(finals),
-        "completed": len(done),
-        "seconds": round(seconds, 3),
-        "projects_per_second": None if per_second is None else round(per_second, 3),
-        "timing": "first request call start -> last kept project's verify completed_at",
-    }
-
-
-def residue(found: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """What is left of each removed project, from ``(project_id, what)`` pairs."""
-    left: dict[str, list[str]] = {}
-    for project_id, what in found:
-        left.setdefault(project_id, []).append(what)
-    return {pid: sorted(whats) for pid, whats in sorted(left.items())}
-
-
-def provisioned_any(steps: Iterable[StepRow]) -> bool:
-    """Whether any provisioning step of these rows succeeded (its work then had to be undone)."""
-    return any(s.status is StepStatus.SUCCESS and s.step_name in STEP_NAMES for s in steps)
-
-
-def counts(
-    kept_integrity: Mapping[str, Any],
-    stages: Mapping[str, Stage],
-    left: Mapping[str, list[str]],
-    failed: Iterable[str],
-    dead_lettered: Iterable[str],
-) -> dict[str, int]:
-    """The run's tallies: kept projects completed, lost and duplicated; removed ones deleted,
-    cancelled, not removed (any other stage) and left behind; projects with a failed step or a
-    dead-lettered message."""
-    checked = int(kept_integrity["projects_checked"])
-    lost = int(kept_integrity["lost"])
-    return {
-        "completed": checked - lost,
-        "lost": lost,
-        "duplicated": int(kept_integrity["duplicated_or_missing_side_effects"]),
-        "deleted": sum(1 for s in stages.values() if s is Stage.DELETED),
-        "cancelled": sum(1 for s in stages.values() if s is Stage.CANCELLED),
-        "not_removed": sum(1 for s in stages.values() if s not in REMOVED),
-        "left_behind": len(left),
-        "failed": len(set(failed)),
-        "dead_lettered": len(set(dead_lettered)),
-    }
-
-
-_BAD = ("lost", "duplicated", "not_removed", "left_behind", "failed", "dead_lettered")
-
-
-def verdict(tally: Mapping[str, int]) -> tuple[bool, str]:
-    """Whether the run is clean, and a one-line account of what is not."""
-    wrong = [f"{tally[k]} {k.replace('_', ' ')}" for k in _BAD if tally[k]]
-    return not wrong, ", ".join(wrong) or "nothing lost, duplicated or left behind"
-
-
-def summary_lines(section: Mapping[str, Any]) -> list[str]:
-    """The lines printed at the end of a run, from the result's ``lifecycle`` section."""
-    c, kept, dep = section["counts"], section["kept_throughput"], section["deprovision_s"]
-    sizes = f"{section['requested']} requested, {section['deprovisioned']} deprovisioned during the burst"
-    if section.get("lag"):
-        sizes += f", each {section['lag']} requests after its own"
-    durations = "none finished" if dep is None else f"p50 {dep['p50']:.2f} s, p95 {dep['p95']:.2f} s"
-    return [
-        f"lifecycle: {sizes}",
-        f"kept: {c['completed']} of {section['kept']} completed, {c['lost']} lost, "
-        f"{c['duplicated']} duplicated; {kept['projects_per_second']} projects/s over {kept['seconds']} s",
-        f"removed: {c['deleted']} deleted, {c['cancelled']} cancelled, {c['not_removed']} not removed, "
-        f"{c['left_behind']} left behind ({section['removed_after_a_step_done']} after a step done); "
-        f"request -> deleted_at {durations}",
-        f"failed: {c['failed']}, dead-lettered: {c['dead_lettered']}",
-        f"verdict: {'ok' if section['ok'] else 'FAILED'} ({section['verdict']})",
-    ]
-
 
 # --- the run ------------------------------------------------------------------------------
 
@@ -202,11 +102,10 @@ class LifecycleRun(BenchRun):
         return result
 
     def _measure(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
-
         self._warm_up_choreography(app, watcher, fleet)
         self.say(f"warm-up: {len(self.ids.warm_c)} project(s) done")
         every = self.ids.thr_c
-        with _progress(self.err) as progress:
+        with progress_bars(self.err) as progress:
             sent = progress.add_task(f"burst: requesting {len(every)}", total=len(every))
             done = progress.add_task("burst: kept completed", total=len(self.kept))
             gone = progress.add_task("burst: removed", total=len(self.removed))
@@ -230,17 +129,14 @@ class LifecycleRun(BenchRun):
             )
 
     def _analyse(self, app: App) -> None:
-        from tooling.bench import measure  # noqa: PLC0415
-        from tooling.bench.profile import read_step_logs, replays  # noqa: PLC0415
-
         every, waited = self.ids.thr_c, self.waited
-        kept_integrity = measure.check_integrity(app, self.kept)
+        kept_integrity = check_integrity(app, self.kept)
         stages, undone = final_stages(app, self.removed)
         left = residue(leftovers(app, self.removed))
         failed = waited.failed | failed_projects(app, every)
         tally = counts(kept_integrity, stages, left, failed, waited.dead_lettered)
         ok, account = verdict(tally)
-        finals = measure.fetch_projects(app, self.kept)
+        finals = fetch_projects(app, self.kept)
         self.result["lifecycle"] = {
             "requested": len(every),
             "deprovisioned": len(self.removed),
@@ -289,8 +185,6 @@ def send_burst(
     """Request every project (``concurrency`` request threads, in order); right after a
     project's request its thread deprovisions the projects ``removals`` names for it, while
     the burst goes on (see ``schedule``)."""
-    from services.usecases.requests import request_deprovisioning, request_provisioning  # noqa: PLC0415
-    from tooling.bench.measure import payload  # noqa: PLC0415
 
     burst = Burst(first_call=time.time())
     # A removal may be sent from another thread than its project's request: it waits for
@@ -334,7 +228,6 @@ def await_both(
     A project with a step failed for good is no longer waited for, nor is anything after
     ``timeout`` seconds: what did not finish is left for the checks to count.
     """
-    from services.usecases.queries import project_status  # noqa: PLC0415
 
     waited = Waited()
     watched = {*kept, *removed}
@@ -380,8 +273,6 @@ def _note(waited: Waited, outcome: Outcome, watched: set[str]) -> None:
 
 def failed_projects(app: App, project_ids: Iterable[str]) -> set[str]:
     """The projects with a step (of either chain) failed for good."""
-    from sqlalchemy import text  # noqa: PLC0415
-
     ids = list(project_ids)
     if not ids:
         return set()
@@ -399,7 +290,6 @@ def failed_projects(app: App, project_ids: Iterable[str]) -> set[str]:
 def final_stages(app: App, project_ids: Iterable[str]) -> tuple[dict[str, Stage], int]:
     """Each project's stage as ``provision status`` derives it, and how many of them had a
     provisioning step done before their removal (work undone, not merely cancelled)."""
-    from services.usecases.queries import project_status  # noqa: PLC0415
 
     statuses = {pid: project_status(pid, app=app) for pid in project_ids}
     undone = sum(1 for s in statuses.values() if provisioned_any(s.steps))
@@ -410,7 +300,6 @@ def deprovision_times(
     app: App, project_ids: Sequence[str]
 ) -> dict[str, tuple[datetime | None, datetime | None]]:
     """Each project's deprovisioning request time and ``deleted_at`` (the database's clock)."""
-    from sqlalchemy import text  # noqa: PLC0415
 
     with app.engine.connect() as conn:
         rows = conn.execute(
@@ -430,9 +319,6 @@ _PROJECT_TABLES = ("service_registrations", "api_keys", "tenant_credentials")
 def leftovers(app: App, project_ids: Sequence[str]) -> list[tuple[str, str]]:
     """``(project_id, what)`` for everything of the projects still there: their tenant
     database and role on the tenant cluster, their rows of the per-project tables."""
-    from sqlalchemy import text  # noqa: PLC0415
-
-    from shared.domain.naming import TenantNames  # noqa: PLC0415
 
     names = {pid: TenantNames.for_project(pid) for pid in project_ids}
     by_database = {n.database: pid for pid, n in names.items()}
@@ -462,8 +348,6 @@ def leftovers(app: App, project_ids: Sequence[str]) -> list[tuple[str, str]]:
 
 def run(plan: Plan, deprovision: int, lag: int = 0) -> None:
     """The command: the run, with the CLI's one-line errors and exit codes."""
-    from tooling.output import Failure, err, errors, local_settings, out  # noqa: PLC0415 - keep --help fast
-
     with errors():
         try:
             LifecycleRun(plan, local_settings(), out, err, deprovision=deprovision, lag=lag).execute()

@@ -21,7 +21,7 @@ from shared.domain.steps import STEP_KEYS, STEPS
 from shared.kafka import Publisher, consumer_config, decode, encode, ensure_topics
 from shared.tracing import new_trace
 from tooling.bench.harness import end_offset
-from tooling.bench.measure import DbProject, Sample
+from tooling.bench.projects import DbProject, Sample
 from tooling.bench.stats import (
     Completion,
     HopParts,

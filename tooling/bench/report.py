@@ -10,11 +10,12 @@ from typing import Any
 from rich.table import Table
 
 from shared.domain.steps import STEP_KEYS
-from tooling.bench.measure import DbProject, Sample, project_timeline
+from tooling.bench.projects import DbProject, Sample, project_timeline
 from tooling.bench.stats import Target, epoch_to_utc, median_index, ms
 
 
-def _get(data: dict[str, Any], *path: str) -> Any:
+def dig(data: dict[str, Any], *path: str) -> Any:
+    """The value at ``path`` in nested dicts, None where any key is missing or None."""
     node: Any = data
     for key in path:
         if not isinstance(node, dict) or key not in node or node[key] is None:
@@ -25,34 +26,34 @@ def _get(data: dict[str, Any], *path: str) -> Any:
 
 def targets(result: dict[str, Any]) -> list[Target]:
     """Each figure beside its target (unmeasured figures have value None)."""
-    idle = _get(result, "footprint", "idle") or {}
+    idle = dig(result, "footprint", "idle") or {}
     cpu = max((w["cpu_percent"] for w in idle.values()), default=None)
     rss = max((w["rss_mb_max"] for w in idle.values()), default=None)
     return [
         Target(
             "hop p50 (choreography, all hops)",
-            _get(result, "latency", "choreography", "hop_ms_all", "p50"),
+            dig(result, "latency", "choreography", "hop_ms_all", "p50"),
             "<=",
             5,
             " ms",
         ),
         Target(
             "hop p99 (choreography, all hops)",
-            _get(result, "latency", "choreography", "hop_ms_all", "p99"),
+            dig(result, "latency", "choreography", "hop_ms_all", "p99"),
             "<=",
             30,
             " ms",
         ),
         Target(
             "e2e p50 choreography / in-process",
-            _get(result, "latency", "e2e_ratio_p50"),
+            dig(result, "latency", "e2e_ratio_p50"),
             "<=",
             1.3,
             "x",
         ),
         Target(
             "throughput choreography / in-process",
-            _get(result, "throughput", "ratio"),
+            dig(result, "throughput", "ratio"),
             ">=",
             1.5,
             "x",
@@ -69,7 +70,8 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
 # --- tables -------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, unit: str = "") -> str:
+def fmt(value: Any, unit: str = "") -> str:
+    """A figure for a table: "-" for None, floats to two places (none from 100 up)."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -85,7 +87,7 @@ def targets_table(result: dict[str, Any]) -> Table:
         mark = {True: "[green]met[/]", False: "[red]missed[/]", None: "[dim]not measured[/]"}[target.met]
         table.add_row(
             target.name,
-            _fmt(target.value, target.unit),
+            fmt(target.value, target.unit),
             f"{target.op} {target.threshold:g}{target.unit}",
             mark,
         )
@@ -107,18 +109,18 @@ def figures_table(result: dict[str, Any]) -> Table:
             for q in ("p50", "p95", "p99"):
                 table.add_row(
                     f"{label} {q} (ms)",
-                    _fmt(_get(lat, "choreography", key, q)),
-                    _fmt(_get(lat, "in_process", key, q)),
+                    fmt(dig(lat, "choreography", key, q)),
+                    fmt(dig(lat, "in_process", key, q)),
                 )
     thr = result.get("throughput")
     if thr:
         table.add_row(
             "throughput (projects/s)",
-            f"{_fmt(_get(thr, 'choreography', 'projects_per_second'))} "
+            f"{fmt(dig(thr, 'choreography', 'projects_per_second'))} "
             f"({thr['choreography']['projects']} at once)",
-            f"{_fmt(_get(thr, 'in_process', 'projects_per_second'))} "
+            f"{fmt(dig(thr, 'in_process', 'projects_per_second'))} "
             f"({thr['in_process']['projects']} in a row"
-            + (", extrapolated)" if _get(thr, "in_process", "extrapolated") else ")"),
+            + (", extrapolated)" if dig(thr, "in_process", "extrapolated") else ")"),
         )
     integrity = result.get("integrity")
     if integrity:
@@ -143,11 +145,11 @@ def steps_table(result: dict[str, Any]) -> Table:
         "worker gap under load",
     ):
         table.add_column(column, justify="right" if column != "step" else "left")
-    service = _get(result, "profile", "service_times") or {}
+    service = dig(result, "profile", "service_times") or {}
     for step in STEP_KEYS:
 
         def cell(mode: str, kind: str, step: str = step) -> str:
-            s = _get(lat, mode, kind, step)
+            s = dig(lat, mode, kind, step)
             return f"{s['p50']:.1f} ({s['p99']:.1f})" if s else "-"
 
         gap = service.get(step, {}).get("gap_ms_p50") if isinstance(service.get(step), dict) else None
@@ -157,7 +159,7 @@ def steps_table(result: dict[str, Any]) -> Table:
             cell("choreography", "work_ms"),
             cell("in_process", "hop_ms"),
             cell("in_process", "work_ms"),
-            _fmt(gap),
+            fmt(gap),
         )
     return table
 
@@ -173,17 +175,17 @@ def footprint_table(result: dict[str, Any]) -> Table:
         "load RSS MB (max)",
     ):
         table.add_column(column, justify="right" if column != "step" else "left")
-    idle = _get(result, "footprint", "idle") or {}
-    load = _get(result, "footprint", "load") or {}
+    idle = dig(result, "footprint", "idle") or {}
+    load = dig(result, "footprint", "load") or {}
     for step in STEP_KEYS:
         i, lo = idle.get(step), load.get(step)
         table.add_row(
             step,
-            _fmt(i["cpu_percent"]) if i else "-",
-            _fmt(i["rss_mb_max"]) if i else "-",
-            _fmt(i.get("uss_mb")) if i else "-",
+            fmt(i["cpu_percent"]) if i else "-",
+            fmt(i["rss_mb_max"]) if i else "-",
+            fmt(i.get("uss_mb")) if i else "-",
             f"{lo['cpu_percent']:.1f} / {lo['cpu_peak_percent']:.1f}" if lo else "-",
-            _fmt(lo["rss_mb_max"]) if lo else "-",
+            fmt(lo["rss_mb_max"]) if lo else "-",
         )
     return table
 
@@ -198,7 +200,7 @@ def findings(result: dict[str, Any]) -> list[str]:
     if result.get("latency"):
         lines += _latency_findings(result["latency"], prof)
     lines += _throughput_findings(result.get("throughput"), prof.get("service_times") or {})
-    idle = _get(result, "footprint", "idle")
+    idle = dig(result, "footprint", "idle")
     if idle:
         cpu = max(idle, key=lambda k: idle[k]["cpu_percent"])
         rss = max(idle, key=lambda k: idle[k]["rss_mb_max"])
@@ -220,7 +222,7 @@ def _latency_findings(lat: dict[str, Any], prof: dict[str, Any]) -> list[str]:
         f"is into {worst} (p50 {hops[worst]:.1f} ms); in-process the same gaps are p50 "
         f"{inproc['hop_ms_all']['p50']:.1f} ms"
     ]
-    parts = _get(prof, "hops", "between_steps")
+    parts = dig(prof, "hops", "between_steps")
     if parts and parts["transit_ms"]:
         lines.append(
             f"a hop between steps (p50 of each part) = previous step finishing (success commit, "
@@ -332,89 +334,3 @@ def median_project(samples: Sequence[Sample], projects: dict[str, DbProject]) ->
     e2e = [project_timeline(s, projects[s.project_id]).e2e_ms for s in samples]
     chosen = samples[median_index(e2e)]
     return chosen, projects[chosen.project_id]
-
-
-def draw_chart(
-    path: Path, result: dict[str, Any], chor_e2e: Sequence[float], inproc_e2e: Sequence[float]
-) -> None:
-    """Waterfall of the median choreography project, the e2e distributions, per-step p50s."""
-    import matplotlib  # noqa: PLC0415 - only the chart needs it, and it is slow to import
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    lat = result["latency"]
-    fig, axes = plt.subplots(1, 3, figsize=(19, 6.5), gridspec_kw={"width_ratios": [1.4, 0.8, 1.1]})
-    ax = axes[0]
-    rows = lat["median_choreography_project"]["waterfall"]
-    labels = [str(r["step"]) for r in rows]
-    for i, r in enumerate(rows):
-        hop = float(r["work_start_ms"]) - float(r["hop_start_ms"])
-        work = float(r["work_end_ms"]) - float(r["work_start_ms"])
-        ax.barh(i, hop, left=float(r["hop_start_ms"]), color="#f4a259", label="hop" if i == 0 else None)
-        ax.barh(
-            i,
-            work,
-            left=float(r["work_start_ms"]),
-            color="#2a6f97",
-            label="work" if i == 0 else None,
-        )
-        ax.text(
-            float(r["work_end_ms"]) + 1,
-            i,
-            f"hop {hop:.1f} / work {work:.1f} ms",
-            va="center",
-            fontsize=8,
-        )
-    ax.set_yticks(range(len(rows)), labels)
-    ax.invert_yaxis()
-    ax.set_xlabel("ms since the request call started")
-    median = lat["median_choreography_project"]
-    ax.set_title(f"median choreography project ({median['project_id']}, e2e {median['e2e_ms']:.0f} ms)")
-    ax.legend(loc="upper right")
-    ax.margins(x=0.25)
-
-    ax = axes[1]
-    ax.boxplot([list(chor_e2e), list(inproc_e2e)], showfliers=False, widths=0.5)
-    ax.set_xticks([1, 2], ["choreography", "in-process"])
-    for x, values in ((1, chor_e2e), (2, inproc_e2e)):
-        ax.scatter(
-            [x + (j % 7 - 3) * 0.03 for j in range(len(values))],
-            values,
-            s=10,
-            alpha=0.6,
-            color="#444",
-        )
-    ax.set_ylabel("end to end (ms)")
-    ax.set_title(f"end to end, n={len(chor_e2e)} each (ratio p50 {lat['e2e_ratio_p50']:.2f}x)")
-
-    ax = axes[2]
-    width = 0.38
-    for offset, mode, shade in ((-width / 2, "choreography", 1.0), (width / 2, "in_process", 0.55)):
-        hop_p50 = [float(_get(lat, mode, "hop_ms", k, "p50") or 0.0) for k in STEP_KEYS]
-        work_p50 = [float(_get(lat, mode, "work_ms", k, "p50") or 0.0) for k in STEP_KEYS]
-        xs = [i + offset for i in range(len(STEP_KEYS))]
-        ax.bar(
-            xs,
-            work_p50,
-            width,
-            color="#2a6f97",
-            alpha=shade,
-            label=f"work ({mode.replace('_', '-')})",
-        )
-        ax.bar(
-            xs,
-            hop_p50,
-            width,
-            bottom=work_p50,
-            color="#f4a259",
-            alpha=shade,
-            label=f"hop ({mode.replace('_', '-')})",
-        )
-    ax.set_xticks(range(len(STEP_KEYS)), STEP_KEYS, rotation=30)
-    ax.set_ylabel("p50 (ms)")
-    ax.set_title("per step p50: work + hop (left choreography, right in-process)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
