@@ -11,6 +11,10 @@ directory (``<state dir>/kafka`` for the single node)::
     data/              the log directory (topics, offsets, KRaft metadata)
     broker.pid         pid of the running broker
     broker.log         stdout/stderr of the current run; broker.log.1 holds the previous run
+
+Its size (over 400 lines) is one object's: the node's life from jars to stop (resolve the
+classpath, write the properties, format, launch, wait until ready, stop), each step reading
+and writing the same files of the layout above. Split, each part would reach into the others'.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ Layout under the server's home directory (``<state dir>/postgres``, mode 0700)::
 
     data/           the cluster (PGDATA), owned by the user PostgreSQL runs as
     postgres.log    server log (appended across runs)
+
+Its size (over 400 lines) is one object's: initialise, secure, start, wait, stop and wipe one
+cluster, each through the same ``pg_ctl`` runner, the same server user and the same files.
 """
 
 from __future__ import annotations
