@@ -6,7 +6,7 @@ from services.ports import TenantClusters
 from shared.domain.errors import ErrorType, ProvisioningError
 from shared.domain.events import StepResults
 from shared.domain.naming import TenantNames
-from shared.execution import StepContext, StepOutput
+from shared.domain.outcomes import StepContext, StepOutput
 
 
 def handle(context: StepContext, *, clusters: TenantClusters) -> StepOutput:

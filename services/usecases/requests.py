@@ -13,11 +13,11 @@ import structlog
 from sqlalchemy import Connection
 
 from services.bootstrap import App
+from shared.clock import utcnow
 from shared.domain.events import (
     DeprovisioningRequested,
     ProvisioningRequested,
     ProvisionProjectPayload,
-    utcnow,
 )
 from shared.domain.naming import validate_project_id
 from shared.domain.records import (

@@ -17,8 +17,8 @@ from shared.domain.events import (
     StepResults,
 )
 from shared.domain.naming import TenantNames
+from shared.domain.outcomes import StepContext, StepOutput
 from shared.domain.steps import REGISTERED_SERVICES
-from shared.execution import StepContext, StepOutput
 
 
 def handle(

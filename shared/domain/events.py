@@ -10,7 +10,6 @@ import math
 import re
 import sys
 import uuid
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -754,16 +753,6 @@ def event_type_of(model: type[BaseModel]) -> str:
     default = model.model_fields["event_type"].default
     assert isinstance(default, str)
     return default
-
-
-def utcnow() -> datetime:
-    """Now, timezone-aware in UTC."""
-    return datetime.now(UTC)
-
-
-def new_event_id() -> uuid.UUID:
-    """A fresh event id."""
-    return uuid.uuid4()
 
 
 def json_defect(value: Any, *, max_depth: int = 128) -> str | None:

@@ -10,6 +10,7 @@ import pytest
 
 from services.bootstrap import App
 from services.usecases.replay import replay
+from shared.clock import utcnow
 from shared.domain.events import (
     DatabaseInfo,
     ErrorInfo,
@@ -19,7 +20,6 @@ from shared.domain.events import (
     completed_event_for,
     failed_event_for,
     retry_event_for,
-    utcnow,
 )
 from shared.domain.steps import StepStatus, step_by_key
 from shared.kafka import encode, read_to_end

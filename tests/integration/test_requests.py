@@ -20,12 +20,12 @@ from services.usecases.payloads import InvalidRequestError
 from services.usecases.queries import project_status
 from services.usecases.requests import RequestReceipt, request_provisioning
 from services.usecases.seed import provision_project_handler
+from shared.clock import utcnow
 from shared.domain.errors import ErrorType, ProvisioningError
 from shared.domain.events import (
     ProvisioningRequested,
     ProvisionProjectPayload,
     ProvisionProjectResult,
-    utcnow,
 )
 from shared.domain.naming import TenantNames
 from shared.domain.records import ConflictingRequestError

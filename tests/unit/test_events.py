@@ -27,8 +27,8 @@ from shared.domain.events import (
     failed_event_for,
     retry_event_for,
 )
+from shared.domain.rebuild import outcome_event_id
 from shared.domain.steps import STEP_KEYS, all_topics
-from shared.execution import outcome_event_id
 from tests.fakes import T0, make_payload, make_requested
 
 BASE = {"project_id": "acme-app", "region": "us-east-1"}

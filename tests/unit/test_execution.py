@@ -1,4 +1,4 @@
-"""The policy every step shares (``shared.execution.run_step``), on fakes: the record decides."""
+"""The policy every step shares (``shared.domain.flow.run_step``), on fakes: the record decides."""
 
 from __future__ import annotations
 
@@ -8,20 +8,15 @@ from datetime import timedelta
 import psycopg
 import pytest
 
+from shared.classify import classify
+from shared.clock import SYSTEM_CLOCK
 from shared.domain.errors import ErrorType, ProvisioningError, StoreUnavailableError
 from shared.domain.events import DatabaseInfo, ServiceRegistration
+from shared.domain.flow import run_step
+from shared.domain.outcomes import Busy, Completed, Failed, Ignored, Rejected, Retry, Trigger
+from shared.domain.rebuild import outcome_event_id
 from shared.domain.steps import StepStatus, step_by_key
-from shared.execution import (
-    Busy,
-    Completed,
-    Failed,
-    Ignored,
-    Rejected,
-    Retry,
-    Trigger,
-    outcome_event_id,
-    run_step,
-)
+from shared.leases import LEASE_KEEPER
 from tests.fakes import LEASE_SECONDS, OWNER, Fakes, make_payload, make_requested, trigger_of
 
 PROJECT = "acme-app"
@@ -228,6 +223,9 @@ def test_lease_lost_mid_work_does_not_record_success(fakes: Fakes) -> None:
         owner=OWNER,
         lease_seconds=LEASE_SECONDS,
         max_attempts=3,
+        classify=classify,
+        clock=SYSTEM_CLOCK,
+        leases=LEASE_KEEPER,
         before_work=taken_over,
     )
     assert isinstance(outcome, Busy)
@@ -250,6 +248,9 @@ def test_successor_finished_first_gives_its_outcome(fakes: Fakes) -> None:
         owner=OWNER,
         lease_seconds=LEASE_SECONDS,
         max_attempts=3,
+        classify=classify,
+        clock=SYSTEM_CLOCK,
+        leases=LEASE_KEEPER,
         before_work=successor_finishes,
     )
     assert isinstance(outcome, Completed)
@@ -273,6 +274,9 @@ def test_failure_after_takeover_is_superseded(fakes: Fakes) -> None:
         owner=OWNER,
         lease_seconds=LEASE_SECONDS,
         max_attempts=3,
+        classify=classify,
+        clock=SYSTEM_CLOCK,
+        leases=LEASE_KEEPER,
         before_work=taken_over_then_fail,
     )
     assert type(outcome).__name__ == "Superseded"

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from shared.clock import utcnow
 from shared.domain.events import (
     DeadLettered,
     ErrorInfo,
@@ -18,8 +19,8 @@ from shared.domain.events import (
     request_limit,
     request_size,
     retry_event_for,
-    utcnow,
 )
+from shared.domain.outcomes import Busy, Completed, Ignored, Rejected
 from shared.domain.steps import (
     DEADLETTER_TOPIC,
     FINAL_REVERSE_STEP,
@@ -30,7 +31,6 @@ from shared.domain.steps import (
     StepStatus,
     step_by_key,
 )
-from shared.execution import Busy, Completed, Ignored, Rejected
 from shared.kafka.codec import DecodeError, decode, encode
 from shared.kafka.core import Deliver, Incoming, StepCore, WorkerOptions, wrap_input
 from shared.observability import Metrics
