@@ -25,13 +25,6 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from shared.domain.steps import (
-    DEADLETTER_TOPIC,
-    DEPROVISIONING_REQUESTED_TOPIC,
-    PURGE_REQUESTED_TOPIC,
-    REQUESTED_TOPIC,
-)
-
 SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
@@ -735,16 +728,16 @@ def retry_event_for(
 
 def event_models() -> dict[str, type[BaseModel]]:
     """Every event model by its ``event_type`` (also the topic it is published on)."""
-    models: dict[str, type[BaseModel]] = {REQUESTED_TOPIC: ProvisioningRequested}
+    models: dict[str, type[BaseModel]] = {event_type_of(ProvisioningRequested): ProvisioningRequested}
     for triple in _STEP_EVENTS.values():
         models |= {event_type_of(model): model for model in triple}
-    models[DEPROVISIONING_REQUESTED_TOPIC] = DeprovisioningRequested
+    models[event_type_of(DeprovisioningRequested)] = DeprovisioningRequested
     for reverse in _REVERSE_EVENTS.values():
         models |= {event_type_of(model): model for model in reverse}
-    models[PURGE_REQUESTED_TOPIC] = PurgeRequested
+    models[event_type_of(PurgeRequested)] = PurgeRequested
     for purge in _PURGE_EVENTS.values():
         models |= {event_type_of(model): model for model in purge}
-    models[DEADLETTER_TOPIC] = DeadLettered
+    models[event_type_of(DeadLettered)] = DeadLettered
     return models
 
 
