@@ -20,8 +20,8 @@ from services.registration.handler import deregister, register
 from services.schema import handler as schema
 from services.verify import handler as verify
 from shared.domain.errors import ErrorType
-from shared.domain.events import ProvisionProjectResult
 from shared.domain.outcomes import StepSpec
+from shared.domain.payloads import ProvisionProjectResult
 from shared.domain.steps import PURGE_STEP, REGISTERED_SERVICES, REVERSE_STEPS, STEPS, step_by_key
 
 SECRET_STEPS: frozenset[str] = frozenset({"database", "keys", "verify"})

@@ -32,22 +32,20 @@ from shared.crypto import generate_api_key, generate_password
 from shared.db import DEFAULT_RETENTION_SECONDS
 from shared.domain.errors import ErrorType, InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.domain.events import (
-    ApiKeyInfo,
     DeprovisioningRequested,
     ProvisioningRequested,
-    ProvisionProjectPayload,
     PurgeRequested,
     ReverseCompleted,
     ReverseRetryScheduled,
     StepCompleted,
     StepInputEvent,
-    StepResults,
     StepRetryScheduled,
     retry_event_for,
 )
 from shared.domain.flow import run_step
 from shared.domain.naming import ARCHIVE_PREFIX, TENANT_PREFIX
 from shared.domain.outcomes import Completed, Outcome, StepContext, StepSpec, Trigger
+from shared.domain.payloads import ApiKeyInfo, ProvisionProjectPayload, StepResults
 from shared.domain.records import (
     ALLOWED_TRANSITIONS,
     Claim,

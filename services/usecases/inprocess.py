@@ -12,12 +12,7 @@ from services.bootstrap import App
 from shared.classify import classify
 from shared.clock import SYSTEM_CLOCK
 from shared.domain.errors import ErrorType, ProvisioningError, StoreUnavailableError
-from shared.domain.events import (
-    CompletedEvent,
-    ProvisionProjectPayload,
-    ProvisionProjectResult,
-    VerifyCompleted,
-)
+from shared.domain.events import CompletedEvent, VerifyCompleted
 from shared.domain.flow import run_step
 from shared.domain.outcomes import (
     Busy,
@@ -30,6 +25,7 @@ from shared.domain.outcomes import (
     Superseded,
     Trigger,
 )
+from shared.domain.payloads import ProvisionProjectPayload, ProvisionProjectResult
 from shared.domain.steps import STEPS
 from shared.kafka import RetryPolicy
 from shared.leases import LEASE_KEEPER

@@ -14,12 +14,9 @@ from sqlalchemy import Connection
 
 from services.bootstrap import App
 from shared.clock import utcnow
-from shared.domain.events import (
-    DeprovisioningRequested,
-    ProvisioningRequested,
-    ProvisionProjectPayload,
-)
+from shared.domain.events import DeprovisioningRequested, ProvisioningRequested
 from shared.domain.naming import validate_project_id
+from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.records import (
     ConflictingRequestError,
     ProjectRecord,

@@ -20,13 +20,7 @@ import contextlib
 from collections.abc import Callable
 from datetime import timedelta
 
-from shared.domain.errors import (
-    ErrorType,
-    InvalidTransitionError,
-    StoreUnavailableError,
-    failure_details,
-)
-from shared.domain.events import ErrorInfo, ProvisionProjectPayload, StepResults
+from shared.domain.errors import ErrorType, InvalidTransitionError, StoreUnavailableError, failure_details
 from shared.domain.outcomes import (
     Busy,
     Completed,
@@ -41,6 +35,7 @@ from shared.domain.outcomes import (
     Superseded,
     Trigger,
 )
+from shared.domain.payloads import ErrorInfo, ProvisionProjectPayload, StepResults
 from shared.domain.ports import Classifier, Clock, LeaseHolder, StepStore
 from shared.domain.rebuild import (
     earlier_results,

@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from shared.domain.errors import ErrorType, ProvisioningError
-from shared.domain.events import CompletedEvent, ErrorInfo, ProvisionProjectPayload, StepResults
+from shared.domain.events import CompletedEvent
+from shared.domain.payloads import ErrorInfo, ProvisionProjectPayload, StepResults
 from shared.domain.steps import Step
 
 

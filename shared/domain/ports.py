@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from shared.domain.errors import ErrorType, ProvisioningError
-from shared.domain.events import ProvisionProjectPayload
+from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.records import Claim, ProjectRecord, Registration, Snapshot, StepRow
 from shared.domain.steps import StepStatus
 

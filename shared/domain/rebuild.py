@@ -17,12 +17,11 @@ from shared.domain.events import (
     DeprovisioningRequested,
     InputEvent,
     ProvisioningRequested,
-    ProvisionProjectPayload,
     PurgeRequested,
-    StepResults,
     completed_event_for,
 )
 from shared.domain.outcomes import StepOutput, Trigger
+from shared.domain.payloads import ProvisionProjectPayload, StepResults
 from shared.domain.ports import Clock
 from shared.domain.records import Snapshot, StepRow
 from shared.domain.steps import Chain, Step, StepStatus, chain_start, step_at

@@ -33,7 +33,6 @@ from shared.domain.events import (
     DeadLettered,
     DeprovisioningRequested,
     Envelope,
-    ErrorInfo,
     Event,
     InputEvent,
     ProvisioningRequested,
@@ -58,6 +57,7 @@ from shared.domain.outcomes import (
     Superseded,
     Trigger,
 )
+from shared.domain.payloads import ErrorInfo
 from shared.domain.ports import StepStore
 from shared.domain.steps import DEADLETTER_TOPIC, StepStatus
 from shared.kafka.codec import DecodeError, decode, header_map

@@ -10,17 +10,9 @@ from datetime import timedelta
 import pytest
 
 from shared.clock import utcnow
-from shared.domain.events import (
-    DeadLettered,
-    ErrorInfo,
-    ProvisioningRequested,
-    ReverseCompleted,
-    StepResults,
-    request_limit,
-    request_size,
-    retry_event_for,
-)
+from shared.domain.events import DeadLettered, ProvisioningRequested, ReverseCompleted, retry_event_for
 from shared.domain.outcomes import Busy, Completed, Ignored, Rejected
+from shared.domain.payloads import ErrorInfo, StepResults, request_limit, request_size
 from shared.domain.steps import (
     DEADLETTER_TOPIC,
     FINAL_REVERSE_STEP,
