@@ -25,8 +25,8 @@ from services.tenant_cluster import ClusterAddress, ClusterDirectory
 from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
 from shared.crypto import SecretBox
 from shared.db import Placements, ProjectStore, ReadModels, StepRepository, make_engine
+from shared.domain.outcomes import StepSpec
 from shared.domain.records import StrandRule
-from shared.execution import StepSpec
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
 from shared.local_env import read_local_env
 from shared.redact import mask_url

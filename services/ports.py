@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from shared.domain.errors import ProvisioningError
-from shared.domain.events import ApiKeyInfo
 from shared.domain.naming import ARCHIVE_PREFIX, TENANT_PREFIX
+from shared.domain.payloads import ApiKeyInfo
 
 
 def require_tenant_names(*names: str) -> None:

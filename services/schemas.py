@@ -10,7 +10,8 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from services.web.app import openapi_document
-from shared.domain.events import ProvisionProjectPayload, ProvisionProjectResult, event_models
+from shared.domain.events import event_models
+from shared.domain.payloads import ProvisionProjectPayload, ProvisionProjectResult
 
 
 class ContractJsonSchema(GenerateJsonSchema):

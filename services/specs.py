@@ -20,9 +20,9 @@ from services.registration.handler import deregister, register
 from services.schema import handler as schema
 from services.verify import handler as verify
 from shared.domain.errors import ErrorType
-from shared.domain.events import ProvisionProjectResult
+from shared.domain.outcomes import StepSpec
+from shared.domain.payloads import ProvisionProjectResult
 from shared.domain.steps import PURGE_STEP, REGISTERED_SERVICES, REVERSE_STEPS, STEPS, step_by_key
-from shared.execution import StepSpec
 
 SECRET_STEPS: frozenset[str] = frozenset({"database", "keys", "verify"})
 """The steps that encrypt or decrypt with the secret key (a tenant password, an API key's

@@ -25,25 +25,27 @@ import psycopg
 from services.ports import Registered, TenantFacts, TenantListingError, require_tenant_names
 from services.specs import build_purge_specs, build_reverse_specs, build_specs
 from services.usecases.reconcile import ProjectState, Removal
+from shared.classify import classify
+from shared.clock import SYSTEM_CLOCK
 from shared.clusters import DEFAULT_CLUSTER, ClusterMap
 from shared.crypto import generate_api_key, generate_password
 from shared.db import DEFAULT_RETENTION_SECONDS
 from shared.domain.errors import ErrorType, InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.domain.events import (
-    ApiKeyInfo,
     DeprovisioningRequested,
     ProvisioningRequested,
-    ProvisionProjectPayload,
     PurgeRequested,
     ReverseCompleted,
     ReverseRetryScheduled,
     StepCompleted,
     StepInputEvent,
-    StepResults,
     StepRetryScheduled,
     retry_event_for,
 )
+from shared.domain.flow import run_step
 from shared.domain.naming import ARCHIVE_PREFIX, TENANT_PREFIX
+from shared.domain.outcomes import Completed, Outcome, StepContext, StepSpec, Trigger
+from shared.domain.payloads import ApiKeyInfo, ProvisionProjectPayload, StepResults
 from shared.domain.records import (
     ALLOWED_TRANSITIONS,
     Claim,
@@ -68,7 +70,7 @@ from shared.domain.steps import (
     step_by_key,
     step_by_name,
 )
-from shared.execution import Completed, Outcome, StepContext, StepSpec, Trigger, run_step
+from shared.leases import LEASE_KEEPER
 from shared.settings import DEFAULT_REGIONS
 
 S = StepStatus
@@ -1016,6 +1018,9 @@ class Fakes:
             owner=owner,
             lease_seconds=LEASE_SECONDS,
             max_attempts=max_attempts,
+            classify=classify,
+            clock=SYSTEM_CLOCK,
+            leases=LEASE_KEEPER,
         )
 
     def input_for(self, step_key: str, requested: ProvisioningRequested) -> StepInputEvent:

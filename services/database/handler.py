@@ -6,9 +6,9 @@ from collections.abc import Collection
 
 from services.ports import CredentialStore, ProjectLedger, TenantClusters
 from shared.domain.errors import ErrorType, ProvisioningError
-from shared.domain.events import DatabaseInfo, StepResults
 from shared.domain.naming import TenantNames
-from shared.execution import StepContext, StepOutput
+from shared.domain.outcomes import StepContext, StepOutput
+from shared.domain.payloads import DatabaseInfo, StepResults
 
 
 def handle(

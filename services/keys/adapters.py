@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, text
 
 from shared.crypto import KeyedStore, generate_api_key, hash_api_key
-from shared.domain.events import ApiKeyInfo
+from shared.domain.payloads import ApiKeyInfo
 
 VISIBLE_CHARS = 6  # of the random part shown beside the prefix, to tell keys apart
 

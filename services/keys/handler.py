@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from services.ports import KeyStore
-from shared.domain.events import StepResults
-from shared.execution import StepContext, StepOutput
+from shared.domain.outcomes import StepContext, StepOutput
+from shared.domain.payloads import StepResults
 
 
 def handle(context: StepContext, *, keys: KeyStore) -> StepOutput:

@@ -6,10 +6,10 @@ from typing import Any
 
 from services.ports import ServiceRegistry
 from shared.domain.errors import ErrorType, ProvisioningError
-from shared.domain.events import ServiceRegistration, StepResults, StorageRegistration
 from shared.domain.naming import TenantNames
+from shared.domain.outcomes import StepContext, StepOutput
+from shared.domain.payloads import ServiceRegistration, StepResults, StorageRegistration
 from shared.domain.steps import RegisteredService
-from shared.execution import StepContext, StepOutput
 
 Service = RegisteredService
 

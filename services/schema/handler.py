@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from services.ports import TenantClusters
 from shared.domain.errors import ErrorType, ProvisioningError
-from shared.domain.events import StepResults
 from shared.domain.naming import TenantNames
-from shared.execution import StepContext, StepOutput
+from shared.domain.outcomes import StepContext, StepOutput
+from shared.domain.payloads import StepResults
 
 
 def handle(context: StepContext, *, clusters: TenantClusters) -> StepOutput:

@@ -21,8 +21,8 @@ from urllib.parse import quote
 import structlog
 
 from services.bootstrap import App
-from shared.domain.events import DatabaseInfo
 from shared.domain.naming import normalize_project_id
+from shared.domain.payloads import DatabaseInfo
 from shared.domain.steps import STEPS, StepStatus
 
 log = structlog.get_logger("provision.credentials")

@@ -9,15 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.bootstrap import App
+from shared.classify import classify
+from shared.clock import SYSTEM_CLOCK
 from shared.domain.errors import ErrorType, ProvisioningError, StoreUnavailableError
-from shared.domain.events import (
-    CompletedEvent,
-    ProvisionProjectPayload,
-    ProvisionProjectResult,
-    VerifyCompleted,
-)
-from shared.domain.steps import STEPS
-from shared.execution import (
+from shared.domain.events import CompletedEvent, VerifyCompleted
+from shared.domain.flow import run_step
+from shared.domain.outcomes import (
     Busy,
     Completed,
     Failed,
@@ -27,9 +24,11 @@ from shared.execution import (
     StepSpec,
     Superseded,
     Trigger,
-    run_step,
 )
+from shared.domain.payloads import ProvisionProjectPayload, ProvisionProjectResult
+from shared.domain.steps import STEPS
 from shared.kafka import RetryPolicy
+from shared.leases import LEASE_KEEPER
 
 from .payloads import parse_payload, validate_payload
 from .requests import refuse_unless_registered
@@ -79,6 +78,9 @@ def _run_in_process(
                 owner=owner,
                 lease_seconds=app.settings.lease_seconds,
                 max_attempts=policy.max_attempts,
+                classify=classify,
+                clock=SYSTEM_CLOCK,
+                leases=LEASE_KEEPER,
             )
         except StoreUnavailableError as exc:
             unavailable += 1

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.domain.events import ProvisionProjectPayload, json_defect, request_limit, request_size
 from shared.domain.naming import normalize_project_id
+from shared.domain.payloads import ProvisionProjectPayload, json_defect, request_limit, request_size
 from shared.settings import Settings
 
 

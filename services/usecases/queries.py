@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from services.bootstrap import App
-from shared.domain.events import utcnow
+from shared.clock import utcnow
 from shared.domain.naming import normalize_project_id
 from shared.domain.records import ProjectRecord, StepRow, restore_refusal
 from shared.domain.steps import FINAL_STEP, PURGE_STEP, STEPS, Chain, Stage, step_by_name

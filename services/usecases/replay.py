@@ -10,8 +10,13 @@ from pydantic import ValidationError
 
 from services.bootstrap import App
 from services.redrive import queue_redrive
+from shared.clock import utcnow
 from shared.domain.errors import InvalidTransitionError
-from shared.domain.events import FailedEvent, failed_event_for, retry_event_for, utcnow
+from shared.domain.events import (
+    FailedEvent,
+    failed_event_for,
+    retry_event_for,
+)
 from shared.domain.records import StepRow
 from shared.domain.steps import ALL_STEPS, Chain, Step, StepStatus, step_by_name
 from shared.kafka import encode, read_to_end, relay_outbox

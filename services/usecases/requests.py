@@ -13,13 +13,10 @@ import structlog
 from sqlalchemy import Connection
 
 from services.bootstrap import App
-from shared.domain.events import (
-    DeprovisioningRequested,
-    ProvisioningRequested,
-    ProvisionProjectPayload,
-    utcnow,
-)
+from shared.clock import utcnow
+from shared.domain.events import DeprovisioningRequested, ProvisioningRequested
 from shared.domain.naming import validate_project_id
+from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.records import (
     ConflictingRequestError,
     ProjectRecord,

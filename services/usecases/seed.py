@@ -23,8 +23,8 @@ from typing import Any
 
 from services.bootstrap import App
 from shared.db.migrator import migrate
-from shared.domain.events import ProvisionProjectPayload, ProvisionProjectResult, json_defect
 from shared.domain.naming import validate_project_id
+from shared.domain.payloads import ProvisionProjectPayload, ProvisionProjectResult, json_defect
 from shared.domain.records import StepRow
 from shared.domain.steps import StepStatus, resolve_step
 from shared.kafka import RetryPolicy

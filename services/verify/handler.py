@@ -8,7 +8,9 @@ from datetime import datetime
 from services.ports import CredentialStore, KeyStore, ProjectLedger, ServiceRegistry, TenantClusters
 from services.schema.handler import placement_of
 from shared.domain.errors import ErrorType, ProvisioningError
-from shared.domain.events import (
+from shared.domain.naming import TenantNames
+from shared.domain.outcomes import StepContext, StepOutput
+from shared.domain.payloads import (
     ProvisionProjectPayload,
     ProvisionProjectResult,
     ResultDatabase,
@@ -16,9 +18,7 @@ from shared.domain.events import (
     ResultServices,
     StepResults,
 )
-from shared.domain.naming import TenantNames
 from shared.domain.steps import REGISTERED_SERVICES
-from shared.execution import StepContext, StepOutput
 
 
 def handle(

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from services.bootstrap import App
-from shared.domain.events import ProvisionProjectPayload
+from shared.domain.payloads import ProvisionProjectPayload
 
 from .auth import NO_TOKENS, TokenConfigError, TokenSet
 from .deps import AppUseCases, WebState, caller

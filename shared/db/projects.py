@@ -25,7 +25,7 @@ from shared.db.common import (
     to_row,
     unavailable_as_error,
 )
-from shared.domain.events import ProvisionProjectPayload
+from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.records import (
     ProjectRecord,
     Registration,

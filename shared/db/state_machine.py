@@ -30,7 +30,7 @@ from shared.db.common import (
 from shared.db.placement import Placements
 from shared.db.projects import ProjectStore
 from shared.domain.errors import InvalidTransitionError
-from shared.domain.events import ProvisionProjectPayload
+from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.records import ALLOWED_TRANSITIONS, Claim, ProjectRecord, Registration, Snapshot, StepRow
 from shared.domain.steps import PLACING_STEP, Chain, StepStatus, chain_start, step_by_name
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.domain.events import PROJECT_ID_MAX, PROJECT_ID_MIN, PROJECT_ID_PATTERN
+from shared.domain.payloads import PROJECT_ID_MAX, PROJECT_ID_MIN, PROJECT_ID_PATTERN
 
 _PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
 

@@ -1,14 +1,21 @@
-"""The port the step flow (:mod:`shared.execution`, and the consumer runtime of
-:mod:`shared.kafka`) runs on: exactly what it needs of the step table, no more. The adapter is
-:class:`shared.db.StepRepository`; the unit tests' fake is ``tests.fakes.FakeStepStore``."""
+"""The ports the step flow (:mod:`shared.domain.flow`, and the consumer runtime of
+:mod:`shared.kafka`) runs on: exactly what it needs of the step table, no more
+(:class:`StepStore`; the adapter is :class:`shared.db.StepRepository`, the unit tests' fake
+``tests.fakes.FakeStepStore``), and what the domain may not do itself: read the clock
+(:class:`Clock`, :data:`shared.clock.SYSTEM_CLOCK`), keep a lease alive from a thread
+(:class:`LeaseHolder`, :data:`shared.leases.LEASE_KEEPER`) and tell what a real exception
+means (:class:`Classifier`, :func:`shared.classify.classify`)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, Protocol
 
-from shared.domain.events import ProvisionProjectPayload
+from shared.domain.errors import ErrorType, ProvisioningError
+from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.records import Claim, ProjectRecord, Registration, Snapshot, StepRow
 from shared.domain.steps import StepStatus
 
@@ -76,3 +83,38 @@ class StepStore(Protocol):
         lease_seconds: float,
         cancel_if_fenced: bool = ...,
     ) -> bool: ...
+
+
+class Clock(Protocol):
+    """Time and fresh ids, handed to the domain: :data:`shared.clock.SYSTEM_CLOCK`, or a fixed
+    clock in unit tests."""
+
+    def now(self) -> datetime:
+        """Now, timezone-aware in UTC."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (for durations only)."""
+        ...
+
+    def new_id(self) -> uuid.UUID:
+        """A fresh random id."""
+        ...
+
+
+class LeaseHolder(Protocol):
+    """Keeps a step's lease alive while its work runs: :data:`shared.leases.LEASE_KEEPER`."""
+
+    def holding(
+        self, store: StepStore, project_id: str, step_name: str, *, owner: str, lease_seconds: float
+    ) -> AbstractContextManager[None]:
+        """Renew ``owner``'s lease on the step while the body runs."""
+        ...
+
+
+class Classifier(Protocol):
+    """A real exception as the taxonomy's error: :func:`shared.classify.classify`."""
+
+    def __call__(
+        self, exc: BaseException, *, default: ErrorType = ErrorType.UNKNOWN_ERROR
+    ) -> ProvisioningError: ...

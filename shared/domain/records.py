@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from shared.domain.events import ProvisionProjectPayload
+from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.steps import Stage, StepStatus, derive_stage
 
 S = StepStatus

@@ -1,5 +1,8 @@
 """The chains of steps, their order and their topics (pure data).
 
+A topic is named once, by the ``event_type`` of the event published on it
+(:mod:`shared.domain.events`): the steps read their topics from the events' catalogue.
+
 ``provisioning`` brings a project to life in seven steps; ``deprovisioning`` takes it out of
 service again in seven reverse steps, one per step service, in the opposite order, archiving
 its database rather than dropping it; ``purge`` removes what the archive kept once the
@@ -14,10 +17,21 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, cast
 
-REQUESTED_TOPIC = "provisioning.requested"
-DEPROVISIONING_REQUESTED_TOPIC = "deprovisioning.requested"
-PURGE_REQUESTED_TOPIC = "purge.requested"
-DEADLETTER_TOPIC = "provisioning.deadletter"
+from shared.domain.events import (
+    DeadLettered,
+    DeprovisioningRequested,
+    ProvisioningRequested,
+    PurgeRequested,
+    completed_event_for,
+    event_type_of,
+    failed_event_for,
+    retry_event_for,
+)
+
+REQUESTED_TOPIC = event_type_of(ProvisioningRequested)
+DEPROVISIONING_REQUESTED_TOPIC = event_type_of(DeprovisioningRequested)
+PURGE_REQUESTED_TOPIC = event_type_of(PurgeRequested)
+DEADLETTER_TOPIC = event_type_of(DeadLettered)
 
 
 class Chain(StrEnum):
@@ -70,8 +84,8 @@ class Step:
     """One step of a chain: its key, its seed-style name, its service and its topics.
 
     A provisioning step's key is its service (``database``); a deprovisioning step's is
-    ``deprovision-<service>``, a purge step's ``purge-<service>``. Topics are
-    ``<chain>.<service>.completed|retry|failed``.
+    ``deprovision-<service>``, a purge step's ``purge-<service>``. Its topics are its events'
+    ``event_type`` (``<chain>.<service>.completed|retry|failed``).
     """
 
     key: str
@@ -82,18 +96,12 @@ class Step:
     chain: Chain
     position: int
     """Its row's position in ``provisioning_steps``: 1-7 provisioning, 8-14 deprovisioning."""
-
-    @property
-    def completed_topic(self) -> str:
-        return f"{self.chain.value}.{self.service}.completed"
-
-    @property
-    def retry_topic(self) -> str:
-        return f"{self.chain.value}.{self.service}.retry"
-
-    @property
-    def failed_topic(self) -> str:
-        return f"{self.chain.value}.{self.service}.failed"
+    completed_topic: str
+    """Where its completed event is published: that event's ``event_type``."""
+    retry_topic: str
+    """Where its input waits to be tried again: its retry event's ``event_type``."""
+    failed_topic: str
+    """Where its final failure is published: its failed event's ``event_type``."""
 
     @property
     def consumer_group(self) -> str:
@@ -125,7 +133,18 @@ def _chain(chain: Chain, spec: list[tuple[str, str, Stage]], first_position: int
     previous_topic = _FIRST_TOPIC[chain]
     for offset, (service, name, stage) in enumerate(spec):
         key = _KEY_PREFIX[chain] + service
-        step = Step(key, name, stage, previous_topic, service, chain, first_position + offset)
+        step = Step(
+            key,
+            name,
+            stage,
+            previous_topic,
+            service,
+            chain,
+            first_position + offset,
+            completed_topic=event_type_of(completed_event_for(key)),
+            retry_topic=event_type_of(retry_event_for(key)),
+            failed_topic=event_type_of(failed_event_for(key)),
+        )
         steps.append(step)
         previous_topic = step.completed_topic
     return tuple(steps)

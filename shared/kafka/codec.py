@@ -10,10 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from shared.domain.events import (
+from shared.domain.events import Envelope, Event
+from shared.domain.payloads import (
     SUPPORTED_SCHEMA_VERSIONS,
-    Envelope,
-    Event,
     ProvisionProjectPayload,
     json_defect,
     request_limit,

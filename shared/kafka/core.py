@@ -26,12 +26,13 @@ from typing import Any, cast
 import structlog
 from pydantic import BaseModel
 
+from shared.classify import classify
+from shared.clock import SYSTEM_CLOCK, new_event_id, utcnow
 from shared.domain.errors import ErrorType, StoreUnavailableError
 from shared.domain.events import (
     DeadLettered,
     DeprovisioningRequested,
     Envelope,
-    ErrorInfo,
     Event,
     InputEvent,
     ProvisioningRequested,
@@ -41,13 +42,10 @@ from shared.domain.events import (
     StepRetryScheduled,
     event_models,
     failed_event_for,
-    new_event_id,
     retry_event_for,
-    utcnow,
 )
-from shared.domain.ports import StepStore
-from shared.domain.steps import DEADLETTER_TOPIC, StepStatus
-from shared.execution import (
+from shared.domain.flow import run_step
+from shared.domain.outcomes import (
     Busy,
     Completed,
     Failed,
@@ -58,9 +56,12 @@ from shared.execution import (
     StepSpec,
     Superseded,
     Trigger,
-    run_step,
 )
+from shared.domain.payloads import ErrorInfo
+from shared.domain.ports import StepStore
+from shared.domain.steps import DEADLETTER_TOPIC, StepStatus
 from shared.kafka.codec import DecodeError, decode, header_map
+from shared.leases import LEASE_KEEPER
 from shared.observability import Metrics
 
 log = structlog.get_logger("provision.worker")
@@ -260,6 +261,9 @@ class StepCore:
                 owner=self.options.owner,
                 lease_seconds=self.options.lease_seconds,
                 max_attempts=self.options.retry.max_attempts,
+                classify=classify,
+                clock=SYSTEM_CLOCK,
+                leases=LEASE_KEEPER,
                 before_work=lambda: self.crash_point("before_work"),
                 in_work=self._slow_work,
             )

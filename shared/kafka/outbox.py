@@ -7,8 +7,11 @@ import uuid
 
 from sqlalchemy import Connection, Engine, text
 
+from shared.clock import utcnow
 from shared.db import ProjectStore
-from shared.domain.events import PurgeRequested, utcnow
+from shared.domain.events import (
+    PurgeRequested,
+)
 from shared.domain.steps import PURGE_REQUESTED_TOPIC
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import Headers, encode, header_map

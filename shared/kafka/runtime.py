@@ -28,9 +28,9 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from shared.domain.events import DeadLettered, Event
+from shared.domain.outcomes import StepSpec
 from shared.domain.ports import StepStore
 from shared.domain.steps import DEADLETTER_TOPIC
-from shared.execution import StepSpec
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode, header_map
 from shared.kafka.core import (

@@ -32,19 +32,13 @@ from services.usecases.payloads import InvalidRequestError
 from services.usecases.queries import project_status
 from services.usecases.replay import replay
 from services.usecases.requests import request_provisioning
+from shared.clock import utcnow
 from shared.db import libpq_url
-from shared.domain.events import DeadLettered, ProvisionProjectPayload, request_limit, request_size, utcnow
+from shared.domain.events import DeadLettered
 from shared.domain.naming import TenantNames
-from shared.domain.steps import (
-    DEADLETTER_TOPIC,
-    REQUESTED_TOPIC,
-    STEPS,
-    Stage,
-    Step,
-    StepStatus,
-    step_by_key,
-)
-from shared.execution import outcome_event_id
+from shared.domain.payloads import ProvisionProjectPayload, request_limit, request_size
+from shared.domain.rebuild import outcome_event_id
+from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, STEPS, Stage, Step, StepStatus, step_by_key
 from tests.e2e.faults import ServiceStandIn, service_stand_in, side_effects
 from tests.e2e.kafka_tools import dead_letters, produce_raw, read_all
 from tests.support import REPO_ROOT, WorkerGroup, settings_env, unique_project, wait_for, wait_until_stage

@@ -20,7 +20,7 @@ from services.bootstrap import App
 from services.usecases.requests import request_deprovisioning
 from services.web.app import create_api
 from services.web.auth import TokenSet, new_token
-from shared.domain.events import ProvisionProjectPayload
+from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.steps import STEP_NAMES, Stage
 from tests.api_server import serving
 from tests.browser import chromium

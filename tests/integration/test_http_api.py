@@ -13,7 +13,7 @@ import pytest
 
 from services.bootstrap import App
 from services.usecases.requests import request_deprovisioning
-from shared.domain.events import ProvisionProjectPayload
+from shared.domain.payloads import ProvisionProjectPayload
 from tests.api_server import RunningApi, serve_api
 from tests.integration.test_replay_reads import SCHEMA, fail_schema_step, publish_failure
 from tests.support import REPO_ROOT, unique_project

@@ -9,7 +9,7 @@ import pytest
 
 from services.bootstrap import App
 from shared.db import ProjectStore, StepRepository
-from shared.domain.events import ProvisionProjectPayload
+from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.records import Registration, RestoreRefusedError
 from shared.domain.steps import PURGE_STEP, STEP_NAMES, StepStatus
 from tests.integration.test_store_contract import (

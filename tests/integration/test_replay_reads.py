@@ -10,17 +10,9 @@ import pytest
 
 from services.bootstrap import App
 from services.usecases.replay import replay
-from shared.domain.events import (
-    DatabaseInfo,
-    ErrorInfo,
-    ProvisionProjectPayload,
-    StepFailed,
-    StepResults,
-    completed_event_for,
-    failed_event_for,
-    retry_event_for,
-    utcnow,
-)
+from shared.clock import utcnow
+from shared.domain.events import StepFailed, completed_event_for, failed_event_for, retry_event_for
+from shared.domain.payloads import DatabaseInfo, ErrorInfo, ProvisionProjectPayload, StepResults
 from shared.domain.steps import StepStatus, step_by_key
 from shared.kafka import encode, read_to_end
 from shared.tracing import new_trace

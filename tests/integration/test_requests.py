@@ -20,14 +20,11 @@ from services.usecases.payloads import InvalidRequestError
 from services.usecases.queries import project_status
 from services.usecases.requests import RequestReceipt, request_provisioning
 from services.usecases.seed import provision_project_handler
+from shared.clock import utcnow
 from shared.domain.errors import ErrorType, ProvisioningError
-from shared.domain.events import (
-    ProvisioningRequested,
-    ProvisionProjectPayload,
-    ProvisionProjectResult,
-    utcnow,
-)
+from shared.domain.events import ProvisioningRequested
 from shared.domain.naming import TenantNames
+from shared.domain.payloads import ProvisionProjectPayload, ProvisionProjectResult
 from shared.domain.records import ConflictingRequestError
 from shared.domain.steps import REQUESTED_TOPIC, STEP_NAMES, Stage, StepStatus
 from shared.kafka import Publisher, add_to_outbox, encode, read_to_end, relay_outbox

@@ -25,21 +25,9 @@ import pytest
 from services.bootstrap import App
 from shared.db import ProjectStore, StepRepository, make_engine
 from shared.domain.errors import InvalidTransitionError, StoreUnavailableError
-from shared.domain.events import ProvisionProjectPayload
-from shared.domain.records import (
-    ALLOWED_TRANSITIONS,
-    Claim,
-    ProjectRecord,
-    Registration,
-    StepRow,
-)
-from shared.domain.steps import (
-    PURGE_STEP,
-    REVERSE_STEP_NAMES,
-    STEP_NAMES,
-    StepStatus,
-    step_by_name,
-)
+from shared.domain.payloads import ProvisionProjectPayload
+from shared.domain.records import ALLOWED_TRANSITIONS, Claim, ProjectRecord, Registration, StepRow
+from shared.domain.steps import PURGE_STEP, REVERSE_STEP_NAMES, STEP_NAMES, StepStatus, step_by_name
 from tests.fakes import FakeLedger, FakeStepStore, make_payload
 from tests.support import unique_project
 

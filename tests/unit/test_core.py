@@ -6,7 +6,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from shared.domain.events import DeadLettered, utcnow
+from shared.clock import utcnow
+from shared.domain.events import (
+    DeadLettered,
+)
 from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.kafka.codec import encode
 from shared.kafka.core import (

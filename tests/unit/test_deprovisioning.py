@@ -18,6 +18,8 @@ from services.keys import handler as keys
 from services.registration import handler as registration
 from services.schema import handler as schema
 from services.verify import handler as verify
+from shared.classify import classify
+from shared.clock import SYSTEM_CLOCK, utcnow
 from shared.domain.errors import ErrorType, ProvisioningError
 from shared.domain.events import (
     DeadLettered,
@@ -30,9 +32,10 @@ from shared.domain.events import (
     RevokeKeysCompleted,
     RevokeKeysRetryScheduled,
     SchemaCompleted,
-    utcnow,
 )
+from shared.domain.flow import run_step
 from shared.domain.naming import TenantNames
+from shared.domain.outcomes import Busy, Completed, Ignored, Outcome, Rejected, StepContext, Trigger
 from shared.domain.steps import (
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
@@ -46,7 +49,6 @@ from shared.domain.steps import (
     derive_stage,
     step_by_key,
 )
-from shared.execution import Busy, Completed, Ignored, Outcome, Rejected, StepContext, Trigger, run_step
 from shared.kafka.codec import encode
 from shared.kafka.core import (
     RETRY_WAIT_SLACK_SECONDS,
@@ -57,6 +59,7 @@ from shared.kafka.core import (
     Wait,
     WorkerOptions,
 )
+from shared.leases import LEASE_KEEPER
 from shared.observability import Metrics
 from shared.tracing import new_trace
 from tests.fakes import (
@@ -799,6 +802,9 @@ def _run_with_pause(fakes: Fakes, step_key: str, event: Any, pause: Callable[[],
         owner=OWNER,
         lease_seconds=0.04,
         max_attempts=3,
+        classify=classify,
+        clock=SYSTEM_CLOCK,
+        leases=LEASE_KEEPER,
         before_work=before_work,
     )
 
@@ -862,6 +868,9 @@ def test_a_slow_work_keeps_its_lease_alive_until_it_ends(fakes: Fakes) -> None:
         owner=OWNER,
         lease_seconds=0.06,
         max_attempts=3,
+        classify=classify,
+        clock=SYSTEM_CLOCK,
+        leases=LEASE_KEEPER,
         in_work=lambda: time.sleep(0.15),
     )
 
@@ -870,28 +879,3 @@ def test_a_slow_work_keeps_its_lease_alive_until_it_ends(fakes: Fakes) -> None:
     assert len(renewals) >= 3
     time.sleep(0.1)
     assert len([c for c in fakes.store.calls if c[0] == "renew_lease"]) == len(renewals)
-
-
-def test_one_keeper_renews_every_lease_at_work_until_its_work_ends() -> None:
-    """Two steps at work at once, with different leases: each is renewed on its own rhythm
-    (every third of its lease), by one thread, and neither once its work has ended."""
-    from shared.execution import _LEASES
-
-    renewed: list[str] = []
-
-    class Store:
-        def renew_lease(self, project_id: str, step_name: str, **_: Any) -> bool:
-            renewed.append(project_id)
-            return True
-
-    store: Any = Store()
-    with (
-        _LEASES.holding(store, "slow", "create_tenant_database", owner=OWNER, lease_seconds=0.03),
-        _LEASES.holding(store, "slower", "create_tenant_schema", owner=OWNER, lease_seconds=0.3),
-    ):
-        time.sleep(0.25)
-    done = len(renewed)
-    time.sleep(0.1)
-    assert renewed.count("slow") >= 10
-    assert 1 <= renewed.count("slower") <= 3
-    assert len(renewed) == done

@@ -10,6 +10,13 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from shared.domain.events import (
+    completed_event_for,
+    event_models,
+    event_type_of,
+    failed_event_for,
+    retry_event_for,
+)
+from shared.domain.payloads import (
     ApiKeyInfo,
     DatabaseInfo,
     ErrorInfo,
@@ -21,14 +28,9 @@ from shared.domain.events import (
     ServiceRegistration,
     StepResults,
     StorageRegistration,
-    completed_event_for,
-    event_models,
-    event_type_of,
-    failed_event_for,
-    retry_event_for,
 )
+from shared.domain.rebuild import outcome_event_id
 from shared.domain.steps import STEP_KEYS, all_topics
-from shared.execution import outcome_event_id
 from tests.fakes import T0, make_payload, make_requested
 
 BASE = {"project_id": "acme-app", "region": "us-east-1"}

@@ -1,28 +1,23 @@
-"""The policy every step shares (``shared.execution.run_step``), on fakes: the record decides."""
+"""The policy every step shares (``shared.domain.flow.run_step``), on fakes: the record decides."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 import pytest
 
+from shared.classify import classify
+from shared.clock import SYSTEM_CLOCK
 from shared.domain.errors import ErrorType, ProvisioningError, StoreUnavailableError
-from shared.domain.events import DatabaseInfo, ServiceRegistration
+from shared.domain.flow import run_step
+from shared.domain.outcomes import Busy, Completed, Failed, Ignored, Rejected, Retry, Trigger
+from shared.domain.payloads import DatabaseInfo, ServiceRegistration
+from shared.domain.rebuild import outcome_event_id, rebuild_input
 from shared.domain.steps import StepStatus, step_by_key
-from shared.execution import (
-    Busy,
-    Completed,
-    Failed,
-    Ignored,
-    Rejected,
-    Retry,
-    Trigger,
-    outcome_event_id,
-    run_step,
-)
-from tests.fakes import LEASE_SECONDS, OWNER, Fakes, make_payload, make_requested, trigger_of
+from shared.leases import LEASE_KEEPER
+from tests.fakes import LEASE_SECONDS, OWNER, T0, Fakes, make_payload, make_requested, trigger_of
 
 PROJECT = "acme-app"
 DATABASE = step_by_key("database").name
@@ -228,6 +223,9 @@ def test_lease_lost_mid_work_does_not_record_success(fakes: Fakes) -> None:
         owner=OWNER,
         lease_seconds=LEASE_SECONDS,
         max_attempts=3,
+        classify=classify,
+        clock=SYSTEM_CLOCK,
+        leases=LEASE_KEEPER,
         before_work=taken_over,
     )
     assert isinstance(outcome, Busy)
@@ -250,6 +248,9 @@ def test_successor_finished_first_gives_its_outcome(fakes: Fakes) -> None:
         owner=OWNER,
         lease_seconds=LEASE_SECONDS,
         max_attempts=3,
+        classify=classify,
+        clock=SYSTEM_CLOCK,
+        leases=LEASE_KEEPER,
         before_work=successor_finishes,
     )
     assert isinstance(outcome, Completed)
@@ -273,6 +274,9 @@ def test_failure_after_takeover_is_superseded(fakes: Fakes) -> None:
         owner=OWNER,
         lease_seconds=LEASE_SECONDS,
         max_attempts=3,
+        classify=classify,
+        clock=SYSTEM_CLOCK,
+        leases=LEASE_KEEPER,
         before_work=taken_over_then_fail,
     )
     assert type(outcome).__name__ == "Superseded"
@@ -410,3 +414,52 @@ def test_disabled_service_is_skipped_in_the_claim(fakes: Fakes) -> None:
     assert outcome.event.step_status == "skipped"
     assert [c[0] for c in fakes.store.calls[calls:]] == ["claim"]
     assert fakes.registry.calls == []
+
+
+# --- the clock is handed in ---------------------------------------------------------------------
+
+
+class SteppingClock:
+    """A ``Clock`` that stands still: its monotonic time moves only when told to."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def now(self) -> datetime:
+        return T0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def new_id(self) -> uuid.UUID:
+        return uuid.UUID(int=1)
+
+
+def test_a_late_start_is_told_by_the_clock_handed_in(fakes: Fakes) -> None:
+    """The lease is renewed before late work by the handed-in clock's time, with no real wait."""
+    clock = SteppingClock()
+
+    def late() -> None:
+        clock.seconds += LEASE_SECONDS * 0.5
+
+    outcome = run_step(
+        fakes.specs["database"],
+        trigger_of(make_requested(project_id=PROJECT)),
+        store=fakes.store,
+        owner=OWNER,
+        lease_seconds=LEASE_SECONDS,
+        max_attempts=3,
+        classify=classify,
+        clock=clock,
+        leases=LEASE_KEEPER,
+        before_work=late,
+    )
+    assert isinstance(outcome, Completed)
+    assert [c for c in fakes.store.calls if c[0] == "renew_lease"] == [("renew_lease", PROJECT, DATABASE)]
+
+
+def test_a_rebuilt_request_takes_its_id_and_time_from_the_clock(fakes: Fakes) -> None:
+    """A chain's first input rebuilt from the record has the handed-in clock's id and time."""
+    assert isinstance(fakes.run("database", make_requested(project_id=PROJECT)), Completed)
+    event = rebuild_input(step_by_key("database"), fakes.store.snapshot(PROJECT), clock=SteppingClock())
+    assert (event.event_id, event.occurred_at) == (uuid.UUID(int=1), T0)

@@ -7,16 +7,16 @@ import pytest
 from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.domain.errors import ErrorType, ProvisioningError
 from shared.domain.events import (
-    DatabaseInfo,
     ProvisioningRequested,
-    ProvisionProjectResult,
     StepCompleted,
     StepInputEvent,
     VerifyCompleted,
     completed_event_for,
 )
+from shared.domain.outcomes import Completed, Failed, Retry
+from shared.domain.payloads import DatabaseInfo, ProvisionProjectResult
+from shared.domain.rebuild import outcome_event_id
 from shared.domain.steps import REGISTERED_SERVICES, STEP_KEYS, StepStatus, step_by_key
-from shared.execution import Completed, Failed, Retry, outcome_event_id
 from tests.fakes import OWNER, Fakes, context_of, make_deprovisioning_requested, make_requested
 
 PROJECT = "acme-app"

@@ -27,9 +27,9 @@ from services.usecases.reconcile import (
     plan,
     take_inventory,
 )
+from shared.clock import utcnow
 from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.domain.errors import ErrorType
-from shared.domain.events import utcnow
 from shared.domain.naming import TenantNames
 from shared.domain.steps import StepStatus
 from tests.fakes import Fakes, FakeTenantCluster, make_requested

@@ -18,7 +18,7 @@ from services.usecases.reconcile import (
     plan,
     take_inventory,
 )
-from shared.domain.events import utcnow
+from shared.clock import utcnow
 from shared.domain.naming import TenantNames
 from shared.domain.steps import STEPS, step_by_key
 from tests.fakes import Fakes, make_deprovisioning_requested, make_requested

@@ -9,17 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from shared.domain.events import (
-    DeadLettered,
-    ErrorInfo,
-    ProvisioningRequested,
-    ReverseCompleted,
-    StepResults,
-    request_limit,
-    request_size,
-    retry_event_for,
-    utcnow,
-)
+from shared.clock import utcnow
+from shared.domain.events import DeadLettered, ProvisioningRequested, ReverseCompleted, retry_event_for
+from shared.domain.outcomes import Busy, Completed, Ignored, Rejected
+from shared.domain.payloads import ErrorInfo, StepResults, request_limit, request_size
 from shared.domain.steps import (
     DEADLETTER_TOPIC,
     FINAL_REVERSE_STEP,
@@ -30,7 +23,6 @@ from shared.domain.steps import (
     StepStatus,
     step_by_key,
 )
-from shared.execution import Busy, Completed, Ignored, Rejected
 from shared.kafka.codec import DecodeError, decode, encode
 from shared.kafka.core import Deliver, Incoming, StepCore, WorkerOptions, wrap_input
 from shared.observability import Metrics

@@ -14,7 +14,7 @@ from services.tenant_cluster import ClusterAddress
 from services.usecases.credentials import TenantCredentials
 from shared.clusters import ClusterMap, TenantClusterConfig
 from shared.crypto import SecretBox
-from shared.domain.events import ApiKeyInfo
+from shared.domain.payloads import ApiKeyInfo
 from shared.redact import mask_url
 from shared.settings import Settings
 from tooling.infra import InfraEnv

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from shared.domain.events import DeadLettered, utcnow
+from shared.clock import utcnow
+from shared.domain.events import (
+    DeadLettered,
+)
 from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode

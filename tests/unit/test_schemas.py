@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 import services.schemas
 from services.schemas import render_schemas, stale_schemas
-from shared.domain.events import ProvisioningRequested, ProvisionProjectPayload
+from shared.domain.events import ProvisioningRequested
+from shared.domain.payloads import ProvisionProjectPayload
 from tests.fakes import make_requested
 
 REPO_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

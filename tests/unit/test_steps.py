@@ -6,7 +6,9 @@ import itertools
 
 import pytest
 
+from shared.domain.events import completed_event_for, event_type_of, failed_event_for, retry_event_for
 from shared.domain.steps import (
+    ALL_STEPS,
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
     FINAL_STEP,
@@ -51,6 +53,20 @@ def test_topic_names() -> None:
     assert step.retry_topic == "provisioning.database.retry"
     assert step.failed_topic == "provisioning.database.failed"
     assert step.consumer_group == "provisioning-database"
+
+
+def test_every_topic_is_its_events_type_and_follows_the_naming_rule() -> None:
+    """Each step's topics are its events' event_type, spelled <chain>.<service>.completed|retry|failed."""
+    for step in ALL_STEPS:
+        assert step.completed_topic == event_type_of(completed_event_for(step.key))
+        assert step.retry_topic == event_type_of(retry_event_for(step.key))
+        assert step.failed_topic == event_type_of(failed_event_for(step.key))
+        prefix = f"{step.chain.value}.{step.service}"
+        assert (step.completed_topic, step.retry_topic, step.failed_topic) == (
+            f"{prefix}.completed",
+            f"{prefix}.retry",
+            f"{prefix}.failed",
+        )
 
 
 def test_each_step_consumes_previous_completed_topic() -> None:

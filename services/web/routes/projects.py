@@ -14,7 +14,7 @@ from starlette.types import Receive, Scope, Send
 from services.usecases.payloads import InvalidRequestError
 from services.usecases.queries import ProjectDetail
 from services.usecases.requests import UnknownProjectError
-from shared.domain.events import utcnow
+from shared.clock import utcnow
 from shared.domain.records import ConflictingRequestError, RestoreRefusedError
 
 from ..deps import UseCases, WebState, checked_project_id, json_body, use_cases, web_state
