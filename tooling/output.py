@@ -1,6 +1,7 @@
 """The tooling commands' consoles and their one-line errors: the ``provision`` command's own
 (:mod:`services.cli.common`: exit 1 when the thing asked failed, 2 for bad usage or bad input,
-130 on Ctrl-C, never a traceback), plus the local servers' errors (exit 1)."""
+130 on Ctrl-C, never a traceback), plus the tooling's own failures
+(:class:`tooling.errors.ToolingError`, exit 1)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from services.cli import common
 from services.cli.common import Failure, UsageError, die, err, out, read_settings
 from shared.settings import Settings
-from tooling.infra import InfraError
+from tooling.errors import ToolingError
 
 __all__ = ["Failure", "UsageError", "err", "errors", "local_settings", "out", "settings"]
 
@@ -30,9 +31,9 @@ def settings(*, local: bool = False) -> Settings:
 @contextmanager
 def errors() -> Iterator[None]:
     """Turn every error a user can cause into one line and an exit code: the command line's
-    mapping, and a local server that cannot start or stop (exit 1)."""
+    mapping, and the tooling's own failures: a local server that cannot start or stop (exit 1)."""
     with common.errors():
         try:
             yield
-        except InfraError as exc:
+        except ToolingError as exc:
             die(str(exc), 1)

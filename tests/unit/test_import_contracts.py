@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_import_contracts_are_kept() -> None:
-    """lint-imports finds every contract kept: a pure domain, shared below services below tooling."""
+    """lint-imports finds every contract kept: the pure domain, the layers of each house, no cycle."""
     done = subprocess.run(
         [str(Path(sys.executable).with_name("lint-imports"))],
         cwd=ROOT,

@@ -12,6 +12,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tooling.errors import ToolingError
+
 if TYPE_CHECKING:
     import psutil
 
@@ -29,7 +31,7 @@ LOOPBACK = "127.0.0.1"
 """Clients must use the IPv4 loopback: ``localhost`` may resolve to ::1, where nothing listens."""
 
 
-class InfraError(Exception):
+class InfraError(ToolingError):
     """A local-infrastructure failure, worded as one line to show to a user."""
 
 
