@@ -209,9 +209,6 @@ class App:
             poll_timeout=s.poll_timeout_seconds,
             max_message_bytes=s.max_message_bytes,
             outbox_interval=s.outbox_interval_seconds,
-            crash_at=s.crash_at,
-            crash_marker=s.crash_marker,
-            slow_step=s.slow_step,
         )
 
     def consumer(self, group_id: str, **overrides: Any) -> Consumer:

@@ -15,12 +15,10 @@ import hashlib
 import os
 import random
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import structlog
@@ -65,7 +63,13 @@ from shared.observability import Metrics
 
 log = structlog.get_logger("provision.worker")
 
-CRASH_POINTS = ("before_work", "after_work", "after_publish")
+PROBE_POINTS = ("before_work", "in_work", "after_work", "after_publish")
+"""Where a worker calls its probe (``WorkerOptions.probe``), in this order for one message:
+before the step's work, during it (on the worker's thread, the lease kept alive meanwhile),
+once it is done or replayed, and once its outcome is acknowledged by the broker."""
+
+Probe = Callable[[str, str], None]
+"""Called with a step key and one of :data:`PROBE_POINTS`; what it does is the caller's."""
 
 DEADLETTER_VALUE_BYTES = 64 * 1024
 """The most of a message's value a dead letter carries; past it, a prefix and the digest."""
@@ -112,10 +116,9 @@ class WorkerOptions:
     outbox_interval: float = 1.0
     lag_interval: float = 5.0
     store_backoff_max: float = 10.0
-    crash_at: str | None = None
-    crash_marker: Path | None = None
-    slow_step: str | None = None
-    """Testing switch ``<step>:<seconds>``: the step's work takes that much longer."""
+    probe: Probe | None = None
+    """Called at each of :data:`PROBE_POINTS` of each message (None: nothing is called). The
+    product sets none; the fault tests' entry point (``tooling.faults``) sets one."""
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
 
@@ -140,7 +143,7 @@ class Deliver:
 
     publications: list[Publication]
     completed: bool = False
-    """The step's work was done or replayed (the after_work crash point applies)."""
+    """The step's work was done or replayed (the after_work probe point applies)."""
     traceparent: str | None = None
     bind: dict[str, object] = field(default_factory=dict)
 
@@ -166,14 +169,12 @@ class StepCore:
         store: StepStore,
         options: WorkerOptions,
         metrics: Metrics,
-        crash_point: Callable[[str], None] = lambda point: None,
     ) -> None:
         self.spec = spec
         self.step = spec.step
         self.store = store
         self.options = options
         self.metrics = metrics
-        self.crash_point = crash_point
         models = event_models()
         # Each topic carries one event type, named like the topic.
         self._expected: dict[str, dict[str, type[BaseModel]]] = {
@@ -260,20 +261,18 @@ class StepCore:
                 owner=self.options.owner,
                 lease_seconds=self.options.lease_seconds,
                 max_attempts=self.options.retry.max_attempts,
-                before_work=lambda: self.crash_point("before_work"),
-                in_work=self._slow_work,
+                before_work=lambda: self.probe("before_work"),
+                in_work=lambda: self.probe("in_work"),
             )
         except StoreUnavailableError as exc:
             return self._store_unavailable(exc)
         self._store_backoff = 0.5
         return self._publications(msg, step_input, outcome, decoded.headers.get("traceparent"), bind)
 
-    def _slow_work(self) -> None:
-        """The testing switch ``slow_step``: the step's work takes ``seconds`` longer."""
-        step, _, seconds = (self.options.slow_step or "").partition(":")
-        if step == self.step.key and seconds:
-            log.warning("slowing_on_purpose", seconds=float(seconds))
-            time.sleep(float(seconds))
+    def probe(self, point: str) -> None:
+        """Call the options' probe, if any, at ``point`` of this step."""
+        if self.options.probe is not None:
+            self.options.probe(self.step.key, point)
 
     def _store_unavailable(self, exc: StoreUnavailableError) -> Wait:
         seconds = self._store_backoff
