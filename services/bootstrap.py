@@ -1,4 +1,5 @@
-"""The one place settings are read and clients are built; everything else is handed what it needs."""
+"""The one place clients are built, from the settings an entry point read; everything else is
+handed what it needs."""
 
 from __future__ import annotations
 
@@ -240,15 +241,15 @@ def missing_connection_settings(settings: Settings) -> list[str]:
     ]
 
 
-def build_app(settings: Settings | None = None) -> App:
-    """Wire the application from settings (the environment when not given).
+def build_app(settings: Settings) -> App:
+    """Wire the application from ``settings``, which the entry point read (once) from the
+    environment.
 
     Explicit KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL win. A missing one is a ConfigurationError
     unless local mode is asked for (``PROVISION_LOCAL=1``); then the addresses `provision infra up`
     recorded in the state directory fill in. Connecting to whatever listens on
     the local ports by default would let a misconfigured production worker join the wrong servers.
     """
-    settings = settings or Settings()
     bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
     missing = missing_connection_settings(settings)
     if missing and not settings.local:

@@ -71,7 +71,7 @@ def _check_secret_key(app: App) -> bool:
 
 def run_worker(
     step_key: str,
-    settings: Settings | None = None,
+    settings: Settings,
     *,
     chains: Collection[Chain] = tuple(Chain),
     probe: Probe | None = None,
@@ -84,7 +84,6 @@ def run_worker(
     mode (``PROVISION_LOCAL``) is off, and, for a step that uses secrets, when the secret key
     is missing or is not the control plane's.
     """
-    settings = settings or Settings()
     steps = steps_of(step_key, chains)
     if not steps:
         wanted = ", ".join(chain.value for chain in chains)
