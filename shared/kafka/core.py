@@ -4,8 +4,15 @@
 may go, or how long to wait before taking the same message again. Every way a message can
 be bad ends in a dead letter carrying at most a bounded copy of it; every outcome of the step
 maps onto one publication; a control plane that does not answer is a wait, never a failure.
-The shell (``shared.kafka.runtime``) only polls, pauses, publishes and stores offsets, so
-every branch here is a unit test of microseconds.
+The shell (``shared.kafka.runtime``) only polls, pauses, publishes and stores offsets.
+
+No Kafka client is touched here, so every branch runs in a unit test without a broker; it is
+not free of effects, though. The step store, the metrics and the options (their probe among
+them) are handed in, and the core records on the metrics and calls the probe. It reads the
+wall clock itself (``utcnow``: hop latency, whether a retry is due, the events' timestamps and
+retries' ``not_before``), draws the retry jitter from ``random``, binds the message's
+identifiers to structlog's context variables (the shell clears them after each message) and
+logs.
 """
 
 from __future__ import annotations
