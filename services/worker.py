@@ -25,7 +25,7 @@ from services.bootstrap import App, ConfigurationError, build_app
 from services.specs import SECRET_STEPS
 from shared.domain.errors import StoreUnavailableError
 from shared.domain.steps import ALL_STEPS, PLACING_STEP, PURGE_STEP, Chain, Step, resolve_step
-from shared.kafka import Duty, Probe, StepWorker, WorkerOptions, queue_due_purges, relay_outbox
+from shared.kafka import Duty, Probe, StepWorker, queue_due_purges, relay_outbox
 from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
 from shared.observability import Health, Metrics, serve_http
@@ -105,8 +105,7 @@ def run_worker(
                 f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}; "
                 "set PROVISION_METRICS_PORT to a free port (unset: no metrics server)"
             ) from None
-    options = dataclasses.replace(app.worker_options(), probe=probe)
-    workers = [_worker(app, step, options, metrics, health) for step in steps]
+    workers = [_worker(app, step, metrics, health, probe) for step in steps]
     stop = _Stop(workers)
     signal.signal(signal.SIGTERM, stop.on_signal)
     signal.signal(signal.SIGINT, stop.on_signal)
@@ -143,7 +142,7 @@ def duties_of(app: App, step: Step) -> list[Duty]:
     return duties
 
 
-def _worker(app: App, step: Step, options: WorkerOptions, metrics: Metrics, health: Health) -> StepWorker:
+def _worker(app: App, step: Step, metrics: Metrics, health: Health, probe: Probe | None) -> StepWorker:
     committed = CommittedOffsets()
 
     def new_consumer() -> Consumer:
@@ -155,7 +154,8 @@ def _worker(app: App, step: Step, options: WorkerOptions, metrics: Metrics, heal
         new_consumer=new_consumer,
         publisher=app.publisher,
         store=app.repository,
-        options=options,
+        # Options of its own, so each step's consumer holds its leases under an owner of its own.
+        options=dataclasses.replace(app.worker_options(), probe=probe),
         metrics=metrics,
         health=health,
         duties=duties_of(app, step),

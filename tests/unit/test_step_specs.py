@@ -15,6 +15,7 @@ from services.bootstrap import App, build_app
 from services.specs import SPEC_FACTORIES, Adapters, build_spec
 from shared.domain.steps import ALL_STEPS, Chain
 from shared.execution import StepSpec
+from shared.kafka import WorkerOptions
 from shared.settings import Settings
 from tests.fakes import Fakes
 
@@ -44,6 +45,10 @@ def _settings(tmp_path: Path) -> Settings:
     return Settings(
         kafka_bootstrap_servers="127.0.0.1:1", database_url=URL, state_dir=tmp_path, secret_key=KEY
     )
+
+
+def _probe(step: str, point: str) -> None:
+    """A probe that does nothing."""
 
 
 def _made(app: App) -> set[str]:
@@ -107,16 +112,18 @@ def test_a_worker_for_one_step_builds_only_that_steps_spec(
     expected: list[str],
 ) -> None:
     """run_worker("schema") builds the specs of the schema service's steps in the chains it
-    runs, and of their collaborators only the tenant clusters."""
+    runs, and of their collaborators only the tenant clusters; each worker gets the probe."""
     apps: list[App] = []
     given: list[str] = []
+    options: list[WorkerOptions] = []
 
     def wire(settings: Settings) -> App:
         apps.append(build_app(settings))
         return apps[-1]
 
-    def worker(spec: StepSpec, **_: Any) -> object:
+    def worker(spec: StepSpec, **wiring: Any) -> object:
         given.append(spec.step.key)
+        options.append(wiring["options"])
         return object()
 
     monkeypatch.setattr(services.worker, "build_app", wire)
@@ -125,7 +132,9 @@ def test_a_worker_for_one_step_builds_only_that_steps_spec(
     monkeypatch.setattr(services.worker, "configure_logging", lambda *_: None)
     monkeypatch.setattr(App, "consumer", lambda self, group_id, **_: object())
     monkeypatch.setattr(App, "publisher", None)
-    services.worker.run_worker("schema", _settings(tmp_path), chains=chains)
+    services.worker.run_worker("schema", _settings(tmp_path), chains=chains, probe=_probe)
     assert given == built == expected
+    assert [o.probe for o in options] == [_probe] * len(expected)
+    assert len({o.owner for o in options}) == len(expected), "each consumer leases as an owner of its own"
     # The project records back the worker's store as well; the rest is the handlers'.
     assert _made(apps[0]) - {"projects"} == {"placed_clusters"}
