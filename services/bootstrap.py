@@ -1,4 +1,5 @@
-"""The one place settings are read and clients are built; everything else is handed what it needs."""
+"""The one place clients are built, from the settings an entry point read; everything else is
+handed what it needs."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ from services.keys.adapters import SqlKeyStore
 from services.placement import PlacedClusters
 from services.ports import ServiceRegistry
 from services.registration.adapters import CatalogRegistry, HttpRegistry
-from services.specs import build_purge_specs, build_reverse_specs, build_specs
+from services.specs import Adapters, build_spec
 from services.tenant_cluster import ClusterAddress, ClusterDirectory
 from shared.clusters import ClusterMap, ClusterMapError, load_cluster_map
 from shared.crypto import SecretBox
 from shared.db import Placements, ProjectStore, ReadModels, StepRepository, make_engine
 from shared.domain.outcomes import StepSpec
 from shared.domain.records import StrandRule
+from shared.domain.steps import PURGE_STEP, REVERSE_STEPS, STEPS
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
 from shared.local_env import read_local_env
 from shared.redact import mask_url
@@ -53,6 +55,7 @@ class App:
     """Both servers are the local ones the bootstrap fills in (``provision infra``): the only
     mode in which a missing PROVISION_SECRET_KEY means the state directory's key file."""
     _closers: list[Callable[[], None]] = field(default_factory=list)
+    _specs: dict[str, StepSpec] = field(default_factory=dict)
 
     @cached_property
     def tenant_cluster_map(self) -> ClusterMap:
@@ -165,36 +168,39 @@ class App:
         return CatalogRegistry(self.engine, urls)
 
     @cached_property
-    def specs(self) -> dict[str, StepSpec]:
-        """Every step's handler bound to its collaborators, by step key."""
-        return build_specs(
-            clusters=self.placed_clusters,
-            credentials=self.credentials,
-            registry=self.registry,
-            keys_store=self.key_store,
-            ledger=self.projects,
-            regions=self.settings.regions,
+    def adapters(self) -> Adapters:
+        """The step handlers' collaborators, each built when a step that uses it is first built."""
+        return Adapters(
+            clusters=lambda: self.placed_clusters,
+            credentials=lambda: self.credentials,
+            registry=lambda: self.registry,
+            keys_store=lambda: self.key_store,
+            ledger=lambda: self.projects,
+            regions=lambda: self.settings.regions,
         )
-
-    @cached_property
-    def reverse_specs(self) -> dict[str, StepSpec]:
-        """Every reverse (deprovisioning) step's handler bound to its collaborators, by step key."""
-        return build_reverse_specs(
-            clusters=self.placed_clusters,
-            credentials=self.credentials,
-            registry=self.registry,
-            keys_store=self.key_store,
-            ledger=self.projects,
-        )
-
-    @cached_property
-    def purge_specs(self) -> dict[str, StepSpec]:
-        """The purge step's handler bound to its collaborators, by step key."""
-        return build_purge_specs(clusters=self.placed_clusters, ledger=self.projects)
 
     def spec(self, step_key: str) -> StepSpec:
-        """The spec of a step of any chain, by its key."""
-        return self.specs.get(step_key) or self.reverse_specs.get(step_key) or self.purge_specs[step_key]
+        """The spec of a step of any chain, by its key: built (with only the collaborators its
+        handler uses) the first time it is asked for, so a worker builds the specs it runs."""
+        spec = self._specs.get(step_key)
+        if spec is None:
+            spec = self._specs[step_key] = build_spec(step_key, self.adapters)
+        return spec
+
+    @property
+    def specs(self) -> dict[str, StepSpec]:
+        """Every provisioning step's spec, by step key, in chain order (the in-process runner's)."""
+        return {step.key: self.spec(step.key) for step in STEPS}
+
+    @property
+    def reverse_specs(self) -> dict[str, StepSpec]:
+        """Every reverse (deprovisioning) step's spec, by step key, in chain order."""
+        return {step.key: self.spec(step.key) for step in REVERSE_STEPS}
+
+    @property
+    def purge_specs(self) -> dict[str, StepSpec]:
+        """The purge step's spec, by step key."""
+        return {PURGE_STEP.key: self.spec(PURGE_STEP.key)}
 
     def worker_options(self) -> WorkerOptions:
         s = self.settings
@@ -209,9 +215,6 @@ class App:
             poll_timeout=s.poll_timeout_seconds,
             max_message_bytes=s.max_message_bytes,
             outbox_interval=s.outbox_interval_seconds,
-            crash_at=s.crash_at,
-            crash_marker=s.crash_marker,
-            slow_step=s.slow_step,
         )
 
     def consumer(self, group_id: str, **overrides: Any) -> Consumer:
@@ -243,15 +246,15 @@ def missing_connection_settings(settings: Settings) -> list[str]:
     ]
 
 
-def build_app(settings: Settings | None = None) -> App:
-    """Wire the application from settings (the environment when not given).
+def build_app(settings: Settings) -> App:
+    """Wire the application from ``settings``, which the entry point read (once) from the
+    environment.
 
     Explicit KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL win. A missing one is a ConfigurationError
     unless local mode is asked for (``PROVISION_LOCAL=1``); then the addresses `provision infra up`
     recorded in the state directory fill in. Connecting to whatever listens on
     the local ports by default would let a misconfigured production worker join the wrong servers.
     """
-    settings = settings or Settings()
     bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
     missing = missing_connection_settings(settings)
     if missing and not settings.local:

@@ -9,6 +9,7 @@ its own thread; ``chains`` narrows it down.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ from services.bootstrap import App, ConfigurationError, build_app
 from services.specs import SECRET_STEPS
 from shared.domain.errors import StoreUnavailableError
 from shared.domain.steps import ALL_STEPS, PLACING_STEP, PURGE_STEP, Chain, Step, resolve_step
-from shared.kafka import Duty, StepWorker, queue_due_purges, relay_outbox
+from shared.kafka import Duty, Probe, StepWorker, queue_due_purges, relay_outbox
 from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
 from shared.observability import Health, Metrics, serve_http
@@ -69,15 +70,20 @@ def _check_secret_key(app: App) -> bool:
 
 
 def run_worker(
-    step_key: str, settings: Settings | None = None, *, chains: Collection[Chain] = tuple(Chain)
+    step_key: str,
+    settings: Settings,
+    *,
+    chains: Collection[Chain] = tuple(Chain),
+    probe: Probe | None = None,
 ) -> None:
     """Consume the service's input and retry topics (of each chain) until SIGTERM/SIGINT.
+    ``probe`` is handed to every step worker (``WorkerOptions.probe``); None, as in production,
+    calls nothing.
 
     Raises ConfigurationError when KAFKA_BOOTSTRAP_SERVERS or DATABASE_URL is missing and local
     mode (``PROVISION_LOCAL``) is off, and, for a step that uses secrets, when the secret key
     is missing or is not the control plane's.
     """
-    settings = settings or Settings()
     steps = steps_of(step_key, chains)
     if not steps:
         wanted = ", ".join(chain.value for chain in chains)
@@ -99,7 +105,7 @@ def run_worker(
                 f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}; "
                 "set PROVISION_METRICS_PORT to a free port (unset: no metrics server)"
             ) from None
-    workers = [_worker(app, step, metrics, health) for step in steps]
+    workers = [_worker(app, step, metrics, health, probe) for step in steps]
     stop = _Stop(workers)
     signal.signal(signal.SIGTERM, stop.on_signal)
     signal.signal(signal.SIGINT, stop.on_signal)
@@ -136,7 +142,7 @@ def duties_of(app: App, step: Step) -> list[Duty]:
     return duties
 
 
-def _worker(app: App, step: Step, metrics: Metrics, health: Health) -> StepWorker:
+def _worker(app: App, step: Step, metrics: Metrics, health: Health, probe: Probe | None) -> StepWorker:
     committed = CommittedOffsets()
 
     def new_consumer() -> Consumer:
@@ -148,7 +154,8 @@ def _worker(app: App, step: Step, metrics: Metrics, health: Health) -> StepWorke
         new_consumer=new_consumer,
         publisher=app.publisher,
         store=app.repository,
-        options=app.worker_options(),
+        # Options of its own, so each step's consumer holds its leases under an owner of its own.
+        options=dataclasses.replace(app.worker_options(), probe=probe),
         metrics=metrics,
         health=health,
         duties=duties_of(app, step),
@@ -197,12 +204,12 @@ def _run_all(workers: list[StepWorker], stop: _Stop) -> None:
         raise errors[0]
 
 
-def main(step_key: str) -> None:
+def main(step_key: str, *, probe: Probe | None = None) -> None:
     """``python -m services.<step>``: run the worker; bad configuration is one line on
-    stderr and exit code 2, never a traceback."""
+    stderr and exit code 2, never a traceback. ``probe`` as for :func:`run_worker`."""
     try:
         settings = Settings()
-        run_worker(step_key, settings)
+        run_worker(step_key, settings, probe=probe)
     except ConfigurationError as exc:
         _refuse(str(exc))
     except ValidationError as exc:

@@ -175,11 +175,3 @@ class Settings(BaseSettings):
         description="how long one live stream stays open; then it ends and the client resumes "
         "with `Last-Event-ID` (EventSource does so by itself)",
     )
-
-    # Testing switch: kill the worker (SIGKILL) once at a point of a step, to prove crash safety.
-    # Form `<step>:<point>` with point one of before_work, after_work, after_publish.
-    crash_at: str | None = None
-    crash_marker: Path | None = None
-    # Testing switch: "<step>:<seconds>" makes the step's work that much slower, so a test can
-    # act (deprovision, kill) while the step is surely running.
-    slow_step: str | None = None

@@ -16,6 +16,7 @@ from typing import Any
 from services.bootstrap import App, build_app, worker_environment
 from shared.domain.steps import STEP_KEYS, Stage
 from shared.settings import Settings
+from tooling.faults import asks_for_faults
 from tooling.fleet import WorkerFleet
 from tooling.infra import InfraEnv
 
@@ -81,7 +82,8 @@ class WorkerGroup:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, steps: Iterable[str] = STEP_KEYS, **env: str) -> None:
-        """Start a worker for each step (not already running)."""
+        """Start a worker for each step (not already running); with a fault variable in its
+        environment (``PROVISION_CRASH_AT``, ``PROVISION_SLOW_STEP``) under ``tooling.faults``."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for step in steps:
             proc = self.procs.get(step)
@@ -96,7 +98,9 @@ class WorkerGroup:
                 **self.extra_env,
                 **env,
             }
-            WorkerFleet({}, self.log_dir, self.procs, cwd=REPO_ROOT).spawn(step, step, environment)
+            WorkerFleet({}, self.log_dir, self.procs, cwd=REPO_ROOT).spawn(
+                step, step, environment, faults=asks_for_faults(environment)
+            )
 
     def kill(self, step: str) -> None:
         """SIGKILL one worker, as a crash would."""

@@ -1,6 +1,7 @@
 """The worker fleet: the seven step workers, each its own OS process
-(``python -m services.<step>``), started with a given environment and stopped by SIGTERM, then
-SIGKILL after a grace period. The one place the tooling spawns workers."""
+(``python -m services.<step>``, or ``python -m tooling.faults worker <step>`` for a worker with
+faults on purpose), started with a given environment and stopped by SIGTERM, then SIGKILL after
+a grace period. The one place the tooling spawns workers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.domain.steps import STEP_KEYS
+
+
+def worker_command(step: str, *, faults: bool = False) -> list[str]:
+    """The command line of one worker of ``step``: the product's entry point, or the same
+    worker under the fault injection of ``tooling.faults``."""
+    if faults:
+        return [sys.executable, "-m", "tooling.faults", "worker", step]
+    return [sys.executable, "-m", f"services.{step}"]
 
 
 @dataclass
@@ -33,13 +42,17 @@ class WorkerFleet:
         for step in STEP_KEYS:
             self.spawn(step, step)
 
-    def spawn(self, name: str, step: str, env: Mapping[str, str] | None = None) -> None:
-        """Start one more worker of ``step`` under ``name``; ``env`` replaces the fleet's."""
+    def spawn(
+        self, name: str, step: str, env: Mapping[str, str] | None = None, *, faults: bool = False
+    ) -> None:
+        """Start one more worker of ``step`` under ``name``; ``env`` replaces the fleet's. With
+        ``faults``, the worker runs under ``tooling.faults``, which acts on the fault variables
+        of its environment (``PROVISION_CRASH_AT``, ``PROVISION_SLOW_STEP``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         environment = {**os.environ, **(self.env if env is None else env)}
         with (self.log_dir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{step}"],
+                worker_command(step, faults=faults),
                 env=environment,
                 stdout=log,
                 stderr=log,

@@ -2,15 +2,16 @@
 
 from shared.kafka.clients import Publisher, PublishError, consumer_config, ensure_topics, producer_config
 from shared.kafka.codec import DecodeError, decode, encode
-from shared.kafka.core import CRASH_POINTS, RetryPolicy, StepCore, WorkerOptions
+from shared.kafka.core import PROBE_POINTS, Probe, RetryPolicy, StepCore, WorkerOptions
 from shared.kafka.outbox import add_to_outbox, queue_due_purges, relay_outbox
 from shared.kafka.reader import read_to_end
 from shared.kafka.runtime import Duty, StepWorker
 
 __all__ = [
-    "CRASH_POINTS",
+    "PROBE_POINTS",
     "DecodeError",
     "Duty",
+    "Probe",
     "PublishError",
     "Publisher",
     "RetryPolicy",

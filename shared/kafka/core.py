@@ -4,8 +4,15 @@
 may go, or how long to wait before taking the same message again. Every way a message can
 be bad ends in a dead letter carrying at most a bounded copy of it; every outcome of the step
 maps onto one publication; a control plane that does not answer is a wait, never a failure.
-The shell (``shared.kafka.runtime``) only polls, pauses, publishes and stores offsets, so
-every branch here is a unit test of microseconds.
+The shell (``shared.kafka.runtime``) only polls, pauses, publishes and stores offsets.
+
+No Kafka client is touched here, so every branch runs in a unit test without a broker; it is
+not free of effects, though. The step store, the metrics and the options (their probe among
+them) are handed in, and the core records on the metrics and calls the probe. It reads the
+wall clock itself (``utcnow``: hop latency, whether a retry is due, the events' timestamps and
+retries' ``not_before``), draws the retry jitter from ``random``, binds the message's
+identifiers to structlog's context variables (the shell clears them after each message) and
+logs.
 """
 
 from __future__ import annotations
@@ -15,12 +22,10 @@ import hashlib
 import os
 import random
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import structlog
@@ -66,7 +71,13 @@ from shared.observability import Metrics
 
 log = structlog.get_logger("provision.worker")
 
-CRASH_POINTS = ("before_work", "after_work", "after_publish")
+PROBE_POINTS = ("before_work", "in_work", "after_work", "after_publish")
+"""Where a worker calls its probe (``WorkerOptions.probe``), in this order for one message:
+before the step's work, during it (on the worker's thread, the lease kept alive meanwhile),
+once it is done or replayed, and once its outcome is acknowledged by the broker."""
+
+Probe = Callable[[str, str], None]
+"""Called with a step key and one of :data:`PROBE_POINTS`; what it does is the caller's."""
 
 DEADLETTER_VALUE_BYTES = 64 * 1024
 """The most of a message's value a dead letter carries; past it, a prefix and the digest."""
@@ -113,10 +124,9 @@ class WorkerOptions:
     outbox_interval: float = 1.0
     lag_interval: float = 5.0
     store_backoff_max: float = 10.0
-    crash_at: str | None = None
-    crash_marker: Path | None = None
-    slow_step: str | None = None
-    """Testing switch ``<step>:<seconds>``: the step's work takes that much longer."""
+    probe: Probe | None = None
+    """Called at each of :data:`PROBE_POINTS` of each message (None: nothing is called). The
+    product sets none; the fault tests' entry point (``tooling.faults``) sets one."""
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
 
@@ -141,7 +151,7 @@ class Deliver:
 
     publications: list[Publication]
     completed: bool = False
-    """The step's work was done or replayed (the after_work crash point applies)."""
+    """The step's work was done or replayed (the after_work probe point applies)."""
     traceparent: str | None = None
     bind: dict[str, object] = field(default_factory=dict)
 
@@ -167,14 +177,12 @@ class StepCore:
         store: StepStore,
         options: WorkerOptions,
         metrics: Metrics,
-        crash_point: Callable[[str], None] = lambda point: None,
     ) -> None:
         self.spec = spec
         self.step = spec.step
         self.store = store
         self.options = options
         self.metrics = metrics
-        self.crash_point = crash_point
         models = event_models()
         # Each topic carries one event type, named like the topic.
         self._expected: dict[str, dict[str, type[BaseModel]]] = {
@@ -264,20 +272,18 @@ class StepCore:
                 classify=classify,
                 clock=SYSTEM_CLOCK,
                 leases=LEASE_KEEPER,
-                before_work=lambda: self.crash_point("before_work"),
-                in_work=self._slow_work,
+                before_work=lambda: self.probe("before_work"),
+                in_work=lambda: self.probe("in_work"),
             )
         except StoreUnavailableError as exc:
             return self._store_unavailable(exc)
         self._store_backoff = 0.5
         return self._publications(msg, step_input, outcome, decoded.headers.get("traceparent"), bind)
 
-    def _slow_work(self) -> None:
-        """The testing switch ``slow_step``: the step's work takes ``seconds`` longer."""
-        step, _, seconds = (self.options.slow_step or "").partition(":")
-        if step == self.step.key and seconds:
-            log.warning("slowing_on_purpose", seconds=float(seconds))
-            time.sleep(float(seconds))
+    def probe(self, point: str) -> None:
+        """Call the options' probe, if any, at ``point`` of this step."""
+        if self.options.probe is not None:
+            self.options.probe(self.step.key, point)
 
     def _store_unavailable(self, exc: StoreUnavailableError) -> Wait:
         seconds = self._store_backoff

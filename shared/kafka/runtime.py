@@ -17,8 +17,6 @@ otherwise.
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from shared.domain.steps import DEADLETTER_TOPIC
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode, header_map
 from shared.kafka.core import (
-    CRASH_POINTS,
+    PROBE_POINTS,
     Deliver,
     Incoming,
     Publication,
@@ -48,7 +46,7 @@ from shared.kafka.ports import ConsumerLike
 from shared.observability import Health, Metrics
 from shared.tracing import TraceContext, new_trace, parse_traceparent, span
 
-__all__ = ["CRASH_POINTS", "CommittedOffsets", "Duty", "RetryPolicy", "StepWorker", "WorkerOptions"]
+__all__ = ["PROBE_POINTS", "CommittedOffsets", "Duty", "RetryPolicy", "StepWorker", "WorkerOptions"]
 
 log = structlog.get_logger("provision.worker")
 
@@ -120,9 +118,7 @@ class StepWorker:
         """What this worker runs besides its messages (the outbox relay, the purge sweep)."""
         self.clock = clock
         self.committed = committed or CommittedOffsets()
-        self.core = StepCore(
-            spec, store=store, options=options, metrics=metrics, crash_point=self._crash_point
-        )
+        self.core = StepCore(spec, store=store, options=options, metrics=metrics)
         self._stopping = False
         self._paused: dict[tuple[str, int], _Pause] = {}
         self._assigned: list[TopicPartition] = []
@@ -277,10 +273,10 @@ class StepWorker:
                     return
                 self._observe(decision, time.perf_counter() - started)
                 if decision.completed:
-                    self._crash_point("after_work")
+                    self.core.probe("after_work")
                 if not self._deliver(incoming, decision.publications, trace):
                     return
-            self._crash_point("after_publish")
+            self.core.probe("after_publish")
             self._store_offset(msg)
         finally:
             self.metrics.in_flight.labels(self.step.key).set(0)
@@ -426,19 +422,6 @@ class StepWorker:
                 self.metrics.consumer_lag.labels(self.step.key, topic).set(value)
         except KafkaException as exc:
             log.debug("lag_unavailable", error=_kafka_text(exc))
-
-    def _crash_point(self, point: str) -> None:
-        """Testing switch: die by SIGKILL here, once, to prove nothing is lost or doubled."""
-        if self.options.crash_at != f"{self.step.key}:{point}":
-            return
-        marker = self.options.crash_marker
-        if marker is not None:
-            try:
-                marker.touch(exist_ok=False)
-            except FileExistsError:
-                return
-        log.warning("crashing_on_purpose", point=point)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _incoming(msg: Message) -> Incoming:

@@ -15,6 +15,7 @@ from typing import Any
 
 from shared.settings import Settings
 from tests.support import REPO_ROOT, settings_env
+from tooling.faults import asks_for_faults
 from tooling.fleet import WorkerFleet
 
 
@@ -27,7 +28,8 @@ class Instances:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, step: str, count: int = 1, **env: str) -> list[str]:
-        """Start ``count`` more instances of ``step``; their names."""
+        """Start ``count`` more instances of ``step``; their names. With a fault variable in
+        ``env`` (``PROVISION_SLOW_STEP``) they run under ``tooling.faults``."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         first = sum(1 for name in self.procs if name.rpartition("-")[0] == step) + 1
         names = [f"{step}-{n}" for n in range(first, first + count)]
@@ -39,7 +41,9 @@ class Instances:
                 "PROVISION_GROUP_INSTANCE_ID": f"{name}-instance",
                 **env,
             }
-            WorkerFleet({}, self.log_dir, self.procs, cwd=REPO_ROOT).spawn(name, step, environment)
+            WorkerFleet({}, self.log_dir, self.procs, cwd=REPO_ROOT).spawn(
+                name, step, environment, faults=asks_for_faults(environment)
+            )
         return names
 
     def of(self, step: str) -> list[str]:

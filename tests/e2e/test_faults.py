@@ -19,10 +19,10 @@ from shared.domain.steps import (
     StepStatus,
     step_by_key,
 )
-from shared.kafka import CRASH_POINTS
 from tests.e2e.faults import assert_each_side_effect_once, service_stand_in, side_effects
 from tests.e2e.kafka_tools import read_all
 from tests.support import WorkerGroup, env_of, make_app, unique_project, wait_for, wait_until_stage
+from tooling.faults import CRASH_POINTS
 from tooling.infra import LocalInfra
 
 pytestmark = pytest.mark.e2e

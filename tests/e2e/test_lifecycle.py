@@ -21,11 +21,11 @@ from shared.domain.steps import (
     StepStatus,
     step_by_key,
 )
-from shared.kafka import CRASH_POINTS
 from tests.e2e.faults import assert_each_side_effect_once
 from tests.e2e.lifecycle_tools import LifecycleTable, leftovers, start_ready, tombstones, worker_held
 from tests.support import WorkerGroup, env_of, stages, unique_project, wait_for, wait_until_stage
 from tests.support import test_settings as settings_for_tests
+from tooling.faults import CRASH_POINTS
 
 pytestmark = pytest.mark.e2e
 

@@ -20,12 +20,13 @@ from shared.domain.events import (
 from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, step_by_key
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode
-from shared.kafka.core import Deliver, WorkerOptions
+from shared.kafka.core import PROBE_POINTS, Deliver, WorkerOptions
 from shared.kafka.runtime import CommittedOffsets, Duty, StepWorker
 from shared.observability import Health, Metrics
 from shared.tracing import new_trace
 from tests.fakebroker import FakeBroker, FakeConsumer, FakeProducer, MonotonicClock
 from tests.fakes import FakeClock, Fakes, make_requested, make_retry
+from tooling.faults import Faults
 
 STEP = step_by_key("database")
 IN = (REQUESTED_TOPIC, 0)
@@ -465,7 +466,18 @@ def test_final_flush_and_close_failures_do_not_raise(rig: Rig, monkeypatch: pyte
     assert not rig.consumer.closed
 
 
-# --- crash points ----------------------------------------------------------------------------------
+# --- probe points ----------------------------------------------------------------------------------
+
+
+def test_the_probe_is_called_at_each_point_of_a_message_in_order(fakes: Fakes) -> None:
+    """A worker's probe sees its step key at before_work, in_work, after_work, after_publish."""
+    calls: list[tuple[str, str]] = []
+    rig = Rig(fakes, options=WorkerOptions(owner="unit-test:1", probe=lambda *call: calls.append(call)))
+    rig.subscribe()
+    rig.send()
+    rig.drain()
+    assert calls == [(STEP.key, point) for point in PROBE_POINTS]
+    assert rig.consumer.stored == {IN: 1}
 
 
 def test_a_crash_after_publishing_leaves_the_offset_unstored(
@@ -483,7 +495,8 @@ def test_a_crash_after_publishing_leaves_the_offset_unstored(
 
     monkeypatch.setattr(os, "kill", kill)
     marker = tmp_path / "crashed"
-    r = Rig(fakes, options=WorkerOptions(crash_at="database:after_publish", crash_marker=marker))
+    faults = Faults(crash_at="database:after_publish", crash_marker=marker)
+    r = Rig(fakes, options=WorkerOptions(probe=faults))
     r.subscribe()
     r.send()
     with pytest.raises(Killed):
@@ -498,7 +511,7 @@ def test_a_crash_after_publishing_leaves_the_offset_unstored(
 
 def test_a_crash_point_for_another_step_does_nothing(fakes: Fakes) -> None:
     """A crash point naming another step leaves this worker alone."""
-    rig = Rig(fakes, options=WorkerOptions(crash_at="schema:after_work"))
+    rig = Rig(fakes, options=WorkerOptions(probe=Faults(crash_at="schema:after_work")))
     rig.subscribe()
     rig.send()
     rig.drain()

@@ -78,9 +78,8 @@ def prepare(settings: Settings, say: Say) -> App:
 
 # --- the workers as processes -------------------------------------------------------------
 
-# metrics_port is left out (seven workers cannot all listen on one port), and so is the
-# testing switch that kills a worker on purpose.
-_NOT_PASSED = {"kafka_bootstrap_servers", "database_url", "metrics_port", "crash_at", "crash_marker"}
+# metrics_port is left out: seven workers cannot all listen on one port.
+_NOT_PASSED = {"kafka_bootstrap_servers", "database_url", "metrics_port"}
 
 
 def worker_env(settings: Settings, app: App) -> dict[str, str]:
