@@ -9,5 +9,5 @@
 - ``replay``, ``reconcile``, ``credentials``: the operators' repairs and the tenant's password.
 
 Each use case takes its collaborators (the ``App`` of ``services.bootstrap``) as a parameter.
-Nothing is re-exported here: importing ``services.usecases.jobs`` stays as light as it was.
+Nothing is re-exported here: a caller imports the module of the use case it runs.
 """

@@ -2,7 +2,7 @@
 
 The default handlers run on the app installed by ``services.usecases.seed.configure``; looking
 one up builds and connects nothing, and running one before ``configure`` raises
-``SeedNotConfiguredError``. Importing this module imports neither the use cases nor the wiring.
+``SeedNotConfiguredError``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Any
+
+from shared.domain.steps import ALL_STEPS
+
+from . import seed
+from .payloads import parse_payload
+from .requests import request_provisioning
 
 JobHandler = Callable[..., Any]
 
@@ -83,10 +89,6 @@ def enqueue_job(job_type: str, payload: Any, **kwargs: Any) -> Any:
         raise UnknownJobTypeError(
             f"job type {job_type!r} cannot be enqueued; known: {JobType.PROVISION_PROJECT.value}"
         )
-    from services.usecases import seed  # noqa: PLC0415 - the use cases import the wiring; keep registry light
-    from services.usecases.payloads import parse_payload  # noqa: PLC0415
-    from services.usecases.requests import request_provisioning  # noqa: PLC0415
-
     # Refused before any settings are read or anything connects: "hello", a NUL, NaN...
     model = parse_payload(payload)
     app = seed.configured_app(kwargs.pop("app", None))
@@ -96,9 +98,6 @@ def enqueue_job(job_type: str, payload: Any, **kwargs: Any) -> Any:
 def _register_defaults() -> None:
     if JobType.PROVISION_PROJECT in _handlers:
         return
-    from services.usecases import seed  # noqa: PLC0415 - see enqueue_job
-    from shared.domain.steps import ALL_STEPS  # noqa: PLC0415
-
     _handlers.setdefault(JobType.PROVISION_PROJECT, seed.provision_project_handler)
     for step in ALL_STEPS:  # the provisioning steps, then the deprovisioning ones
         _handlers.setdefault(step.name, _step_handler(step.key, seed.configured_app))

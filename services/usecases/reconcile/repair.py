@@ -17,6 +17,7 @@ from services.redrive import queue_redrive
 from shared.domain.steps import step_by_name
 from shared.kafka import relay_outbox
 
+from ..requests import NotAnOrphanError, request_deprovisioning
 from .findings import ORPHAN_KINDS, ReconcileReport
 from .plan import Action, Planned, Repair, describe, plan
 from .records import SqlSightings
@@ -35,8 +36,6 @@ def repair(app: App, planned: Sequence[Planned]) -> list[Repair]:
     message to move it); an orphan's removal requests its deprovisioning (the project recorded by
     name alone, placed where its objects were found). Reports, waits and what is left alone are
     listed, nothing done. Two runs at once repair a step once: the second finds it pending."""
-    from services.usecases.requests import NotAnOrphanError, request_deprovisioning  # noqa: PLC0415 - api imports reconcile's peers
-
     done: list[Repair] = []
     queued = False
     for item in planned:
