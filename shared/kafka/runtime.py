@@ -12,6 +12,10 @@ broker or control plane that does not answer pauses the partition and takes the 
 message again later. Pauses are kept by the shell, not by the client, so they survive a
 rebalance: a partition assigned again is paused again if its wait is not over, and resumed
 otherwise.
+
+Over 400 lines: the shell is one loop whose parts share the consumer and its pauses (poll,
+rebalance callbacks, delivery, offsets, pause and resume, duties, lag); the decisions are
+already apart, in the core.
 """
 
 from __future__ import annotations
