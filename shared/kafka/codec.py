@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Mapping
@@ -10,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from shared.domain.events import Envelope, Event
+from shared.domain.events import DeadLettered, Envelope, Event
 from shared.domain.payloads import (
     SUPPORTED_SCHEMA_VERSIONS,
     ProvisionProjectPayload,
@@ -18,6 +19,7 @@ from shared.domain.payloads import (
     request_limit,
     request_size,
 )
+from shared.domain.steps import DEADLETTER_TOPIC
 from shared.tracing import TraceContext
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -43,6 +45,19 @@ def encode(event: Event, trace: TraceContext) -> tuple[bytes, bytes, Headers]:
         ("traceparent", trace.traceparent.encode()),
     ]
     return event.project_id.encode(), event.model_dump_json().encode(), headers
+
+
+def encode_dead_letter(letter: DeadLettered) -> tuple[bytes, bytes, Headers]:
+    """Key, JSON value and headers of a dead letter: keyed as the message it holds was (at
+    most 256 bytes of that key), so a project's letters stay on one partition."""
+    key = base64.b64decode(letter.key_b64)[:256] if letter.key_b64 else b""
+    headers: Headers = [("event_type", DEADLETTER_TOPIC.encode()), ("schema_version", b"1")]
+    return key, letter.model_dump_json().encode(), headers
+
+
+def encode_publication(model: Event | DeadLettered, trace: TraceContext) -> tuple[bytes, bytes, Headers]:
+    """What a worker publishes, encoded: an event with its trace, or a dead letter."""
+    return encode_dead_letter(model) if isinstance(model, DeadLettered) else encode(model, trace)
 
 
 def header_map(headers: RawHeaders) -> dict[str, str]:

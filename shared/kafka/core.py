@@ -146,7 +146,8 @@ class Incoming:
     headers: list[tuple[str, str | bytes | None]] | None = None
 
 
-Publication = tuple[str, BaseModel]
+Publication = tuple[str, Event | DeadLettered]
+"""A topic and what to publish on it: an event, or a dead letter."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,6 @@ already apart, in the core.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,12 +28,11 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from shared.domain.events import DeadLettered, Event
 from shared.domain.outcomes import StepSpec
 from shared.domain.ports import StepStore
 from shared.domain.steps import DEADLETTER_TOPIC
 from shared.kafka.clients import Publisher, PublishError
-from shared.kafka.codec import encode, header_map
+from shared.kafka.codec import encode_publication, header_map
 from shared.kafka.core import (
     PROBE_POINTS,
     Deliver,
@@ -326,14 +324,7 @@ class StepWorker:
 
     def _publish(self, publications: list[Publication], trace: TraceContext) -> None:
         for topic, model in publications:
-            if isinstance(model, Event):
-                key, value, headers = encode(model, trace)
-            else:
-                assert isinstance(model, DeadLettered)
-                key = base64.b64decode(model.key_b64)[:256] if model.key_b64 else b""
-                value = model.model_dump_json().encode()
-                headers = [("event_type", DEADLETTER_TOPIC.encode()), ("schema_version", b"1")]
-            self.publisher.produce(topic, key, value, headers)
+            self.publisher.produce(topic, *encode_publication(model, trace))
         if publications:
             self.publisher.flush()
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from shared.domain.events import ProvisioningRequested
-from shared.domain.steps import REQUESTED_TOPIC
-from shared.kafka.codec import Decoded, DecodeError, decode, encode
+from shared.domain.events import DeadLettered, ProvisioningRequested
+from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
+from shared.kafka.codec import Decoded, DecodeError, decode, encode, encode_publication
 from shared.tracing import new_trace
 from tests.fakes import make_requested, requested_json
 
@@ -208,3 +211,24 @@ def test_hostile_project_id_in_request_only(hostile: str) -> None:
     reason = _reason(_dumps(body))
     assert reason.startswith("INVALID_REQUEST")
     assert hostile not in reason
+
+
+def test_a_dead_letter_is_keyed_as_its_message_was_and_says_what_it_is() -> None:
+    """A dead letter goes out under the first 256 bytes of its message's key, with its event
+    type and schema version as headers; one without a key goes out with an empty key."""
+    letter = DeadLettered(
+        event_id=uuid.uuid4(),
+        occurred_at=datetime.now(UTC),
+        reason="not JSON",
+        source_topic=REQUESTED_TOPIC,
+        source_partition=0,
+        source_offset=7,
+        consumer_group="provision-database",
+        key_b64=base64.b64encode(b"k" * 300).decode(),
+        value_b64=None,
+    )
+    key, value, headers = encode_publication(letter, new_trace())
+    assert key == b"k" * 256
+    assert json.loads(value)["reason"] == "not JSON"
+    assert headers == [("event_type", DEADLETTER_TOPIC.encode()), ("schema_version", b"1")]
+    assert encode_publication(letter.model_copy(update={"key_b64": None}), new_trace())[0] == b""
