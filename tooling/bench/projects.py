@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from services.bootstrap import App
 from shared.domain.naming import TenantNames
-from shared.domain.steps import FINAL_STEP, STEPS, step_by_name
+from shared.domain.steps import FINAL_STEP, REGISTERED_SERVICES, STEPS, step_by_name
 from tooling.bench.harness import BenchFailure
 from tooling.bench.stats import StepSpan, Timeline, epoch_to_utc, timeline
 
@@ -157,7 +157,7 @@ def check_integrity(app: App, project_ids: Sequence[str]) -> dict[str, Any]:
     for pid in project_ids:
         request = (projects[pid].request if pid in projects else None) or {}
         services = request.get("services", {})
-        enabled = {s: 1 for s in ("auth", "realtime", "storage") if services.get(s, True)}
+        enabled = {s: 1 for s in REGISTERED_SERVICES if services.get(s, True)}
         expected_keys = int(request.get("api_keys", {}).get("count", 2))
         if databases.get(names[pid].database, 0) != 1:
             problems.append(f"{pid}: {databases.get(names[pid].database, 0)} tenant databases")
