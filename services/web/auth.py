@@ -105,9 +105,7 @@ def entry_for(caller: str, scopes: Iterable[str], digest: str, *, all_projects: 
     return f"{caller}:{ordered}{':' + ALL_PROJECTS if all_projects else ''}={digest}"
 
 
-def new_token(
-    caller: str, scopes: Iterable[str] = ("read",), *, all_projects: bool = False
-) -> tuple[str, str]:
+def new_token(caller: str, scopes: Iterable[str], *, all_projects: bool = False) -> tuple[str, str]:
     """A new token for ``caller`` and the entry to configure for it, with ``scopes``
     (TokenConfigError for a bad name or an unknown scope)."""
     if not _CALLER.fullmatch(caller):

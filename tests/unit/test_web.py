@@ -40,7 +40,7 @@ NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 def test_new_token_entry_verifies_its_token_and_no_other() -> None:
     """A token made for a caller is recognised by its entry; another token, empty or huge is not."""
-    token, entry = new_token("dashboard")
+    token, entry = new_token("dashboard", ["read"])
     assert token.startswith("ptk_") and len(token) > 40
     tokens = TokenSet.parse([entry], source="test")
     assert tokens.caller(token) == "dashboard"
@@ -53,7 +53,7 @@ def test_new_token_entry_verifies_its_token_and_no_other() -> None:
 
 def test_each_caller_is_told_apart() -> None:
     """Two callers' tokens each name their own caller."""
-    (a, entry_a), (b, entry_b) = new_token("a"), new_token("b")
+    (a, entry_a), (b, entry_b) = new_token("a", ["read"]), new_token("b", ["read"])
     tokens = TokenSet.parse(["# comment", "", entry_a, entry_b], source="test")
     assert (tokens.caller(a), tokens.caller(b), len(tokens)) == ("a", "b", 2)
 
@@ -121,7 +121,7 @@ def test_a_token_for_an_unknown_or_no_scope_is_refused() -> None:
 
 def test_tokens_come_from_the_variable_and_the_file(tmp_path: Path) -> None:
     """PROVISION_API_TOKENS (comma-separated) and PROVISION_API_TOKENS_FILE (a line each) add up."""
-    (a, entry_a), (b, entry_b), (c, entry_c) = new_token("a"), new_token("b"), new_token("c")
+    (a, entry_a), (b, entry_b), (c, entry_c) = (new_token(n, ["read"]) for n in "abc")
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text(f"# callers\n{entry_c}\n")
     settings = Settings(api_tokens=f"{entry_a},{entry_b}", api_tokens_file=tokens_file)
