@@ -6,9 +6,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import uvicorn
@@ -25,6 +25,8 @@ class RunningApi:
 
     base_url: str
     token: str
+    tokens: dict[str, str] = field(default_factory=dict)
+    """The other callers' tokens, by caller name (see ``serve_api``'s ``callers``)."""
 
     def client(self, *, token: str | None = None, timeout: float = 30.0) -> httpx.Client:
         """A client sending ``token`` (the API's own by default; "" for none)."""
@@ -69,9 +71,16 @@ def serving(api: FastAPI) -> Iterator[str]:
 
 
 @contextmanager
-def serve_api(app: App, *, keepalive: float = 15.0) -> Iterator[RunningApi]:
-    """The API with one caller, ``tests``, until the block ends."""
-    token, entry = new_token("tests")
-    api = create_api(app, tokens=TokenSet.parse([entry], source="tests"), keepalive=keepalive)
+def serve_api(
+    app: App, *, keepalive: float = 15.0, callers: Mapping[str, Sequence[str]] | None = None
+) -> Iterator[RunningApi]:
+    """The API with one admin caller, ``tests``, and the owner-scoped ``callers`` given (name:
+    scopes), until the block ends."""
+    token, entry = new_token("tests", ["admin"])
+    entries, tokens = [entry], {}
+    for name, scopes in (callers or {}).items():
+        tokens[name], other = new_token(name, scopes)
+        entries.append(other)
+    api = create_api(app, tokens=TokenSet.parse(entries, source="tests"), keepalive=keepalive)
     with serving(api) as base_url:
-        yield RunningApi(base_url, token)
+        yield RunningApi(base_url, token, tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -61,7 +62,7 @@ def request(
                 api_keys["prefix"] = key_prefix
         model = parse_payload(body)  # a bad payload is refused before any server is needed
         a = command_app(local=local)
-        receipt = request_provisioning(model, app=a)
+        receipt = request_provisioning(model, app=a, requested_by=cli_requester())
         note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
         verb = "requested" if receipt.status == "requested" else "already requested (same payload)"
         out.print(f"{receipt.project_id}: {verb}; correlation_id {receipt.correlation_id}{note}")
@@ -100,7 +101,9 @@ def deprovision(
             confirm_purge(project_id)
         a = command_app(local=local)
         try:
-            receipt = request_deprovisioning(project_id, reason=reason, app=a, purge_now=purge_now)
+            receipt = request_deprovisioning(
+                project_id, reason=reason, app=a, purge_now=purge_now, requested_by=cli_requester()
+            )
         except UnknownProjectError as exc:
             raise Failure(str(exc)) from None
         note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
@@ -115,6 +118,15 @@ def deprovision(
         out.print(f"{receipt.project_id}: {verb}; correlation_id {receipt.correlation_id}{note}")
         if wait:
             follow(a, receipt.project_id, timeout)
+
+
+def cli_requester() -> str:
+    """Who asks from the command line, as the control plane records it: ``cli:<OS user>``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = "unknown"
+    return f"cli:{user}"
 
 
 def confirm_purge(project_id: str) -> None:

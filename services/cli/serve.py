@@ -47,13 +47,30 @@ def worker(
 
 def api_token(
     caller: Annotated[str, typer.Argument(help="Who the token is for (a name for the logs).")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="What the token may do, once per scope: read, provision, deprovision, replay, "
+            "admin (every scope over every caller's projects).",
+        ),
+    ] = None,
+    all_projects: Annotated[
+        bool,
+        typer.Option(
+            "--all-projects",
+            help="Over every caller's projects, not only those this caller requested.",
+        ),
+    ] = False,
 ) -> None:
     """Make a bearer token for one caller of the API: prints the token (shown once; give it to
-    the caller) and the entry to add to PROVISION_API_TOKENS(_FILE), which holds only its hash."""
+    the caller) and the entry to add to PROVISION_API_TOKENS(_FILE), which holds only its hash
+    and the token's scopes. Without --all-projects (or the admin scope) the caller sees and acts
+    only on the projects it requested."""
 
     with errors():
         try:
-            token, entry = new_token(caller)
+            token, entry = new_token(caller, scope or (), all_projects=all_projects)
         except TokenConfigError as exc:
             raise UsageError(str(exc)) from None
     out.print(f"token: {token}", highlight=False, soft_wrap=True)

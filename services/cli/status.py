@@ -17,6 +17,7 @@ from services.usecases.queries import (
     ProjectSummary,
     list_projects,
     project_status,
+    requester,
 )
 from shared.domain.steps import Stage
 
@@ -69,6 +70,7 @@ def status(
             out.print_json(json.dumps(_status_json(state)))
         else:
             out.print(status_table(state))
+            out.print(_requested_line(state), highlight=False)
         if state.stage is Stage.FAILED:
             raise typer.Exit(1)
 
@@ -131,11 +133,20 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
+def _requested_line(state: ProjectStatus) -> str:
+    line = f"requested by {requester(state.requested_by)}"
+    if state.deprovision_requested_at is not None:
+        line += f"; deprovisioning requested by {requester(state.deprovision_requested_by)}"
+    return line
+
+
 def _status_json(state: ProjectStatus) -> dict[str, Any]:
     return {
         "project_id": state.project_id,
         "stage": state.stage.value,
         "ready": state.ready,
+        "requested_by": state.requested_by,
+        "deprovision_requested_by": state.deprovision_requested_by,
         "removal": {
             "deleted_at": iso(state.deleted_at),
             "purge_after": iso(state.purge_after),

@@ -30,6 +30,11 @@ class ProjectStatus:
     """Until when a deleted project's archive is kept, restorable (``provision restore``)."""
     purged_at: datetime | None = None
     restored_at: datetime | None = None
+    requested_by: str | None = None
+    """Who requested it (None: only a Kafka client said)."""
+    deprovision_requested_by: str | None = None
+    """Who requested its removal (None: nobody, or only a Kafka client)."""
+    deprovision_requested_at: datetime | None = None
 
     @property
     def restorable(self) -> bool:
@@ -57,7 +62,19 @@ def project_status(project_id: str, *, app: App) -> ProjectStatus:
         purge_after=record.purge_after if record else None,
         purged_at=record.purged_at if record else None,
         restored_at=record.restored_at if record else None,
+        requested_by=record.requested_by if record else None,
+        deprovision_requested_by=record.deprovision_requested_by if record else None,
+        deprovision_requested_at=record.deprovision_requested_at if record else None,
     )
+
+
+KAFKA_CLIENT = "a Kafka client"
+"""How a request that arrived only over Kafka shows who asked."""
+
+
+def requester(requested_by: str | None) -> str:
+    """Who asked, as shown: the recorded name, or "a Kafka client" when none was recorded."""
+    return requested_by if requested_by is not None else KAFKA_CLIENT
 
 
 def final_result(row: StepRow | None) -> dict[str, Any] | None:
@@ -152,11 +169,17 @@ _STAGE_OF_KEY: dict[str, Stage] = {
 
 
 def list_projects(
-    stage: Stage | str | None = None, *, app: App, limit: int = 50, offset: int = 0
+    stage: Stage | str | None = None,
+    *,
+    app: App,
+    limit: int = 50,
+    offset: int = 0,
+    requested_by: str | None = None,
 ) -> ProjectList:
     """Every project's stage, for operators: those at ``stage`` (all when None), the ones
     unchanged the longest first (what is stuck, and for how long), at most ``limit`` after
-    the first ``offset``."""
+    the first ``offset``; only those ``requested_by`` requested when it is given (the counts
+    too)."""
     if stage is not None:
         try:
             stage = Stage(str(stage).upper())
@@ -165,7 +188,7 @@ def list_projects(
                 f"unknown stage {stage!r}; one of {', '.join(s.value for s in Stage)}"
             ) from None
     keys = None if stage is None else [key for key, s in _STAGE_OF_KEY.items() if s is stage]
-    rows, counts = app.read_models.overview(keys, limit=limit, offset=offset)
+    rows, counts = app.read_models.overview(keys, limit=limit, offset=offset, requested_by=requested_by)
     by_stage: dict[Stage, int] = {}
     for key, n in counts.items():
         by_stage[_STAGE_OF_KEY[key]] = by_stage.get(_STAGE_OF_KEY[key], 0) + n

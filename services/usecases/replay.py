@@ -55,6 +55,7 @@ def replay(
     max_replays: int | None = None,
     progress: Callable[[ReplayDecision], None] = lambda d: None,
     timeout: float = 10.0,
+    requested_by: str | None = None,
 ) -> list[ReplayDecision]:
     """Move each still-failed step back to pending and republish its original input; then send
     each stranded step's input again, rebuilt from the record.
@@ -63,15 +64,21 @@ def replay(
     ``failed`` is skipped, so replaying twice does no work twice; a step replayed (or
     re-driven) ``max_replays_per_step`` times is skipped by the loop guard. Each wait on the
     broker (reading the failed topics, the final flush) gives up after ``timeout`` seconds.
+
+    With ``requested_by`` only the projects that caller requested are considered (the API's
+    owner-scoped callers); the others are not even named among the decisions.
     """
     steps = [s for s in ALL_STEPS if step_key is None or s.key == step_key]
     latest: dict[tuple[str, str], tuple[Step, FailedEvent]] = {}
     for step, event in read_failed(app, steps, timeout=timeout):
         if project_id is None or event.project_id == project_id:
             latest[(event.project_id, step.key)] = (step, event)
+    if requested_by is not None:
+        owners = {pid: _requester(app, pid) for pid, _ in latest}
+        latest = {key: found for key, found in latest.items() if owners[key[0]] == requested_by}
     stranded = [
         (pid, row)
-        for pid, row in app.read_models.stranded(project_id)
+        for pid, row in app.read_models.stranded(project_id, requested_by=requested_by)
         if step_key is None or step_by_name(row.step_name).key == step_key
     ]
 
@@ -88,6 +95,11 @@ def replay(
     if not dry_run and budget.used:
         app.publisher.flush(timeout)
     return decisions
+
+
+def _requester(app: App, project_id: str) -> str | None:
+    record = app.projects.project(project_id)
+    return record.requested_by if record is not None else None
 
 
 @dataclass(slots=True)

@@ -41,6 +41,8 @@ class RequestReceipt:
     correlation_id: uuid.UUID
     status: str
     published: bool
+    requested_by: str | None = None
+    """Who requested the project first (for a duplicate, maybe another caller than this one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +82,13 @@ def request_provisioning(
     *,
     app: App,
     publish_timeout: float = 5.0,
+    requested_by: str | None = None,
 ) -> RequestReceipt:
     """Record the project, its seven steps and the request event in one transaction, then
-    publish it through the outbox. A publish the broker does not acknowledge within
-    ``publish_timeout`` seconds is left to the relay (the database worker's), and the
-    receipt says ``published=False``: the request is kept either way.
+    publish it through the outbox. ``requested_by`` is recorded as who asked (an API caller's
+    name, ``cli:<user>``; None for a library caller that does not say). A publish the broker
+    does not acknowledge within ``publish_timeout`` seconds is left to the relay (the database
+    worker's), and the receipt says ``published=False``: the request is kept either way.
 
     Raises InvalidRequestError for a bad payload and ConflictingRequestError when the
     project was already requested with a different payload.
@@ -93,7 +97,9 @@ def request_provisioning(
     model = validate_payload(payload, settings=app.settings)
     correlation_id = uuid.uuid4()
     with app.engine.begin() as conn:
-        registration, record = app.projects.register_request(model, correlation_id, connection=conn)
+        registration, record = app.projects.register_request(
+            model, correlation_id, requested_by=requested_by, connection=conn
+        )
         refuse_unless_registered(registration, record)
         if registration is Registration.NEW:
             _queue(conn, REQUESTED_TOPIC, _requested(model.project_id, correlation_id, model))
@@ -101,7 +107,9 @@ def request_provisioning(
     published = _relay(app, publish_timeout, "request_publish_deferred", model.project_id)
     assert record.correlation_id is not None
     status = "requested" if registration is Registration.NEW else "duplicate"
-    return RequestReceipt(model.project_id, record.correlation_id, status, published=published)
+    return RequestReceipt(
+        model.project_id, record.correlation_id, status, published=published, requested_by=record.requested_by
+    )
 
 
 def refuse_unless_registered(registration: Registration, record: ProjectRecord) -> None:
@@ -124,6 +132,8 @@ def request_deprovisioning(
     orphan: bool = False,
     cluster: str | None = None,
     purge_now: bool = False,
+    requested_by: str | None = None,
+    only_requested_by: str | None = None,
 ) -> DeprovisionReceipt:
     """Remove a project by the reverse chain: fence its provisioning (a step not yet started
     is ``cancelled``; one running finishes and is then undone), record the seven reverse
@@ -147,7 +157,14 @@ def request_deprovisioning(
     correlation_id = uuid.uuid4()
     with app.engine.begin() as conn:
         registered = app.projects.register_deprovisioning(
-            project_id, correlation_id, reason=reason, create=orphan, purge_now=purge_now, connection=conn
+            project_id,
+            correlation_id,
+            reason=reason,
+            create=orphan,
+            purge_now=purge_now,
+            requested_by=requested_by,
+            only_requested_by=only_requested_by,
+            connection=conn,
         )
         if registered is None:
             raise UnknownProjectError(f"project {project_id!r} is not in the control plane")

@@ -1,10 +1,11 @@
 """What a route depends on, taken from ``request.app.state.web`` (see ``app.create_api``):
-the use cases, the caller behind the bearer token, and the stream's parts; and the parsing
-every route shares."""
+the use cases, the caller behind the bearer token and the scope a route requires of it
+(:func:`requires`), and the stream's parts; and the parsing every route shares."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -26,7 +27,7 @@ from services.usecases.requests import (
 from shared.db import ReadModels
 from shared.domain.naming import InvalidProjectIdError, validate_project_id
 
-from .auth import TokenSet
+from .auth import LOCAL_CALLER, SCOPES, Caller, TokenSet
 from .errors import ApiError
 from .guard import ApiMetrics
 from .stream import StreamSlots, TransitionListener
@@ -39,28 +40,38 @@ bearer = HTTPBearer(
 
 
 class UseCases(Protocol):
-    """The use cases the routes call, bound to their collaborators."""
+    """The use cases the routes call, bound to their collaborators. ``requested_by`` is the
+    caller asking; ``owner`` (None: every caller's) limits what is seen or acted on to the
+    projects that caller requested."""
 
-    def request_provisioning(self, payload: Any) -> RequestReceipt:
+    def request_provisioning(self, payload: Any, *, requested_by: str | None) -> RequestReceipt:
         """See ``services.usecases.requests.request_provisioning``."""
 
-    def request_deprovisioning(self, project_id: str, *, reason: str | None) -> DeprovisionReceipt:
+    def request_deprovisioning(
+        self, project_id: str, *, reason: str | None, requested_by: str | None, owner: str | None
+    ) -> DeprovisionReceipt:
         """See ``services.usecases.requests.request_deprovisioning``."""
 
     def restore_project(self, project_id: str) -> RestoreReceipt:
         """See ``services.usecases.requests.restore_project``."""
 
-    def list_projects(self, stage: str | None, *, limit: int, offset: int) -> ProjectList:
+    def list_projects(self, stage: str | None, *, limit: int, offset: int, owner: str | None) -> ProjectList:
         """See ``services.usecases.queries.list_projects``."""
 
     def project_detail(self, project_id: str) -> ProjectDetail | None:
         """See ``services.usecases.queries.project_detail``."""
 
-    def project_exists(self, project_id: str) -> bool:
-        """Whether the control plane knows the project."""
+    def project_visible(self, project_id: str, *, owner: str | None) -> bool:
+        """Whether the control plane knows the project (requested by ``owner``, when given)."""
 
     def replay(
-        self, *, step_key: str | None, project_id: str | None, dry_run: bool, max_replays: int | None
+        self,
+        *,
+        step_key: str | None,
+        project_id: str | None,
+        dry_run: bool,
+        max_replays: int | None,
+        owner: str | None,
     ) -> list[ReplayDecision]:
         """See ``services.usecases.replay.replay``."""
 
@@ -74,36 +85,52 @@ class AppUseCases:
     def __init__(self, app: App) -> None:
         self.app = app
 
-    def request_provisioning(self, payload: Any) -> RequestReceipt:
+    def request_provisioning(self, payload: Any, *, requested_by: str | None) -> RequestReceipt:
         """Request a project (see the use case)."""
-        return request_provisioning(payload, app=self.app)
+        return request_provisioning(payload, app=self.app, requested_by=requested_by)
 
-    def request_deprovisioning(self, project_id: str, *, reason: str | None) -> DeprovisionReceipt:
+    def request_deprovisioning(
+        self, project_id: str, *, reason: str | None, requested_by: str | None, owner: str | None
+    ) -> DeprovisionReceipt:
         """Deprovision a project (see the use case)."""
-        return request_deprovisioning(project_id, reason=reason, app=self.app)
+        return request_deprovisioning(
+            project_id, reason=reason, app=self.app, requested_by=requested_by, only_requested_by=owner
+        )
 
     def restore_project(self, project_id: str) -> RestoreReceipt:
         """Restore a deleted project (see the use case)."""
         return restore_project(project_id, app=self.app)
 
-    def list_projects(self, stage: str | None, *, limit: int, offset: int) -> ProjectList:
+    def list_projects(self, stage: str | None, *, limit: int, offset: int, owner: str | None) -> ProjectList:
         """The operators' list (see the query)."""
-        return list_projects(stage, limit=limit, offset=offset, app=self.app)
+        return list_projects(stage, limit=limit, offset=offset, app=self.app, requested_by=owner)
 
     def project_detail(self, project_id: str) -> ProjectDetail | None:
         """One project as shown (see the query)."""
         return project_detail(project_id, app=self.app)
 
-    def project_exists(self, project_id: str) -> bool:
-        """Whether the control plane knows the project."""
-        return self.app.projects.project(project_id) is not None
+    def project_visible(self, project_id: str, *, owner: str | None) -> bool:
+        """Whether the control plane knows the project (requested by ``owner``, when given)."""
+        record = self.app.projects.project(project_id)
+        return record is not None and (owner is None or record.requested_by == owner)
 
     def replay(
-        self, *, step_key: str | None, project_id: str | None, dry_run: bool, max_replays: int | None
+        self,
+        *,
+        step_key: str | None,
+        project_id: str | None,
+        dry_run: bool,
+        max_replays: int | None,
+        owner: str | None,
     ) -> list[ReplayDecision]:
         """Replay failed steps (see the use case)."""
         return replay(
-            self.app, step_key=step_key, project_id=project_id, dry_run=dry_run, max_replays=max_replays
+            self.app,
+            step_key=step_key,
+            project_id=project_id,
+            dry_run=dry_run,
+            max_replays=max_replays,
+            requested_by=owner,
         )
 
     def database_answers(self) -> bool:
@@ -147,22 +174,43 @@ async def caller(
     request: Request,
     state: Annotated[WebState, Depends(web_state)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> str:
-    """The caller named by the bearer token (``local`` when insecure_local); 401 otherwise."""
+) -> Caller:
+    """The caller named by the bearer token, with its scopes (``local``, allowed everything,
+    when insecure_local); 401 otherwise."""
     if state.insecure_local:
-        request.state.caller = "local"
-        return "local"
+        request.state.caller = LOCAL_CALLER.name
+        return LOCAL_CALLER
     tokens = state.tokens
-    name = tokens.caller(credentials.credentials) if tokens and credentials is not None else None
-    if name is None:
+    found = tokens.identify(credentials.credentials) if tokens and credentials is not None else None
+    if found is None:
         raise ApiError(
             401,
             "unauthorized",
             "a valid `Authorization: Bearer <token>` header is required",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    request.state.caller = name
-    return name
+    request.state.caller = found.name
+    return found
+
+
+def requires(scope: str) -> Callable[..., Awaitable[Caller]]:
+    """The dependency of a route that needs ``scope``: the caller, or 403 ``forbidden`` naming
+    the scope its token lacks."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    async def scoped(who: Annotated[Caller, Depends(caller)]) -> Caller:
+        if not who.allows(scope):
+            raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
+        return who
+
+    scoped.__name__ = f"requires_{scope}"
+    return scoped
+
+
+def project_not_found(project_id: str) -> ApiError:
+    """The 404 of a project unknown, or another caller's (told apart by nothing)."""
+    return ApiError(404, "project_not_found", f"project {project_id!r} is not in the control plane")
 
 
 def checked_project_id(raw: str, *, field: str = "project_id") -> str:

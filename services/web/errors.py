@@ -65,6 +65,7 @@ def errors(status: int, *codes: str) -> dict[int | str, dict[str, Any]]:
 
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     **errors(401, "unauthorized"),
+    **errors(403, "forbidden"),
     **errors(413, "payload_too_large"),
     **errors(503, "store_unavailable"),
     **errors(500, "internal_error"),

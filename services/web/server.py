@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+import structlog
 import uvicorn
 
 from services.bootstrap import ConfigurationError, build_app
@@ -12,7 +13,9 @@ from shared.logging import configure_logging
 from shared.settings import Settings
 
 from .app import create_api
-from .auth import NO_TOKENS, TokenConfigError, load_tokens
+from .auth import NO_TOKENS, TokenConfigError, legacy_warning, load_tokens
+
+log = structlog.get_logger("provision.api")
 
 
 def is_loopback(host: str) -> bool:
@@ -40,6 +43,9 @@ def serve(settings: Settings, *, host: str, port: int, insecure_local: bool = Fa
         raise ConfigurationError(NO_TOKENS)
     listening = listen(host, port)  # before anything else: a port in use is one line, exit 2
     configure_logging(settings.log_level, settings.log_format)
+    warning = legacy_warning(tokens)
+    if warning is not None:
+        log.warning("api_token_legacy_entries", message=warning, callers=list(tokens.legacy))
     app = build_app(settings)
     api = create_api(app, tokens=tokens if len(tokens) else None, insecure_local=insecure_local)
     config = uvicorn.Config(

@@ -66,6 +66,14 @@ class ProjectView(_View):
     restorable: bool = Field(
         default=False, description="deleted, and `POST /v1/projects/{id}/restore` would bring it back now"
     )
+    requested_by: str | None = Field(
+        default=None,
+        description="who requested it: an API caller's name, `cli:<user>`; null when only a Kafka client did",
+    )
+    deprovision_requested_by: str | None = Field(
+        default=None,
+        description="who requested its removal; null when nobody did, or only a Kafka client",
+    )
     steps: list[StepView] = Field(description="the seven provisioning steps, in order")
     deprovisioning: list[StepView] = Field(
         description="the seven reverse steps, once deprovisioning is asked"

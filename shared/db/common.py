@@ -80,7 +80,7 @@ STEP_COLUMNS = step_columns()
 PROJECT_COLUMNS = (
     "project_id, correlation_id, request, request_hash, created_at, ready_at, "
     "deprovision_correlation_id, deprovision_requested_at, deprovision_reason, deleted_at, "
-    "purge_after, purged_at, restored_at"
+    "purge_after, purged_at, restored_at, requested_by, deprovision_requested_by"
 )
 
 

@@ -57,26 +57,31 @@ class ProjectStore:
         payload: ProvisionProjectPayload,
         correlation_id: uuid.UUID,
         *,
+        requested_by: str | None = None,
         connection: Connection | None = None,
     ) -> tuple[Registration, ProjectRecord]:
-        """Record a project and its seven pending steps, unless it is already known.
+        """Record a project and its seven pending steps, unless it is already known, with who
+        asked (``requested_by``: None when only Kafka said; a known project keeps its own).
 
         Runs in ``connection``'s transaction when given (so the caller can add an outbox
         row atomically), else in its own.
         """
         if connection is None:
             with self.engine.begin() as conn:
-                return self.register_request(payload, correlation_id, connection=conn)
+                return self.register_request(
+                    payload, correlation_id, requested_by=requested_by, connection=conn
+                )
         digest = request_hash(payload)
         inserted = connection.execute(
             text(
                 """
-                INSERT INTO projects (project_id, correlation_id, request, request_hash)
-                VALUES (:project_id, :correlation_id, CAST(:request AS jsonb), :hash)
+                INSERT INTO projects (project_id, correlation_id, request, request_hash, requested_by)
+                VALUES (:project_id, :correlation_id, CAST(:request AS jsonb), :hash, :requested_by)
                 ON CONFLICT (project_id) DO UPDATE
                     SET correlation_id = EXCLUDED.correlation_id,
                         request = EXCLUDED.request,
-                        request_hash = EXCLUDED.request_hash
+                        request_hash = EXCLUDED.request_hash,
+                        requested_by = EXCLUDED.requested_by
                     WHERE projects.request IS NULL AND projects.deprovision_requested_at IS NULL
                 RETURNING project_id
                 """
@@ -86,6 +91,7 @@ class ProjectStore:
                 "correlation_id": correlation_id,
                 "request": payload.model_dump_json(),
                 "hash": digest,
+                "requested_by": requested_by,
             },
         ).first()
         if inserted is not None:
@@ -132,6 +138,8 @@ class ProjectStore:
         reason: str | None = None,
         create: bool = False,
         purge_now: bool = False,
+        requested_by: str | None = None,
+        only_requested_by: str | None = None,
         connection: Connection | None = None,
     ) -> tuple[Registration, ProjectRecord] | None:
         """Record that the project is to be removed, unless that is already recorded: set the
@@ -143,6 +151,10 @@ class ProjectStore:
         ``NEW`` the first time, ``DUPLICATE`` afterwards (the record keeps the first
         request's id). None when the project is unknown, unless ``create`` records a bare one
         (for an orphan found by ``provision reconcile``: no request, only the name).
+
+        ``requested_by`` is who asks (kept from the first request). With ``only_requested_by``
+        a project requested by anyone else is unknown too (None, nothing written): an
+        owner-scoped caller of the API removes only its own.
         """
         if connection is None:
             with self.engine.begin() as conn:
@@ -152,6 +164,8 @@ class ProjectStore:
                     reason=reason,
                     create=create,
                     purge_now=purge_now,
+                    requested_by=requested_by,
+                    only_requested_by=only_requested_by,
                     connection=conn,
                 )
         if create:
@@ -162,19 +176,28 @@ class ProjectStore:
         # Locked first: a request registering the project concurrently is either committed
         # (and fenced below) or not yet visible (and the project is unknown): never seen
         # unfenced after the fence was missed.
-        if read_project(connection, project_id, lock=True) is None:
+        locked = read_project(connection, project_id, lock=True)
+        if locked is None:
+            return None
+        if only_requested_by is not None and locked.requested_by != only_requested_by:
             return None
         fenced = connection.execute(
             text(
                 """
                 UPDATE projects
                 SET deprovision_correlation_id = :correlation_id,
-                    deprovision_requested_at = now(), deprovision_reason = :reason
+                    deprovision_requested_at = now(), deprovision_reason = :reason,
+                    deprovision_requested_by = :requested_by
                 WHERE project_id = :p AND deprovision_correlation_id IS NULL
                 RETURNING project_id
                 """
             ),
-            {"p": project_id, "correlation_id": correlation_id, "reason": reason},
+            {
+                "p": project_id,
+                "correlation_id": correlation_id,
+                "reason": reason,
+                "requested_by": requested_by,
+            },
         ).first()
         if fenced is not None:
             connection.execute(
@@ -378,8 +401,9 @@ class ProjectStore:
                 """
                 UPDATE projects
                 SET correlation_id = :c, deprovision_correlation_id = NULL, deprovision_requested_at = NULL,
-                    deprovision_reason = NULL, deleted_at = NULL, purge_after = NULL,
-                    purge_triggered_at = NULL, restored_at = now(), restore_count = restore_count + 1
+                    deprovision_reason = NULL, deprovision_requested_by = NULL, deleted_at = NULL,
+                    purge_after = NULL, purge_triggered_at = NULL, restored_at = now(),
+                    restore_count = restore_count + 1
                 WHERE project_id = :p
                 """
             ),

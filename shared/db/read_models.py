@@ -13,7 +13,8 @@ from shared.domain.steps import PURGE_STEP, STEPS
 # reverse rows exist, a failed one (or a failed purge) FAILED, all the reverse chain's done
 # DELETED (CANCELLED if never ready) whatever the purge's status, else
 # DEPROVISIONING; before that, no steps INITIALIZING, a failed step FAILED, all done COMPLETED,
-# all pending INITIALIZING, else the first step not done.
+# all pending INITIALIZING, else the first step not done. Only the projects requested by :owner
+# when it is not NULL (an owner-scoped caller of the API).
 _OVERVIEW = f"""
     WITH agg AS (
         SELECT p.project_id, p.created_at, p.ready_at,
@@ -32,6 +33,7 @@ _OVERVIEW = f"""
                     FILTER (WHERE s.status NOT IN ('success', 'skipped')))[1] AS current_step,
                coalesce(bool_or(s.status = 'running' AND s.lease_expires_at < now()), false) AS stuck
         FROM projects p LEFT JOIN provisioning_steps s ON s.project_id = p.project_id
+        WHERE CAST(:owner AS text) IS NULL OR p.requested_by = :owner
         GROUP BY p.project_id, p.created_at, p.ready_at
     ), frontier AS (
         -- The first step not done of the chain the project is on (the purge excluded: the
@@ -98,11 +100,17 @@ class ReadModels:
 
     @unavailable_as_error
     def overview(
-        self, stage_keys: list[str] | None = None, *, limit: int = 50, offset: int = 0
+        self,
+        stage_keys: list[str] | None = None,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        requested_by: str | None = None,
     ) -> tuple[list[ProjectOverview], dict[str, int]]:
         """Projects at one of ``stage_keys`` (all when None), the longest unchanged first, at
-        most ``limit`` after skipping ``offset``; and how many projects stand at each stage key."""
-        rule = self.strand_rule.params()
+        most ``limit`` after skipping ``offset``; and how many projects stand at each stage key.
+        With ``requested_by``, only (and the counts only of) the projects that caller requested."""
+        rule = self.strand_rule.params() | {"owner": requested_by}
         with self.engine.connect() as conn:
             counts = {
                 str(key): int(n)
@@ -122,10 +130,12 @@ class ReadModels:
         return [ProjectOverview(*row) for row in rows], counts
 
     @unavailable_as_error
-    def stranded(self, project_id: str | None = None, *, limit: int = 1000) -> list[tuple[str, StepRow]]:
-        """The stranded steps (of ``project_id``, or of every project), oldest change first:
-        each project's next step ``pending`` past every wait the record allows (see
-        :class:`StrandRule`)."""
+    def stranded(
+        self, project_id: str | None = None, *, limit: int = 1000, requested_by: str | None = None
+    ) -> list[tuple[str, StepRow]]:
+        """The stranded steps (of ``project_id``, or of every project; only of those requested by
+        ``requested_by`` when given), oldest change first: each project's next step ``pending``
+        past every wait the record allows (see :class:`StrandRule`)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 text(
@@ -134,7 +144,7 @@ class ReadModels:
                     "WHERE staged.stranded AND (CAST(:p AS text) IS NULL OR staged.project_id = :p) "
                     "ORDER BY staged.last_change, staged.project_id LIMIT :limit"
                 ),
-                {"p": project_id, "limit": limit} | self.strand_rule.params(),
+                {"p": project_id, "limit": limit, "owner": requested_by} | self.strand_rule.params(),
             ).mappings()
             return [(str(r["stranded_project"]), to_row(r)) for r in rows]
 

@@ -43,6 +43,10 @@ projects = Table(
     Column("purged_at", DateTime(timezone=True)),
     Column("restored_at", DateTime(timezone=True)),
     Column("restore_count", Integer, nullable=False, server_default="0"),
+    # Who asked (migration 0009): a caller's name, ``cli:<user>``; NULL when only Kafka said.
+    Column("requested_by", Text),
+    Column("deprovision_requested_by", Text),
+    Index("ix_projects_requested_by", "requested_by"),
     Index(
         "ix_projects_purge_due",
         "purge_after",

@@ -81,6 +81,10 @@ class ProjectRecord:
     """When the purge removed the archive: nothing of the tenant is left."""
     restored_at: datetime | None = None
     """When the project was last restored from its archive."""
+    requested_by: str | None = None
+    """Who requested its provisioning: an API caller, ``cli:<user>``; None when only Kafka said."""
+    deprovision_requested_by: str | None = None
+    """Who requested its deprovisioning (None: nobody yet, or only Kafka said)."""
 
     @property
     def fenced(self) -> bool:

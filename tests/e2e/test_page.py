@@ -180,7 +180,7 @@ def test_an_unknown_project_is_reported_as_such(open_api: str) -> None:
 def test_a_token_typed_into_the_page_opens_a_guarded_project(app: App) -> None:
     """With tokens required, the page first asks for one; a wrong one is refused, the right one
     is kept for the tab and shows the project's table."""
-    token, entry = new_token("page-test")
+    token, entry = new_token("page-test", ["admin"])
     api = create_api(app, tokens=TokenSet.parse([entry], source="test"), insecure_local=False)
     with serving(api) as base_url:
         assert _call(base_url, "GET", "/v1/projects/anything")[0] == 401, "the API wants a token"
@@ -416,7 +416,7 @@ def test_a_purged_projects_view_says_so_and_offers_no_restore(
 def test_the_landing_view_asks_for_a_token_and_then_lists(app: App) -> None:
     """With tokens required, the landing view asks for one before it can list; given it, the
     list is read (the counts show the project just requested)."""
-    token, entry = new_token("page-landing")
+    token, entry = new_token("page-landing", ["admin"])
     api = create_api(app, tokens=TokenSet.parse([entry], source="test"), insecure_local=False)
     with serving(api) as base_url, chromium() as browser:
         _request_project(base_url, token=token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
@@ -218,3 +219,21 @@ def test_a_worker_whose_metrics_port_is_in_use_exits_2_in_one_line(app: App) -> 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert f"port {port}" in lines[0] and "PROVISION_METRICS_PORT" in lines[0]
+
+
+def test_cli_requests_record_the_os_user_and_status_shows_who_asked(app: App, cli_env: None) -> None:
+    """`provision request` and `deprovision` record cli:<OS user>; `status` shows it (and --json);
+    a project only Kafka requested shows "a Kafka client"."""
+    user = f"cli:{getpass.getuser()}"
+    pid = unique_project("cli-who")
+    requested = CliRunner().invoke(cli, ["request", pid, "--region", app.settings.regions[0]])
+    assert requested.exit_code == 0, requested.output
+    assert CliRunner().invoke(cli, ["deprovision", pid]).exit_code == 0
+    body = json.loads(CliRunner().invoke(cli, ["status", pid, "--json"]).output)
+    assert (body["requested_by"], body["deprovision_requested_by"]) == (user, user)
+    shown = CliRunner().invoke(cli, ["status", pid]).output
+    assert f"requested by {user}; deprovisioning requested by {user}" in shown
+    quiet = unique_project("kafka-who")
+    app.repository.initialize(quiet)
+    assert "requested by a Kafka client" in CliRunner().invoke(cli, ["status", quiet]).output
+    assert json.loads(CliRunner().invoke(cli, ["status", quiet, "--json"]).output)["requested_by"] is None

@@ -21,8 +21,9 @@ from tests.support import REPO_ROOT, unique_project
 
 @pytest.fixture(scope="module")
 def api(app: App) -> Iterator[RunningApi]:
-    """The API on a free port, with one token."""
-    with serve_api(app) as running:
+    """The API on a free port, with its admin token and two owner-scoped callers."""
+    everything = ["read", "provision", "deprovision", "replay"]
+    with serve_api(app, callers={"alice": everything, "bob": everything}) as running:
         yield running
 
 
@@ -288,3 +289,71 @@ def test_restore_refused_past_the_window_is_409_and_unknown_404(app: App, client
     live = _payload(app)
     client.post("/v1/projects", json=live)
     assert client.post(f"/v1/projects/{live['project_id']}/restore").status_code == 409
+
+
+# --- owners ------------------------------------------------------------------------------------
+
+
+def test_a_caller_cannot_delete_another_callers_project(app: App, api: RunningApi) -> None:
+    """The issue's attack: bob's token, with every scope but admin, cannot delete the project alice
+    requested (404, as for an unknown one), nor see it, list it, restore it or stream it; the
+    project is untouched and alice still removes it herself."""
+    payload = _payload(app)
+    pid = payload["project_id"]
+    with api.client(token=api.tokens["alice"]) as alice, api.client(token=api.tokens["bob"]) as bob:
+        assert alice.post("/v1/projects", json=payload).status_code == 202
+        unknown = str(uuid.uuid4())
+        attack = bob.delete(f"/v1/projects/{pid}", params={"reason": "mine now"})
+        assert attack.status_code == 404
+        assert _error(attack)["code"] == "project_not_found"
+        assert _error(attack)["message"] == _error(bob.delete(f"/v1/projects/{unknown}"))["message"].replace(
+            unknown, pid
+        )
+        record = app.projects.project(pid)
+        assert record is not None
+        assert (record.deprovision_requested_at, record.deprovision_requested_by) == (None, None)
+        for path in (f"/v1/projects/{pid}", f"/v1/projects/{pid}/events"):
+            assert bob.get(path).status_code == 404, path
+        assert bob.post(f"/v1/projects/{pid}/restore").status_code == 404
+        listed = bob.get("/v1/projects", params={"limit": 200}).json()["projects"]
+        assert pid not in {p["project_id"] for p in listed}
+        own = alice.get("/v1/projects", params={"limit": 200}).json()["projects"]
+        assert pid in {p["project_id"] for p in own}
+        assert bob.post("/v1/projects", json=payload).status_code == 409  # no receipt of alice's
+        mine = alice.delete(f"/v1/projects/{pid}", params={"reason": "done"})
+        assert mine.status_code == 202, mine.text
+    record = app.projects.project(pid)
+    assert record is not None and record.deprovision_requested_by == "alice"
+
+
+def test_requested_by_is_recorded_and_shown_in_the_project_view(
+    app: App, api: RunningApi, client: httpx.Client
+) -> None:
+    """Who requested a project and its removal is recorded from the token's caller and shown in
+    its view; the admin token sees the project alice requested, and its removal is the admin's."""
+    payload = _payload(app)
+    pid = payload["project_id"]
+    with api.client(token=api.tokens["alice"]) as alice:
+        assert alice.post("/v1/projects", json=payload).status_code == 202
+        shown = alice.get(f"/v1/projects/{pid}").json()
+    assert (shown["requested_by"], shown["deprovision_requested_by"]) == ("alice", None)
+    assert client.delete(f"/v1/projects/{pid}").status_code == 202
+    shown = client.get(f"/v1/projects/{pid}").json()
+    assert (shown["requested_by"], shown["deprovision_requested_by"]) == ("alice", "tests")
+
+
+def test_replays_name_only_the_callers_own_projects(app: App, api: RunningApi) -> None:
+    """A dry-run replay by an owner-scoped caller considers only its own failed projects; admin sees them."""
+    project_id = unique_project("replay-own")
+    app.projects.register_request(
+        ProvisionProjectPayload(project_id=project_id, region="eu-west-1"), uuid.uuid4(), requested_by="alice"
+    )
+    fail_schema_step(app, project_id)
+    publish_failure(app, project_id)
+    for name, sees in (("alice", True), ("bob", False)):
+        with api.client(token=api.tokens[name]) as c:
+            decisions = c.post("/v1/replays", json={"dry_run": True}).json()["decisions"]
+        assert (project_id in {d["project_id"] for d in decisions}) is sees, name
+    with api.client() as admin:
+        decisions = admin.post("/v1/replays", json={"project_id": project_id}).json()["decisions"]
+    assert [d["action"] for d in decisions] == ["would replay"]

@@ -17,8 +17,13 @@ from sqlalchemy import text
 from services.bootstrap import App
 from services.database.adapters import PostgresTenantCluster
 from services.usecases.payloads import InvalidRequestError
-from services.usecases.queries import project_status
-from services.usecases.requests import RequestReceipt, request_provisioning
+from services.usecases.queries import list_projects, project_status, requester
+from services.usecases.requests import (
+    RequestReceipt,
+    UnknownProjectError,
+    request_deprovisioning,
+    request_provisioning,
+)
 from services.usecases.seed import provision_project_handler
 from shared.clock import utcnow
 from shared.domain.errors import ErrorType, ProvisioningError
@@ -500,3 +505,48 @@ def test_handler_failure_details_carry_the_documented_fields(
     assert documented <= step.error_details.keys(), (
         f"missing {sorted(documented - step.error_details.keys())} in {step.error_details}"
     )
+
+
+# --- who asked ---------------------------------------------------------------------------------
+
+
+def test_requested_by_is_recorded_for_the_request_and_the_deprovisioning(app: App) -> None:
+    """request_provisioning and request_deprovisioning record who asked; a library caller that
+    does not say, and a duplicate by someone else, leave the first record as it was."""
+    request = payload(unique_project("who"))
+    receipt = request_provisioning(request, app=app, requested_by="alice")
+    assert receipt.requested_by == "alice"
+    again = request_provisioning(request, app=app, requested_by="bob")
+    assert (again.status, again.requested_by) == ("duplicate", "alice")
+    pid = request["project_id"]
+    with pytest.raises(UnknownProjectError):
+        request_deprovisioning(pid, app=app, requested_by="bob", only_requested_by="bob")
+    record = app.projects.project(pid)
+    assert record is not None and (record.requested_by, record.deprovision_requested_at) == ("alice", None)
+    request_deprovisioning(pid, app=app, requested_by="alice", only_requested_by="alice")
+    state = project_status(pid, app=app)
+    assert (state.requested_by, state.deprovision_requested_by) == ("alice", "alice")
+    anonymous = request_provisioning(payload(unique_project("who")), app=app)
+    assert anonymous.requested_by is None
+
+
+def test_a_request_only_over_kafka_records_no_requester(app: App) -> None:
+    """A project registered from the request event alone (the step's port, as a consumer does)
+    has requested_by NULL, shown as a Kafka client."""
+    pid = unique_project("kafka")
+    app.repository.register_request(ProvisionProjectPayload(project_id=pid, region="eu-west-1"), uuid.uuid4())
+    state = project_status(pid, app=app)
+    assert state.requested_by is None
+    assert requester(state.requested_by) == "a Kafka client"
+
+
+def test_the_list_filters_by_requester(app: App) -> None:
+    """list_projects with requested_by lists, and counts, only that caller's projects."""
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
+    mine = [payload(unique_project("mine")) for _ in range(2)]
+    for request in mine:
+        request_provisioning(request, app=app, requested_by=owner)
+    request_provisioning(payload(unique_project("theirs")), app=app, requested_by="someone-else")
+    listing = list_projects(app=app, limit=1000, requested_by=owner)
+    assert {p.project_id for p in listing.projects} == {r["project_id"] for r in mine}
+    assert sum(listing.counts.values()) == 2

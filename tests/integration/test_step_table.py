@@ -10,7 +10,9 @@ from itertools import product
 
 import psycopg
 import pytest
+from alembic import command
 from psycopg import sql
+from sqlalchemy import text
 
 from services.bootstrap import App
 from services.usecases.payloads import InvalidRequestError
@@ -22,7 +24,7 @@ from services.usecases.seed import (
 )
 from shared.db import StepRepository, make_engine
 from shared.db.engine import libpq_url
-from shared.db.migrator import migrate
+from shared.db.migrator import _alembic_config, current_revision, migrate
 from shared.domain.errors import InvalidTransitionError
 from shared.domain.naming import InvalidProjectIdError
 from shared.domain.records import StepRow
@@ -262,10 +264,46 @@ def test_migrate_twice_applies_nothing_the_second_time(empty_database: str) -> N
     """migrate on an empty database applies the control-plane revision; a second run none."""
     engine = make_engine(empty_database, pool_size=1)
     try:
-        assert migrate(engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
+        assert migrate(engine) == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
         assert migrate(engine) == []
         repo = StepRepository(engine)
         assert [r.step_name for r in repo.initialize("fresh-db")] == list(STEP_NAMES)
+    finally:
+        engine.dispose()
+
+
+def test_migration_0009_adds_the_requesters_and_goes_down_again(empty_database: str) -> None:
+    """0009 adds requested_by and deprovision_requested_by, keeping the rows; down to 0008 drops
+    them (and the rows stay); up again restores them, empty."""
+    engine = make_engine(empty_database, pool_size=1)
+    config = _alembic_config()
+
+    def columns() -> set[str]:
+        with engine.connect() as conn:
+            return set(
+                conn.execute(
+                    text("SELECT column_name FROM information_schema.columns WHERE table_name = 'projects'")
+                ).scalars()
+            )
+
+    def alembic(action: str, revision: str) -> None:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, revision)
+
+    try:
+        migrate(engine)
+        assert {"requested_by", "deprovision_requested_by"} <= columns()
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO projects (project_id, requested_by) VALUES ('kept', 'alice')"))
+        alembic("downgrade", "0008")
+        assert current_revision(engine) == "0008"
+        assert not {"requested_by", "deprovision_requested_by"} & columns()
+        alembic("upgrade", "head")
+        assert current_revision(engine) == "0009"
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT project_id, requested_by FROM projects")).all()
+        assert [tuple(r) for r in rows] == [("kept", None)]
     finally:
         engine.dispose()
 

@@ -20,7 +20,7 @@ from services.usecases.requests import (
     UnknownProjectError,
 )
 from services.web.app import build_api
-from services.web.auth import TokenSet, hash_token
+from services.web.auth import TokenSet, entry_for, hash_token
 from services.web.deps import WebState
 from services.web.errors import install_error_handlers
 from services.web.guard import ApiMetrics
@@ -48,7 +48,11 @@ class FakeUseCases:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.known: set[str] = {PID}
+        self.owners: dict[str, str | None] = {}
+        """Who requested each known project (absent: None, only a Kafka client)."""
         self.fail: Exception | None = None
+        self.requested_by: str | None = None
+        self.owner_filter: str | None = "unset"
         self.duplicate = False
         self.database = True
 
@@ -57,14 +61,22 @@ class FakeUseCases:
         if self.fail is not None:
             raise self.fail
 
-    def request_provisioning(self, payload: Any) -> RequestReceipt:
-        self._called("request_provisioning", payload)
-        status = "duplicate" if self.duplicate else "requested"
-        return RequestReceipt(payload["project_id"], CORRELATION, status, published=True)
+    def _visible(self, project_id: str, owner: str | None) -> bool:
+        return project_id in self.known and (owner is None or self.owners.get(project_id) == owner)
 
-    def request_deprovisioning(self, project_id: str, *, reason: str | None) -> DeprovisionReceipt:
+    def request_provisioning(self, payload: Any, *, requested_by: str | None) -> RequestReceipt:
+        self._called("request_provisioning", payload)
+        self.requested_by = requested_by
+        status = "duplicate" if self.duplicate else "requested"
+        first = self.owners.get(payload["project_id"], requested_by) if self.duplicate else requested_by
+        return RequestReceipt(payload["project_id"], CORRELATION, status, published=True, requested_by=first)
+
+    def request_deprovisioning(
+        self, project_id: str, *, reason: str | None, requested_by: str | None, owner: str | None
+    ) -> DeprovisionReceipt:
         self._called("request_deprovisioning", (project_id, reason))
-        if project_id not in self.known:
+        self.requested_by = requested_by
+        if not self._visible(project_id, owner):
             raise UnknownProjectError(f"project {project_id!r} is not in the control plane")
         status = "duplicate" if self.duplicate else "requested"
         return DeprovisionReceipt(project_id, CORRELATION, status, True, cancelled_provisioning=False)
@@ -73,8 +85,9 @@ class FakeUseCases:
         self._called("restore_project", project_id)
         return RestoreReceipt(project_id, CORRELATION, published=False)
 
-    def list_projects(self, stage: str | None, *, limit: int, offset: int) -> ProjectList:
+    def list_projects(self, stage: str | None, *, limit: int, offset: int, owner: str | None) -> ProjectList:
         self._called("list_projects", (stage, limit, offset))
+        self.owner_filter = owner
         summary = ProjectSummary(PID, Stage.COMPLETED, NOW, NOW, stuck=False)
         return ProjectList([summary] * min(limit, 2), {Stage.COMPLETED: 2})
 
@@ -82,7 +95,9 @@ class FakeUseCases:
         self._called("project_detail", project_id)
         if project_id not in self.known:
             return None
-        record = ProjectRecord(project_id, CORRELATION, {}, "hash", NOW, NOW)
+        record = ProjectRecord(
+            project_id, CORRELATION, {}, "hash", NOW, NOW, requested_by=self.owners.get(project_id)
+        )
         return ProjectDetail(
             project_id,
             Stage.COMPLETED,
@@ -95,14 +110,21 @@ class FakeUseCases:
             last_event_id=7,
         )
 
-    def project_exists(self, project_id: str) -> bool:
-        self.calls.append(("project_exists", project_id))  # a lookup, never made to fail
-        return project_id in self.known
+    def project_visible(self, project_id: str, *, owner: str | None) -> bool:
+        self.calls.append(("project_visible", project_id))  # a lookup, never made to fail
+        return self._visible(project_id, owner)
 
     def replay(
-        self, *, step_key: str | None, project_id: str | None, dry_run: bool, max_replays: int | None
+        self,
+        *,
+        step_key: str | None,
+        project_id: str | None,
+        dry_run: bool,
+        max_replays: int | None,
+        owner: str | None,
     ) -> list[ReplayDecision]:
         self._called("replay", (step_key, project_id, dry_run, max_replays))
+        self.owner_filter = owner
         return [ReplayDecision(PID, "create_tenant_database", "would replay", "failed")]
 
     def database_answers(self) -> bool:
@@ -293,3 +315,154 @@ def test_v1_routes_carry_their_full_path_for_the_metrics_label() -> None:
     paths = [route.path for router in (projects.router, replays.router) for route in router.routes]
     assert paths
     assert all(path.startswith("/v1/") for path in paths), paths
+
+
+# --- scopes and ownership ---------------------------------------------------------------------
+
+OTHER = "7a2b9c1d-0e3f-4a5b-8c6d-9e0f1a2b3c4d"
+
+
+def _scoped(calls: FakeUseCases, **grants: tuple[str, ...]) -> tuple[TestClient, dict[str, dict[str, str]]]:
+    """A client of the whole API whose callers hold the scopes given (a caller named ``*_all``
+    sees every project); and each caller's Authorization header."""
+    entries, headers = [], {}
+    for name, scopes in grants.items():
+        token = f"token-of-{name}"
+        entries.append(entry_for(name, scopes, hash_token(token), all_projects=name.endswith("_all")))
+        headers[name] = {"Authorization": f"Bearer {token}"}
+    return TestClient(build_api(_state(calls, tokens=TokenSet.parse(entries, source="test")))), headers
+
+
+_ROUTES = [
+    ("post", "/v1/projects", {"json": {"project_id": PID}}, "provision"),
+    ("get", "/v1/projects", {}, "read"),
+    ("get", f"/v1/projects/{PID}", {}, "read"),
+    ("get", f"/v1/projects/{PID}/events", {}, "read"),
+    ("delete", f"/v1/projects/{PID}", {}, "deprovision"),
+    ("post", f"/v1/projects/{PID}/restore", {}, "provision"),
+    ("post", "/v1/replays", {"json": {}}, "replay"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "scope"), _ROUTES)
+def test_a_route_refuses_a_token_without_its_scope_with_403_naming_it(
+    calls: FakeUseCases, method: str, path: str, kwargs: dict[str, Any], scope: str
+) -> None:
+    """Each /v1 route answers 403 forbidden naming the scope a token lacks, before any use case."""
+    others = tuple(s for s in ("read", "provision", "deprovision", "replay") if s != scope)
+    client, headers = _scoped(calls, lacking_all=others)
+    response = getattr(client, method)(path, headers=headers["lacking_all"], **kwargs)
+    assert response.status_code == 403
+    assert response.json() == {
+        "error": {"code": "forbidden", "message": f"this token lacks the '{scope}' scope"}
+    }
+    assert calls.calls == []
+
+
+def test_delete_without_the_deprovision_scope_is_the_issues_403(calls: FakeUseCases) -> None:
+    """A read+provision token cannot delete: 403 with the exact envelope, nothing asked of the use case."""
+    client, headers = _scoped(calls, dashboard=("read", "provision"))
+    response = client.delete(f"/v1/projects/{PID}", headers=headers["dashboard"])
+    assert response.json() == {
+        "error": {"code": "forbidden", "message": "this token lacks the 'deprovision' scope"}
+    }
+    assert calls.calls == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "scope"), [r for r in _ROUTES if not r[1].endswith("/events")]
+)
+def test_the_admin_scope_carries_every_scope(
+    calls: FakeUseCases, method: str, path: str, kwargs: dict[str, Any], scope: str
+) -> None:
+    """A token with only admin passes every route's scope check (the stream's is the read one,
+    checked above; opening it here would need a database)."""
+    calls.known.add(PID)
+    client, headers = _scoped(calls, root=("admin",))
+    response = getattr(client, method)(path, headers=headers["root"], **kwargs)
+    assert response.status_code not in (401, 403), response.text
+
+
+def test_another_callers_project_is_404_to_an_owner_scoped_caller(calls: FakeUseCases) -> None:
+    """GET, events, DELETE and restore of a project another caller requested answer exactly as
+    for an unknown project; its own project it sees."""
+    calls.known |= {OTHER}
+    calls.owners = {PID: "alice", OTHER: "bob"}
+    client, headers = _scoped(calls, alice=("read", "provision", "deprovision"))
+    alice = headers["alice"]
+    unknown = str(uuid.uuid4())
+    for method, suffix in (("get", ""), ("get", "/events"), ("delete", ""), ("post", "/restore")):
+        theirs = getattr(client, method)(f"/v1/projects/{OTHER}{suffix}", headers=alice)
+        nobodys = getattr(client, method)(f"/v1/projects/{unknown}{suffix}", headers=alice)
+        assert theirs.status_code == nobodys.status_code == 404, (method, suffix)
+        assert theirs.json()["error"]["code"] == "project_not_found"
+        assert theirs.json()["error"]["message"].replace(OTHER, "X") == nobodys.json()["error"][
+            "message"
+        ].replace(unknown, "X")
+    assert ("restore_project", OTHER) not in calls.calls
+    mine = client.get(f"/v1/projects/{PID}", headers=alice)
+    assert (mine.status_code, mine.json()["requested_by"]) == (200, "alice")
+
+
+def test_a_project_only_kafka_requested_is_hidden_from_an_owner_scoped_caller(calls: FakeUseCases) -> None:
+    """A project with no recorded requester (only a Kafka client asked) is 404 to an owner-scoped
+    caller and visible, requested_by null, to an all-projects one."""
+    client, headers = _scoped(calls, alice=("read",), ops_all=("read",))
+    assert client.get(f"/v1/projects/{PID}", headers=headers["alice"]).status_code == 404
+    shown = client.get(f"/v1/projects/{PID}", headers=headers["ops_all"])
+    assert (shown.status_code, shown.json()["requested_by"]) == (200, None)
+
+
+def test_the_list_and_replays_are_filtered_to_the_owner_unless_admin_or_all(calls: FakeUseCases) -> None:
+    """An owner-scoped caller's list and replays pass its name as the owner filter; admin and an
+    all-projects token pass none."""
+    client, headers = _scoped(calls, alice=("read", "replay"), root=("admin",), ops_all=("read", "replay"))
+    for name, expected in (("alice", "alice"), ("root", None), ("ops_all", None)):
+        calls.owner_filter = "unset"
+        assert client.get("/v1/projects", headers=headers[name]).status_code == 200
+        assert calls.owner_filter == expected, name
+        calls.owner_filter = "unset"
+        assert client.post("/v1/replays", json={}, headers=headers[name]).status_code == 200
+        assert calls.owner_filter == expected, name
+
+
+def test_admin_sees_and_deletes_another_callers_project(calls: FakeUseCases) -> None:
+    """An admin token reads and deletes a project another caller requested."""
+    calls.owners = {PID: "bob"}
+    client, headers = _scoped(calls, root=("admin",))
+    assert client.get(f"/v1/projects/{PID}", headers=headers["root"]).json()["requested_by"] == "bob"
+    assert client.delete(f"/v1/projects/{PID}", headers=headers["root"]).status_code == 202
+    assert calls.requested_by == "root"
+
+
+def test_requests_record_the_callers_name(calls: FakeUseCases) -> None:
+    """A request and a deprovisioning pass the token's caller name as who asked."""
+    calls.owners = {PID: "alice"}
+    client, headers = _scoped(calls, alice=("provision", "deprovision"))
+    assert client.post("/v1/projects", json={"project_id": PID}, headers=headers["alice"]).status_code == 202
+    assert calls.requested_by == "alice"
+    assert client.delete(f"/v1/projects/{PID}", headers=headers["alice"]).status_code == 202
+    assert calls.requested_by == "alice"
+
+
+def test_a_duplicate_of_another_callers_request_is_a_conflict_without_its_receipt(
+    calls: FakeUseCases,
+) -> None:
+    """The same payload again from an owner-scoped caller who did not request it is 409, with no
+    correlation id; from its requester it is the 200 with the receipt."""
+    calls.owners = {PID: "bob"}
+    calls.duplicate = True
+    client, headers = _scoped(calls, alice=("provision",), bob=("provision",))
+    refused = client.post("/v1/projects", json={"project_id": PID}, headers=headers["alice"])
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "conflict")
+    assert str(CORRELATION) not in refused.text
+    again = client.post("/v1/projects", json={"project_id": PID}, headers=headers["bob"])
+    assert again.status_code == 200
+
+
+def test_insecure_local_may_do_everything(client: TestClient, calls: FakeUseCases) -> None:
+    """Without tokens (--insecure-local) every route is open to the local caller, over every project."""
+    calls.owners = {PID: "bob"}
+    assert client.get(f"/v1/projects/{PID}").status_code == 200
+    assert client.delete(f"/v1/projects/{PID}").status_code == 202
+    assert calls.requested_by == "local"

@@ -18,7 +18,15 @@ from typer.testing import CliRunner
 from services.bootstrap import App
 from services.cli import app as cli
 from services.web.app import create_api
-from services.web.auth import NO_TOKENS, TokenConfigError, TokenSet, hash_token, load_tokens, new_token
+from services.web.auth import (
+    NO_TOKENS,
+    TokenConfigError,
+    TokenSet,
+    hash_token,
+    legacy_warning,
+    load_tokens,
+    new_token,
+)
 from services.web.guard import ApiMetrics, Guard
 from services.web.server import is_loopback
 from services.web.stream import ProjectStream, TransitionListener, _sse, parse_last_event_id, transition_event
@@ -32,20 +40,20 @@ NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 def test_new_token_entry_verifies_its_token_and_no_other() -> None:
     """A token made for a caller is recognised by its entry; another token, empty or huge is not."""
-    token, entry = new_token("dashboard")
+    token, entry = new_token("dashboard", ["read"])
     assert token.startswith("ptk_") and len(token) > 40
     tokens = TokenSet.parse([entry], source="test")
     assert tokens.caller(token) == "dashboard"
     assert tokens.caller(token + "x") is None
     assert tokens.caller("") is None
     assert tokens.caller("x" * 10_000) is None
-    assert entry == f"dashboard={hash_token(token)}"
+    assert entry == f"dashboard:read={hash_token(token)}"
     assert token not in entry
 
 
 def test_each_caller_is_told_apart() -> None:
     """Two callers' tokens each name their own caller."""
-    (a, entry_a), (b, entry_b) = new_token("a"), new_token("b")
+    (a, entry_a), (b, entry_b) = new_token("a", ["read"]), new_token("b", ["read"])
     tokens = TokenSet.parse(["# comment", "", entry_a, entry_b], source="test")
     assert (tokens.caller(a), tokens.caller(b), len(tokens)) == ("a", "b", 2)
 
@@ -57,18 +65,63 @@ def test_each_caller_is_told_apart() -> None:
         (["dashboard=sha256:" + "0" * 63], "entry 1"),
         (["a=sha256:" + "0" * 64, "a=sha256:" + "1" * 64], "configured twice"),
         (["a=sha256:" + "0" * 64, "b=sha256:" + "0" * 64], "share a token"),
+        (["a:read+write=sha256:" + "0" * 64], "unknown scope 'write'"),
+        (["a:read:everything=sha256:" + "0" * 64], "'everything' where only 'all-projects'"),
+        (["a::all-projects=sha256:" + "0" * 64], "entry 1"),
+        (["a:read,provision=sha256:" + "0" * 64], "entry 1"),
     ],
 )
 def test_bad_token_entries_are_refused_in_one_line(entries: list[str], says: str) -> None:
-    """A plaintext, short, duplicated or shared entry is refused, naming what is wrong."""
+    """A plaintext, short, duplicated or shared entry, an unknown scope or mode, or no scope is
+    refused in one line, naming what is wrong."""
     with pytest.raises(TokenConfigError, match=says) as raised:
         TokenSet.parse(entries, source="PROVISION_API_TOKENS")
     assert "\n" not in str(raised.value)
 
 
+def test_an_entry_carries_its_scopes_and_owner_mode() -> None:
+    """A scoped entry gives its caller those scopes, owner-scoped unless :all-projects; admin sees all."""
+    (a, entry_a), (b, entry_b), (c, entry_c) = (
+        new_token("a", ["read", "provision"]),
+        new_token("b", ["read+replay"], all_projects=True),
+        new_token("c", ["admin"]),
+    )
+    assert entry_a.startswith("a:read+provision=sha256:")
+    assert entry_b.startswith("b:read+replay:all-projects=sha256:")
+    tokens = TokenSet.parse([entry_a, entry_b, entry_c], source="test")
+    caller_a, caller_b, caller_c = (tokens.identify(t) for t in (a, b, c))
+    assert caller_a is not None and caller_b is not None and caller_c is not None
+    assert (caller_a.scopes, caller_a.owner) == (frozenset({"read", "provision"}), "a")
+    assert not caller_a.allows("deprovision") and caller_a.sees("a") and not caller_a.sees("b")
+    assert (caller_b.owner, caller_b.sees(None), caller_b.allows("provision")) == (None, True, False)
+    assert (caller_c.owner, caller_c.allows("deprovision"), caller_c.sees("a")) == (None, True, True)
+    assert tokens.legacy == () and legacy_warning(tokens) is None
+
+
+def test_a_legacy_entry_counts_as_admin_and_is_warned_of() -> None:
+    """An entry of the old form (no scopes) keeps what it could do, as admin, and is named in
+    the one-line start-up warning."""
+    token = "old-token"
+    tokens = TokenSet.parse([f"dashboard={hash_token(token)}"], source="test")
+    found = tokens.identify(token)
+    assert found is not None
+    assert (found.name, found.allows("deprovision"), found.owner) == ("dashboard", True, None)
+    assert tokens.legacy == ("dashboard",)
+    warning = legacy_warning(tokens)
+    assert warning is not None and "'dashboard'" in warning and "\n" not in warning
+
+
+def test_a_token_for_an_unknown_or_no_scope_is_refused() -> None:
+    """new_token refuses an unknown scope and an empty list of scopes, naming the scopes there are."""
+    with pytest.raises(TokenConfigError, match=r"unknown scope 'write'.*read, provision"):
+        new_token("a", ["write"])
+    with pytest.raises(TokenConfigError, match="at least one scope"):
+        new_token("a", [])
+
+
 def test_tokens_come_from_the_variable_and_the_file(tmp_path: Path) -> None:
     """PROVISION_API_TOKENS (comma-separated) and PROVISION_API_TOKENS_FILE (a line each) add up."""
-    (a, entry_a), (b, entry_b), (c, entry_c) = new_token("a"), new_token("b"), new_token("c")
+    (a, entry_a), (b, entry_b), (c, entry_c) = (new_token(n, ["read"]) for n in "abc")
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text(f"# callers\n{entry_c}\n")
     settings = Settings(api_tokens=f"{entry_a},{entry_b}", api_tokens_file=tokens_file)
@@ -245,14 +298,23 @@ def test_api_command_refuses_without_tokens_or_insecure_on_a_public_address() ->
 
 
 def test_api_token_command_prints_a_token_and_its_entry() -> None:
-    """`provision api-token` prints a token and the entry that holds only its hash; a bad name exits 2."""
-    code, output = _cli("api-token", "ops")
+    """`provision api-token` prints a token and the entry that holds only its hash and scopes; a
+    bad name, an unknown scope or none exits 2 in one line."""
+    code, output = _cli("api-token", "ops", "--scope", "read", "--scope", "replay", "--all-projects")
     assert code == 0
     token = output.split("token: ")[1].split()[0]
     entry = output.split("entry: ")[1].split()[0]
-    assert TokenSet.parse([entry], source="t").caller(token) == "ops"
-    code, output = _cli("api-token", "two words")
-    assert code == 2 and output.strip().count("\n") == 0
+    assert entry.startswith("ops:read+replay:all-projects=sha256:")
+    found = TokenSet.parse([entry], source="t").identify(token)
+    assert found is not None and (found.name, found.scopes, found.owner) == (
+        "ops",
+        frozenset({"read", "replay"}),
+        None,
+    )
+    for bad in (["two words", "--scope", "read"], ["ops", "--scope", "nope"], ["ops"]):
+        code, output = _cli("api-token", *bad)
+        assert code == 2 and output.strip().count("\n") == 0, (bad, output)
+    assert "unknown scope 'nope'" in _cli("api-token", "ops", "--scope", "nope")[1]
 
 
 def test_with_the_database_gone_every_route_answers_503_not_500() -> None:

@@ -17,7 +17,17 @@ from services.usecases.requests import UnknownProjectError
 from shared.clock import utcnow
 from shared.domain.records import ConflictingRequestError, RestoreRefusedError
 
-from ..deps import UseCases, WebState, checked_project_id, json_body, use_cases, web_state
+from ..auth import Caller
+from ..deps import (
+    UseCases,
+    WebState,
+    checked_project_id,
+    json_body,
+    project_not_found,
+    requires,
+    use_cases,
+    web_state,
+)
 from ..errors import ApiError, errors
 from ..stream import ProjectStream, parse_last_event_id
 from ..views import (
@@ -38,6 +48,9 @@ route's path is the full template the metrics and the request log label by."""
 
 Calls = Annotated[UseCases, Depends(use_cases)]
 State = Annotated[WebState, Depends(web_state)]
+Reader = Annotated[Caller, Depends(requires("read"))]
+Provisioner = Annotated[Caller, Depends(requires("provision"))]
+Deprovisioner = Annotated[Caller, Depends(requires("deprovision"))]
 
 
 @router.post(
@@ -59,16 +72,19 @@ State = Annotated[WebState, Depends(web_state)]
         }
     },
 )
-async def create_project(request: Request, response: Response, calls: Calls) -> Receipt:
+async def create_project(request: Request, response: Response, calls: Calls, who: Provisioner) -> Receipt:
     """Seed 004's payload; 202 with the request's correlation id, 200 when it was already
-    requested with the same payload, 409 with another."""
+    requested with the same payload, 409 with another (or, to an owner-scoped caller, when
+    another caller requested it: its receipt is not theirs to see)."""
     payload = json_body(await request.body())
     try:
-        receipt = await run_in_threadpool(calls.request_provisioning, payload)
+        receipt = await run_in_threadpool(lambda: calls.request_provisioning(payload, requested_by=who.name))
     except InvalidRequestError as exc:
         raise ApiError(422, "invalid_request", str(exc), field=exc.field) from None
     except ConflictingRequestError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    if receipt.status != "requested" and not who.sees(receipt.requested_by):
+        raise ApiError(409, "conflict", f"project {receipt.project_id!r} was already requested")
     location = f"/v1/projects/{receipt.project_id}"
     response.headers["Location"] = location
     response.status_code = 202 if receipt.status == "requested" else 200
@@ -85,13 +101,15 @@ async def create_project(request: Request, response: Response, calls: Calls) -> 
 )
 def list_all(
     calls: Calls,
+    who: Reader,
     stage: Annotated[str | None, Query(max_length=40, description="only projects at this stage")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> ProjectPage:
-    """Projects at a stage (all when none is given), the longest unchanged first."""
+    """Projects at a stage (all when none is given), the longest unchanged first; to an
+    owner-scoped caller only (and the counts only of) the projects it requested."""
     try:
-        listing = calls.list_projects(stage, limit=limit, offset=offset)
+        listing = calls.list_projects(stage, limit=limit, offset=offset, owner=who.owner)
     except InvalidRequestError as exc:
         raise ApiError(422, "invalid_request", str(exc), field="stage") from None
     nxt = None
@@ -121,12 +139,13 @@ def list_all(
     summary="A project's stage and steps",
     responses={**errors(404, "project_not_found"), **errors(422, "invalid_request")},
 )
-def get_project(project_id: str, calls: Calls, state: State) -> ProjectView:
-    """Stage, the seven steps (and the reverse ones once asked), the result once ready, an ETA."""
+def get_project(project_id: str, calls: Calls, state: State, who: Reader) -> ProjectView:
+    """Stage, the seven steps (and the reverse ones once asked), the result once ready, an ETA,
+    who requested it (and its removal)."""
     pid = checked_project_id(project_id)
     detail = calls.project_detail(pid)
-    if detail is None:
-        raise ApiError(404, "project_not_found", f"project {pid!r} is not in the control plane")
+    if detail is None or not who.sees(detail.record.requested_by):
+        raise project_not_found(pid)
     return project_view(detail, state.durations)
 
 
@@ -142,6 +161,8 @@ def project_view(detail: ProjectDetail, durations: Durations) -> ProjectView:
         purge_after=record.purge_after,
         purged_at=record.purged_at,
         restorable=detail.restorable,
+        requested_by=record.requested_by,
+        deprovision_requested_by=record.deprovision_requested_by,
         steps=[step_view(r) for r in detail.forward],
         deprovisioning=[step_view(r) for r in detail.reverse],
         result=detail.result,
@@ -168,6 +189,7 @@ async def project_events(
     project_id: str,
     calls: Calls,
     state: State,
+    who: Reader,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=40)] = None,
 ) -> StreamingResponse:
     """Every transition of the project's steps from the start (or after `Last-Event-ID`),
@@ -177,8 +199,8 @@ async def project_events(
         after = parse_last_event_id(last_event_id) or 0
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc), field="Last-Event-ID") from None
-    if not await run_in_threadpool(calls.project_exists, pid):
-        raise ApiError(404, "project_not_found", f"project {pid!r} is not in the control plane")
+    if not await run_in_threadpool(lambda: calls.project_visible(pid, owner=who.owner)):
+        raise project_not_found(pid)
     # From taking the slot to handing it to the response nothing awaits: concurrent opens
     # cannot all pass the test, and a slot taken is always given back.
     slots = state.slots
@@ -239,12 +261,14 @@ def delete_project(
     project_id: str,
     response: Response,
     calls: Calls,
+    who: Deprovisioner,
     reason: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> Receipt:
-    """Remove the project by the reverse chain (cancelling its provisioning if in flight)."""
+    """Remove the project by the reverse chain (cancelling its provisioning if in flight);
+    another caller's project is 404 to an owner-scoped caller, and left alone."""
     pid = checked_project_id(project_id)
     try:
-        receipt = calls.request_deprovisioning(pid, reason=reason)
+        receipt = calls.request_deprovisioning(pid, reason=reason, requested_by=who.name, owner=who.owner)
     except UnknownProjectError as exc:
         raise ApiError(404, "project_not_found", str(exc)) from None
     except InvalidRequestError as exc:
@@ -266,13 +290,13 @@ def delete_project(
         **errors(422, "invalid_request"),
     },
 )
-def restore(project_id: str, response: Response, calls: Calls) -> RestoreReceiptView:
+def restore(project_id: str, response: Response, calls: Calls, who: Provisioner) -> RestoreReceiptView:
     """Bring a deleted project back within its retention window: its provisioning chain
     runs again (the archived database renamed back, new credentials and keys); 409 with
     the reason when it cannot be (not deleted, purged, past its window)."""
     pid = checked_project_id(project_id)
-    if not calls.project_exists(pid):
-        raise ApiError(404, "project_not_found", f"project {pid!r} is not in the control plane")
+    if not calls.project_visible(pid, owner=who.owner):
+        raise project_not_found(pid)
     try:
         receipt = calls.restore_project(pid)
     except RestoreRefusedError as exc:

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends
 from shared.domain.steps import resolve_step
 from shared.kafka.clients import PublishError
 
-from ..deps import UseCases, checked_project_id, use_cases
+from ..auth import Caller
+from ..deps import UseCases, checked_project_id, requires, use_cases
 from ..errors import ApiError, errors
 from ..views import ReplayDecisionView, ReplayRequest, ReplayResult
 
@@ -28,10 +29,14 @@ route's path is the full template the metrics and the request log label by."""
     summary="Replay failed steps",
     responses={**errors(422, "invalid_request"), **errors(503, "broker_unavailable")},
 )
-def replay_failed(body: ReplayRequest, calls: Annotated[UseCases, Depends(use_cases)]) -> ReplayResult:
+def replay_failed(
+    body: ReplayRequest,
+    calls: Annotated[UseCases, Depends(use_cases)],
+    who: Annotated[Caller, Depends(requires("replay"))],
+) -> ReplayResult:
     """Move each still-failed step matching the filters back to pending and republish its
     input (what `provision replay` does) when `dry_run` is false; by default (a dry run)
-    only say what it would do."""
+    only say what it would do. To an owner-scoped caller, only over the projects it requested."""
     step_key = None
     if body.step is not None:
         try:
@@ -41,7 +46,7 @@ def replay_failed(body: ReplayRequest, calls: Annotated[UseCases, Depends(use_ca
     pid = None if body.project_id is None else checked_project_id(body.project_id, field="project_id")
     try:
         decisions = calls.replay(
-            step_key=step_key, project_id=pid, dry_run=body.dry_run, max_replays=body.max
+            step_key=step_key, project_id=pid, dry_run=body.dry_run, max_replays=body.max, owner=who.owner
         )
     except (KafkaException, TimeoutError, PublishError) as exc:
         log.warning("replay_broker_error", error=type(exc).__name__, detail=str(exc)[:200])
