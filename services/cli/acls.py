@@ -76,15 +76,23 @@ def acls(
     ]
     if as_json:
         out.print_json(json.dumps(rows))
-        return
-    columns = ["principal", "resource_type", "name", "pattern", "operation", *(["state"] if apply else [])]
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-    for line in [{c: c for c in columns}, *rows]:
-        typer.echo("  ".join(line[c].ljust(widths[c]) for c in columns).rstrip())
-    if apply:
-        typer.echo(
+    else:
+        columns = [
+            "principal",
+            "resource_type",
+            "name",
+            "pattern",
+            "operation",
+            *(["state"] if apply else []),
+        ]
+        widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+        for line in [{c: c for c in columns}, *rows]:
+            typer.echo("  ".join(line[c].ljust(widths[c]) for c in columns).rstrip())
+    if apply:  # on stderr with --json, so stdout stays one JSON document
+        summary = (
             f"{len(table)} bindings: {len(created)} created, {len(table) - len(created)} already present"
         )
+        typer.echo(summary, err=as_json)
 
 
 def _reason(exc: KafkaException) -> str:
