@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ from shared.domain.acls import (
 from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC, STEP_KEYS, all_topics
 from shared.kafka import reader
 from shared.kafka.acls import to_binding
+from tooling.infra._common import InfraError
+from tooling.infra.topology import Topology
 
 
 def _writes(role: str) -> set[str]:
@@ -133,3 +136,12 @@ def test_security_variables_map_to_librdkafka_settings() -> None:
         "PROVISION_KAFKA_SSL_KEY_LOCATION": "",
     }
     assert security_config(env) == {"security.protocol": "SASL_SSL", "sasl.username": "provision-admin"}
+
+
+def test_the_secure_mode_is_recorded_only_when_on() -> None:
+    """topology.json reads as before in plaintext; --secure is remembered, and refused on three brokers."""
+    assert "secure" not in Topology().to_json()
+    assert Topology.from_json(Topology(secure=True).to_json(), Path("t")).secure
+    assert not Topology().same_nodes(Topology(secure=True))
+    with pytest.raises(InfraError, match="--secure runs one Kafka broker"):
+        Topology(brokers=3, secure=True)
