@@ -21,6 +21,7 @@ _CLI = "services.cli"
 COMMANDS = (
     LazyCommand("migrate", f"{_CLI}.setup:migrate", "Apply the control-plane database migrations (idempotent)."),
     LazyCommand("topics", f"{_CLI}.setup:topics", "Create every topic that is missing."),
+    LazyCommand("acls", f"{_CLI}.acls:acls", "The broker's ACL set; --apply creates what it lacks (idempotent)."),
     LazyCommand("schemas", f"{_CLI}.schemas:schemas", "Generate the JSON Schemas of every event into schemas/.", extra="api"),
     LazyCommand("worker", f"{_CLI}.serve:worker", "Run a step service's consumers until SIGTERM/SIGINT."),
     LazyCommand("api", f"{_CLI}.api:api", "Serve the HTTP API, its live stream and its page.", extra="api"),

@@ -19,6 +19,7 @@ from services import secret_key
 from shared.settings import ConfigurationError, Settings
 from tooling.infra._common import InfraError
 from tooling.infra.local import local_infra
+from tooling.infra.secure import ADMIN_USER, USERS
 from tooling.output import UsageError, settings
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def build_infra_app(
     @infra_app.command()
     def up(
         ctx: typer.Context,
+        *,
         clusters: Annotated[
             int | None,
             typer.Option(
@@ -84,6 +86,14 @@ def build_infra_app(
                 help="Tenants per cluster in clusters.toml (default 1000).",
             ),
         ] = None,
+        secure: Annotated[
+            bool | None,
+            typer.Option(
+                "--secure/--no-secure",
+                help="Kafka's client listener SASL_SSL (SCRAM-SHA-512 users, the local CA) with the "
+                "ACL set applied; default: as the last `up`, else plaintext.",
+            ),
+        ] = None,
     ) -> None:
         """Start Kafka and PostgreSQL (fetching the broker jars on first use); idempotent."""
         try:
@@ -92,6 +102,7 @@ def build_infra_app(
                 brokers=brokers,
                 cluster_regions=cluster_region or (),
                 cluster_capacity=cluster_capacity,
+                secure=secure,
             )
             infra.up(_progress)
         except InfraError as exc:
@@ -113,12 +124,25 @@ def build_infra_app(
             bool,
             typer.Option("--export", "-e", help="Prefix lines with `export `."),
         ] = False,
+        principal: Annotated[
+            str | None,
+            typer.Option(
+                "--principal",
+                help="With a secure broker: connect as this user (provision-database ... provision-admin); "
+                "default provision-admin.",
+            ),
+        ] = None,
+        mtls: Annotated[
+            bool,
+            typer.Option("--mtls", help="With a secure broker: a client certificate instead of a password."),
+        ] = False,
     ) -> None:
         """Print KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (in multi-node mode also the tenant
         clusters' URLs, PROVISION_CLUSTERS_FILE and the topic replication), and what the caller
         adds (the local servers' PROVISION_SECRET_KEY), as shell assignments."""
         try:
-            settings = {**make_infra().env().as_env(), **extra_env()}
+            infra = make_infra()
+            settings = {**infra.env().as_env(), **kafka_identity(infra, principal, mtls=mtls), **extra_env()}
         except InfraError as exc:
             raise _fail(exc) from exc
         prefix = "export " if export else ""
@@ -136,6 +160,29 @@ def build_infra_app(
             typer.echo(f"{name}: {state}")
 
     return infra_app
+
+
+def kafka_identity(infra: LocalInfra, principal: str | None, *, mtls: bool = False) -> dict[str, str]:
+    """The client settings naming who connects to a secure broker (InfraError on a plaintext
+    one when a principal or --mtls is asked for): a SCRAM user and its password, or with
+    ``mtls`` the mTLS listener and a client certificate whose CN is the user."""
+    if not infra.topology.secure:
+        if principal is not None or mtls:
+            raise InfraError("--principal and --mtls need a secure broker: `infra up --secure`")
+        return {}
+    user = principal.removeprefix("User:") if principal is not None else ADMIN_USER
+    security = infra.security
+    if mtls:
+        if user not in USERS:
+            raise InfraError(f"no principal {user!r}; expected one of {', '.join(USERS)}")
+        cert, key = security.client_certificate(user)
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": infra.kafka.mtls_bootstrap_servers,
+            "PROVISION_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "PROVISION_KAFKA_SSL_CERTIFICATE_LOCATION": str(cert),
+            "PROVISION_KAFKA_SSL_KEY_LOCATION": str(key),
+        }
+    return {"PROVISION_KAFKA_SASL_USERNAME": user, "PROVISION_KAFKA_SASL_PASSWORD": security.password(user)}
 
 
 def _configured_infra() -> LocalInfra:

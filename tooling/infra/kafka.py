@@ -51,6 +51,7 @@ from tooling.infra._common import (
     quiet,
     tail,
 )
+from tooling.infra.secure import BrokerSecurity, internal_port, mtls_port
 
 _HEAP = "-Xmx512m"
 _MAVEN_TIMEOUT_S = 900.0
@@ -162,9 +163,17 @@ class KafkaBroker:
     """
 
     def __init__(
-        self, home: Path, port: int, controller_port: int, *, node_id: int = 1, quorum: Quorum | None = None
+        self,
+        home: Path,
+        port: int,
+        controller_port: int,
+        *,
+        node_id: int = 1,
+        quorum: Quorum | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.home = home
+        self.security = security
         self.port = port
         self.controller_port = controller_port
         self.node_id = node_id
@@ -181,6 +190,22 @@ class KafkaBroker:
     def bootstrap_servers(self) -> str:
         """The address clients connect to."""
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def mtls_bootstrap_servers(self) -> str:
+        """In secure mode, the address of the listener that takes client certificates."""
+        return f"{LOOPBACK}:{mtls_port(self.port)}"
+
+    @property
+    def probe_servers(self) -> str:
+        """Where readiness is probed without credentials: the client port, or in secure mode the
+        loopback inter-broker listener (the client listener wants SASL)."""
+        return self.bootstrap_servers if self.security is None else f"{LOOPBACK}:{internal_port(self.port)}"
+
+    @property
+    def scram_marker(self) -> Path:
+        """Written when the storage was formatted with the secure mode's SCRAM users."""
+        return self.home / "scram.users"
 
     @property
     def name(self) -> str:
@@ -268,6 +293,9 @@ class KafkaBroker:
         java = _java()
         ensure_port_free(self.port, KAFKA_PORT_ENV)
         ensure_port_free(self.controller_port, CONTROLLER_PORT_ENV)
+        if self.security is not None:
+            ensure_port_free(mtls_port(self.port), KAFKA_PORT_ENV)
+            ensure_port_free(internal_port(self.port), KAFKA_PORT_ENV)
         # Owner-only: the topics hold tenant provisioning events.
         private_dir(self.home)
         private_dir(self.data)
@@ -319,7 +347,7 @@ class KafkaBroker:
 
         try:
             wait_until_ready(
-                self.bootstrap_servers,
+                self.probe_servers,
                 max(0.0, spawned_at + timeout - time.monotonic()),
                 still_starting=still_starting,
                 log_file=self.log_file,
@@ -432,6 +460,8 @@ class KafkaBroker:
             # single broker keeps Kafka's own defaults, which are the same numbers.
             settings["default.replication.factor"] = replicas
             settings["min.insync.replicas"] = min_isr
+        if self.security is not None:
+            settings.update(self.security.properties(self.home, self.port, self.controller_port))
         self.properties.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
 
     def cluster_id(self) -> str:
@@ -449,8 +479,14 @@ class KafkaBroker:
 
     def _ensure_formatted(self, java: str, progress: Progress) -> None:
         if (self.data / "meta.properties").is_file():
+            if self.security is not None and not self.scram_marker.is_file():
+                raise InfraError(
+                    f"{self.name}'s storage in {self.data} was formatted without --secure, so it has no "
+                    "SCRAM users; run `infra down` and delete that directory, or use another state dir"
+                )
             return
         cluster_id = self.cluster_id()
+        scram = self.security.scram_arguments() if self.security is not None else []
         progress(f"{self.name}: formatting storage in {self.data} (cluster id {cluster_id})")
         result = subprocess.run(
             [
@@ -463,6 +499,7 @@ class KafkaBroker:
                 # One argument: an id that starts with "-" (1 in 64) is otherwise an option.
                 f"--cluster-id={cluster_id}",
                 f"--config={self.properties}",
+                *scram,
             ],
             cwd=self.home,
             stdin=subprocess.DEVNULL,
@@ -474,6 +511,8 @@ class KafkaBroker:
         if result.returncode != 0:
             output = " | ".join(line.strip() for line in (result.stdout + result.stderr).splitlines() if line)
             raise InfraError(f"formatting kafka storage failed: {output[-600:]}")
+        if self.security is not None:
+            self.scram_marker.write_text(f"{len(scram)} SCRAM users added at format time\n")
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -512,6 +551,7 @@ class KafkaBroker:
         for path in (
             self.cluster_id_file,
             self.properties,
+            self.scram_marker,
             self.pid_file,
             self.log_file,
             self.log_file.with_name(self.log_file.name + ".1"),

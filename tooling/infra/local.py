@@ -7,6 +7,8 @@ three-node Kafka quorum, all on loopback. Layout under the state directory::
     topology.json        how many clusters and brokers `up` last started (read by every command)
     clusters.toml        the tenant cluster map, with two or more clusters
     postgres.password    the superuser's password, one for every cluster (mode 0600)
+    kafka.passwords      with --secure: the Kafka principals' SCRAM passwords (mode 0600)
+    tls/                 the local CA and the certificates it issued (tooling.infra.certs)
     postgres/            cluster 0, the control plane, on pg_port
     postgres-<i>/        cluster i on pg_port + i
     kafka/               the single Kafka node; its libs/ serve every node
@@ -23,11 +25,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from confluent_kafka import KafkaException
+
+from shared.domain.acls import acl_table
+from shared.kafka.acls import admin_client, apply_acls
 from shared.local_env import write_local_env
 from shared.settings import Settings
 from tooling.infra._common import InfraError, Progress, private_dir, quiet, state_lock
 from tooling.infra.kafka import KafkaBroker, Quorum
 from tooling.infra.postgres import LocalPostgres
+from tooling.infra.secure import ADMIN_USER, BrokerSecurity
 from tooling.infra.topology import (
     InfraEnv,
     Ports,
@@ -67,6 +74,7 @@ class LocalInfra:
         brokers: int | None = None,
         cluster_regions: Sequence[str] = (),
         cluster_capacity: int | None = None,
+        secure: bool | None = None,
     ) -> None:
         # Absolute, because the paths end up in process command lines that are matched later.
         self.state_dir = state_dir.expanduser().resolve()
@@ -78,7 +86,9 @@ class LocalInfra:
             brokers=brokers if brokers is not None else recorded.brokers,
             regions=tuple(cluster_regions) or recorded.regions,
             capacity=cluster_capacity if cluster_capacity is not None else recorded.capacity,
+            secure=secure if secure is not None else recorded.secure,
         )
+        self.security = BrokerSecurity(self.state_dir)
         self.kafka_nodes, self.postgres_clusters = self._servers(self.topology)
 
     def with_topology(
@@ -88,8 +98,9 @@ class LocalInfra:
         brokers: int | None = None,
         cluster_regions: Sequence[str] = (),
         cluster_capacity: int | None = None,
+        secure: bool | None = None,
     ) -> LocalInfra:
-        """The same state directory and ports with other counts (None/empty: as recorded)."""
+        """The same state directory and ports with other counts or mode (None/empty: as recorded)."""
         return LocalInfra(
             self.state_dir,
             *self._base_ports,
@@ -97,13 +108,15 @@ class LocalInfra:
             brokers=brokers,
             cluster_regions=cluster_regions,
             cluster_capacity=cluster_capacity,
+            secure=secure,
         )
 
     def _servers(self, topology: Topology) -> tuple[list[KafkaBroker], list[LocalPostgres]]:
         ports = Ports.of(topology, *self._base_ports)
         if topology.brokers == 1:
             (kafka_port, controller_port), *_ = ports.kafka
-            nodes = [KafkaBroker(self.state_dir / "kafka", kafka_port, controller_port)]
+            security = BrokerSecurity(self.state_dir) if topology.secure else None
+            nodes = [KafkaBroker(self.state_dir / "kafka", kafka_port, controller_port, security=security)]
         else:
             quorum = Quorum(
                 voters=tuple((j + 1, controller) for j, (_, controller) in enumerate(ports.kafka)),
@@ -153,7 +166,28 @@ class LocalInfra:
             bootstrap_servers=[node.bootstrap_servers for node in self.kafka_nodes],
             cluster_urls=[cluster.superuser_url for cluster in self.postgres_clusters],
             state_dir=self.state_dir,
+            kafka_ca_file=self.security.ca.cert if self.topology.secure else None,
+            kafka_passwords_file=self.security.passwords_file if self.topology.secure else None,
         )
+
+    def kafka_client_config(self, user: str = ADMIN_USER) -> dict[str, object]:
+        """A librdkafka configuration reaching the broker as ``user`` (secure mode), or
+        anonymously (plaintext)."""
+        if not self.topology.secure:
+            return {"bootstrap.servers": self.kafka.bootstrap_servers}
+        return self.security.client_config(self.kafka.bootstrap_servers, user)
+
+    def apply_acls(self, progress: Progress = quiet, timeout: float = 30.0) -> None:
+        """In secure mode, create the ACL set the broker lacks, as the administrator."""
+        if not self.topology.secure:
+            return
+        try:
+            report = apply_acls(admin_client(self.kafka_client_config()), acl_table(), timeout=timeout)
+        except KafkaException as exc:
+            raise InfraError(
+                f"kafka refused the ACLs as {ADMIN_USER}: {exc.args[0] if exc.args else exc}"
+            ) from None
+        progress(f"kafka: ACLs {len(report.created)} created, {len(report.present)} already present")
 
     def up(self, progress: Progress = quiet) -> InfraEnv:
         """Start whatever is not running and return once everything answers; idempotent.
@@ -173,6 +207,7 @@ class LocalInfra:
             launched = self._launch_kafka(progress)
             _each(lambda cluster: cluster.start(progress), self.postgres_clusters)
             _each(lambda node: node.wait_ready(progress), launched)
+            self.apply_acls(progress)
             return self.record()
 
     def record(self) -> InfraEnv:

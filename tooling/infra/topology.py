@@ -33,6 +33,10 @@ PORT_STRIDE = 100
 """Kafka node j listens on ``kafka_port + 100 * j`` (and its controller likewise), far from
 the PostgreSQL ports, which are consecutive."""
 
+MTLS_OFFSET = 2
+INTERNAL_OFFSET = 3
+"""In secure mode the mTLS and the inter-broker listeners' ports, from the client port."""
+
 _REGION = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
@@ -46,8 +50,12 @@ class Topology:
     regions: tuple[str, ...] = ()
     """The i-th cluster serves the i-th region; the last one repeats; none: ``eu-west-1``."""
     capacity: int = DEFAULT_CAPACITY
+    secure: bool = False
+    """The broker's client listener is SASL_SSL with ACLs (``up --secure``; one broker only)."""
 
     def __post_init__(self) -> None:
+        if self.secure and self.brokers != 1:
+            raise InfraError("--secure runs one Kafka broker; drop --brokers 3 (or run `down` first)")
         if self.clusters < 1:
             raise InfraError(f"--clusters must be at least 1, not {self.clusters}")
         if self.brokers not in BROKER_COUNTS:
@@ -73,12 +81,15 @@ class Topology:
 
     def same_nodes(self, other: Topology) -> bool:
         """True if both run the same servers (regions and capacity only change the map)."""
-        return (self.clusters, self.brokers) == (other.clusters, other.brokers)
+        return (self.clusters, self.brokers, self.secure) == (other.clusters, other.brokers, other.secure)
 
     def describe(self) -> str:
         """E.g. ``2 postgres clusters and 3 kafka brokers``."""
         clusters = f"{self.clusters} postgres cluster{'s' if self.clusters != 1 else ''}"
-        return f"{clusters} and {self.brokers} kafka broker{'s' if self.brokers != 1 else ''}"
+        brokers = (
+            f"{self.brokers} {'secure ' if self.secure else ''}kafka broker{'s' if self.brokers != 1 else ''}"
+        )
+        return f"{clusters} and {brokers}"
 
     def to_json(self) -> str:
         """The ``topology.json`` text."""
@@ -88,6 +99,8 @@ class Topology:
             "regions": list(self.regions),
             "capacity": self.capacity,
         }
+        if self.secure:  # absent in plaintext mode, so that file reads as before
+            data["secure"] = True
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -100,6 +113,7 @@ class Topology:
                 brokers=_int(data["brokers"]),
                 regions=tuple(str(r) for r in data.get("regions", [])),
                 capacity=_int(data.get("capacity", DEFAULT_CAPACITY)),
+                secure=data.get("secure", False) is True,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InfraError(
@@ -147,14 +161,24 @@ class Ports:
             postgres=tuple(pg_port + i for i in range(topology.clusters)),
         )
         named = [(p, KAFKA_PORT_ENV) for p, _ in ports.kafka]
+        if topology.secure:  # the mTLS and inter-broker listeners (see tooling.infra.secure)
+            named += [
+                (kafka_port + MTLS_OFFSET, KAFKA_PORT_ENV),
+                (kafka_port + INTERNAL_OFFSET, KAFKA_PORT_ENV),
+            ]
         named += [(p, CONTROLLER_PORT_ENV) for _, p in ports.kafka]
         named += [(p, PG_PORT_ENV) for p in ports.postgres]
         for port, env_var in named:
             validate_port(port, env_var)
         every = [port for port, _ in named]
         if len(set(every)) != len(every):
+            secure = (
+                f" (and {kafka_port + MTLS_OFFSET}/{kafka_port + INTERNAL_OFFSET} for --secure)"
+                if topology.secure
+                else ""
+            )
             raise InfraError(
-                f"kafka ports {', '.join(f'{a}/{b}' for a, b in ports.kafka)} and postgres ports "
+                f"kafka ports {', '.join(f'{a}/{b}' for a, b in ports.kafka)}{secure} and postgres ports "
                 f"{', '.join(map(str, ports.postgres))} must all differ; choose other base ports"
             )
         return ports
@@ -222,6 +246,10 @@ class InfraEnv:
     """Replication factor topics need (3 on three brokers); None: the settings' default."""
     topic_min_insync_replicas: int | None = None
     """``min.insync.replicas`` for topics (2 on three brokers); None: the broker's default."""
+    kafka_ca_file: Path | None = None
+    """In secure mode, the CA that signed the broker's certificate; None: plaintext."""
+    kafka_passwords_file: Path | None = None
+    """In secure mode, the principals' SCRAM passwords (0600): recorded in their place."""
 
     def __repr__(self) -> str:  # the URLs without their passwords
         urls = tuple(mask_url(url) for url in self.tenant_cluster_urls)
@@ -253,6 +281,12 @@ class InfraEnv:
             env["PROVISION_TOPIC_REPLICATION"] = str(self.topic_replication)
         if self.topic_min_insync_replicas is not None:
             env["PROVISION_TOPIC_MIN_INSYNC_REPLICAS"] = str(self.topic_min_insync_replicas)
+        if self.kafka_ca_file is not None:
+            env["PROVISION_KAFKA_SECURITY_PROTOCOL"] = "SASL_SSL"
+            env["PROVISION_KAFKA_SASL_MECHANISM"] = "SCRAM-SHA-512"
+            env["PROVISION_KAFKA_SSL_CA_LOCATION"] = str(self.kafka_ca_file)
+        if self.kafka_passwords_file is not None:
+            env["PROVISION_KAFKA_SASL_PASSWORD_FILE"] = str(self.kafka_passwords_file)
         return env
 
 
@@ -262,6 +296,8 @@ def infra_env(
     bootstrap_servers: Sequence[str],
     cluster_urls: Sequence[str],
     state_dir: Path,
+    kafka_ca_file: Path | None = None,
+    kafka_passwords_file: Path | None = None,
 ) -> InfraEnv:
     """The InfraEnv of ``topology``, given each broker's address and each cluster's URL."""
     several = topology.clusters >= 2
@@ -272,4 +308,6 @@ def infra_env(
         clusters_file=state_dir / CLUSTERS_FILE if several else None,
         topic_replication=topology.brokers if topology.replicated else None,
         topic_min_insync_replicas=2 if topology.replicated else None,
+        kafka_ca_file=kafka_ca_file,
+        kafka_passwords_file=kafka_passwords_file,
     )

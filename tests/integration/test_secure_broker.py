@@ -1,0 +1,191 @@
+"""The secure local broker (`provision infra up --secure`): identity at the door, ACLs inside.
+
+It runs its own LocalInfra in its own state directory, on the session's test ports plus an
+offset, so it never meets the plaintext broker of the rest of the suite; when it cannot start
+the tests fail, never skip. The clients are built from plain librdkafka settings.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from shared.domain.acls import acl_table
+from shared.domain.steps import all_topics, step_by_key
+from tests.conftest import TEST_CONTROLLER_PORT, TEST_KAFKA_PORT, TEST_PG_PORT, TEST_STATE_DIR
+from tooling.infra import LocalInfra
+from tooling.infra.cli import kafka_identity
+from tooling.infra.secure import BrokerSecurity
+
+OFFSET = 50
+"""The secure broker's ports: the session's plus this (its mTLS and inter-broker ports are +2, +3)."""
+STATE_DIR = TEST_STATE_DIR.with_name(TEST_STATE_DIR.name + "-secure")
+SCHEMA = "provision-schema"
+
+
+@pytest.fixture(scope="module")
+def secure_infra() -> Iterator[LocalInfra]:
+    """A secure broker of its own, its topics created as the administrator."""
+    infra = LocalInfra(
+        STATE_DIR, TEST_KAFKA_PORT + OFFSET, TEST_CONTROLLER_PORT + OFFSET, TEST_PG_PORT + OFFSET, secure=True
+    )
+    try:
+        infra.up(lambda line: print(line, file=sys.stderr))
+    except Exception as exc:
+        infra.down()
+        pytest.fail(f"the secure broker did not start: {exc}", pytrace=False)
+    admin = AdminClient(infra.kafka_client_config())
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [NewTopic(t, num_partitions=1, replication_factor=1) for t in all_topics() if t not in existing]
+    for future in (admin.create_topics(wanted).values()) if wanted else ():
+        future.result(timeout=30)
+    try:
+        yield infra
+    finally:
+        infra.down()
+
+
+def _config(infra: LocalInfra, user: str, **overrides: Any) -> dict[str, Any]:
+    return {**infra.kafka_client_config(user), "socket.timeout.ms": 3000, **overrides}
+
+
+def _refused(config: dict[str, Any]) -> None:
+    with pytest.raises(KafkaException):
+        AdminClient(config).list_topics(timeout=5)
+
+
+def _produce(infra: LocalInfra, user: str, topic: str) -> KafkaError | None:
+    """The delivery error of one message produced as ``user`` (idempotent, acks=all), or None."""
+    producer = Producer(
+        _config(infra, user, **{"enable.idempotence": True, "acks": "all", "message.timeout.ms": 10000})
+    )
+    errors: list[KafkaError | None] = []
+    producer.produce(topic, key=b"acme", value=b"{}", on_delivery=lambda err, _msg: errors.append(err))
+    producer.flush(15)
+    assert errors, f"no delivery report for {topic}"
+    return errors[0]
+
+
+def test_a_plaintext_client_is_refused(secure_infra: LocalInfra) -> None:
+    """A client without TLS or SASL gets no metadata from the client listener."""
+    _refused({"bootstrap.servers": secure_infra.kafka.bootstrap_servers, "socket.timeout.ms": 3000})
+
+
+def test_a_wrong_password_is_refused(secure_infra: LocalInfra) -> None:
+    """SCRAM with the wrong password fails authentication."""
+    _refused(_config(secure_infra, SCHEMA, **{"sasl.password": "not-the-password"}))
+
+
+def test_the_ca_verifies_the_broker_and_without_it_verification_fails(secure_infra: LocalInfra) -> None:
+    """With the local CA the broker's certificate verifies; without it the TLS handshake fails."""
+    metadata = AdminClient(_config(secure_infra, SCHEMA)).list_topics(timeout=10)
+    assert metadata.brokers
+    no_ca = _config(secure_infra, SCHEMA)
+    del no_ca["ssl.ca.location"]
+    _refused(no_ca)
+
+
+def test_mtls_takes_a_valid_client_certificate_and_refuses_an_expired_one(secure_infra: LocalInfra) -> None:
+    """The mTLS listener admits a CA-signed client certificate and refuses an expired one."""
+    security = BrokerSecurity(secure_infra.state_dir)
+    cert, key = security.client_certificate(SCHEMA)
+    base = {
+        "bootstrap.servers": secure_infra.kafka.mtls_bootstrap_servers,
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(security.ca.cert),
+        "socket.timeout.ms": 3000,
+    }
+    good = {**base, "ssl.certificate.location": str(cert), "ssl.key.location": str(key)}
+    assert AdminClient(good).list_topics(timeout=10).brokers
+    expired = security.ca.issue(f"{SCHEMA}-expired", client=True, expired=True)
+    _refused({**base, "ssl.certificate.location": str(expired.cert), "ssl.key.location": str(expired.key)})
+
+
+def test_a_certificate_principal_is_bound_by_the_acls(secure_infra: LocalInfra) -> None:
+    """Over mTLS, CN=provision-schema is User:provision-schema: its own topic only."""
+    env = kafka_identity(secure_infra, SCHEMA, mtls=True)
+    config = {
+        "bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(secure_infra.security.ca.cert),
+        "ssl.certificate.location": env["PROVISION_KAFKA_SSL_CERTIFICATE_LOCATION"],
+        "ssl.key.location": env["PROVISION_KAFKA_SSL_KEY_LOCATION"],
+        "message.timeout.ms": 10000,
+    }
+    outcomes: list[KafkaError | None] = []
+    producer = Producer(config)
+    for topic in ("provisioning.schema.completed", "provisioning.database.completed"):
+        producer.produce(topic, key=b"acme", value=b"{}", on_delivery=lambda err, _m: outcomes.append(err))
+    producer.flush(15)
+    assert outcomes[0] is None
+    assert outcomes[1] is not None and outcomes[1].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_the_schema_principal_produces_to_its_own_completed_topic(secure_infra: LocalInfra) -> None:
+    """provision-schema's idempotent producer writes its completed topic, with no cluster grant."""
+    assert _produce(secure_infra, SCHEMA, step_by_key("schema").completed_topic) is None
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["provisioning.database.completed", "provisioning.requested", step_by_key("auth").retry_topic],
+)
+def test_the_schema_principal_cannot_produce_to_another_steps_topic(
+    secure_infra: LocalInfra, topic: str
+) -> None:
+    """provision-schema cannot forge another step's outcome, a request or another step's retry."""
+    error = _produce(secure_infra, SCHEMA, topic)
+    assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
+
+
+def test_a_step_principal_cannot_read_another_steps_group_or_topic(secure_infra: LocalInfra) -> None:
+    """provision-schema may not join the database step's group nor read its input topic."""
+    denied = {KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED}
+    consumer = Consumer(_config(secure_infra, SCHEMA, **{"group.id": "provisioning-database"}))
+    try:
+        consumer.subscribe(["provisioning.requested"])
+        deadline = time.monotonic() + 20
+        seen: KafkaError | None = None
+        while time.monotonic() < deadline and seen is None:
+            msg = consumer.poll(1)
+            if msg is not None and msg.error() is not None:
+                seen = msg.error()
+        assert seen is not None and seen.code() in denied, seen
+    finally:
+        consumer.close()
+
+
+def _acls_cli(infra: LocalInfra, user: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **infra.env().as_env(), **kafka_identity(infra, user)}
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("provision")), "acls", "--apply", "--json", "--timeout", "20"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_acls_apply_is_idempotent(secure_infra: LocalInfra) -> None:
+    """`provision acls --apply` as provision-admin after `up --secure` finds every binding present, twice."""
+    for _ in range(2):
+        result = _acls_cli(secure_infra, "provision-admin")
+        assert result.returncode == 0, result.stderr
+        assert f"{len(acl_table())} bindings: 0 created" in result.stdout + result.stderr
+
+
+def test_acls_apply_by_a_step_principal_is_refused(secure_infra: LocalInfra) -> None:
+    """A step principal may not read or change the ACLs: one line, exit 1."""
+    result = _acls_cli(secure_infra, SCHEMA)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and "refused" in result.stderr

@@ -1,0 +1,158 @@
+"""The local broker's secure mode (``provision infra up --secure``): who connects, how, and as whom.
+
+Listeners of the one node (``kafka_port`` is the client port, as in plaintext mode)::
+
+    CLIENT      SASL_SSL   kafka_port       SCRAM-SHA-512 users, TLS from the state dir's CA
+    MTLS        SSL        kafka_port + 2   a client certificate of the same CA is required;
+                                            its CN is the principal (CN=provision-schema is
+                                            User:provision-schema)
+    INTERNAL    PLAINTEXT  kafka_port + 3   inter-broker, loopback only
+    CONTROLLER  PLAINTEXT  controller_port  KRaft, loopback only
+
+A PLAINTEXT listener can only yield ``User:ANONYMOUS``; the node's own controller and
+inter-broker connections (its registration and heartbeats need CLUSTER_ACTION) come through
+those two listeners, so ``User:ANONYMOUS`` is a super user beside ``User:provision-admin``.
+Neither of the client listeners ever yields ANONYMOUS (SASL or a certificate is required), so
+the only door without identity is on loopback ports no client is told about.
+
+The users are SCRAM-SHA-512 credentials written into the KRaft metadata when the storage is
+formatted (``--add-scram``), one per principal of :mod:`shared.domain.acls`; their passwords are
+generated once and kept in ``<state dir>/kafka.passwords`` (JSON, mode 0600), never in
+``local-env.json``, which only points at that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.domain.acls import ADMIN, ROLE_NAMES, user_name
+from tooling.infra._common import LOOPBACK, InfraError
+from tooling.infra.certs import LocalCA
+from tooling.infra.topology import INTERNAL_OFFSET, MTLS_OFFSET
+
+MECHANISM = "SCRAM-SHA-512"
+PASSWORDS_FILE = "kafka.passwords"
+TLS_DIR = "tls"
+BROKER_CERT = "kafka"
+ADMIN_USER = user_name(ADMIN)
+USERS: tuple[str, ...] = tuple(user_name(role) for role in ROLE_NAMES)
+"""Every SCRAM user: ``provision-<service>`` for the seven step services, then the roles."""
+
+
+def mtls_port(kafka_port: int) -> int:
+    return kafka_port + MTLS_OFFSET
+
+
+def internal_port(kafka_port: int) -> int:
+    return kafka_port + INTERNAL_OFFSET
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """The secure mode's files under the state directory."""
+
+    state_dir: Path
+
+    @property
+    def ca(self) -> LocalCA:
+        return LocalCA(self.state_dir / TLS_DIR)
+
+    @property
+    def passwords_file(self) -> Path:
+        return self.state_dir / PASSWORDS_FILE
+
+    def passwords(self) -> dict[str, str]:
+        """Every user's password, generated once (the file is 0600; a user missing from it, say
+        after an upgrade added a principal, gets one)."""
+        try:
+            known = json.loads(self.passwords_file.read_text())
+        except FileNotFoundError:
+            known = {}
+        except (OSError, ValueError) as exc:
+            raise InfraError(f"cannot read {self.passwords_file}: {exc}") from None
+        if not isinstance(known, dict):
+            raise InfraError(f"{self.passwords_file} is damaged; delete it and the kafka data to start over")
+        passwords = {str(k): str(v) for k, v in known.items()}
+        if any(user not in passwords for user in USERS):
+            for user in USERS:
+                # Hex only: the format tool's --add-scram syntax has no quoting for , [ ] =.
+                passwords.setdefault(user, secrets.token_hex(24))
+            partial = self.passwords_file.with_name(f".{PASSWORDS_FILE}.partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(passwords, out, indent=2, sort_keys=True)
+            os.replace(partial, self.passwords_file)
+        return passwords
+
+    def password(self, user: str) -> str:
+        """One user's password; InfraError naming the known users if it is not one."""
+        if user not in USERS:
+            raise InfraError(f"no principal {user!r}; expected one of {', '.join(USERS)}")
+        return self.passwords()[user]
+
+    def scram_arguments(self) -> list[str]:
+        """The ``kafka-storage format`` arguments that create every user."""
+        return [
+            f"--add-scram={MECHANISM}=[name={user},password={password}]"
+            for user, password in sorted(self.passwords().items())
+            if user in USERS
+        ]
+
+    def keystore(self, home: Path) -> Path:
+        """The broker's PEM keystore (its key, then its certificate and the CA's), 0600 in ``home``."""
+        issued = self.ca.issue(BROKER_CERT)
+        path = home / "keystore.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(issued.key.read_bytes() + issued.cert.read_bytes() + self.ca.cert.read_bytes())
+        return path
+
+    def client_certificate(self, user: str, *, expired: bool = False) -> tuple[Path, Path]:
+        """A client certificate (and its key) whose CN is ``user``, for the MTLS listener."""
+        issued = self.ca.issue(user, client=True, expired=expired)
+        return issued.cert, issued.key
+
+    def properties(self, home: Path, port: int, controller_port: int) -> dict[str, str]:
+        """The node's listener and authorizer settings in secure mode."""
+        client = f"CLIENT://{LOOPBACK}:{port}"
+        mtls = f"MTLS://{LOOPBACK}:{mtls_port(port)}"
+        internal = f"INTERNAL://{LOOPBACK}:{internal_port(port)}"
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return {
+            "listeners": f"{client},{mtls},{internal},CONTROLLER://{LOOPBACK}:{controller_port}",
+            # The client listener last: running_port() reads the last address.
+            "advertised.listeners": f"{internal},{mtls},{client}",
+            "listener.security.protocol.map": (
+                "CLIENT:SASL_SSL,MTLS:SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
+            ),
+            "inter.broker.listener.name": "INTERNAL",
+            "sasl.enabled.mechanisms": MECHANISM,
+            "listener.name.client.sasl.enabled.mechanisms": MECHANISM,
+            f"listener.name.client.{MECHANISM.lower()}.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore(home)),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.ca.cert),
+            "listener.name.mtls.ssl.client.auth": "required",
+            # CN=provision-schema is User:provision-schema.
+            "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{ADMIN_USER};User:ANONYMOUS",
+        }
+
+    def client_config(self, bootstrap_servers: str, user: str) -> dict[str, Any]:
+        """A librdkafka configuration connecting as ``user`` over SASL_SSL."""
+        return {
+            "bootstrap.servers": bootstrap_servers,
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": MECHANISM,
+            "sasl.username": user,
+            "sasl.password": self.password(user),
+            "ssl.ca.location": str(self.ca.cert),
+        }
