@@ -11,9 +11,14 @@ command's own events say what an outage means for the work (a command's answer i
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from confluent_kafka import KafkaError
+
+from shared.kafka.security import refusal
 from shared.logging import get_logger
 
 RATE_INTERVAL_SECONDS = 30.0
@@ -62,3 +67,56 @@ def client_logger(
     logger = logging.Logger("kafka.client", logging.DEBUG)  # not in the manager: no propagation
     logger.addHandler(_ToStructlog(interval, clock))
     return logger
+
+
+# --- a broker's refusal: one line, then quiet -------------------------------------------------
+
+_refusals: dict[str, float] = {}
+_ADDRESS = re.compile(r"\b\w+://\S+?(?:/\S*)?:\s")
+_last_refusal: list[str] = []
+_log_refusals = [True]
+
+
+def last_refusal() -> str | None:
+    """The latest refusal (authentication, TLS, ACL) any client of this process was given, in
+    one line without secrets; None if none. A command answers with it instead of a timeout."""
+    return _last_refusal[-1] if _last_refusal else None
+
+
+def forget_refusals() -> None:
+    """Start afresh (a test, or a command before it connects)."""
+    _last_refusal.clear()
+    _refusals.clear()
+
+
+def answer_refusals_myself() -> None:
+    """A command that ends with the refusal as its error line: do not also log it."""
+    _log_refusals[0] = False
+
+
+def note_refusal(line: str, clock: Callable[[], float] = time.monotonic) -> None:
+    """Record ``line``; log it (warning) at most once per interval per distinct line."""
+    _last_refusal[:] = [line]
+    key = _ADDRESS.sub("", line)  # one line per reason, not per broker the client tried
+    now = clock()
+    if now < _refusals.get(key, float("-inf")):
+        return
+    _refusals[key] = now + RATE_INTERVAL_SECONDS
+    if _log_refusals[0]:
+        get_logger("kafka.client").warning("kafka_refused", message=line)
+
+
+def client_hooks(config: Mapping[str, object]) -> dict[str, Any]:
+    """The ``logger`` and ``error_cb`` of a client with ``config`` (its security keys at least):
+    its log lines rate-limited; a refusal noted in one line (:func:`note_refusal`), any other
+    error through the same rate-limited log as the client's own lines."""
+    logger = client_logger()
+
+    def on_error(error: KafkaError) -> None:
+        line = refusal(error, config)
+        if line is not None:
+            note_refusal(line)
+        else:
+            logger.log(logging.ERROR, "%s [%s] %s", "ERROR", "client", error.str())
+
+    return {"logger": logger, "error_cb": on_error}
