@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from shared.kafka.clientlog import client_hooks, last_refusal
+from shared.kafka.clientlog import Refusals, client_hooks, last_refusal
 from shared.kafka.codec import Headers
 from shared.kafka.ports import ProducerLike
 from shared.kafka.security import KafkaRefusedError, refusal
+
+if TYPE_CHECKING:  # the metadata's class, exported by no public module's typing
+    from confluent_kafka.admin._metadata import ClusterMetadata
 
 
 class PublishError(Exception):
@@ -41,18 +45,55 @@ _PERMANENT: frozenset[int] = frozenset(
 
 
 def _complete(
-    config: dict[str, Any], security: Mapping[str, str] | None, overrides: Mapping[str, Any]
+    config: dict[str, Any],
+    security: Mapping[str, str] | None,
+    overrides: Mapping[str, Any],
+    refusals: Refusals | None = None,
 ) -> dict[str, Any]:
     """``config`` with the security keys (of :func:`shared.kafka.security.client_security`),
-    the overrides, and the client's log and error hooks (a refusal in one line)."""
+    the overrides, and the client's log and error hooks (a refusal in one line, noted in
+    ``refusals`` too)."""
     merged = {**config, **(security or {}), **overrides}
-    hooks = client_hooks(merged)
+    hooks = client_hooks(merged, refusals)
     return {**hooks, **merged}
 
 
-def admin_config(bootstrap_servers: str, *, security: Mapping[str, str] | None = None) -> dict[str, Any]:
+def admin_config(
+    bootstrap_servers: str, *, security: Mapping[str, str] | None = None, refusals: Refusals | None = None
+) -> dict[str, Any]:
     """An admin client's configuration: the servers and the security keys."""
-    return _complete({"bootstrap.servers": bootstrap_servers}, security, {})
+    return _complete({"bootstrap.servers": bootstrap_servers}, security, {}, refusals)
+
+
+class _MetadataClient(Protocol):
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> ClusterMetadata: ...
+    def poll(self, timeout: float = -1) -> Any: ...
+
+
+def list_metadata(
+    client: _MetadataClient,
+    config: Mapping[str, object],
+    refusals: Refusals,
+    *,
+    timeout: float,
+    topic: str | None = None,
+) -> ClusterMetadata:
+    """The cluster's metadata, asked for in short rounds until ``timeout``: a broker that
+    refuses the client (said only in its log) ends the wait at once with KafkaRefusedError,
+    in one line, instead of a timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return client.list_topics(topic, timeout=max(0.01, min(0.5, left)))
+        except KafkaException as exc:
+            client.poll(0)  # serve the client's log lines: a refused handshake is said there
+            error = exc.args[0] if exc.args else None
+            line = refusal(error, config) if isinstance(error, KafkaError) else None
+            if line is not None or refusals.line is not None:
+                raise KafkaRefusedError(line or refusals.line or "") from None
+            if time.monotonic() >= deadline:
+                raise
 
 
 def producer_config(
@@ -192,12 +233,10 @@ def ensure_topics(
     ``min_insync_replicas`` sets the topic's ``min.insync.replicas`` (None: the broker's
     default); an existing topic is left as it is.
     """
-    config = admin_config(bootstrap_servers, security=security)
+    refusals = Refusals()
+    config = admin_config(bootstrap_servers, security=security, refusals=refusals)
     admin = AdminClient(config)
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise _refused_or(exc, config, "list the topics") from None
+    existing = set(list_metadata(admin, config, refusals, timeout=timeout).topics)
     topic_config = {} if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
     wanted = [
         NewTopic(t, num_partitions=partitions, replication_factor=replication, config=topic_config)
@@ -212,18 +251,9 @@ def ensure_topics(
                 outcome[topic] = "created"
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise _refused_or(exc, config, f"create the topic {topic}") from None
+                    line = refusal(exc.args[0], config, subject=f"create the topic {topic}")
+                    if line is None:
+                        raise
+                    raise KafkaRefusedError(line) from None
                 outcome[topic] = "exists"
     return {t: outcome[t] for t in topics}
-
-
-def _refused_or(exc: KafkaException, config: Mapping[str, object], subject: str) -> Exception:
-    """KafkaRefusedError when ``exc`` is a refusal (or hides one the client noted: a timeout
-    after the broker refused the handshake), else ``exc`` itself."""
-    error = exc.args[0] if exc.args else None
-    if isinstance(error, KafkaError):
-        line = refusal(error, config, subject=subject)
-        if line is not None:
-            return KafkaRefusedError(line)
-    noted = last_refusal()
-    return KafkaRefusedError(noted) if noted is not None else exc

@@ -431,9 +431,11 @@ _AUTHZ = {
     KafkaError.CLUSTER_AUTHORIZATION_FAILED: "cluster",
     KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "transactional id",
 }
-_TLS_HINTS = ("ssl handshake failed", "certificate verify failed", "ssl routines", "tls")
+_TLS_HINTS = ("ssl handshake failed", "certificate verify failed", "ssl routines", "state ssl_handshake")
 _AUTHN_HINTS = ("sasl authentication", "authentication failed", "sasl handshake", "illegal_sasl_state")
 _PROTOCOL_HINT = "incorrect security.protocol"
+_AFTER = re.compile(r"\s*\(after \d+ms in state \w+\)")
+_ADDRESS = re.compile(r"\b[a-z_]+://\S+")
 
 
 def principal_of(config: Mapping[str, object]) -> str | None:
@@ -454,21 +456,27 @@ def refusal(error: KafkaError, config: Mapping[str, object], *, subject: str | N
     """One line for a broker's refusal of this client (authentication, TLS, a protocol that
     does not match the listener, or an ACL), without any secret; None for any other error.
     ``subject`` names what was refused, e.g. ``write to provisioning.requested``."""
-    code = error.code()
-    text = _first_line(error.str())
-    lowered = text.lower()
+    return refusal_of_text(error.code(), error.str(), config, subject=subject)
+
+
+def refusal_of_text(
+    code: int | None, text: str, config: Mapping[str, object], *, subject: str | None = None
+) -> str | None:
+    """:func:`refusal` of an error's code and text, or of a client's log line (no code)."""
+    text = _first_line(text)
+    lowered = _ADDRESS.sub("", text).lower()  # not the broker's address: sasl_ssl://host:port/1
     who = principal_of(config)
     if code in _AUTHZ:
         kind = _AUTHZ[code]
         what = subject or f"use this {kind}"
         return f"{who or 'this client'} is not allowed to {what}: the broker's ACLs refuse it ({text})"
-    if code in _AUTHN_CODES or any(h in lowered for h in _AUTHN_HINTS):
-        return f"Kafka refused the connection: authentication failed ({who or 'no SASL mechanism'}): {text}"
     if code == KafkaError._SSL or (
-        code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+        code in (None, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
         and any(h in lowered for h in _TLS_HINTS)
     ):
         return f"Kafka refused the connection: TLS: {_tls_reason(lowered)} ({text})"
+    if code in _AUTHN_CODES or any(h in lowered for h in _AUTHN_HINTS) or _sasl_handshake(lowered):
+        return f"Kafka refused the connection: authentication failed ({who or 'no SASL mechanism'}): {text}"
     if _PROTOCOL_HINT in lowered:
         protocol = config.get("security.protocol", "PLAINTEXT")
         return (
@@ -478,14 +486,19 @@ def refusal(error: KafkaError, config: Mapping[str, object], *, subject: str | N
     return None
 
 
+def _sasl_handshake(lowered: str) -> bool:
+    return "sasl" in lowered and "handshake failed" in lowered
+
+
 def _tls_reason(lowered: str) -> str:
     if "certificate verify failed" in lowered:
         return "certificate verify failed"
-    if "wrong version number" in lowered or "packet length too long" in lowered:
+    if any(h in lowered for h in ("wrong version number", "packet length too long", "plaintext broker")):
         return "handshake failed, the listener does not speak TLS"
     return "handshake failed"
 
 
 def _first_line(text: str) -> str:
+    """The first line, without librdkafka's ``(after 3ms in state AUTH_REQ)`` tail."""
     lines = text.strip().splitlines()
-    return lines[0][:300] if lines else ""
+    return _AFTER.sub("", lines[0]).strip()[:300] if lines else ""
