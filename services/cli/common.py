@@ -21,7 +21,7 @@ from shared.crypto import UndecryptableError
 from shared.domain.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.domain.naming import InvalidProjectIdError
 from shared.domain.records import ConflictingRequestError
-from shared.kafka.clientlog import answer_refusals_myself, last_refusal
+from shared.kafka.clientlog import answer_refusals_myself, forget_refusals, last_refusal
 from shared.kafka.security import KafkaRefusedError, refusal
 from shared.settings import Settings
 
@@ -73,6 +73,7 @@ def command_app(*, local: bool = False) -> App:
     missing and local mode is off."""
     app = build_app(read_settings(local=local))
     app.one_shot = True
+    forget_refusals()
     answer_refusals_myself()  # a refusal is this command's one error line, not a log line too
     _command_clients[:] = [app.kafka_config]
     return app

@@ -105,9 +105,10 @@ def forget_refusals() -> None:
     _logged_until.clear()
 
 
-def answer_refusals_myself() -> None:
-    """A command that ends with the refusal as its error line: do not also log it."""
-    _log_refusals[0] = False
+def answer_refusals_myself(answer: bool = True) -> None:
+    """A command that ends with the refusal as its error line: do not also log it (``False``:
+    log them again)."""
+    _log_refusals[0] = not answer
 
 
 class Refusals:
