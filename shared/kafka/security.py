@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from pydantic import SecretStr
 
 from shared.redact import mask_url
@@ -420,8 +420,13 @@ def parse_jaas(value: str, *, where: str = "sasl.jaas.config") -> dict[str, str]
 # --- a broker's refusal, in one line -----------------------------------------------------------
 
 
-class KafkaRefusedError(Exception):
-    """The broker refused this client: authentication, TLS or an ACL; the message is one line."""
+class KafkaRefusedError(KafkaException):
+    """The broker refused this client: authentication, TLS or an ACL; its one argument is the
+    line that says so. A KafkaException, so whoever handles an unanswering broker (the API's
+    503, the bench's failure line) handles a refusing one too."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "Kafka refused the connection"
 
 
 _AUTHN_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
