@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 import services.bootstrap
@@ -18,7 +19,9 @@ import shared.kafka.clients
 import shared.kafka.reader
 from services.bootstrap import App, build_app
 from services.cli import app as cli
+from shared.domain.steps import step_by_key
 from shared.kafka import clientlog, ensure_topics, read_to_end
+from shared.kafka.runtime import StepWorker
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,3 +256,19 @@ def test_a_delivery_refused_by_the_acls_names_the_topic_and_principal() -> None:
         "SCRAM-SHA-512 as alice is not allowed to write to provisioning.requested: "
         "the broker's ACLs refuse it (Broker: Topic authorization failed)"
     ]
+
+
+def test_a_worker_refused_its_group_by_the_acls_logs_one_line_naming_it() -> None:
+    """GROUP_AUTHORIZATION_FAILED on every poll: one kafka_refused line naming the group and principal."""
+    worker = StepWorker.__new__(StepWorker)  # only what the error path reads
+    worker.step = step_by_key("database")
+    worker._security = _app().kafka_config
+    error = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "Broker: Group authorization failed")
+    with capture_logs() as logs:
+        for _ in range(20):
+            worker._on_consumer_error(error)
+    assert [entry["event"] for entry in logs] == ["kafka_refused"]
+    assert logs[0]["message"].startswith(
+        "SCRAM-SHA-512 as alice is not allowed to join the group provisioning-database: "
+        "the broker's ACLs refuse it"
+    )
