@@ -47,8 +47,19 @@ FILE_KEYS: Mapping[str, str] = {
     "sasl.oauthbearer.scope": "scope",
     "ssl.endpoint.identification.algorithm": "endpoint_identification",
 }
-# Java-client tuning that managed services put in their files; the project sets its own.
-IGNORED_FILE_KEYS = frozenset({"client.dns.lookup", "session.timeout.ms", "acks"})
+# What managed services put in their files beside the connection: the Java client's tuning and
+# a client id (the project sets its own), and the schema registry's settings (not a Kafka client's).
+IGNORED_FILE_KEYS = frozenset(
+    {
+        "client.dns.lookup",
+        "session.timeout.ms",
+        "acks",
+        "client.id",
+        "schema.registry.url",
+        "basic.auth.credentials.source",
+        "basic.auth.user.info",
+    }
+)
 
 _SECRET_KEYS = frozenset({"password", "key_password", "client_secret"})
 _PATH_KEYS = frozenset({"ca", "certificate", "key"})

@@ -132,6 +132,8 @@ def test_a_managed_services_file_configures_the_clients(tmp_path: Path) -> None:
         "client.dns.lookup=use_all_dns_ips\n"
         "session.timeout.ms=45000\n"
         "acks=all\n"
+        "client.id=ccloud-python-client\n"
+        "schema.registry.url=https://psrc-1.example.com\n"
     )
     security = resolve_security(_settings(kafka_client_properties=source))
     assert security.bootstrap_servers == "pkc-1.example.com:9092"
