@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 from confluent_kafka import Consumer
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from services import secret_key
@@ -30,6 +31,7 @@ from shared.domain.outcomes import StepSpec
 from shared.domain.records import StrandRule
 from shared.domain.steps import PURGE_STEP, REVERSE_STEPS, STEPS
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
+from shared.kafka.security import KafkaSecurity, resolve_security
 from shared.local_env import read_local_env
 from shared.redact import mask_url
 from shared.settings import ConfigurationError as ConfigurationError  # noqa: PLC0414 - re-exported, callers import it here
@@ -54,6 +56,8 @@ class App:
     local: bool = False
     """Both servers are the local ones the bootstrap fills in (``provision infra``): the only
     mode in which a missing PROVISION_SECRET_KEY means the state directory's key file."""
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    """How every Kafka client of this process authenticates (read by :func:`build_app`)."""
     _closers: list[Callable[[], None]] = field(default_factory=list)
     _specs: dict[str, StepSpec] = field(default_factory=dict)
 
@@ -63,6 +67,12 @@ class App:
         if self.cluster_map is not None:
             return self.cluster_map
         return ClusterMap.single(self.tenant_database_url, self.settings.max_tenants_per_cluster)
+
+    @property
+    def kafka_config(self) -> dict[str, str]:
+        """The security keys every Kafka client of this app is built with (secrets included:
+        for a client's configuration only, never to be shown)."""
+        return self.kafka_security.config()
 
     @cached_property
     def engine(self) -> Engine:
@@ -145,7 +155,7 @@ class App:
     @cached_property
     def publisher(self) -> Publisher:
         overrides = {"enable.idempotence": False} if self.one_shot else {}
-        publisher = Publisher.connect(self.bootstrap_servers, **overrides)
+        publisher = Publisher.connect(self.bootstrap_servers, security=self.kafka_config, **overrides)
         self._closers.append(publisher.close)
         return publisher
 
@@ -219,6 +229,11 @@ class App:
 
     def consumer(self, group_id: str, **overrides: Any) -> Consumer:
         """A consumer with the standard configuration."""
+        return Consumer(self.consumer_config(group_id, **overrides))
+
+    def consumer_config(self, group_id: str, **overrides: Any) -> dict[str, Any]:
+        """The configuration of :meth:`consumer`: the standard one, the worker options, the
+        security keys."""
         session = self.settings.session_timeout_ms
         settings: dict[str, Any] = {
             "session.timeout.ms": session,
@@ -226,7 +241,9 @@ class App:
         }
         if self.settings.group_instance_id:
             settings["group.instance.id"] = self.settings.group_instance_id
-        return Consumer(consumer_config(self.bootstrap_servers, group_id, **{**settings, **overrides}))
+        return consumer_config(
+            self.bootstrap_servers, group_id, security=self.kafka_config, **{**settings, **overrides}
+        )
 
     def close(self) -> None:
         """Flush the producer, close clients, dispose of the pool."""
@@ -234,12 +251,14 @@ class App:
             self._closers.pop()()
 
 
-def missing_connection_settings(settings: Settings) -> list[str]:
-    """The names of the connection variables that are unset (empty: fully configured)."""
+def missing_connection_settings(settings: Settings, security: KafkaSecurity | None = None) -> list[str]:
+    """The names of the connection variables that are unset (empty: fully configured); the
+    brokers of the client properties file (in ``security``) stand in for KAFKA_BOOTSTRAP_SERVERS."""
+    brokers = settings.kafka_bootstrap_servers or (security.bootstrap_servers if security else None)
     return [
         name
         for name, value in (
-            ("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers),
+            ("KAFKA_BOOTSTRAP_SERVERS", brokers),
             ("DATABASE_URL", settings.database_url),
         )
         if not value
@@ -252,11 +271,15 @@ def build_app(settings: Settings) -> App:
 
     Explicit KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL win. A missing one is a ConfigurationError
     unless local mode is asked for (``PROVISION_LOCAL=1``); then the addresses `provision infra up`
-    recorded in the state directory fill in. Connecting to whatever listens on
+    recorded in the state directory fill in. The Kafka security settings are resolved here,
+    once (:func:`shared.kafka.security.resolve_security`); the brokers of a client properties
+    file count as KAFKA_BOOTSTRAP_SERVERS. Connecting to whatever listens on
     the local ports by default would let a misconfigured production worker join the wrong servers.
     """
-    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
-    missing = missing_connection_settings(settings)
+    security = resolve_security(settings)  # ConfigurationError (one line) before anything connects
+    bootstrap = settings.kafka_bootstrap_servers or security.bootstrap_servers
+    database_url = settings.database_url
+    missing = missing_connection_settings(settings, security)
     if missing and not settings.local:
         raise ConfigurationError(
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; set "
@@ -289,6 +312,7 @@ def build_app(settings: Settings) -> App:
         tenant_database_url=tenant_database_url,
         cluster_map=cluster_map(settings, tenant_database_url, environ),
         local=all_local,
+        kafka_security=security,
     )
 
 
@@ -338,8 +362,9 @@ def worker_environment(
     for name, value in settings.model_dump(exclude=skip).items():
         if value is None:
             continue
-        if name == "secret_key":
-            text = settings.secret_key.get_secret_value() if settings.secret_key is not None else ""
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):  # the value itself, not its mask
+            text = secret.get_secret_value()
         elif isinstance(value, tuple | list):
             text = json.dumps(list(value))  # pydantic-settings reads complex values as JSON
         else:

@@ -152,6 +152,7 @@ def _worker(app: App, step: Step, metrics: Metrics, health: Health, probe: Probe
         app.spec(step.key),
         consumer=new_consumer(),
         new_consumer=new_consumer,
+        security=app.kafka_config,
         publisher=app.publisher,
         store=app.repository,
         # Options of its own, so each step's consumer holds its leases under an owner of its own.

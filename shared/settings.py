@@ -21,7 +21,16 @@ DEFAULT_REGIONS = (
 )
 
 # The settings that hold a URL, and so perhaps a password: masked wherever the settings are shown.
-URL_FIELDS = frozenset({"database_url", "tenant_database_url", "auth_url", "realtime_url", "storage_url"})
+URL_FIELDS = frozenset(
+    {
+        "database_url",
+        "tenant_database_url",
+        "auth_url",
+        "realtime_url",
+        "storage_url",
+        "kafka_oauth_token_url",
+    }
+)
 
 
 class ConfigurationError(Exception):
@@ -54,6 +63,35 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "PROVISION_DATABASE_URL")
     )
+
+    # How the Kafka clients authenticate (every client the project builds takes these, through
+    # shared.kafka.security): resolved, checked and turned into librdkafka keys there.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        default=None, description="PLAINTEXT unless set (here or in the client properties file)"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = Field(
+        default=None, description="the CA file the broker's certificate is verified against (hostname too)"
+    )
+    kafka_ssl_certificate_location: Path | None = Field(
+        default=None, description="mutual TLS: the client certificate"
+    )
+    kafka_ssl_key_location: Path | None = Field(default=None, description="mutual TLS: its private key")
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_oauth_token_url: str | None = Field(
+        default=None, description="OAUTHBEARER: the OIDC token endpoint (client credentials)"
+    )
+    kafka_oauth_client_id: str | None = None
+    kafka_oauth_client_secret: SecretStr | None = None
+    kafka_oauth_scope: str | None = None
+    kafka_client_properties: Path | None = Field(
+        default=None,
+        description="a client properties file as managed services hand out (bootstrap.servers, "
+        "security.protocol, sasl.*, ssl.*); the settings above win over it",
+    )
+
     tenant_database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("TENANT_DATABASE_URL", "PROVISION_TENANT_DATABASE_URL"),

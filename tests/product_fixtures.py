@@ -33,6 +33,7 @@ def app(infra_env: InfraEnv, state_dir: Path) -> Iterator[App]:
         partitions=application.settings.topic_partitions,
         replication=application.settings.topic_replication,
         min_insync_replicas=application.settings.topic_min_insync_replicas,
+        security=application.kafka_config,
     )
     yield application
     application.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 from services.bootstrap import App, build_app, worker_environment
 from shared.domain.steps import STEP_KEYS, Stage
+from shared.kafka.security import client_security
 from shared.settings import Settings
 from tooling.faults import asks_for_faults
 from tooling.fleet import WorkerFleet
@@ -46,6 +47,13 @@ def test_settings(env: InfraEnv, state_dir: Path, **overrides: Any) -> Settings:
         **overrides,
     }
     return Settings(**values)
+
+
+def kafka_security() -> dict[str, str]:
+    """The security keys of the suite's own Kafka clients (admin, raw producers, readers): from
+    the same PROVISION_KAFKA_* settings (or client properties file) the product reads, so a
+    suite pointed at a secure broker reaches it too; empty for the plaintext test broker."""
+    return client_security(Settings())
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

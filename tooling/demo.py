@@ -78,6 +78,7 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
         partitions=a.settings.topic_partitions,
         replication=a.settings.topic_replication,
         min_insync_replicas=a.settings.topic_min_insync_replicas,
+        security=a.kafka_config,
     )
     err.print(f"topics: {len(all_topics())} ready")
     log_dir = Path(settings.state_dir) / "logs"

@@ -1,16 +1,14 @@
 """`provision acls`: the broker's ACL set, shown, and with ``--apply`` created (idempotent).
 
-The admin client connects as the administrator the environment names: ``KAFKA_BOOTSTRAP_SERVERS``
-and the ``PROVISION_KAFKA_*`` security variables (what ``provision infra env --principal
-provision-admin`` prints). They are read here, by name, until the settings carry them.
+The admin client connects as the administrator the settings name: ``KAFKA_BOOTSTRAP_SERVERS``
+(or the client properties file's brokers) and the ``PROVISION_KAFKA_*`` security settings, as
+every other client does (what ``provision infra env --principal provision-admin`` prints).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from confluent_kafka import KafkaError, KafkaException
@@ -18,22 +16,8 @@ from confluent_kafka import KafkaError, KafkaException
 from services.cli.common import BrokerTimeout, Failure, UsageError, errors, kafka_reason, out, read_settings
 from shared.domain.acls import Grant, acl_table
 from shared.kafka.acls import admin_client, apply_acls
-
-SECURITY_ENV = {
-    "PROVISION_KAFKA_SECURITY_PROTOCOL": "security.protocol",
-    "PROVISION_KAFKA_SASL_MECHANISM": "sasl.mechanism",
-    "PROVISION_KAFKA_SASL_USERNAME": "sasl.username",
-    "PROVISION_KAFKA_SASL_PASSWORD": "sasl.password",
-    "PROVISION_KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
-    "PROVISION_KAFKA_SSL_CERTIFICATE_LOCATION": "ssl.certificate.location",
-    "PROVISION_KAFKA_SSL_KEY_LOCATION": "ssl.key.location",
-}
-"""The client security variables and the librdkafka settings they fill."""
-
-
-def security_config(environ: Mapping[str, str]) -> dict[str, str]:
-    """The librdkafka security settings the ``PROVISION_KAFKA_*`` variables of ``environ`` give."""
-    return {key: environ[name] for name, key in SECURITY_ENV.items() if environ.get(name)}
+from shared.kafka.clients import admin_config
+from shared.kafka.security import resolve_security
 
 
 def _row(grant: Grant) -> dict[str, str]:
@@ -61,10 +45,12 @@ def acls(
     created: set[tuple[str, str, str, str, str]] = set()
     with errors():
         if apply:
-            bootstrap = read_settings().kafka_bootstrap_servers
+            settings = read_settings()
+            security = resolve_security(settings)
+            bootstrap = settings.kafka_bootstrap_servers or security.bootstrap_servers
             if not bootstrap:
                 raise UsageError("KAFKA_BOOTSTRAP_SERVERS is not set; --apply needs the broker's address")
-            config: dict[str, Any] = {"bootstrap.servers": bootstrap, **security_config(os.environ)}
+            config = admin_config(bootstrap, security=security.config())
             try:
                 report = apply_acls(admin_client(config), table, timeout=timeout)
             except KafkaException as exc:

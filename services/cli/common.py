@@ -21,10 +21,15 @@ from shared.crypto import UndecryptableError
 from shared.domain.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.domain.naming import InvalidProjectIdError
 from shared.domain.records import ConflictingRequestError
+from shared.kafka.clientlog import answer_refusals_myself, forget_refusals, last_refusal
+from shared.kafka.security import KafkaRefusedError, refusal
 from shared.settings import Settings
 
 out = Console()
 err = Console(stderr=True)
+
+# The security keys of this command's Kafka clients: whose refusal an error line names.
+_command_clients: list[dict[str, str]] = []
 
 
 class UsageError(Exception):
@@ -68,6 +73,9 @@ def command_app(*, local: bool = False) -> App:
     missing and local mode is off."""
     app = build_app(read_settings(local=local))
     app.one_shot = True
+    forget_refusals()
+    answer_refusals_myself()  # a refusal is this command's one error line, not a log line too
+    _command_clients[:] = [app.kafka_config]
     return app
 
 
@@ -101,14 +109,14 @@ def errors() -> Iterator[None]:
         UndecryptableError,
     ) as exc:
         die(str(exc), 2)
-    except (Failure, ProvisioningError) as exc:
+    except (Failure, ProvisioningError, KafkaRefusedError) as exc:
         die(str(exc), 1)
     except (OperationalError, StoreUnavailableError) as exc:
         cause = exc.orig if isinstance(exc, OperationalError) else exc
         first = (str(cause or exc).strip().splitlines() or [type(exc).__name__])[0]
         die(f"cannot reach the control-plane database ({first}); is `provision infra up` running?", 1)
     except KafkaException as exc:
-        die(f"Kafka did not answer ({kafka_reason(exc)}); is the broker up?", 1)
+        die(kafka_refusal(exc) or f"Kafka did not answer ({kafka_reason(exc)}); is the broker up?", 1)
     except KeyboardInterrupt:
         die("interrupted", 130)
 
@@ -118,3 +126,21 @@ def kafka_reason(exc: KafkaException) -> str:
     error = exc.args[0] if exc.args else None
     text = error.str() if isinstance(error, KafkaError) else str(exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def kafka_refusal(exc: KafkaException | None = None) -> str | None:
+    """One line when the broker refused this command's client (authentication, TLS, ACLs):
+    said by ``exc`` itself, or noted by a client's error callback before a timeout. None when
+    nothing was refused (the broker is just not there)."""
+    error = exc.args[0] if exc is not None and exc.args else None
+    config = _command_clients[0] if _command_clients else {}
+    line = refusal(error, config) if isinstance(error, KafkaError) else None
+    return line or last_refusal()
+
+
+def refused_unless_published(published: bool) -> None:
+    """Failure (exit 1, one line) when a publish was deferred because the broker refused this
+    command's client: the request is kept in the outbox, but waiting cannot help."""
+    line = None if published else last_refusal()
+    if line is not None:
+        raise Failure(f"{line}; the request is recorded and is published once the broker accepts the client")

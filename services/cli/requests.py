@@ -10,7 +10,16 @@ from typing import Annotated, Any
 
 import typer
 
-from services.cli.common import Failure, LocalFlag, UsageError, command_app, err, errors, out
+from services.cli.common import (
+    Failure,
+    LocalFlag,
+    UsageError,
+    command_app,
+    err,
+    errors,
+    out,
+    refused_unless_published,
+)
 from services.cli.follow import follow
 from services.usecases.payloads import parse_payload
 from services.usecases.requests import (
@@ -63,6 +72,7 @@ def request(
         model = parse_payload(body)  # a bad payload is refused before any server is needed
         a = command_app(local=local)
         receipt = request_provisioning(model, app=a, requested_by=cli_requester())
+        refused_unless_published(receipt.published)
         note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
         verb = "requested" if receipt.status == "requested" else "already requested (same payload)"
         out.print(f"{receipt.project_id}: {verb}; correlation_id {receipt.correlation_id}{note}")
@@ -106,6 +116,7 @@ def deprovision(
             )
         except UnknownProjectError as exc:
             raise Failure(str(exc)) from None
+        refused_unless_published(receipt.published)
         note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
         if receipt.status == "requested":
             verb = "deprovisioning requested"
@@ -160,6 +171,7 @@ def restore(
             receipt = restore_project(project_id, app=a)
         except RestoreRefusedError as exc:
             raise Failure(str(exc)) from None
+        refused_unless_published(receipt.published)
         note = "" if receipt.published else " (broker unreachable: queued in the outbox, published later)"
         out.print(f"{project_id}: restore requested; correlation_id {receipt.correlation_id}{note}")
         if wait:

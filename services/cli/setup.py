@@ -28,6 +28,7 @@ def topics(local: LocalFlag = False, timeout: BrokerTimeout = 10.0) -> None:
             replication=a.settings.topic_replication,
             min_insync_replicas=a.settings.topic_min_insync_replicas,
             timeout=timeout,
+            security=a.kafka_config,
         )
     created = [t for t, state in outcome.items() if state == "created"]
     out.print(f"{len(outcome)} topics: {len(created)} created, {len(outcome) - len(created)} already there")

@@ -37,7 +37,7 @@ class ReplayDecision:
 def read_failed(app: App, steps: list[Step], *, timeout: float = 10.0) -> Iterator[tuple[Step, FailedEvent]]:
     """Every failure record on the failed topics of ``steps``, oldest first per partition."""
     by_topic = {step.failed_topic: step for step in steps}
-    for msg in read_to_end(app.bootstrap_servers, by_topic, timeout=timeout):
+    for msg in read_to_end(app.bootstrap_servers, by_topic, timeout=timeout, security=app.kafka_config):
         step = by_topic[msg.topic() or ""]
         try:
             event = failed_event_for(step.key).model_validate_json(msg.value() or b"")

@@ -79,8 +79,7 @@ def _key(binding: AclBinding) -> tuple[object, ...]:
 
 def admin_client(config: Mapping[str, Any]) -> AdminClient:
     """An admin client of ``config`` (its logger the product's)."""
-    settings: dict[str, Any] = {"logger": client_logger(), **config}
-    return AdminClient(settings)
+    return AdminClient({"logger": client_logger(), **config})
 
 
 def describe_acls(admin: AdminClient, *, timeout: float = 10.0) -> list[AclBinding]:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from shared.kafka.clientlog import client_logger
+from shared.kafka.clientlog import Refusals, client_hooks, last_refusal
 from shared.kafka.codec import Headers
 from shared.kafka.ports import ProducerLike
+from shared.kafka.security import KafkaRefusedError, refusal
+
+if TYPE_CHECKING:  # the metadata's class, exported by no public module's typing
+    from confluent_kafka.admin._metadata import ClusterMetadata
 
 
 class PublishError(Exception):
@@ -39,8 +44,63 @@ _PERMANENT: frozenset[int] = frozenset(
 )
 
 
-def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
-    """Idempotent, acks=all, no lingering: we flush after each outcome anyway."""
+def _complete(
+    config: dict[str, Any],
+    security: Mapping[str, str] | None,
+    overrides: Mapping[str, Any],
+    refusals: Refusals | None = None,
+) -> dict[str, Any]:
+    """``config`` with the security keys (of :func:`shared.kafka.security.client_security`),
+    the overrides, and the client's log and error hooks (a refusal in one line, noted in
+    ``refusals`` too)."""
+    merged = {**config, **(security or {}), **overrides}
+    hooks = client_hooks(merged, refusals)
+    return {**hooks, **merged}
+
+
+def admin_config(
+    bootstrap_servers: str, *, security: Mapping[str, str] | None = None, refusals: Refusals | None = None
+) -> dict[str, Any]:
+    """An admin client's configuration: the servers and the security keys."""
+    return _complete({"bootstrap.servers": bootstrap_servers}, security, {}, refusals)
+
+
+class _MetadataClient(Protocol):
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> ClusterMetadata: ...
+    def poll(self, timeout: float = -1) -> Any: ...
+
+
+def list_metadata(
+    client: _MetadataClient,
+    config: Mapping[str, object],
+    refusals: Refusals,
+    *,
+    timeout: float,
+    topic: str | None = None,
+) -> ClusterMetadata:
+    """The cluster's metadata, asked for in short rounds until ``timeout``: a broker that
+    refuses the client (said only in its log) ends the wait at once with KafkaRefusedError,
+    in one line, instead of a timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return client.list_topics(topic, timeout=max(0.01, min(0.5, left)))
+        except KafkaException as exc:
+            client.poll(0)  # serve the client's log lines: a refused handshake is said there
+            error = exc.args[0] if exc.args else None
+            line = refusal(error, config) if isinstance(error, KafkaError) else None
+            if line is not None or refusals.line is not None:
+                raise KafkaRefusedError(line or refusals.line or "") from None
+            if time.monotonic() >= deadline:
+                raise
+
+
+def producer_config(
+    bootstrap_servers: str, *, security: Mapping[str, str] | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """Idempotent, acks=all, no lingering: we flush after each outcome anyway. ``security``:
+    the keys of :func:`shared.kafka.security.client_security`."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
         "enable.idempotence": True,
@@ -48,13 +108,13 @@ def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
         "linger.ms": 0,
         "message.timeout.ms": 30000,
         "socket.nagle.disable": True,
-        "logger": client_logger(),
     }
-    config.update(overrides)
-    return config
+    return _complete(config, security, overrides)
 
 
-def consumer_config(bootstrap_servers: str, group_id: str, **overrides: Any) -> dict[str, Any]:
+def consumer_config(
+    bootstrap_servers: str, group_id: str, *, security: Mapping[str, str] | None = None, **overrides: Any
+) -> dict[str, Any]:
     """Offsets committed only once stored by the caller (after the outcome is durable): the
     client commits stored offsets every second and on ``close()``. From the earliest offset
     for a new group. Partitions are assigned topic by topic (range), so several instances of
@@ -77,28 +137,31 @@ def consumer_config(bootstrap_servers: str, group_id: str, **overrides: Any) -> 
         # Balancing the two topics' partitions together (cooperative-sticky) left one of
         # three instances with only retry partitions, idle through a whole burst.
         "partition.assignment.strategy": "range",
-        "logger": client_logger(),
     }
-    config.update(overrides)
-    return config
+    return _complete(config, security, overrides)
 
 
 class Publisher:
     """One idempotent producer per process; ``publish`` then ``flush`` confirms delivery."""
 
-    def __init__(self, producer: ProducerLike) -> None:
+    def __init__(self, producer: ProducerLike, config: Mapping[str, object] | None = None) -> None:
         self._producer = producer
+        self._config: Mapping[str, object] = config or {}  # who it is, for a refusal's line
         self._errors: list[str] = []
         self._permanent = False
 
     @classmethod
-    def connect(cls, bootstrap_servers: str, **overrides: Any) -> Publisher:
+    def connect(
+        cls, bootstrap_servers: str, *, security: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Publisher:
         """A publisher with the standard configuration."""
-        return cls(Producer(producer_config(bootstrap_servers, **overrides)))
+        config = producer_config(bootstrap_servers, security=security, **overrides)
+        return cls(Producer(config), config)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._errors.append(f"{msg.topic()}: {err.str()}")
+            refused = refusal(err, self._config, subject=f"write to {msg.topic()}")
+            self._errors.append(refused or f"{msg.topic()}: {err.str()}")
             self._permanent = self._permanent or err.code() in _PERMANENT
 
     def produce(self, topic: str, key: bytes, value: bytes, headers: Headers) -> None:
@@ -123,7 +186,9 @@ class Publisher:
         errors, self._errors = self._errors, []
         permanent, self._permanent = self._permanent, False
         if remaining:
-            errors.append(f"{remaining} message(s) not delivered within {timeout:g} s")
+            noted = last_refusal()  # the broker refused the handshake: say so, not just "late"
+            late = f"{remaining} message(s) not delivered within {timeout:g} s"
+            errors.append(f"{late}: {noted}" if noted else late)
         if errors:
             raise PublishError("; ".join(errors), permanent=permanent and not remaining)
 
@@ -161,15 +226,17 @@ def ensure_topics(
     replication: int,
     min_insync_replicas: int | None = None,
     timeout: float = 30.0,
+    security: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Create missing topics; returns topic -> "created" | "exists". Idempotent.
 
     ``min_insync_replicas`` sets the topic's ``min.insync.replicas`` (None: the broker's
     default); an existing topic is left as it is.
     """
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": client_logger()}
+    refusals = Refusals()
+    config = admin_config(bootstrap_servers, security=security, refusals=refusals)
     admin = AdminClient(config)
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    existing = set(list_metadata(admin, config, refusals, timeout=timeout).topics)
     topic_config = {} if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
     wanted = [
         NewTopic(t, num_partitions=partitions, replication_factor=replication, config=topic_config)
@@ -184,6 +251,9 @@ def ensure_topics(
                 outcome[topic] = "created"
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
+                    line = refusal(exc.args[0], config, subject=f"create the topic {topic}")
+                    if line is None:
+                        raise
+                    raise KafkaRefusedError(line) from None
                 outcome[topic] = "exists"
     return {t: outcome[t] for t in topics}

@@ -21,7 +21,7 @@ already apart, in the core.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from shared.domain.outcomes import StepSpec
 from shared.domain.ports import StepStore
 from shared.domain.steps import DEADLETTER_TOPIC
+from shared.kafka.clientlog import note_refusal
 from shared.kafka.clients import Publisher, PublishError
 from shared.kafka.codec import encode_publication, header_map
 from shared.kafka.core import (
@@ -45,6 +46,7 @@ from shared.kafka.core import (
     dead_letter,
 )
 from shared.kafka.ports import ConsumerLike
+from shared.kafka.security import refusal
 from shared.observability import Health, Metrics
 from shared.tracing import TraceContext, new_trace, parse_traceparent, span
 
@@ -107,8 +109,10 @@ class StepWorker:
         committed: CommittedOffsets | None = None,
         clock: Callable[[], float] = time.monotonic,
         new_consumer: Callable[[], ConsumerLike] | None = None,
+        security: Mapping[str, str] | None = None,
     ) -> None:
         self.step = spec.step
+        self._security: Mapping[str, str] = security or {}  # whose refusal a line names
         self.consumer = consumer
         self.new_consumer = new_consumer
         """Builds a replacement consumer after a fatal client error (None: the error ends the loop)."""
@@ -193,6 +197,16 @@ class StepWorker:
         # will never deliver again.
         if error.fatal() or error.code() == KafkaError._FATAL:
             self._replace_consumer(error)
+            return
+        # A refusal (ACLs, a rejected login) repeats on every try: one line per reason, rate-limited.
+        subject = (
+            f"join the group {self.step.consumer_group}"
+            if error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+            else f"read the input topics of {self.step.consumer_group}"
+        )
+        line = refusal(error, self._security, subject=subject)
+        if line is not None:
+            note_refusal(line)
             return
         log.warning("consumer_error", error=error.str())
 

@@ -9,11 +9,12 @@ from confluent_kafka import KafkaError, Message, Producer
 from shared.domain.events import DeadLettered
 from shared.domain.steps import DEADLETTER_TOPIC
 from shared.kafka import read_to_end
+from tests.support import kafka_security
 
 
 def read_all(bootstrap: str, topics: Iterable[str], *, timeout: float = 10.0) -> list[Message]:
     """Every message now on ``topics``, from the beginning up to the current end."""
-    return list(read_to_end(bootstrap, topics, timeout=timeout))
+    return list(read_to_end(bootstrap, topics, timeout=timeout, security=kafka_security()))
 
 
 def produce_raw(
@@ -34,7 +35,7 @@ def produce_raw(
         if error is not None:
             errors.append(error.str())
 
-    producer = Producer({"bootstrap.servers": bootstrap, **(config or {})})
+    producer = Producer({"bootstrap.servers": bootstrap, **kafka_security(), **(config or {})})
     producer.produce(topic, key=key, value=value, on_delivery=delivered)
     assert producer.flush(10) == 0
     assert not errors, f"the broker refused the message: {errors}"

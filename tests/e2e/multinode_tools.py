@@ -15,14 +15,15 @@ from services.bootstrap import App
 from shared.db import libpq_url
 from shared.domain.naming import TenantNames
 from shared.domain.steps import Stage
+from shared.kafka import admin_config
 from tests.e2e.faults import side_effects
-from tests.support import stages
+from tests.support import kafka_security, stages
 
 
 def leader_node(bootstrap_servers: str, topic: str, *, timeout: float = 30.0) -> int:
     """The index (0-based) of the Kafka node leading most partitions of ``topic`` (partition 0's
     leader on a tie); node index j is broker id j + 1 (tooling/infra/local.py)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(admin_config(bootstrap_servers, security=kafka_security()))
     deadline = time.monotonic() + timeout
     while True:
         partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
@@ -41,7 +42,7 @@ def wait_fully_replicated(
 ) -> float:
     """Wait until every partition of ``topics`` has a leader and ``replicas`` in-sync replicas
     (a restarted node has caught up); returns the seconds waited."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(admin_config(bootstrap_servers, security=kafka_security()))
     wanted = list(topics)
     started = time.monotonic()
 

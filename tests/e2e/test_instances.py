@@ -18,6 +18,7 @@ from sqlalchemy import text
 from services.bootstrap import App
 from services.usecases.requests import request_provisioning
 from shared.domain.steps import STEP_KEYS, StepStatus, step_by_key
+from shared.kafka import admin_config
 from tests.e2e.faults import assert_each_side_effect_once
 from tests.e2e.instances import Instances, logged_at
 from tests.support import unique_project, wait_for, wait_until_stage
@@ -56,7 +57,9 @@ def instances(app: App, tmp_path: Path) -> Iterator[Instances]:
 
 
 def _partition_count(app: App, topic: str) -> int:
-    metadata = AdminClient({"bootstrap.servers": app.bootstrap_servers}).list_topics(topic, timeout=10)
+    metadata = AdminClient(admin_config(app.bootstrap_servers, security=app.kafka_config)).list_topics(
+        topic, timeout=10
+    )
     return len(metadata.topics[topic].partitions)
 
 

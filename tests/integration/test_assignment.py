@@ -10,14 +10,15 @@ from confluent_kafka import Consumer
 # NewTopic's documented home; the package's typing re-exports it only implicitly.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from shared.kafka import consumer_config
+from shared.kafka import admin_config, consumer_config
+from tests.support import kafka_security
 from tooling.infra import InfraEnv
 
 
 def _topics(env: InfraEnv, partitions: int) -> tuple[str, str]:
     suffix = uuid.uuid4().hex[:8]
     names = (f"assign-input-{suffix}", f"assign-retry-{suffix}")
-    admin = AdminClient({"bootstrap.servers": env.bootstrap_servers})
+    admin = AdminClient(admin_config(env.bootstrap_servers, security=kafka_security()))
     for future in admin.create_topics([NewTopic(n, num_partitions=partitions) for n in names]).values():
         future.result(30)
     return names
@@ -51,7 +52,9 @@ def test_three_instances_each_get_a_share_of_the_input_topic(infra_env: InfraEnv
     consumers: list[Consumer] = []
     try:
         for _ in range(3):  # one at a time, as instances of a deployment start
-            consumer = Consumer(consumer_config(infra_env.bootstrap_servers, group))
+            consumer = Consumer(
+                consumer_config(infra_env.bootstrap_servers, group, security=kafka_security())
+            )
             consumer.subscribe([input_topic, retry_topic])
             consumers.append(consumer)
             shares = _settle(consumers, total=6)

@@ -80,7 +80,7 @@ def failed_project(app: App) -> tuple[str, StepFailed]:
 
 def retries_for(app: App, project_id: str) -> list[bytes]:
     """Values of the records keyed ``project_id`` on the schema retry topic, from the start."""
-    messages = read_to_end(app.bootstrap_servers, [SCHEMA.retry_topic])
+    messages = read_to_end(app.bootstrap_servers, [SCHEMA.retry_topic], security=app.kafka_config)
     return [m.value() or b"" for m in messages if m.key() == project_id.encode()]
 
 
@@ -230,7 +230,7 @@ def stranded_project(app: App) -> tuple[str, uuid.UUID]:
 
 def database_retries_for(app: App, project_id: str) -> list[bytes]:
     """Values of the records keyed ``project_id`` on the database step's retry topic."""
-    messages = read_to_end(app.bootstrap_servers, [DATABASE.retry_topic])
+    messages = read_to_end(app.bootstrap_servers, [DATABASE.retry_topic], security=app.kafka_config)
     return [m.value() or b"" for m in messages if m.key() == project_id.encode()]
 
 

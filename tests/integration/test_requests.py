@@ -89,7 +89,9 @@ def created_at(app: App, project_id: str) -> set[Any]:
 def messages_for(app: App, topic: str, key: str, *, timeout: float = 10.0) -> list[Message]:
     """Every record of ``topic`` keyed ``key``, read from the beginning to the current end."""
     return [
-        m for m in read_to_end(app.bootstrap_servers, [topic], timeout=timeout) if m.key() == key.encode()
+        m
+        for m in read_to_end(app.bootstrap_servers, [topic], timeout=timeout, security=app.kafka_config)
+        if m.key() == key.encode()
     ]
 
 

@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
+from typer.testing import CliRunner
 
-from services.cli.acls import security_config
+from services.cli import acls as acls_cli
+from services.cli import app
 from shared.domain.acls import (
     ADMIN,
     API,
@@ -128,15 +131,28 @@ def test_the_reader_reads_under_the_granted_group_prefix(monkeypatch: pytest.Mon
     assert str(seen["group.id"]).startswith(READER_GROUP_PREFIX)
 
 
-def test_security_variables_map_to_librdkafka_settings() -> None:
-    """The PROVISION_KAFKA_* variables fill librdkafka's settings; unset or empty ones are left out."""
-    env = {
-        "PROVISION_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "PROVISION_KAFKA_SASL_USERNAME": "provision-admin",
-        "PROVISION_KAFKA_SSL_KEY_LOCATION": "",
-    }
-    assert security_config(env) == {"security.protocol": "SASL_SSL", "sasl.username": "provision-admin"}
+def test_acls_apply_connects_with_the_settings_security(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`acls --apply` builds its admin client from the PROVISION_KAFKA_* settings, like every client."""
+    seen: dict[str, Any] = {}
 
+    def _admin(config: dict[str, Any]) -> object:
+        seen.update(config)
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    monkeypatch.setattr(acls_cli, "admin_client", _admin)
+    for name, value in {
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "PROVISION_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "PROVISION_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "PROVISION_KAFKA_SASL_USERNAME": "provision-admin",
+        "PROVISION_KAFKA_SASL_PASSWORD": "secret",
+    }.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["acls", "--apply"])
+    assert result.exit_code == 1
+    assert seen["security.protocol"] == "SASL_SSL"
+    assert seen["sasl.username"] == "provision-admin"
+    assert "secret" not in result.output
 
 def test_the_secure_mode_is_recorded_only_when_on() -> None:
     """topology.json reads as before in plaintext; --secure is remembered, and refused on three brokers."""

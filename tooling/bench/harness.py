@@ -70,6 +70,7 @@ def prepare(settings: Settings, say: Say) -> App:
         partitions=app.settings.topic_partitions,
         replication=app.settings.topic_replication,  # 3 on the local three-broker mode
         min_insync_replicas=app.settings.topic_min_insync_replicas,
+        security=app.kafka_config,
     )
     created = sum(1 for state in outcome.values() if state == "created")
     say(f"topics: {len(outcome)} ready ({created} created)")
@@ -193,6 +194,7 @@ class CompletionWatcher:
                 # As the workers: the broker answers as soon as an event is there, and a
                 # shorter wait only adds fetch requests competing with what is measured.
                 "fetch.wait.max.ms": 100,
+                **app.kafka_config,
             }
         )
         assign_from_end(self.consumer, self.topics)

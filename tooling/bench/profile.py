@@ -196,9 +196,14 @@ def kafka_probe(app: App, n: int = 50) -> dict[str, Any]:
         [PROBE_TOPIC],
         partitions=1,
         replication=app.settings.topic_replication,
+        security=app.kafka_config,
     )
-    publisher = Publisher.connect(app.bootstrap_servers)
-    consumer = Consumer(consumer_config(app.bootstrap_servers, f"bench-probe-{uuid.uuid4().hex[:8]}"))
+    publisher = Publisher.connect(app.bootstrap_servers, security=app.kafka_config)
+    consumer = Consumer(
+        consumer_config(
+            app.bootstrap_servers, f"bench-probe-{uuid.uuid4().hex[:8]}", security=app.kafka_config
+        )
+    )
     ack, delivered, commit = [], [], []
     try:
         partition = TopicPartition(PROBE_TOPIC, 0)
@@ -287,6 +292,7 @@ def codec_probe(app: App, n: int = 200) -> dict[str, Any]:
             "bootstrap.servers": app.bootstrap_servers,
             "group.id": f"bench-codec-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            **app.kafka_config,
         }
     )
     found: dict[str, Any] = {}

@@ -27,6 +27,7 @@ from sqlalchemy import text
 from services.bootstrap import App
 from services.database.adapters import PostgresTenantCluster
 from shared.db.engine import libpq_url
+from shared.kafka import admin_config
 from tooling.bench.harness import BenchFailure, WorkerFleet
 from tooling.bench.scale_figures import DATABASE_STEP, CpuReading, session_script, shares
 
@@ -208,7 +209,7 @@ def wait_for_group(
     """Wait until the consumer group is stable with ``members`` members, each assigned some of
     the step's input partitions; how many input partitions each holds."""
 
-    admin = AdminClient({"bootstrap.servers": app.bootstrap_servers})
+    admin = AdminClient(admin_config(app.bootstrap_servers, security=app.kafka_config))
     deadline = time.monotonic() + timeout
     topic = DATABASE_STEP.input_topic
     while True:

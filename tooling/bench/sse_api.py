@@ -140,6 +140,7 @@ class TopicWatcher:
                 "enable.auto.offset.store": False,
                 "socket.nagle.disable": True,
                 "fetch.wait.max.ms": 100,  # as the workers and the bench's completion watcher
+                **app.kafka_config,
             }
         )
         assign_from_end(self.consumer, self.step_of)

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
@@ -87,8 +87,11 @@ def wait_until_ready(
     still_starting: Callable[[], str | None] | None = None,
     log_file: Path | None = None,
     node_id: int | None = None,
+    security: Mapping[str, str] | None = None,
 ) -> None:
-    """Block until a broker at ``bootstrap_servers`` answers a metadata request.
+    """Block until a broker at ``bootstrap_servers`` answers a metadata request (as a client
+    with the ``security`` keys of :func:`shared.kafka.security.client_security`, if given;
+    plaintext otherwise).
 
     "Answers" means the metadata lists at least one broker (``node_id`` among them, if
     given): a KRaft broker only appears there once the controller has unfenced it, i.e.
@@ -116,6 +119,7 @@ def wait_until_ready(
                     # The listener accepts connections before the broker serves requests; the
                     # default back-off (growing to 10 s) would notice a ready broker seconds late.
                     "reconnect.backoff.max.ms": 500,
+                    **(security or {}),
                 },
                 logger=_probe_logger(),
             )

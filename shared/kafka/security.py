@@ -1,0 +1,520 @@
+"""How every Kafka client authenticates: the security settings (``PROVISION_KAFKA_*`` and a
+client properties file) resolved once, checked, and turned into librdkafka keys; and a broker's
+refusal (authentication, TLS, ACLs) described in one line.
+
+Precedence: an explicit ``PROVISION_KAFKA_*`` setting wins over the same key of the properties
+file (``PROVISION_KAFKA_CLIENT_PROPERTIES``), which wins over the default (PLAINTEXT). The file's
+``bootstrap.servers`` is used only when ``KAFKA_BOOTSTRAP_SERVERS`` is unset. The file may hold
+only the keys of :data:`FILE_KEYS` (and the Java client's tuning of :data:`IGNORED_FILE_KEYS`,
+which the project sets itself): any other key is refused, so no librdkafka setting reaches a
+client unseen. Secrets are :class:`SecretStr` until :meth:`KafkaSecurity.config` hands them to a
+client; they appear in no repr and no error message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import KafkaError, KafkaException
+from pydantic import SecretStr
+
+from shared.redact import mask_url
+from shared.settings import ConfigurationError, Settings
+
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+
+# The keys a client properties file may hold, each onto the setting it fills.
+FILE_KEYS: Mapping[str, str] = {
+    "bootstrap.servers": "bootstrap_servers",
+    "security.protocol": "protocol",
+    "sasl.mechanism": "mechanism",
+    "sasl.mechanisms": "mechanism",
+    "sasl.username": "username",
+    "sasl.password": "password",
+    "sasl.jaas.config": "jaas",
+    "ssl.ca.location": "ca",
+    "ssl.certificate.location": "certificate",
+    "ssl.key.location": "key",
+    "ssl.key.password": "key_password",
+    "sasl.oauthbearer.method": "oauth_method",
+    "sasl.oauthbearer.token.endpoint.url": "token_url",
+    "sasl.oauthbearer.client.id": "client_id",
+    "sasl.oauthbearer.client.secret": "client_secret",
+    "sasl.oauthbearer.scope": "scope",
+    "ssl.endpoint.identification.algorithm": "endpoint_identification",
+}
+# What managed services put in their files beside the connection: the Java client's tuning and
+# a client id (the project sets its own), and the schema registry's settings (not a Kafka client's).
+IGNORED_FILE_KEYS = frozenset(
+    {
+        "client.dns.lookup",
+        "session.timeout.ms",
+        "acks",
+        "client.id",
+        "schema.registry.url",
+        "basic.auth.credentials.source",
+        "basic.auth.user.info",
+    }
+)
+
+_SECRET_KEYS = frozenset({"password", "key_password", "client_secret"})
+_PATH_KEYS = frozenset({"ca", "certificate", "key"})
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """The resolved security of every client: what :meth:`config` hands to librdkafka."""
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str | None = None
+    username: str | None = None
+    password: SecretStr | None = field(default=None, repr=False)
+    ca_location: Path | None = None
+    certificate_location: Path | None = None
+    key_location: Path | None = None
+    key_password: SecretStr | None = field(default=None, repr=False)
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = field(default=None, repr=False)
+    scope: str | None = None
+    bootstrap_servers: str | None = None
+    """``bootstrap.servers`` of the properties file, if it has one."""
+
+    def __repr__(self) -> str:
+        shown = {
+            "protocol": self.protocol,
+            "mechanism": self.mechanism,
+            "username": self.username,
+            "ca_location": self.ca_location,
+            "certificate_location": self.certificate_location,
+            "token_url": mask_url(self.token_url),
+            "client_id": self.client_id,
+        }
+        return "KafkaSecurity(" + ", ".join(f"{k}={v!r}" for k, v in shown.items() if v is not None) + ")"
+
+    def config(self) -> dict[str, str]:
+        """The librdkafka keys (empty for PLAINTEXT): merged into every client's configuration."""
+        config: dict[str, str] = {}
+        if self.protocol == "PLAINTEXT":
+            return config
+        config["security.protocol"] = self.protocol
+        if self.protocol in ("SSL", "SASL_SSL"):
+            # The broker's certificate is checked against its host name; never turned off here.
+            config["ssl.endpoint.identification.algorithm"] = "https"
+            for key, path in (
+                ("ssl.ca.location", self.ca_location),
+                ("ssl.certificate.location", self.certificate_location),
+                ("ssl.key.location", self.key_location),
+            ):
+                if path is not None:
+                    config[key] = str(path)
+            if self.key_password is not None:
+                config["ssl.key.password"] = self.key_password.get_secret_value()
+        if self.mechanism is not None:
+            config["sasl.mechanism"] = self.mechanism
+            if self.mechanism == "OAUTHBEARER":
+                config["sasl.oauthbearer.method"] = "oidc"
+                config["sasl.oauthbearer.token.endpoint.url"] = self.token_url or ""
+                config["sasl.oauthbearer.client.id"] = self.client_id or ""
+                config["sasl.oauthbearer.client.secret"] = _reveal(self.client_secret)
+                if self.scope:
+                    config["sasl.oauthbearer.scope"] = self.scope
+            else:
+                config["sasl.username"] = self.username or ""
+                config["sasl.password"] = _reveal(self.password)
+        return config
+
+
+def _reveal(secret: SecretStr | None) -> str:
+    return "" if secret is None else secret.get_secret_value()
+
+
+def client_security(settings: Settings) -> dict[str, str]:
+    """The librdkafka security keys of ``settings``: the one function every client takes them
+    from. ConfigurationError (one line naming the setting) for a contradiction or a gap."""
+    return resolve_security(settings).config()
+
+
+def resolve_security(settings: Settings) -> KafkaSecurity:
+    """The security ``settings`` describe, the properties file filled in under them, checked."""
+    from_file: dict[str, str] = {}
+    source = settings.kafka_client_properties
+    if source is not None:
+        from_file = read_client_properties(source)
+    where = {name: f"{source}: {key}" for key, name in FILE_KEYS.items() if name in from_file}
+
+    def pick(env: object, name: str) -> str | None:
+        if env is not None:
+            return _reveal(env) if isinstance(env, SecretStr) else str(env)
+        return from_file.get(name)
+
+    protocol = (pick(settings.kafka_security_protocol, "protocol") or "PLAINTEXT").upper()
+    if protocol not in PROTOCOLS:
+        raise ConfigurationError(
+            f"{where.get('protocol', 'PROVISION_KAFKA_SECURITY_PROTOCOL')}: {protocol!r} is not one of "
+            + ", ".join(PROTOCOLS)
+        )
+    mechanism = pick(settings.kafka_sasl_mechanism, "mechanism")
+    if mechanism is not None:
+        mechanism = mechanism.upper()
+        if mechanism not in MECHANISMS:
+            raise ConfigurationError(
+                f"{where.get('mechanism', 'PROVISION_KAFKA_SASL_MECHANISM')}: {mechanism!r} is not one of "
+                + ", ".join(MECHANISMS)
+            )
+    oauth_method = from_file.get("oauth_method")
+    if oauth_method is not None and oauth_method.lower() != "oidc":
+        raise ConfigurationError(
+            f"{where['oauth_method']}: only 'oidc' (client credentials) is supported, not {oauth_method!r}"
+        )
+    algorithm = from_file.get("endpoint_identification")
+    if algorithm is not None and algorithm.lower() != "https":
+        raise ConfigurationError(
+            f"{where['endpoint_identification']}: host name verification stays on; remove the key "
+            "or set it to https"
+        )
+
+    def secret(env: SecretStr | None, name: str) -> SecretStr | None:
+        value = pick(env, name)
+        return None if value is None else SecretStr(value)
+
+    def path(env: Path | None, name: str) -> Path | None:
+        value = pick(env, name)
+        if value is None:
+            return None
+        resolved = Path(value).expanduser()
+        if env is None and source is not None and not resolved.is_absolute():
+            resolved = source.parent / resolved  # a file's relative path: from the file's directory
+        return resolved
+
+    security = KafkaSecurity(
+        protocol=protocol,
+        mechanism=mechanism,
+        username=pick(settings.kafka_sasl_username, "username"),
+        password=secret(settings.kafka_sasl_password, "password"),
+        ca_location=path(settings.kafka_ssl_ca_location, "ca"),
+        certificate_location=path(settings.kafka_ssl_certificate_location, "certificate"),
+        key_location=path(settings.kafka_ssl_key_location, "key"),
+        key_password=secret(settings.kafka_ssl_key_password, "key_password"),
+        token_url=pick(settings.kafka_oauth_token_url, "token_url"),
+        client_id=pick(settings.kafka_oauth_client_id, "client_id"),
+        client_secret=secret(settings.kafka_oauth_client_secret, "client_secret"),
+        scope=pick(settings.kafka_oauth_scope, "scope"),
+        bootstrap_servers=from_file.get("bootstrap_servers"),
+    )
+    _check(security)
+    return security
+
+
+def _check(s: KafkaSecurity) -> None:
+    """ConfigurationError, naming the setting, for a gap or a contradiction."""
+    sasl = s.protocol.startswith("SASL_")
+    if sasl and s.mechanism is None:
+        raise ConfigurationError(
+            f"PROVISION_KAFKA_SECURITY_PROTOCOL is {s.protocol} but PROVISION_KAFKA_SASL_MECHANISM "
+            f"is not set ({', '.join(MECHANISMS)})"
+        )
+    if not sasl and s.mechanism is not None:
+        raise ConfigurationError(
+            f"PROVISION_KAFKA_SASL_MECHANISM is {s.mechanism} but PROVISION_KAFKA_SECURITY_PROTOCOL is "
+            f"{s.protocol}; use SASL_SSL (or SASL_PLAINTEXT)"
+        )
+    if s.mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        for name, value in (("USERNAME", s.username), ("PASSWORD", s.password)):
+            if not value or (isinstance(value, SecretStr) and not value.get_secret_value()):
+                raise ConfigurationError(f"PROVISION_KAFKA_SASL_{name} is not set; {s.mechanism} needs it")
+    if s.mechanism == "OAUTHBEARER":
+        for name, value in (
+            ("PROVISION_KAFKA_OAUTH_TOKEN_URL", s.token_url),
+            ("PROVISION_KAFKA_OAUTH_CLIENT_ID", s.client_id),
+            ("PROVISION_KAFKA_OAUTH_CLIENT_SECRET", _reveal(s.client_secret)),
+        ):
+            if not value:
+                raise ConfigurationError(f"{name} is not set; OAUTHBEARER needs it")
+    _check_tls(s)
+
+
+def _check_tls(s: KafkaSecurity) -> None:
+    """ConfigurationError for TLS settings without TLS, half a key pair, or a file not there."""
+    tls = s.protocol in ("SSL", "SASL_SSL")
+    given_tls = [
+        name
+        for name, value in (
+            ("PROVISION_KAFKA_SSL_CA_LOCATION", s.ca_location),
+            ("PROVISION_KAFKA_SSL_CERTIFICATE_LOCATION", s.certificate_location),
+            ("PROVISION_KAFKA_SSL_KEY_LOCATION", s.key_location),
+            ("PROVISION_KAFKA_SSL_KEY_PASSWORD", s.key_password),
+        )
+        if value is not None
+    ]
+    if given_tls and not tls:
+        raise ConfigurationError(
+            f"{given_tls[0]} is set but PROVISION_KAFKA_SECURITY_PROTOCOL is {s.protocol}, which does not "
+            "use TLS; use SSL or SASL_SSL"
+        )
+    if (s.certificate_location is None) != (s.key_location is None):
+        have, lack = ("CERTIFICATE", "KEY") if s.certificate_location is not None else ("KEY", "CERTIFICATE")
+        raise ConfigurationError(
+            f"PROVISION_KAFKA_SSL_{have}_LOCATION is set without PROVISION_KAFKA_SSL_{lack}_LOCATION; "
+            "mutual TLS needs both"
+        )
+    if s.key_password is not None and s.key_location is None:
+        raise ConfigurationError(
+            "PROVISION_KAFKA_SSL_KEY_PASSWORD is set without PROVISION_KAFKA_SSL_KEY_LOCATION"
+        )
+    for name, location in (
+        ("PROVISION_KAFKA_SSL_CA_LOCATION", s.ca_location),
+        ("PROVISION_KAFKA_SSL_CERTIFICATE_LOCATION", s.certificate_location),
+        ("PROVISION_KAFKA_SSL_KEY_LOCATION", s.key_location),
+    ):
+        if location is not None:
+            _check_readable(name, location)
+
+
+def _check_readable(name: str, location: Path) -> None:
+    if not location.is_file():
+        raise ConfigurationError(f"{name}: {location} does not exist (or is not a file)")
+    try:
+        with location.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(f"{name}: cannot read {location}: {exc.strerror}") from None
+
+
+# --- the client properties file ---------------------------------------------------------------
+
+
+def read_client_properties(source: Path) -> dict[str, str]:
+    """The settings of a client properties file, by the names of :data:`FILE_KEYS`'s values
+    (``sasl.jaas.config`` parsed into username and password, or the OAuth client). One-line
+    ConfigurationError for an unreadable file or a key outside the allow-list."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"PROVISION_KAFKA_CLIENT_PROPERTIES: cannot read {source}: {exc.strerror}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"PROVISION_KAFKA_CLIENT_PROPERTIES: {source} is not UTF-8 text") from None
+    resolved: dict[str, str] = {}
+    for key, value in parse_properties(text).items():
+        if key in IGNORED_FILE_KEYS:
+            continue
+        name = FILE_KEYS.get(key)
+        if name is None:
+            raise ConfigurationError(
+                f"{source}: unsupported key {key!r} (supported: {', '.join(sorted(FILE_KEYS))})"
+            )
+        if name == "jaas":
+            for jaas_name, jaas_value in parse_jaas(value, where=f"{source}: sasl.jaas.config").items():
+                resolved.setdefault(jaas_name, jaas_value)
+        else:
+            resolved[name] = value  # an explicit sasl.username wins over the jaas line's
+    return resolved
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """A Java properties text: ``key=value``, ``key: value`` or ``key value``; ``#`` and ``!``
+    comments; a line ending in an odd number of backslashes continues on the next; the escapes
+    ``\\t \\n \\r \\f \\uXXXX`` and any other escaped character as itself. The last value of a key wins."""
+    result: dict[str, str] = {}
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.lstrip()
+        if not pending and (not line or line[0] in "#!"):
+            continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2 == 1:
+            pending += line[:-1]
+            continue
+        logical.append(pending + line)
+        pending = ""
+    if pending:
+        logical.append(pending)
+    for line in logical:
+        key, value = _split(line)
+        result[_unescape(key)] = _unescape(value)
+    return result
+
+
+def _split(line: str) -> tuple[str, str]:
+    """Key and value: the key ends at the first unescaped ``=``, ``:`` or white space; then
+    white space, at most one ``=`` or ``:``, and white space again are skipped."""
+    i = 0
+    while i < len(line) and line[i] not in "=: \t\f":
+        i += 2 if line[i] == "\\" else 1
+    key, rest = line[:i], line[i:].lstrip(" \t\f")
+    if rest[:1] in ("=", ":"):
+        rest = rest[1:]
+    return key, rest.lstrip(" \t\f")
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[i + 2 : i + 6]):
+                out.append(chr(int(text[i + 2 : i + 6], 16)))
+                i += 6
+                continue
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+_JAAS = re.compile(
+    r"^\s*(?P<module>[\w.$]+)\s+(?P<flag>required|requisite|sufficient|optional)\s*(?P<options>.*?)\s*;?\s*$",
+    re.S,
+)
+_OPTION = re.compile(
+    r"""\s*(?P<key>[\w.]+)\s*=\s*(?:"(?P<dq>(?:[^"\\]|\\.)*)"|'(?P<sq>(?:[^'\\]|\\.)*)'|(?P<bare>[^\s;]+))""",
+    re.S,
+)
+_USER_MODULES = ("PlainLoginModule", "ScramLoginModule")
+
+
+def parse_jaas(value: str, *, where: str = "sasl.jaas.config") -> dict[str, str]:
+    """The credentials of a ``sasl.jaas.config`` line: username and password for the plain and
+    SCRAM login modules, the client id, secret and scope for OAuthBearerLoginModule. Any other
+    module, or a line that does not parse, is a ConfigurationError (the line's values not in it)."""
+    match = _JAAS.match(value)
+    if match is None:
+        raise ConfigurationError(f"{where}: not a JAAS line (<LoginModule> required key='value' ...;)")
+    module = match["module"].rsplit(".", 1)[-1]
+    options: dict[str, str] = {}
+    rest = match["options"]
+    pos = 0
+    while pos < len(rest):
+        if rest[pos:].strip() == "":
+            break
+        option = _OPTION.match(rest, pos)
+        if option is None:
+            raise ConfigurationError(f"{where}: cannot read the options of {module}")
+        raw = (
+            option["dq"]
+            if option["dq"] is not None
+            else option["sq"]
+            if option["sq"] is not None
+            else option["bare"]
+        )
+        options[option["key"]] = re.sub(r"\\(.)", r"\1", raw or "")
+        pos = option.end()
+    if module in _USER_MODULES:
+        found = {"username": options.get("username"), "password": options.get("password")}
+    elif module == "OAuthBearerLoginModule":
+        found = {
+            "client_id": options.get("clientId"),
+            "client_secret": options.get("clientSecret"),
+            "scope": options.get("scope"),
+        }
+    else:
+        raise ConfigurationError(
+            f"{where}: {module} is not supported (PlainLoginModule, ScramLoginModule, OAuthBearerLoginModule)"
+        )
+    return {k: v for k, v in found.items() if v is not None}
+
+
+# --- a broker's refusal, in one line -----------------------------------------------------------
+
+
+class KafkaRefusedError(KafkaException):
+    """The broker refused this client: authentication, TLS or an ACL; its one argument is the
+    line that says so. A KafkaException, so whoever handles an unanswering broker (the API's
+    503, the bench's failure line) handles a refusing one too."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "Kafka refused the connection"
+
+
+_AUTHN_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
+_AUTHZ = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "group",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "cluster",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "transactional id",
+}
+_TLS_HINTS = ("ssl handshake failed", "certificate verify failed", "ssl routines", "state ssl_handshake")
+_AUTHN_HINTS = ("sasl authentication", "authentication failed", "sasl handshake", "illegal_sasl_state")
+_PROTOCOL_HINT = "incorrect security.protocol"
+_AFTER = re.compile(r"\s*\(after \d+ms in state \w+\)")
+_ADDRESS = re.compile(r"\b[a-z_]+://\S+")
+
+
+def principal_of(config: Mapping[str, object]) -> str | None:
+    """Who a client with ``config`` is, for an error line: ``<mechanism> as <user>``, the
+    client id for OAUTHBEARER, the certificate for mutual TLS; None when anonymous."""
+    mechanism = config.get("sasl.mechanism")
+    if mechanism == "OAUTHBEARER":
+        return f"OAUTHBEARER as {config.get('sasl.oauthbearer.client.id')}"
+    if mechanism is not None:
+        return f"{mechanism} as {config.get('sasl.username')}"
+    certificate = config.get("ssl.certificate.location")
+    if certificate is not None:
+        return f"the certificate {certificate}"
+    return None
+
+
+def refusal(error: KafkaError, config: Mapping[str, object], *, subject: str | None = None) -> str | None:
+    """One line for a broker's refusal of this client (authentication, TLS, a protocol that
+    does not match the listener, or an ACL), without any secret; None for any other error.
+    ``subject`` names what was refused, e.g. ``write to provisioning.requested``."""
+    return refusal_of_text(error.code(), error.str(), config, subject=subject)
+
+
+def refusal_of_text(
+    code: int | None, text: str, config: Mapping[str, object], *, subject: str | None = None
+) -> str | None:
+    """:func:`refusal` of an error's code and text, or of a client's log line (no code)."""
+    text = _first_line(text)
+    lowered = _ADDRESS.sub("", text).lower()  # not the broker's address: sasl_ssl://host:port/1
+    who = principal_of(config)
+    if code in _AUTHZ:
+        kind = _AUTHZ[code]
+        what = subject or f"use this {kind}"
+        return f"{who or 'this client'} is not allowed to {what}: the broker's ACLs refuse it ({text})"
+    if code == KafkaError._SSL or (
+        code in (None, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+        and any(h in lowered for h in _TLS_HINTS)
+    ):
+        return f"Kafka refused the connection: TLS: {_tls_reason(lowered)} ({text})"
+    if code in _AUTHN_CODES or any(h in lowered for h in _AUTHN_HINTS) or _sasl_handshake(lowered):
+        return f"Kafka refused the connection: authentication failed ({who or 'no SASL mechanism'}): {text}"
+    if _PROTOCOL_HINT in lowered:
+        protocol = config.get("security.protocol", "PLAINTEXT")
+        return (
+            f"Kafka refused the connection: the broker's listener does not speak {protocol} "
+            f"(PROVISION_KAFKA_SECURITY_PROTOCOL): {text}"
+        )
+    return None
+
+
+def _sasl_handshake(lowered: str) -> bool:
+    return "sasl" in lowered and "handshake failed" in lowered
+
+
+def _tls_reason(lowered: str) -> str:
+    if "certificate verify failed" in lowered:
+        return "certificate verify failed"
+    if any(h in lowered for h in ("wrong version number", "packet length too long", "plaintext broker")):
+        return "handshake failed, the listener does not speak TLS"
+    return "handshake failed"
+
+
+def _first_line(text: str) -> str:
+    """The first line, without librdkafka's ``(after 3ms in state AUTH_REQ)`` tail."""
+    lines = text.strip().splitlines()
+    return _AFTER.sub("", lines[0]).strip()[:300] if lines else ""
