@@ -223,6 +223,9 @@ def tenant_cluster_roles(name: str, admin_url: str, password: str | None, *, app
         admin = sql.Identifier(TENANT_ADMIN)
         plan.ensure_role(TENANT_ADMIN, password, admin_url)
         plan.run(sql.SQL("ALTER ROLE {} SET createrole_self_grant = 'set, inherit'").format(admin))
+        # Its admin database may be closed to PUBLIC (the control plane's is, when they share one).
+        database = sql.Identifier(str(plan.rows("SELECT current_database()")[0][0]))
+        plan.run(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, admin))
         for (role,) in plan.rows(
             "SELECT r.rolname FROM pg_roles r WHERE r.rolname LIKE %s ESCAPE '\\' AND NOT EXISTS ("
             "SELECT 1 FROM pg_auth_members m JOIN pg_roles a ON a.oid = m.member WHERE m.roleid = r.oid "
