@@ -180,7 +180,8 @@ class LocalPostgres:
         <ca.pem>`` when it serves TLS (the CA is made on first use), else nothing."""
         if not self.tls:
             return ""
-        self.ca.ensure()
+        with _ISSUING:
+            self.ca.ensure()
         return "?" + urlencode({"sslmode": "verify-full", "sslrootcert": str(self.ca.cert)}, safe="/")
 
     @property
