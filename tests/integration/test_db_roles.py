@@ -4,6 +4,7 @@ schema and verify steps' adapters through a tenant's whole life."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors, sql
+from typer.testing import CliRunner
 
 from services.bootstrap import App
+from services.cli import app as cli
 from services.database.adapters import PostgresTenantCluster
 from services.schema.adapters import PostgresTenantSchemas
 from services.tenant_cluster import ClusterAddress
@@ -184,3 +187,16 @@ def test_migrations_run_as_the_owner(roles: dict[str, str]) -> None:
             ).format(sql.Literal(OWNER))
         ).fetchall()
     assert foreign == []
+
+
+def test_the_command_plans_without_changing_anything(roles: dict[str, str], infra_env: InfraEnv) -> None:
+    """`provision db-roles --json` without --apply lists the statements, with no password and no URL."""
+    result = CliRunner().invoke(cli, ["db-roles", "--json"], env={"DATABASE_URL": infra_env.database_url})
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["applied"] is False
+    assert [c["cluster"] for c in plan["clusters"]] == ["control-plane", "default"]
+    statements = [s for c in plan["clusters"] for s in c["statements"]]
+    assert any(s.startswith(f'ALTER ROLE "{APP}" WITH LOGIN NOSUPERUSER') for s in statements)
+    assert not any(PASSWORDS[role] in result.output for role in PASSWORDS)
+    assert all(c["urls"] == {} for c in plan["clusters"])
