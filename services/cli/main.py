@@ -35,6 +35,7 @@ COMMANDS = (
     LazyCommand("reconcile", f"{_CLI}.operate:reconcile", "Report drift between the record and the clusters; --apply repairs."),
     LazyCommand("keys", f"{_CLI}.secrets:keys", "API keys of a project."),
     LazyCommand("credentials", f"{_CLI}.secrets:credentials", "The tenant's own database credentials."),
+    LazyCommand("db-roles", f"{_CLI}.dbroles:db_roles", "The least-privileged database roles: plan, or --apply."),
     LazyCommand("secret-key", f"{_CLI}.secrets:secret_key_group", "The control plane's secret key: fingerprint, rotation."),
 )  # fmt: skip
 

@@ -24,6 +24,8 @@ def _like(prefix: str) -> str:
 
 
 _TENANT_LIKE = _like(TENANT_PREFIX)
+_SUPERUSER_ONLY = ("NOSUPERUSER", "NOREPLICATION", "NOBYPASSRLS")
+"""The attributes only a role holding them may change, in the order pg_roles is read."""
 _ARCHIVE_LIKE = _like(ARCHIVE_PREFIX)
 
 
@@ -127,14 +129,22 @@ class PostgresTenantCluster:
 
     def ensure_role(self, role: str, password: str) -> None:
         """A LOGIN role with no privileges beyond its own database; password set every time
-        so a re-run converges on the stored password."""
-        attributes = sql.SQL(
-            "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}"
-        ).format(sql.Literal(password))
+        so a re-run converges on the stored password.
+
+        An existing role is altered without restating NOSUPERUSER, NOREPLICATION or NOBYPASSRLS
+        when it already lacks them: PostgreSQL 16 lets only a role holding an attribute name it in
+        ALTER ROLE, so a tenant admin that is no superuser could not otherwise restore or rotate."""
+        secret = sql.SQL(" PASSWORD {}").format(sql.Literal(password))
         with self._locked(f"role:{role}") as conn:
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            verb = "ALTER ROLE {} WITH " if exists else "CREATE ROLE {} "
-            conn.execute(sql.SQL(verb).format(sql.Identifier(role)) + attributes)
+            found = conn.execute(
+                "SELECT rolsuper, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = %s", (role,)
+            ).fetchone()
+            if found is None:
+                head = "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+            else:
+                extra = [word for word, held in zip(_SUPERUSER_ONLY, found, strict=True) if held]
+                head = " ".join(["ALTER ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE", *extra])
+            conn.execute(sql.SQL(head).format(sql.Identifier(role)) + secret)
 
     def ensure_database(self, name: str, owner: str, *, archive: str | None = None) -> None:
         """The database, owned by ``owner``, reachable by its owner alone. When it is absent and

@@ -79,7 +79,8 @@ def _key(binding: AclBinding) -> tuple[object, ...]:
 
 def admin_client(config: Mapping[str, Any]) -> AdminClient:
     """An admin client of ``config`` (its logger the product's)."""
-    return AdminClient({"logger": client_logger(), **config})
+    config = {"logger": client_logger(), **config}
+    return AdminClient(config)
 
 
 def describe_acls(admin: AdminClient, *, timeout: float = 10.0) -> list[AclBinding]:

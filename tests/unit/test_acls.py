@@ -154,6 +154,7 @@ def test_acls_apply_connects_with_the_settings_security(monkeypatch: pytest.Monk
     assert seen["sasl.username"] == "provision-admin"
     assert "secret" not in result.output
 
+
 def test_the_secure_mode_is_recorded_only_when_on() -> None:
     """topology.json reads as before in plaintext; --secure is remembered, and refused on three brokers."""
     assert "secure" not in Topology().to_json()

