@@ -87,6 +87,8 @@ class WorkerGroup:
     settings: Settings
     log_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    step_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per step, on top of ``extra_env``: e.g. each worker's own Kafka principal."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, steps: Iterable[str] = STEP_KEYS, **env: str) -> None:
@@ -104,6 +106,7 @@ class WorkerGroup:
                 # instead of waiting out the dead member's session.
                 "PROVISION_GROUP_INSTANCE_ID": f"{step}-test",
                 **self.extra_env,
+                **self.step_env.get(step, {}),
                 **env,
             }
             WorkerFleet({}, self.log_dir, self.procs, cwd=REPO_ROOT).spawn(

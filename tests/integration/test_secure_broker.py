@@ -17,41 +17,26 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from shared.domain.acls import acl_table
-from shared.domain.steps import all_topics, step_by_key
-from tests.conftest import TEST_CONTROLLER_PORT, TEST_KAFKA_PORT, TEST_PG_PORT, TEST_STATE_DIR
+from shared.domain.steps import step_by_key
+from tests.secure_tools import running_secure_infra, secure_state_dir
 from tooling.infra import LocalInfra
 from tooling.infra.cli import kafka_identity
 from tooling.infra.secure import BrokerSecurity
 
 OFFSET = 50
 """The secure broker's ports: the session's plus this (its mTLS and inter-broker ports are +2, +3)."""
-STATE_DIR = TEST_STATE_DIR.with_name(TEST_STATE_DIR.name + "-secure")
+STATE_DIR = secure_state_dir("secure")
 SCHEMA = "provision-schema"
 
 
 @pytest.fixture(scope="module")
 def secure_infra() -> Iterator[LocalInfra]:
     """A secure broker of its own, its topics created as the administrator."""
-    infra = LocalInfra(
-        STATE_DIR, TEST_KAFKA_PORT + OFFSET, TEST_CONTROLLER_PORT + OFFSET, TEST_PG_PORT + OFFSET, secure=True
-    )
-    try:
-        infra.up(lambda line: print(line, file=sys.stderr))
-    except Exception as exc:
-        infra.down()
-        pytest.fail(f"the secure broker did not start: {exc}", pytrace=False)
-    admin = AdminClient(infra.kafka_client_config())
-    existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [NewTopic(t, num_partitions=1, replication_factor=1) for t in all_topics() if t not in existing]
-    for future in (admin.create_topics(wanted).values()) if wanted else ():
-        future.result(timeout=30)
-    try:
+    with running_secure_infra(STATE_DIR, OFFSET) as infra:
         yield infra
-    finally:
-        infra.down()
 
 
 def _config(infra: LocalInfra, user: str, **overrides: Any) -> dict[str, Any]:

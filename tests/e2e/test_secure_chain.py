@@ -1,0 +1,124 @@
+"""End to end on the secure local broker: the seven workers, each as its own Kafka principal
+(``provision-<service>``), provision a project requested as ``provision-requester`` and take it
+down again, and a step principal cannot forge another step's outcome.
+
+Its broker is its own (a state directory and ports apart from the suite's and from
+tests/integration/test_secure_broker.py's), so a missing ACL shows up here as a refusal in a
+worker's log instead of passing unnoticed on the plaintext test broker.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, Producer
+
+from services.bootstrap import App, build_app
+from services.usecases.requests import request_deprovisioning, request_provisioning
+from shared.db.migrator import migrate
+from shared.domain.acls import principal
+from shared.domain.steps import STEP_KEYS, Stage, step_by_key
+from shared.settings import Settings
+from tests.e2e.lifecycle_tools import start_ready
+from tests.secure_tools import running_secure_infra, secure_settings, secure_state_dir
+from tests.support import WorkerGroup, unique_project, wait_until_stage
+from tests.support import test_settings as settings_for_tests
+from tooling.infra import LocalInfra
+from tooling.infra.cli import kafka_identity
+
+pytestmark = pytest.mark.e2e
+
+OFFSET = 70
+"""The ports: the session's plus this (test_secure_broker.py's broker is at +50; +2, +3 are taken
+by the mTLS and inter-broker listeners)."""
+REFUSALS = ("kafka_refused", "TOPIC_AUTHORIZATION_FAILED")
+
+
+@dataclass
+class SecureChain:
+    """The secure servers, the requester's app and the seven workers each as its own principal."""
+
+    infra: LocalInfra
+    requester: App
+    workers: WorkerGroup
+
+
+def _settings(infra: LocalInfra, state_dir: Path, user: str) -> Settings:
+    return settings_for_tests(infra.env(), state_dir, **secure_settings(infra, user))
+
+
+def _principal(step: str) -> str:
+    return principal(step_by_key(step).service).removeprefix("User:")
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureChain]:
+    """A secure broker of its own, the control plane migrated, the topics created as
+    provision-admin, and the seven workers running as their own principals."""
+    state_dir = tmp_path_factory.mktemp("secure-chain")
+    with running_secure_infra(secure_state_dir("secure-chain"), OFFSET) as infra:
+        admin = build_app(_settings(infra, state_dir, "provision-admin"))
+        try:
+            migrate(admin.engine)
+        finally:
+            admin.close()
+        # The workers' shared settings carry no identity; each one's comes from kafka_identity.
+        base = settings_for_tests(infra.env(), state_dir, **secure_settings(infra, "provision-admin"))
+        base = base.model_copy(update={"kafka_sasl_username": None, "kafka_sasl_password": None})
+        workers = WorkerGroup(
+            base,
+            tmp_path_factory.mktemp("secure-chain-logs"),
+            step_env={step: kafka_identity(infra, _principal(step)) for step in STEP_KEYS},
+        )
+        requester = build_app(_settings(infra, state_dir, "provision-requester"))
+        try:
+            start_ready(workers)
+            yield SecureChain(infra, requester, workers)
+        finally:
+            workers.stop()
+            requester.close()
+            for step in STEP_KEYS:  # for the report of a failed run
+                print(f"--- {step} ---\n{workers.logs(step)[-2000:]}", file=sys.stderr)
+
+
+def test_a_project_is_provisioned_and_deprovisioned_by_workers_each_its_own_principal(
+    chain: SecureChain,
+) -> None:
+    """Requested as provision-requester, a project completes and is deleted with no worker refused."""
+    pid = unique_project("secure")
+    request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=chain.requester)
+    wait_until_stage(chain.requester, [pid], timeout=120)
+    request_deprovisioning(pid, reason="secure chain", app=chain.requester)
+    wait_until_stage(chain.requester, [pid], Stage.DELETED, timeout=120)
+
+    assert chain.workers.dead() == []
+    for step in STEP_KEYS:
+        logs = chain.workers.logs(step)
+        refused = [word for word in REFUSALS if word in logs]
+        assert not refused, f"{step} worker was refused ({refused}): {logs[-1500:]}"
+
+
+def test_the_schema_principal_cannot_forge_the_database_steps_outcome(chain: SecureChain) -> None:
+    """As provision-schema, a forged provisioning.database.completed is refused by the broker."""
+    config = {
+        **chain.infra.kafka_client_config("provision-schema"),
+        "enable.idempotence": True,
+        "acks": "all",
+        "message.timeout.ms": 10000,
+    }
+    outcomes: list[KafkaError | None] = []
+    producer = Producer(config)
+    producer.produce(
+        step_by_key("database").completed_topic,
+        key=b"forged",
+        value=b"{}",
+        on_delivery=lambda err, _msg: outcomes.append(err),
+    )
+    producer.flush(15)
+    assert outcomes, "no delivery report"
+    error = outcomes[0]
+    assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
