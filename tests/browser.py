@@ -9,14 +9,14 @@ A browser test that skipped for want of a browser would report green while testi
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
+
+from tests.debian import apt_install, can_install
 
 DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
 INSTALL_COMMAND = "apt-get update && apt-get install -y --no-install-recommends chromium"
@@ -44,25 +44,13 @@ def chromium_executable() -> str:
         return configured
     if DEBIAN_CHROMIUM.is_file():
         return str(DEBIAN_CHROMIUM)
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+    if not can_install():
         pytest.fail(
             f"no Chromium for the browser tests: run `{INSTALL_COMMAND}` as root, "
             f"or point PROVISION_CHROMIUM at a Chromium executable",
             pytrace=False,
         )
-    print(f"browser tests: installing Debian's Chromium ({INSTALL_COMMAND})", flush=True)
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-    ):
-        done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            pytest.fail(
-                f"`{' '.join(command)}` failed with exit code {done.returncode}: "
-                f"{(done.stderr or done.stdout).strip()[-800:]}",
-                pytrace=False,
-            )
+    apt_install("chromium", why="browser tests")
     if not DEBIAN_CHROMIUM.is_file():
         pytest.fail(f"`{INSTALL_COMMAND}` ran but left no {DEBIAN_CHROMIUM}", pytrace=False)
     return str(DEBIAN_CHROMIUM)

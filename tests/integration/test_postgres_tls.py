@@ -13,8 +13,6 @@ when it runs as root, as CI does. With none, they fail saying so; they never ski
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from shared.db.engine import make_engine
 from shared.db.migrator import migrate
 from shared.domain.naming import TenantNames
 from tests.conftest import TEST_PG_PORT, TEST_STATE_DIR
+from tests.debian import apt_install, can_install
 from tests.support import unique_project
 from tooling.infra.certs import LocalCA
 from tooling.infra.postgres import BIN_DIR_ENV, LocalPostgres
@@ -61,21 +60,9 @@ def _tls_build() -> Path | None:
 def _installed_tls_build() -> Path | None:
     """Debian's PostgreSQL (built with OpenSSL), installed when the suite runs as root, as CI
     does (like the browser tests' Chromium); None when it cannot be."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+    if not can_install():
         return None
-    print("postgres TLS tests: installing Debian's PostgreSQL (apt-get install postgresql)", flush=True)
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
-    ):
-        done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            pytest.fail(
-                f"`{' '.join(command)}` failed with exit code {done.returncode}: "
-                f"{(done.stderr or done.stdout).strip()[-800:]}",
-                pytrace=False,
-            )
+    apt_install("postgresql", why="postgres TLS tests")
     return _tls_build()
 
 
