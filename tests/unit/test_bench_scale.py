@@ -10,7 +10,6 @@ import pytest
 from tooling.bench.scale_figures import (
     CpuReading,
     bound_notes,
-    burst_rate,
     cpu_seconds_each,
     cpu_usage,
     scale_rows,
@@ -22,6 +21,7 @@ from tooling.bench.scale_figures import (
     step_rate,
     tenant_statements,
 )
+from tooling.bench.stats import burst_rate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.domain.records import StepRow
 from shared.domain.steps import STEP_NAMES, Stage, StepStatus
-from tooling.bench.stats import epoch_to_utc, ms, rate
+from tooling.bench.stats import burst_rate, ms
 
 REMOVED = frozenset({Stage.DELETED, Stage.CANCELLED})
 """Where a deprovisioned project must end."""
@@ -52,14 +52,8 @@ def durations_s(rows: Iterable[tuple[datetime | None, datetime | None]]) -> list
 def kept_rate(first_call: float, finals: Sequence[datetime | None]) -> dict[str, Any]:
     """Throughput of the kept projects: how many completed, from the burst's first request
     call (``time.time()``) to the last one's final step ``completed_at``."""
-    done = [f for f in finals if f is not None]
-    seconds = ms(max(done) - epoch_to_utc(first_call)) / 1000 if done else 0.0
-    per_second = rate(len(done), seconds)
     return {
-        "projects": len(finals),
-        "completed": len(done),
-        "seconds": round(seconds, 3),
-        "projects_per_second": None if per_second is None else round(per_second, 3),
+        **burst_rate(first_call, finals),
         "timing": "first request call start -> last kept project's verify completed_at",
     }
 

@@ -42,7 +42,6 @@ from tooling.bench.run import BenchRun, failures, progress_bars
 from tooling.bench.scale_figures import (
     DATABASE_STEP,
     bound_notes,
-    burst_rate,
     cpu_seconds_each,
     cpu_usage,
     rounded,
@@ -62,7 +61,7 @@ from tooling.bench.scale_servers import (
     wait_deleted,
     wait_for_group,
 )
-from tooling.bench.stats import rate
+from tooling.bench.stats import burst_rate, rate
 from tooling.output import err, errors, local_settings, out
 
 # --- the run ------------------------------------------------------------------------------

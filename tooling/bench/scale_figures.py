@@ -16,7 +16,7 @@ from rich.table import Table
 from services.ports import require_tenant_names
 from shared.domain.steps import STEPS
 from tooling.bench.report import fmt
-from tooling.bench.stats import Target, epoch_to_utc, ms, rate, ratio
+from tooling.bench.stats import Target, ms, rate, ratio
 
 T = TypeVar("T")
 
@@ -69,20 +69,6 @@ def shares(items: Sequence[T], k: int) -> list[list[T]]:
     if k < 1:
         raise ValueError(f"need at least one share, got {k}")
     return [list(items[i::k]) for i in range(k)]
-
-
-def burst_rate(first_call: float, finals: Sequence[datetime | None]) -> dict[str, Any]:
-    """Completed projects per second, from the first request call (``time.time()``) to the
-    last final-step ``completed_at``."""
-    done = [f for f in finals if f is not None]
-    seconds = ms(max(done) - epoch_to_utc(first_call)) / 1000 if done else 0.0
-    per_second = rate(len(done), seconds)
-    return {
-        "projects": len(finals),
-        "completed": len(done),
-        "seconds": round(seconds, 3),
-        "projects_per_second": rounded(per_second),
-    }
 
 
 def step_rate(spans: Sequence[tuple[datetime, datetime]]) -> dict[str, Any] | None:

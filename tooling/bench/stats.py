@@ -97,6 +97,20 @@ def epoch_to_utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
+def burst_rate(first_call: float, finals: Sequence[datetime | None]) -> dict[str, Any]:
+    """Completed projects per second, from the first request call (``time.time()``) to the
+    last final-step ``completed_at`` (None: not completed)."""
+    done = [f for f in finals if f is not None]
+    seconds = ms(max(done) - epoch_to_utc(first_call)) / 1000 if done else 0.0
+    per_second = rate(len(done), seconds)
+    return {
+        "projects": len(finals),
+        "completed": len(done),
+        "seconds": round(seconds, 3),
+        "projects_per_second": None if per_second is None else round(per_second, 3),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class StepSpan:
     """When a step ran, as ``provisioning_steps`` records it."""
