@@ -74,8 +74,8 @@ def replay(
         if project_id is None or event.project_id == project_id:
             latest[(event.project_id, step.key)] = (step, event)
     if requested_by is not None:
-        owners = {pid: _requester(app, pid) for pid, _ in latest}
-        latest = {key: found for key, found in latest.items() if owners[key[0]] == requested_by}
+        own = app.projects.requested_by(requested_by, (pid for pid, _ in latest))
+        latest = {key: found for key, found in latest.items() if key[0] in own}
     stranded = [
         (pid, row)
         for pid, row in app.read_models.stranded(project_id, requested_by=requested_by)
@@ -95,11 +95,6 @@ def replay(
     if not dry_run and budget.used:
         app.publisher.flush(timeout)
     return decisions
-
-
-def _requester(app: App, project_id: str) -> str | None:
-    record = app.projects.project(project_id)
-    return record.requested_by if record is not None else None
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
@@ -112,6 +112,21 @@ class ProjectStore:
         """The project's record, or None."""
         with self.engine.connect() as conn:
             return read_project(conn, project_id)
+
+    @unavailable_as_error
+    def requested_by(self, owner: str, project_ids: Iterable[str]) -> set[str]:
+        """Those of ``project_ids`` that ``owner`` requested, in one query."""
+        ids = sorted(set(project_ids))
+        if not ids:
+            return set()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT project_id FROM projects WHERE project_id = ANY(:ids) AND requested_by = :owner"
+                ),
+                {"ids": ids, "owner": owner},
+            )
+            return {row[0] for row in rows}
 
     @unavailable_as_error
     def mark_ready(self, project_id: str) -> datetime:

@@ -532,6 +532,17 @@ def test_requested_by_is_recorded_for_the_request_and_the_deprovisioning(app: Ap
     assert anonymous.requested_by is None
 
 
+def test_the_projects_an_owner_requested_are_found_in_one_query(app: App) -> None:
+    """Of a set of project ids, the store names those one caller requested: not another's, not
+    an unrecorded requester's, not an unknown id."""
+    alice, bob, nobody = (unique_project(who) for who in ("alice", "bob", "nobody"))
+    request_provisioning(payload(alice), app=app, requested_by="alice")
+    request_provisioning(payload(bob), app=app, requested_by="bob")
+    request_provisioning(payload(nobody), app=app)
+    assert app.projects.requested_by("alice", [alice, bob, nobody, "no-such-project"]) == {alice}
+    assert app.projects.requested_by("alice", []) == set()
+
+
 def test_a_request_only_over_kafka_records_no_requester(app: App) -> None:
     """A project registered from the request event alone (the step's port, as a consumer does)
     has requested_by NULL, shown as a Kafka client."""
