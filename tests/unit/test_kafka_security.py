@@ -14,12 +14,10 @@ from structlog.testing import capture_logs
 
 from shared.kafka import clientlog
 from shared.kafka.clientlog import Refusals, client_hooks, client_logger, last_refusal
+from shared.kafka.properties import parse_jaas, parse_properties, read_client_properties
 from shared.kafka.security import (
     KafkaSecurity,
     client_security,
-    parse_jaas,
-    parse_properties,
-    read_client_properties,
     refusal,
     resolve_security,
 )
