@@ -106,13 +106,18 @@ def test_a_certificate_principal_is_bound_by_the_acls(secure_infra: LocalInfra) 
         "ssl.key.location": env["PROVISION_KAFKA_SSL_KEY_LOCATION"],
         "message.timeout.ms": 10000,
     }
-    outcomes: list[KafkaError | None] = []
+    own, other = "provisioning.schema.completed", "provisioning.database.completed"
+    outcomes: dict[str, KafkaError | None] = {}  # by topic: the two reports come in either order
     producer = Producer(config)
-    for topic in ("provisioning.schema.completed", "provisioning.database.completed"):
-        producer.produce(topic, key=b"acme", value=b"{}", on_delivery=lambda err, _m: outcomes.append(err))
+    for topic in (own, other):
+        producer.produce(
+            topic, key=b"acme", value=b"{}", on_delivery=lambda err, _m, t=topic: outcomes.update({t: err})
+        )
     producer.flush(15)
-    assert outcomes[0] is None
-    assert outcomes[1] is not None and outcomes[1].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert outcomes.keys() == {own, other}
+    assert outcomes[own] is None
+    failed = outcomes[other]
+    assert failed is not None and failed.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 def test_the_schema_principal_produces_to_its_own_completed_topic(secure_infra: LocalInfra) -> None:
