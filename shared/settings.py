@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PROVISION_",
         extra="ignore",
+        # An empty variable is an unset one: a compose file's `${VAR:-}` says "not given".
+        env_ignore_empty=True,
         frozen=True,
         populate_by_name=True,
         # A validation error names the setting, never its value (a URL with its password).

@@ -18,7 +18,8 @@ from pydantic import AliasChoices
 from typer.main import get_command
 
 from services.cli import app
-from shared.domain.steps import STEP_KEYS
+from shared.domain.acls import ADMIN, API, REQUESTER, user_name
+from shared.domain.steps import STEP_KEYS, step_by_key
 from shared.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +150,24 @@ def test_every_service_of_the_image_can_build_it() -> None:
     for name, service in _compose()["services"].items():
         if service.get("image", "").startswith("tenant-provisioning"):
             assert service.get("build"), f"{name} cannot build the image"
+
+
+def test_each_service_connects_to_kafka_as_its_own_principal() -> None:
+    """Each step worker, the API and the topic initialiser default to their own principal."""
+    services: dict[str, dict[str, Any]] = _compose()["services"]
+    expected = {**{step: user_name(step_by_key(step).service) for step in STEP_KEYS}}
+    expected |= {"api": user_name(API), "topics": user_name(ADMIN), "provision": user_name(REQUESTER)}
+    for name, principal in expected.items():
+        username = services[name]["environment"]["PROVISION_KAFKA_SASL_USERNAME"]
+        assert username.endswith(f":-{principal}}}"), f"{name} connects as {username}"
+        assert services[name]["environment"]["PROVISION_KAFKA_SASL_PASSWORD"].endswith(":-}")
+    usernames = [services[name]["environment"]["PROVISION_KAFKA_SASL_USERNAME"] for name in expected]
+    assert len(set(usernames)) == len(usernames)  # nobody shares one
+
+
+def test_an_empty_variable_reads_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`${VAR:-}` gives the services an empty value, which Settings reads as not given."""
+    monkeypatch.setenv("PROVISION_KAFKA_SECURITY_PROTOCOL", "")
+    monkeypatch.setenv("PROVISION_KAFKA_SASL_PASSWORD", "")
+    settings = Settings()
+    assert settings.kafka_security_protocol is None and settings.kafka_sasl_password is None
