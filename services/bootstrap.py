@@ -32,7 +32,7 @@ from shared.domain.records import StrandRule
 from shared.domain.steps import PURGE_STEP, REVERSE_STEPS, STEPS
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
 from shared.kafka.security import KafkaSecurity, resolve_security
-from shared.local_env import read_local_env
+from shared.local_env import LOCAL_PROTOCOL, local_kafka_password, read_local_env
 from shared.redact import mask_url
 from shared.settings import ConfigurationError as ConfigurationError  # noqa: PLC0414 - re-exported, callers import it here
 from shared.settings import Settings
@@ -265,7 +265,7 @@ def missing_connection_settings(settings: Settings, security: KafkaSecurity | No
     ]
 
 
-def build_app(settings: Settings) -> App:
+def build_app(settings: Settings, *, principal: str | None = None) -> App:
     """Wire the application from ``settings``, which the entry point read (once) from the
     environment.
 
@@ -275,6 +275,10 @@ def build_app(settings: Settings) -> App:
     once (:func:`shared.kafka.security.resolve_security`); the brokers of a client properties
     file count as KAFKA_BOOTSTRAP_SERVERS. Connecting to whatever listens on
     the local ports by default would let a misconfigured production worker join the wrong servers.
+
+    ``principal`` is who this process is on a secure local broker (``provision infra up
+    --secure``) when the settings name nobody: the entry point's own user (a worker its service's,
+    ``provision request`` the requester's, ...), its password read from the state directory.
     """
     security = resolve_security(settings)  # ConfigurationError (one line) before anything connects
     bootstrap = settings.kafka_bootstrap_servers or security.bootstrap_servers
@@ -290,7 +294,10 @@ def build_app(settings: Settings) -> App:
     all_local = not bootstrap and not database_url
     if not bootstrap or not database_url:
         local = read_local_env(settings.state_dir)
-        bootstrap = bootstrap or local["KAFKA_BOOTSTRAP_SERVERS"]
+        if not bootstrap:
+            bootstrap = local["KAFKA_BOOTSTRAP_SERVERS"]
+            settings = _with_local_kafka_identity(settings, local, principal)
+            security = resolve_security(settings)
         database_url = database_url or local["DATABASE_URL"]
         # The rest of what `provision infra env` would print, where the settings say nothing:
         # several local clusters' map, a replicated broker's topic settings.
@@ -313,6 +320,38 @@ def build_app(settings: Settings) -> App:
         cluster_map=cluster_map(settings, tenant_database_url, environ),
         local=all_local,
         kafka_security=security,
+    )
+
+
+def _with_local_kafka_identity(
+    settings: Settings, local: Mapping[str, str], principal: str | None
+) -> Settings:
+    """``settings`` with the secure local broker's protocol, CA and a principal filled in where
+    they say nothing of Kafka's security; unchanged for a plaintext local broker.
+
+    The user is PROVISION_KAFKA_SASL_USERNAME if set, else ``principal``; its password is
+    PROVISION_KAFKA_SASL_PASSWORD if set, else the one `provision infra up --secure` generated.
+    ConfigurationError (one line) when nobody is named or the user is not one of the broker's."""
+    if local.get(LOCAL_PROTOCOL) is None:
+        return settings
+    if settings.kafka_security_protocol is not None or settings.kafka_client_properties is not None:
+        return settings  # the caller said how to connect: nothing of the state directory's
+    user = settings.kafka_sasl_username or principal
+    if user is None:
+        raise ConfigurationError(
+            "the local broker is secure (SASL_SSL): name the principal to connect as with "
+            "PROVISION_KAFKA_SASL_USERNAME (see `provision acls` for who may do what)"
+        )
+    password = settings.kafka_sasl_password or SecretStr(local_kafka_password(local, user))
+    ca = local.get("PROVISION_KAFKA_SSL_CA_LOCATION")
+    return settings.model_copy(
+        update={
+            "kafka_security_protocol": local[LOCAL_PROTOCOL],
+            "kafka_sasl_mechanism": local.get("PROVISION_KAFKA_SASL_MECHANISM"),
+            "kafka_ssl_ca_location": Path(ca) if ca else None,
+            "kafka_sasl_username": user,
+            "kafka_sasl_password": password,
+        }
     )
 
 

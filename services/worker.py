@@ -23,6 +23,7 @@ from sqlalchemy import exc as sa_exc
 
 from services.bootstrap import App, ConfigurationError, build_app
 from services.specs import SECRET_STEPS
+from shared.domain.acls import user_name
 from shared.domain.errors import StoreUnavailableError
 from shared.domain.steps import ALL_STEPS, PLACING_STEP, PURGE_STEP, Chain, Step, resolve_step
 from shared.kafka import Duty, Probe, StepWorker, queue_due_purges, relay_outbox
@@ -89,7 +90,7 @@ def run_worker(
         wanted = ", ".join(chain.value for chain in chains)
         raise ConfigurationError(f"the {step_key} service has no step in the {wanted} chain")
     # First, so a worker without its addresses refuses (ConfigurationError) before anything else.
-    app = build_app(settings)
+    app = build_app(settings, principal=user_name(steps[0].service))  # on a secure local broker
     configure_logging(settings.log_level, settings.log_format)
     if any(step.key in SECRET_STEPS for step in steps) and not _check_secret_key(app):
         app.close()  # stopped while the control plane was away: nothing was consumed

@@ -12,6 +12,10 @@ from pathlib import Path
 from shared.settings import ConfigurationError
 
 LOCAL_ENV_FILE = "local-env.json"
+LOCAL_PROTOCOL = "PROVISION_KAFKA_SECURITY_PROTOCOL"
+"""Recorded only for a secure local broker (SASL_SSL), with the mechanism and the CA."""
+LOCAL_PASSWORDS = "PROVISION_KAFKA_SASL_PASSWORD_FILE"
+"""Where a secure local broker's users' passwords are (JSON, user to password, mode 0600)."""
 
 
 def local_env_path(state_dir: Path) -> Path:
@@ -46,3 +50,25 @@ def read_local_env(state_dir: Path) -> dict[str, str]:
     if not isinstance(recorded, dict):
         raise ConfigurationError(f"local mode: {path} holds no settings; run `provision infra up` again")
     return {str(name): str(value) for name, value in recorded.items()}
+
+
+def local_kafka_password(local: Mapping[str, str], user: str) -> str:
+    """The password `provision infra up --secure` generated for ``user``, from the file the
+    recorded settings ``local`` point at; ConfigurationError naming the known users otherwise."""
+    recorded = local.get(LOCAL_PASSWORDS)
+    if recorded is None:
+        raise ConfigurationError(
+            "local mode: the secure broker recorded no passwords; run `provision infra up`"
+        )
+    path = Path(recorded)
+    try:
+        passwords = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"local mode: cannot read the broker's passwords ({path}): {exc}") from None
+    if not isinstance(passwords, dict) or not isinstance(passwords.get(user), str):
+        known = ", ".join(sorted(passwords)) if isinstance(passwords, dict) else "none"
+        raise ConfigurationError(
+            f"local mode: the local broker has no user {user!r} (PROVISION_KAFKA_SASL_USERNAME); "
+            f"its users: {known}"
+        )
+    return str(passwords[user])

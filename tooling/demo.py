@@ -20,11 +20,12 @@ from services.cli.follow import follow
 from services.usecases.queries import project_result
 from services.usecases.requests import request_provisioning
 from shared.db.migrator import migrate as run_migrations
+from shared.domain.acls import ADMIN, user_name
 from shared.domain.naming import validate_project_id
 from shared.domain.steps import all_topics
 from shared.kafka import ensure_topics
 from shared.settings import Settings
-from tooling.fleet import WorkerFleet
+from tooling.fleet import WorkerFleet, step_identities
 from tooling.infra import LocalInfra, local_infra
 from tooling.output import Failure, UsageError, err, errors, local_settings, out
 
@@ -67,7 +68,7 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
         if not keep_infra:
             cleanup.callback(_stop_started, infra, before)
         infra.up(_infra_progress)
-    a = build_app(settings)
+    a = build_app(settings, principal=user_name(ADMIN))  # it creates the topics
     cleanup.callback(a.close)
     applied = run_migrations(a.engine)
     err.print(f"migrations: {', '.join(applied) if applied else 'up to date'}")
@@ -87,7 +88,7 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
         **worker_environment(a.settings, bootstrap_servers=a.bootstrap_servers, database_url=a.database_url),
         **a.secret_key_env(),  # in local mode the state directory's key: the workers never make one up
     }
-    fleet = WorkerFleet(env, log_dir)
+    fleet = WorkerFleet(env, log_dir, identities=step_identities(infra) if local else {})
     cleanup.callback(_stop_workers, fleet)
     fleet.start()
     err.print(f"workers: {len(fleet.procs)} started (logs in {log_dir}/)")

@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.domain.steps import STEP_KEYS
+from shared.domain.acls import user_name
+from shared.domain.steps import STEP_KEYS, step_by_key
+from tooling.infra import LocalInfra
+from tooling.infra.cli import kafka_identity
 
 
 def worker_command(step: str, *, faults: bool = False) -> list[str]:
@@ -23,6 +26,14 @@ def worker_command(step: str, *, faults: bool = False) -> list[str]:
     if faults:
         return [sys.executable, "-m", "tooling.faults", "worker", step]
     return [sys.executable, "-m", f"services.{step}"]
+
+
+def step_identities(infra: LocalInfra) -> dict[str, dict[str, str]]:
+    """Each step's client settings naming its service's principal (``provision-<service>``) on
+    the secure local broker; none on a plaintext one."""
+    if not infra.topology.secure:
+        return {}
+    return {step: kafka_identity(infra, user_name(step_by_key(step).service)) for step in STEP_KEYS}
 
 
 @dataclass
@@ -35,6 +46,9 @@ class WorkerFleet:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     cwd: Path | None = None
     """The workers' working directory (None: the caller's)."""
+    identities: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Each step's Kafka identity (:func:`step_identities`), laid over the environment of every
+    worker of that step: on a secure broker each service is its own principal."""
 
     def start(self) -> None:
         """Start one worker for each of the seven steps."""
@@ -49,7 +63,7 @@ class WorkerFleet:
         ``faults``, the worker runs under ``tooling.faults``, which acts on the fault variables
         of its environment (``PROVISION_CRASH_AT``, ``PROVISION_SLOW_STEP``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        environment = {**os.environ, **(self.env if env is None else env)}
+        environment = {**os.environ, **(self.env if env is None else env), **self.identities.get(step, {})}
         with (self.log_dir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
                 worker_command(step, faults=faults),

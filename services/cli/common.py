@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from services.bootstrap import App, ConfigurationError, build_app
 from services.usecases.payloads import InvalidRequestError
 from shared.crypto import UndecryptableError
+from shared.domain.acls import REQUESTER, user_name
 from shared.domain.errors import InvalidTransitionError, ProvisioningError, StoreUnavailableError
 from shared.domain.naming import InvalidProjectIdError
 from shared.domain.records import ConflictingRequestError
@@ -68,10 +69,11 @@ def read_settings(*, local: bool = False) -> Settings:
         raise UsageError(f"bad setting {name}: {first['msg']}") from None
 
 
-def command_app(*, local: bool = False) -> App:
+def command_app(*, local: bool = False, role: str = REQUESTER) -> App:
     """The app of one command; refuses (ConfigurationError, exit 2) when a server address is
-    missing and local mode is off."""
-    app = build_app(read_settings(local=local))
+    missing and local mode is off. ``role`` is who the command is on a secure local broker when
+    the settings name nobody (the ACL set's requester, operator or administrator)."""
+    app = build_app(read_settings(local=local), principal=user_name(role))
     app.one_shot = True
     forget_refusals()
     answer_refusals_myself()  # a refusal is this command's one error line, not a log line too
@@ -79,10 +81,10 @@ def command_app(*, local: bool = False) -> App:
     return app
 
 
-def keyed_app(*, local: bool = False) -> App:
+def keyed_app(*, local: bool = False, role: str = REQUESTER) -> App:
     """The app of a command that encrypts or decrypts: refuses (ConfigurationError, exit 2)
     before doing anything when the secret key is missing or not the control plane's."""
-    app = command_app(local=local)
+    app = command_app(local=local, role=role)
     _ = app.box
     return app
 

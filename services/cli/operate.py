@@ -17,6 +17,7 @@ from services.usecases.reconcile import plan_for as plan_reconcile
 from services.usecases.reconcile import reconcile as run_reconcile
 from services.usecases.reconcile import repair as repair_drift
 from services.usecases.replay import replay as run_replay
+from shared.domain.acls import OPERATOR
 from shared.domain.steps import STEP_KEYS, resolve_step
 
 
@@ -41,7 +42,7 @@ def replay(
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
         decisions = run_replay(
-            command_app(local=local),
+            command_app(local=local, role=OPERATOR),
             step_key=key,
             project_id=project,
             dry_run=dry_run,
@@ -67,7 +68,7 @@ def clusters(
     each one's region, tenants placed on it (deleted ones not counted) and capacity."""
 
     with errors():
-        a = command_app(local=local)
+        a = command_app(local=local, role=OPERATOR)
         try:
             fills = a.placements.cluster_fill()
             hosts = {c.name: c for c in a.tenant_cluster_map.clusters}
@@ -130,7 +131,7 @@ def reconcile(
     with errors():
         if dry_run and apply:
             raise UsageError("--dry-run and --apply exclude each other")
-        a = command_app(local=local)
+        a = command_app(local=local, role=OPERATOR)
         try:
             report = run_reconcile(a)
             planned = plan_reconcile(a, report) if report.drift else []

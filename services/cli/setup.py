@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.cli.common import BrokerTimeout, LocalFlag, command_app, errors, out
 from shared.db.migrator import migrate as run_migrations
+from shared.domain.acls import ADMIN
 from shared.domain.steps import all_topics
 from shared.kafka import ensure_topics
 
@@ -12,7 +13,7 @@ def migrate(local: LocalFlag = False) -> None:
     """Apply the control-plane database migrations (idempotent)."""
 
     with errors():
-        applied = run_migrations(command_app(local=local).engine)
+        applied = run_migrations(command_app(local=local, role=ADMIN).engine)
     out.print(f"applied {', '.join(applied)}" if applied else "database is up to date")
 
 
@@ -20,7 +21,7 @@ def topics(local: LocalFlag = False, timeout: BrokerTimeout = 10.0) -> None:
     """Create every topic that is missing (partitions and replication from settings)."""
 
     with errors():
-        a = command_app(local=local)
+        a = command_app(local=local, role=ADMIN)  # it creates topics
         outcome = ensure_topics(
             a.bootstrap_servers,
             all_topics(),

@@ -9,6 +9,7 @@ import structlog
 import uvicorn
 
 from services.bootstrap import ConfigurationError, build_app
+from shared.domain.acls import API, user_name
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -46,7 +47,7 @@ def serve(settings: Settings, *, host: str, port: int, insecure_local: bool = Fa
     warning = legacy_warning(tokens)
     if warning is not None:
         log.warning("api_token_legacy_entries", message=warning, callers=list(tokens.legacy))
-    app = build_app(settings)
+    app = build_app(settings, principal=user_name(API))
     api = create_api(app, tokens=tokens if len(tokens) else None, insecure_local=insecure_local)
     config = uvicorn.Config(
         api,

@@ -9,6 +9,8 @@ worker's log instead of passing unnoticed on the plaintext test broker.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from shared.domain.steps import STEP_KEYS, Stage, step_by_key
 from shared.settings import Settings
 from tests.e2e.lifecycle_tools import start_ready
 from tests.secure_tools import running_secure_infra, secure_settings, secure_state_dir
-from tests.support import WorkerGroup, unique_project, wait_until_stage
+from tests.support import REPO_ROOT, WorkerGroup, unique_project, wait_until_stage
 from tests.support import test_settings as settings_for_tests
 from tooling.infra import LocalInfra
 from tooling.infra.cli import kafka_identity
@@ -36,6 +38,7 @@ OFFSET = 70
 """The ports: the session's plus this (test_secure_broker.py's broker is at +50; +2, +3 are taken
 by the mTLS and inter-broker listeners)."""
 REFUSALS = ("kafka_refused", "TOPIC_AUTHORIZATION_FAILED")
+PROVISION = str(REPO_ROOT / ".venv" / "bin" / "provision")
 
 
 @dataclass
@@ -122,3 +125,24 @@ def test_the_schema_principal_cannot_forge_the_database_steps_outcome(chain: Sec
     assert outcomes, "no delivery report"
     error = outcomes[0]
     assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
+
+
+def test_local_mode_commands_connect_as_their_own_principal(chain: SecureChain) -> None:
+    """With only the state directory, `topics`, `request --wait` and `replay` each pick their principal."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PROVISION_", "KAFKA_")) and name != "DATABASE_URL"
+    }
+    env |= {"PROVISION_STATE_DIR": str(chain.infra.state_dir), "PROVISION_LOG_LEVEL": "WARNING"}
+    pid = unique_project("secure-local")
+    for argv, role in (
+        (["topics", "--local", "--timeout", "20"], "provision-admin"),  # creates topics
+        (["request", pid, "--region", "eu-west-1", "--local", "--wait"], "provision-requester"),
+        (["replay", "--local", "--dry-run", "--timeout", "20"], "provision-operator"),  # reads .failed
+    ):
+        result = subprocess.run(
+            [PROVISION, *argv], env=env, capture_output=True, text=True, timeout=180, check=False
+        )
+        assert result.returncode == 0, f"{argv[0]} as {role}: {result.stderr}"
+    wait_until_stage(chain.requester, [pid], timeout=5)  # `--wait` returned once it was

@@ -23,9 +23,10 @@ import tooling.bench.suite
 import tooling.demo
 from services.bootstrap import ConfigurationError, build_app, worker_environment
 from services.cli import app
-from shared.domain.steps import Chain
+from shared.domain.steps import STEP_KEYS, Chain, step_by_key
 from shared.settings import Settings
-from tooling.infra import local_infra
+from tooling.fleet import step_identities
+from tooling.infra import LocalInfra, local_infra
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -205,7 +206,7 @@ def test_connecting_commands_accept_local(monkeypatch: pytest.MonkeyPatch, comma
     """Every connecting command takes --local and gets past the configuration check with it."""
     built: list[Settings] = []
 
-    def fake_build_app(settings: Settings) -> Any:
+    def fake_build_app(settings: Settings, **_: Any) -> Any:
         built.append(settings)
         raise _Stop
 
@@ -235,7 +236,7 @@ def test_demo_is_local_without_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         def up(self, progress: Any) -> None:
             pass
 
-    def fake_build_app(settings: Settings) -> Any:
+    def fake_build_app(settings: Settings, **_: Any) -> Any:
         built.append(settings)
         raise _Stop
 
@@ -268,3 +269,89 @@ def test_worker_environment_does_not_pass_local_mode() -> None:
     env = worker_environment(Settings(local=True), bootstrap_servers="b:1", database_url="postgresql://d")
     assert "PROVISION_LOCAL" not in env
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "b:1"
+
+
+def _record_secure_local_servers(state_dir: Path) -> LocalInfra:
+    """What `provision infra up --secure` records for local mode (its CA and users' passwords
+    made), without starting a server."""
+    infra = LocalInfra(state_dir, 23992, 23993, 23932, secure=True)
+    infra.security.ca.ensure()
+    infra.security.passwords()
+    infra.record()
+    return infra
+
+
+def test_local_mode_on_a_secure_broker_connects_as_the_entry_points_principal(unconfigured: Path) -> None:
+    """On the secure local broker the app takes SASL_SSL, the CA and its principal's generated password."""
+    infra = _record_secure_local_servers(unconfigured)
+    a = build_app(Settings(local=True), principal="provision-schema")
+    config = a.kafka_config
+    assert config["security.protocol"] == "SASL_SSL" and config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl.username"] == "provision-schema"
+    assert config["sasl.password"] == infra.security.password("provision-schema")
+    assert config["ssl.ca.location"] == str(infra.security.ca.cert)
+    assert infra.security.password("provision-schema") not in (unconfigured / "local-env.json").read_text()
+
+
+def test_local_mode_on_a_secure_broker_takes_the_named_user_first(
+    unconfigured: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROVISION_KAFKA_SASL_USERNAME wins over the entry point's principal; its password is the file's."""
+    infra = _record_secure_local_servers(unconfigured)
+    monkeypatch.setenv("PROVISION_KAFKA_SASL_USERNAME", "provision-operator")
+    config = build_app(Settings(local=True), principal="provision-requester").kafka_config
+    assert config["sasl.username"] == "provision-operator"
+    assert config["sasl.password"] == infra.security.password("provision-operator")
+
+
+def test_local_mode_on_a_secure_broker_refuses_nobody_or_a_stranger_in_one_line(unconfigured: Path) -> None:
+    """No principal, or a user the local broker does not have, is one ConfigurationError line."""
+    _record_secure_local_servers(unconfigured)
+    with pytest.raises(ConfigurationError, match="PROVISION_KAFKA_SASL_USERNAME") as nobody:
+        build_app(Settings(local=True))
+    assert "\n" not in str(nobody.value)
+    with pytest.raises(ConfigurationError, match="no user 'mallory'") as stranger:
+        build_app(Settings(local=True, kafka_sasl_username="mallory"))
+    assert "provision-admin" in str(stranger.value)  # it lists the users there are
+
+
+def test_explicit_kafka_security_wins_over_the_secure_local_broker(unconfigured: Path) -> None:
+    """A protocol given explicitly is kept as it is: the state directory adds no identity to it."""
+    _record_secure_local_servers(unconfigured)
+    a = build_app(Settings(local=True, kafka_security_protocol="PLAINTEXT"), principal="provision-schema")
+    assert "sasl.username" not in a.kafka_config
+
+
+def test_local_mode_on_a_plaintext_broker_adds_no_identity(unconfigured: Path) -> None:
+    """On the plaintext local broker the principal is ignored: no SASL settings at all."""
+    _record_local_servers()
+    assert "sasl.username" not in build_app(Settings(local=True), principal="provision-schema").kafka_config
+
+
+def test_every_entry_point_names_its_own_principal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker is its service's principal, `request` the requester, `replay` the operator, `topics` admin."""
+    principals: list[str | None] = []
+
+    def fake_build_app(settings: Settings, *, principal: str | None = None) -> Any:
+        principals.append(principal)
+        raise _Stop
+
+    monkeypatch.setattr(services.cli.common, "build_app", fake_build_app)
+    monkeypatch.setattr(services.worker, "build_app", fake_build_app)
+    for command in (("request", "acme-app", "--region", "us-east-1"), ("replay",), ("topics",)):
+        assert isinstance(_run(*command, "--local").exception, _Stop)
+    with pytest.raises(_Stop):
+        services.worker.run_worker("schema", Settings(local=True))
+    assert principals == ["provision-requester", "provision-operator", "provision-admin", "provision-schema"]
+
+
+def test_the_fleet_gives_each_step_its_services_principal_on_a_secure_broker(unconfigured: Path) -> None:
+    """Spawned by the demo or the bench, each worker is provision-<service>; plaintext adds nothing."""
+    assert step_identities(LocalInfra(unconfigured, 23992, 23993, 23932)) == {}
+    infra = _record_secure_local_servers(unconfigured)
+    identities = step_identities(infra)
+    assert sorted(identities) == sorted(STEP_KEYS)
+    for step, identity in identities.items():
+        user = f"provision-{step_by_key(step).service}"
+        assert identity["PROVISION_KAFKA_SASL_USERNAME"] == user
+        assert identity["PROVISION_KAFKA_SASL_PASSWORD"] == infra.security.password(user)

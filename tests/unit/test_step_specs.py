@@ -117,8 +117,8 @@ def test_a_worker_for_one_step_builds_only_that_steps_spec(
     given: list[str] = []
     options: list[WorkerOptions] = []
 
-    def wire(settings: Settings) -> App:
-        apps.append(build_app(settings))
+    def wire(settings: Settings, **kwargs: Any) -> App:
+        apps.append(build_app(settings, **kwargs))
         return apps[-1]
 
     def worker(spec: StepSpec, **wiring: Any) -> object:

@@ -24,6 +24,7 @@ from sqlalchemy import text
 
 from services.bootstrap import App, build_app, worker_environment
 from shared.db.migrator import migrate
+from shared.domain.acls import ADMIN, user_name
 from shared.domain.steps import DEADLETTER_TOPIC, FINAL_STEP, STEPS, all_topics
 from shared.kafka import ensure_topics
 from shared.settings import Settings
@@ -61,7 +62,7 @@ def bring_up(settings: Settings, say: Say) -> Infra:
 def prepare(settings: Settings, say: Say) -> App:
     """The app wired to the servers, with migrations applied and every topic created."""
 
-    app = build_app(settings)
+    app = build_app(settings, principal=user_name(ADMIN))  # it creates topics and probes
     applied = migrate(app.engine)
     say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
     outcome = ensure_topics(
@@ -114,15 +115,17 @@ class WorkerFleet(fleet.WorkerFleet):
 @contextmanager
 def running_workers(settings: Settings, app: App, log_dir: Path, say: Say) -> Iterator[WorkerFleet]:
     """The fleet, stopped with SIGTERM on the way out whatever happens (errors, Ctrl-C)."""
-    fleet = WorkerFleet(worker_env(settings, app), log_dir)
+    local = settings.kafka_bootstrap_servers is None or settings.database_url is None
+    identities = fleet.step_identities(local_infra(settings)) if local else {}
+    workers = WorkerFleet(worker_env(settings, app), log_dir, identities=identities)
     # A SIGTERM to the bench unwinds like Ctrl-C, so the workers are never left behind.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        fleet.start()
-        say(f"workers: {len(fleet.procs)} started (logs in {log_dir}/)")
-        yield fleet
+        workers.start()
+        say(f"workers: {len(workers.procs)} started (logs in {log_dir}/)")
+        yield workers
     finally:
-        codes = fleet.stop()
+        codes = workers.stop()
         signal.signal(signal.SIGTERM, previous)
         say(f"workers: stopped (exit codes {', '.join(f'{k}={v}' for k, v in codes.items())})")
 
