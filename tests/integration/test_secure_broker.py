@@ -8,6 +8,7 @@ the tests fail, never skip. The clients are built from plain librdkafka settings
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -179,3 +180,57 @@ def test_acls_apply_by_a_step_principal_is_refused(secure_infra: LocalInfra) -> 
     result = _acls_cli(secure_infra, SCHEMA)
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1 and "refused" in result.stderr
+
+
+def _local_env(infra: LocalInfra, **extra: str) -> dict[str, str]:
+    """A command's environment in local mode on this broker's state directory, nothing else set."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PROVISION_", "KAFKA_")) and not name.endswith("DATABASE_URL")
+    }
+    return {**env, "PROVISION_STATE_DIR": str(infra.state_dir), "PROVISION_LOCAL": "1", **extra}
+
+
+def test_a_worker_whose_acl_is_missing_says_so_once_and_keeps_trying(
+    secure_infra: LocalInfra, tmp_path: Path
+) -> None:
+    """The auth worker run as provision-schema logs one refusal per group it may not join, and goes on."""
+    provision = str(Path(sys.executable).with_name("provision"))
+    migrated = subprocess.run(
+        [provision, "migrate"],
+        env=_local_env(secure_infra),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    env = _local_env(
+        secure_infra,
+        PROVISION_KAFKA_SASL_USERNAME=SCHEMA,  # its password from the state directory
+        PROVISION_LOG_FORMAT="json",
+        PROVISION_LOG_LEVEL="INFO",
+    )
+    log = tmp_path / "auth.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [provision, "worker", "auth"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 90  # its start, on a loaded machine, then the refusal
+        while '"kafka_refused"' not in log.read_text() and time.monotonic() < deadline:
+            assert worker.poll() is None, f"the worker exited: {log.read_text()}"
+            time.sleep(0.5)
+        time.sleep(8)  # it goes on retrying: nothing more may be logged for the same reason
+        assert worker.poll() is None, f"the worker gave up instead of retrying: {log.read_text()}"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    output = log.read_text()
+    assert worker.returncode == 0, output
+    refused = [line for line in output.splitlines() if '"kafka_refused"' in line]
+    reasons = {line.split('"message": "', 1)[1].split(" (", 1)[0] for line in refused}
+    assert len(reasons) == len(refused), f"a reason logged twice: {refused}"
+    assert any("group provisioning-auth" in line and SCHEMA in line for line in refused), output
+    assert secure_infra.security.password(SCHEMA) not in output
