@@ -38,6 +38,8 @@ class TenantCluster(Protocol):
 
     host: str
     port: int
+    sslmode: str | None
+    """The admin URL's ``sslmode`` (None when it names none), for the tenants' connection strings."""
 
     def database_exists(self, name: str) -> bool: ...
 

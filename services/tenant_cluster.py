@@ -52,6 +52,8 @@ class ClusterAddress:
         self.host = str(params.get("host") or "localhost")
         self.port = int(params.get("port") or 5432)
         self.admin_database = str(params.get("dbname") or "postgres")
+        self.sslmode: str | None = str(params["sslmode"]) if params.get("sslmode") else None
+        """The admin URL's ``sslmode``, if it names one: the tenants' connection strings carry it."""
         self.down = False
         """The last attempt to get a connection failed: the next one probes first."""
 

@@ -546,6 +546,7 @@ class FakeTenantCluster:
 
     host = "tenants.internal"
     port = 6543
+    sslmode: str | None = None
 
     def __init__(self) -> None:
         self.roles: dict[str, str] = {}

@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from services.bootstrap import App, build_app, worker_environment
+from shared.db import libpq_url
 from shared.domain.steps import STEP_KEYS, Stage
 from shared.kafka.security import client_security
 from shared.settings import Settings
@@ -73,6 +77,16 @@ def make_app(env: InfraEnv, state_dir: Path, **overrides: Any) -> App:
 def env_of(app: App) -> InfraEnv:
     """Where an app's broker and database are."""
     return InfraEnv(bootstrap_servers=app.bootstrap_servers, database_url=app.database_url)
+
+
+def connect_as_tenant(app: App, connection_string: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection with a tenant's connection string, bringing the CA a tenant brings itself
+    (the string names ``sslmode`` but no ``sslrootcert``): the tenant cluster's, when its admin
+    URL names one, as a TLS-only server (``PROVISION_PG_BIN_DIR``) needs."""
+    admin = conninfo_to_dict(libpq_url(app.tenant_cluster_map.clusters[0].admin_url))
+    if admin.get("sslrootcert"):
+        kwargs.setdefault("sslrootcert", admin["sslrootcert"])
+    return psycopg.connect(connection_string, **kwargs)
 
 
 def unique_project(prefix: str = "t") -> str:

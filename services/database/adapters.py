@@ -36,6 +36,7 @@ class PostgresTenantCluster:
         self.address = address
         self.host = address.host
         self.port = address.port
+        self.sslmode = address.sslmode
 
     def database_exists(self, name: str) -> bool:
         with self.address.admin() as conn:

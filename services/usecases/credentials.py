@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import structlog
 
 from services.bootstrap import App
+from shared.domain.connection import tenant_connection_string
+from shared.domain.errors import ProvisioningError
 from shared.domain.naming import normalize_project_id
 from shared.domain.payloads import DatabaseInfo
 from shared.domain.steps import STEPS, StepStatus
@@ -47,13 +48,16 @@ class TenantCredentials:
     database: str
     role: str
     password: str
+    sslmode: str | None = None
+    """The tenant cluster's admin URL's ``sslmode``, if it names one."""
 
     @property
     def connection_string(self) -> str:
-        """A libpq URL with the password, percent-encoded."""
-        return (
-            f"postgresql://{quote(self.role, safe='')}:{quote(self.password, safe='')}"
-            f"@{self.host}:{self.port}/{quote(self.database, safe='')}"
+        """A libpq URL with the password, percent-encoded, and ``sslmode`` when the cluster's
+        admin URL names one (never its ``sslrootcert``: the tenant brings its own CA; see
+        :func:`tenant_connection_string`)."""
+        return tenant_connection_string(
+            self.host, self.port, self.database, self.role, password=self.password, sslmode=self.sslmode
         )
 
     def __repr__(self) -> str:  # never print the password by accident
@@ -78,10 +82,24 @@ def _database_of(app: App, project_id: str) -> DatabaseInfo:
     return DatabaseInfo.model_validate(stored)
 
 
+def _sslmode_of(app: App, project_id: str) -> str | None:
+    """The ``sslmode`` of the admin URL of the cluster the tenant is placed on (None when it
+    names none, or the project has no placement); CredentialsError when the cluster map no
+    longer lists its cluster."""
+    placement = app.placements.placement(project_id)
+    if placement is None:
+        return None
+    try:
+        return app.placed_clusters.cluster(placement).sslmode
+    except ProvisioningError as exc:
+        raise CredentialsError(exc.message) from None
+
+
 def reveal_credentials(project_id: str, *, app: App) -> TenantCredentials:
     """The tenant's connection details with its password, once; CredentialsError after."""
     project_id = normalize_project_id(project_id)
     database = _database_of(app, project_id)
+    sslmode = _sslmode_of(app, project_id)  # before the reveal, which can happen only once
     try:
         revealed = app.credentials.reveal(project_id)
     except LookupError:
@@ -93,7 +111,9 @@ def reveal_credentials(project_id: str, *, app: App) -> TenantCredentials:
         )
     role, password = revealed
     log.info("credentials_revealed", project_id=project_id, role=role)
-    return TenantCredentials(database.host, database.port, database.database_name, role, password)
+    return TenantCredentials(
+        database.host, database.port, database.database_name, role, password, sslmode=sslmode
+    )
 
 
 def _no_checkpoint(point: str) -> None:

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from services.ports import CredentialStore, KeyStore, ProjectLedger, ServiceRegistry, TenantClusters
 from services.schema.handler import placement_of
+from shared.domain.connection import tenant_connection_string
 from shared.domain.errors import ErrorType, ProvisioningError
 from shared.domain.naming import TenantNames
 from shared.domain.outcomes import StepContext, StepOutput
@@ -44,7 +45,8 @@ def handle(
     password = credentials.existing_password(context.project_id)
     if password is None:
         raise ProvisioningError(ErrorType.DATABASE_CREATION_FAILED, "the tenant role has no stored password")
-    facts = clusters.probe(placement_of(context)).inspect(names.database, names.role, password, names.schema)
+    placement = placement_of(context)
+    facts = clusters.probe(placement).inspect(names.database, names.role, password, names.schema)
     if facts.current_user != names.role:
         raise ProvisioningError(
             ErrorType.INSUFFICIENT_PERMISSIONS, f"logged in as {facts.current_user!r}, not the tenant role"
@@ -66,21 +68,28 @@ def handle(
         raise ProvisioningError(
             ErrorType.API_KEY_GENERATION_FAILED, f"{found} API keys found, {request.api_keys.count} expected"
         )
+    sslmode = clusters.cluster(placement).sslmode
     ready_at = ledger.mark_ready(context.project_id)
-    return StepOutput(extra={"result": build_result(request, results, ready_at)})
+    return StepOutput(extra={"result": build_result(request, results, ready_at, sslmode=sslmode)})
 
 
 def build_result(
     request: ProvisionProjectPayload,
     results: StepResults,
     provisioned_at: datetime,
+    *,
+    sslmode: str | None = None,
 ) -> ProvisionProjectResult:
-    """The seed's result from the chain's results (passwords and key secrets never included)."""
+    """The seed's result from the chain's results (passwords and key secrets never included).
+    Its ``connection_string`` names ``sslmode``, the tenant cluster's admin URL's, when that
+    names one, and never the admin URL's ``sslrootcert``: see :func:`tenant_connection_string`."""
     database, schema = results.database, results.schema_name
     assert database is not None
     assert schema is not None
     # Without the password, which is never published.
-    dsn = f"postgresql://{database.role_name}@{database.host}:{database.port}/{database.database_name}"
+    dsn = tenant_connection_string(
+        database.host, database.port, database.database_name, database.role_name, sslmode=sslmode
+    )
     return ProvisionProjectResult(
         project_id=request.project_id,
         database=ResultDatabase(

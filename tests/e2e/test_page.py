@@ -1,10 +1,13 @@
 """The live page in a real headless Chromium against the real HTTP API, broker, database and
 step workers (separate OS processes): steps fill in as they happen, a failure shows its cause
 and remedy, and the replay button re-drives it; with no project open, the landing view lists
-the projects that need an operator; a deleted project's view offers its restore."""
+the projects that need an operator; a deleted project's view offers its restore; a token
+lacking a route's scope (403) is told so by the page, which neither loops asking for a token
+nor retries the refused read."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -13,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Locator, Page, ViewportSize, expect
+from playwright.sync_api import Locator, Page, Route, ViewportSize, expect
 from sqlalchemy import text
 
 from services.bootstrap import App
@@ -26,7 +29,7 @@ from tests.api_server import serving
 from tests.browser import chromium
 from tests.e2e.faults import ServiceStandIn, service_stand_in
 from tests.isolated_plane import Plane
-from tests.support import REPO_ROOT, WorkerGroup, unique_project, wait_for, wait_until_stage
+from tests.support import REPO_ROOT, WorkerGroup, stages, unique_project, wait_for, wait_until_stage
 
 pytestmark = pytest.mark.e2e
 
@@ -430,3 +433,127 @@ def test_the_landing_view_asks_for_a_token_and_then_lists(app: App) -> None:
         _listed(page)
         expect(page.locator("#token-box")).to_be_hidden()
         expect(page.locator("#counts .count").first).to_be_visible()
+
+
+# --- a token that lacks a route's scope ------------------------------------------------------
+
+
+def _with_token(page: Page, token: str) -> None:
+    """The tab starts with ``token`` kept, as if typed into the page before."""
+    page.add_init_script(f"sessionStorage.setItem('provision.apiToken', {json.dumps(token)})")
+
+
+def _requests_to(page: Page, suffix: str) -> list[str]:
+    """The URLs of the page's requests whose path ends with ``suffix``, as they are made."""
+    seen: list[str] = []
+    page.on(
+        "request",
+        lambda request: seen.append(request.url) if request.url.split("?")[0].endswith(suffix) else None,
+    )
+    return seen
+
+
+def test_a_read_only_token_is_told_the_replay_needs_its_scope(
+    app: App, open_api: str, registering_workers: WorkerGroup, stand_in: ServiceStandIn
+) -> None:
+    """A token with only ``read`` on a failed project: pressing replay shows the API's 403 message
+    by the button and asks for no token, the steps and the failure stay shown; asked for by the
+    user, another token (``admin``) replays it to COMPLETED."""
+    project_id = _failing_project(open_api, app, stand_in)
+    reader, reader_entry = new_token("page-reader", ["read"], all_projects=True)
+    admin, admin_entry = new_token("page-admin", ["admin"])
+    tokens = TokenSet.parse([reader_entry, admin_entry], source="test")
+    with serving(create_api(app, tokens=tokens, insecure_local=False)) as base_url:
+        body = {"project_id": project_id, "dry_run": False}
+        status, refused = _call(base_url, "POST", "/v1/replays", body, token=reader)
+        assert status == 403 and refused["error"]["code"] == "forbidden", refused
+        message = refused["error"]["message"]
+        assert message == "this token lacks the 'replay' scope"
+        with chromium() as browser:
+            page = browser.new_page(viewport=VIEWPORT)
+            _with_token(page, reader)
+            page.goto(f"{base_url}/?project={project_id}")
+            expect(page.locator("#stage")).to_have_attribute("data-stage", "FAILED")
+            expect(page.locator("#conn")).to_have_text("finished")
+            page.locator("#replay").click()
+            note = page.locator("#replay-note")
+            expect(note).to_have_text(f"Replay not allowed: {message}. Use another token")
+            expect(note).to_have_attribute("data-tone", "error")
+            page.wait_for_timeout(2000)  # nothing asks for a token, nor clears the refusal, later
+            expect(note).to_be_visible()
+            expect(page.locator("#token-box")).to_be_hidden()
+            expect(page.locator("#message")).to_be_hidden()
+            expect(page.locator("#chain-provisioning tr[data-step]")).to_have_count(len(STEP_NAMES))
+            expect(page.locator('tr[data-step="register_auth_service"]')).to_have_attribute(
+                "data-status", "failed"
+            )
+            expect(page.locator('tr[data-error-for="register_auth_service"]')).to_be_visible()
+            expect(page.locator("#replay")).to_be_enabled()
+            _screenshot(page, "page-replay-forbidden.png")
+            assert stages(app, [project_id])[project_id] is Stage.FAILED, "nothing was replayed"
+
+            note.locator("button.other-token").click()
+            expect(page.locator("#token-reason")).to_have_text(f"Type a token that may do this; {message}.")
+            page.locator("#token").fill(admin)
+            page.locator("#token-form button").click()
+            expect(page.locator("#token-box")).to_be_hidden()
+            expect(note).to_be_hidden()
+            page.locator("#replay").click()
+            expect(note).to_have_text("Replayed 1 step.")
+            expect(page.locator("#stage")).to_have_attribute(
+                "data-stage", "COMPLETED", timeout=SHOWN_WITHIN_MS
+            )
+
+
+def test_a_stream_refused_with_403_keeps_the_table_and_is_not_retried(plane: Plane) -> None:
+    """The live stream answered 503 is retried; answered 403 then, the page shows the API's
+    message, keeps the project's steps, asks for no token and opens the stream no more."""
+    project_id = unique_project("forbidden")
+    payload = ProvisionProjectPayload.model_validate({"project_id": project_id, "region": REGION})
+    plane.app.repository.register_request(payload, uuid.uuid4())
+    message = "this token lacks the 'read' scope"
+    answers = iter([(503, "store_unavailable", "the database is not answering")])
+
+    def refuse(route: Route) -> None:
+        status, code, text_ = next(answers, (403, "forbidden", message))
+        route.fulfill(
+            status=status,
+            content_type="application/json",
+            body=json.dumps({"error": {"code": code, "message": text_}}),
+        )
+
+    with serving(create_api(plane.app, tokens=None, insecure_local=True)) as base_url, chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        opened = _requests_to(page, "/events")
+        page.route(re.compile(r".*/v1/projects/[^/]+/events$"), refuse)
+        page.goto(f"{base_url}/?project={project_id}")
+        expect(page.locator("#message")).to_have_text(
+            f"The live stream was refused: {message}. Use another token"
+        )
+        expect(page.locator("#conn")).to_have_text("not connected")
+        expect(page.locator("#chain-provisioning tr[data-step]")).to_have_count(len(STEP_NAMES))
+        expect(page.locator("#stage")).to_have_attribute("data-stage", "INITIALIZING")
+        page.wait_for_timeout(3000)  # past the first backoffs: a retry would have opened it again
+        assert len(opened) == 2, opened
+        expect(page.locator("#token-box")).to_be_hidden()
+        expect(page.locator("#conn")).to_have_text("not connected")
+
+
+def test_a_token_that_may_not_read_is_told_so_on_the_landing_view(app: App) -> None:
+    """A token with only ``replay`` on the landing view: the API's 403 message is shown, no token
+    is asked for, and the list is not read again and again."""
+    token, entry = new_token("page-replayer", ["replay"])
+    api = create_api(app, tokens=TokenSet.parse([entry], source="test"), insecure_local=False)
+    with serving(api) as base_url, chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        _with_token(page, token)
+        listed = _requests_to(page, "/v1/projects")
+        page.goto(f"{base_url}/")
+        expect(page.locator("#message")).to_have_text(
+            "This token cannot list projects: this token lacks the 'read' scope. Use another token"
+        )
+        expect(page.locator("#token-box")).to_be_hidden()
+        page.wait_for_timeout(6000)  # past the landing view's next read, were it to read again
+        assert len(listed) == 1, listed
+        expect(page.locator("#landing-status")).to_have_text("")
+        _screenshot(page, "page-landing-forbidden.png")

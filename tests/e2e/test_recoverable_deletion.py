@@ -25,7 +25,15 @@ from shared.domain.naming import TenantNames
 from shared.domain.records import RestoreRefusedError
 from shared.domain.steps import PURGE_STEP, STEP_KEYS, STEP_NAMES, Stage, StepStatus
 from tests.e2e.lifecycle_tools import leftovers, start_ready
-from tests.support import TEST_SECRET_KEY, WorkerGroup, env_of, unique_project, wait_for, wait_until_stage
+from tests.support import (
+    TEST_SECRET_KEY,
+    WorkerGroup,
+    connect_as_tenant,
+    env_of,
+    unique_project,
+    wait_for,
+    wait_until_stage,
+)
 from tests.support import test_settings as settings_for_tests
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +58,7 @@ def _ready_with_data(app: App, prefix: str) -> tuple[str, str]:
     request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=app)
     wait_until_stage(app, [pid], timeout=90)
     credentials = reveal_credentials(pid, app=app)
-    with psycopg.connect(credentials.connection_string, autocommit=True, connect_timeout=10) as conn:
+    with connect_as_tenant(app, credentials.connection_string, autocommit=True, connect_timeout=10) as conn:
         conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO notes SELECT n, 'note ' || n FROM generate_series(1, %s) AS n", (ROWS,))
     return pid, credentials.password
@@ -59,7 +67,7 @@ def _ready_with_data(app: App, prefix: str) -> tuple[str, str]:
 def _rows(app: App, pid: str) -> int:
     """The tenant's rows, read as its own role with its newly revealed password."""
     credentials = reveal_credentials(pid, app=app)
-    with psycopg.connect(credentials.connection_string, connect_timeout=10) as conn:
+    with connect_as_tenant(app, credentials.connection_string, connect_timeout=10) as conn:
         row = conn.execute("SELECT count(*) FROM notes").fetchone()
     assert row is not None
     return int(row[0])

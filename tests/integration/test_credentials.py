@@ -43,9 +43,9 @@ def project(app: App) -> Iterator[str]:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(names.role)))
 
 
-def _connects(connection_string: str) -> bool:
+def _connects(app: App, connection_string: str) -> bool:
     try:
-        with psycopg.connect(connection_string, connect_timeout=5) as conn:
+        with support.connect_as_tenant(app, connection_string, connect_timeout=5) as conn:
             return conn.execute("SELECT current_user").fetchone() is not None
     except psycopg.OperationalError:
         return False
@@ -63,7 +63,7 @@ def test_reveal_gives_a_working_connection_string_once(app: App, project: str) -
     names = TenantNames.for_project(project)
 
     assert (credentials.role, credentials.database) == (names.role, names.database)
-    assert _connects(credentials.connection_string)
+    assert _connects(app, credentials.connection_string)
     assert credentials.password not in repr(credentials)
     with pytest.raises(CredentialsError, match=r"revealed already.*credentials rotate"):
         reveal_credentials(project, app=app)
@@ -77,8 +77,8 @@ def test_rotate_sets_a_new_password_to_reveal_once_more(app: App, project: str) 
 
     new = reveal_credentials(project, app=app)
     assert new.password != old.password
-    assert _connects(new.connection_string)
-    assert not _connects(old.connection_string)
+    assert _connects(app, new.connection_string)
+    assert not _connects(app, old.connection_string)
 
 
 def test_unknown_project_and_missing_database_are_named(app: App) -> None:
@@ -113,7 +113,7 @@ def test_rotation_killed_after_the_role_change_is_finished_by_a_rerun(
 
     credentials = reveal_credentials(project, app=app)
     assert credentials.password == _stored_password(app, project) != old
-    assert _connects(credentials.connection_string)
+    assert _connects(app, credentials.connection_string)
 
 
 def test_a_project_being_deprovisioned_gives_and_rotates_nothing(app: App, project: str) -> None:

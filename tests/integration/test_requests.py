@@ -353,8 +353,9 @@ def test_handler_returns_the_result_of_a_completed_project(
         names.schema,
     )
     assert (result.database.host, result.database.port) == (address.host, address.port)
+    sslmode = f"?sslmode={address.sslmode}" if address.sslmode else ""  # a TLS-only session server's
     assert result.database.connection_string == (
-        f"postgresql://{names.role}@{address.host}:{address.port}/{names.database}"
+        f"postgresql://{names.role}@{address.host}:{address.port}/{names.database}{sslmode}"
     )
     for service in ("auth", "realtime", "storage"):
         registration = getattr(result.services, service)

@@ -413,6 +413,17 @@ def test_verify_happy_path(fakes: Fakes) -> None:
     assert out.results == event.results
 
 
+def test_verify_result_names_the_clusters_sslmode(fakes: Fakes) -> None:
+    """On a cluster whose admin URL names sslmode=verify-full, the published connection string
+    names it too (and nothing else after the database)."""
+    fakes.cluster.sslmode = "verify-full"
+    out = _complete(fakes, "verify", fakes.input_for("verify", make_requested()))
+    assert isinstance(out, VerifyCompleted)
+    assert out.result.database.connection_string == (
+        f"postgresql://{TENANT}@{fakes.cluster.host}:{fakes.cluster.port}/{TENANT}?sslmode=verify-full"
+    )
+
+
 def test_verify_outcome_carries_no_secret(fakes: Fakes) -> None:
     """Neither the tenant password nor any API key secret appears in any event of the chain."""
     events = fakes.run_chain(make_requested(api_keys={"count": 4}))
