@@ -128,12 +128,19 @@ def test_the_schema_principal_produces_to_its_own_completed_topic(secure_infra: 
 
 @pytest.mark.parametrize(
     "topic",
-    ["provisioning.database.completed", "provisioning.requested", step_by_key("auth").retry_topic],
+    [
+        "provisioning.database.completed",
+        "provisioning.requested",
+        "deprovisioning.requested",  # a forged removal of any project
+        "purge.requested",  # a forged purge of its data
+        step_by_key("auth").retry_topic,
+        step_by_key("keys").failed_topic,
+    ],
 )
 def test_the_schema_principal_cannot_produce_to_another_steps_topic(
     secure_infra: LocalInfra, topic: str
 ) -> None:
-    """provision-schema cannot forge another step's outcome, a request or another step's retry."""
+    """provision-schema cannot forge another step's outcome, a request, a removal or another step's retry."""
     error = _produce(secure_infra, SCHEMA, topic)
     assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
 
