@@ -48,6 +48,9 @@ class KafkaSecurity:
     client_id: str | None = None
     client_secret: SecretStr | None = field(default=None, repr=False)
     scope: str | None = None
+    extensions: str | None = None
+    """OAUTHBEARER's SASL extensions, ``key=value,key=value`` (Confluent Cloud's
+    ``logicalCluster=lkc-…,identityPoolId=pool-…``); from the properties file only."""
     bootstrap_servers: str | None = None
     """``bootstrap.servers`` of the properties file, if it has one."""
 
@@ -90,6 +93,8 @@ class KafkaSecurity:
                 config["sasl.oauthbearer.client.secret"] = _reveal(self.client_secret)
                 if self.scope:
                     config["sasl.oauthbearer.scope"] = self.scope
+                if self.extensions:
+                    config["sasl.oauthbearer.extensions"] = self.extensions
             else:
                 config["sasl.username"] = self.username or ""
                 config["sasl.password"] = _reveal(self.password)
@@ -171,10 +176,15 @@ def resolve_security(settings: Settings) -> KafkaSecurity:
         client_id=pick(settings.kafka_oauth_client_id, "client_id"),
         client_secret=secret(settings.kafka_oauth_client_secret, "client_secret"),
         scope=pick(settings.kafka_oauth_scope, "scope"),
+        extensions=from_file.get("extensions"),
         bootstrap_servers=from_file.get("bootstrap_servers"),
     )
     _check(security)
     return security
+
+
+# RFC 7628: an extension's key is letters; its value printable, here without a comma (the separator).
+_EXTENSIONS = re.compile(r"[A-Za-z]+=[\x21-\x2b\x2d-\x7e]+(?:,[A-Za-z]+=[\x21-\x2b\x2d-\x7e]+)*")
 
 
 def _check(s: KafkaSecurity) -> None:
@@ -202,6 +212,16 @@ def _check(s: KafkaSecurity) -> None:
         ):
             if not value:
                 raise ConfigurationError(f"{name} is not set; OAUTHBEARER needs it")
+    if s.extensions is not None:
+        if s.mechanism != "OAUTHBEARER":
+            raise ConfigurationError(
+                f"sasl.oauthbearer.extensions is set but the SASL mechanism is {s.mechanism}, not OAUTHBEARER"
+            )
+        if not _EXTENSIONS.fullmatch(s.extensions):
+            raise ConfigurationError(
+                "sasl.oauthbearer.extensions: expected key=value pairs separated by commas "
+                "(letters only in a key, e.g. logicalCluster=lkc-1,identityPoolId=pool-2)"
+            )
     _check_tls(s)
 
 
@@ -274,6 +294,11 @@ _AUTHZ = {
 _TLS_HINTS = ("ssl handshake failed", "certificate verify failed", "ssl routines", "state ssl_handshake")
 _AUTHN_HINTS = ("sasl authentication", "authentication failed", "sasl handshake", "illegal_sasl_state")
 _PROTOCOL_HINT = "incorrect security.protocol"
+# librdkafka's OIDC client, when the token endpoint gives no token: the error (code _AUTHENTICATION)
+# and the log line (facility OIDC) that precedes it; the rest of the text is the endpoint's answer.
+_NO_TOKEN = re.compile(
+    r'^(?:Failed to acquire SASL OAUTHBEARER token|Failed to retrieve OIDC token from "[^"]*"):\s*', re.I
+)
 _AFTER = re.compile(r"\s*\(after \d+ms in state \w+\)")
 _ADDRESS = re.compile(r"\b[a-z_]+://\S+")
 
@@ -315,6 +340,13 @@ def refusal_of_text(
         and any(h in lowered for h in _TLS_HINTS)
     ):
         return f"Kafka refused the connection: TLS: {_tls_reason(lowered)} ({text})"
+    no_token = _NO_TOKEN.match(text)
+    if no_token is not None and code in (None, *_AUTHN_CODES):
+        endpoint = mask_url(str(config.get("sasl.oauthbearer.token.endpoint.url", ""))) or "?"
+        return (
+            f"Kafka refused the connection: authentication failed ({who or 'OAUTHBEARER'}): "
+            f"no token from the token endpoint {endpoint}: {text[no_token.end() :] or 'no reason given'}"
+        )
     if code in _AUTHN_CODES or any(h in lowered for h in _AUTHN_HINTS) or _sasl_handshake(lowered):
         return f"Kafka refused the connection: authentication failed ({who or 'no SASL mechanism'}): {text}"
     if _PROTOCOL_HINT in lowered:
