@@ -50,13 +50,16 @@ class Issuer:
         lifetime: int = 3600,
         audience: str = AUDIENCE,
         audiences: Mapping[str, str] | None = None,
+        lifetimes: Mapping[str, int] | None = None,
     ) -> None:
         """``clients``: each client id's secret; ``audiences``: a client's tokens for another
-        audience than ``audience`` (a token meant for some other service)."""
+        audience than ``audience`` (a token meant for some other service); ``lifetimes``: a
+        client's tokens living that many seconds instead of ``lifetime``."""
         self.clients = dict(clients)
         self.lifetime = lifetime
         self.audience = audience
         self.audiences = dict(audiences or {})
+        self.lifetimes = dict(lifetimes or {})
         self.url = ""  # the base URL, once served
         self.tokens_issued: list[str] = []  # the client ids given a token, in order
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -82,7 +85,14 @@ class Issuer:
         }
         return {"keys": [key]}
 
-    def token(self, subject: str, scope: str = DEFAULT_SCOPE, *, audience: str | None = None) -> str:
+    def token(
+        self,
+        subject: str,
+        scope: str = DEFAULT_SCOPE,
+        *,
+        audience: str | None = None,
+        lifetime: int | None = None,
+    ) -> str:
         """A signed JWT for ``subject`` (the issuer's own, for tests that hand one to a client)."""
         now = int(time.time())
         claims = {
@@ -90,7 +100,7 @@ class Issuer:
             "sub": subject,
             "aud": audience or self.audience,
             "iat": now,
-            "exp": now + self.lifetime,
+            "exp": now + (lifetime or self.lifetime),
             "scope": scope,
         }
         header = {"alg": "RS256", "typ": "JWT", "kid": KEY_ID}
@@ -118,10 +128,14 @@ class Issuer:
                 "error_description": "The client secret supplied for a confidential client is invalid.",
             }
         self.tokens_issued.append(client_id)
+        lifetime = self.lifetimes.get(client_id, self.lifetime)
         access = self.token(
-            client_id, form.get("scope") or DEFAULT_SCOPE, audience=self.audiences.get(client_id)
+            client_id,
+            form.get("scope") or DEFAULT_SCOPE,
+            audience=self.audiences.get(client_id),
+            lifetime=lifetime,
         )
-        return 200, {"access_token": access, "token_type": "bearer", "expires_in": self.lifetime}
+        return 200, {"access_token": access, "token_type": "bearer", "expires_in": lifetime}
 
 
 class _Handler(BaseHTTPRequestHandler):

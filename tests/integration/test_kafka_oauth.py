@@ -53,8 +53,10 @@ STRANGER = "provision-stranger"
 """A client the issuer knows and the ACLs do not name."""
 ELSEWHERE = "provision-elsewhere"
 """A client whose tokens are for another audience than the broker's."""
-SECRETS = {SCHEMA: uuid.uuid4().hex, ADMIN_USER: uuid.uuid4().hex, STRANGER: uuid.uuid4().hex}
-SECRETS[ELSEWHERE] = uuid.uuid4().hex
+KEYS = "provision-keys"
+"""A principal whose tokens live a few seconds: its client must refresh them and re-authenticate."""
+SHORT_LIFETIME = 4
+SECRETS = {name: uuid.uuid4().hex for name in (SCHEMA, ADMIN_USER, STRANGER, ELSEWHERE, KEYS)}
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class OAuthBroker:
 def oauth_broker() -> Iterator[OAuthBroker]:
     """The issuer, and a secure broker of its own that also takes its tokens, every topic created
     and the ACL set applied (as the administrator, by SCRAM)."""
-    issuer = Issuer(SECRETS, audiences={ELSEWHERE: "some-other-service"})
+    issuer = Issuer(SECRETS, audiences={ELSEWHERE: "some-other-service"}, lifetimes={KEYS: SHORT_LIFETIME})
     with running_issuer(issuer):
         security = BrokerSecurity(STATE_DIR, oauth=OAuthValidation(issuer.jwks_url, AUDIENCE, issuer.url))
         broker = KafkaBroker(
@@ -274,3 +276,18 @@ def test_a_principal_without_acls_is_refused_at_write(oauth_broker: OAuthBroker)
     assert line is not None and line.startswith(
         f"OAUTHBEARER as {STRANGER} is not allowed to write to {REQUESTED_TOPIC}"
     ), line
+
+
+def test_a_long_lived_client_refreshes_its_token_and_re_authenticates(oauth_broker: OAuthBroker) -> None:
+    """Tokens of 4 s: one publisher still delivers after its first token expired, on a fresh token."""
+    app = build_app(oauth_broker.settings(KEYS))
+    topic = step_by_key("keys").retry_topic
+    try:
+        app.publisher.produce(topic, b"acme", b"{}", [("event_type", b"oauth-test")])
+        app.publisher.flush(15)
+        time.sleep(SHORT_LIFETIME * 1.5)  # the broker ends a session at its token's expiry (KIP-368)
+        app.publisher.produce(topic, b"acme", b"{}", [("event_type", b"oauth-test")])
+        app.publisher.flush(15)
+    finally:
+        app.close()
+    assert oauth_broker.issuer.tokens_issued.count(KEYS) >= 2

@@ -79,6 +79,9 @@ class OAuthValidation:
             "listener.name.client.oauthbearer.sasl.server.callback.handler.class": (
                 f"{_OAUTH}.OAuthBearerValidatorCallbackHandler"
             ),
+            # A session lives no longer than its token (KIP-368): the client re-authenticates with
+            # the next one, or the broker closes the connection, as a managed service's does.
+            "listener.name.client.oauthbearer.connections.max.reauth.ms": "3600000",
             "sasl.oauthbearer.jwks.endpoint.url": self.jwks_url,
             "sasl.oauthbearer.expected.audience": self.audience,
         }
