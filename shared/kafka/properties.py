@@ -34,6 +34,7 @@ FILE_KEYS: Mapping[str, str] = {
     "sasl.oauthbearer.client.secret": "client_secret",
     "sasl.oauthbearer.scope": "scope",
     "sasl.oauthbearer.extensions": "extensions",
+    "https.ca.location": "https_ca",
     "ssl.endpoint.identification.algorithm": "endpoint_identification",
 }
 # What managed services put in their files beside the connection: the Java client's tuning and

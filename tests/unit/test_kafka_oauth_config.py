@@ -45,6 +45,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if name.startswith("PROVISION_KAFKA_"):
             monkeypatch.delenv(name)
     clientlog.forget_refusals()
+    clientlog.answer_refusals_myself(False)  # an earlier command's test may have left it on
     yield
     clientlog.forget_refusals()
 
@@ -156,3 +157,28 @@ def test_the_secure_broker_takes_oauthbearer_only_when_asked(tmp_path: Path) -> 
         "OAuthBearerValidatorCallbackHandler"
     )
     assert oauth.mechanisms == "SCRAM-SHA-512,OAUTHBEARER"
+
+
+def test_the_token_endpoints_ca_is_the_files_https_ca_location(tmp_path: Path) -> None:
+    """https.ca.location (relative: from the file's directory) is the CA of the token endpoint."""
+    (tmp_path / "idp-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    config = _from_file(tmp_path, OIDC_FILE + "https.ca.location=idp-ca.pem\n")
+    assert config["https.ca.location"] == str(tmp_path / "idp-ca.pem")
+
+
+def test_without_one_the_token_endpoints_ca_is_the_systems_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No https.ca.location: the system bundle (SSL_CERT_FILE first), never librdkafka's Red Hat guess."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    assert _from_file(tmp_path, OIDC_FILE)["https.ca.location"] == str(bundle)
+
+
+def test_an_https_ca_without_oauthbearer_is_refused(tmp_path: Path) -> None:
+    """https.ca.location is only the token endpoint's: with SCRAM it is a mistake, said in one line."""
+    (tmp_path / "idp-ca.pem").write_text("x")
+    text = "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.username=a\nsasl.password=b\n"
+    with pytest.raises(ConfigurationError, match="not OAUTHBEARER"):
+        _from_file(tmp_path, text + "https.ca.location=idp-ca.pem\n")
