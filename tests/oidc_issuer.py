@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -177,10 +179,17 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def running_issuer(issuer: Issuer) -> Iterator[Issuer]:
-    """Serve ``issuer`` over HTTP on a free loopback port for the block's duration."""
+def running_issuer(issuer: Issuer, tls: tuple[Path, Path] | None = None) -> Iterator[Issuer]:
+    """Serve ``issuer`` on a free loopback port for the block's duration: over HTTP, or with
+    ``tls`` (a certificate for 127.0.0.1 and its key) over HTTPS."""
     server = _Server(issuer)
-    issuer.url = f"http://127.0.0.1:{server.server_address[1]}"
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    issuer.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, name="oidc-issuer", daemon=True)
     thread.start()
     try:

@@ -80,13 +80,23 @@ class OAuthBroker:
         return Settings(**{**values, **overrides})
 
 
+@pytest.fixture(autouse=True)
+def _trust_the_issuer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issuer serves https with the local CA's certificate: the clients' system CA bundle is
+    that CA (SSL_CERT_FILE, which the project takes as the system's bundle)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(BrokerSecurity(STATE_DIR).ca.cert))
+
+
 @pytest.fixture(scope="module")
 def oauth_broker() -> Iterator[OAuthBroker]:
     """The issuer, and a secure broker of its own that also takes its tokens, every topic created
     and the ACL set applied (as the administrator, by SCRAM)."""
     issuer = Issuer(SECRETS, audiences={ELSEWHERE: "some-other-service"}, lifetimes={KEYS: SHORT_LIFETIME})
-    with running_issuer(issuer):
-        security = BrokerSecurity(STATE_DIR, oauth=OAuthValidation(issuer.jwks_url, AUDIENCE, issuer.url))
+    ca = BrokerSecurity(STATE_DIR).ca
+    served = ca.issue("oidc-issuer")
+    with running_issuer(issuer, tls=(served.cert, served.key)):
+        validation = OAuthValidation(issuer.jwks_url, AUDIENCE, issuer.url, truststore=ca.cert)
+        security = BrokerSecurity(STATE_DIR, oauth=validation)
         broker = KafkaBroker(
             STATE_DIR / "kafka", TEST_KAFKA_PORT + OFFSET, TEST_CONTROLLER_PORT + OFFSET, security=security
         )
@@ -154,6 +164,7 @@ sasl.oauthbearer.client.secret={secret}
 sasl.oauthbearer.scope=kafka
 sasl.oauthbearer.extensions=logicalCluster=lkc-test1,identityPoolId=pool-test1
 ssl.ca.location=ca.pem
+https.ca.location=ca.pem
 session.timeout.ms=45000
 client.id=ccloud-python-client
 """
@@ -173,9 +184,11 @@ ssl.ca.location=ca.pem
 
 @pytest.mark.parametrize("form", [LIBRDKAFKA_FORM, JAVA_FORM], ids=["librdkafka", "java"])
 def test_a_client_properties_file_produces_and_consumes_as_its_principal(
-    oauth_broker: OAuthBroker, tmp_path: Path, form: str
+    oauth_broker: OAuthBroker, tmp_path: Path, form: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Confluent Cloud style OAuth properties file alone (brokers, OIDC client, extensions) connects."""
+    if "https.ca.location" in form:
+        monkeypatch.delenv("SSL_CERT_FILE")  # the file's own CA for the token endpoint, nothing else
     shutil.copy(oauth_broker.ca, tmp_path / "ca.pem")
     properties = tmp_path / "client.properties"
     properties.write_text(
@@ -212,6 +225,7 @@ def test_a_wrong_client_secret_ends_the_topics_command_in_one_line(oauth_broker:
             "PROVISION_KAFKA_OAUTH_TOKEN_URL": oauth_broker.issuer.token_url,
             "PROVISION_KAFKA_OAUTH_CLIENT_ID": ADMIN_USER,
             "PROVISION_KAFKA_OAUTH_CLIENT_SECRET": wrong,
+            "SSL_CERT_FILE": str(oauth_broker.ca),
         }
     )
     started = time.monotonic()
@@ -291,3 +305,27 @@ def test_a_long_lived_client_refreshes_its_token_and_re_authenticates(oauth_brok
     finally:
         app.close()
     assert oauth_broker.issuer.tokens_issued.count(KEYS) >= 2
+
+
+def test_a_token_endpoint_certificate_the_client_cannot_verify_is_one_line(
+    oauth_broker: OAuthBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the system's CAs only, the issuer's local certificate fails verification, said in one line."""
+    monkeypatch.delenv("SSL_CERT_FILE")
+    security = client_security(oauth_broker.settings(SCHEMA))
+    assert security["https.ca.location"] != str(oauth_broker.ca)
+    with pytest.raises(KafkaRefusedError) as refused:
+        ensure_topics(
+            oauth_broker.broker.bootstrap_servers,
+            all_topics(),
+            partitions=1,
+            replication=1,
+            timeout=10,
+            security=security,
+        )
+    line = str(refused.value)
+    assert line.startswith(
+        f"Kafka refused the connection: authentication failed (OAUTHBEARER as {SCHEMA}): "
+        f"no token from the token endpoint {oauth_broker.issuer.token_url}: "
+    ), line
+    assert "unable to get local issuer certificate" in line, line

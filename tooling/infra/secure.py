@@ -71,11 +71,23 @@ class OAuthValidation:
     jwks_url: str
     audience: str
     issuer: str | None = None
+    truststore: Path | None = None
+    """The CA (PEM) an https JWKS URL's certificate is checked against; None: the JVM's CAs."""
 
     def properties(self) -> dict[str, str]:
-        """The CLIENT listener's OAUTHBEARER settings (the validator reads the global keys)."""
+        """The CLIENT listener's OAUTHBEARER settings (the validator reads the global keys, and
+        the TLS of its JWKS requests from the JAAS line's options, not the listener's)."""
+        # With options, the broker's own (unsecured) login wants a subject; it is never used, the
+        # inter-broker listener being PLAINTEXT.
+        options = (
+            ""
+            if self.truststore is None
+            else f' unsecuredLoginStringClaim_sub="broker" ssl.truststore.type="PEM" '
+            f'ssl.truststore.location="{self.truststore}"'
+        )
+        jaas = f"{_OAUTH}.OAuthBearerLoginModule required{options};"
         settings = {
-            "listener.name.client.oauthbearer.sasl.jaas.config": f"{_OAUTH}.OAuthBearerLoginModule required;",
+            "listener.name.client.oauthbearer.sasl.jaas.config": jaas,
             "listener.name.client.oauthbearer.sasl.server.callback.handler.class": (
                 f"{_OAUTH}.OAuthBearerValidatorCallbackHandler"
             ),
