@@ -1,7 +1,8 @@
 """A Kafka client properties file, as managed services hand it out: ``key=value`` or
 ``key: value`` lines, ``#``/``!`` comments, backslash continuations, and the Java client's
 ``sasl.jaas.config`` line parsed into a username and password (or an OAuth client). Only the
-keys of :data:`FILE_KEYS` are taken; those of :data:`IGNORED_FILE_KEYS` are passed over; any
+keys of :data:`FILE_KEYS` are taken; those of :data:`IGNORED_FILE_KEYS` are passed over, and so is
+the Java client's OIDC login handler (``sasl.login.callback.handler.class``); any
 other key is refused in one line, so no librdkafka setting reaches a client unseen. What the
 settings make of them is :mod:`shared.kafka.security`'s.
 """
@@ -32,6 +33,8 @@ FILE_KEYS: Mapping[str, str] = {
     "sasl.oauthbearer.client.id": "client_id",
     "sasl.oauthbearer.client.secret": "client_secret",
     "sasl.oauthbearer.scope": "scope",
+    "sasl.oauthbearer.extensions": "extensions",
+    "https.ca.location": "https_ca",
     "ssl.endpoint.identification.algorithm": "endpoint_identification",
 }
 # What managed services put in their files beside the connection: the Java client's tuning and
@@ -45,6 +48,16 @@ IGNORED_FILE_KEYS = frozenset(
         "schema.registry.url",
         "basic.auth.credentials.source",
         "basic.auth.user.info",
+    }
+)
+# The Java client's OIDC login (client credentials at sasl.oauthbearer.token.endpoint.url): what
+# librdkafka's sasl.oauthbearer.method=oidc does, so this value of the key is passed over; any other
+# login handler is code librdkafka cannot run, and refused.
+_LOGIN_HANDLER_KEY = "sasl.login.callback.handler.class"
+_OIDC_LOGIN_HANDLERS = frozenset(
+    {
+        "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler",
+        "org.apache.kafka.common.security.oauthbearer.secured.OAuthBearerLoginCallbackHandler",
     }
 )
 
@@ -65,6 +78,13 @@ def read_client_properties(source: Path) -> dict[str, str]:
     for key, value in parse_properties(text).items():
         if key in IGNORED_FILE_KEYS:
             continue
+        if key == _LOGIN_HANDLER_KEY:
+            if value.strip() in _OIDC_LOGIN_HANDLERS:
+                continue
+            raise ConfigurationError(
+                f"{source}: {key} {value!r} is not supported (only the OIDC client credentials login, "
+                "OAuthBearerLoginCallbackHandler)"
+            )
         name = FILE_KEYS.get(key)
         if name is None:
             raise ConfigurationError(
@@ -150,7 +170,8 @@ _USER_MODULES = ("PlainLoginModule", "ScramLoginModule")
 
 def parse_jaas(value: str, *, where: str = "sasl.jaas.config") -> dict[str, str]:
     """The credentials of a ``sasl.jaas.config`` line: username and password for the plain and
-    SCRAM login modules, the client id, secret and scope for OAuthBearerLoginModule. Any other
+    SCRAM login modules, the client id, secret, scope and ``extension_<key>`` options (as
+    ``sasl.oauthbearer.extensions``) for OAuthBearerLoginModule. Any other
     module, or a line that does not parse, is a ConfigurationError (the line's values not in it)."""
     match = _JAAS.match(value)
     if match is None:
@@ -177,10 +198,16 @@ def parse_jaas(value: str, *, where: str = "sasl.jaas.config") -> dict[str, str]
     if module in _USER_MODULES:
         found = {"username": options.get("username"), "password": options.get("password")}
     elif module == "OAuthBearerLoginModule":
+        extensions = ",".join(
+            f"{name.removeprefix('extension_')}={value}"
+            for name, value in options.items()
+            if name.startswith("extension_")
+        )
         found = {
             "client_id": options.get("clientId"),
             "client_secret": options.get("clientSecret"),
             "scope": options.get("scope"),
+            "extensions": extensions or None,
         }
     else:
         raise ConfigurationError(

@@ -14,6 +14,7 @@ client; they appear in no repr and no error message.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,14 @@ from shared.settings import ConfigurationError, Settings
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 
-_SECRET_KEYS = frozenset({"password", "key_password", "client_secret"})
-_PATH_KEYS = frozenset({"ca", "certificate", "key"})
+# The system's CA bundle on Debian/Ubuntu, Red Hat/Fedora, SUSE, Alpine.
+_CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,12 @@ class KafkaSecurity:
     client_id: str | None = None
     client_secret: SecretStr | None = field(default=None, repr=False)
     scope: str | None = None
+    https_ca_location: Path | None = None
+    """The CA bundle librdkafka's OIDC client checks an https token endpoint against: the file's
+    ``https.ca.location``, else the system's (:func:`system_ca_bundle`)."""
+    extensions: str | None = None
+    """OAUTHBEARER's SASL extensions, ``key=value,key=value`` (Confluent Cloud's
+    ``logicalCluster=lkc-…,identityPoolId=pool-…``); from the properties file only."""
     bootstrap_servers: str | None = None
     """``bootstrap.servers`` of the properties file, if it has one."""
 
@@ -90,10 +103,25 @@ class KafkaSecurity:
                 config["sasl.oauthbearer.client.secret"] = _reveal(self.client_secret)
                 if self.scope:
                     config["sasl.oauthbearer.scope"] = self.scope
+                if self.extensions:
+                    config["sasl.oauthbearer.extensions"] = self.extensions
+                if self.https_ca_location is not None:
+                    config["https.ca.location"] = str(self.https_ca_location)
             else:
                 config["sasl.username"] = self.username or ""
                 config["sasl.password"] = _reveal(self.password)
         return config
+
+
+def system_ca_bundle() -> Path | None:
+    """``SSL_CERT_FILE``, OpenSSL's default file, else the distributions' usual places (None: none
+    there). Left alone, the wheels' librdkafka OIDC client reads only the Red Hat path (``probe``
+    too), so on Debian or Ubuntu every https token endpoint failed verification."""
+    default = ssl.get_default_verify_paths().cafile  # SSL_CERT_FILE wins; None when missing
+    for candidate in (default, *_CA_BUNDLES):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
 
 
 def _reveal(secret: SecretStr | None) -> str:
@@ -171,10 +199,17 @@ def resolve_security(settings: Settings) -> KafkaSecurity:
         client_id=pick(settings.kafka_oauth_client_id, "client_id"),
         client_secret=secret(settings.kafka_oauth_client_secret, "client_secret"),
         scope=pick(settings.kafka_oauth_scope, "scope"),
+        https_ca_location=path(None, "https_ca")
+        or (system_ca_bundle() if mechanism == "OAUTHBEARER" else None),
+        extensions=from_file.get("extensions"),
         bootstrap_servers=from_file.get("bootstrap_servers"),
     )
     _check(security)
     return security
+
+
+# RFC 7628: an extension's key is letters; its value printable, here without a comma (the separator).
+_EXTENSIONS = re.compile(r"[A-Za-z]+=[\x21-\x2b\x2d-\x7e]+(?:,[A-Za-z]+=[\x21-\x2b\x2d-\x7e]+)*")
 
 
 def _check(s: KafkaSecurity) -> None:
@@ -202,6 +237,17 @@ def _check(s: KafkaSecurity) -> None:
         ):
             if not value:
                 raise ConfigurationError(f"{name} is not set; OAUTHBEARER needs it")
+    for key, given in (
+        ("https.ca.location", s.https_ca_location is not None),
+        ("sasl.oauthbearer.extensions", s.extensions is not None),
+    ):
+        if given and s.mechanism != "OAUTHBEARER":
+            raise ConfigurationError(f"{key} is set but the SASL mechanism is {s.mechanism}, not OAUTHBEARER")
+    if s.extensions is not None and not _EXTENSIONS.fullmatch(s.extensions):
+        raise ConfigurationError(
+            "sasl.oauthbearer.extensions: expected key=value pairs separated by commas "
+            "(letters only in a key, e.g. logicalCluster=lkc-1,identityPoolId=pool-2)"
+        )
     _check_tls(s)
 
 
@@ -237,6 +283,7 @@ def _check_tls(s: KafkaSecurity) -> None:
         ("PROVISION_KAFKA_SSL_CA_LOCATION", s.ca_location),
         ("PROVISION_KAFKA_SSL_CERTIFICATE_LOCATION", s.certificate_location),
         ("PROVISION_KAFKA_SSL_KEY_LOCATION", s.key_location),
+        ("https.ca.location", s.https_ca_location),
     ):
         if location is not None:
             _check_readable(name, location)
@@ -274,6 +321,11 @@ _AUTHZ = {
 _TLS_HINTS = ("ssl handshake failed", "certificate verify failed", "ssl routines", "state ssl_handshake")
 _AUTHN_HINTS = ("sasl authentication", "authentication failed", "sasl handshake", "illegal_sasl_state")
 _PROTOCOL_HINT = "incorrect security.protocol"
+# librdkafka's OIDC client, when the token endpoint gives no token: the error (code _AUTHENTICATION)
+# and the log line (facility OIDC) that precedes it; the rest of the text is the endpoint's answer.
+_NO_TOKEN = re.compile(
+    r'^(?:Failed to acquire SASL OAUTHBEARER token|Failed to retrieve OIDC token from "[^"]*"):\s*', re.I
+)
 _AFTER = re.compile(r"\s*\(after \d+ms in state \w+\)")
 _ADDRESS = re.compile(r"\b[a-z_]+://\S+")
 
@@ -315,6 +367,13 @@ def refusal_of_text(
         and any(h in lowered for h in _TLS_HINTS)
     ):
         return f"Kafka refused the connection: TLS: {_tls_reason(lowered)} ({text})"
+    no_token = _NO_TOKEN.match(text)
+    if no_token is not None and code in (None, *_AUTHN_CODES):
+        endpoint = mask_url(str(config.get("sasl.oauthbearer.token.endpoint.url", ""))) or "?"
+        return (
+            f"Kafka refused the connection: authentication failed ({who or 'OAUTHBEARER'}): "
+            f"no token from the token endpoint {endpoint}: {text[no_token.end() :] or 'no reason given'}"
+        )
     if code in _AUTHN_CODES or any(h in lowered for h in _AUTHN_HINTS) or _sasl_handshake(lowered):
         return f"Kafka refused the connection: authentication failed ({who or 'no SASL mechanism'}): {text}"
     if _PROTOCOL_HINT in lowered:

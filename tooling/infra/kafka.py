@@ -317,6 +317,7 @@ class KafkaBroker:
                     _HEAP,
                     "-Djava.awt.headless=true",
                     f"-Dlog4j2.configurationFile={_packaged('log4j2.yaml')}",
+                    *(self.security.jvm_options() if self.security is not None else []),
                     "-cp",
                     f"{self.libs}{os.sep}*",
                     "kafka.Kafka",

@@ -19,6 +19,13 @@ The users are SCRAM-SHA-512 credentials written into the KRaft metadata when the
 formatted (``--add-scram``), one per principal of :mod:`shared.domain.acls`; their passwords are
 generated once and kept in ``<state dir>/kafka.passwords`` (JSON, mode 0600), never in
 ``local-env.json``, which only points at that file.
+
+With :class:`OAuthValidation` (a test's, as yet: ``infra up`` does not offer it) the CLIENT
+listener also takes ``OAUTHBEARER``: a JWT whose signature Kafka's
+``OAuthBearerValidatorCallbackHandler`` checks against the issuer's JWKS, with its audience (and
+issuer); its ``sub`` claim is the principal, so ``sub=provision-requester`` is
+``User:provision-requester`` and the same ACLs bind it. Kafka 4 fetches only the OAuth URLs listed
+in the JVM's ``org.apache.kafka.sasl.oauthbearer.allowed.urls``: :meth:`BrokerSecurity.jvm_options`.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ from tooling.infra.certs import LocalCA
 from tooling.infra.topology import INTERNAL_OFFSET, MTLS_OFFSET
 
 MECHANISM = "SCRAM-SHA-512"
+OAUTHBEARER = "OAUTHBEARER"
+ALLOWED_URLS_PROPERTY = "org.apache.kafka.sasl.oauthbearer.allowed.urls"
+"""The JVM system property without which Kafka 4 refuses to fetch a JWKS (or token) URL."""
+_OAUTH = "org.apache.kafka.common.security.oauthbearer"
 PASSWORDS_FILE = "kafka.passwords"
 TLS_DIR = "tls"
 BROKER_CERT = "kafka"
@@ -53,10 +64,59 @@ def internal_port(kafka_port: int) -> int:
 
 
 @dataclass(frozen=True)
+class OAuthValidation:
+    """How the broker checks an OAUTHBEARER token: signed by a key of ``jwks_url``, for
+    ``audience``, from ``issuer`` (its ``iss``; None: any)."""
+
+    jwks_url: str
+    audience: str
+    issuer: str | None = None
+    truststore: Path | None = None
+    """The CA (PEM) an https JWKS URL's certificate is checked against; None: the JVM's CAs."""
+
+    def properties(self) -> dict[str, str]:
+        """The CLIENT listener's OAUTHBEARER settings (the validator reads the global keys, and
+        the TLS of its JWKS requests from the JAAS line's options, not the listener's)."""
+        # With options, the broker's own (unsecured) login wants a subject; it is never used, the
+        # inter-broker listener being PLAINTEXT.
+        options = (
+            ""
+            if self.truststore is None
+            else f' unsecuredLoginStringClaim_sub="broker" ssl.truststore.type="PEM" '
+            f'ssl.truststore.location="{self.truststore}"'
+        )
+        jaas = f"{_OAUTH}.OAuthBearerLoginModule required{options};"
+        settings = {
+            "listener.name.client.oauthbearer.sasl.jaas.config": jaas,
+            "listener.name.client.oauthbearer.sasl.server.callback.handler.class": (
+                f"{_OAUTH}.OAuthBearerValidatorCallbackHandler"
+            ),
+            # A session lives no longer than its token (KIP-368): the client re-authenticates with
+            # the next one, or the broker closes the connection, as a managed service's does.
+            "listener.name.client.oauthbearer.connections.max.reauth.ms": "3600000",
+            "sasl.oauthbearer.jwks.endpoint.url": self.jwks_url,
+            "sasl.oauthbearer.expected.audience": self.audience,
+        }
+        if self.issuer is not None:
+            settings["sasl.oauthbearer.expected.issuer"] = self.issuer
+        return settings
+
+
+@dataclass(frozen=True)
 class BrokerSecurity:
-    """The secure mode's files under the state directory."""
+    """The secure mode's files under the state directory, and optionally OAUTHBEARER beside SCRAM."""
 
     state_dir: Path
+    oauth: OAuthValidation | None = None
+
+    @property
+    def mechanisms(self) -> str:
+        """The CLIENT listener's SASL mechanisms."""
+        return MECHANISM if self.oauth is None else f"{MECHANISM},{OAUTHBEARER}"
+
+    def jvm_options(self) -> list[str]:
+        """The broker JVM's extra options: the JWKS URL allowed, with OAUTHBEARER; none otherwise."""
+        return [] if self.oauth is None else [f"-D{ALLOWED_URLS_PROPERTY}={self.oauth.jwks_url}"]
 
     @property
     def ca(self) -> LocalCA:
@@ -123,7 +183,7 @@ class BrokerSecurity:
         mtls = f"MTLS://{LOOPBACK}:{mtls_port(port)}"
         internal = f"INTERNAL://{LOOPBACK}:{internal_port(port)}"
         jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-        return {
+        settings = {
             "listeners": f"{client},{mtls},{internal},CONTROLLER://{LOOPBACK}:{controller_port}",
             # The client listener last: running_port() reads the last address.
             "advertised.listeners": f"{internal},{mtls},{client}",
@@ -131,8 +191,8 @@ class BrokerSecurity:
                 "CLIENT:SASL_SSL,MTLS:SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
             ),
             "inter.broker.listener.name": "INTERNAL",
-            "sasl.enabled.mechanisms": MECHANISM,
-            "listener.name.client.sasl.enabled.mechanisms": MECHANISM,
+            "sasl.enabled.mechanisms": self.mechanisms,
+            "listener.name.client.sasl.enabled.mechanisms": self.mechanisms,
             f"listener.name.client.{MECHANISM.lower()}.sasl.jaas.config": jaas,
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self.keystore(home)),
@@ -145,6 +205,9 @@ class BrokerSecurity:
             "allow.everyone.if.no.acl.found": "false",
             "super.users": f"User:{ADMIN_USER};User:ANONYMOUS",
         }
+        if self.oauth is not None:
+            settings.update(self.oauth.properties())
+        return settings
 
     def client_config(self, bootstrap_servers: str, user: str) -> dict[str, Any]:
         """A librdkafka configuration connecting as ``user`` over SASL_SSL."""
