@@ -23,7 +23,7 @@ from shared.domain.errors import InvalidTransitionError, ProvisioningError, Stor
 from shared.domain.naming import InvalidProjectIdError
 from shared.domain.records import ConflictingRequestError
 from shared.kafka.clientlog import answer_refusals_myself, forget_refusals, last_refusal
-from shared.kafka.security import KafkaRefusedError, refusal
+from shared.kafka.refusals import KafkaRefusedError, refusal
 from shared.settings import Settings
 
 out = Console()

@@ -12,8 +12,9 @@ from shared.kafka.codec import DecodeError, decode, encode
 from shared.kafka.core import PROBE_POINTS, Probe, RetryPolicy, StepCore, WorkerOptions
 from shared.kafka.outbox import add_to_outbox, queue_due_purges, relay_outbox
 from shared.kafka.reader import read_to_end
+from shared.kafka.refusals import KafkaRefusedError
 from shared.kafka.runtime import Duty, StepWorker
-from shared.kafka.security import KafkaRefusedError, client_security
+from shared.kafka.security import client_security
 
 __all__ = [
     "PROBE_POINTS",

@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from shared.kafka.security import refusal, refusal_of_text
+from shared.kafka.refusals import refusal, refusal_of_text
 from shared.logging import get_logger
 
 RATE_INTERVAL_SECONDS = 30.0

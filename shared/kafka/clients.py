@@ -13,7 +13,7 @@ from confluent_kafka.cimpl import NewTopic
 from shared.kafka.clientlog import Refusals, client_hooks, last_refusal
 from shared.kafka.codec import Headers
 from shared.kafka.ports import ProducerLike
-from shared.kafka.security import KafkaRefusedError, refusal
+from shared.kafka.refusals import KafkaRefusedError, refusal
 
 if TYPE_CHECKING:  # the metadata's class, exported by no public module's typing
     from confluent_kafka.admin._metadata import ClusterMetadata

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from shared.kafka.clientlog import Refusals, client_hooks
 from shared.kafka.clients import list_metadata
-from shared.kafka.security import KafkaRefusedError, refusal
+from shared.kafka.refusals import KafkaRefusedError, refusal
 
 if TYPE_CHECKING:  # exported by no public module's typing
     from confluent_kafka.admin._metadata import TopicMetadata

@@ -46,7 +46,7 @@ from shared.kafka.core import (
     dead_letter,
 )
 from shared.kafka.ports import ConsumerLike
-from shared.kafka.security import refusal
+from shared.kafka.refusals import refusal
 from shared.observability import Health, Metrics
 from shared.tracing import TraceContext, new_trace, parse_traceparent, span
 

@@ -33,7 +33,8 @@ from shared.domain.steps import REQUESTED_TOPIC, all_topics, step_by_key
 from shared.kafka import ensure_topics
 from shared.kafka.acls import admin_client, apply_acls
 from shared.kafka.clients import producer_config
-from shared.kafka.security import KafkaRefusedError, client_security, refusal
+from shared.kafka.refusals import KafkaRefusedError, refusal
+from shared.kafka.security import client_security
 from shared.settings import Settings
 from tests.conftest import TEST_CONTROLLER_PORT, TEST_KAFKA_PORT
 from tests.oidc_issuer import AUDIENCE, Issuer, running_issuer

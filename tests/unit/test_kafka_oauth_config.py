@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 from shared.kafka import clientlog
 from shared.kafka.clientlog import Refusals, client_logger
 from shared.kafka.properties import parse_jaas, read_client_properties
-from shared.kafka.security import client_security, refusal, refusal_of_text, resolve_security
+from shared.kafka.refusals import refusal, refusal_of_text
+from shared.kafka.security import client_security, resolve_security
 from shared.settings import ConfigurationError, Settings
 from tooling.infra.secure import ALLOWED_URLS_PROPERTY, BrokerSecurity, OAuthValidation
 

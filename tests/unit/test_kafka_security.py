@@ -15,12 +15,8 @@ from structlog.testing import capture_logs
 from shared.kafka import clientlog
 from shared.kafka.clientlog import Refusals, client_hooks, client_logger, last_refusal
 from shared.kafka.properties import parse_jaas, parse_properties, read_client_properties
-from shared.kafka.security import (
-    KafkaSecurity,
-    client_security,
-    refusal,
-    resolve_security,
-)
+from shared.kafka.refusals import refusal
+from shared.kafka.security import KafkaSecurity, client_security, resolve_security
 from shared.settings import ConfigurationError, Settings
 
 SECRET = "hunter2-s3cr3t"
