@@ -32,7 +32,13 @@ from shared.domain.records import StrandRule
 from shared.domain.steps import PURGE_STEP, REVERSE_STEPS, STEPS
 from shared.kafka import Publisher, RetryPolicy, WorkerOptions, consumer_config
 from shared.kafka.security import KafkaSecurity, resolve_security
-from shared.local_env import LOCAL_PROTOCOL, local_kafka_password, read_local_env
+from shared.local_env import (
+    LOCAL_PROTOCOL,
+    MIGRATION_DATABASE_URL_ENV,
+    TENANT_DATABASE_URL_ENV,
+    local_kafka_password,
+    read_local_env,
+)
 from shared.redact import mask_url
 from shared.settings import ConfigurationError as ConfigurationError  # noqa: PLC0414 - re-exported, callers import it here
 from shared.settings import Settings
@@ -46,6 +52,8 @@ class App:
     bootstrap_servers: str
     database_url: str
     tenant_database_url: str
+    migration_database_url: str | None = None
+    """What migrations connect with (the owner's URL); None: ``database_url``."""
     cluster_map: ClusterMap | None = None
     """The tenant clusters (read by :func:`build_app`); None: the one-cluster shorthand of
     ``tenant_database_url``."""
@@ -77,6 +85,15 @@ class App:
     @cached_property
     def engine(self) -> Engine:
         engine = make_engine(self.database_url)
+        self._closers.append(engine.dispose)
+        return engine
+
+    @cached_property
+    def migration_engine(self) -> Engine:
+        """The engine migrations run on: ``migration_database_url``'s, else :attr:`engine`."""
+        if not self.migration_database_url or self.migration_database_url == self.database_url:
+            return self.engine
+        engine = make_engine(self.migration_database_url)
         self._closers.append(engine.dispose)
         return engine
 
@@ -271,7 +288,8 @@ def build_app(settings: Settings, *, principal: str | None = None) -> App:
 
     Explicit KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL win. A missing one is a ConfigurationError
     unless local mode is asked for (``PROVISION_LOCAL=1``); then the addresses `provision infra up`
-    recorded in the state directory fill in. The Kafka security settings are resolved here,
+    recorded in the state directory fill in (a local DATABASE_URL with the TENANT_DATABASE_URL and
+    PROVISION_MIGRATION_DATABASE_URL recorded beside it). The Kafka security settings are resolved here,
     once (:func:`shared.kafka.security.resolve_security`); the brokers of a client properties
     file count as KAFKA_BOOTSTRAP_SERVERS. Connecting to whatever listens on
     the local ports by default would let a misconfigured production worker join the wrong servers.
@@ -283,6 +301,8 @@ def build_app(settings: Settings, *, principal: str | None = None) -> App:
     security = resolve_security(settings)  # ConfigurationError (one line) before anything connects
     bootstrap = settings.kafka_bootstrap_servers or security.bootstrap_servers
     database_url = settings.database_url
+    migration_database_url = settings.migration_database_url
+    tenant_database_url = settings.tenant_database_url
     missing = missing_connection_settings(settings, security)
     if missing and not settings.local:
         raise ConfigurationError(
@@ -298,7 +318,10 @@ def build_app(settings: Settings, *, principal: str | None = None) -> App:
             bootstrap = local["KAFKA_BOOTSTRAP_SERVERS"]
             settings = _with_local_kafka_identity(settings, local, principal)
             security = resolve_security(settings)
-        database_url = database_url or local["DATABASE_URL"]
+        if not database_url:  # the local roles' URLs go with the local control plane's
+            database_url = local["DATABASE_URL"]
+            migration_database_url = migration_database_url or local.get(MIGRATION_DATABASE_URL_ENV)
+            tenant_database_url = tenant_database_url or local.get(TENANT_DATABASE_URL_ENV)
         # The rest of what `provision infra env` would print, where the settings say nothing:
         # several local clusters' map, a replicated broker's topic settings.
         environ = {**local, **environ}
@@ -311,12 +334,13 @@ def build_app(settings: Settings, *, principal: str | None = None) -> App:
             int(replication) if replication else None,
             int(min_insync) if min_insync else None,
         )
-    tenant_database_url = settings.tenant_database_url or database_url
+    tenant_database_url = tenant_database_url or database_url
     return App(
         settings=settings,
         bootstrap_servers=bootstrap,
         database_url=database_url,
         tenant_database_url=tenant_database_url,
+        migration_database_url=migration_database_url,
         cluster_map=cluster_map(settings, tenant_database_url, environ),
         local=all_local,
         kafka_security=security,
@@ -396,8 +420,16 @@ def worker_environment(
         "DATABASE_URL": database_url,
         "PROVISION_LOG_FORMAT": "json",
     }
-    # The addresses are explicit, so the worker needs no local mode.
-    skip = {"kafka_bootstrap_servers", "database_url", "log_format", "local", *exclude}
+    # The addresses are explicit, so the worker needs no local mode; it never migrates, so it is
+    # not given the owner's URL.
+    skip = {
+        "kafka_bootstrap_servers",
+        "database_url",
+        "migration_database_url",
+        "log_format",
+        "local",
+        *exclude,
+    }
     for name, value in settings.model_dump(exclude=skip).items():
         if value is None:
             continue

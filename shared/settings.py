@@ -24,6 +24,7 @@ DEFAULT_REGIONS = (
 URL_FIELDS = frozenset(
     {
         "database_url",
+        "migration_database_url",
         "tenant_database_url",
         "auth_url",
         "realtime_url",
@@ -64,6 +65,11 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "PROVISION_DATABASE_URL")
+    )
+    migration_database_url: str | None = Field(
+        default=None,
+        description="the URL `provision migrate` connects with (the tables' owner, provision_owner); "
+        "DATABASE_URL when unset",
     )
 
     # How the Kafka clients authenticate (every client the project builds takes these, through

@@ -139,7 +139,10 @@ def _provide(cleanup: ExitStack, progress: Callable[[str], None]) -> InfraHandle
     # before wiping, so every session starts from empty topics and databases.
     infra.down()
     infra.wipe_data()
-    return InfraHandle(env=infra.up(progress), source="local", local=infra)
+    infra.up(progress)
+    # The suite itself is the superuser: it creates and drops databases and roles, truncates the
+    # control plane, and runs the least-privileged roles (which `up` made) only where it says so.
+    return InfraHandle(env=infra.env(superuser=True), source="local", local=infra)
 
 
 def _hold_session_lock(cleanup: ExitStack) -> None:

@@ -41,10 +41,13 @@ FAST = {
 
 
 def test_settings(env: InfraEnv, state_dir: Path, **overrides: Any) -> Settings:
-    """Settings for the session's servers with the fast test policy."""
+    """Settings for the session's servers with the fast test policy (and, from an environment
+    with the least-privileged roles, their tenant and migration URLs)."""
     values: dict[str, Any] = {
         "kafka_bootstrap_servers": env.bootstrap_servers,
         "database_url": env.database_url,
+        "tenant_database_url": env.tenant_database_url,
+        "migration_database_url": env.migration_database_url,
         "state_dir": state_dir,
         "secret_key": TEST_SECRET_KEY,
         **FAST,

@@ -70,7 +70,7 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
         infra.up(_infra_progress)
     a = build_app(settings, principal=user_name(ADMIN))  # it creates the topics
     cleanup.callback(a.close)
-    applied = run_migrations(a.engine)
+    applied = run_migrations(a.migration_engine)  # as the tables' owner, where the servers have one
     err.print(f"migrations: {', '.join(applied) if applied else 'up to date'}")
     _ = a.box  # the key checked (recorded the first time) before any worker starts
     ensure_topics(
@@ -84,7 +84,7 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
     err.print(f"topics: {len(all_topics())} ready")
     log_dir = Path(settings.state_dir) / "logs"
     env = {
-        **(infra.env().as_env() if local else {}),  # several local clusters' URLs, if any
+        **(infra.env().worker_env() if local else {}),  # the local tenant clusters' URLs
         **worker_environment(a.settings, bootstrap_servers=a.bootstrap_servers, database_url=a.database_url),
         **a.secret_key_env(),  # in local mode the state directory's key: the workers never make one up
     }

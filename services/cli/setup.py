@@ -10,10 +10,11 @@ from shared.kafka import ensure_topics
 
 
 def migrate(local: LocalFlag = False) -> None:
-    """Apply the control-plane database migrations (idempotent)."""
+    """Apply the control-plane database migrations (idempotent), connected as
+    PROVISION_MIGRATION_DATABASE_URL (the tables' owner), else DATABASE_URL."""
 
     with errors():
-        applied = run_migrations(command_app(local=local, role=ADMIN).engine)
+        applied = run_migrations(command_app(local=local, role=ADMIN).migration_engine)
     out.print(f"applied {', '.join(applied)}" if applied else "database is up to date")
 
 

@@ -145,6 +145,9 @@ def control_plane_roles(admin_url: str, passwords: Mapping[str, str], *, apply: 
         schema, owner, app = sql.Identifier(_SCHEMA), sql.Identifier(OWNER), sql.Identifier(APP)
         plan.ensure_role(OWNER, passwords.get(OWNER), admin_url)
         plan.ensure_role(APP, passwords.get(APP), admin_url)
+        # As the first migration does: a tenant role on the same cluster never reaches the control
+        # plane. Said here too, because migrations run as the owner, who may not revoke it.
+        plan.run(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(database))
         plan.run(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(database, owner))
         plan.run(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, app))
         # Only the owner creates in the schema (PUBLIC could before PostgreSQL 15).
@@ -159,6 +162,12 @@ def control_plane_roles(admin_url: str, passwords: Mapping[str, str], *, apply: 
             (_SCHEMA,),
         ):
             rights = "SELECT" if table == _MIGRATIONS_TABLE else _DML
+            if table == _MIGRATIONS_TABLE:  # made by a migration as the owner: the default privileges' DML
+                plan.run(
+                    sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON TABLE {}.{} FROM {}").format(
+                        schema, sql.SQL(table), app
+                    )
+                )
             plan.run(
                 sql.SQL(f"GRANT {rights} ON TABLE {{}}.{{}} TO {{}}").format(schema, sql.SQL(table), app)
             )
@@ -213,12 +222,7 @@ def tenant_cluster_roles(name: str, admin_url: str, password: str | None, *, app
     a member, with admin option, of every tenant role there."""
     report = ClusterRoles(name)
     with _connect(admin_url) as conn:
-        version = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
-        if version < MIN_TENANT_SERVER:
-            raise DbRolesError(
-                f"tenant cluster {name} runs PostgreSQL {version // 10000}: {TENANT_ADMIN} needs 16 or "
-                "newer (a CREATEROLE role that manages only its own roles, createrole_self_grant)"
-            )
+        _refuse_old_server(name, conn)
         plan = _Plan(conn, report, apply)
         admin = sql.Identifier(TENANT_ADMIN)
         plan.ensure_role(TENANT_ADMIN, password, admin_url)
@@ -240,6 +244,21 @@ def tenant_cluster_roles(name: str, admin_url: str, password: str | None, *, app
     return report
 
 
+def _require_tenant_server(name: str, admin_url: str) -> None:
+    """DbRolesError unless the tenant cluster at ``admin_url`` runs PostgreSQL 16 or newer."""
+    with _connect(admin_url) as conn:
+        _refuse_old_server(name, conn)
+
+
+def _refuse_old_server(name: str, conn: psycopg.Connection[Any]) -> None:
+    version = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
+    if version < MIN_TENANT_SERVER:
+        raise DbRolesError(
+            f"tenant cluster {name} runs PostgreSQL {version // 10000}: {TENANT_ADMIN} needs 16 or "
+            "newer (a CREATEROLE role that manages only its own roles, createrole_self_grant)"
+        )
+
+
 def ensure_db_roles(
     control_plane_url: str,
     tenant_clusters: Mapping[str, str],
@@ -249,7 +268,10 @@ def ensure_db_roles(
 ) -> RolesReport:
     """Every role on every cluster: the control plane's two, then the tenant admin on each tenant
     cluster (``name -> admin URL``). A role made with a generated password on one cluster gets the
-    same password on the next, so one URL form works on all of them."""
+    same password on the next, so one URL form works on all of them. An old tenant cluster
+    (before PostgreSQL 16) is refused (DbRolesError) before any cluster is changed."""
+    for name, url in tenant_clusters.items():  # refused before anything changes anywhere
+        _require_tenant_server(name, url)
     given = dict(passwords)
     reports = [control_plane_roles(control_plane_url, given, apply=apply)]
     for name, url in tenant_clusters.items():
@@ -271,8 +293,9 @@ def role_targets(
     settings: Settings, admin_url: str | None, environ: Mapping[str, str]
 ) -> tuple[str, dict[str, str]]:
     """The control plane's superuser URL (``admin_url``, else ``DATABASE_URL``, else in local mode
-    the local servers') and each tenant cluster's admin URL by name (the cluster map, or the one
-    cluster of ``TENANT_DATABASE_URL``, else the control plane's). ConfigurationError when none."""
+    the local servers' superuser's, as `provision infra up` recorded them) and each tenant
+    cluster's admin URL by name (the cluster map, or the one cluster of ``TENANT_DATABASE_URL``,
+    else the control plane's). ConfigurationError when none."""
     control = admin_url or settings.database_url
     env: Mapping[str, str] = environ
     if not control:
@@ -281,7 +304,7 @@ def role_targets(
                 "DATABASE_URL is not set; give a superuser's URL with --admin-url or DATABASE_URL, "
                 "or use the local servers of `provision infra up` with PROVISION_LOCAL=1 (or --local)"
             )
-        local = read_local_env(settings.state_dir)
+        local = read_local_env(settings.state_dir, superuser=True)
         control, env = local["DATABASE_URL"], {**local, **environ}
         if settings.clusters_file is None and local.get("PROVISION_CLUSTERS_FILE"):
             settings = settings.model_copy(update={"clusters_file": Path(local["PROVISION_CLUSTERS_FILE"])})

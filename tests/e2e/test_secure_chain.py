@@ -66,7 +66,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureChain]:
     with running_secure_infra(secure_state_dir("secure-chain"), OFFSET) as infra:
         admin = build_app(_settings(infra, state_dir, "provision-admin"))
         try:
-            migrate(admin.engine)
+            migrate(admin.migration_engine)  # as provision_owner: `up` made the database roles
         finally:
             admin.close()
         # The workers' shared settings carry no identity; each one's comes from kafka_identity.

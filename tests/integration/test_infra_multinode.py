@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 # ConfigResource's documented home; the package's typing re-exports it only implicitly.
 from confluent_kafka.admin import AdminClient, ConfigResource, PartitionMetadata  # type: ignore[attr-defined]
+from sqlalchemy.engine import make_url
 
 from shared.kafka import ensure_topics
 from shared.kafka.clientlog import client_logger
@@ -49,15 +50,25 @@ def multinode() -> Iterator[tuple[LocalInfra, InfraEnv]]:
 
 
 def test_multinode_env_names_every_server(multinode: tuple[LocalInfra, InfraEnv]) -> None:
-    """Every node and cluster runs, and the env lists three brokers, two cluster URLs and replication 3/2."""
+    """Every node and cluster runs, and the env lists three brokers, two cluster URLs as
+    provision_tenant_admin (the first on the control plane's server, each a role of its own
+    cluster that is no superuser) and replication 3/2."""
     infra, env = multinode
     states = infra.status()
     assert list(states) == ["kafka", "kafka-1", "kafka-2", "postgres", "postgres-1"]
     assert all(state.startswith("running pid ") for state in states.values()), states
     variables = env.as_env()
     assert len(variables["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == 3
-    assert variables["TENANT_CLUSTER_1_URL"] == variables["DATABASE_URL"]
-    assert variables["TENANT_CLUSTER_2_URL"] != variables["DATABASE_URL"]
+    first, second, control = (
+        make_url(variables[name]) for name in ("TENANT_CLUSTER_1_URL", "TENANT_CLUSTER_2_URL", "DATABASE_URL")
+    )
+    assert (first.port, first.username) == (control.port, "provision_tenant_admin")
+    assert control.username == "provision_app"
+    assert second.port != control.port
+    for url in env.tenant_cluster_urls:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            row = conn.execute("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")
+            assert row.fetchone() == (False, True)
     assert (variables["PROVISION_TOPIC_REPLICATION"], variables["PROVISION_TOPIC_MIN_INSYNC_REPLICAS"]) == (
         "3",
         "2",
@@ -68,7 +79,8 @@ def test_multinode_env_names_every_server(multinode: tuple[LocalInfra, InfraEnv]
 def test_both_postgres_clusters_accept_connections(multinode: tuple[LocalInfra, InfraEnv]) -> None:
     """Each cluster's URL reaches its own server (distinct data directories), and cluster 1 stopped and
     started again accepts connections again."""
-    infra, env = multinode
+    infra, _ = multinode
+    env = infra.env(superuser=True)  # SHOW data_directory is the superuser's
     data_dirs = {_data_directory(url) for url in env.tenant_cluster_urls}
     assert len(data_dirs) == 2
     infra.stop_postgres_cluster(1)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from shared.clusters import load_cluster_map
@@ -13,6 +15,7 @@ from shared.settings import DEFAULT_REGIONS
 from tooling.infra import InfraError, LocalInfra
 from tooling.infra.cli import build_infra_app
 from tooling.infra.kafka import KafkaBroker
+from tooling.infra.postgres import LocalPostgres
 from tooling.infra.topology import (
     InfraEnv,
     Ports,
@@ -120,9 +123,15 @@ def test_one_cluster_removes_a_stale_clusters_toml(tmp_path: Path) -> None:
     assert not (tmp_path / "clusters.toml").exists()
 
 
-def test_env_of_one_and_one_is_the_two_variables(tmp_path: Path) -> None:
-    """With one cluster and one broker the environment is just KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL."""
-    env = _infra(tmp_path).env()
+def _role_passwords(state_dir: Path) -> dict[str, str]:
+    passwords: dict[str, str] = json.loads((state_dir / "postgres.roles").read_text())
+    return passwords
+
+
+def test_superuser_env_of_one_and_one_is_the_two_variables(tmp_path: Path) -> None:
+    """With one cluster and one broker the superuser's environment is just KAFKA_BOOTSTRAP_SERVERS
+    and DATABASE_URL."""
+    env = _infra(tmp_path).env(superuser=True)
     password = (tmp_path / "postgres.password").read_text().strip()
     assert env.as_env() == {
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{KAFKA}",
@@ -131,17 +140,67 @@ def test_env_of_one_and_one_is_the_two_variables(tmp_path: Path) -> None:
     assert env == InfraEnv(env.bootstrap_servers, env.database_url)
 
 
+def test_env_of_one_and_one_names_the_three_roles(tmp_path: Path) -> None:
+    """By default DATABASE_URL is provision_app's, TENANT_DATABASE_URL provision_tenant_admin's and
+    PROVISION_MIGRATION_DATABASE_URL provision_owner's, each with the password kept in postgres.roles."""
+    env = _infra(tmp_path).env().as_env()
+    passwords = _role_passwords(tmp_path)
+    url = f"postgresql://{{}}:{{}}@127.0.0.1:{PG}/postgres"
+    assert env == {
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{KAFKA}",
+        "DATABASE_URL": url.format("provision_app", passwords["provision_app"]),
+        "TENANT_DATABASE_URL": url.format("provision_tenant_admin", passwords["provision_tenant_admin"]),
+        "PROVISION_MIGRATION_DATABASE_URL": url.format("provision_owner", passwords["provision_owner"]),
+    }
+    assert stat.S_IMODE((tmp_path / "postgres.roles").stat().st_mode) == 0o600
+    assert _infra(tmp_path).env().as_env() == env, "the passwords are made once"
+
+
+def test_worker_env_leaves_out_the_owners_url(tmp_path: Path) -> None:
+    """What a worker is given is the environment less PROVISION_MIGRATION_DATABASE_URL."""
+    env = _infra(tmp_path).env()
+    assert env.worker_env() == {
+        k: v for k, v in env.as_env().items() if k != "PROVISION_MIGRATION_DATABASE_URL"
+    }
+
+
+def test_a_build_older_than_16_keeps_the_superusers_urls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a PostgreSQL 15 build the default environment is the superuser's and `up` would say why."""
+    monkeypatch.setattr(LocalPostgres, "major_version", property(lambda self: 15))
+    infra = _infra(tmp_path)
+    assert infra.env() == infra.env(superuser=True)
+    lines: list[str] = []
+    infra.roles.apply(lines.append)
+    assert lines == [
+        "postgres: PostgreSQL 15 has no least-privileged roles (provision_tenant_admin needs 16 or "
+        "newer): the URLs stay the superuser's"
+    ]
+
+
+def test_role_urls_keep_the_tls_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a server that serves TLS every role's URL asks for verify-full against the local CA."""
+    monkeypatch.setattr(LocalPostgres, "tls", property(lambda self: True))
+    env = _infra(tmp_path).env().as_env()
+    ca = tmp_path.resolve() / "tls" / "ca.pem"
+    for name in ("DATABASE_URL", "TENANT_DATABASE_URL", "PROVISION_MIGRATION_DATABASE_URL"):
+        assert make_url(env[name]).query == {"sslmode": "verify-full", "sslrootcert": str(ca)}, name
+
+
 def test_env_of_two_clusters_and_three_brokers(tmp_path: Path) -> None:
-    """Multi-node env lists every broker, cluster 0 as DATABASE_URL, each cluster's URL, the map and
-    the topic replication 3 / min ISR 2."""
+    """Multi-node env lists every broker, provision_app on cluster 0 as DATABASE_URL, each cluster's
+    URL as provision_tenant_admin, the owner's, the map and the topic replication 3 / min ISR 2."""
     env = _infra(tmp_path, clusters=2, brokers=3).env().as_env()
-    password = (tmp_path / "postgres.password").read_text().strip()
-    url = f"postgresql://postgres:{password}@127.0.0.1:{{}}/postgres"
+    passwords = _role_passwords(tmp_path)
+    url = "postgresql://{}:{}@127.0.0.1:{}/postgres"
+    admin = ("provision_tenant_admin", passwords["provision_tenant_admin"])
     assert env == {
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{KAFKA},127.0.0.1:{KAFKA + 100},127.0.0.1:{KAFKA + 200}",
-        "DATABASE_URL": url.format(PG),
-        "TENANT_CLUSTER_1_URL": url.format(PG),
-        "TENANT_CLUSTER_2_URL": url.format(PG + 1),
+        "DATABASE_URL": url.format("provision_app", passwords["provision_app"], PG),
+        "PROVISION_MIGRATION_DATABASE_URL": url.format("provision_owner", passwords["provision_owner"], PG),
+        "TENANT_CLUSTER_1_URL": url.format(*admin, PG),
+        "TENANT_CLUSTER_2_URL": url.format(*admin, PG + 1),
         "PROVISION_CLUSTERS_FILE": str(tmp_path.resolve() / "clusters.toml"),
         "PROVISION_TOPIC_REPLICATION": "3",
         "PROVISION_TOPIC_MIN_INSYNC_REPLICAS": "2",
@@ -228,11 +287,23 @@ def test_cli_env_prints_the_recorded_topology(tmp_path: Path) -> None:
     assert names == [
         "export KAFKA_BOOTSTRAP_SERVERS",
         "export DATABASE_URL",
+        "export PROVISION_MIGRATION_DATABASE_URL",
         "export TENANT_CLUSTER_1_URL",
         "export TENANT_CLUSTER_2_URL",
         "export PROVISION_CLUSTERS_FILE",
         "export PROVISION_TOPIC_REPLICATION",
         "export PROVISION_TOPIC_MIN_INSYNC_REPLICAS",
+    ]
+
+
+def test_cli_env_superuser_prints_the_superusers_urls(tmp_path: Path) -> None:
+    """`infra env --superuser` prints DATABASE_URL as the superuser and no role's URL."""
+    result = CliRunner().invoke(build_infra_app(lambda: _infra(tmp_path)), ["env", "--superuser"])
+    assert result.exit_code == 0, result.output
+    password = (tmp_path / "postgres.password").read_text().strip()
+    assert result.output.splitlines() == [
+        f"KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{KAFKA}",
+        f"DATABASE_URL=postgresql://postgres:{password}@127.0.0.1:{PG}/postgres",
     ]
 
 

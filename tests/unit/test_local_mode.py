@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -24,6 +25,7 @@ import tooling.demo
 from services.bootstrap import ConfigurationError, build_app, worker_environment
 from services.cli import app
 from shared.domain.steps import STEP_KEYS, Chain, step_by_key
+from shared.local_env import read_local_env
 from shared.settings import Settings
 from tooling.fleet import step_identities
 from tooling.infra import LocalInfra, local_infra
@@ -63,7 +65,13 @@ def unconfigured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.chdir(tmp_path)
     state_dir = tmp_path / "state"
     monkeypatch.setenv("PROVISION_STATE_DIR", str(state_dir))
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TENANT_DATABASE_URL", "PROVISION_LOCAL"):
+    for name in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "DATABASE_URL",
+        "TENANT_DATABASE_URL",
+        "PROVISION_MIGRATION_DATABASE_URL",
+        "PROVISION_LOCAL",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in PORTS.items():
         monkeypatch.setenv(name, value)
@@ -145,16 +153,24 @@ def test_provision_local_turns_local_mode_on(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_local_mode_uses_the_local_servers_and_the_password_file(unconfigured: Path) -> None:
-    """In local mode the app points at the local servers `infra up` recorded, with the password kept
-    in the state dir (file 0600, dir private), and connects to nothing while being built."""
+    """In local mode the app points at the local servers `infra up` recorded, as provision_app on the
+    control plane, provision_tenant_admin on the tenant cluster and provision_owner for migrations,
+    with the passwords kept in the state dir (files 0600, dir private), and connects to nothing while
+    being built."""
     _record_local_servers()
-    recorded = unconfigured / "local-env.json"
-    assert stat.S_IMODE(recorded.stat().st_mode) == 0o600
+    for name in ("local-env.json", "local-superuser-env.json"):
+        assert stat.S_IMODE((unconfigured / name).stat().st_mode) == 0o600
     a = build_app(Settings(local=True))
     password_file = unconfigured / "postgres.password"
-    password = password_file.read_text().strip()
+    roles = json.loads((unconfigured / "postgres.roles").read_text())
+    url = "postgresql://{}:{}@127.0.0.1:23932/postgres"
     assert a.bootstrap_servers == "127.0.0.1:23992"
-    assert a.database_url == f"postgresql://postgres:{password}@127.0.0.1:23932/postgres"
+    assert a.database_url == url.format("provision_app", roles["provision_app"])
+    assert a.tenant_database_url == url.format("provision_tenant_admin", roles["provision_tenant_admin"])
+    assert a.migration_database_url == url.format("provision_owner", roles["provision_owner"])
+    assert stat.S_IMODE((unconfigured / "postgres.roles").stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    assert read_local_env(unconfigured, superuser=True)["DATABASE_URL"] == url.format("postgres", password)
     assert len(password) >= 24
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(unconfigured.stat().st_mode) & 0o067 == 0, "only the owner (and a traversing group)"
@@ -217,12 +233,12 @@ def test_connecting_commands_accept_local(monkeypatch: pytest.MonkeyPatch, comma
 
 
 def test_infra_env_needs_no_configuration(unconfigured: Path) -> None:
-    """`infra env` works unconfigured and prints the local URL with the password from the file."""
+    """`infra env` works unconfigured and prints the local provision_app URL with its kept password."""
     result = _run("infra", "env")
     assert result.exit_code == 0, result.output
-    password = (unconfigured / "postgres.password").read_text().strip()
+    password = json.loads((unconfigured / "postgres.roles").read_text())["provision_app"]
     assert "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:23992" in result.output
-    assert f"DATABASE_URL=postgresql://postgres:{password}@127.0.0.1:23932/postgres" in result.output
+    assert f"DATABASE_URL=postgresql://provision_app:{password}@127.0.0.1:23932/postgres" in result.output
 
 
 def test_demo_is_local_without_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -355,3 +371,27 @@ def test_the_fleet_gives_each_step_its_services_principal_on_a_secure_broker(unc
         user = f"provision-{step_by_key(step).service}"
         assert identity["PROVISION_KAFKA_SASL_USERNAME"] == user
         assert identity["PROVISION_KAFKA_SASL_PASSWORD"] == infra.security.password(user)
+
+
+def test_worker_environment_does_not_pass_the_owners_url() -> None:
+    """A worker never migrates: PROVISION_MIGRATION_DATABASE_URL is not passed on to it."""
+    settings = Settings(migration_database_url="postgresql://provision_owner:secret@h/d")
+    env = worker_environment(settings, bootstrap_servers="b:1", database_url="postgresql://d")
+    assert "PROVISION_MIGRATION_DATABASE_URL" not in env
+    assert not any("secret" in value for value in env.values())
+
+
+def test_migrations_use_the_migration_url_else_database_url() -> None:
+    """The app's migration URL is PROVISION_MIGRATION_DATABASE_URL, else none (DATABASE_URL's engine)."""
+    base = {"kafka_bootstrap_servers": "b:1", "database_url": "postgresql://app@h/d"}
+    owner = "postgresql://owner@h/d"
+    assert build_app(Settings(**base, migration_database_url=owner)).migration_database_url == owner
+    assert build_app(Settings(**base)).migration_database_url is None
+
+
+def test_an_explicit_database_url_takes_no_local_role_url(unconfigured: Path) -> None:
+    """In local mode with DATABASE_URL set, the local TENANT_DATABASE_URL and owner's URL are not taken."""
+    _record_local_servers()
+    explicit = "postgresql://me:pw@db.example:5432/plane"
+    a = build_app(Settings(local=True, database_url=explicit))
+    assert (a.database_url, a.tenant_database_url, a.migration_database_url) == (explicit, explicit, None)

@@ -42,11 +42,12 @@ def test_mask_url_replaces_the_password_only(url: str | None, masked: str | None
 
 
 def test_settings_repr_and_str_mask_every_url_and_key() -> None:
-    """Settings' repr and str show no database, tenant or service password, nor the secret key."""
+    """Settings' repr and str show no database, tenant, owner or service password, nor the secret key."""
     key = SecretBox.generate_key()
     settings = Settings(
         database_url=URL,
         tenant_database_url=URL,
+        migration_database_url=URL,
         auth_url=f"https://svc:{PASSWORD}@auth.example",
         secret_key=key,
         api_tokens=f"dash=sha256:{PASSWORD}",
@@ -79,8 +80,15 @@ def test_cluster_records_mask_their_admin_url() -> None:
 
 
 def test_infra_env_masks_every_url() -> None:
-    """The local servers' environment record shows no password, of the control plane or a tenant cluster."""
-    env = InfraEnv(bootstrap_servers="127.0.0.1:1", database_url=URL, tenant_cluster_urls=(URL, URL))
+    """The local servers' environment record shows no password, of the control plane, a tenant cluster
+    or the migrations' owner."""
+    env = InfraEnv(
+        bootstrap_servers="127.0.0.1:1",
+        database_url=URL,
+        tenant_cluster_urls=(URL, URL),
+        tenant_database_url=URL,
+        migration_database_url=URL,
+    )
     assert PASSWORD not in repr(env)
     assert "***" in repr(env)
 
@@ -92,6 +100,7 @@ def test_app_repr_masks_its_urls(tmp_path: Path) -> None:
         bootstrap_servers="b:1",
         database_url=URL,
         tenant_database_url=URL,
+        migration_database_url=URL,
     )
     assert PASSWORD not in repr(app)
     assert "127.0.0.1:25432" in repr(app)

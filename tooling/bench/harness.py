@@ -63,7 +63,7 @@ def prepare(settings: Settings, say: Say) -> App:
     """The app wired to the servers, with migrations applied and every topic created."""
 
     app = build_app(settings, principal=user_name(ADMIN))  # it creates topics and probes
-    applied = migrate(app.engine)
+    applied = migrate(app.migration_engine)  # as the tables' owner, where the servers have one
     say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
     outcome = ensure_topics(
         app.bootstrap_servers,
@@ -96,8 +96,8 @@ def worker_env(settings: Settings, app: App) -> dict[str, str]:
         exclude=_NOT_PASSED | {"log_level"},
     )
     local = settings.kafka_bootstrap_servers is None or settings.database_url is None
-    # Several local tenant clusters: the variables their map names (TENANT_CLUSTER_<i>_URL).
-    cluster_urls = local_infra(settings).env().as_env() if local else {}
+    # The local tenant clusters' URLs: TENANT_DATABASE_URL, or the TENANT_CLUSTER_<i>_URL of the map.
+    cluster_urls = local_infra(settings).env().worker_env() if local else {}
     # The key the bench uses (in local mode, the state directory's): workers never make one up.
     return {**cluster_urls, **env, **app.secret_key_env(), "PROVISION_LOG_LEVEL": "INFO"}
 

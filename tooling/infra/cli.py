@@ -136,13 +136,27 @@ def build_infra_app(
             bool,
             typer.Option("--mtls", help="With a secure broker: a client certificate instead of a password."),
         ] = False,
+        superuser: Annotated[
+            bool,
+            typer.Option(
+                "--superuser",
+                help="The PostgreSQL superuser's URLs instead of the least-privileged roles' (for "
+                "`provision db-roles --apply` and debugging).",
+            ),
+        ] = False,
     ) -> None:
-        """Print KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (in multi-node mode also the tenant
-        clusters' URLs, PROVISION_CLUSTERS_FILE and the topic replication), and what the caller
-        adds (the local servers' PROVISION_SECRET_KEY), as shell assignments."""
+        """Print KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL as provision_app, the tenant cluster's
+        URL as provision_tenant_admin (TENANT_DATABASE_URL; in multi-node mode each cluster's,
+        PROVISION_CLUSTERS_FILE and the topic replication), the owner's for migrations
+        (PROVISION_MIGRATION_DATABASE_URL), and what the caller adds (the local servers'
+        PROVISION_SECRET_KEY), as shell assignments."""
         try:
             infra = make_infra()
-            settings = {**infra.env().as_env(), **kafka_identity(infra, principal, mtls=mtls), **extra_env()}
+            settings = {
+                **infra.env(superuser=superuser).as_env(),
+                **kafka_identity(infra, principal, mtls=mtls),
+                **extra_env(),
+            }
         except InfraError as exc:
             raise _fail(exc) from exc
         prefix = "export " if export else ""

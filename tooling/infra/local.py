@@ -4,9 +4,11 @@ By default one Kafka node and one PostgreSQL cluster; in multi-node mode N clust
 three-node Kafka quorum, all on loopback. Layout under the state directory::
 
     local-env.json       the connection settings `up` last recorded, read by local mode (0600)
+    local-superuser-env.json  the same with the superuser's URLs, for `db-roles --local` (0600)
     topology.json        how many clusters and brokers `up` last started (read by every command)
     clusters.toml        the tenant cluster map, with two or more clusters
     postgres.password    the superuser's password, one for every cluster (mode 0600)
+    postgres.roles       the least-privileged roles' passwords (JSON, mode 0600)
     kafka.passwords      with --secure: the Kafka principals' SCRAM passwords (mode 0600)
     tls/                 the local CA and the certificates it issued (tooling.infra.certs)
     postgres/            cluster 0, the control plane, on pg_port
@@ -34,6 +36,7 @@ from shared.settings import Settings
 from tooling.infra._common import InfraError, Progress, private_dir, quiet, state_lock
 from tooling.infra.kafka import KafkaBroker, Quorum
 from tooling.infra.postgres import LocalPostgres
+from tooling.infra.roles import LocalRoles
 from tooling.infra.secure import ADMIN_USER, BrokerSecurity
 from tooling.infra.topology import (
     InfraEnv,
@@ -90,6 +93,7 @@ class LocalInfra:
         )
         self.security = BrokerSecurity(self.state_dir)
         self.kafka_nodes, self.postgres_clusters = self._servers(self.topology)
+        self.roles = LocalRoles(self.state_dir, self.postgres_clusters)
 
     def with_topology(
         self,
@@ -158,9 +162,10 @@ class LocalInfra:
         """Where ``up`` writes the tenant cluster map when there are two or more clusters."""
         return self.state_dir / "clusters.toml"
 
-    def env(self) -> InfraEnv:
-        """Connection settings for this infrastructure, the superuser's password included (it is
-        generated on first use); starts nothing."""
+    def env(self, *, superuser: bool = False) -> InfraEnv:
+        """Connection settings for this infrastructure: the least-privileged roles' URLs (the
+        superuser's with ``superuser``, or on a build without the roles), passwords included
+        (generated on first use); starts nothing."""
         return infra_env(
             self.topology,
             bootstrap_servers=[node.bootstrap_servers for node in self.kafka_nodes],
@@ -168,6 +173,7 @@ class LocalInfra:
             state_dir=self.state_dir,
             kafka_ca_file=self.security.ca.cert if self.topology.secure else None,
             kafka_passwords_file=self.security.passwords_file if self.topology.secure else None,
+            roles=None if superuser else self.roles.urls(),
         )
 
     def kafka_client_config(self, user: str = ADMIN_USER) -> dict[str, object]:
@@ -192,6 +198,8 @@ class LocalInfra:
     def up(self, progress: Progress = quiet) -> InfraEnv:
         """Start whatever is not running and return once everything answers; idempotent.
 
+        Once PostgreSQL answers, the least-privileged roles are made (or kept up to date) on every
+        cluster (see :mod:`tooling.infra.roles`); what is returned and recorded are their URLs.
         The brokers' JVMs boot while PostgreSQL starts, which saves a few seconds. Raises
         InfraError if something cannot start within 60 s, or if servers of another topology
         (other counts) are running.
@@ -206,15 +214,16 @@ class LocalInfra:
                 private_dir(self.state_dir / "kafka3")
             launched = self._launch_kafka(progress)
             _each(lambda cluster: cluster.start(progress), self.postgres_clusters)
+            self.roles.apply(progress)
             _each(lambda node: node.wait_ready(progress), launched)
             self.apply_acls(progress)
             return self.record()
 
     def record(self) -> InfraEnv:
         """Record :meth:`env` in the state directory (``local-env.json``, mode 0600), where the
-        product's local mode reads it; starts nothing."""
+        product's local mode reads it, and the superuser's beside it; starts nothing."""
         env = self.env()
-        write_local_env(self.state_dir, env.as_env())
+        write_local_env(self.state_dir, env.as_env(), self.env(superuser=True).as_env())
         return env
 
     def _launch_kafka(self, progress: Progress) -> list[KafkaBroker]:

@@ -32,6 +32,7 @@ import contextlib
 import functools
 import os
 import pwd
+import re
 import secrets
 import shlex
 import shutil
@@ -170,6 +171,11 @@ class LocalPostgres:
     def tls(self) -> bool:
         """Whether this server serves TLS: its build has OpenSSL."""
         return _build_has_tls(str(self._bin_path()))
+
+    @property
+    def major_version(self) -> int:
+        """The major version of the binaries this cluster runs (``postgres --version``)."""
+        return _build_major_version(str(self._bin_path()))
 
     def _bin_path(self) -> Path:
         return self.bin_dir if self.bin_dir is not None else Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
@@ -564,6 +570,27 @@ def _build_has_tls(bin_path: str) -> bool:
         if fields[0] == "ssl_ciphers":
             return len(fields) > 4 and fields[4] not in ("", "none")
     return False
+
+
+@functools.cache
+def _build_major_version(bin_path: str) -> int:
+    """The major version ``postgres --version`` of the build in ``bin_path`` names (it runs as
+    anyone, root included, and touches no data)."""
+    try:
+        result = subprocess.run(
+            [str(Path(bin_path) / "postgres"), "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InfraError(f"cannot run {bin_path}/postgres: {exc}") from exc
+    found = re.search(r"\(PostgreSQL\) (\d+)", result.stdout)
+    if found is None:
+        raise InfraError(f"{bin_path}/postgres --version names no version: {_one_line(result.stdout)}")
+    return int(found.group(1))
 
 
 def _run_as(system_user: str | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.local_env import MIGRATION_DATABASE_URL_ENV, TENANT_DATABASE_URL_ENV
 from shared.redact import mask_url
 from tooling.infra._common import (
     CONTROLLER_PORT_ENV,
@@ -229,17 +230,36 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 @dataclass(frozen=True)
+class RoleUrls:
+    """The least-privileged roles' URLs on the local clusters (see ``provision db-roles``)."""
+
+    app: str
+    """``provision_app`` on the control plane: what the workers and the API log in as."""
+    owner: str
+    """``provision_owner`` on the control plane: what migrations log in as."""
+    tenant_admin: tuple[str, ...]
+    """``provision_tenant_admin`` on each cluster, cluster 0 first."""
+
+
+@dataclass(frozen=True)
 class InfraEnv:
     """Where the broker(s) and the database(s) are, as the services expect to be told."""
 
     bootstrap_servers: str
     """Every broker, comma-separated."""
     database_url: str
-    """A libpq URL, e.g. ``postgresql://postgres:<password>@127.0.0.1:15432/postgres``: psql opens
-    it as it is, and the product picks the psycopg 3 driver for SQLAlchemy itself."""
+    """A libpq URL, e.g. ``postgresql://provision_app:<password>@127.0.0.1:15432/postgres``
+    (the superuser's, ``postgres``, where the local servers have no roles): psql opens it as it is,
+    and the product picks the psycopg 3 driver for SQLAlchemy itself."""
     tenant_cluster_urls: tuple[str, ...] = ()
     """With two or more PostgreSQL clusters, each one's admin URL (cluster 0 first), named in
     the map by ``TENANT_CLUSTER_<i>_URL`` with i from 1; empty with one cluster."""
+    tenant_database_url: str | None = None
+    """With one cluster and the roles, its admin URL as ``provision_tenant_admin``
+    (``TENANT_DATABASE_URL``); None: ``database_url`` serves (the superuser's)."""
+    migration_database_url: str | None = None
+    """With the roles, the owner's URL migrations use (``PROVISION_MIGRATION_DATABASE_URL``);
+    None: ``database_url``."""
     clusters_file: Path | None = None
     """The tenant cluster map (``clusters.toml``) with two or more clusters."""
     topic_replication: int | None = None
@@ -253,9 +273,14 @@ class InfraEnv:
 
     def __repr__(self) -> str:  # the URLs without their passwords
         urls = tuple(mask_url(url) for url in self.tenant_cluster_urls)
+        tenant, migration = (
+            None if url is None else mask_url(url)
+            for url in (self.tenant_database_url, self.migration_database_url)
+        )
         return (
             f"InfraEnv(bootstrap_servers={self.bootstrap_servers!r}, "
             f"database_url={mask_url(self.database_url)!r}, tenant_cluster_urls={urls!r}, "
+            f"tenant_database_url={tenant!r}, migration_database_url={migration!r}, "
             f"clusters_file={self.clusters_file!r}, topic_replication={self.topic_replication!r}, "
             f"topic_min_insync_replicas={self.topic_min_insync_replicas!r})"
         )
@@ -268,11 +293,16 @@ class InfraEnv:
 
     def as_env(self) -> dict[str, str]:
         """The environment variables the services read (just the first two for one cluster
-        and one broker)."""
+        and one broker as the superuser; with the roles also TENANT_DATABASE_URL and
+        PROVISION_MIGRATION_DATABASE_URL)."""
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "DATABASE_URL": self.database_url,
         }
+        if self.tenant_database_url is not None:
+            env[TENANT_DATABASE_URL_ENV] = self.tenant_database_url
+        if self.migration_database_url is not None:
+            env[MIGRATION_DATABASE_URL_ENV] = self.migration_database_url
         for index, url in enumerate(self.tenant_cluster_urls):
             env[cluster_url_env(index)] = url
         if self.clusters_file is not None:
@@ -289,6 +319,12 @@ class InfraEnv:
             env["PROVISION_KAFKA_SASL_PASSWORD_FILE"] = str(self.kafka_passwords_file)
         return env
 
+    def worker_env(self) -> dict[str, str]:
+        """:meth:`as_env` less the owner's URL: what a worker is given (it never migrates)."""
+        env = self.as_env()
+        env.pop(MIGRATION_DATABASE_URL_ENV, None)
+        return env
+
 
 def infra_env(
     topology: Topology,
@@ -298,13 +334,19 @@ def infra_env(
     state_dir: Path,
     kafka_ca_file: Path | None = None,
     kafka_passwords_file: Path | None = None,
+    roles: RoleUrls | None = None,
 ) -> InfraEnv:
-    """The InfraEnv of ``topology``, given each broker's address and each cluster's URL."""
+    """The InfraEnv of ``topology``, given each broker's address and each cluster's superuser
+    URL, and the least-privileged roles' URLs where the clusters have them (None: the
+    superuser's serve everyone)."""
     several = topology.clusters >= 2
+    tenant_urls = tuple(cluster_urls) if roles is None else roles.tenant_admin
     return InfraEnv(
         bootstrap_servers=",".join(bootstrap_servers),
-        database_url=cluster_urls[0],
-        tenant_cluster_urls=tuple(cluster_urls) if several else (),
+        database_url=cluster_urls[0] if roles is None else roles.app,
+        tenant_cluster_urls=tenant_urls if several else (),
+        tenant_database_url=tenant_urls[0] if roles is not None and not several else None,
+        migration_database_url=None if roles is None else roles.owner,
         clusters_file=state_dir / CLUSTERS_FILE if several else None,
         topic_replication=topology.brokers if topology.replicated else None,
         topic_min_insync_replicas=2 if topology.replicated else None,
