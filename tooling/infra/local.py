@@ -16,6 +16,10 @@ three-node Kafka quorum, all on loopback. Layout under the state directory::
     kafka/               the single Kafka node; its libs/ serve every node
     kafka3/cluster.id    the three-node cluster's id
     kafka3/node-<j>/     node j (node id j + 1) on kafka_port + 100 j, controller_port + 100 j
+
+Its size (just over 400 lines) is one object's: the servers' life as a whole (start in order,
+record what started, stop, report), each part reading the same layout above; the nodes' own work
+is in kafka.py, postgres.py and roles.py.
 """
 
 from __future__ import annotations
