@@ -88,7 +88,8 @@ def mn(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
         try:
             infra.down()  # a run killed mid-way leaves servers behind
             infra.wipe_data()
-            env = infra.up()
+            infra.up()
+            env = infra.env(superuser=True)  # as the suite's session: it migrates and counts databases
             urls = {var: env.tenant_cluster_urls[index] for _, index, var in TENANT_CLUSTERS}
             for var, url in urls.items():
                 patch.setenv(var, url)  # the app of this process reads the map's URLs from here
