@@ -41,8 +41,9 @@ class _Admin:
 
     def __init__(self, bootstrap_servers: str, security: Mapping[str, str] | None) -> None:
         self.refusals = Refusals()
-        self.config = admin_config(bootstrap_servers, security=security, refusals=self.refusals)
-        self.client = AdminClient(self.config)
+        config = admin_config(bootstrap_servers, security=security, refusals=self.refusals)
+        self.config = config
+        self.client = AdminClient(config)
 
     def result(self, future: Any, subject: str, timeout: float, call: Callable[[Any], T] = lambda r: r) -> T:
         try:
