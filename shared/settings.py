@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     topic_min_insync_replicas: int | None = Field(
         default=None, ge=1, description="topic config min.insync.replicas; the broker's default if unset"
     )
+    deadletter_retention_seconds: int = Field(
+        default=14 * 24 * 3600,
+        ge=60,
+        description="retention.ms of the dead-letter and parking topics, set by `provision topics` "
+        "on creation and on a topic that exists (14 days)",
+    )
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
 
     # Retry policy (seed 004: 3 attempts, 300 s base, exponential).

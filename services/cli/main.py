@@ -31,6 +31,7 @@ COMMANDS = (
     LazyCommand("restore", f"{_CLI}.requests:restore", "Bring a deleted project back within its retention window."),
     LazyCommand("status", f"{_CLI}.status:status", "A project's steps and stage, or every project's (--all)."),
     LazyCommand("replay", f"{_CLI}.operate:replay", "Re-drive failed and stranded steps once their cause is fixed."),
+    LazyCommand("deadletters", f"{_CLI}.deadletters:deadletters", "The dead letters: list, show, redrive once fixed, purge by age."),
     LazyCommand("clusters", f"{_CLI}.operate:clusters", "The tenant clusters: region, tenants placed, capacity."),
     LazyCommand("reconcile", f"{_CLI}.operate:reconcile", "Report drift between the record and the clusters; --apply repairs."),
     LazyCommand("keys", f"{_CLI}.secrets:keys", "API keys of a project."),

@@ -23,7 +23,7 @@ from .auth import NO_TOKENS, TokenConfigError, TokenSet
 from .deps import AppUseCases, WebState, caller
 from .errors import COMMON_ERRORS, install_error_handlers
 from .guard import ApiMetrics, Guard
-from .routes import ops, projects, replays
+from .routes import deadletters, ops, projects, replays
 from .stream import StreamSlots, TransitionListener
 from .views import Durations
 
@@ -77,7 +77,7 @@ def build_api(state: WebState | None, *, max_body_bytes: int | None = None) -> F
         lifespan=_lifespan,
     )
     api.state.web = state
-    for v1 in (projects.router, replays.router):
+    for v1 in (projects.router, replays.router, deadletters.router):
         api.include_router(v1, dependencies=[Depends(caller)], responses=COMMON_ERRORS)
     api.include_router(ops.router)
     install_error_handlers(api)

@@ -14,6 +14,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import text
 
 from services.bootstrap import App
+from services.usecases.deadletters import (
+    Filters,
+    Letter,
+    Listing,
+    RedriveDecision,
+    find_letter,
+    list_letters,
+    ports_for,
+    redrive,
+)
 from services.usecases.queries import ProjectDetail, ProjectList, list_projects, project_detail
 from services.usecases.replay import ReplayDecision, replay
 from services.usecases.requests import (
@@ -75,6 +85,17 @@ class UseCases(Protocol):
     ) -> list[ReplayDecision]:
         """See ``services.usecases.replay.replay``."""
 
+    def deadletters(self, filters: Filters, *, parked: bool, limit: int | None) -> Listing:
+        """See ``services.usecases.deadletters.list_letters``."""
+
+    def deadletter(self, letter_id: str, *, parked: bool) -> Letter | None:
+        """See ``services.usecases.deadletters.find_letter``."""
+
+    def redrive_deadletters(
+        self, filters: Filters, *, dry_run: bool, max_redrives: int | None, acted_by: str
+    ) -> list[RedriveDecision]:
+        """See ``services.usecases.deadletters.redrive``."""
+
     def database_answers(self) -> bool:
         """Whether the control-plane database answers a query."""
 
@@ -131,6 +152,22 @@ class AppUseCases:
             dry_run=dry_run,
             max_replays=max_replays,
             requested_by=owner,
+        )
+
+    def deadletters(self, filters: Filters, *, parked: bool, limit: int | None) -> Listing:
+        """The dead letters passing the filters (see the use case)."""
+        return list_letters(ports_for(self.app), filters, parked=parked, limit=limit)
+
+    def deadletter(self, letter_id: str, *, parked: bool) -> Letter | None:
+        """One dead letter (see the use case)."""
+        return find_letter(ports_for(self.app), letter_id, parked=parked)
+
+    def redrive_deadletters(
+        self, filters: Filters, *, dry_run: bool, max_redrives: int | None, acted_by: str
+    ) -> list[RedriveDecision]:
+        """Redrive dead letters (see the use case)."""
+        return redrive(
+            ports_for(self.app), filters, dry_run=dry_run, max_redrives=max_redrives, acted_by=acted_by
         )
 
     def database_answers(self) -> bool:

@@ -119,6 +119,64 @@ class ReplayResult(_View):
     replayed: int
 
 
+class DeadLetterOriginal(_View):
+    encoding: str = Field(description="json (pretty-printed), text, base64, or none (no value)")
+    text: str | None
+    hex: str | None = Field(default=None, description="the first 64 bytes, in hex, when base64")
+
+
+class DeadLetterView(_View):
+    id: str = Field(description="<partition>:<offset> on its topic: stable while the letter is there")
+    topic: str
+    written_at: datetime
+    origin: str = Field(description="the topic the message was consumed from")
+    origin_partition: int
+    origin_offset: int
+    consumer_group: str
+    subject: str = Field(description="the project its JSON names, else its key")
+    reason: str
+    state: str = Field(description="new, failed again (after a redrive), redriven or parked")
+    redriven_from: str | None = None
+    value_size: int
+    truncated: bool
+    parked_reason: str | None = None
+    headers: dict[str, str] | None = Field(default=None, description="only when one letter is asked for")
+    key: str | None = None
+    value_sha256: str | None = None
+    original: DeadLetterOriginal | None = Field(default=None, description="only when one letter is asked for")
+
+
+class DeadLetterList(_View):
+    letters: list[DeadLetterView]
+    unreadable: int = Field(description="records on the topic that are not dead letters")
+
+
+class DeadLetterRedriveRequest(_View):
+    topic: str | None = Field(default=None, max_length=255, description="only letters from this topic")
+    reason: str | None = Field(default=None, max_length=2000, description="a substring of the reason")
+    project_id: str | None = Field(default=None, max_length=200)
+    older_than: str | None = Field(default=None, max_length=40, description="e.g. 15m, 6h, 14d")
+    newer_than: str | None = Field(default=None, max_length=40)
+    dry_run: bool = Field(
+        default=True, description="only say what would be done (the default); false to redrive"
+    )
+    max: int | None = Field(default=None, ge=1, le=100_000, description="redrive at most this many")
+
+
+class DeadLetterDecisionView(_View):
+    letter_id: str
+    origin: str
+    subject: str
+    action: str = Field(description="redriven, would redrive, parked, would park or skipped")
+    reason: str
+
+
+class DeadLetterRedriveResult(_View):
+    decisions: list[DeadLetterDecisionView]
+    redriven: int
+    parked: int
+
+
 class ProjectSummaryView(_View):
     project_id: str
     stage: Stage

@@ -188,3 +188,17 @@ api_keys = Table(
     Column("revealed_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+deadletter_actions = Table(
+    "deadletter_actions",
+    metadata,
+    Column("letter_event_id", UUID(as_uuid=True), primary_key=True),
+    Column("letter_id", Text, nullable=False),
+    Column("origin_topic", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("acted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("acted_by", Text),
+    CheckConstraint("action IN ('redriven', 'parked')", name="ck_deadletter_actions_action"),
+)
+"""What ``provision deadletters`` did with each dead letter, by its ``event_id`` (migration
+0010): redriven once, or parked; a letter found here is never sent on again."""

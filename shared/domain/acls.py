@@ -15,7 +15,13 @@ Least privilege, read off what each one's code does:
   the database service (its relay duty and its purge sweep), the requester, the API and the
   operator all hold those writes;
 - ``replay`` (the operator's and the API's) reads every failed topic, by manual assignment under a
-  throwaway group ``provision-reader-<random>`` (granted by prefix), and writes retry topics.
+  throwaway group ``provision-reader-<random>`` (granted by prefix), and writes retry topics;
+- ``deadletters`` (the operator's and the API's) reads the dead-letter and parking topics the same
+  way, writes a redriven letter back to its origin (any topic a step consumes) and a letter that
+  failed again to the parking topic; only the operator purges (DELETE: the admin API's
+  ``DeleteRecords`` on those two topics);
+- the administrator also alters the two dead-letter topics' configuration (their retention, set
+  by ``provision topics`` on a topic that exists already).
 
 Idempotent producers need no cluster grant: since Kafka 3.0 (KIP-679) ``WRITE`` on a topic allows
 ``InitProducerId``; ``IDEMPOTENT_WRITE`` on the cluster is not needed.
@@ -30,11 +36,13 @@ from shared.domain.steps import (
     ALL_STEPS,
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
+    PARKED_TOPIC,
     PURGE_REQUESTED_TOPIC,
     REQUESTED_TOPIC,
     STEP_KEYS,
     Step,
     all_topics,
+    consumed_topics,
 )
 
 PRINCIPAL_PREFIX = "provision-"
@@ -56,6 +64,10 @@ FAILED_TOPICS = tuple(step.failed_topic for step in ALL_STEPS)
 OUTBOX_TOPICS = (*REQUEST_TOPICS, *RETRY_TOPICS)
 """What the transactional outbox may hold, so what its relay publishes: requests and purges
 (``services.usecases.requests``, the purge sweep) and re-drives (``services.redrive``)."""
+LETTER_TOPICS = (DEADLETTER_TOPIC, PARKED_TOPIC)
+"""What ``provision deadletters`` reads (and purges)."""
+REDRIVE_TOPICS = (*consumed_topics(), PARKED_TOPIC)
+"""What a redrive writes: a letter's origin (any topic a step consumes) or the parking topic."""
 
 
 class ResourceType(StrEnum):
@@ -76,6 +88,8 @@ class Operation(StrEnum):
     CREATE = "create"
     ALTER = "alter"
     DESCRIBE_CONFIGS = "describe_configs"
+    ALTER_CONFIGS = "alter_configs"
+    DELETE = "delete"
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -158,6 +172,8 @@ def _admin_grants() -> list[Grant]:
             _topic(ADMIN, topic, op, "provision topics")
             for op in (Operation.CREATE, Operation.DESCRIBE, Operation.DESCRIBE_CONFIGS)
         ]
+    retention = "provision topics: the letters' retention"
+    grants += [_topic(ADMIN, t, Operation.ALTER_CONFIGS, retention) for t in LETTER_TOPICS]
     return grants
 
 
@@ -173,9 +189,14 @@ def acl_table() -> tuple[Grant, ...]:
     grants += _writes(API, OUTBOX_TOPICS, f"api: {relay}")
     grants += _reads(API, FAILED_TOPICS, "api: replay reads the failed topics")
     grants.append(_reader_group(API, "api: replay's throwaway reader group"))
+    grants += _reads(API, LETTER_TOPICS, "api: GET /v1/deadletters reads the letters")
+    grants += _writes(API, REDRIVE_TOPICS, "api: POST /v1/deadletters/redrive redrives and parks")
     grants += _writes(OPERATOR, OUTBOX_TOPICS, f"operator: {relay}; replay's retries")
     grants += _reads(OPERATOR, FAILED_TOPICS, "operator: replay reads the failed topics")
     grants.append(_reader_group(OPERATOR, "operator: replay's throwaway reader group"))
+    grants += _reads(OPERATOR, LETTER_TOPICS, "operator: deadletters reads the letters")
+    grants += _writes(OPERATOR, REDRIVE_TOPICS, "operator: deadletters redrives and parks")
+    grants += [_topic(OPERATOR, t, Operation.DELETE, "operator: deadletters purge") for t in LETTER_TOPICS]
     grants += _admin_grants()
     order = {principal(role): index for index, role in enumerate(ROLE_NAMES)}
     seen: set[tuple[str, str, str, str, str]] = set()

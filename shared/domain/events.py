@@ -404,6 +404,25 @@ class DeadLettered(Model):
     truncated: bool = False
 
 
+class ParkedLetter(Model):
+    """A dead letter set aside for good: it had been redriven to its origin topic and was
+    dead-lettered again, so no redrive sends it back (``provision deadletters``). It holds the
+    second dead letter whole, with where it sat on the dead-letter topic."""
+
+    model_config = ConfigDict(json_schema_extra=_require_event_type)
+
+    event_id: uuid.UUID
+    event_type: Literal["provisioning.deadletter.parked"] = "provisioning.deadletter.parked"
+    schema_version: SchemaVersion = SCHEMA_VERSION
+    occurred_at: AwareDatetime
+    letter_id: str
+    """``<partition>:<offset>`` of the letter on the dead-letter topic."""
+    redriven_from: str | None = None
+    """The id of the earlier letter whose redrive this one failed again (its redrive header)."""
+    reason: str
+    letter: DeadLettered
+
+
 # --- the catalogue -------------------------------------------------------------------------
 
 _STEP_EVENTS: dict[str, tuple[type[StepCompleted], type[StepFailed], type[StepRetryScheduled]]] = {
@@ -482,6 +501,7 @@ def event_models() -> dict[str, type[BaseModel]]:
     for purge in _PURGE_EVENTS.values():
         models |= {event_type_of(model): model for model in purge}
     models[event_type_of(DeadLettered)] = DeadLettered
+    models[event_type_of(ParkedLetter)] = ParkedLetter
     return models
 
 

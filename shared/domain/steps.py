@@ -20,6 +20,7 @@ from typing import Literal, cast
 from shared.domain.events import (
     DeadLettered,
     DeprovisioningRequested,
+    ParkedLetter,
     ProvisioningRequested,
     PurgeRequested,
     completed_event_for,
@@ -32,6 +33,8 @@ REQUESTED_TOPIC = event_type_of(ProvisioningRequested)
 DEPROVISIONING_REQUESTED_TOPIC = event_type_of(DeprovisioningRequested)
 PURGE_REQUESTED_TOPIC = event_type_of(PurgeRequested)
 DEADLETTER_TOPIC = event_type_of(DeadLettered)
+PARKED_TOPIC = event_type_of(ParkedLetter)
+"""Where ``provision deadletters redrive`` sets aside a letter that failed again after a redrive."""
 
 
 class Chain(StrEnum):
@@ -250,8 +253,14 @@ def all_topics() -> tuple[str, ...]:
     topics.append(PURGE_REQUESTED_TOPIC)
     for step in PURGE_STEPS:
         topics += [step.completed_topic, step.retry_topic, step.failed_topic]
-    topics.append(DEADLETTER_TOPIC)
+    topics += [DEADLETTER_TOPIC, PARKED_TOPIC]
     return tuple(topics)
+
+
+def consumed_topics() -> tuple[str, ...]:
+    """Every topic a step consumes (its input and its retries): where a dead letter may come
+    from, so where a redrive may send it back."""
+    return tuple(dict.fromkeys(t for step in ALL_STEPS for t in (step.input_topic, step.retry_topic)))
 
 
 def derive_stage(statuses: dict[str, StepStatus], *, exists: bool = True, ever_ready: bool = False) -> Stage:

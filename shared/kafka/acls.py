@@ -37,6 +37,8 @@ _OPERATION = {
     Operation.CREATE: AclOperation.CREATE,
     Operation.ALTER: AclOperation.ALTER,
     Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS,
+    Operation.ALTER_CONFIGS: AclOperation.ALTER_CONFIGS,
+    Operation.DELETE: AclOperation.DELETE,
 }
 _ANY_HOST = "*"
 

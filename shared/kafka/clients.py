@@ -227,11 +227,13 @@ def ensure_topics(
     min_insync_replicas: int | None = None,
     timeout: float = 30.0,
     security: Mapping[str, str] | None = None,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, str]:
     """Create missing topics; returns topic -> "created" | "exists". Idempotent.
 
     ``min_insync_replicas`` sets the topic's ``min.insync.replicas`` (None: the broker's
-    default); an existing topic is left as it is.
+    default); ``configs`` more of a topic's config on creation (by topic). An existing topic is
+    left as it is (:func:`shared.kafka.topics.align_configs` changes one).
     """
     refusals = Refusals()
     config = admin_config(bootstrap_servers, security=security, refusals=refusals)
@@ -239,7 +241,12 @@ def ensure_topics(
     existing = set(list_metadata(admin, config, refusals, timeout=timeout).topics)
     topic_config = {} if min_insync_replicas is None else {"min.insync.replicas": str(min_insync_replicas)}
     wanted = [
-        NewTopic(t, num_partitions=partitions, replication_factor=replication, config=topic_config)
+        NewTopic(
+            t,
+            num_partitions=partitions,
+            replication_factor=replication,
+            config={**topic_config, **(configs or {}).get(t, {})},
+        )
         for t in topics
         if t not in existing
     ]

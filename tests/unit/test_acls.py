@@ -14,9 +14,11 @@ from services.cli import app
 from shared.domain.acls import (
     ADMIN,
     API,
+    LETTER_TOPICS,
     OPERATOR,
     OUTBOX_TOPICS,
     READER_GROUP_PREFIX,
+    REDRIVE_TOPICS,
     REQUEST_TOPICS,
     REQUESTER,
     ROLE_NAMES,
@@ -27,7 +29,7 @@ from shared.domain.acls import (
     grants_of,
     principal,
 )
-from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC, STEP_KEYS, all_topics
+from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC, PARKED_TOPIC, STEP_KEYS, all_topics
 from shared.kafka import reader
 from shared.kafka.acls import to_binding
 from tooling.infra._common import InfraError
@@ -93,6 +95,31 @@ def test_only_the_admin_creates_topics_or_alters_the_cluster() -> None:
     powerful = [g for g in acl_table() if g.operation in (Operation.CREATE, Operation.ALTER)]
     assert {g.principal for g in powerful} == {principal(ADMIN)}
     assert {g.name for g in powerful if g.operation is Operation.CREATE} == set(all_topics())
+
+
+def test_the_deadletter_tools_read_the_letters_and_write_back_only_where_steps_consume() -> None:
+    """The operator and the API read both letter topics, write every step's input, retry and parking."""
+    consumed = {t for s in ALL_STEPS for t in (s.input_topic, s.retry_topic)}
+    assert set(LETTER_TOPICS) == {DEADLETTER_TOPIC, PARKED_TOPIC}
+    assert set(REDRIVE_TOPICS) == consumed | {PARKED_TOPIC}
+    for role in (OPERATOR, API):
+        assert set(LETTER_TOPICS) <= _reads(role)
+        assert set(REDRIVE_TOPICS) <= _writes(role)
+        assert DEADLETTER_TOPIC not in _writes(role)  # a redrive never writes a dead letter itself
+
+
+def test_only_the_operator_deletes_records_and_only_from_the_letter_topics() -> None:
+    """DELETE (the purge's DeleteRecords) is the operator's alone, on the dead-letter and parking topics."""
+    deletes = [g for g in acl_table() if g.operation is Operation.DELETE]
+    assert {g.principal for g in deletes} == {principal(OPERATOR)}
+    assert {g.name for g in deletes} == set(LETTER_TOPICS)
+
+
+def test_only_the_admin_alters_topic_configs_and_only_the_letter_topics() -> None:
+    """ALTER_CONFIGS (the letters' retention on a topic that exists) is the admin's, on the letter topics."""
+    alters = [g for g in acl_table() if g.operation is Operation.ALTER_CONFIGS]
+    assert {g.principal for g in alters} == {principal(ADMIN)}
+    assert {g.name for g in alters} == set(LETTER_TOPICS)
 
 
 def test_every_granted_topic_exists_and_no_binding_repeats() -> None:

@@ -40,6 +40,7 @@ SHAPES = [
     "provisioning.keys.failed",
     "provisioning.auth.retry",
     "provisioning.deadletter",
+    "provisioning.deadletter.parked",
     "deprovisioning.requested",
     "deprovisioning.keys.completed",
     "deprovisioning.storage.failed",

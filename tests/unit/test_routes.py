@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from services.usecases.deadletters import Filters, Letter, Listing, RedriveDecision
 from services.usecases.payloads import InvalidRequestError
 from services.usecases.queries import ProjectDetail, ProjectList, ProjectSummary
 from services.usecases.replay import ReplayDecision
@@ -24,15 +26,36 @@ from services.web.auth import TokenSet, entry_for, hash_token
 from services.web.deps import WebState
 from services.web.errors import install_error_handlers
 from services.web.guard import ApiMetrics
-from services.web.routes import ops, projects, replays
+from services.web.routes import deadletters, ops, projects, replays
 from services.web.stream import StreamSlots, TransitionListener
 from services.web.views import Durations
+from shared.domain.events import DeadLettered
 from shared.domain.records import ConflictingRequestError, ProjectRecord, RestoreRefusedError
-from shared.domain.steps import Stage
+from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC, Stage
 
 PID = "3f1c2a9e-7d41-4c8a-9a57-0c7f9a1b2c3d"
 CORRELATION = uuid.UUID("11111111-2222-4333-8444-555555555555")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+LETTER = Letter(
+    DEADLETTER_TOPIC,
+    0,
+    3,
+    datetime(2026, 3, 1, tzinfo=UTC),
+    DeadLettered(
+        event_id=uuid.uuid4(),
+        occurred_at=datetime(2026, 3, 1, tzinfo=UTC),
+        reason="oversized message: 300000 bytes > limit 262144",
+        source_topic=REQUESTED_TOPIC,
+        source_partition=1,
+        source_offset=9,
+        consumer_group="provisioning-database",
+        key_b64=base64.b64encode(PID.encode()).decode(),
+        value_b64=base64.b64encode(b'{"project_id": "%s"}' % PID.encode()).decode(),
+        headers={"event_type": REQUESTED_TOPIC},
+    ),
+)
 
 
 class FakeReadModels:
@@ -126,6 +149,20 @@ class FakeUseCases:
         self._called("replay", (step_key, project_id, dry_run, max_replays))
         self.owner_filter = owner
         return [ReplayDecision(PID, "create_tenant_database", "would replay", "failed")]
+
+    def deadletters(self, filters: Filters, *, parked: bool, limit: int | None) -> Listing:
+        self._called("deadletters", (filters, parked, limit))
+        return Listing([LETTER], unreadable=1)
+
+    def deadletter(self, letter_id: str, *, parked: bool) -> Letter | None:
+        self._called("deadletter", (letter_id, parked))
+        return LETTER if letter_id == LETTER.id else None
+
+    def redrive_deadletters(
+        self, filters: Filters, *, dry_run: bool, max_redrives: int | None, acted_by: str
+    ) -> list[RedriveDecision]:
+        self._called("redrive_deadletters", (filters, dry_run, max_redrives, acted_by))
+        return [RedriveDecision(LETTER.id, REQUESTED_TOPIC, PID, "would redrive", "oversized")]
 
     def database_answers(self) -> bool:
         return self.database
@@ -288,6 +325,52 @@ def test_replays_resolve_the_step_and_pass_the_filters(calls: FakeUseCases) -> N
     assert client.post("/v1/replays", json={"step": "nope"}).status_code == 422
 
 
+def test_deadletters_list_passes_the_filters_and_refuses_a_bad_duration(calls: FakeUseCases) -> None:
+    """GET /v1/deadletters parses the filters for the use case; an unreadable duration is 422 on its field."""
+    client = _one_router(deadletters.router, calls)
+    body = client.get("/v1/deadletters", params={"project_id": PID, "older_than": "2h", "limit": 5}).json()
+    [(name, (filters, parked, limit))] = calls.calls
+    assert (name, filters.project, filters.older_than, parked, limit) == (
+        "deadletters",
+        PID,
+        timedelta(hours=2),
+        False,
+        5,
+    )
+    assert body["unreadable"] == 1
+    assert (body["letters"][0]["id"], body["letters"][0]["subject"]) == ("0:3", PID)
+    assert body["letters"][0]["original"] is None
+    error = client.get("/v1/deadletters", params={"newer_than": "soon"}).json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", "newer_than")
+
+
+def test_one_deadletter_is_shown_decoded_or_404_and_a_bad_id_is_422(calls: FakeUseCases) -> None:
+    """GET /v1/deadletters/{id} shows the letter with its decoded original; unknown 404; not an id 422."""
+    client = _one_router(deadletters.router, calls)
+    body = client.get("/v1/deadletters/0:3").json()
+    assert body["original"]["encoding"] == "json"
+    assert body["headers"] == {"event_type": REQUESTED_TOPIC}
+    assert client.get("/v1/deadletters/0:4").json()["error"]["code"] == "letter_not_found"
+    assert client.get("/v1/deadletters/zero").status_code == 422
+
+
+def test_deadletter_redrive_is_a_dry_run_by_default_and_names_the_caller(calls: FakeUseCases) -> None:
+    """POST /v1/deadletters/redrive is dry unless dry_run is false, and journals the API caller."""
+    client = _one_router(deadletters.router, calls)
+    body = client.post("/v1/deadletters/redrive", json={"topic": REQUESTED_TOPIC, "max": 2}).json()
+    [(name, (filters, dry_run, max_redrives, acted_by))] = calls.calls
+    assert (name, filters.origin, dry_run, max_redrives, acted_by) == (
+        "redrive_deadletters",
+        REQUESTED_TOPIC,
+        True,
+        2,
+        "api:local",
+    )
+    assert (body["redriven"], body["parked"], body["decisions"][0]["action"]) == (0, 0, "would redrive")
+    client.post("/v1/deadletters/redrive", json={"dry_run": False})
+    assert calls.calls[-1][1][1] is False
+
+
 def test_healthz_is_503_while_the_listener_is_not_connected(calls: FakeUseCases) -> None:
     """/healthz says the database answers but is 503 until the listener connects."""
     client = _one_router(ops.router, calls)
@@ -341,6 +424,9 @@ _ROUTES = [
     ("delete", f"/v1/projects/{PID}", {}, "deprovision"),
     ("post", f"/v1/projects/{PID}/restore", {}, "provision"),
     ("post", "/v1/replays", {"json": {}}, "replay"),
+    ("get", "/v1/deadletters", {}, "admin"),
+    ("get", "/v1/deadletters/0:3", {}, "admin"),
+    ("post", "/v1/deadletters/redrive", {"json": {}}, "admin"),
 ]
 
 

@@ -12,6 +12,7 @@ from shared.domain.steps import (
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
     FINAL_STEP,
+    PARKED_TOPIC,
     PURGE_REQUESTED_TOPIC,
     PURGE_STEPS,
     REQUESTED_TOPIC,
@@ -77,13 +78,14 @@ def test_each_step_consumes_previous_completed_topic() -> None:
 
 
 def test_all_topics() -> None:
-    """Every topic: each chain's request and three per step, and the dead-letter topic, once each."""
+    """Every topic: each chain's request and three per step, the dead-letter and parking topics, once each."""
     topics = all_topics()
     assert topics[0] == REQUESTED_TOPIC
-    assert topics[-1] == DEADLETTER_TOPIC == "provisioning.deadletter"
+    assert topics[-2:] == (DEADLETTER_TOPIC, PARKED_TOPIC) == ("provisioning.deadletter", PARKED_TOPIC)
+    assert PARKED_TOPIC == "provisioning.deadletter.parked"
     assert DEPROVISIONING_REQUESTED_TOPIC in topics
     assert PURGE_REQUESTED_TOPIC in topics
-    assert len(topics) == len(set(topics)) == 4 + 3 * (len(STEPS) + len(REVERSE_STEPS) + len(PURGE_STEPS))
+    assert len(topics) == len(set(topics)) == 5 + 3 * (len(STEPS) + len(REVERSE_STEPS) + len(PURGE_STEPS))
 
 
 def test_lookup_by_key_name_or_either() -> None:
