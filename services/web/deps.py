@@ -18,11 +18,9 @@ from services.usecases.deadletters import (
     Filters,
     Letter,
     Listing,
-    RedriveDecision,
     find_letter,
     list_letters,
     ports_for,
-    redrive,
 )
 from services.usecases.queries import ProjectDetail, ProjectList, list_projects, project_detail
 from services.usecases.replay import ReplayDecision, replay
@@ -91,11 +89,6 @@ class UseCases(Protocol):
     def deadletter(self, letter_id: str, *, parked: bool) -> Letter | None:
         """See ``services.usecases.deadletters.find_letter``."""
 
-    def redrive_deadletters(
-        self, filters: Filters, *, dry_run: bool, max_redrives: int | None, acted_by: str
-    ) -> list[RedriveDecision]:
-        """See ``services.usecases.deadletters.redrive``."""
-
     def database_answers(self) -> bool:
         """Whether the control-plane database answers a query."""
 
@@ -161,14 +154,6 @@ class AppUseCases:
     def deadletter(self, letter_id: str, *, parked: bool) -> Letter | None:
         """One dead letter (see the use case)."""
         return find_letter(ports_for(self.app), letter_id, parked=parked)
-
-    def redrive_deadletters(
-        self, filters: Filters, *, dry_run: bool, max_redrives: int | None, acted_by: str
-    ) -> list[RedriveDecision]:
-        """Redrive dead letters (see the use case)."""
-        return redrive(
-            ports_for(self.app), filters, dry_run=dry_run, max_redrives=max_redrives, acted_by=acted_by
-        )
 
     def database_answers(self) -> bool:
         """Whether ``SELECT 1`` succeeds on the control-plane database."""

@@ -151,32 +151,6 @@ class DeadLetterList(_View):
     unreadable: int = Field(description="records on the topic that are not dead letters")
 
 
-class DeadLetterRedriveRequest(_View):
-    topic: str | None = Field(default=None, max_length=255, description="only letters from this topic")
-    reason: str | None = Field(default=None, max_length=2000, description="a substring of the reason")
-    project_id: str | None = Field(default=None, max_length=200)
-    older_than: str | None = Field(default=None, max_length=40, description="e.g. 15m, 6h, 14d")
-    newer_than: str | None = Field(default=None, max_length=40)
-    dry_run: bool = Field(
-        default=True, description="only say what would be done (the default); false to redrive"
-    )
-    max: int | None = Field(default=None, ge=1, le=100_000, description="redrive at most this many")
-
-
-class DeadLetterDecisionView(_View):
-    letter_id: str
-    origin: str
-    subject: str
-    action: str = Field(description="redriven, would redrive, parked, would park or skipped")
-    reason: str
-
-
-class DeadLetterRedriveResult(_View):
-    decisions: list[DeadLetterDecisionView]
-    redriven: int
-    parked: int
-
-
 class ProjectSummaryView(_View):
     project_id: str
     stage: Stage

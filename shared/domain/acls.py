@@ -16,9 +16,10 @@ Least privilege, read off what each one's code does:
   operator all hold those writes;
 - ``replay`` (the operator's and the API's) reads every failed topic, by manual assignment under a
   throwaway group ``provision-reader-<random>`` (granted by prefix), and writes retry topics;
-- ``deadletters`` (the operator's and the API's) reads the dead-letter and parking topics the same
-  way, writes a redriven letter back to its origin (any topic a step consumes) and a letter that
-  failed again to the parking topic; only the operator purges (DELETE: the admin API's
+- ``deadletters`` reads the dead-letter and parking topics the same way (the operator's and the
+  API's); only the operator redrives, writing a letter back to its origin (any topic a step
+  consumes, completed topics among them, which the API facing the network must not hold) and a
+  letter that failed again to the parking topic, and purges (DELETE: the admin API's
   ``DeleteRecords`` on those two topics);
 - the administrator also alters the two dead-letter topics' configuration (their retention, set
   by ``provision topics`` on a topic that exists already).
@@ -190,7 +191,6 @@ def acl_table() -> tuple[Grant, ...]:
     grants += _reads(API, FAILED_TOPICS, "api: replay reads the failed topics")
     grants.append(_reader_group(API, "api: replay's throwaway reader group"))
     grants += _reads(API, LETTER_TOPICS, "api: GET /v1/deadletters reads the letters")
-    grants += _writes(API, REDRIVE_TOPICS, "api: POST /v1/deadletters/redrive redrives and parks")
     grants += _writes(OPERATOR, OUTBOX_TOPICS, f"operator: {relay}; replay's retries")
     grants += _reads(OPERATOR, FAILED_TOPICS, "operator: replay reads the failed topics")
     grants.append(_reader_group(OPERATOR, "operator: replay's throwaway reader group"))

@@ -98,14 +98,16 @@ def test_only_the_admin_creates_topics_or_alters_the_cluster() -> None:
 
 
 def test_the_deadletter_tools_read_the_letters_and_write_back_only_where_steps_consume() -> None:
-    """The operator and the API read both letter topics, write every step's input, retry and parking."""
+    """Operator and API read both letter topics; only the operator writes the steps' inputs and parking."""
     consumed = {t for s in ALL_STEPS for t in (s.input_topic, s.retry_topic)}
     assert set(LETTER_TOPICS) == {DEADLETTER_TOPIC, PARKED_TOPIC}
     assert set(REDRIVE_TOPICS) == consumed | {PARKED_TOPIC}
     for role in (OPERATOR, API):
         assert set(LETTER_TOPICS) <= _reads(role)
-        assert set(REDRIVE_TOPICS) <= _writes(role)
         assert DEADLETTER_TOPIC not in _writes(role)  # a redrive never writes a dead letter itself
+    assert set(REDRIVE_TOPICS) <= _writes(OPERATOR)
+    completed = {s.completed_topic for s in ALL_STEPS}
+    assert not completed & _writes(API), "the API, facing the network, cannot forge a step's outcome"
 
 
 def test_only_the_operator_deletes_records_and_only_from_the_letter_topics() -> None:

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from services.usecases.deadletters import Filters, Letter, Listing, RedriveDecision
+from services.usecases.deadletters import Filters, Letter, Listing
 from services.usecases.payloads import InvalidRequestError
 from services.usecases.queries import ProjectDetail, ProjectList, ProjectSummary
 from services.usecases.replay import ReplayDecision
@@ -157,12 +157,6 @@ class FakeUseCases:
     def deadletter(self, letter_id: str, *, parked: bool) -> Letter | None:
         self._called("deadletter", (letter_id, parked))
         return LETTER if letter_id == LETTER.id else None
-
-    def redrive_deadletters(
-        self, filters: Filters, *, dry_run: bool, max_redrives: int | None, acted_by: str
-    ) -> list[RedriveDecision]:
-        self._called("redrive_deadletters", (filters, dry_run, max_redrives, acted_by))
-        return [RedriveDecision(LETTER.id, REQUESTED_TOPIC, PID, "would redrive", "oversized")]
 
     def database_answers(self) -> bool:
         return self.database
@@ -354,21 +348,10 @@ def test_one_deadletter_is_shown_decoded_or_404_and_a_bad_id_is_422(calls: FakeU
     assert client.get("/v1/deadletters/zero").status_code == 422
 
 
-def test_deadletter_redrive_is_a_dry_run_by_default_and_names_the_caller(calls: FakeUseCases) -> None:
-    """POST /v1/deadletters/redrive is dry unless dry_run is false, and journals the API caller."""
+def test_the_api_has_no_deadletter_redrive(calls: FakeUseCases) -> None:
+    """Redriving is the operator's: the API holds no write on the topics a redrive sends to."""
     client = _one_router(deadletters.router, calls)
-    body = client.post("/v1/deadletters/redrive", json={"topic": REQUESTED_TOPIC, "max": 2}).json()
-    [(name, (filters, dry_run, max_redrives, acted_by))] = calls.calls
-    assert (name, filters.origin, dry_run, max_redrives, acted_by) == (
-        "redrive_deadletters",
-        REQUESTED_TOPIC,
-        True,
-        2,
-        "api:local",
-    )
-    assert (body["redriven"], body["parked"], body["decisions"][0]["action"]) == (0, 0, "would redrive")
-    client.post("/v1/deadletters/redrive", json={"dry_run": False})
-    assert calls.calls[-1][1][1] is False
+    assert client.post("/v1/deadletters/redrive", json={}).status_code in (404, 405)
 
 
 def test_healthz_is_503_while_the_listener_is_not_connected(calls: FakeUseCases) -> None:
@@ -426,7 +409,6 @@ _ROUTES = [
     ("post", "/v1/replays", {"json": {}}, "replay"),
     ("get", "/v1/deadletters", {}, "admin"),
     ("get", "/v1/deadletters/0:3", {}, "admin"),
-    ("post", "/v1/deadletters/redrive", {"json": {}}, "admin"),
 ]
 
 

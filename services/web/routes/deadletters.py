@@ -1,9 +1,11 @@
-"""``/v1/deadletters``: the dead letters listed, one shown, and redriven (what `provision
-deadletters` does).
+"""``/v1/deadletters``: the dead letters listed and one shown (what `provision deadletters list`
+and `show` do).
 
 ``admin`` only: a dead letter holds a message as some caller (or any Kafka client) sent it,
 payload and all, and names no owner the API could filter by, so no owner-scoped token may read
-one; and a redrive sends messages into the chains for every caller's projects.
+one. There is no redrive here, on purpose: a redrive writes to any topic a step consumes (the
+completed topics among them), and the API, the one process facing the network, should not hold
+those writes; `provision deadletters redrive` runs as the operator.
 """
 
 from __future__ import annotations
@@ -23,11 +25,8 @@ from ..auth import Caller
 from ..deps import UseCases, requires, use_cases
 from ..errors import ApiError, errors
 from ..views import (
-    DeadLetterDecisionView,
     DeadLetterList,
     DeadLetterOriginal,
-    DeadLetterRedriveRequest,
-    DeadLetterRedriveResult,
     DeadLetterView,
 )
 
@@ -146,35 +145,3 @@ def show_deadletter(
             404, "letter_not_found", f"no dead letter {letter_id} (purged, expired, or never there)"
         )
     return letter_view(letter, whole=True)
-
-
-@router.post(
-    "/deadletters/redrive",
-    response_model=DeadLetterRedriveResult,
-    summary="Redrive dead letters",
-    responses={**errors(422, "invalid_request"), **errors(503, "broker_unavailable")},
-)
-def redrive_deadletters(
-    body: DeadLetterRedriveRequest,
-    calls: Annotated[UseCases, Depends(use_cases)],
-    who: Annotated[Caller, Depends(requires("admin"))],
-) -> DeadLetterRedriveResult:
-    """Send the matching letters back to their topic of origin, each once; park a letter that
-    failed again after a redrive. A dry run unless `"dry_run": false`."""
-    filters = _filters(body.topic, body.reason, body.project_id, body.older_than, body.newer_than)
-    try:
-        decisions = calls.redrive_deadletters(
-            filters, dry_run=body.dry_run, max_redrives=body.max, acted_by=f"api:{who.name}"
-        )
-    except _BROKER_ERRORS as exc:
-        raise _unavailable(exc) from None
-    return DeadLetterRedriveResult(
-        decisions=[
-            DeadLetterDecisionView(
-                letter_id=d.letter_id, origin=d.origin, subject=d.subject, action=d.action, reason=d.reason
-            )
-            for d in decisions
-        ],
-        redriven=sum(d.action == "redriven" for d in decisions),
-        parked=sum(d.action == "parked" for d in decisions),
-    )
