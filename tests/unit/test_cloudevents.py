@@ -15,76 +15,15 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from shared.domain.cloud_events import event_source
-from shared.domain.events import (
-    DeadLettered,
-    Event,
-    ProvisioningRequested,
-    PurgeRequested,
-    event_models,
-)
-from shared.domain.payloads import ErrorInfo, ProvisionProjectResult
+from shared.domain.events import DeadLettered, Event, ProvisioningRequested, event_models
 from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
 from shared.kafka.codec import DecodeError, decode, encode, encode_dead_letter
 from shared.tracing import new_trace
-from tests.fakes import T0, make_deprovisioning_requested, make_payload, make_requested
+from tests.event_samples import sample
+from tests.fakes import make_requested
 
 MAX_BYTES = 256 * 1024
 EVENT_TYPES = [t for t in event_models() if t != DEADLETTER_TOPIC]
-
-
-def _result() -> ProvisionProjectResult:
-    return ProvisionProjectResult.model_validate_json(
-        json.dumps(
-            {
-                "project_id": "acme-app",
-                "database": {
-                    "host": "h",
-                    "port": 5432,
-                    "database_name": "d",
-                    "schema_name": "s",
-                    "connection_string": "postgresql://r@h:5432/d",
-                },
-                "services": {},
-                "api_keys": [],
-                "metadata": {"provisioned_at": T0.isoformat(), "region": "us-east-1"},
-            }
-        )
-    )
-
-
-def sample(event_type: str) -> Event:
-    """A valid event of ``event_type``, with every kind of field its model has."""
-    model = event_models()[event_type]
-    fields = model.model_fields
-    values: dict[str, Any] = {
-        "event_id": uuid.uuid4(),
-        "occurred_at": T0,
-        "project_id": "acme-app",
-        "correlation_id": uuid.uuid4(),
-        "causation_id": uuid.uuid4(),
-    }
-    if "request" in fields:
-        values["request"] = make_payload(metadata={"team": "core"})
-    if "step_status" in fields:
-        values["step_status"] = "success"
-    if "result" in fields:
-        values["result"] = _result()
-    if "error" in fields:
-        values["error"] = ErrorInfo(type="Boom", message="it broke", retryable=False)
-    if "not_before" in fields:
-        values["not_before"] = T0
-    if "input" in fields:
-        if event_type.startswith("provisioning."):
-            values["input"] = make_requested(correlation_id=values["correlation_id"])
-        elif event_type.startswith("deprovisioning."):
-            values["input"] = make_deprovisioning_requested(correlation_id=values["correlation_id"])
-        else:
-            values["input"] = PurgeRequested(
-                event_id=uuid.uuid4(), occurred_at=T0, project_id="acme-app", correlation_id=uuid.uuid4()
-            )
-    event = model.model_validate(values)
-    assert isinstance(event, Event)
-    return event
 
 
 def _decode(key: bytes | str | None, value: bytes, headers: Any, event_type: str) -> Event:
