@@ -1,4 +1,5 @@
-"""JSON Schemas of every event, generated from the models into ``schemas/``."""
+"""JSON Schemas of every event, generated from the models into ``schemas/``, with the HTTP API's
+OpenAPI document and the topics' AsyncAPI document (built from the same schemas)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from services.asyncapi import asyncapi_document
 from services.web.app import openapi_document
 from shared.domain.events import event_models
 from shared.domain.payloads import ProvisionProjectPayload, ProvisionProjectResult
@@ -33,18 +35,25 @@ class ContractJsonSchema(GenerateJsonSchema):
 
 def render_schemas() -> dict[str, str]:
     """File name -> JSON Schema text, for every event plus the seed's payload and result,
-    and the HTTP API's OpenAPI document (``openapi.json``)."""
-    models = {f"{event_type}.json": model for event_type, model in event_models().items()}
+    the HTTP API's OpenAPI document (``openapi.json``) and the AsyncAPI document (``asyncapi.json``)."""
+    events = event_models()
+    models = {f"{event_type}.json": model for event_type, model in events.items()}
     models["ProvisionProjectPayload.json"] = ProvisionProjectPayload
     models["ProvisionProjectResult.json"] = ProvisionProjectResult
-    rendered = {}
+    schemas: dict[str, dict[str, Any]] = {}
     for name, model in sorted(models.items()):
         schema = model.model_json_schema(mode="validation", schema_generator=ContractJsonSchema)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = name
-        rendered[name] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
-    rendered["openapi.json"] = json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
+        schemas[name] = schema
+    rendered = {name: _dumps(schema) for name, schema in schemas.items()}
+    rendered["openapi.json"] = _dumps(openapi_document())
+    rendered["asyncapi.json"] = _dumps(asyncapi_document({t: schemas[f"{t}.json"] for t in events}))
     return rendered
+
+
+def _dumps(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
 def write_schemas(directory: Path) -> list[str]:

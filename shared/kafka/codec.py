@@ -1,16 +1,35 @@
-"""Bytes to events and back, with every way a message can be bad named as a reason."""
+"""Bytes to events and back, with every way a message can be bad named as a reason.
+
+Every message goes out as a CloudEvent in the Kafka binding's binary mode
+(:mod:`shared.domain.cloud_events`: ``ce_*`` headers, the event's JSON as the value) beside the
+project's own headers. In comes either mode: a binary one like any message (the body decides,
+headers are optional), a structured one (``content-type: application/cloudevents+json``) by
+unwrapping its ``data`` and validating that as usual, refused when its ``type``, ``id`` or
+``subject`` contradict the event it carries.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from shared.domain.cloud_events import (
+    BATCH_CONTENT_TYPE,
+    CONTENT_TYPE_HEADER,
+    SPECVERSION,
+    STRUCTURED_CONTENT_TYPE,
+    binary_headers,
+    dead_letter_attributes,
+    event_attributes,
+)
 from shared.domain.events import DeadLettered, Envelope, Event
 from shared.domain.payloads import (
     SUPPORTED_SCHEMA_VERSIONS,
@@ -38,12 +57,14 @@ class DecodeError(Exception):
 
 
 def encode(event: Event, trace: TraceContext) -> tuple[bytes, bytes, Headers]:
-    """Key (the project id), JSON value and headers of an event."""
+    """Key (the project id), JSON value and headers of an event: the project's own and the
+    CloudEvents binary mode's."""
     headers: Headers = [
         ("event_type", event.event_type.encode()),
         ("schema_version", str(event.schema_version).encode()),
         ("traceparent", trace.traceparent.encode()),
     ]
+    headers += [(name, value.encode()) for name, value in binary_headers(event_attributes(event))]
     return event.project_id.encode(), event.model_dump_json().encode(), headers
 
 
@@ -52,6 +73,7 @@ def encode_dead_letter(letter: DeadLettered) -> tuple[bytes, bytes, Headers]:
     most 256 bytes of that key), so a project's letters stay on one partition."""
     key = base64.b64decode(letter.key_b64)[:256] if letter.key_b64 else b""
     headers: Headers = [("event_type", DEADLETTER_TOPIC.encode()), ("schema_version", b"1")]
+    headers += [(name, value.encode()) for name, value in binary_headers(dead_letter_attributes(letter))]
     return key, letter.model_dump_json().encode(), headers
 
 
@@ -84,7 +106,8 @@ def decode(
 ) -> Decoded:
     """Validate a message against the models ``expected`` on its topic (by event_type).
 
-    Accepts what any Kafka client produces: headers are optional, the body decides.
+    Accepts what any Kafka client produces: headers are optional, the body decides. A
+    structured CloudEvent (by its ``content-type``) is unwrapped first: its ``data`` is the event.
     """
     if value is None or not value:
         raise DecodeError("empty message value")
@@ -93,6 +116,27 @@ def decode(
     if not key:
         raise DecodeError("message has no key (the project_id is required as key)")
     data = loads_strict(value)
+    text_headers = header_map(headers)
+    cloud_event: dict[str, Any] | None = None
+    if _is_structured(text_headers):
+        cloud_event, data = _unwrap(data)
+        try:
+            value = json.dumps(data).encode()
+        except RecursionError:
+            raise DecodeError("not JSON: nested too deeply") from None
+    event = _validated(key, value, data, expected, max_bytes)
+    if cloud_event is not None:
+        _check_agreement(cloud_event, event)
+        traceparent = cloud_event.get("traceparent")  # the Distributed Tracing extension
+        if isinstance(traceparent, str) and "traceparent" not in text_headers:
+            text_headers["traceparent"] = traceparent
+    return Decoded(event, text_headers)
+
+
+def _validated(
+    key: bytes, value: bytes, data: Any, expected: Mapping[str, type[BaseModel]], max_bytes: int
+) -> Event:
+    """The event in a message's JSON (``data``, parsed from ``value``), checked to the end."""
     if not isinstance(data, dict):
         raise DecodeError(f"not a JSON object but {type(data).__name__}")
     if defect := json_defect(data):
@@ -131,7 +175,57 @@ def decode(
         raise DecodeError("message key is not UTF-8") from None
     if key_text != event.project_id:
         raise DecodeError(f"message key does not match project_id {event.project_id!r}")
-    return Decoded(event, header_map(headers))
+    return event
+
+
+def _is_structured(headers: Mapping[str, str]) -> bool:
+    content_type = next((v for k, v in headers.items() if k.lower() == CONTENT_TYPE_HEADER), "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == BATCH_CONTENT_TYPE:
+        raise DecodeError(f"a CloudEvents batch ({BATCH_CONTENT_TYPE}) is not taken: one event per message")
+    return media_type == STRUCTURED_CONTENT_TYPE
+
+
+def _unwrap(cloud_event: Any) -> tuple[dict[str, Any], Any]:
+    """A structured CloudEvent's attributes and its data (the event), or a DecodeError."""
+    if not isinstance(cloud_event, dict):
+        raise DecodeError(f"structured CloudEvent is not a JSON object but {type(cloud_event).__name__}")
+    if cloud_event.get("specversion") != SPECVERSION:
+        raise DecodeError(f"structured CloudEvent: specversion is not {SPECVERSION!r}")
+    for attribute in ("id", "source", "type"):
+        if not isinstance(cloud_event.get(attribute), str) or not cloud_event[attribute]:
+            raise DecodeError(f"structured CloudEvent: {attribute} is missing or not a string")
+    content_type = cloud_event.get("datacontenttype", "application/json")
+    if (
+        not isinstance(content_type, str)
+        or content_type.split(";", 1)[0].strip().lower() != "application/json"
+    ):
+        raise DecodeError("structured CloudEvent: datacontenttype is not application/json")
+    if "data" in cloud_event:
+        return cloud_event, cloud_event["data"]
+    encoded = cloud_event.get("data_base64")
+    if not isinstance(encoded, str):
+        raise DecodeError("structured CloudEvent has no data")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError("structured CloudEvent: data_base64 is not base64") from None
+    return cloud_event, loads_strict(raw)
+
+
+def _check_agreement(cloud_event: Mapping[str, Any], event: Event) -> None:
+    """A structured CloudEvent's type, id and subject name the event it carries."""
+    if cloud_event["type"] != event.event_type:
+        raise DecodeError("structured CloudEvent: type contradicts the event's event_type")
+    try:
+        same_id = uuid.UUID(cloud_event["id"]) == event.event_id
+    except ValueError:
+        same_id = False
+    if not same_id:
+        raise DecodeError("structured CloudEvent: id contradicts the event's event_id")
+    subject = cloud_event.get("subject")
+    if subject is not None and subject != event.project_id:
+        raise DecodeError("structured CloudEvent: subject contradicts the event's project_id")
 
 
 def _requests_of(event: Event) -> list[ProvisionProjectPayload]:

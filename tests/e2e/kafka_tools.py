@@ -24,8 +24,10 @@ def produce_raw(
     value: bytes | None,
     *,
     config: Mapping[str, object] | None = None,
+    headers: Mapping[str, bytes] | None = None,
 ) -> None:
-    """Produce bytes as they are, with no headers: a plain client, not the project's code.
+    """Produce bytes as they are, with no headers (or ``headers``): a plain client, not the
+    project's code.
 
     ``config`` adds client settings, e.g. a larger ``message.max.bytes`` for huge messages.
     """
@@ -36,7 +38,7 @@ def produce_raw(
             errors.append(error.str())
 
     producer = Producer({"bootstrap.servers": bootstrap, **kafka_security(), **(config or {})})
-    producer.produce(topic, key=key, value=value, on_delivery=delivered)
+    producer.produce(topic, key=key, value=value, headers=dict(headers or {}), on_delivery=delivered)
     assert producer.flush(10) == 0
     assert not errors, f"the broker refused the message: {errors}"
 

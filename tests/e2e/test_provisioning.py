@@ -8,6 +8,9 @@ import uuid
 
 import psycopg
 import pytest
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
 from typer.testing import CliRunner
 
 from services.bootstrap import App
@@ -17,7 +20,8 @@ from services.usecases.requests import request_provisioning
 from shared.db import libpq_url
 from shared.domain.events import VerifyCompleted
 from shared.domain.naming import TenantNames
-from shared.domain.steps import FINAL_STEP, REQUESTED_TOPIC, STEP_KEYS, Stage, all_topics
+from shared.domain.steps import FINAL_STEP, REQUESTED_TOPIC, STEP_KEYS, STEPS, Stage, all_topics
+from shared.kafka.codec import header_map
 from tests.e2e.kafka_tools import produce_raw, read_all
 from tests.support import TEST_SECRET_KEY, WorkerGroup, unique_project, wait_until_stage
 
@@ -144,6 +148,46 @@ def test_raw_json_request_from_a_plain_producer_is_provisioned(
     assert event.result.project_id == pid
     assert event.result.api_keys[0].key_prefix.startswith("raw_")
     assert event.correlation_id == uuid.UUID(body["correlation_id"])
+
+
+def test_a_structured_cloudevent_from_the_sdk_is_provisioned_and_every_step_speaks_cloudevents(
+    app: App, running_workers: WorkerGroup
+) -> None:
+    """A request sent by the CloudEvents SDK in structured mode is provisioned; every event of the
+    chain carries the binary-mode headers, its data readable by the SDK as the event."""
+    pid = unique_project("ce")
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": REQUESTED_TOPIC,
+        "occurred_at": "2026-11-22T10:00:00Z",
+        "project_id": pid,
+        "correlation_id": str(uuid.uuid4()),
+        "request": {"project_id": pid, "region": "eu-central-1", "api_keys": {"count": 1, "prefix": "ce"}},
+    }
+    attributes = {"id": body["event_id"], "source": "/elsewhere", "type": REQUESTED_TOPIC, "subject": pid}
+    message = ce_kafka.to_structured(
+        CloudEvent(attributes={**attributes, "partitionkey": pid}, data=body), JSONFormat()
+    )
+    key = message.key.encode() if isinstance(message.key, str) else message.key
+    produce_raw(app.bootstrap_servers, REQUESTED_TOPIC, key, message.value, headers=message.headers)
+    wait_until_stage(app, [pid], timeout=60)
+    assert project_status(pid, app=app).stage is Stage.COMPLETED
+    chain = [s.completed_topic for s in STEPS]
+    ours = [m for m in read_all(app.bootstrap_servers, chain) if m.key() == pid.encode()]
+    assert sorted({m.topic() for m in ours}) == sorted(chain)
+    for msg in ours:
+        headers = header_map(msg.headers())
+        assert headers["ce_specversion"] == "1.0"
+        assert headers["ce_type"] == headers["event_type"] == msg.topic()
+        assert headers["ce_source"] == f"/provisioning/{msg.topic().split('.')[1]}"
+        assert headers["ce_subject"] == pid
+        assert headers["ce_correlationid"] == body["correlation_id"]
+        assert headers["content-type"] == "application/json"
+        read = ce_kafka.from_binary(
+            ce_kafka.KafkaMessage({k: v.encode() for k, v in headers.items()}, msg.key(), msg.value() or b""),
+            JSONFormat(),
+        )
+        assert read.get_data() == json.loads(msg.value() or b"")
 
 
 def test_no_tenant_role_can_reach_the_control_plane_schema(app: App, running_workers: WorkerGroup) -> None:

@@ -146,7 +146,8 @@ def test_request_records_project_steps_and_outbox_row_in_one_transaction(
 def test_request_is_published_keyed_by_project_with_headers(
     app: App, requested: tuple[dict[str, Any], RequestReceipt]
 ) -> None:
-    """The request reaches provisioning.requested keyed by project id, with the standard headers."""
+    """The request reaches provisioning.requested keyed by project id, with the standard headers
+    and the CloudEvents binary mode's (through the outbox)."""
     request, receipt = requested
     [msg] = messages_for(app, REQUESTED_TOPIC, request["project_id"])
 
@@ -156,6 +157,13 @@ def test_request_is_published_keyed_by_project_with_headers(
     assert TRACEPARENT.match(headers["traceparent"])
     event = ProvisioningRequested.model_validate_json(msg.value() or b"")
     assert event.project_id == request["project_id"]
+    assert headers["ce_specversion"] == "1.0"
+    assert headers["ce_id"] == str(event.event_id)
+    assert headers["ce_type"] == REQUESTED_TOPIC
+    assert headers["ce_source"] == "/provisioning/requests"
+    assert headers["ce_subject"] == request["project_id"]
+    assert headers["ce_correlationid"] == str(receipt.correlation_id)
+    assert headers["content-type"] == "application/json"
     assert event.correlation_id == receipt.correlation_id
     assert event.request == ProvisionProjectPayload.model_validate(request)
 

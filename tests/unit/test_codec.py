@@ -215,7 +215,8 @@ def test_hostile_project_id_in_request_only(hostile: str) -> None:
 
 def test_a_dead_letter_is_keyed_as_its_message_was_and_says_what_it_is() -> None:
     """A dead letter goes out under the first 256 bytes of its message's key, with its event
-    type and schema version as headers; one without a key goes out with an empty key."""
+    type and schema version as headers (then the CloudEvents ones); one without a key goes out
+    with an empty key."""
     letter = DeadLettered(
         event_id=uuid.uuid4(),
         occurred_at=datetime.now(UTC),
@@ -230,5 +231,6 @@ def test_a_dead_letter_is_keyed_as_its_message_was_and_says_what_it_is() -> None
     key, value, headers = encode_publication(letter, new_trace())
     assert key == b"k" * 256
     assert json.loads(value)["reason"] == "not JSON"
-    assert headers == [("event_type", DEADLETTER_TOPIC.encode()), ("schema_version", b"1")]
+    assert headers[:2] == [("event_type", DEADLETTER_TOPIC.encode()), ("schema_version", b"1")]
+    assert dict(headers)["ce_type"] == DEADLETTER_TOPIC.encode()
     assert encode_publication(letter.model_copy(update={"key_b64": None}), new_trace())[0] == b""
