@@ -36,6 +36,7 @@ from shared.domain.steps import (
     ALL_STEPS,
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
+    PARKED_TOPIC,
     PURGE_REQUESTED_TOPIC,
     REQUESTED_TOPIC,
     all_topics,
@@ -106,9 +107,12 @@ def operations() -> list[Operation]:
             ops.append(
                 Operation(role, role, "receive", step.failed_topic, f"{step.key}'s failures, to replay")
             )
+    for role in (acls.OPERATOR, acls.API):
+        ops.append(Operation(role, role, "receive", DEADLETTER_TOPIC, "what the steps refused, to inspect"))
+        ops.append(Operation(role, role, "receive", PARKED_TOPIC, "letters that failed again, to inspect"))
     ops.append(
         Operation(
-            acls.OPERATOR, acls.OPERATOR, "receive", DEADLETTER_TOPIC, "what the steps refused, to inspect"
+            acls.OPERATOR, acls.OPERATOR, "send", PARKED_TOPIC, "provision deadletters redrive: failed again"
         )
     )
     return ops
@@ -266,7 +270,7 @@ def _header_and_key_schemas() -> dict[str, Any]:
 
 def _message(event_type: str, model: type[BaseModel]) -> dict[str, Any]:
     doc = inspect.getdoc(model) or ""
-    dead = event_type == DEADLETTER_TOPIC
+    dead = event_type in (DEADLETTER_TOPIC, PARKED_TOPIC)  # keyed and described as letters
     headers = "DeadLetterHeaders" if dead else "EventHeaders"
     constants = {name: {"const": event_type} for name in ("event_type", "ce_type")}
     message: dict[str, Any] = {

@@ -15,13 +15,15 @@ value is the event's own JSON (the contract, ``schemas/``), and the attributes t
 - ``datacontenttype`` ``application/json``, carried as the ``content-type`` header.
 
 A dead letter's ``source`` is the service whose consumer refused the message, its ``subject`` the
-refused message's place (``<topic>/<partition>/<offset>``): its key may name no project.
+refused message's place (``<topic>/<partition>/<offset>``): its key may name no project. A parked
+letter's ``source`` is ``/provisioning/deadletters`` (the operator's redrive parks it), its
+``subject`` the place on the dead-letter topic of the letter it holds.
 """
 
 from __future__ import annotations
 
-from shared.domain.events import DeadLettered, Event
-from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC
+from shared.domain.events import DeadLettered, Event, ParkedLetter
+from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC, PARKED_TOPIC
 
 SPECVERSION = "1.0"
 CE_PREFIX = "ce_"
@@ -32,6 +34,7 @@ STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 SOURCE_PREFIX = "/provisioning/"
 REQUESTS_SOURCE = SOURCE_PREFIX + "requests"
+DEADLETTERS_SOURCE = SOURCE_PREFIX + "deadletters"
 UNKNOWN_CONSUMER_SOURCE = SOURCE_PREFIX + "consumers"
 """A dead letter made by a consumer group that is not a step's (not one this project runs)."""
 
@@ -89,6 +92,20 @@ def dead_letter_attributes(letter: DeadLettered) -> dict[str, str]:
         "type": DEADLETTER_TOPIC,
         "time": letter.occurred_at.isoformat(),
         "subject": f"{letter.source_topic}/{letter.source_partition}/{letter.source_offset}",
+        "datacontenttype": JSON_CONTENT_TYPE,
+    }
+
+
+def parked_attributes(parked: ParkedLetter) -> dict[str, str]:
+    """The CloudEvents attributes of a parked letter."""
+    partition, _, offset = parked.letter_id.partition(":")
+    return {
+        "specversion": SPECVERSION,
+        "id": str(parked.event_id),
+        "source": DEADLETTERS_SOURCE,
+        "type": PARKED_TOPIC,
+        "time": parked.occurred_at.isoformat(),
+        "subject": f"{DEADLETTER_TOPIC}/{partition}/{offset}",
         "datacontenttype": JSON_CONTENT_TYPE,
     }
 

@@ -29,8 +29,9 @@ from shared.domain.cloud_events import (
     binary_headers,
     dead_letter_attributes,
     event_attributes,
+    parked_attributes,
 )
-from shared.domain.events import DeadLettered, Envelope, Event
+from shared.domain.events import DeadLettered, Envelope, Event, ParkedLetter
 from shared.domain.payloads import (
     SUPPORTED_SCHEMA_VERSIONS,
     ProvisionProjectPayload,
@@ -38,7 +39,7 @@ from shared.domain.payloads import (
     request_limit,
     request_size,
 )
-from shared.domain.steps import DEADLETTER_TOPIC
+from shared.domain.steps import DEADLETTER_TOPIC, PARKED_TOPIC
 from shared.tracing import TraceContext
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -75,6 +76,13 @@ def encode_dead_letter(letter: DeadLettered) -> tuple[bytes, bytes, Headers]:
     headers: Headers = [("event_type", DEADLETTER_TOPIC.encode()), ("schema_version", b"1")]
     headers += [(name, value.encode()) for name, value in binary_headers(dead_letter_attributes(letter))]
     return key, letter.model_dump_json().encode(), headers
+
+
+def encode_parked(parked: ParkedLetter, key: bytes) -> tuple[bytes, bytes, Headers]:
+    """Key (the letter's, at most 256 bytes), JSON value and headers of a parked letter."""
+    headers: Headers = [("event_type", PARKED_TOPIC.encode()), ("schema_version", b"1")]
+    headers += [(name, value.encode()) for name, value in binary_headers(parked_attributes(parked))]
+    return key[:256], parked.model_dump_json().encode(), headers
 
 
 def encode_publication(model: Event | DeadLettered, trace: TraceContext) -> tuple[bytes, bytes, Headers]:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,11 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from services.asyncapi import operations
 from shared.domain import acls
-from shared.domain.events import event_models
-from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC, all_topics
-from shared.kafka.codec import encode, encode_dead_letter
+from shared.domain.events import ParkedLetter, event_models
+from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC, PARKED_TOPIC, all_topics
+from shared.kafka.codec import encode, encode_dead_letter, encode_parked
 from shared.tracing import new_trace
-from tests.event_samples import dead_letter_sample, sample
+from tests.event_samples import T0, dead_letter_sample, sample
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = REPO_ROOT / "schemas" / "asyncapi.json"
@@ -139,7 +140,9 @@ def _validator(schema_name: str) -> Draft202012Validator:
     return Draft202012Validator(root, format_checker=FormatChecker())
 
 
-@pytest.mark.parametrize("event_type", [t for t in event_models() if t != DEADLETTER_TOPIC])
+@pytest.mark.parametrize(
+    "event_type", [t for t in event_models() if t not in (DEADLETTER_TOPIC, PARKED_TOPIC)]
+)
 def test_what_the_encoder_writes_is_what_the_document_says(event_type: str) -> None:
     """An encoded event's value matches its message's payload schema, its key the key schema, and
     its headers are exactly the documented ones, each matching its schema."""
@@ -154,6 +157,24 @@ def test_what_the_encoder_writes_is_what_the_document_says(event_type: str) -> N
     assert message["headers"]["allOf"][1]["properties"]["event_type"] == {"const": text["event_type"]}
 
 
+def test_a_parked_letter_is_what_the_document_says() -> None:
+    """An encoded parked letter's value, key and headers match the parked message's schemas."""
+    parked = ParkedLetter(
+        event_id=uuid.uuid4(),
+        occurred_at=T0,
+        letter_id="2:7",
+        reason="failed again",
+        letter=dead_letter_sample(),
+    )
+    key, value, headers = encode_parked(parked, b"acme-app")
+    assert list(_validator("ParkedLetter").iter_errors(json.loads(value))) == []
+    assert list(_validator("DeadLetterKey").iter_errors(key.decode())) == []
+    text = {name: raw.decode() for name, raw in headers if isinstance(raw, bytes)}
+    assert set(text) == set(_doc()["components"]["schemas"]["DeadLetterHeaders"]["properties"])
+    assert list(_validator("DeadLetterHeaders").iter_errors(text)) == []
+    assert (text["ce_type"], text["ce_subject"]) == (PARKED_TOPIC, "provisioning.deadletter/2/7")
+
+
 def test_a_dead_letter_is_what_the_document_says() -> None:
     """An encoded dead letter's value, key and headers match the dead-letter message's schemas."""
     key, value, headers = encode_dead_letter(dead_letter_sample())
@@ -164,9 +185,8 @@ def test_a_dead_letter_is_what_the_document_says() -> None:
     assert list(_validator("DeadLetterHeaders").iter_errors(text)) == []
 
 
-# No principal of the ACL set reads the dead-letter topic yet: an operator reads it as a super
-# user (provision-admin on the local broker) with a raw client, until the dead-letter tooling.
-NOT_GRANTED = {(acls.OPERATOR, "receive", DEADLETTER_TOPIC)}
+NOT_GRANTED: set[tuple[str, str, str]] = set()
+"""Operations the ACL set does not allow (none)."""
 
 
 def test_every_operation_is_allowed_by_the_acls() -> None:

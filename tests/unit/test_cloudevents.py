@@ -15,15 +15,16 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from shared.domain.cloud_events import event_source
-from shared.domain.events import DeadLettered, Event, ProvisioningRequested, event_models
-from shared.domain.steps import DEADLETTER_TOPIC, REQUESTED_TOPIC
-from shared.kafka.codec import DecodeError, decode, encode, encode_dead_letter
+from shared.domain.events import DeadLettered, Event, ParkedLetter, ProvisioningRequested, event_models
+from shared.domain.steps import DEADLETTER_TOPIC, PARKED_TOPIC, REQUESTED_TOPIC
+from shared.kafka.codec import DecodeError, decode, encode, encode_dead_letter, encode_parked
 from shared.tracing import new_trace
 from tests.event_samples import sample
 from tests.fakes import make_requested
 
 MAX_BYTES = 256 * 1024
-EVENT_TYPES = [t for t in event_models() if t != DEADLETTER_TOPIC]
+EVENT_TYPES = [t for t in event_models() if t not in (DEADLETTER_TOPIC, PARKED_TOPIC)]
+"""The events the consumers decode (the two letter topics are read by `provision deadletters`)."""
 
 
 def _decode(key: bytes | str | None, value: bytes, headers: Any, event_type: str) -> Event:
@@ -105,6 +106,34 @@ def test_a_dead_letter_is_a_cloudevent_too() -> None:
     assert cloud_event.get_id() == str(letter.event_id)
     assert cloud_event.get_source() == "/provisioning/database"
     assert cloud_event.get_subject() == "provisioning.requested/2/7"
+    assert cloud_event.get_data() == json.loads(value)
+
+
+def test_a_parked_letter_is_a_cloudevent_too() -> None:
+    """A parked letter carries the binary-mode headers: the dead-letter tooling as source, the
+    letter's place on the dead-letter topic as subject."""
+    letter = DeadLettered(
+        event_id=uuid.uuid4(),
+        occurred_at=datetime.now(UTC),
+        reason="failed again",
+        source_topic=REQUESTED_TOPIC,
+        source_partition=0,
+        source_offset=1,
+        consumer_group="provisioning-database",
+        key_b64=None,
+        value_b64=None,
+    )
+    parked = ParkedLetter(
+        event_id=uuid.uuid4(), occurred_at=datetime.now(UTC), letter_id="2:7", reason="again", letter=letter
+    )
+    key, value, headers = encode_parked(parked, b"acme-app")
+    message = ce_kafka.KafkaMessage(
+        headers={k: v for k, v in headers if isinstance(v, bytes)}, key=key, value=value
+    )
+    cloud_event = ce_kafka.from_binary(message, JSONFormat())
+    assert (cloud_event.get_type(), cloud_event.get_id()) == (PARKED_TOPIC, str(parked.event_id))
+    assert cloud_event.get_source() == "/provisioning/deadletters"
+    assert cloud_event.get_subject() == "provisioning.deadletter/2/7"
     assert cloud_event.get_data() == json.loads(value)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from shared.clock import new_event_id
 from shared.domain.events import ParkedLetter
 from shared.domain.steps import PARKED_TOPIC, consumed_topics
-from shared.kafka.codec import Headers
+from shared.kafka.codec import Headers, encode_parked
 
 from .letters import REDRIVE_COUNT_HEADER, REDRIVEN_HEADER, Filters, Letter, read_letters
 from .ports import LetterPorts
@@ -125,12 +125,8 @@ def _act(ports: LetterPorts, letter: Letter, action: str, why: str, acted_by: st
             redrive_headers(letter),
         )
     else:
-        topic, key, value, headers = (
-            PARKED_TOPIC,
-            (letter.key or b"")[:256],
-            _parked(ports, letter, why),
-            _PARKED,
-        )
+        key, value, headers = encode_parked(_parked(ports, letter, why), letter.key or b"")
+        topic = PARKED_TOPIC
 
     def send() -> None:
         ports.sink.produce(topic, key, value, headers)
@@ -149,19 +145,12 @@ def _act(ports: LetterPorts, letter: Letter, action: str, why: str, acted_by: st
     return action, why
 
 
-_PARKED: Headers = [("event_type", PARKED_TOPIC.encode()), ("schema_version", b"1")]
-
-
-def _parked(ports: LetterPorts, letter: Letter, why: str) -> bytes:
-    return (
-        ParkedLetter(
-            event_id=new_event_id(),
-            occurred_at=ports.now(),
-            letter_id=letter.id,
-            redriven_from=letter.redriven_from,
-            reason=why[:2000],
-            letter=letter.letter,
-        )
-        .model_dump_json()
-        .encode()
+def _parked(ports: LetterPorts, letter: Letter, why: str) -> ParkedLetter:
+    return ParkedLetter(
+        event_id=new_event_id(),
+        occurred_at=ports.now(),
+        letter_id=letter.id,
+        redriven_from=letter.redriven_from,
+        reason=why[:2000],
+        letter=letter.letter,
     )
