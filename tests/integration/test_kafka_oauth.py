@@ -251,9 +251,8 @@ def test_a_wrong_client_secret_ends_the_topics_command_in_one_line(oauth_broker:
     assert elapsed < 20, f"topics took {elapsed:.1f} s"
 
 
-def test_a_token_for_another_audience_is_refused_by_the_broker(oauth_broker: OAuthBroker) -> None:
-    """A token the issuer signed for another service fails the broker's audience check, in one line."""
-    security = client_security(oauth_broker.settings(ELSEWHERE))
+def _refused(oauth_broker: OAuthBroker, security: dict[str, str]) -> str:
+    """The one line with which the broker (or the token endpoint) refuses a client of ``security``."""
     with pytest.raises(KafkaRefusedError) as refused:
         ensure_topics(
             oauth_broker.broker.bootstrap_servers,
@@ -263,7 +262,13 @@ def test_a_token_for_another_audience_is_refused_by_the_broker(oauth_broker: OAu
             timeout=10,
             security=security,
         )
-    line = str(refused.value)
+    return str(refused.value)
+
+
+def test_a_token_for_another_audience_is_refused_by_the_broker(oauth_broker: OAuthBroker) -> None:
+    """A token the issuer signed for another service fails the broker's audience check, in one line."""
+    security = client_security(oauth_broker.settings(ELSEWHERE))
+    line = _refused(oauth_broker, security)
     assert line.startswith(
         f"Kafka refused the connection: authentication failed (OAUTHBEARER as {ELSEWHERE}): "
     ), line
@@ -315,16 +320,7 @@ def test_a_token_endpoint_certificate_the_client_cannot_verify_is_one_line(
     monkeypatch.delenv("SSL_CERT_FILE")
     security = client_security(oauth_broker.settings(SCHEMA))
     assert security["https.ca.location"] != str(oauth_broker.ca)
-    with pytest.raises(KafkaRefusedError) as refused:
-        ensure_topics(
-            oauth_broker.broker.bootstrap_servers,
-            all_topics(),
-            partitions=1,
-            replication=1,
-            timeout=10,
-            security=security,
-        )
-    line = str(refused.value)
+    line = _refused(oauth_broker, security)
     assert line.startswith(
         f"Kafka refused the connection: authentication failed (OAUTHBEARER as {SCHEMA}): "
         f"no token from the token endpoint {oauth_broker.issuer.token_url}: "

@@ -550,13 +550,11 @@ class LocalPostgres:
         path.chmod(0o600)
 
 
-@functools.cache
-def _build_has_tls(bin_path: str) -> bool:
-    """Whether the build in ``bin_path`` has OpenSSL: without it, ``ssl_ciphers`` defaults to
-    ``none`` (``--describe-config`` runs as anyone, root included, and touches no data)."""
+def _postgres_says(bin_path: str, flag: str) -> str:
+    """What the build's ``postgres <flag>`` prints (an informational flag: it touches no data)."""
     try:
         result = subprocess.run(
-            [str(Path(bin_path) / "postgres"), "--describe-config"],
+            [str(Path(bin_path) / "postgres"), flag],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -565,7 +563,14 @@ def _build_has_tls(bin_path: str) -> bool:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InfraError(f"cannot run {bin_path}/postgres: {exc}") from exc
-    for line in result.stdout.splitlines():
+    return result.stdout
+
+
+@functools.cache
+def _build_has_tls(bin_path: str) -> bool:
+    """Whether the build in ``bin_path`` has OpenSSL: without it, ``ssl_ciphers`` defaults to
+    ``none`` (``--describe-config`` runs as anyone, root included, and touches no data)."""
+    for line in _postgres_says(bin_path, "--describe-config").splitlines():
         fields = line.split("\t")
         if fields[0] == "ssl_ciphers":
             return len(fields) > 4 and fields[4] not in ("", "none")
@@ -576,20 +581,10 @@ def _build_has_tls(bin_path: str) -> bool:
 def _build_major_version(bin_path: str) -> int:
     """The major version ``postgres --version`` of the build in ``bin_path`` names (it runs as
     anyone, root included, and touches no data)."""
-    try:
-        result = subprocess.run(
-            [str(Path(bin_path) / "postgres"), "--version"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InfraError(f"cannot run {bin_path}/postgres: {exc}") from exc
-    found = re.search(r"\(PostgreSQL\) (\d+)", result.stdout)
+    said = _postgres_says(bin_path, "--version")
+    found = re.search(r"\(PostgreSQL\) (\d+)", said)
     if found is None:
-        raise InfraError(f"{bin_path}/postgres --version names no version: {_one_line(result.stdout)}")
+        raise InfraError(f"{bin_path}/postgres --version names no version: {_one_line(said)}")
     return int(found.group(1))
 
 
