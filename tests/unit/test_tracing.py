@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -150,3 +152,42 @@ def test_without_otel_variables_no_exporter_is_installed(monkeypatch: pytest.Mon
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert install_exporter("database") is None
     assert trace.get_tracer_provider() is before
+
+
+@pytest.mark.parametrize(
+    ("variables", "name"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, "provision-database"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces"}, "provision-database"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_SERVICE_NAME": "db-eu"}, "db-eu"),
+    ],
+)
+def test_an_otlp_endpoint_installs_a_batch_exporter_named_for_the_service(
+    variables: dict[str, str], name: str
+) -> None:
+    """An OTLP endpoint variable installs an SDK provider exporting in batches over HTTP/protobuf,
+    named provision-<service> unless OTEL_SERVICE_NAME says otherwise (in a process of its own:
+    a provider is set once per process)."""
+    program = (
+        "from opentelemetry import trace\n"
+        "from shared.tracing import install_exporter\n"
+        "stop = install_exporter('database')\n"
+        "provider = trace.get_tracer_provider()\n"
+        "processor = provider._active_span_processor._span_processors[0]\n"
+        "print(provider.resource.attributes['service.name'], type(processor).__name__,\n"
+        "      type(processor._batch_processor._exporter).__module__)\n"
+        "stop()\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**clean, **variables},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.split() == [
+        name,
+        "BatchSpanProcessor",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    ]
