@@ -31,6 +31,7 @@ from shared.kafka.runtime import CommittedOffsets
 from shared.logging import configure_logging
 from shared.observability import Health, Metrics, serve_http
 from shared.settings import Settings
+from shared.tracing import install_exporter
 
 log = structlog.get_logger("provision.worker")
 
@@ -106,6 +107,8 @@ def run_worker(
                 f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}; "
                 "set PROVISION_METRICS_PORT to a free port (unset: no metrics server)"
             ) from None
+    # OTLP export when the standard OTEL_* variables ask for it; flushed once the workers end.
+    stop_tracing = install_exporter(steps[0].service)
     workers = [_worker(app, step, metrics, health, probe) for step in steps]
     stop = _Stop(workers)
     signal.signal(signal.SIGTERM, stop.on_signal)
@@ -116,6 +119,8 @@ def run_worker(
         if server is not None:
             server.shutdown()
         app.close()
+        if stop_tracing is not None:
+            stop_tracing()
 
 
 def duties_of(app: App, step: Step) -> list[Duty]:

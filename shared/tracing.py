@@ -1,11 +1,19 @@
-"""W3C ``traceparent`` propagation, with OpenTelemetry spans when it is installed and configured."""
+"""W3C ``traceparent`` propagation, with OpenTelemetry spans when a tracer provider is installed.
+
+The spans follow OpenTelemetry's messaging semantic conventions: a message taken from a topic
+is a CONSUMER span ``process <topic>``, the step's work an INTERNAL span ``provision.<step>``
+inside it, and each message published a PRODUCER span ``send <topic>`` whose context is the
+outgoing message's ``traceparent``, so one project's provisioning is one trace across the
+services. :func:`install_exporter` sets up OTLP export from the standard ``OTEL_*`` variables.
+Without a provider nothing but the propagated context is computed."""
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,36 +56,208 @@ def parse_traceparent(value: str | bytes | None) -> TraceContext | None:
 
 
 @functools.cache
-def _otel_tracer() -> Any | None:
+def _otel_trace() -> Any | None:
     # Cached: a failed import is not, and would search sys.path again for every message.
     try:
-        from opentelemetry import trace  # noqa: PLC0415 - optional dependency
+        from opentelemetry import trace  # noqa: PLC0415 - optional at import time
     except ImportError:
         return None
-    return trace.get_tracer("tenant-provisioning")
+    return trace
+
+
+_TRACERS: dict[int, Any] = {}
+
+
+def _otel_tracer() -> Any | None:
+    """The tracer of the installed provider, or None while none is (the API's default proxy
+    or no-op provider): then no OpenTelemetry call is made per message."""
+    trace = _otel_trace()
+    if trace is None:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    tracer = _TRACERS.get(id(provider))
+    if tracer is None:
+        tracer = _TRACERS[id(provider)] = provider.get_tracer("tenant-provisioning")
+    return tracer
+
+
+def _context_of(parent: TraceContext) -> Any:
+    """An OpenTelemetry context whose current span is ``parent``: the current span itself when
+    it is that one (a local parent), else ``parent`` as a remote span context."""
+    trace = _otel_trace()
+    assert trace is not None
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid and f"{current.span_id:016x}" == parent.span_id:
+        return None  # the current context
+    remote = trace.SpanContext(
+        trace_id=int(parent.trace_id, 16),
+        span_id=int(parent.span_id, 16),
+        is_remote=True,
+        trace_flags=trace.TraceFlags(int(parent.flags, 16)),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(remote))
+
+
+def _yielded(current: Any, parent: TraceContext) -> TraceContext:
+    context = current.get_span_context()
+    if context.is_valid and f"{context.span_id:016x}" != parent.span_id:
+        return TraceContext(f"{context.trace_id:032x}", f"{context.span_id:016x}", parent.flags)
+    return parent.child()
 
 
 @contextmanager
 def span(name: str, parent: TraceContext, **attributes: str) -> Iterator[TraceContext]:
-    """A span for one unit of work: an OpenTelemetry span when available, else only the
-    propagated context. Yields the context to put on outgoing messages."""
+    """An INTERNAL span for one unit of work, child of ``parent``: an OpenTelemetry span when a
+    provider is installed, else only the propagated context. Yields the span's context."""
     tracer = _otel_tracer()
     if tracer is None:
         yield parent.child()
         return
-    from opentelemetry import trace  # noqa: PLC0415 - optional dependency
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags  # noqa: PLC0415
+    with tracer.start_as_current_span(name, context=_context_of(parent), attributes=attributes) as current:
+        yield _yielded(current, parent)
 
-    remote = SpanContext(
-        trace_id=int(parent.trace_id, 16),
-        span_id=int(parent.span_id, 16),
-        is_remote=True,
-        trace_flags=TraceFlags(int(parent.flags, 16)),
-    )
-    ctx = trace.set_span_in_context(NonRecordingSpan(remote))
-    with tracer.start_as_current_span(name, context=ctx, attributes=attributes) as current:
-        span_context = current.get_span_context()
-        if span_context.is_valid:
-            yield TraceContext(f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}", parent.flags)
-        else:  # the no-op tracer of an unconfigured API
-            yield parent.child()
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    """Where a consumed message came from, as the process span describes it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    group: str
+
+
+def _key_text(key: bytes | None) -> dict[str, str]:
+    return {} if key is None else {"messaging.kafka.message.key": key.decode("utf-8", "replace")}
+
+
+def process_attributes(message: Consumed) -> dict[str, str | int]:
+    """The messaging semantic conventions' attributes of a process span (the current names,
+    and the older ``messaging.operation`` and ``messaging.kafka.destination.partition`` that
+    backends built on earlier versions of the conventions still read)."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.destination.name": message.topic,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.operation": "process",
+        "messaging.destination.partition.id": str(message.partition),
+        "messaging.kafka.destination.partition": message.partition,
+        "messaging.kafka.message.offset": message.offset,
+        "messaging.consumer.group.name": message.group,
+        "messaging.kafka.consumer.group": message.group,
+        **_key_text(message.key),
+    }
+
+
+@contextmanager
+def process_span(message: Consumed, parent: TraceContext) -> Iterator[TraceContext]:
+    """The CONSUMER span ``process <topic>`` of one consumed message, a *child* of the context
+    its producer put in the ``traceparent`` header (the ``send`` span upstream).
+
+    The conventions recommend links when one span processes a batch (it has many creation
+    contexts and can be the child of none) and allow the creation context as parent when a
+    message is processed on its own. Each of our workers takes one message at a time, and a
+    child keeps the whole chain in the request's trace, which is what a backend shows as one
+    trace; a link would start seven traces per project that a reader must follow by hand.
+    Yields the span's context, the parent of the step's work and of the publications."""
+    tracer = _otel_tracer()
+    if tracer is None:
+        yield parent.child()
+        return
+    trace = _otel_trace()
+    assert trace is not None
+    with tracer.start_as_current_span(
+        f"process {message.topic}",
+        context=_context_of(parent),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=process_attributes(message),
+    ) as current:
+        yield _yielded(current, parent)
+
+
+class _Send:
+    """An open PRODUCER span, ended by :func:`sends` once the broker answered."""
+
+    def __init__(self, tracer: Any, topic: str, key: bytes | None, parent: TraceContext) -> None:
+        trace = _otel_trace()
+        assert trace is not None
+        self.span = tracer.start_span(
+            f"send {topic}",
+            context=_context_of(parent),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.operation": "publish",
+                **_key_text(key),
+            },
+        )
+        self.context = _yielded(self.span, parent)
+
+    def fail(self, exc: BaseException) -> None:
+        from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 - a span exists: it is there
+
+        self.span.record_exception(exc)
+        self.span.set_status(Status(StatusCode.ERROR, str(exc)))
+
+
+@contextmanager
+def sends(parent: TraceContext) -> Iterator[Callable[[str, bytes | None], TraceContext]]:
+    """PRODUCER spans ``send <topic>``, children of ``parent``, for messages published together:
+    yields ``open(topic, key)``, which starts one and returns the context to write in that
+    message's ``traceparent``. All end when the block does (after the broker's acknowledgement,
+    when the block waits for it); an error leaving the block is recorded on each."""
+    tracer = _otel_tracer()
+    opened: list[_Send] = []
+
+    def open_send(topic: str, key: bytes | None) -> TraceContext:
+        if tracer is None:
+            return parent.child()
+        send = _Send(tracer, topic, key, parent)
+        opened.append(send)
+        return send.context
+
+    try:
+        yield open_send
+    except BaseException as exc:
+        for send in opened:
+            send.fail(exc)
+        raise
+    finally:
+        for send in opened:
+            send.span.end()
+
+
+def install_exporter(service: str) -> Callable[[], None] | None:
+    """Export spans over OTLP (HTTP/protobuf) when the standard variables ask for it:
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` set (and
+    ``OTEL_SDK_DISABLED`` not ``true``). Installs a tracer provider with a batch span processor
+    (``OTEL_BSP_*``), ``service.name`` from ``OTEL_SERVICE_NAME`` or ``provision-<service>``
+    (``OTEL_RESOURCE_ATTRIBUTES`` too), and returns the function that flushes and shuts it
+    down; None, having installed nothing, otherwise."""
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return None
+    from opentelemetry import trace  # noqa: PLC0415 - only when exporting
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; a name given here
+    # would override them, so it is given only when neither names the service.
+    named = env.get("OTEL_SERVICE_NAME") or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    resource = Resource.create({} if named else {"service.name": f"provision-{service}"})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    shutdown: Callable[[], None] = provider.shutdown
+    return shutdown

@@ -12,6 +12,7 @@ from services.bootstrap import ConfigurationError, build_app
 from shared.domain.acls import API, user_name
 from shared.logging import configure_logging
 from shared.settings import Settings
+from shared.tracing import install_exporter
 
 from .app import create_api
 from .auth import NO_TOKENS, TokenConfigError, legacy_warning, load_tokens
@@ -56,11 +57,14 @@ def serve(settings: Settings, *, host: str, port: int, insecure_local: bool = Fa
         timeout_graceful_shutdown=5,  # live streams are ended, not waited for
         server_header=False,
     )
+    stop_tracing = install_exporter(API)  # OTLP export when the standard OTEL_* variables ask for it
     try:
         uvicorn.Server(config).run(sockets=[listening])
     finally:
         listening.close()
         app.close()
+        if stop_tracing is not None:
+            stop_tracing()
 
 
 def listen(host: str, port: int) -> socket.socket:

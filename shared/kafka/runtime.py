@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from shared.domain.events import Event
 from shared.domain.outcomes import StepSpec
 from shared.domain.ports import StepStore
 from shared.domain.steps import DEADLETTER_TOPIC
@@ -48,7 +49,7 @@ from shared.kafka.core import (
 from shared.kafka.ports import ConsumerLike
 from shared.kafka.refusals import refusal
 from shared.observability import Health, Metrics
-from shared.tracing import TraceContext, new_trace, parse_traceparent, span
+from shared.tracing import Consumed, TraceContext, new_trace, parse_traceparent, process_span, sends, span
 
 __all__ = ["PROBE_POINTS", "CommittedOffsets", "Duty", "RetryPolicy", "StepWorker", "WorkerOptions"]
 
@@ -279,8 +280,12 @@ class StepWorker:
         self.metrics.in_flight.labels(self.step.key).set(1)
         started = time.perf_counter()
         try:
-            with span(f"provision.{self.step.key}", parent) as trace:
-                decision = self.core.decide(incoming)
+            consumed = Consumed(
+                incoming.topic, incoming.partition, incoming.offset, incoming.key, self.step.consumer_group
+            )
+            with process_span(consumed, parent) as trace:
+                with span(f"provision.{self.step.key}", trace):  # the step's own work
+                    decision = self.core.decide(incoming)
                 if isinstance(decision, Wait):
                     log.info(
                         "message_set_aside", reason=decision.reason, retry_in_s=round(decision.seconds, 3)
@@ -337,9 +342,14 @@ class StepWorker:
         return True
 
     def _publish(self, publications: list[Publication], trace: TraceContext) -> None:
-        for topic, model in publications:
-            self.publisher.produce(topic, *encode_publication(model, trace))
-        if publications:
+        """Each publication is a ``send <topic>`` span, child of ``trace``, ended once the
+        broker acknowledged (or refused) it; its context is the message's ``traceparent``."""
+        if not publications:
+            return
+        with sends(trace) as send:
+            for topic, model in publications:
+                key = model.project_id.encode() if isinstance(model, Event) else None
+                self.publisher.produce(topic, *encode_publication(model, send(topic, key)))
             self.publisher.flush()
 
     def _store_offset(self, msg: Message) -> None:

@@ -1,7 +1,10 @@
-"""W3C traceparent handling and the OpenTelemetry span of a step."""
+"""W3C traceparent handling, the OpenTelemetry spans of a consumed message, and the exporter's switch."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -9,8 +12,18 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
-from shared.tracing import TraceContext, new_trace, parse_traceparent, span
+from shared.tracing import (
+    Consumed,
+    TraceContext,
+    install_exporter,
+    new_trace,
+    parse_traceparent,
+    process_span,
+    sends,
+    span,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +80,114 @@ def test_step_span_is_a_child_of_the_incoming_context(exporter: InMemorySpanExpo
     assert f"{recorded.parent.span_id:016x}" == parent.span_id
     assert outgoing.span_id == f"{recorded.context.span_id:016x}"
     assert recorded.attributes == {"project_id": "acme-app"}
+
+
+def test_a_consumed_message_is_a_process_span_with_the_step_and_its_sends_inside(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """A consumed message is a CONSUMER span with the messaging conventions' attributes, child of
+    the producer's context; the step's work and each PRODUCER send span are its children, and a
+    send's context is what its message carries."""
+    exporter.clear()
+    producer = new_trace()
+    message = Consumed("provisioning.requested", 2, 41, b"acme-app", "provisioning-database")
+    with process_span(message, producer) as process:
+        with span("provision.database", process):
+            pass
+        with sends(process) as send:
+            outgoing = send("provisioning.database.completed", b"acme-app")
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    consumer = by_name["process provisioning.requested"]
+    assert consumer.kind is SpanKind.CONSUMER
+    assert f"{consumer.context.trace_id:032x}" == producer.trace_id
+    assert consumer.parent is not None
+    assert f"{consumer.parent.span_id:016x}" == producer.span_id
+    assert consumer.attributes == {
+        "messaging.system": "kafka",
+        "messaging.destination.name": "provisioning.requested",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.operation": "process",
+        "messaging.destination.partition.id": "2",
+        "messaging.kafka.destination.partition": 2,
+        "messaging.kafka.message.offset": 41,
+        "messaging.consumer.group.name": "provisioning-database",
+        "messaging.kafka.consumer.group": "provisioning-database",
+        "messaging.kafka.message.key": "acme-app",
+    }
+    step, sent = by_name["provision.database"], by_name["send provisioning.database.completed"]
+    assert step.parent is not None
+    assert sent.parent is not None
+    assert step.parent.span_id == sent.parent.span_id == consumer.context.span_id
+    assert sent.kind is SpanKind.PRODUCER
+    assert sent.attributes is not None
+    assert sent.attributes["messaging.destination.name"] == "provisioning.database.completed"
+    assert sent.attributes["messaging.operation.type"] == "send"
+    assert outgoing == TraceContext(producer.trace_id, f"{sent.context.span_id:016x}", producer.flags)
+
+
+def test_a_failed_send_is_recorded_on_its_span(exporter: InMemorySpanExporter) -> None:
+    """A publish the broker refuses leaves its send span ended with an error status."""
+    exporter.clear()
+
+    def publish() -> None:
+        with sends(new_trace()) as send:
+            send("provisioning.schema.completed", None)
+            raise RuntimeError("not acknowledged")
+
+    with pytest.raises(RuntimeError):
+        publish()
+    (sent,) = exporter.get_finished_spans()
+    assert sent.status.status_code is StatusCode.ERROR
+
+
+def test_without_otel_variables_no_exporter_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no OTEL_EXPORTER_OTLP_* endpoint set (or the SDK disabled), nothing is installed."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    before = trace.get_tracer_provider()
+    assert install_exporter("database") is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert install_exporter("database") is None
+    assert trace.get_tracer_provider() is before
+
+
+@pytest.mark.parametrize(
+    ("variables", "name"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, "provision-database"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces"}, "provision-database"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_SERVICE_NAME": "db-eu"}, "db-eu"),
+    ],
+)
+def test_an_otlp_endpoint_installs_a_batch_exporter_named_for_the_service(
+    variables: dict[str, str], name: str
+) -> None:
+    """An OTLP endpoint variable installs an SDK provider exporting in batches over HTTP/protobuf,
+    named provision-<service> unless OTEL_SERVICE_NAME says otherwise (in a process of its own:
+    a provider is set once per process)."""
+    program = (
+        "from opentelemetry import trace\n"
+        "from shared.tracing import install_exporter\n"
+        "stop = install_exporter('database')\n"
+        "provider = trace.get_tracer_provider()\n"
+        "processor = provider._active_span_processor._span_processors[0]\n"
+        "print(provider.resource.attributes['service.name'], type(processor).__name__,\n"
+        "      type(processor._batch_processor._exporter).__module__)\n"
+        "stop()\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**clean, **variables},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.split() == [
+        name,
+        "BatchSpanProcessor",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    ]

@@ -1,0 +1,204 @@
+"""End to end: the seven workers export one project's provisioning over OTLP (HTTP/protobuf)
+to a receiver that speaks the exporter's protocol, as one trace across the services."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
+
+from services.bootstrap import App
+from services.usecases.requests import request_provisioning
+from shared.domain.steps import REQUESTED_TOPIC, STEPS
+from shared.tracing import parse_traceparent
+from tests.e2e.kafka_tools import read_all
+from tests.support import WorkerGroup, unique_project, wait_for, wait_until_stage
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass(frozen=True)
+class Received:
+    """One span as the receiver decoded it, with the service that sent it."""
+
+    service: str
+    name: str
+    kind: int
+    trace_id: str
+    span_id: str
+    parent_id: str
+    attributes: dict[str, Any]
+
+
+class Receiver(ThreadingHTTPServer):
+    """An OTLP/HTTP receiver: ``POST /v1/traces`` with ``application/x-protobuf``."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.spans: list[Received] = []
+        self.refused: list[str] = []
+        self.lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def snapshot(self) -> list[Received]:
+        with self.lock:
+            return list(self.spans)
+
+
+def _value(any_value: Any) -> Any:
+    kind = any_value.WhichOneof("value")
+    return getattr(any_value, kind) if kind else None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
+            self.server.refused.append(f"{self.path} {self.headers.get('Content-Type')}")
+            self.send_error(415)
+            return
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        received = []
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                received += [
+                    Received(
+                        service=str(resource.get("service.name")),
+                        name=s.name,
+                        kind=s.kind,
+                        trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(),
+                        parent_id=s.parent_span_id.hex(),
+                        attributes={a.key: _value(a.value) for a in s.attributes},
+                    )
+                    for s in scope_spans.spans
+                ]
+        with self.server.lock:
+            self.server.spans += received
+        reply = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the test reads the spans
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """An OTLP receiver on a free loopback port, serving on a thread for the module."""
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def traced_workers(
+    app: App, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerGroup]:
+    """The seven workers exporting to the receiver by the standard OTEL_* variables only."""
+    group = WorkerGroup(
+        app.settings,
+        Path(tmp_path_factory.mktemp("traced-worker-logs")),
+        extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
+    )
+    group.start()
+    yield group
+    codes = group.stop()
+    assert all(code == 0 for code in codes.values()), f"workers did not stop cleanly: {codes}"
+
+
+def test_one_project_is_one_trace_of_process_step_and_send_spans(
+    app: App, receiver: Receiver, traced_workers: WorkerGroup
+) -> None:
+    """One provisioned project reaches the receiver as one trace (the request's): per step a
+    CONSUMER span with the messaging attributes, child of the previous step's PRODUCER span,
+    the step's own span and its sends inside it, and no span whose parent is missing."""
+    pid = unique_project("otlp")
+    request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=app)
+    wait_until_stage(app, [pid], timeout=60)
+    requested = [m for m in read_all(app.bootstrap_servers, [REQUESTED_TOPIC]) if m.key() == pid.encode()]
+    assert len(requested) == 1
+    origin = parse_traceparent(dict(requested[0].headers() or []).get("traceparent"))
+    assert origin is not None
+
+    def ours() -> list[Received]:
+        return [s for s in receiver.snapshot() if s.trace_id == origin.trace_id]
+
+    last = STEPS[-1]
+    wait_for(
+        lambda: any(s.name == f"send {last.completed_topic}" for s in ours()),
+        timeout=20,
+        message=lambda: f"the last step's send span never arrived; got {sorted({s.name for s in ours()})}",
+    )
+    spans = ours()
+    assert not receiver.refused
+    by_id = {s.span_id: s for s in spans}
+
+    # Every span of the project's processing is in the request's trace: none elsewhere.
+    keyed = [s for s in receiver.snapshot() if s.attributes.get("messaging.kafka.message.key") == pid]
+    assert keyed
+    assert {s.trace_id for s in keyed} == {origin.trace_id}
+
+    # No span is missing: each one's parent arrived too, but the request's own (not exported).
+    orphans = [s.name for s in spans if s.parent_id != origin.span_id and s.parent_id not in by_id]
+    assert not orphans, f"spans whose parent never arrived: {orphans}"
+
+    previous_sends = {origin.span_id}
+    for step in STEPS:
+        service = f"provision-{step.service}"
+        process = [s for s in spans if s.name == f"process {step.input_topic}"]
+        assert process, f"no process span for {step.key}"
+        for span in process:
+            assert span.kind == SpanProto.SPAN_KIND_CONSUMER
+            assert span.service == service
+            assert span.parent_id in previous_sends, f"{step.key}'s process span is not the send's child"
+            attributes = span.attributes
+            assert attributes["messaging.system"] == "kafka"
+            assert attributes["messaging.destination.name"] == step.input_topic
+            assert attributes["messaging.operation.type"] == attributes["messaging.operation"] == "process"
+            assert attributes["messaging.consumer.group.name"] == step.consumer_group
+            assert attributes["messaging.kafka.message.key"] == pid
+            assert attributes["messaging.destination.partition.id"] == str(
+                attributes["messaging.kafka.destination.partition"]
+            )
+            assert attributes["messaging.kafka.message.offset"] >= 0
+        process_ids = {s.span_id for s in process}
+        work = [s for s in spans if s.name == f"provision.{step.key}"]
+        assert work
+        assert all(s.parent_id in process_ids and s.service == service for s in work)
+        sends = [s for s in spans if s.name == f"send {step.completed_topic}"]
+        assert sends, f"no send span for {step.key}'s completion"
+        for span in sends:
+            assert span.kind == SpanProto.SPAN_KIND_PRODUCER
+            assert span.parent_id in process_ids
+            assert span.attributes["messaging.destination.name"] == step.completed_topic
+            assert span.attributes["messaging.operation.type"] == "send"
+        previous_sends = {s.span_id for s in sends}
