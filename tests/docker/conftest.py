@@ -11,6 +11,7 @@ container a test starts is named with the session's prefix and removed at the en
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import uuid
@@ -104,11 +105,27 @@ def images(docker_engine: Engine, request: pytest.FixtureRequest) -> ProjectImag
 def containers(docker_engine: Engine, request: pytest.FixtureRequest) -> Iterator[Containers]:
     """Containers named ``pt<pid>-<random>-...`` for this session; all removed at its end."""
     prefix = f"pt{os.getpid()}-{uuid.uuid4().hex[:4]}-"
+    stale = _stale_prefixes(docker_engine)
+    for old in stale:
+        remove_containers(docker_engine, old)
+    if stale:
+        _say(request.config, f"docker: removed the containers of {len(stale)} earlier session(s) that died")
     try:
         yield Containers(docker_engine, prefix)
     finally:
         removed = remove_containers(docker_engine, prefix)
         _say(request.config, f"docker: removed {len(removed)} container(s) of this session")
+
+
+def _stale_prefixes(engine: Engine) -> list[str]:
+    """The name prefixes of containers left by sessions whose process is gone (killed mid-run)."""
+    listed = engine.run("ps", "--all", "--filter", "name=^pt", "--format", "{{.Names}}").stdout.split()
+    prefixes = set()
+    for name in listed:
+        match = re.match(r"^pt(\d+)-[0-9a-f]{4}-", name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            prefixes.add(match.group(0))
+    return sorted(prefixes)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

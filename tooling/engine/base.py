@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 from tooling.engine.daemon import Engine, Progress, silent, tail
 from tooling.errors import ToolingError
@@ -28,6 +29,7 @@ PACKAGES = ("python3", "python3-venv")
 TRIM = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info")
 CHANGES = ("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["python3"]')
 REPOSITORY = "provision-base"
+DEBOOTSTRAP_TIMEOUT = 900.0  # 1 to 4 minutes here; a mirror that stalls fails the build in one line
 _APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
 
 
@@ -103,9 +105,7 @@ def ensure_base_image(engine: Engine, workdir: Path, progress: Progress = silent
     log = workdir / "debootstrap.log"
     try:
         with log.open("w") as output:
-            done = subprocess.run(
-                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, check=False
-            )
+            done = _debootstrap(command, output, log)
         if done.returncode != 0:
             raise ToolingError(
                 f"debootstrap failed with exit code {done.returncode}; {log} ends: "
@@ -121,6 +121,20 @@ def ensure_base_image(engine: Engine, workdir: Path, progress: Progress = silent
         shutil.rmtree(rootfs, ignore_errors=True)
     progress(f"base image: {tag} built in {time.monotonic() - started:.0f} s ({image_size(engine, tag)})")
     return tag
+
+
+def _debootstrap(command: list[str], output: IO[str], log: Path) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=DEBOOTSTRAP_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise ToolingError(f"debootstrap did not finish in {DEBOOTSTRAP_TIMEOUT:g} s; see {log}") from None
 
 
 def _import(engine: Engine, rootfs: Path, tag: str) -> None:
