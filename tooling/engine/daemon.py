@@ -254,8 +254,24 @@ class PrivateDaemon:
         if self.pid() == pid:
             progress(f"engine: dockerd did not stop within {timeout:g} s; killing it")
             os.kill(pid, signal.SIGKILL)
+        self._unmount_leftovers(progress)
         progress("engine: dockerd stopped")
         return True
+
+    def _unmount_leftovers(self, progress: Progress) -> None:
+        """Unmount what a stopped dockerd leaves mounted under its run directory (its default
+        network namespace's bind mount), so the directory can be removed."""
+        run_dir = str(self.run_dir.resolve())
+        try:
+            mounts = Path("/proc/self/mounts").read_text().splitlines()
+        except OSError:
+            return
+        points = [fields[1] for fields in (line.split() for line in mounts) if len(fields) > 1]
+        for point in sorted((p for p in points if p.startswith(run_dir + "/")), reverse=True):
+            umount = shutil.which("umount") or "umount"
+            done = subprocess.run([umount, point], capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                progress(f"engine: could not unmount {point}: {tail(done.stderr)}")
 
 
 def locate_engine(
