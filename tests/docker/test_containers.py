@@ -84,7 +84,7 @@ def fleet(containers: Containers, images: ProjectImages, app: App) -> Iterator[F
         restart="on-failure",
     )
     names = [*STEP_KEYS, "api"]
-    containers.wait_healthy(names)
+    containers.wait_healthy(names, timeout=180)  # eight Pythons starting on two shared cores
     try:
         yield Fleet(containers, f"http://127.0.0.1:{api_port}", token)
     finally:
