@@ -15,12 +15,27 @@ from typing import Any
 from tests.support import wait_for
 from tooling.engine import Engine
 
+_EPHEMERAL_START = 32768  # Linux gives outgoing connections their ports from here up
 
-def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free now, below the ephemeral range: a port the kernel
+    handed out by ``bind(0)`` can be handed out twice, or taken by a client's connection before
+    the container listens on it. Each session starts at its own place in 26000-28000."""
+    ports: list[int] = []
+    port = 26000 + (os.getpid() % 400) * 5
+    while len(ports) < count:
+        if port >= _EPHEMERAL_START:
+            port = 20000
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                pass
+            else:
+                ports.append(port)
+        port += 1
+    return ports
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from services.usecases.requests import request_deprovisioning, request_provision
 from services.web.auth import new_token
 from shared.domain.steps import STEP_KEYS, Stage
 from tests.docker.conftest import ARTIFACTS, ProjectImages
-from tests.docker.containers import Containers, free_port
+from tests.docker.containers import Containers, free_ports
 from tests.support import settings_env, unique_project, wait_for, wait_until_stage
 
 pytestmark = pytest.mark.docker
@@ -50,8 +50,8 @@ def _environment(app: App, metrics_port: int) -> dict[str, str]:
     return environment
 
 
-def _start_worker(containers: Containers, images: ProjectImages, app: App, step: str) -> None:
-    environment = _environment(app, free_port())
+def _start_worker(containers: Containers, images: ProjectImages, app: App, step: str, port: int) -> None:
+    environment = _environment(app, port)
     if step == SLOW_STEP:
         environment["PROVISION_SLOW_STEP"] = f"{step}:{SLOW_SECONDS}"
         containers.run(
@@ -69,10 +69,10 @@ def _start_worker(containers: Containers, images: ProjectImages, app: App, step:
 @pytest.fixture(scope="module")
 def fleet(containers: Containers, images: ProjectImages, app: App) -> Iterator[Fleet]:
     """The seven worker containers and the API container, healthy; removed at the module's end."""
-    for step in STEP_KEYS:
-        _start_worker(containers, images, app, step)
+    *worker_ports, api_port = free_ports(len(STEP_KEYS) + 1)
+    for step, port in zip(STEP_KEYS, worker_ports, strict=True):
+        _start_worker(containers, images, app, step, port)
     token, entry = new_token("docker-tests", ["admin"])
-    api_port = free_port()
     api_env = _environment(app, api_port)
     api_env["PROVISION_API_TOKENS"] = entry
     api_env["PROVISION_HEALTHCHECK_URL"] = f"http://127.0.0.1:{api_port}/healthz"
@@ -88,7 +88,13 @@ def fleet(containers: Containers, images: ProjectImages, app: App) -> Iterator[F
     try:
         yield Fleet(containers, f"http://127.0.0.1:{api_port}", token)
     finally:
+        logs = ARTIFACTS / "docker-logs"
+        logs.mkdir(parents=True, exist_ok=True)
         for name in names:
+            state = containers.state(name)
+            (logs / f"{name}.log").write_text(
+                f"# exit code {state['ExitCode']}, status {state['Status']}\n{containers.logs(name)}"
+            )
             containers.engine.run("rm", "--force", containers.name(name), check=False)
 
 

@@ -37,7 +37,7 @@ def _run(engine: Engine, tag: str, *args: str, user: str | None = None) -> subpr
 def test_the_images_declare_a_non_root_user_sigterm_a_healthcheck_and_their_labels(
     docker_engine: Engine, images: ProjectImages, docker_report: Callable[[str], None]
 ) -> None:
-    """Both images run as uid 10001, stop on SIGTERM, check /healthz, and carry version and revision."""
+    """Both images run as uid 10001, stop on SIGTERM, check /healthz (the API on its port), carry labels."""
     version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
     revision = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
@@ -53,6 +53,10 @@ def test_the_images_declare_a_non_root_user_sigterm_a_healthcheck_and_their_labe
         assert labels["org.opencontainers.image.base.name"] == images.base
         assert "org.opencontainers.image.source" in labels
         docker_report(f"docker: image {image.tag}: {image.size / 1e6:.0f} MB, built in {image.seconds:.0f} s")
+    worker_env = _config(docker_engine, images.worker.tag)["Env"]
+    api_env = _config(docker_engine, images.api.tag)["Env"]
+    assert "PROVISION_HEALTHCHECK_URL=" in worker_env  # its metrics port's /healthz
+    assert "PROVISION_HEALTHCHECK_URL=http://127.0.0.1:8080/healthz" in api_env
 
 
 def test_the_cli_runs_on_a_read_only_root_and_only_the_api_image_has_the_web_server(

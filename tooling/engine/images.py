@@ -24,6 +24,8 @@ from tooling.errors import ToolingError
 
 WORKER_IMAGE = "tenant-provisioning:latest"
 API_IMAGE = "tenant-provisioning-api:latest"
+API_HEALTHCHECK_URL = "http://127.0.0.1:8080/healthz"
+"""Where the API image's healthcheck looks: `provision api`'s default port, compose's too."""
 DOCKERFILE = Path("services") / "Dockerfile"
 # Where pip and requests are told which CAs to trust, in the order pip itself prefers them.
 _CA_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
@@ -87,6 +89,7 @@ def build_image(
     *,
     base_image: str | None = None,
     extras: str = "",
+    healthcheck_url: str = "",
     progress: Progress = silent,
     log_dir: Path | None = None,
     timeout: float = 900,
@@ -96,6 +99,8 @@ def build_image(
     arguments = build_arguments(context, base_image)
     if extras:
         arguments["EXTRAS"] = extras
+    if healthcheck_url:
+        arguments["HEALTHCHECK_URL"] = healthcheck_url
     command = [
         "build",
         "--network",
@@ -147,6 +152,13 @@ def build_project_images(
         engine, context, WORKER_IMAGE, base_image=base_image, progress=progress, log_dir=log_dir
     )
     api = build_image(
-        engine, context, API_IMAGE, base_image=base_image, extras="[api]", progress=progress, log_dir=log_dir
+        engine,
+        context,
+        API_IMAGE,
+        base_image=base_image,
+        extras="[api]",
+        healthcheck_url=API_HEALTHCHECK_URL,
+        progress=progress,
+        log_dir=log_dir,
     )
     return worker, api
