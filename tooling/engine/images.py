@@ -92,35 +92,44 @@ def build_image(
     healthcheck_url: str = "",
     progress: Progress = silent,
     log_dir: Path | None = None,
-    timeout: float = 900,
 ) -> BuiltImage:
-    """Build ``services/Dockerfile`` of ``context`` as ``tag``; ToolingError with the build's last
-    lines when it fails (its whole output in ``log_dir``, when given)."""
+    """Build ``services/Dockerfile`` of ``context`` as ``tag``, labelled; see :func:`build_context`."""
     arguments = build_arguments(context, base_image)
     if extras:
         arguments["EXTRAS"] = extras
     if healthcheck_url:
         arguments["HEALTHCHECK_URL"] = healthcheck_url
-    command = [
-        "build",
-        "--network",
-        "host",
-        "--file",
-        str(context / DOCKERFILE),
-        "--tag",
-        tag,
-        "--progress",
-        "plain",
-    ]
+    return build_context(
+        engine, context, tag, arguments, dockerfile=context / DOCKERFILE, progress=progress, log_dir=log_dir
+    )
+
+
+def build_context(
+    engine: Engine,
+    context: Path,
+    tag: str,
+    arguments: Mapping[str, str],
+    *,
+    dockerfile: Path | None = None,
+    progress: Progress = silent,
+    log_dir: Path | None = None,
+    timeout: float = 900,
+) -> BuiltImage:
+    """Build ``context`` (its Dockerfile, or ``dockerfile``) as ``tag`` with these build arguments,
+    on the host's network, with the CA secret; ToolingError with the build's last lines when it
+    fails (its whole output in ``log_dir``, when given)."""
+    command = ["build", "--network", "host", "--tag", tag, "--progress", "plain"]
+    if dockerfile is not None:
+        command += ["--file", str(dockerfile)]
     for name, value in arguments.items():
         command += ["--build-arg", f"{name}={value}"]
     bundle = ca_bundle()
     if bundle is not None:
         command += ["--secret", f"id=ca,src={bundle}"]
     command.append(str(context))
-    progress(
-        f"image: building {tag}{' with ' + extras if extras else ''} on {base_image or 'the default base'}"
-    )
+    extras = arguments.get("EXTRAS", "")
+    base = arguments.get("BASE_IMAGE") or "the default base"
+    progress(f"image: building {tag}{' with ' + extras if extras else ''} on {base}")
     started = time.monotonic()
     done = engine.run(*command, check=False, timeout=timeout)
     seconds = time.monotonic() - started
