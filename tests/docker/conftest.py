@@ -137,7 +137,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def docker_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Print a measurement now and repeat it in the session's summary."""
     return lambda line: _say(request.config, line)
