@@ -16,3 +16,6 @@ bench = LazyCommand(
     extra="bench",
 )
 demo = LazyCommand("demo", "tooling.demo:demo", "Everything end to end on the local defaults.", extra="local")
+engine = LazyCommand(
+    "engine", "tooling.engine.cli:engine_app", "A Docker engine of our own and the project's images on it."
+)
