@@ -20,20 +20,22 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "provision_api_requests_total",
+            "provisioning_api_requests_total",
             "Requests answered, by route, method and status.",
             ["route", "method", "status"],
             registry=self.registry,
         )
         self.duration = Histogram(
-            "provision_api_request_duration_seconds",
+            "provisioning_api_request_duration_seconds",
             "Time to the response's first byte, by route.",
             ["route"],
             registry=self.registry,
         )
-        self.watchers = Gauge("provision_api_stream_watchers", "Open live streams.", registry=self.registry)
+        self.watchers = Gauge(
+            "provisioning_api_stream_watchers", "Open live streams.", registry=self.registry
+        )
         self.lag = Histogram(
-            "provision_api_stream_lag_seconds",
+            "provisioning_api_stream_lag_seconds",
             "From a step transition (in its transaction) to its event leaving the API.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0),
             registry=self.registry,

@@ -230,7 +230,7 @@ def test_open_routes_health_metrics_page_and_json_404_405(api: RunningApi) -> No
     """/healthz, /metrics and / need no token; an unknown route is a JSON 404, a wrong method a JSON 405."""
     with api.client(token="") as c:
         assert c.get("/healthz").json() == {"status": "ok", "database": True, "listener": True}
-        assert "provision_api_requests_total" in c.get("/metrics").text
+        assert "provisioning_api_requests_total" in c.get("/metrics").text
         page = c.get("/")
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")

@@ -300,7 +300,7 @@ def test_a_client_gone_mid_body_is_a_4xx_not_a_500(app: App, api: RunningApi) ->
         return [
             match.group(1)
             for line in lines
-            if line.startswith("provision_api_requests_total{")
+            if line.startswith("provisioning_api_requests_total{")
             and 'route="/v1/projects"' in line
             and 'method="POST"' in line
             and (match := re.search(r'status="(\d+)"', line))
