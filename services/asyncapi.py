@@ -36,6 +36,7 @@ from shared.domain.steps import (
     ALL_STEPS,
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
+    LETTER_TOPICS,
     PARKED_TOPIC,
     PURGE_REQUESTED_TOPIC,
     REQUESTED_TOPIC,
@@ -270,7 +271,7 @@ def _header_and_key_schemas() -> dict[str, Any]:
 
 def _message(event_type: str, model: type[BaseModel]) -> dict[str, Any]:
     doc = inspect.getdoc(model) or ""
-    dead = event_type in (DEADLETTER_TOPIC, PARKED_TOPIC)  # keyed and described as letters
+    dead = event_type in LETTER_TOPICS  # keyed and headed as letters
     headers = "DeadLetterHeaders" if dead else "EventHeaders"
     constants = {name: {"const": event_type} for name in ("event_type", "ce_type")}
     message: dict[str, Any] = {

@@ -26,7 +26,7 @@ from shared.domain.steps import all_topics
 from shared.kafka import ensure_topics
 from shared.settings import Settings
 from tooling.fleet import WorkerFleet, step_identities
-from tooling.infra import LocalInfra, local_infra
+from tooling.infra import LocalInfra, local_infra, uses_local_servers
 from tooling.output import Failure, UsageError, err, errors, local_settings, out
 
 
@@ -62,7 +62,7 @@ def _demo(settings: Settings, pid: str, region: str, *, keep_infra: bool, cleanu
     """The demo's work; each thing it starts registers its own stop on ``cleanup`` first,
     so any exit (an error, a port taken, Ctrl-C, SIGTERM) stops exactly what it started."""
     infra = local_infra(settings)
-    local = settings.kafka_bootstrap_servers is None or settings.database_url is None
+    local = uses_local_servers(settings)
     if local:
         before = infra.status()
         if not keep_infra:

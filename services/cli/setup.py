@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from services.cli.common import BrokerTimeout, LocalFlag, command_app, errors, out
 from shared.db.migrator import migrate as run_migrations
-from shared.domain.acls import ADMIN, LETTER_TOPICS
-from shared.domain.steps import all_topics
+from shared.domain.acls import ADMIN
+from shared.domain.steps import LETTER_TOPICS, all_topics
 from shared.kafka import ensure_topics
 from shared.kafka.topics import align_configs
 from shared.settings import Settings

@@ -37,6 +37,7 @@ from shared.domain.steps import (
     ALL_STEPS,
     DEADLETTER_TOPIC,
     DEPROVISIONING_REQUESTED_TOPIC,
+    LETTER_TOPICS,
     PARKED_TOPIC,
     PURGE_REQUESTED_TOPIC,
     REQUESTED_TOPIC,
@@ -65,8 +66,6 @@ FAILED_TOPICS = tuple(step.failed_topic for step in ALL_STEPS)
 OUTBOX_TOPICS = (*REQUEST_TOPICS, *RETRY_TOPICS)
 """What the transactional outbox may hold, so what its relay publishes: requests and purges
 (``services.usecases.requests``, the purge sweep) and re-drives (``services.redrive``)."""
-LETTER_TOPICS = (DEADLETTER_TOPIC, PARKED_TOPIC)
-"""What ``provision deadletters`` reads (and purges)."""
 REDRIVE_TOPICS = (*consumed_topics(), PARKED_TOPIC)
 """What a redrive writes: a letter's origin (any topic a step consumes) or the parking topic."""
 

@@ -35,6 +35,9 @@ PURGE_REQUESTED_TOPIC = event_type_of(PurgeRequested)
 DEADLETTER_TOPIC = event_type_of(DeadLettered)
 PARKED_TOPIC = event_type_of(ParkedLetter)
 """Where ``provision deadletters redrive`` sets aside a letter that failed again after a redrive."""
+LETTER_TOPICS = (DEADLETTER_TOPIC, PARKED_TOPIC)
+"""The two topics of letters (what the workers refused, and what failed again): keyed, headed and
+retained as letters, not events, and read by ``provision deadletters``."""
 
 
 class Chain(StrEnum):
@@ -253,7 +256,7 @@ def all_topics() -> tuple[str, ...]:
     topics.append(PURGE_REQUESTED_TOPIC)
     for step in PURGE_STEPS:
         topics += [step.completed_topic, step.retry_topic, step.failed_topic]
-    topics += [DEADLETTER_TOPIC, PARKED_TOPIC]
+    topics += LETTER_TOPICS
     return tuple(topics)
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from shared.domain.cloud_events import (
     BATCH_CONTENT_TYPE,
     CONTENT_TYPE_HEADER,
+    JSON_CONTENT_TYPE,
     SPECVERSION,
     STRUCTURED_CONTENT_TYPE,
     binary_headers,
@@ -60,12 +61,7 @@ class DecodeError(Exception):
 def encode(event: Event, trace: TraceContext) -> tuple[bytes, bytes, Headers]:
     """Key (the project id), JSON value and headers of an event: the project's own and the
     CloudEvents binary mode's."""
-    headers: Headers = [
-        ("event_type", event.event_type.encode()),
-        ("schema_version", str(event.schema_version).encode()),
-        ("traceparent", trace.traceparent.encode()),
-    ]
-    headers += [(name, value.encode()) for name, value in binary_headers(event_attributes(event))]
+    headers = _headers(event.event_type, event_attributes(event), event.schema_version, trace)
     return event.project_id.encode(), event.model_dump_json().encode(), headers
 
 
@@ -73,16 +69,24 @@ def encode_dead_letter(letter: DeadLettered) -> tuple[bytes, bytes, Headers]:
     """Key, JSON value and headers of a dead letter: keyed as the message it holds was (at
     most 256 bytes of that key), so a project's letters stay on one partition."""
     key = base64.b64decode(letter.key_b64)[:256] if letter.key_b64 else b""
-    headers: Headers = [("event_type", DEADLETTER_TOPIC.encode()), ("schema_version", b"1")]
-    headers += [(name, value.encode()) for name, value in binary_headers(dead_letter_attributes(letter))]
-    return key, letter.model_dump_json().encode(), headers
+    return key, letter.model_dump_json().encode(), _headers(DEADLETTER_TOPIC, dead_letter_attributes(letter))
 
 
 def encode_parked(parked: ParkedLetter, key: bytes) -> tuple[bytes, bytes, Headers]:
     """Key (the letter's, at most 256 bytes), JSON value and headers of a parked letter."""
-    headers: Headers = [("event_type", PARKED_TOPIC.encode()), ("schema_version", b"1")]
-    headers += [(name, value.encode()) for name, value in binary_headers(parked_attributes(parked))]
-    return key[:256], parked.model_dump_json().encode(), headers
+    return key[:256], parked.model_dump_json().encode(), _headers(PARKED_TOPIC, parked_attributes(parked))
+
+
+def _headers(
+    event_type: str, attributes: dict[str, str], schema_version: int = 1, trace: TraceContext | None = None
+) -> Headers:
+    """The project's own headers (``event_type``, ``schema_version``, ``traceparent`` when the
+    message is part of a trace), then the CloudEvents binary mode's of ``attributes``."""
+    headers: Headers = [("event_type", event_type.encode()), ("schema_version", str(schema_version).encode())]
+    if trace is not None:
+        headers.append(("traceparent", trace.traceparent.encode()))
+    headers += [(name, value.encode()) for name, value in binary_headers(attributes)]
+    return headers
 
 
 def encode_publication(model: Event | DeadLettered, trace: TraceContext) -> tuple[bytes, bytes, Headers]:
@@ -203,10 +207,10 @@ def _unwrap(cloud_event: Any) -> tuple[dict[str, Any], Any]:
     for attribute in ("id", "source", "type"):
         if not isinstance(cloud_event.get(attribute), str) or not cloud_event[attribute]:
             raise DecodeError(f"structured CloudEvent: {attribute} is missing or not a string")
-    content_type = cloud_event.get("datacontenttype", "application/json")
+    content_type = cloud_event.get("datacontenttype", JSON_CONTENT_TYPE)
     if (
         not isinstance(content_type, str)
-        or content_type.split(";", 1)[0].strip().lower() != "application/json"
+        or content_type.split(";", 1)[0].strip().lower() != JSON_CONTENT_TYPE
     ):
         raise DecodeError("structured CloudEvent: datacontenttype is not application/json")
     if "data" in cloud_event:

@@ -22,15 +22,14 @@ from confluent_kafka import KafkaError, Producer
 from services.bootstrap import App, build_app
 from services.usecases.requests import request_deprovisioning, request_provisioning
 from shared.db.migrator import migrate
-from shared.domain.acls import principal
 from shared.domain.steps import STEP_KEYS, Stage, step_by_key
 from shared.settings import Settings
 from tests.e2e.lifecycle_tools import start_ready
 from tests.secure_tools import running_secure_infra, secure_settings, secure_state_dir
 from tests.support import REPO_ROOT, WorkerGroup, unique_project, wait_until_stage
 from tests.support import test_settings as settings_for_tests
+from tooling.fleet import step_identities
 from tooling.infra import LocalInfra
-from tooling.infra.cli import kafka_identity
 
 pytestmark = pytest.mark.e2e
 
@@ -54,10 +53,6 @@ def _settings(infra: LocalInfra, state_dir: Path, user: str) -> Settings:
     return settings_for_tests(infra.env(), state_dir, **secure_settings(infra, user))
 
 
-def _principal(step: str) -> str:
-    return principal(step_by_key(step).service).removeprefix("User:")
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureChain]:
     """A secure broker of its own, the control plane migrated, the topics created as
@@ -69,13 +64,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureChain]:
             migrate(admin.migration_engine)  # as provision_owner: `up` made the database roles
         finally:
             admin.close()
-        # The workers' shared settings carry no identity; each one's comes from kafka_identity.
+        # The workers' shared settings carry no identity; each one's is its service's principal.
         base = settings_for_tests(infra.env(), state_dir, **secure_settings(infra, "provision-admin"))
         base = base.model_copy(update={"kafka_sasl_username": None, "kafka_sasl_password": None})
         workers = WorkerGroup(
             base,
             tmp_path_factory.mktemp("secure-chain-logs"),
-            step_env={step: kafka_identity(infra, _principal(step)) for step in STEP_KEYS},
+            step_env=step_identities(infra),
         )
         requester = build_app(_settings(infra, state_dir, "provision-requester"))
         try:

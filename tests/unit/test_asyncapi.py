@@ -24,7 +24,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from services.asyncapi import operations
 from shared.domain import acls
 from shared.domain.events import ParkedLetter, event_models
-from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC, PARKED_TOPIC, all_topics
+from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC, LETTER_TOPICS, PARKED_TOPIC, all_topics
 from shared.kafka.codec import encode, encode_dead_letter, encode_parked
 from shared.tracing import new_trace
 from tests.event_samples import T0, dead_letter_sample, sample
@@ -140,9 +140,7 @@ def _validator(schema_name: str) -> Draft202012Validator:
     return Draft202012Validator(root, format_checker=FormatChecker())
 
 
-@pytest.mark.parametrize(
-    "event_type", [t for t in event_models() if t not in (DEADLETTER_TOPIC, PARKED_TOPIC)]
-)
+@pytest.mark.parametrize("event_type", [t for t in event_models() if t not in LETTER_TOPICS])
 def test_what_the_encoder_writes_is_what_the_document_says(event_type: str) -> None:
     """An encoded event's value matches its message's payload schema, its key the key schema, and
     its headers are exactly the documented ones, each matching its schema."""

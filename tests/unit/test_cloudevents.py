@@ -16,14 +16,14 @@ from cloudevents.core.v1.event import CloudEvent
 
 from shared.domain.cloud_events import event_source
 from shared.domain.events import DeadLettered, Event, ParkedLetter, ProvisioningRequested, event_models
-from shared.domain.steps import DEADLETTER_TOPIC, PARKED_TOPIC, REQUESTED_TOPIC
+from shared.domain.steps import DEADLETTER_TOPIC, LETTER_TOPICS, PARKED_TOPIC, REQUESTED_TOPIC
 from shared.kafka.codec import DecodeError, decode, encode, encode_dead_letter, encode_parked
 from shared.tracing import new_trace
 from tests.event_samples import sample
 from tests.fakes import make_requested
 
 MAX_BYTES = 256 * 1024
-EVENT_TYPES = [t for t in event_models() if t not in (DEADLETTER_TOPIC, PARKED_TOPIC)]
+EVENT_TYPES = [t for t in event_models() if t not in LETTER_TOPICS]
 """The events the consumers decode (the two letter topics are read by `provision deadletters`)."""
 
 

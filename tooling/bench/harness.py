@@ -29,7 +29,7 @@ from shared.domain.steps import DEADLETTER_TOPIC, FINAL_STEP, STEPS, all_topics
 from shared.kafka import ensure_topics
 from shared.settings import Settings
 from tooling import fleet
-from tooling.infra import LocalInfra, local_infra
+from tooling.infra import LocalInfra, local_infra, uses_local_servers
 
 Say = Callable[[str], None]
 
@@ -51,7 +51,7 @@ class Infra:
 
 def bring_up(settings: Settings, say: Say) -> Infra:
     """Start the local infrastructure unless both servers are given by URL."""
-    if settings.kafka_bootstrap_servers is not None and settings.database_url is not None:
+    if not uses_local_servers(settings):
         return Infra(local=None, started=False)
     infra = local_infra(settings)
     was_running = all(state.startswith("running") for state in infra.status().values())
@@ -95,7 +95,7 @@ def worker_env(settings: Settings, app: App) -> dict[str, str]:
         database_url=app.database_url,
         exclude=_NOT_PASSED | {"log_level"},
     )
-    local = settings.kafka_bootstrap_servers is None or settings.database_url is None
+    local = uses_local_servers(settings)
     # The local tenant clusters' URLs: TENANT_DATABASE_URL, or the TENANT_CLUSTER_<i>_URL of the map.
     cluster_urls = local_infra(settings).env().worker_env() if local else {}
     # The key the bench uses (in local mode, the state directory's): workers never make one up.
@@ -115,7 +115,7 @@ class WorkerFleet(fleet.WorkerFleet):
 @contextmanager
 def running_workers(settings: Settings, app: App, log_dir: Path, say: Say) -> Iterator[WorkerFleet]:
     """The fleet, stopped with SIGTERM on the way out whatever happens (errors, Ctrl-C)."""
-    local = settings.kafka_bootstrap_servers is None or settings.database_url is None
+    local = uses_local_servers(settings)
     identities = fleet.step_identities(local_infra(settings)) if local else {}
     workers = WorkerFleet(worker_env(settings, app), log_dir, identities=identities)
     # A SIGTERM to the bench unwinds like Ctrl-C, so the workers are never left behind.

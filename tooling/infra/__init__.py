@@ -10,6 +10,13 @@ KRaft quorum instead.
 from __future__ import annotations
 
 from tooling.infra._common import InfraError
-from tooling.infra.local import InfraEnv, LocalInfra, docker_engine_available, local_infra
+from tooling.infra.local import InfraEnv, LocalInfra, docker_engine_available, local_infra, uses_local_servers
 
-__all__ = ["InfraEnv", "InfraError", "LocalInfra", "docker_engine_available", "local_infra"]
+__all__ = [
+    "InfraEnv",
+    "InfraError",
+    "LocalInfra",
+    "docker_engine_available",
+    "local_infra",
+    "uses_local_servers",
+]

@@ -355,6 +355,12 @@ class LocalInfra:
                 cluster.wipe()
 
 
+def uses_local_servers(settings: Settings) -> bool:
+    """Whether the tooling fills in (and so starts) the local servers: a broker or database
+    address is not given."""
+    return settings.kafka_bootstrap_servers is None or settings.database_url is None
+
+
 def local_infra(settings: Settings) -> LocalInfra:
     """The local Kafka + PostgreSQL of ``provision infra``, at the settings' state directory and ports."""
     return LocalInfra(
