@@ -316,8 +316,9 @@ def build_app(settings: Settings, *, principal: str | None = None) -> App:
         local = read_local_env(settings.state_dir)
         if not bootstrap:
             bootstrap = local["KAFKA_BOOTSTRAP_SERVERS"]
-            settings = _with_local_kafka_identity(settings, local, principal)
-            security = resolve_security(settings)
+            identified = _with_local_kafka_identity(settings, local, principal)
+            if identified is not settings:  # a secure local broker: resolved again, with its identity
+                settings, security = identified, resolve_security(identified)
         if not database_url:  # the local roles' URLs go with the local control plane's
             database_url = local["DATABASE_URL"]
             migration_database_url = migration_database_url or local.get(MIGRATION_DATABASE_URL_ENV)

@@ -8,7 +8,7 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
@@ -193,9 +193,7 @@ def read_letters(ports: LetterPorts, *, parked: bool = False) -> Listing:
 
 
 def _marked(letter: Letter, mark: LetterMark | None) -> Letter:
-    if mark is None:
-        return letter
-    return Letter(letter.topic, letter.partition, letter.offset, letter.written_at, letter.letter, None, mark)
+    return letter if mark is None else replace(letter, mark=mark)
 
 
 def _letter_of(record: RawRecord) -> Letter | None:
