@@ -382,6 +382,8 @@ def test_a_refused_restore_shows_the_apis_reason(
         page = browser.new_page(viewport=VIEWPORT)
         page.goto(f"{open_api}/?project={project_id}")
         expect(page.locator("#restore")).to_be_visible()
+        # Behind its back only once it has settled: a stream still open would show the restore.
+        expect(page.locator("#conn")).to_have_text("finished")
         status, _ = _call(open_api, "POST", f"/v1/projects/{project_id}/restore")
         assert status == 202
         status, refused = _call(open_api, "POST", f"/v1/projects/{project_id}/restore")
