@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 from confluent_kafka import Consumer
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from services import secret_key
-from services.database.adapters import SqlCredentialStore
+from services.database.adapters import PostgresTenantCluster, SqlCredentialStore
+from services.database.pool import PoolRefiller, PoolTarget
 from services.keys.adapters import SqlKeyStore
 from services.placement import PlacedClusters
 from services.ports import ServiceRegistry
@@ -40,8 +42,8 @@ from shared.local_env import (
     read_local_env,
 )
 from shared.redact import mask_url
+from shared.settings import LOCAL_TENANT_POOL_SIZE, Settings
 from shared.settings import ConfigurationError as ConfigurationError  # noqa: PLC0414 - re-exported, callers import it here
-from shared.settings import Settings
 
 
 @dataclass
@@ -134,6 +136,36 @@ class App:
         self._closers.append(directory.close)
         return directory
 
+    def pool_size(self, cluster: str) -> int:
+        """The size of ``cluster``'s warm pool: its map entry's, else the setting's."""
+        size = self.tenant_cluster_map.get(cluster).pool_size
+        return self.settings.tenant_pool_size if size is None else size
+
+    def pool_ready(self, cluster: str) -> int | None:
+        """How many databases ``cluster``'s warm pool holds; None when the cluster does not answer."""
+        try:
+            return PostgresTenantCluster(self.clusters.address(cluster)).pool_fill()
+        except psycopg.Error:
+            return None
+
+    def pool_refiller(self) -> PoolRefiller:
+        """The refill of every cluster's warm pool (not started), each within the room its
+        capacity leaves beside its live tenants."""
+
+        def room_of(name: str) -> Callable[[], int]:
+            def room() -> int:
+                fill = next(f for f in self.placements.cluster_fill() if f.name == name)
+                return fill.capacity - fill.used
+
+            return room
+
+        targets = [
+            PoolTarget(c.name, self.clusters.address(c.name), self.pool_size(c.name), room_of(c.name))
+            for c in self.tenant_cluster_map.clusters
+        ]
+        s = self.settings
+        return PoolRefiller(targets, interval=s.tenant_pool_refill_seconds, batch=s.tenant_pool_refill_batch)
+
     def __repr__(self) -> str:  # the URLs without their passwords
         return (
             f"App(bootstrap_servers={self.bootstrap_servers!r}, "
@@ -162,7 +194,7 @@ class App:
     @cached_property
     def placed_clusters(self) -> PlacedClusters:
         """The tenant clusters as the step handlers reach them, by placement."""
-        return PlacedClusters(self.clusters, self.placements)
+        return PlacedClusters(self.clusters, self.placements, self.pool_size)
 
     @cached_property
     def cluster_address(self) -> ClusterAddress:
@@ -334,6 +366,7 @@ def build_app(settings: Settings, *, principal: str | None = None) -> App:
             Path(clusters_file) if clusters_file else None,
             int(replication) if replication else None,
             int(min_insync) if min_insync else None,
+            pool=not settings.tenant_database_url and not settings.clusters_file,
         )
     tenant_database_url = tenant_database_url or database_url
     return App(
@@ -381,11 +414,19 @@ def _with_local_kafka_identity(
 
 
 def _with_local_topology(
-    settings: Settings, clusters_file: Path | None, replication: int | None, min_insync: int | None
+    settings: Settings,
+    clusters_file: Path | None,
+    replication: int | None,
+    min_insync: int | None,
+    *,
+    pool: bool = False,
 ) -> Settings:
-    """``settings`` with the local multi-node topology filled in where none was set."""
+    """``settings`` with the local multi-node topology filled in where none was set, and, when
+    ``pool`` (the tenant clusters are the local ones), the local warm pool's size."""
     explicit = settings.model_fields_set
     update: dict[str, Any] = {}
+    if pool and "tenant_pool_size" not in explicit:
+        update["tenant_pool_size"] = LOCAL_TENANT_POOL_SIZE
     if clusters_file is not None and "clusters_file" not in explicit:
         update["clusters_file"] = clusters_file
     if replication is not None and "topic_replication" not in explicit:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from services.database.adapters import PostgresTenantCluster
 from services.schema.adapters import PostgresTenantSchemas
 from services.tenant_cluster import ClusterDirectory
@@ -10,14 +12,18 @@ from shared.db import Placements
 
 
 class PlacedClusters:
-    """``TenantClusters`` over the cluster map's directory and the control plane's fill."""
+    """``TenantClusters`` over the cluster map's directory and the control plane's fill, each
+    cluster with the size of its warm pool (0: the database step never takes from one)."""
 
-    def __init__(self, directory: ClusterDirectory, placements: Placements) -> None:
+    def __init__(
+        self, directory: ClusterDirectory, placements: Placements, pool_size: Callable[[str], int]
+    ) -> None:
         self.directory = directory
         self.placements = placements
+        self.pool_size = pool_size
 
     def cluster(self, name: str) -> PostgresTenantCluster:
-        return PostgresTenantCluster(self.directory.address(name))
+        return PostgresTenantCluster(self.directory.address(name), pool_size=self.pool_size(name))
 
     def schemas(self, name: str) -> PostgresTenantSchemas:
         return PostgresTenantSchemas(self.directory.address(name))

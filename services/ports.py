@@ -43,6 +43,16 @@ class TenantCluster(Protocol):
 
     def database_exists(self, name: str) -> bool: ...
 
+    def take_pooled(self, database: str, role: str, password: str, *, archive: str) -> bool:
+        """Rename a database of the cluster's warm pool, and its role, into the tenant's, with
+        its login and ``password``, in one transaction: True when taken; False, nothing
+        changed, when the pool is empty or the tenant's database or ``archive`` exists."""
+        ...
+
+    def pool_fill(self) -> int:
+        """How many databases the cluster's warm pool holds."""
+        ...
+
     def ensure_role(self, role: str, password: str) -> None: ...
 
     def ensure_database(self, name: str, owner: str, *, archive: str | None = None) -> None:

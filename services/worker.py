@@ -113,9 +113,13 @@ def run_worker(
     stop = _Stop(workers)
     signal.signal(signal.SIGTERM, stop.on_signal)
     signal.signal(signal.SIGINT, stop.on_signal)
+    # The database service tops the clusters' warm pools up, on a thread of its own.
+    refiller = app.pool_refiller().start() if PLACING_STEP in steps else None
     try:
         _run_all(workers, stop)
     finally:
+        if refiller is not None:
+            refiller.stop()
         if server is not None:
             server.shutdown()
         app.close()

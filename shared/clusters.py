@@ -9,6 +9,7 @@ the file can be shared and reviewed, and no password is ever in it::
     region = "eu-west-1"
     admin_url_env = "TENANT_CLUSTER_EU_1_URL"
     capacity = 500                        # tenants at most
+    pool_size = 8                         # optional: its warm pool (PROVISION_TENANT_POOL_SIZE by default)
 
 Without the file, ``TENANT_DATABASE_URL`` (or the control plane's ``DATABASE_URL``) is the
 one-cluster shorthand: a cluster named ``default`` that serves every region, with
@@ -31,6 +32,7 @@ DEFAULT_CLUSTER = "default"
 _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FIELDS = {"name", "region", "admin_url_env", "capacity"}
+_OPTIONAL = {"pool_size"}
 
 
 class ClusterMapError(ValueError):
@@ -39,18 +41,20 @@ class ClusterMapError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TenantClusterConfig:
-    """One tenant cluster: its name, the region it serves (None: every region), its capacity
-    and its admin URL (read from the environment)."""
+    """One tenant cluster: its name, the region it serves (None: every region), its capacity,
+    its admin URL (read from the environment) and the size of its warm pool of databases
+    (None: the ``PROVISION_TENANT_POOL_SIZE`` setting's)."""
 
     name: str
     region: str | None
     capacity: int
     admin_url: str
+    pool_size: int | None = None
 
     def __repr__(self) -> str:  # the admin URL without its password
         return (
             f"TenantClusterConfig(name={self.name!r}, region={self.region!r}, "
-            f"capacity={self.capacity}, admin_url={mask_url(self.admin_url)!r})"
+            f"capacity={self.capacity}, admin_url={mask_url(self.admin_url)!r}, pool_size={self.pool_size})"
         )
 
     def serves(self, region: str) -> bool:
@@ -118,8 +122,9 @@ def _entry(
 ) -> TenantClusterConfig:
     where = f"{path}: clusters[{index}]"
     if not isinstance(entry, dict):
-        raise ClusterMapError(f"{where} must be a table of {', '.join(sorted(_FIELDS))}")
-    if extra := sorted(set(entry) - _FIELDS):
+        fields = ", ".join(sorted(_FIELDS))
+        raise ClusterMapError(f"{where} must be a table of {fields} (and optionally pool_size)")
+    if extra := sorted(set(entry) - _FIELDS - _OPTIONAL):
         hint = (
             " (the admin URL comes from the variable named by admin_url_env)"
             if any("url" in key.lower() for key in extra)
@@ -138,7 +143,10 @@ def _entry(
         raise ClusterMapError(f"{where} ({name}): capacity must be a positive integer")
     if not isinstance(variable, str) or not _ENV_NAME.fullmatch(variable):
         raise ClusterMapError(f"{where} ({name}): admin_url_env must name an environment variable")
+    pool_size = entry.get("pool_size")
+    if pool_size is not None and (type(pool_size) is not int or pool_size < 0):
+        raise ClusterMapError(f"{where} ({name}): pool_size must be a non-negative integer (0: no pool)")
     url = environ.get(variable)
     if not url:
         raise ClusterMapError(f"{where} ({name}): the environment variable {variable} is not set")
-    return TenantClusterConfig(name, region, capacity, url)
+    return TenantClusterConfig(name, region, capacity, url, pool_size)

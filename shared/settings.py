@@ -34,6 +34,10 @@ URL_FIELDS = frozenset(
 )
 
 
+LOCAL_TENANT_POOL_SIZE = 4
+"""The warm pool's size on the local servers of `provision infra`, unless set."""
+
+
 class ConfigurationError(Exception):
     """A setting is missing or wrong; the message says which and how to fix it."""
 
@@ -178,6 +182,22 @@ class Settings(BaseSettings):
     )
     regions: tuple[str, ...] = DEFAULT_REGIONS
     max_tenants_per_cluster: int = Field(default=1000, ge=1)
+    tenant_pool_size: int = Field(
+        default=0,
+        ge=0,
+        description="databases the database worker keeps made ahead on each tenant cluster, for the "
+        "database step to rename into a tenant's instead of running CREATE DATABASE (a cluster map "
+        "entry's pool_size wins); 0: no pool; the local servers of `provision infra` default to "
+        f"{LOCAL_TENANT_POOL_SIZE}",
+    )
+    tenant_pool_refill_seconds: float = Field(
+        default=1.0, gt=0, description="how often the database worker tops each cluster's pool up"
+    )
+    tenant_pool_refill_batch: int = Field(
+        default=2,
+        ge=1,
+        description="databases one refill round makes on a cluster at most: the refill's rate limit",
+    )
     secret_key: SecretStr | None = Field(
         default=None, description="Fernet key encrypting tenant passwords and unrevealed API keys"
     )

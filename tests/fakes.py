@@ -555,7 +555,25 @@ class FakeTenantCluster:
         """Roles that may not log in (an archived tenant's)."""
         self.closed: set[str] = set()
         """Databases closed to connections (archives)."""
+        self.pooled = 0
+        """Databases in the warm pool (their names are of no interest to a handler)."""
         self.calls: list[tuple[Any, ...]] = []
+
+    def take_pooled(self, database: str, role: str, password: str, *, archive: str) -> bool:
+        """A pooled database renamed in, when the pool has one and neither the database nor
+        its archive exists."""
+        self.calls.append(("take_pooled", database, role))
+        require_tenant_names(database, role, archive)
+        if not self.pooled or database in self.databases or archive in self.databases:
+            return False
+        self.pooled -= 1
+        self.roles[role] = password
+        self.nologin.discard(role)
+        self.databases[database] = role
+        return True
+
+    def pool_fill(self) -> int:
+        return self.pooled
 
     def database_exists(self, name: str) -> bool:
         self.calls.append(("database_exists", name))

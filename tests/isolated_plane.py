@@ -45,14 +45,15 @@ def tenant_server(infra_env: InfraEnv) -> Iterator[LocalPostgres]:
 
 
 def _empty_of_tenants(url: str) -> None:
-    """Every tenant and archived database and every tenant role dropped."""
+    """Every tenant, archived and warm-pool database and every tenant and pool role dropped."""
     with psycopg.connect(libpq_url(url), autocommit=True, connect_timeout=10) as conn:
         for (name,) in conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'tenant\\_%' OR datname LIKE 'archived\\_%'"
+            "SELECT datname FROM pg_database WHERE datname LIKE 'tenant\\_%' OR datname LIKE 'archived\\_%' "
+            "OR datname LIKE 'pool%'"
         ).fetchall():
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
         for (name,) in conn.execute(
-            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'tenant\\_%'"
+            "SELECT rolname FROM pg_roles WHERE rolname LIKE 'tenant\\_%' OR rolname LIKE 'pool\\_%'"
         ).fetchall():
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 

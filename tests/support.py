@@ -29,6 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # A fixed key for the suite: tests decrypt what workers in other processes encrypted.
 TEST_SECRET_KEY = "m1d2Yk1sS3dVQ0hZbVh3b2pGb2xIVzBvWjZtM0lqZ0E="
 
+TEST_POOL_SIZE = 4
+"""Each tenant cluster's warm pool in the suite (``PROVISION_TENANT_POOL_SIZE``)."""
+
 # Fast retries and short leases so failure paths finish in seconds, not the seed's minutes.
 FAST = {
     "retry_base_seconds": 0.05,
@@ -50,6 +53,8 @@ def test_settings(env: InfraEnv, state_dir: Path, **overrides: Any) -> Settings:
         "migration_database_url": env.migration_database_url,
         "state_dir": state_dir,
         "secret_key": TEST_SECRET_KEY,
+        # The warm pool on, as on the local servers: the chain's tests take pooled databases.
+        "tenant_pool_size": TEST_POOL_SIZE,
         **FAST,
         **overrides,
     }

@@ -10,30 +10,26 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import Connection, text
 
+from services.database import pool
 from services.ports import require_tenant_names
 from services.tenant_cluster import ClusterAddress
 from shared.crypto import KeyedStore, generate_password
 from shared.domain.errors import ErrorType, ProvisioningError
-from shared.domain.naming import ARCHIVE_PREFIX, TENANT_PREFIX
+from shared.domain.naming import ARCHIVE_PREFIX, TENANT_PREFIX, like_prefix
 
-
-def _like(prefix: str) -> str:
-    """A LIKE pattern for names starting with ``prefix``, its own wildcard escaped:
-    ``tenant_%`` would also match ``tenantX...``."""
-    return prefix.replace("_", "\\_") + "%"
-
-
-_TENANT_LIKE = _like(TENANT_PREFIX)
+_TENANT_LIKE = like_prefix(TENANT_PREFIX)
 _SUPERUSER_ONLY = ("NOSUPERUSER", "NOREPLICATION", "NOBYPASSRLS")
 """The attributes only a role holding them may change, in the order pg_roles is read."""
-_ARCHIVE_LIKE = _like(ARCHIVE_PREFIX)
+_ARCHIVE_LIKE = like_prefix(ARCHIVE_PREFIX)
 
 
 class PostgresTenantCluster:
     """Creates tenant roles and databases on a PostgreSQL cluster, create-if-absent."""
 
-    def __init__(self, address: ClusterAddress) -> None:
+    def __init__(self, address: ClusterAddress, *, pool_size: int = 0) -> None:
         self.address = address
+        self.pool_size = pool_size
+        """The size of the cluster's warm pool; 0: :meth:`take_pooled` never takes (no pool)."""
         self.host = address.host
         self.port = address.port
         self.sslmode = address.sslmode
@@ -45,12 +41,12 @@ class PostgresTenantCluster:
             )
 
     def list_tenant_databases(self) -> frozenset[str]:
-        return self._databases_like(_TENANT_LIKE)
+        return self._databaseslike_prefix(_TENANT_LIKE)
 
     def list_archived_databases(self) -> frozenset[str]:
-        return self._databases_like(_ARCHIVE_LIKE)
+        return self._databaseslike_prefix(_ARCHIVE_LIKE)
 
-    def _databases_like(self, pattern: str) -> frozenset[str]:
+    def _databaseslike_prefix(self, pattern: str) -> frozenset[str]:
         with self.address.admin() as conn:
             rows = conn.execute(
                 "SELECT datname FROM pg_database WHERE datname LIKE %s ESCAPE '\\'", (pattern,)
@@ -128,6 +124,45 @@ class PostgresTenantCluster:
             (role, database),
         )
 
+    def take_pooled(self, database: str, role: str, password: str, *, archive: str) -> bool:
+        """Give the tenant a database of the cluster's warm pool (see :mod:`services.database.pool`),
+        in one transaction under the tenant's locks: True when taken. False, with nothing changed,
+        when the tenant's database or its ``archive`` exists (a re-run, a restore: the ensure_*
+        path converges on them), the pool is empty (the caller makes the database itself) or the
+        cluster has none (its size 0: nothing is even read)."""
+        require_tenant_names(database, role, archive)
+        if not self.pool_size:
+            return False
+        with self._locked(f"database:{database}", f"role:{role}") as conn:
+            if self._exists(conn, database) or self._exists(conn, archive):
+                return False
+            return pool.take(
+                conn,
+                database=database,
+                role=role,
+                password=password,
+                login_clause=self._login_clause(conn, role, password),
+            )
+
+    def pool_fill(self) -> int:
+        """How many databases the cluster's warm pool holds."""
+        with self.address.admin() as conn:
+            return pool.pool_fill(conn)
+
+    def _login_clause(self, conn: psycopg.Connection[Any], role: str, password: str) -> sql.Composed:
+        """The ``ALTER ROLE`` giving an existing ``role`` its login and ``password`` (see
+        :meth:`ensure_role` for the attributes left out); a ``CREATE ROLE`` when it is absent."""
+        secret = sql.SQL(" PASSWORD {}").format(sql.Literal(password))
+        found = conn.execute(
+            "SELECT rolsuper, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = %s", (role,)
+        ).fetchone()
+        if found is None:
+            head = "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+        else:
+            extra = [word for word, held in zip(_SUPERUSER_ONLY, found, strict=True) if held]
+            head = " ".join(["ALTER ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE", *extra])
+        return sql.SQL(head).format(sql.Identifier(role)) + secret
+
     def ensure_role(self, role: str, password: str) -> None:
         """A LOGIN role with no privileges beyond its own database; password set every time
         so a re-run converges on the stored password.
@@ -135,17 +170,8 @@ class PostgresTenantCluster:
         An existing role is altered without restating NOSUPERUSER, NOREPLICATION or NOBYPASSRLS
         when it already lacks them: PostgreSQL 16 lets only a role holding an attribute name it in
         ALTER ROLE, so a tenant admin that is no superuser could not otherwise restore or rotate."""
-        secret = sql.SQL(" PASSWORD {}").format(sql.Literal(password))
         with self._locked(f"role:{role}") as conn:
-            found = conn.execute(
-                "SELECT rolsuper, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = %s", (role,)
-            ).fetchone()
-            if found is None:
-                head = "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-            else:
-                extra = [word for word, held in zip(_SUPERUSER_ONLY, found, strict=True) if held]
-                head = " ".join(["ALTER ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE", *extra])
-            conn.execute(sql.SQL(head).format(sql.Identifier(role)) + secret)
+            conn.execute(self._login_clause(conn, role, password))
 
     def ensure_database(self, name: str, owner: str, *, archive: str | None = None) -> None:
         """The database, owned by ``owner``, reachable by its owner alone. When it is absent and

@@ -19,7 +19,8 @@ def handle(
     regions: Collection[str],
 ) -> StepOutput:
     """Create (if absent) the tenant role and database on the cluster the claim placed the
-    tenant on; CONNECT is the owner's alone. No placement: no cluster of the region has room."""
+    tenant on, taking one of its warm pool when it has one; CONNECT is the owner's alone. No
+    placement: no cluster of the region has room."""
     request = context.payload
     if request.database.engine != "postgresql":
         raise ProvisioningError(
@@ -38,9 +39,12 @@ def handle(
     cluster = clusters.cluster(context.placement)
     names = TenantNames.for_project(context.project_id)
     password = credentials.password_for(context.project_id, names.role)
-    cluster.ensure_role(names.role, password)
-    # A restored project's database comes back from its archive, data and all.
-    cluster.ensure_database(names.database, owner=names.role, archive=names.archive)
+    # A database of the cluster's warm pool, renamed in, when there is one; else (no pool, an
+    # empty one, a re-run, a restore) made, or converged on, here. A restored project's
+    # database comes back from its archive, data and all.
+    if not cluster.take_pooled(names.database, names.role, password, archive=names.archive):
+        cluster.ensure_role(names.role, password)
+        cluster.ensure_database(names.database, owner=names.role, archive=names.archive)
     return StepOutput(
         StepResults(
             database=DatabaseInfo(

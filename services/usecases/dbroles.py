@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 from services.bootstrap import ConfigurationError, cluster_map
 from shared.crypto import generate_password
 from shared.db.engine import libpq_url
-from shared.domain.naming import TENANT_PREFIX
+from shared.domain.naming import POOL_PREFIX, TENANT_PREFIX, like_prefix
 from shared.local_env import read_local_env
 from shared.settings import Settings
 
@@ -219,7 +219,7 @@ def _owned_elsewhere(plan: _Plan) -> list[tuple[str, str]]:
 
 def tenant_cluster_roles(name: str, admin_url: str, password: str | None, *, apply: bool) -> ClusterRoles:
     """``provision_tenant_admin`` on the tenant cluster at ``admin_url`` (a superuser's URL), made
-    a member, with admin option, of every tenant role there."""
+    a member, with admin option, of every tenant role and warm-pool role there."""
     report = ClusterRoles(name)
     with _connect(admin_url) as conn:
         _refuse_old_server(name, conn)
@@ -231,10 +231,11 @@ def tenant_cluster_roles(name: str, admin_url: str, password: str | None, *, app
         database = sql.Identifier(str(plan.rows("SELECT current_database()")[0][0]))
         plan.run(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, admin))
         for (role,) in plan.rows(
-            "SELECT r.rolname FROM pg_roles r WHERE r.rolname LIKE %s ESCAPE '\\' AND NOT EXISTS ("
+            "SELECT r.rolname FROM pg_roles r "
+            "WHERE (r.rolname LIKE %s ESCAPE '\\' OR r.rolname LIKE %s ESCAPE '\\') AND NOT EXISTS ("
             "SELECT 1 FROM pg_auth_members m JOIN pg_roles a ON a.oid = m.member WHERE m.roleid = r.oid "
             "AND a.rolname = %s AND m.admin_option AND m.inherit_option AND m.set_option) ORDER BY 1",
-            (TENANT_PREFIX.replace("_", "\\_") + "%", TENANT_ADMIN),
+            (like_prefix(TENANT_PREFIX), like_prefix(POOL_PREFIX), TENANT_ADMIN),
         ):
             plan.run(
                 sql.SQL("GRANT {} TO {} WITH ADMIN TRUE, INHERIT TRUE, SET TRUE").format(

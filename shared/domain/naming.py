@@ -44,6 +44,17 @@ TENANT_PREFIX = "tenant_"
 """Every live tenant database, role and schema is named ``tenant_<id>``."""
 ARCHIVE_PREFIX = "archived_"
 """A deleted tenant's database, until it is purged: ``archived_<id>``, out of the tenant namespace."""
+POOL_PREFIX = "pool_"
+"""A warm pool's database and its role, made ahead of any tenant: ``pool_<token>``, out of the
+tenant namespace until the database step renames them into a tenant's names."""
+POOL_PREPARING_PREFIX = "poolprep_"
+"""A pool database still being made (``poolprep_<token>``): not in the pool until renamed."""
+
+
+def like_prefix(prefix: str) -> str:
+    """A SQL ``LIKE`` pattern (``ESCAPE '\\'``) for names starting with ``prefix``, its own
+    wildcard escaped: ``tenant_%`` would also match ``tenantX...``."""
+    return prefix.replace("_", "\\_") + "%"
 
 
 @dataclass(frozen=True, slots=True)
