@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
+from services.bootstrap import App
 from services.cli.common import BrokerTimeout, Failure, LocalFlag, UsageError, command_app, errors, out
 from services.usecases.reconcile import ReconcileAbortedError, ReconcileReport
 from services.usecases.reconcile import describe as describe_plan
@@ -65,13 +66,15 @@ def clusters(
     local: LocalFlag = False,
 ) -> None:
     """The tenant clusters of the map (PROVISION_CLUSTERS_FILE, or the one-cluster shorthand):
-    each one's region, tenants placed on it (deleted ones not counted) and capacity."""
+    each one's region, tenants placed on it (deleted ones not counted), capacity, and its warm
+    pool: the databases ready in it of its size (``unreachable`` when the cluster does not answer)."""
 
     with errors():
         a = command_app(local=local, role=OPERATOR)
         try:
             fills = a.placements.cluster_fill()
             hosts = {c.name: c for c in a.tenant_cluster_map.clusters}
+            pools = {f.name: _pool_of(a, f.name) for f in fills}
         finally:
             a.close()
     rows: list[dict[str, Any]] = [
@@ -80,6 +83,7 @@ def clusters(
             "region": f.region or "any",
             "tenants": f.used,
             "capacity": f.capacity,
+            "pool": pools[f.name],
             "address": _address_of(hosts[f.name].admin_url),
         }
         for f in fills
@@ -87,10 +91,18 @@ def clusters(
     if as_json:
         out.print_json(json.dumps({"clusters": rows}))
         return
-    table = Table("cluster", "region", "tenants", "capacity", "address")
+    table = Table("cluster", "region", "tenants", "capacity", "pool", "address")
     for row in rows:
-        table.add_row(*(str(row[k]) for k in ("name", "region", "tenants", "capacity", "address")))
+        size, ready = row["pool"]["size"], row["pool"]["ready"]
+        pool = "off" if not size else f"{'unreachable' if ready is None else ready}/{size}"
+        table.add_row(*(str(row[k]) for k in ("name", "region", "tenants", "capacity")), pool, row["address"])
     out.print(table)
+
+
+def _pool_of(a: App, cluster: str) -> dict[str, int | None]:
+    """The cluster's warm pool: its size and the databases ready in it (None: unreachable)."""
+    size = a.pool_size(cluster)
+    return {"size": size, "ready": a.pool_ready(cluster) if size else None}
 
 
 def _address_of(url: str) -> str:

@@ -20,7 +20,7 @@ from services.usecases.queries import list_projects, project_status
 from services.usecases.seed import provision_project_handler
 from shared.domain.steps import Stage, StepStatus, all_topics
 from tests.integration.test_requests import payload
-from tests.support import TEST_SECRET_KEY, settings_env, unique_project
+from tests.support import TEST_POOL_SIZE, TEST_SECRET_KEY, settings_env, unique_project
 
 
 @pytest.fixture
@@ -181,11 +181,15 @@ def test_deprovision_command_once_twice_unknown_and_bad_id(app: App, cli_env: No
     assert bad.output.count("\n") == 1 and bad.output.startswith("error: project id must be")
 
 
-def test_clusters_lists_the_default_cluster_with_its_fill(app: App, cli_env: None) -> None:
+def test_clusters_lists_the_default_cluster_with_its_fill(
+    app: App, cli_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`provision clusters --json`: the one-cluster shorthand, every region, its live tenants
-    counted from the placements, its capacity and address (no password)."""
+    counted from the placements, its capacity, its warm pool's fill of its size, and its address
+    (no password)."""
     pid = unique_project("placed")
     provision_project_handler(payload(pid), app=app)
+    monkeypatch.setenv("PROVISION_TENANT_POOL_SIZE", str(TEST_POOL_SIZE))
     result = CliRunner().invoke(cli, ["clusters", "--json"])
     assert result.exit_code == 0, result.output
     [cluster] = json.loads(result.output)["clusters"]
@@ -196,8 +200,10 @@ def test_clusters_lists_the_default_cluster_with_its_fill(app: App, cli_env: Non
     assert cluster["address"] == f"{address.host}:{address.port}"
     assert cluster["tenants"] == app.placements.cluster_fill()[0].used >= 1
     assert app.placements.placement(pid) == "default"
+    assert cluster["pool"] == {"size": TEST_POOL_SIZE, "ready": app.pool_ready("default")}
     table = CliRunner().invoke(cli, ["clusters"])
     assert table.exit_code == 0 and "default" in table.output
+    assert f"/{TEST_POOL_SIZE}" in table.output, table.output
     assert "postgres:" not in table.output  # no credentials
 
 
