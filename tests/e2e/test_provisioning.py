@@ -16,14 +16,21 @@ from typer.testing import CliRunner
 from services.bootstrap import App
 from services.cli import app as cli
 from services.usecases.queries import project_status
-from services.usecases.requests import request_provisioning
+from services.usecases.requests import request_deprovisioning, request_provisioning
 from shared.db import libpq_url
 from shared.domain.events import VerifyCompleted
 from shared.domain.naming import TenantNames
 from shared.domain.steps import FINAL_STEP, REQUESTED_TOPIC, STEP_KEYS, STEPS, Stage, all_topics
 from shared.kafka.codec import header_map
 from tests.e2e.kafka_tools import produce_raw, read_all
-from tests.support import TEST_SECRET_KEY, WorkerGroup, unique_project, wait_until_stage
+from tests.support import (
+    TEST_POOL_SIZE,
+    TEST_SECRET_KEY,
+    WorkerGroup,
+    unique_project,
+    wait_for,
+    wait_until_stage,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -250,3 +257,40 @@ def test_a_seed_uuid_project_from_the_command_line_to_its_credentials(
     again = runner.invoke(cli, ["credentials", "reveal", pid])
     assert again.exit_code == 1
     assert "revealed already" in again.output
+
+
+def _pool_oids(app: App) -> dict[int, str]:
+    with app.cluster_address.admin() as conn:
+        rows = conn.execute("SELECT oid, datname FROM pg_database WHERE datname LIKE 'pool\\_%'").fetchall()
+    return {int(oid): str(name) for oid, name in rows}
+
+
+def test_the_database_step_takes_a_pooled_database_and_the_worker_fills_the_pool_again(
+    app: App, running_workers: WorkerGroup
+) -> None:
+    """With the warm pool on, the chain's database step renames a pooled database (its oid kept)
+    into the tenant's; the database worker tops the pool up again; deprovisioning the project
+    drops its database and returns nothing to the pool."""
+    size = app.pool_size("default")
+    assert size == TEST_POOL_SIZE
+    wait_for(lambda: app.pool_ready("default") == size, timeout=60, message="the pool was not filled")
+    pooled = _pool_oids(app)
+    pid = unique_project("pooled")
+    request_provisioning({"project_id": pid, "region": "eu-west-1"}, app=app)
+    wait_until_stage(app, [pid], timeout=90)
+    names = TenantNames.for_project(pid)
+    with app.cluster_address.admin() as conn:
+        row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (names.database,)).fetchone()
+    assert row is not None and int(row[0]) in pooled, "the tenant's database is a pooled one"
+    wait_for(lambda: app.pool_ready("default") == size, timeout=60, message="the pool was not topped up")
+
+    request_deprovisioning(pid, app=app, reason="pool test", purge_now=True)
+    wait_for(
+        lambda: (record := app.projects.project(pid)) is not None and record.purged_at is not None,
+        timeout=90,
+        message="the purge did not run",
+    )
+    assert int(row[0]) not in _pool_oids(app), "a tenant's database never goes back to the pool"
+    with app.cluster_address.admin() as conn:
+        for name in (names.database, names.archive):
+            assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None
