@@ -241,6 +241,8 @@ def template(
     args += [arg for item in set_values for arg in ("--set", item)]
     result = run_helm(args, cache=cache, progress=progress)
     if not result.ok:
-        message = result.stderr.strip().splitlines()
-        raise ToolingError(f"helm template failed: {message[-1] if message else f'exit {result.returncode}'}")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        errors = [line.removeprefix("Error: ") for line in lines if line.startswith("Error: ")]
+        reason = (errors or lines or [f"exit {result.returncode}"])[0]
+        raise ToolingError(f"helm template failed: {reason}")
     return result.stdout
