@@ -151,7 +151,7 @@ affinity:
 {{- end }}
 {{- end -}}
 
-{{/* /tmp (the only place a process writes) and the Kafka CA, as volumes and their mounts. */}}
+{{/* /tmp (the only place a process writes), the Kafka CA and extraVolumes, as volumes and their mounts. */}}
 {{- define "provisioning.volumes" -}}
 - name: tmp
   emptyDir:
@@ -164,6 +164,9 @@ affinity:
       - key: {{ .Values.kafka.caKey }}
         path: {{ .Values.kafka.caKey }}
 {{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "provisioning.volumeMounts" -}}
@@ -173,6 +176,9 @@ affinity:
 - name: kafka-ca
   mountPath: /etc/provision/kafka-ca
   readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}
 
