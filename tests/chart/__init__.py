@@ -1,0 +1,1 @@
+"""The Helm chart's tests (services/chart)."""
