@@ -326,7 +326,7 @@ def db_attributes(summary: SqlSummary, where: DbEndpoint) -> dict[str, str | int
 def _start_db_span(statement: Callable[[], str], where: Callable[[], DbEndpoint]) -> Any | None:
     """A CLIENT span for one statement, child of the current span; None (nothing computed) when
     no provider is installed or no span is recording: SQL outside a traced unit of work (a
-    poll, a relay tick) starts no trace of its own."""
+    poll, a relay tick) starts no trace of its own. None for an empty statement too."""
     tracer = _otel_tracer()
     if tracer is None:
         return None
@@ -335,6 +335,8 @@ def _start_db_span(statement: Callable[[], str], where: Callable[[], DbEndpoint]
     if not trace.get_current_span().is_recording():
         return None
     summary = summarize(statement())
+    if summary.operation is None and not summary.text:
+        return None  # an empty statement (the pool's liveness check): nothing ran
     return tracer.start_span(
         summary.name, kind=trace.SpanKind.CLIENT, attributes=db_attributes(summary, where())
     )
