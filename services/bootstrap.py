@@ -44,6 +44,7 @@ from shared.local_env import (
 from shared.redact import mask_url
 from shared.settings import LOCAL_TENANT_POOL_SIZE, Settings
 from shared.settings import ConfigurationError as ConfigurationError  # noqa: PLC0414 - re-exported, callers import it here
+from shared.tracing import instrument_engine, instrument_http_client
 
 
 @dataclass
@@ -86,7 +87,7 @@ class App:
 
     @cached_property
     def engine(self) -> Engine:
-        engine = make_engine(self.database_url)
+        engine = instrument_engine(make_engine(self.database_url))  # SQL spans inside a traced step
         self._closers.append(engine.dispose)
         return engine
 
@@ -221,7 +222,7 @@ class App:
         s = self.settings
         urls = {"auth": s.auth_url, "realtime": s.realtime_url, "storage": s.storage_url}
         if s.service_adapter == "http":
-            client = httpx.Client(timeout=s.http_timeout_seconds)
+            client = instrument_http_client(httpx.Client(timeout=s.http_timeout_seconds))
             self._closers.append(client.close)
             return HttpRegistry(client, urls)
         return CatalogRegistry(self.engine, urls)

@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 from shared.clusters import ClusterMap
 from shared.db.engine import libpq_url
 from shared.domain.errors import ErrorType, ProvisioningError
+from shared.tracing import TracedCursor
 
 POOL_WAIT_SECONDS = 2.0
 """How long an admin connection is waited for from the pool (steps use one at a time, so a
@@ -85,7 +86,7 @@ class ClusterAddress:
             make_conninfo(**{**self._params, "connect_timeout": self.connect_timeout}),
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "cursor_factory": TracedCursor},  # SQL spans inside a traced step
             # A restarted server leaves dead connections behind: check each on checkout.
             check=ConnectionPool.check_connection,
             open=False,
@@ -114,13 +115,15 @@ class ClusterAddress:
         overrides: dict[str, Any] = {"connect_timeout": self.connect_timeout}
         if database is not None:
             overrides["dbname"] = database
-        with psycopg.connect(make_conninfo(**{**self._params, **overrides}), autocommit=autocommit) as conn:
+        conninfo = make_conninfo(**{**self._params, **overrides})
+        with psycopg.connect(conninfo, autocommit=autocommit, cursor_factory=TracedCursor) as conn:
             yield conn
 
     def as_role(self, database: str, role: str, password: str) -> psycopg.Connection[Any]:
         """A connection as a tenant role, authenticated by its own password."""
         params = {**self._params, "dbname": database, "user": role, "password": password}
-        return psycopg.connect(make_conninfo(**params, connect_timeout=self.connect_timeout))
+        conninfo = make_conninfo(**params, connect_timeout=self.connect_timeout)
+        return psycopg.connect(conninfo, cursor_factory=TracedCursor)
 
     def close(self) -> None:
         """Close the admin pool, if it was ever opened."""

@@ -16,7 +16,16 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
+
+import httpx
+import psycopg
+import psycopg.sql
+from psycopg.abc import Params, Query
+from psycopg.rows import Row
+from sqlalchemy import Engine, event
+
+from shared.sql_summary import SqlSummary, summarize
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -242,6 +251,8 @@ def install_exporter(service: str) -> Callable[[], None] | None:
     (``OTEL_RESOURCE_ATTRIBUTES`` too), and returns the function that flushes and shuts it
     down; None, having installed nothing, otherwise."""
     env = os.environ
+    if _otel_tracer() is not None:
+        return None  # a provider is set once per process: the first one's export stands
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
@@ -261,3 +272,180 @@ def install_exporter(service: str) -> Callable[[], None] | None:
     trace.set_tracer_provider(provider)
     shutdown: Callable[[], None] = provider.shutdown
     return shutdown
+
+
+@contextmanager
+def request_span(name: str, **attributes: str) -> Iterator[TraceContext]:
+    """An INTERNAL span for a request made of the control plane (``provision request``, the
+    API's ``POST``): the root of the trace its chain runs in, or a child of the current span
+    when the caller is traced itself. Yields its context, the parent of the request's SQL and
+    of the ``send`` span of the event it publishes; without a provider, a new trace's root."""
+    tracer = _otel_tracer()
+    if tracer is None:
+        yield new_trace()
+        return
+    with tracer.start_as_current_span(name, attributes=attributes) as current:
+        context = current.get_span_context()
+        yield TraceContext(
+            f"{context.trace_id:032x}", f"{context.span_id:016x}", f"{context.trace_flags:02x}"
+        )
+
+
+# --- client spans: the SQL a unit of work runs, the HTTP calls it makes ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DbEndpoint:
+    """Which database a statement ran on, as the database conventions name it (no user, no
+    password: they are no attribute of a span)."""
+
+    namespace: str | None
+    host: str | None
+    port: int | None
+
+
+def db_attributes(summary: SqlSummary, where: DbEndpoint) -> dict[str, str | int]:
+    """The database semantic conventions' attributes of a statement's CLIENT span: what
+    :func:`shared.sql_summary.summarize` keeps of it (never a literal value, no text for a
+    statement naming a password) and where it ran."""
+    attributes: dict[str, str | int] = {"db.system.name": "postgresql"}
+    for key, value in (
+        ("db.namespace", where.namespace),
+        ("db.operation.name", summary.operation),
+        ("db.collection.name", summary.collection),
+        ("db.query.text", summary.text),
+        ("server.address", where.host),
+    ):
+        if value:
+            attributes[key] = value
+    if where.host and where.port:
+        attributes["server.port"] = where.port
+    return attributes
+
+
+def _start_db_span(statement: Callable[[], str], where: Callable[[], DbEndpoint]) -> Any | None:
+    """A CLIENT span for one statement, child of the current span; None (nothing computed) when
+    no provider is installed or no span is recording: SQL outside a traced unit of work (a
+    poll, a relay tick) starts no trace of its own. None for an empty statement too."""
+    tracer = _otel_tracer()
+    if tracer is None:
+        return None
+    trace = _otel_trace()
+    assert trace is not None
+    if not trace.get_current_span().is_recording():
+        return None
+    summary = summarize(statement())
+    if summary.operation is None and not summary.text:
+        return None  # an empty statement (the pool's liveness check): nothing ran
+    return tracer.start_span(
+        summary.name, kind=trace.SpanKind.CLIENT, attributes=db_attributes(summary, where())
+    )
+
+
+def _end_db_span(span: Any, error: BaseException | None = None) -> None:
+    """End a statement's span; a failed one says how by ``error.type`` and the SQLSTATE, not by
+    the error's message (which may quote the statement or a value)."""
+    if error is not None:
+        from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 - a span exists: it is there
+
+        span.set_attribute("error.type", type(error).__qualname__)
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate:
+            span.set_attribute("db.response.status_code", sqlstate)
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+_SPAN_ATTRIBUTE = "_provision_span"
+
+
+def instrument_engine(engine: Engine) -> Engine:
+    """Each statement ``engine`` runs inside a traced unit of work is a CLIENT span, child of
+    that work's span (see :func:`db_attributes`). Returns ``engine``."""
+    url = engine.url
+    where = DbEndpoint(url.database, url.host, url.port or (5432 if url.host else None))
+
+    def before(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any, _many: bool) -> None:
+        started = _start_db_span(lambda: statement, lambda: where)
+        if started is not None and context is not None:
+            setattr(context, _SPAN_ATTRIBUTE, started)
+
+    def after(_conn: Any, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool) -> None:
+        started = getattr(context, _SPAN_ATTRIBUTE, None)
+        if started is not None:
+            delattr(context, _SPAN_ATTRIBUTE)
+            _end_db_span(started)
+
+    def failed(exception_context: Any) -> None:
+        context = exception_context.execution_context
+        started = getattr(context, _SPAN_ATTRIBUTE, None)
+        if started is not None:
+            delattr(context, _SPAN_ATTRIBUTE)
+            _end_db_span(started, exception_context.original_exception)
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+    event.listen(engine, "handle_error", failed)
+    return engine
+
+
+def _query_text(query: Any, cursor: psycopg.Cursor[Any]) -> str:
+    if isinstance(query, bytes):
+        return query.decode("utf-8", "replace")
+    if isinstance(query, psycopg.sql.Composable):
+        # Rendered with its literals (a PASSWORD's too): summarize masks or drops them.
+        return query.as_string(cursor)
+    return str(query)
+
+
+def _endpoint(cursor: psycopg.Cursor[Any]) -> DbEndpoint:
+    info = cursor.connection.info
+    host = info.host if info.host and not info.host.startswith("/") else None
+    return DbEndpoint(info.dbname or None, host, info.port if host else None)
+
+
+class TracedCursor(psycopg.Cursor[Row]):
+    """A psycopg cursor whose statements are CLIENT spans as :func:`instrument_engine`'s are:
+    a connection made with ``cursor_factory=TracedCursor`` traces what it executes."""
+
+    __slots__ = ()
+
+    def execute(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Self:
+        cursor: Any = super()  # psycopg's overloaded execute, called with what it was given
+        started = _start_db_span(lambda: _query_text(query, self), lambda: _endpoint(self))
+        if started is None:
+            cursor.execute(query, params, prepare=prepare, binary=binary)
+            return self
+        try:
+            cursor.execute(query, params, prepare=prepare, binary=binary)
+        except BaseException as exc:
+            _end_db_span(started, exc)
+            raise
+        _end_db_span(started)
+        return self
+
+
+def _prefer_stable_http_conventions() -> None:
+    """The HTTP instrumentation speaks the stable HTTP conventions (``http.request.method``,
+    ``url.full``, ``http.response.status_code``) unless OTEL_SEMCONV_STABILITY_OPT_IN already
+    names an HTTP mode (``http/dup`` for both the old and the new names)."""
+    modes = {m.strip() for m in os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",") if m.strip()}
+    if not modes & {"http", "http/dup"}:
+        os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = ",".join(sorted({*modes, "http"}))
+
+
+def instrument_http_client(client: httpx.Client) -> httpx.Client:
+    """Each request ``client`` sends is a CLIENT span by OpenTelemetry's HTTPX instrumentation
+    (its URL without credentials, the ``traceparent`` header sent along). Returns ``client``."""
+    _prefer_stable_http_conventions()
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
+
+    HTTPXClientInstrumentor.instrument_client(client)
+    return client

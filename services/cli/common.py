@@ -25,6 +25,7 @@ from shared.domain.records import ConflictingRequestError
 from shared.kafka.clientlog import answer_refusals_myself, forget_refusals, last_refusal
 from shared.kafka.refusals import KafkaRefusedError, refusal
 from shared.settings import Settings
+from shared.tracing import install_exporter
 
 out = Console()
 err = Console(stderr=True)
@@ -75,6 +76,9 @@ def command_app(*, local: bool = False, role: str = REQUESTER) -> App:
     the settings name nobody (the ACL set's requester, operator or administrator)."""
     app = build_app(read_settings(local=local), principal=user_name(role))
     app.one_shot = True
+    # OTLP export when the standard OTEL_* variables ask for it (a `provision request`'s span is
+    # the root of its project's trace); the provider flushes what is left when the process exits.
+    install_exporter("cli")
     forget_refusals()
     answer_refusals_myself()  # a refusal is this command's one error line, not a log line too
     _command_clients[:] = [app.kafka_config]

@@ -4,7 +4,7 @@ transaction, then publishes the event through the outbox."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,7 +26,7 @@ from shared.domain.records import (
 )
 from shared.domain.steps import DEPROVISIONING_REQUESTED_TOPIC, REQUESTED_TOPIC
 from shared.kafka import add_to_outbox, encode, relay_outbox
-from shared.tracing import new_trace
+from shared.tracing import TraceContext, request_span, sends
 
 from .payloads import InvalidRequestError, parse_payload, validate_payload
 
@@ -96,15 +96,17 @@ def request_provisioning(
     payload = parse_payload(payload)  # a bad payload is refused before any configuration is read
     model = validate_payload(payload, settings=app.settings)
     correlation_id = uuid.uuid4()
-    with app.engine.begin() as conn:
-        registration, record = app.projects.register_request(
-            model, correlation_id, requested_by=requested_by, connection=conn
-        )
-        refuse_unless_registered(registration, record)
-        if registration is Registration.NEW:
-            _queue(conn, REQUESTED_TOPIC, _requested(model.project_id, correlation_id, model))
-    # Relayed for a duplicate too: the first request's publish may be the one that failed.
-    published = _relay(app, publish_timeout, "request_publish_deferred", model.project_id)
+    # The root of the project's trace: the chain's steps run in it, as children of its send.
+    with request_span("provision request", **_project(model.project_id)) as trace, sends(trace) as send:
+        with app.engine.begin() as conn:
+            registration, record = app.projects.register_request(
+                model, correlation_id, requested_by=requested_by, connection=conn
+            )
+            refuse_unless_registered(registration, record)
+            if registration is Registration.NEW:
+                _queue(conn, REQUESTED_TOPIC, _requested(model.project_id, correlation_id, model), send)
+        # Relayed for a duplicate too: the first request's publish may be the one that failed.
+        published = _relay(app, publish_timeout, "request_publish_deferred", model.project_id)
     assert record.correlation_id is not None
     status = "requested" if registration is Registration.NEW else "duplicate"
     return RequestReceipt(
@@ -155,36 +157,37 @@ def request_deprovisioning(
     if reason is not None and (len(reason) > 2048 or "\x00" in reason):
         raise InvalidRequestError("reason must be at most 2048 characters, without NUL")
     correlation_id = uuid.uuid4()
-    with app.engine.begin() as conn:
-        registered = app.projects.register_deprovisioning(
-            project_id,
-            correlation_id,
-            reason=reason,
-            create=orphan,
-            purge_now=purge_now,
-            requested_by=requested_by,
-            only_requested_by=only_requested_by,
-            connection=conn,
-        )
-        if registered is None:
-            raise UnknownProjectError(f"project {project_id!r} is not in the control plane")
-        registration, record = registered
-        if orphan and record.request is not None:
-            raise NotAnOrphanError(
-                f"project {project_id!r} has a registered request: it is no orphan, and is left alone"
-            )
-        if orphan and cluster is not None:
-            app.placements.record_placement(project_id, cluster, connection=conn)
-        if registration is Registration.NEW:
-            event = DeprovisioningRequested(
-                event_id=uuid.uuid4(),
-                occurred_at=utcnow(),
-                project_id=project_id,
-                correlation_id=correlation_id,
+    with request_span("provision deprovision", **_project(project_id)) as trace, sends(trace) as send:
+        with app.engine.begin() as conn:
+            registered = app.projects.register_deprovisioning(
+                project_id,
+                correlation_id,
                 reason=reason,
+                create=orphan,
+                purge_now=purge_now,
+                requested_by=requested_by,
+                only_requested_by=only_requested_by,
+                connection=conn,
             )
-            _queue(conn, DEPROVISIONING_REQUESTED_TOPIC, event)
-    published = _relay(app, publish_timeout, "deprovision_publish_deferred", project_id)
+            if registered is None:
+                raise UnknownProjectError(f"project {project_id!r} is not in the control plane")
+            registration, record = registered
+            if orphan and record.request is not None:
+                raise NotAnOrphanError(
+                    f"project {project_id!r} has a registered request: it is no orphan, and is left alone"
+                )
+            if orphan and cluster is not None:
+                app.placements.record_placement(project_id, cluster, connection=conn)
+            if registration is Registration.NEW:
+                event = DeprovisioningRequested(
+                    event_id=uuid.uuid4(),
+                    occurred_at=utcnow(),
+                    project_id=project_id,
+                    correlation_id=correlation_id,
+                    reason=reason,
+                )
+                _queue(conn, DEPROVISIONING_REQUESTED_TOPIC, event, send)
+        published = _relay(app, publish_timeout, "deprovision_publish_deferred", project_id)
     assert record.deprovision_correlation_id is not None
     return DeprovisionReceipt(
         project_id,
@@ -208,12 +211,13 @@ def restore_project(project_id: str, *, app: App, publish_timeout: float = 5.0) 
     """
     project_id = validate_project_id(project_id)
     correlation_id = uuid.uuid4()
-    with app.engine.begin() as conn:
-        record = app.projects.restore(project_id, correlation_id, connection=conn)
-        assert record.request is not None  # restore refuses an orphan
-        request = ProvisionProjectPayload.model_validate(record.request, strict=False)
-        _queue(conn, REQUESTED_TOPIC, _requested(project_id, correlation_id, request))
-    published = _relay(app, publish_timeout, "restore_publish_deferred", project_id)
+    with request_span("provision restore", **_project(project_id)) as trace, sends(trace) as send:
+        with app.engine.begin() as conn:
+            record = app.projects.restore(project_id, correlation_id, connection=conn)
+            assert record.request is not None  # restore refuses an orphan
+            request = ProvisionProjectPayload.model_validate(record.request, strict=False)
+            _queue(conn, REQUESTED_TOPIC, _requested(project_id, correlation_id, request), send)
+        published = _relay(app, publish_timeout, "restore_publish_deferred", project_id)
     log.info("project_restored", project_id=project_id, correlation_id=str(correlation_id))
     return RestoreReceipt(project_id, correlation_id, published)
 
@@ -230,9 +234,20 @@ def _requested(
     )
 
 
-def _queue(conn: Connection, topic: str, event: ProvisioningRequested | DeprovisioningRequested) -> None:
-    """The event into the outbox, in the caller's transaction."""
-    add_to_outbox(conn, topic, *encode(event, new_trace()))
+def _project(project_id: str) -> dict[str, str]:
+    """A request span's attribute: the project it is about (the chain's message key)."""
+    return {"provision.project.id": project_id}
+
+
+def _queue(
+    conn: Connection,
+    topic: str,
+    event: ProvisioningRequested | DeprovisioningRequested,
+    send: Callable[[str, bytes | None], TraceContext],
+) -> None:
+    """The event into the outbox, in the caller's transaction, its ``traceparent`` the context
+    of a ``send <topic>`` span of the request's (ended once the relay returned)."""
+    add_to_outbox(conn, topic, *encode(event, send(topic, event.project_id.encode())))
 
 
 def _relay(app: App, timeout: float, deferred: str, project_id: str) -> bool:

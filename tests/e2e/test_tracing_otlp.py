@@ -4,6 +4,9 @@ to a receiver that speaks the exporter's protocol, as one trace across the servi
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +23,18 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
 from services.bootstrap import App
 from services.usecases.requests import request_provisioning
-from shared.domain.steps import REQUESTED_TOPIC, STEPS
+from shared.domain.steps import (
+    DEPROVISIONING_REQUESTED_TOPIC,
+    REQUESTED_TOPIC,
+    REVERSE_STEPS,
+    STEPS,
+    Stage,
+    Step,
+)
 from shared.tracing import parse_traceparent
+from tests.e2e.faults import ServiceStandIn, service_stand_in
 from tests.e2e.kafka_tools import read_all
-from tests.support import WorkerGroup, unique_project, wait_for, wait_until_stage
+from tests.support import REPO_ROOT, WorkerGroup, settings_env, unique_project, wait_for, wait_until_stage
 
 pytestmark = pytest.mark.e2e
 
@@ -120,12 +131,24 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
+def stand_in() -> Iterator[ServiceStandIn]:
+    """The platform services' tenant APIs, so the registration steps make real HTTP calls."""
+    with service_stand_in() as services:
+        yield services
+
+
+@pytest.fixture(scope="module")
 def traced_workers(
-    app: App, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
+    app: App,
+    receiver: Receiver,
+    stand_in: ServiceStandIn,
+    state_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WorkerGroup]:
-    """The seven workers exporting to the receiver by the standard OTEL_* variables only."""
+    """The seven workers exporting to the receiver by the standard OTEL_* variables only,
+    registering through the services' HTTP APIs."""
     group = WorkerGroup(
-        app.settings,
+        stand_in.settings_for(app, state_dir),
         Path(tmp_path_factory.mktemp("traced-worker-logs")),
         extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
     )
@@ -202,3 +225,148 @@ def test_one_project_is_one_trace_of_process_step_and_send_spans(
             assert span.attributes["messaging.destination.name"] == step.completed_topic
             assert span.attributes["messaging.operation.type"] == "send"
         previous_sends = {s.span_id for s in sends}
+
+
+def _cli(workers: WorkerGroup, receiver: Receiver, *args: str) -> None:
+    """``provision <args>`` as a process of its own, exporting to the receiver."""
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env={
+            **os.environ,
+            **settings_env(workers.settings),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _trace_of(app: App, topic: str, pid: str) -> str:
+    """The trace id in the ``traceparent`` of the one message of ``pid`` on ``topic``."""
+    messages = [m for m in read_all(app.bootstrap_servers, [topic]) if m.key() == pid.encode()]
+    assert len(messages) == 1
+    origin = parse_traceparent(dict(messages[0].headers() or []).get("traceparent"))
+    assert origin is not None
+    return origin.trace_id
+
+
+def _whole_trace(receiver: Receiver, trace_id: str, steps: tuple[Step, ...]) -> list[Received]:
+    """The trace's spans once every step's process, work and send spans have arrived."""
+
+    def ours() -> list[Received]:
+        return [s for s in receiver.snapshot() if s.trace_id == trace_id]
+
+    def missing() -> list[str]:
+        names = {s.name for s in ours()}
+        wanted = [f"process {s.input_topic}" for s in steps] + [f"provision.{s.key}" for s in steps]
+        wanted += [f"send {s.completed_topic}" for s in steps]
+        return [name for name in wanted if name not in names]
+
+    wait_for(lambda: not missing(), timeout=30, message=lambda: f"spans never arrived: {missing()}")
+    return ours()
+
+
+def _assert_one_rooted_trace(spans: list[Received], root_name: str, first_topic: str) -> Received:
+    """One root, the request's (the CLI's), with the first topic's send inside it and every
+    other span's parent present; returns the root."""
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if not s.parent_id]
+    assert [(r.name, r.service) for r in roots] == [(root_name, "provision-cli")]
+    orphans = [s.name for s in spans if s.parent_id and s.parent_id not in by_id]
+    assert not orphans, f"spans whose parent never arrived: {orphans}"
+    sends = [s for s in spans if s.name == f"send {first_topic}" and s.parent_id == roots[0].span_id]
+    assert len(sends) == 1
+    first = [s for s in spans if s.name == f"process {first_topic}"]
+    assert first and all(s.parent_id == sends[0].span_id for s in first)
+    return roots[0]
+
+
+def _children(spans: list[Received], parents: list[Received]) -> list[Received]:
+    ids = {p.span_id for p in parents}
+    return [s for s in spans if s.parent_id in ids]
+
+
+def test_a_requested_project_is_one_trace_from_the_request_with_sql_and_http_children(
+    app: App, receiver: Receiver, traced_workers: WorkerGroup, stand_in: ServiceStandIn
+) -> None:
+    """`provision request` roots one trace: every step's SQL, the registration steps' HTTP."""
+    pid = unique_project("otlp-cli")
+    _cli(traced_workers, receiver, "request", pid, "--region", "eu-west-1")
+    wait_until_stage(app, [pid], timeout=60)
+    spans = _whole_trace(receiver, _trace_of(app, REQUESTED_TOPIC, pid), STEPS)
+    root = _assert_one_rooted_trace(spans, "provision request", REQUESTED_TOPIC)
+    assert root.attributes["provision.project.id"] == pid
+    # The request's own SQL (its registration, the outbox) is in the trace too.
+    assert any(s.attributes.get("db.collection.name") == "outbox" for s in _children(spans, [root]))
+
+    for step in STEPS:
+        work = [s for s in spans if s.name == f"provision.{step.key}"]
+        sql = [s for s in _children(spans, work) if s.attributes.get("db.system.name") == "postgresql"]
+        assert sql, f"no SQL span under {step.key}"
+        for span in sql:
+            assert span.kind == SpanProto.SPAN_KIND_CLIENT
+            assert span.attributes["db.operation.name"]
+            assert span.attributes["server.address"] and span.attributes["server.port"] > 0
+            assert span.attributes["db.namespace"]
+        calls = [s for s in _children(spans, work) if "http.request.method" in s.attributes]
+        if step.service in ("auth", "realtime", "storage"):
+            puts = [s for s in calls if s.attributes["http.request.method"] == "PUT"]
+            assert puts, f"no HTTP span under {step.key}"
+            for span in puts:
+                assert span.kind == SpanProto.SPAN_KIND_CLIENT
+                assert span.attributes["url.full"].startswith(stand_in.base_url(step.service) + "/tenants/")
+                assert span.attributes["http.response.status_code"] in (200, 201)
+                assert span.service == f"provision-{step.service}"
+        elif step.service == "verify":  # it reads each registration back
+            assert {s.attributes["http.request.method"] for s in calls} == {"GET"}
+        else:
+            assert not calls
+
+    # The database step makes the tenant's role with its password: a span without its text.
+    database_work = [s for s in spans if s.name == f"provision.{STEPS[0].key}"]
+    roles = [
+        s for s in _children(spans, database_work) if s.attributes.get("db.operation.name") == "CREATE ROLE"
+    ]
+    assert roles and all("db.query.text" not in s.attributes for s in roles)
+
+    password = app.credentials.existing_password(pid)
+    assert password
+    key_secrets = [k.secret for k in app.key_store.reveal(pid)]
+    assert key_secrets
+    _assert_no_secret(receiver.snapshot(), [password, *key_secrets, *app.secret_keys])
+
+
+def _assert_no_secret(spans: list[Received], secrets: list[str]) -> None:
+    """No span name or attribute value of any span holds a secret or the PASSWORD keyword."""
+    assert all(len(secret) >= 8 for secret in secrets)
+    for span in spans:
+        for value in [span.name, *map(str, span.attributes.values())]:
+            assert "PASSWORD" not in value, f"{span.name}: {value}"
+            leaked = [secret for secret in secrets if secret in value]
+            assert not leaked, f"a secret in {span.name}'s attributes"
+
+
+def test_a_deprovisioned_project_is_one_trace_from_the_request(
+    app: App, receiver: Receiver, traced_workers: WorkerGroup
+) -> None:
+    """`provision deprovision` roots one trace of the whole reverse chain, with no secret in it."""
+    pid = unique_project("otlp-rm")
+    _cli(traced_workers, receiver, "request", pid, "--region", "eu-west-1")
+    wait_until_stage(app, [pid], timeout=60)
+    password = app.credentials.existing_password(pid)
+    assert password
+    _cli(traced_workers, receiver, "deprovision", pid)
+    wait_until_stage(app, [pid], Stage.DELETED, timeout=60)
+    trace_id = _trace_of(app, DEPROVISIONING_REQUESTED_TOPIC, pid)
+    assert trace_id != _trace_of(app, REQUESTED_TOPIC, pid)
+    spans = _whole_trace(receiver, trace_id, REVERSE_STEPS)
+    _assert_one_rooted_trace(spans, "provision deprovision", DEPROVISIONING_REQUESTED_TOPIC)
+    for step in REVERSE_STEPS:
+        work = [s for s in spans if s.name == f"provision.{step.key}"]
+        assert any(s.attributes.get("db.system.name") == "postgresql" for s in _children(spans, work))
+    _assert_no_secret(receiver.snapshot(), [password, *app.secret_keys])

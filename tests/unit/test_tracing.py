@@ -1,4 +1,4 @@
-"""W3C traceparent handling, the OpenTelemetry spans of a consumed message, and the exporter's switch."""
+"""W3C traceparent handling, the spans of a message, a request, SQL and HTTP, and the exporter's switch."""
 
 from __future__ import annotations
 
@@ -7,20 +7,29 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
+from shared.sql_summary import summarize
 from shared.tracing import (
     Consumed,
+    DbEndpoint,
     TraceContext,
+    db_attributes,
     install_exporter,
+    instrument_engine,
+    instrument_http_client,
     new_trace,
     parse_traceparent,
     process_span,
+    request_span,
     sends,
     span,
 )
@@ -191,3 +200,97 @@ def test_an_otlp_endpoint_installs_a_batch_exporter_named_for_the_service(
         "BatchSpanProcessor",
         "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     ]
+
+
+def test_a_request_span_is_a_root_whose_send_carries_its_trace(exporter: InMemorySpanExporter) -> None:
+    """A request's span starts a trace (no parent), and its send's context is the message's."""
+    exporter.clear()
+    with (
+        request_span("provision request", **{"provision.project.id": "acme-app"}) as root,
+        sends(root) as send,
+    ):
+        outgoing = send("provisioning.requested", b"acme-app")
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    request, sent = by_name["provision request"], by_name["send provisioning.requested"]
+    assert request.parent is None
+    assert request.attributes == {"provision.project.id": "acme-app"}
+    assert (root.trace_id, root.span_id) == (
+        f"{request.context.trace_id:032x}",
+        f"{request.context.span_id:016x}",
+    )
+    assert sent.parent is not None and sent.parent.span_id == request.context.span_id
+    assert outgoing.trace_id == root.trace_id
+
+
+def test_db_attributes_follow_the_database_conventions() -> None:
+    """A statement's attributes: the system, the database, the operation, the table, the
+    masked text and the server; nothing for what is unknown, no text for a password's."""
+    where = DbEndpoint("postgres", "db.internal", 5432)
+    assert db_attributes(summarize("SELECT a FROM outbox WHERE id = 7"), where) == {
+        "db.system.name": "postgresql",
+        "db.namespace": "postgres",
+        "db.operation.name": "SELECT",
+        "db.collection.name": "outbox",
+        "db.query.text": "SELECT a FROM outbox WHERE id = ?",
+        "server.address": "db.internal",
+        "server.port": 5432,
+    }
+    assert db_attributes(summarize("CREATE ROLE r PASSWORD 'x'"), DbEndpoint(None, None, None)) == {
+        "db.system.name": "postgresql",
+        "db.operation.name": "CREATE ROLE",
+    }
+
+
+def test_an_engine_s_statements_are_spans_only_inside_traced_work(exporter: InMemorySpanExporter) -> None:
+    """An instrumented engine's statement is a CLIENT span, child of the current span; outside
+    any span none is made, and a failed one says its error type, not its message."""
+    engine = instrument_engine(create_engine("sqlite://"))
+    exporter.clear()
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))  # no current span: no trace of its own
+        assert exporter.get_finished_spans() == ()
+        with span("provision.keys", new_trace()):
+            conn.execute(text("SELECT :v"), {"v": "secret-value"})
+            with pytest.raises(OperationalError):
+                conn.execute(text("SELECT * FROM missing_table WHERE x = 'secret-value'"))
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    step = by_name["provision.keys"]
+    ok, failed = by_name["SELECT"], by_name["SELECT missing_table"]
+    for client in (ok, failed):
+        assert client.kind is SpanKind.CLIENT
+        assert client.parent is not None and client.parent.span_id == step.context.span_id
+        assert "secret-value" not in str(dict(client.attributes or {}))
+    assert ok.attributes is not None and ok.attributes["db.query.text"] == "SELECT ?"
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes is not None and failed.attributes["error.type"] == "OperationalError"
+    assert not failed.events  # no exception event: its message may quote the statement
+
+
+def test_an_http_call_is_a_client_span_with_the_stable_names_and_no_credentials(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry's request is a CLIENT span (method, URL without its userinfo, status), child
+    of the current span, and the request carries that span's traceparent."""
+    monkeypatch.delenv("OTEL_SEMCONV_STABILITY_OPT_IN", raising=False)
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"endpoint": "x"})
+
+    client = instrument_http_client(httpx.Client(transport=httpx.MockTransport(answer)))
+    exporter.clear()
+    with span("provision.auth", new_trace()):
+        client.put("http://user:hunter22@auth.internal:8080/tenants/acme-app", json={})
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    call, step = by_name["PUT"], by_name["provision.auth"]
+    assert call.kind is SpanKind.CLIENT
+    assert call.parent is not None and call.parent.span_id == step.context.span_id
+    attributes = dict(call.attributes or {})
+    assert attributes["http.request.method"] == "PUT"
+    assert attributes["http.response.status_code"] == 201
+    assert attributes["url.full"] == "http://REDACTED:REDACTED@auth.internal:8080/tenants/acme-app"
+    assert attributes["server.address"] == "auth.internal" and attributes["server.port"] == 8080
+    assert "hunter22" not in str(attributes)
+    carried = parse_traceparent(seen[0].headers.get("traceparent"))
+    assert carried is not None and carried.span_id == f"{call.context.span_id:016x}"
