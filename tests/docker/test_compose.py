@@ -2,10 +2,11 @@
 PostgreSQL images (KAFKA_IMAGE, POSTGRES_IMAGE) and the project's images, as a newcomer runs it:
 no PROVISION_API_TOKENS (the stack comes up, the API says in one line why it will not start);
 a project requested from the host (the suite's own `provision`, through the published Kafka and
-PostgreSQL ports) is provisioned, its tenant connection string works from the host; `run --rm
-provision` runs no migrate or topics job again; with a token made by `run --rm provision
-api-token` the API shows the project; a recreated Kafka keeps its topics and the chain goes on;
-`down -v` leaves no container, volume or network behind. One `up` for all of it.
+PostgreSQL ports) is provisioned, its tenant connection string works from the host; the services
+log in as provision_app, not the superuser; `run --rm provision` runs none of the jobs
+(db-logins, migrate, db-roles, topics) again; with a token made by `run --rm provision api-token`
+the API shows the project; a recreated Kafka keeps its topics and the chain goes on; `down -v`
+leaves no container, volume or network behind. One `up` for all of it.
 
 The Compose implementation is Debian's docker-compose (1.29, which reads the whole file:
 profiles, `service_completed_successfully`, merge keys), installed as root when missing."""
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.docker
 # The compose file's local defaults (its header): what a newcomer's stack runs with.
 APP_URL = "postgresql+psycopg://provision_app:provision-app-local@127.0.0.1:{port}/provisioning"
 SUPERUSER_URL = "postgresql://postgres:postgres@127.0.0.1:{port}/provisioning"
-JOBS = ("migrate", "topics")
+JOBS = ("db-logins", "migrate", "db-roles", "topics")
 _SUITE_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TENANT_DATABASE_URL", "PROVISION_API_TOKENS")
 _PASSWORDS = (
     "POSTGRES_PASSWORD",
@@ -240,9 +241,19 @@ def test_compose_as_a_newcomer_runs_it(
     # The workers and the API's database role is provision_app, never the superuser.
     with psycopg.connect(SUPERUSER_URL.format(port=stack.pg_port), connect_timeout=10) as conn:
         users = {row[0] for row in conn.execute(_ACTIVE_USERS)}
+        superusers = {row[0] for row in conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper")}
+        tenant_admins = {  # who holds the tenant's role with admin option: who made it
+            row[0]
+            for row in conn.execute(
+                "SELECT a.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                "JOIN pg_roles a ON a.oid = m.member WHERE r.rolname LIKE 'tenant%' AND m.admin_option"
+            )
+        }
     assert "provision_app" in users and "postgres" not in users, users
+    assert superusers == {"postgres"}, superusers
+    assert tenant_admins == {"provision_tenant_admin"}, tenant_admins
 
-    # `run --rm provision ...` starts no migrate or topics job again.
+    # `run --rm provision ...` starts none of the jobs again.
     before = _job_runs(docker_engine, stack)
     assert all(len(runs) == 1 for runs in before.values()), before
     made = stack.ok("run", "--rm", "provision", "api-token", "ops", "--scope", "admin")
