@@ -41,12 +41,12 @@ class PostgresTenantCluster:
             )
 
     def list_tenant_databases(self) -> frozenset[str]:
-        return self._databaseslike_prefix(_TENANT_LIKE)
+        return self._databases_like(_TENANT_LIKE)
 
     def list_archived_databases(self) -> frozenset[str]:
-        return self._databaseslike_prefix(_ARCHIVE_LIKE)
+        return self._databases_like(_ARCHIVE_LIKE)
 
-    def _databaseslike_prefix(self, pattern: str) -> frozenset[str]:
+    def _databases_like(self, pattern: str) -> frozenset[str]:
         with self.address.admin() as conn:
             rows = conn.execute(
                 "SELECT datname FROM pg_database WHERE datname LIKE %s ESCAPE '\\'", (pattern,)

@@ -117,6 +117,20 @@ def test_a_refill_stays_within_the_pool_size_the_room_and_the_batch(address: Clu
     assert refill_round(_target(address, 0), batch=5) == 0
 
 
+def test_pool_entries_are_not_in_reconciles_listings(address: ClusterAddress) -> None:
+    """A filled pool is in none of the listings reconcile judges (tenants, their roles, archives),
+    so a pooled database is never an orphan; a taken one is a tenant's like any other."""
+    _fill(address, 2)
+    cluster = PostgresTenantCluster(address, pool_size=2)
+    assert cluster.list_tenant_databases() == frozenset()
+    assert cluster.list_tenant_roles() == frozenset()
+    assert cluster.list_archived_databases() == frozenset()
+    names = _names()
+    assert cluster.take_pooled(names.database, names.role, generate_password(), archive=names.archive)
+    assert cluster.list_tenant_databases() == {names.database}
+    assert cluster.list_tenant_roles() == {names.role}
+
+
 def test_no_refill_while_the_cluster_is_taken_as_down(address: ClusterAddress) -> None:
     """A cluster taken as down is not refilled (no connection is even tried)."""
     address.down = True
