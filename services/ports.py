@@ -49,10 +49,6 @@ class TenantCluster(Protocol):
         changed, when the pool is empty or the tenant's database or ``archive`` exists."""
         ...
 
-    def pool_fill(self) -> int:
-        """How many databases the cluster's warm pool holds."""
-        ...
-
     def ensure_role(self, role: str, password: str) -> None: ...
 
     def ensure_database(self, name: str, owner: str, *, archive: str | None = None) -> None:

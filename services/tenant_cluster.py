@@ -161,3 +161,21 @@ class ClusterDirectory:
         for address in self._addresses.values():
             address.close()
         self._addresses.clear()
+
+
+@contextmanager
+def advisory_lock(conn: psycopg.Connection[Any], key: str, *, wait: bool = True) -> Iterator[bool]:
+    """A session advisory lock on ``key`` on an autocommit connection, waited for or only tried:
+    yields whether it is held, and releases it after. PostgreSQL releases it too when the
+    session ends, however it ends (a kill -9 leaves no lock behind)."""
+    if wait:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        held = True
+    else:
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+        held = bool(row and row[0])
+    try:
+        yield held
+    finally:
+        if held:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))

@@ -109,10 +109,15 @@ def _context_of(parent: TraceContext) -> Any:
     return trace.set_span_in_context(trace.NonRecordingSpan(remote))
 
 
+def _as_trace_context(context: Any, flags: str) -> TraceContext:
+    """An OpenTelemetry span context as the ``traceparent`` fields, with ``flags``."""
+    return TraceContext(f"{context.trace_id:032x}", f"{context.span_id:016x}", flags)
+
+
 def _yielded(current: Any, parent: TraceContext) -> TraceContext:
     context = current.get_span_context()
     if context.is_valid and f"{context.span_id:016x}" != parent.span_id:
-        return TraceContext(f"{context.trace_id:032x}", f"{context.span_id:016x}", parent.flags)
+        return _as_trace_context(context, parent.flags)
     return parent.child()
 
 
@@ -286,9 +291,7 @@ def request_span(name: str, **attributes: str) -> Iterator[TraceContext]:
         return
     with tracer.start_as_current_span(name, attributes=attributes) as current:
         context = current.get_span_context()
-        yield TraceContext(
-            f"{context.trace_id:032x}", f"{context.span_id:016x}", f"{context.trace_flags:02x}"
-        )
+        yield _as_trace_context(context, f"{context.trace_flags:02x}")
 
 
 # --- client spans: the SQL a unit of work runs, the HTTP calls it makes ---------------------

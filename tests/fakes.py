@@ -572,9 +572,6 @@ class FakeTenantCluster:
         self.databases[database] = role
         return True
 
-    def pool_fill(self) -> int:
-        return self.pooled
-
     def database_exists(self, name: str) -> bool:
         self.calls.append(("database_exists", name))
         return name in self.databases

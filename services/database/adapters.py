@@ -12,7 +12,7 @@ from sqlalchemy import Connection, text
 
 from services.database import pool
 from services.ports import require_tenant_names
-from services.tenant_cluster import ClusterAddress
+from services.tenant_cluster import ClusterAddress, advisory_lock
 from shared.crypto import KeyedStore, generate_password
 from shared.domain.errors import ErrorType, ProvisioningError
 from shared.domain.naming import ARCHIVE_PREFIX, TENANT_PREFIX, like_prefix
@@ -136,26 +136,29 @@ class PostgresTenantCluster:
         with self._locked(f"database:{database}", f"role:{role}") as conn:
             if self._exists(conn, database) or self._exists(conn, archive):
                 return False
-            return pool.take(
-                conn,
-                database=database,
-                role=role,
-                password=password,
-                login_clause=self._login_clause(conn, role, password),
-            )
+            found = self._role_attributes(conn, role)
+            rejoin = None if found is None else self._login_clause(role, password, found)
+            return pool.take(conn, database=database, role=role, password=password, rejoin=rejoin)
 
     def pool_fill(self) -> int:
         """How many databases the cluster's warm pool holds."""
         with self.address.admin() as conn:
             return pool.pool_fill(conn)
 
-    def _login_clause(self, conn: psycopg.Connection[Any], role: str, password: str) -> sql.Composed:
-        """The ``ALTER ROLE`` giving an existing ``role`` its login and ``password`` (see
-        :meth:`ensure_role` for the attributes left out); a ``CREATE ROLE`` when it is absent."""
-        secret = sql.SQL(" PASSWORD {}").format(sql.Literal(password))
+    @staticmethod
+    def _role_attributes(conn: psycopg.Connection[Any], role: str) -> tuple[bool, ...] | None:
+        """Which of :data:`_SUPERUSER_ONLY`'s attributes ``role`` holds; None when it is absent."""
         found = conn.execute(
             "SELECT rolsuper, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = %s", (role,)
         ).fetchone()
+        return None if found is None else tuple(found)
+
+    @staticmethod
+    def _login_clause(role: str, password: str, found: tuple[bool, ...] | None) -> sql.Composed:
+        """The ``ALTER ROLE`` giving an existing ``role`` (``found``: its attributes) its login
+        and ``password`` (see :meth:`ensure_role` for the attributes left out); a ``CREATE
+        ROLE`` when it is absent (``found`` None)."""
+        secret = sql.SQL(" PASSWORD {}").format(sql.Literal(password))
         if found is None:
             head = "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
         else:
@@ -171,7 +174,7 @@ class PostgresTenantCluster:
         when it already lacks them: PostgreSQL 16 lets only a role holding an attribute name it in
         ALTER ROLE, so a tenant admin that is no superuser could not otherwise restore or rotate."""
         with self._locked(f"role:{role}") as conn:
-            conn.execute(self._login_clause(conn, role, password))
+            conn.execute(self._login_clause(role, password, self._role_attributes(conn, role)))
 
     def ensure_database(self, name: str, owner: str, *, archive: str | None = None) -> None:
         """The database, owned by ``owner``, reachable by its owner alone. When it is absent and
@@ -198,8 +201,7 @@ class PostgresTenantCluster:
         wait when they race, so concurrent attempts for the same tenant take turns."""
         with self.address.admin() as conn, ExitStack() as held:
             for name in names:
-                conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
-                held.callback(conn.execute, "SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+                held.enter_context(advisory_lock(conn, name))
             yield conn
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from services.tenant_cluster import advisory_lock
 from shared.domain.naming import POOL_PREFIX, POOL_PREPARING_PREFIX, like_prefix
 
 log = structlog.get_logger("provision.pool")
@@ -72,13 +73,15 @@ def pooled_names(conn: Conn) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def take(conn: Conn, *, database: str, role: str, password: str, login_clause: sql.Composed) -> bool:
+def take(conn: Conn, *, database: str, role: str, password: str, rejoin: sql.Composed | None) -> bool:
     """Give one pooled entry to the tenant, in one transaction on ``conn`` (an autocommit
     admin connection holding the tenant's ``database:``/``role:`` locks): True when taken;
     False when the pool is empty (every entry taken by others meanwhile included).
 
-    ``login_clause`` is the ``ALTER ROLE {role} WITH ...`` that gives an existing tenant role its
-    login and password (the caller knows which attributes the admin may restate)."""
+    ``rejoin`` is the ``ALTER ROLE {role} WITH ...`` that gives the tenant's role its login and
+    password when that role exists already (a first attempt made it, then died; the caller,
+    holding the role's lock, read it and knows which attributes the admin may restate); None
+    when it does not: the pooled role becomes it."""
     with conn.transaction():
         for name in pooled_names(conn)[:_CANDIDATES]:
             locked = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (_take_lock(name),))
@@ -88,20 +91,19 @@ def take(conn: Conn, *, database: str, role: str, password: str, login_clause: s
             # may be gone.
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
                 continue
-            _give(conn, name, database=database, role=role, password=password, login_clause=login_clause)
+            _give(conn, name, database=database, role=role, password=password, rejoin=rejoin)
             return True
     return False
 
 
 def _give(
-    conn: Conn, name: str, *, database: str, role: str, password: str, login_clause: sql.Composed
+    conn: Conn, name: str, *, database: str, role: str, password: str, rejoin: sql.Composed | None
 ) -> None:
     pooled, tenant_db, tenant_role = sql.Identifier(name), sql.Identifier(database), sql.Identifier(role)
-    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
-        # The tenant's role exists (a first attempt made it, then died): it takes the database.
+    if rejoin is not None:  # the tenant's role exists: it takes the database
         conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(pooled, tenant_role))
         conn.execute(sql.SQL("DROP ROLE {}").format(pooled))
-        conn.execute(login_clause)
+        conn.execute(rejoin)
     else:
         conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(pooled, tenant_role))
         conn.execute(
@@ -117,28 +119,12 @@ def _first(cursor: psycopg.Cursor[Any]) -> Any:
     return row[0] if row is not None else None
 
 
-@contextmanager
-def _session_lock(conn: Conn, key: str, *, wait: bool) -> Iterator[bool]:
-    """A session advisory lock on ``key`` (waited for, or only tried): yields whether it is
-    held, and releases it after."""
-    if wait:
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-        held = True
-    else:
-        held = bool(_first(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))))
-    try:
-        yield held
-    finally:
-        if held:
-            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
-
-
 def make_entry(conn: Conn) -> str:
     """Make one pool entry on ``conn`` (an autocommit admin connection); its name."""
     token = secrets.token_hex(8)
     name, preparing = POOL_PREFIX + token, POOL_PREPARING_PREFIX + token
     role, prep = sql.Identifier(name), sql.Identifier(preparing)
-    with _session_lock(conn, _item_lock(token), wait=True):
+    with advisory_lock(conn, _item_lock(token)):
         conn.execute(sql.SQL(f"CREATE ROLE {{}} NOLOGIN {_NO_ATTRIBUTES}").format(role))
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(prep, role))
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(prep))
@@ -169,7 +155,7 @@ def clear_leftovers(conn: Conn) -> int:
     }
     cleared = 0
     for token in sorted(tokens):
-        with _session_lock(conn, _item_lock(token), wait=False) as free:
+        with advisory_lock(conn, _item_lock(token), wait=False) as free:
             if not free:
                 continue  # a refill is making it right now
             name, preparing = POOL_PREFIX + token, sql.Identifier(POOL_PREPARING_PREFIX + token)
@@ -210,11 +196,11 @@ def refill_round(target: PoolTarget, *, batch: int, stopped: threading.Event | N
     if target.size <= 0 or target.cluster.down:
         return 0
     made = 0
-    with target.cluster.admin() as conn, _session_lock(conn, _REFILL_LOCK, wait=False) as mine:
+    with target.cluster.admin() as conn, advisory_lock(conn, _REFILL_LOCK, wait=False) as mine:
         if not mine:
             return 0
         clear_leftovers(conn)
-        fill = len(pooled_names(conn))
+        fill = pool_fill(conn)
         # The pool counts against the capacity: live tenants and pooled databases within it.
         missing = min(target.size - fill, target.room() - fill, batch)
         for _ in range(max(missing, 0)):

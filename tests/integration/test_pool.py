@@ -333,7 +333,6 @@ _TAKE_THEN_HANG = textwrap.dedent(
     """
     import sys, time
     import psycopg
-    from psycopg import sql
     from services.database import pool
     url, database, role = sys.argv[1:4]
     conn = psycopg.connect(url, autocommit=True, application_name="pool-test-victim")
@@ -347,8 +346,7 @@ _TAKE_THEN_HANG = textwrap.dedent(
         return cursor
     conn.execute = execute
     print("started", flush=True)
-    clause = sql.SQL("ALTER ROLE {} WITH LOGIN").format(sql.Identifier(role))
-    pool.take(conn, database=database, role=role, password="x" * 20, login_clause=clause)
+    pool.take(conn, database=database, role=role, password="x" * 20, rejoin=None)  # no tenant role yet
     """
 )
 
