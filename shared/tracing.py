@@ -92,6 +92,12 @@ def _otel_tracer() -> Any | None:
     return tracer
 
 
+def tracing_installed() -> bool:
+    """Whether a tracer provider is installed (:func:`install_exporter`'s, or a test's): what
+    turns on instrumentation that is only worth its cost when spans are recorded."""
+    return _otel_tracer() is not None
+
+
 def _context_of(parent: TraceContext) -> Any:
     """An OpenTelemetry context whose current span is ``parent``: the current span itself when
     it is that one (a local parent), else ``parent`` as a remote span context."""
@@ -435,10 +441,11 @@ class TracedCursor(psycopg.Cursor[Row]):
         return self
 
 
-def _prefer_stable_http_conventions() -> None:
-    """The HTTP instrumentation speaks the stable HTTP conventions (``http.request.method``,
-    ``url.full``, ``http.response.status_code``) unless OTEL_SEMCONV_STABILITY_OPT_IN already
-    names an HTTP mode (``http/dup`` for both the old and the new names)."""
+def prefer_stable_http_conventions() -> None:
+    """The HTTP instrumentations (the client's here, the API's server spans) speak the stable
+    HTTP conventions (``http.request.method``, ``url.full``, ``http.response.status_code``)
+    unless OTEL_SEMCONV_STABILITY_OPT_IN already names an HTTP mode (``http/dup`` for both the
+    old and the new names)."""
     modes = {m.strip() for m in os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",") if m.strip()}
     if not modes & {"http", "http/dup"}:
         os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = ",".join(sorted({*modes, "http"}))
@@ -447,7 +454,7 @@ def _prefer_stable_http_conventions() -> None:
 def instrument_http_client(client: httpx.Client) -> httpx.Client:
     """Each request ``client`` sends is a CLIENT span by OpenTelemetry's HTTPX instrumentation
     (its URL without credentials, the ``traceparent`` header sent along). Returns ``client``."""
-    _prefer_stable_http_conventions()
+    prefer_stable_http_conventions()
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
 
     HTTPXClientInstrumentor.instrument_client(client)

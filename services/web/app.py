@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI
 
 from services.bootstrap import App
 from shared.domain.payloads import ProvisionProjectPayload
+from shared.tracing import tracing_installed
 
 from .auth import NO_TOKENS, TokenConfigError, TokenSet
 from .deps import AppUseCases, WebState, caller
@@ -42,7 +43,8 @@ def create_api(
     point built.
 
     Without a token configured it refuses to be built (TokenConfigError) unless
-    ``insecure_local``: then every ``/v1`` route is open, for a machine of one's own.
+    ``insecure_local``: then every ``/v1`` route is open, for a machine of one's own. With a
+    tracer provider installed, each request is a server span (``services.web.telemetry``).
     """
     if not tokens and not insecure_local:
         raise TokenConfigError(NO_TOKENS)
@@ -59,7 +61,12 @@ def create_api(
         keepalive=keepalive,
         stream_max_seconds=app.settings.api_stream_max_seconds,
     )
-    return build_api(state, max_body_bytes=app.settings.api_max_body_bytes)
+    api = build_api(state, max_body_bytes=app.settings.api_max_body_bytes)
+    if tracing_installed():
+        from .telemetry import trace_requests  # noqa: PLC0415 - the instrumentation only when traced
+
+        trace_requests(api)
+    return api
 
 
 def build_api(state: WebState | None, *, max_body_bytes: int | None = None) -> FastAPI:

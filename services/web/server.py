@@ -48,6 +48,9 @@ def serve(settings: Settings, *, host: str, port: int, insecure_local: bool = Fa
     warning = legacy_warning(tokens)
     if warning is not None:
         log.warning("api_token_legacy_entries", message=warning, callers=list(tokens.legacy))
+    # OTLP export when the standard OTEL_* variables ask for it; before the API is built, which
+    # then makes each request a server span
+    stop_tracing = install_exporter(API)
     app = build_app(settings, principal=user_name(API))
     api = create_api(app, tokens=tokens if len(tokens) else None, insecure_local=insecure_local)
     config = uvicorn.Config(
@@ -57,7 +60,6 @@ def serve(settings: Settings, *, host: str, port: int, insecure_local: bool = Fa
         timeout_graceful_shutdown=5,  # live streams are ended, not waited for
         server_header=False,
     )
-    stop_tracing = install_exporter(API)  # OTLP export when the standard OTEL_* variables ask for it
     try:
         uvicorn.Server(config).run(sockets=[listening])
     finally:
