@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import structlog
 import uvicorn
@@ -61,12 +65,32 @@ def serve(settings: Settings, *, host: str, port: int, insecure_local: bool = Fa
         server_header=False,
     )
     try:
-        uvicorn.Server(config).run(sockets=[listening])
+        with _signals_end_the_serving():
+            uvicorn.Server(config).run(sockets=[listening])
     finally:
         listening.close()
         app.close()
         if stop_tracing is not None:
             stop_tracing()
+
+
+@contextmanager
+def _signals_end_the_serving() -> Iterator[None]:
+    """SIGTERM and SIGINT end the serving by SystemExit(0), so ``serve``'s clean-up runs (the
+    database pool closed, the last spans exported) and the process exits 0, as a worker does.
+
+    uvicorn handles them while it serves, then restores the handlers it found and raises the
+    signal again: under Python's default ones that ended the process before any clean-up."""
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def listen(host: str, port: int) -> socket.socket:
