@@ -1,10 +1,12 @@
 """End to end: the seven workers export one project's provisioning over OTLP (HTTP/protobuf)
-to a receiver that speaks the exporter's protocol, as one trace across the services."""
+to a receiver that speaks the exporter's protocol, as one trace across the services, rooted by
+the request's span: the CLI's, or the API's server span of ``POST /v1/projects``."""
 
 from __future__ import annotations
 
 import gzip
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -23,6 +26,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
 from services.bootstrap import App
 from services.usecases.requests import request_provisioning
+from services.web.auth import new_token
 from shared.domain.steps import (
     DEPROVISIONING_REQUESTED_TOPIC,
     REQUESTED_TOPIC,
@@ -32,6 +36,7 @@ from shared.domain.steps import (
     Step,
 )
 from shared.tracing import parse_traceparent
+from tests.api_server import RunningApi, free_port
 from tests.e2e.faults import ServiceStandIn, service_stand_in
 from tests.e2e.kafka_tools import read_all
 from tests.support import REPO_ROOT, WorkerGroup, settings_env, unique_project, wait_for, wait_until_stage
@@ -374,3 +379,110 @@ def test_a_deprovisioned_project_is_one_trace_from_the_request(
         work = [s for s in spans if s.name == f"provision.{step.key}"]
         assert any(s.attributes.get("db.system.name") == "postgresql" for s in _children(spans, work))
     _assert_no_secret(receiver.snapshot(), [password, *app.secret_keys])
+
+
+@pytest.fixture(scope="module")
+def traced_api(
+    receiver: Receiver, traced_workers: WorkerGroup, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningApi]:
+    """``provision api`` as a process of its own, with one token, exporting to the receiver and
+    asked to capture every request header; it must stop cleanly."""
+    token, entry = new_token("tests", ["provision", "read"])
+    port = free_port()
+    log_path = Path(tmp_path_factory.mktemp("traced-api")) / "api.log"
+    env = {
+        **os.environ,
+        **settings_env(traced_workers.settings),
+        "PROVISION_API_TOKENS": entry,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": ".*",
+    }
+    command = [sys.executable, "-m", "services.cli", "api", "--port", str(port)]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=REPO_ROOT)
+    running = RunningApi(f"http://127.0.0.1:{port}", token)
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or _healthy(running.base_url),
+            timeout=30,
+            message=lambda: f"the API never became healthy: {log_path.read_text()[-2000:]}",
+        )
+        assert proc.poll() is None, log_path.read_text()[-2000:]
+        yield running
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, log_path.read_text()[-2000:]
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_project_requested_through_the_api_is_one_trace_from_its_server_span(
+    app: App, receiver: Receiver, traced_workers: WorkerGroup, traced_api: RunningApi
+) -> None:
+    """`POST /v1/projects` to `provision api` roots one trace: its SERVER span with the HTTP
+    attributes, the request's span inside it, then every step; liveness and metrics make no
+    span, and neither the token nor the Authorization header is in any span."""
+    pid = unique_project("otlp-api")
+    with traced_api.client() as client:
+        response = client.post("/v1/projects", json={"project_id": pid, "region": "eu-west-1"})
+        assert response.status_code == 202, response.text
+        # a token where none belongs, in the query: the span keeps the name, not the value
+        leaked = client.get(f"/v1/projects/{pid}", params={"access_token": traced_api.token})
+        assert leaked.status_code == 200
+        assert client.get("/metrics").status_code == 200
+    wait_until_stage(app, [pid], timeout=60)
+    spans = _whole_trace(receiver, _trace_of(app, REQUESTED_TOPIC, pid), STEPS)
+
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if not s.parent_id]
+    assert [(r.name, r.service, r.kind) for r in roots] == [
+        ("POST /v1/projects", "provision-api", SpanProto.SPAN_KIND_SERVER)
+    ]
+    server = roots[0]
+    assert server.attributes["http.request.method"] == "POST"
+    assert server.attributes["http.route"] == "/v1/projects"
+    assert server.attributes["http.response.status_code"] == 202
+    orphans = [s.name for s in spans if s.parent_id and s.parent_id not in by_id]
+    assert not orphans, f"spans whose parent never arrived: {orphans}"
+    requests = [s for s in spans if s.name == "provision request"]
+    assert [(s.parent_id, s.service) for s in requests] == [(server.span_id, "provision-api")]
+    assert requests[0].attributes["provision.project.id"] == pid
+    sends = [s for s in _children(spans, requests) if s.name == f"send {REQUESTED_TOPIC}"]
+    assert len(sends) == 1
+    first = [s for s in spans if s.name == f"process {REQUESTED_TOPIC}"]
+    assert first and all(s.parent_id == sends[0].span_id for s in first)
+    for step in STEPS:
+        process = [s for s in spans if s.name == f"process {step.input_topic}"]
+        assert process and all(s.service == f"provision-{step.service}" for s in process), step.key
+
+    def api_spans() -> list[Received]:
+        return [s for s in receiver.snapshot() if s.service == "provision-api"]
+
+    detail = "GET /v1/projects/{project_id}"
+    wait_for(lambda: any(s.name == detail for s in api_spans()), timeout=20, message=f"no {detail} span")
+    (get,) = [s for s in api_spans() if s.name == detail]
+    assert get.kind == SpanProto.SPAN_KIND_SERVER
+    assert get.attributes["url.query"] == "access_token=REDACTED"
+    assert get.attributes["http.request.header.user_agent"]  # every header was asked for
+    # liveness (polled while the API started) and metrics make no span
+    assert not [s.name for s in api_spans() if s.attributes.get("url.path") in ("/healthz", "/metrics")]
+    assert {s.attributes.get("http.route") for s in api_spans() if s.kind == SpanProto.SPAN_KIND_SERVER} == {
+        "/v1/projects",
+        "/v1/projects/{project_id}",
+    }
+    for span in receiver.snapshot():
+        assert not [key for key in span.attributes if "authorization" in key.lower()], span.name
+    password = app.credentials.existing_password(pid)
+    assert password
+    _assert_no_secret(receiver.snapshot(), [traced_api.token, password, *app.secret_keys])
