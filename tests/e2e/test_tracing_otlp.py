@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -381,21 +382,20 @@ def test_a_deprovisioned_project_is_one_trace_from_the_request(
     _assert_no_secret(receiver.snapshot(), [password, *app.secret_keys])
 
 
-@pytest.fixture(scope="module")
-def traced_api(
-    receiver: Receiver, traced_workers: WorkerGroup, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningApi]:
+@contextmanager
+def _api_process(receiver: Receiver, workers: WorkerGroup, log_dir: Path) -> Iterator[RunningApi]:
     """``provision api`` as a process of its own, with one token, exporting to the receiver and
-    asked to capture every request header; it must stop cleanly."""
+    asked to capture every request header, until the block ends: then SIGTERM, and it must exit
+    0. Its batches wait 10 minutes, so its spans arrive only by the flush at its shutdown."""
     token, entry = new_token("tests", ["provision", "read"])
     port = free_port()
-    log_path = Path(tmp_path_factory.mktemp("traced-api")) / "api.log"
+    log_path = log_dir / "api.log"
     env = {
         **os.environ,
-        **settings_env(traced_workers.settings),
+        **settings_env(workers.settings),
         "PROVISION_API_TOKENS": entry,
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": ".*",
     }
     command = [sys.executable, "-m", "services.cli", "api", "--port", str(port)]
@@ -428,20 +428,26 @@ def _healthy(base_url: str) -> bool:
 
 
 def test_a_project_requested_through_the_api_is_one_trace_from_its_server_span(
-    app: App, receiver: Receiver, traced_workers: WorkerGroup, traced_api: RunningApi
+    app: App, receiver: Receiver, traced_workers: WorkerGroup, tmp_path: Path
 ) -> None:
     """`POST /v1/projects` to `provision api` roots one trace: its SERVER span with the HTTP
-    attributes, the request's span inside it, then every step; liveness and metrics make no
-    span, and neither the token nor the Authorization header is in any span."""
+    attributes, the request's span inside it, then every step; the API's spans reach the
+    receiver at its SIGTERM; liveness and metrics make no span, and neither the token nor the
+    Authorization header is in any span."""
     pid = unique_project("otlp-api")
-    with traced_api.client() as client:
+
+    def api_spans() -> list[Received]:
+        return [s for s in receiver.snapshot() if s.service == "provision-api"]
+
+    with _api_process(receiver, traced_workers, tmp_path) as api, api.client() as client:
         response = client.post("/v1/projects", json={"project_id": pid, "region": "eu-west-1"})
         assert response.status_code == 202, response.text
         # a token where none belongs, in the query: the span keeps the name, not the value
-        leaked = client.get(f"/v1/projects/{pid}", params={"access_token": traced_api.token})
+        leaked = client.get(f"/v1/projects/{pid}", params={"access_token": api.token})
         assert leaked.status_code == 200
         assert client.get("/metrics").status_code == 200
-    wait_until_stage(app, [pid], timeout=60)
+        wait_until_stage(app, [pid], timeout=60)
+        assert not api_spans()  # still in the API's batch
     spans = _whole_trace(receiver, _trace_of(app, REQUESTED_TOPIC, pid), STEPS)
 
     by_id = {s.span_id: s for s in spans}
@@ -466,12 +472,7 @@ def test_a_project_requested_through_the_api_is_one_trace_from_its_server_span(
         process = [s for s in spans if s.name == f"process {step.input_topic}"]
         assert process and all(s.service == f"provision-{step.service}" for s in process), step.key
 
-    def api_spans() -> list[Received]:
-        return [s for s in receiver.snapshot() if s.service == "provision-api"]
-
-    detail = "GET /v1/projects/{project_id}"
-    wait_for(lambda: any(s.name == detail for s in api_spans()), timeout=20, message=f"no {detail} span")
-    (get,) = [s for s in api_spans() if s.name == detail]
+    (get,) = [s for s in api_spans() if s.name == "GET /v1/projects/{project_id}"]
     assert get.kind == SpanProto.SPAN_KIND_SERVER
     assert get.attributes["url.query"] == "access_token=REDACTED"
     assert get.attributes["http.request.header.user_agent"]  # every header was asked for
@@ -485,4 +486,4 @@ def test_a_project_requested_through_the_api_is_one_trace_from_its_server_span(
         assert not [key for key in span.attributes if "authorization" in key.lower()], span.name
     password = app.credentials.existing_password(pid)
     assert password
-    _assert_no_secret(receiver.snapshot(), [traced_api.token, password, *app.secret_keys])
+    _assert_no_secret(receiver.snapshot(), [api.token, password, *app.secret_keys])
