@@ -9,7 +9,7 @@ Listeners of the one node (``kafka_port`` is the client port, as in plaintext mo
     INTERNAL    SSL        kafka_port + 3   inter-broker; a client certificate is required
     CONTROLLER  SSL        controller_port  KRaft; a client certificate is required
 
-Every listener wants an identity, so none yields ``User:ANONYMOUS`` and it is no super user.
+Every listener wants an identity, so none yields ``User:ANONYMOUS``, which is no super user.
 The node itself (its registration and heartbeats need CLUSTER_ACTION) connects to its INTERNAL
 and CONTROLLER listeners with its own certificate, CN=provision-broker, whence
 ``super.users=User:provision-admin;User:provision-broker``; any other certificate of the CA on
