@@ -174,7 +174,8 @@ class BrokerSecurity:
         """Set every user's SCRAM credential to its password in the file, as provision-admin by
         its certificate on the MTLS listener at ``mtls_servers`` (the CLIENT listener has no
         user before); how many. InfraError naming the first refusal."""
-        admin = AdminClient({**self.certificate_config(ADMIN_USER), "bootstrap.servers": mtls_servers})
+        config: dict[str, Any] = {**self.certificate_config(ADMIN_USER), "bootstrap.servers": mtls_servers}
+        admin = AdminClient(config)
         info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
         upserts: list[UserScramCredentialAlteration] = [
             UserScramCredentialUpsertion(user, info, password.encode())
