@@ -29,9 +29,10 @@ def secure_state_dir(suffix: str) -> Path:
 
 
 @contextmanager
-def running_secure_infra(state_dir: Path, offset: int) -> Iterator[LocalInfra]:
+def running_secure_infra(state_dir: Path, offset: int, *, fresh_kafka: bool = False) -> Iterator[LocalInfra]:
     """A started secure LocalInfra with every topic created as the administrator; stopped at the
-    end however the block ends. pytest.fail (one line) if the servers do not start."""
+    end however the block ends. ``fresh_kafka`` deletes the broker's storage first, so ``up``
+    formats it anew. pytest.fail (one line) if the servers do not start."""
     infra = LocalInfra(
         state_dir,
         TEST_KAFKA_PORT + offset,
@@ -41,6 +42,9 @@ def running_secure_infra(state_dir: Path, offset: int) -> Iterator[LocalInfra]:
     )
     failure = None
     try:
+        if fresh_kafka:
+            infra.kafka.stop()  # a broker left by an interrupted run
+            infra.kafka.wipe()
         infra.up(lambda line: print(line, file=sys.stderr))
     except Exception as exc:  # whatever went wrong, the tests must fail, never skip
         failure = f"the secure broker did not start: {exc}"

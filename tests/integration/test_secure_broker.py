@@ -2,30 +2,39 @@
 
 It runs its own LocalInfra in its own state directory, on the session's test ports plus an
 offset, so it never meets the plaintext broker of the rest of the suite; when it cannot start
-the tests fail, never skip. The clients are built from plain librdkafka settings.
+the tests fail, never skip. Its storage is formatted anew each run, with every process's
+command line sampled meanwhile. The clients are built from plain librdkafka settings.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from shared.domain.acls import acl_table
 from shared.domain.steps import step_by_key
 from tests.secure_tools import running_secure_infra, secure_state_dir
 from tooling.infra import LocalInfra
+from tooling.infra._common import LOOPBACK
 from tooling.infra.cli import kafka_identity
-from tooling.infra.secure import BrokerSecurity
+from tooling.infra.secure import ADMIN_USER, BROKER_USER, BrokerSecurity, internal_port
 
 OFFSET = 50
 """The secure broker's ports: the session's plus this (its mTLS and inter-broker ports are +2, +3)."""
@@ -33,11 +42,57 @@ STATE_DIR = secure_state_dir("secure")
 SCHEMA = "provision-schema"
 
 
+def _command_lines() -> set[str]:
+    """Every running process's arguments, one string each (a process gone meanwhile is skipped)."""
+    lines = set()
+    for process in psutil.process_iter(["cmdline"]):
+        if argv := process.info["cmdline"]:
+            lines.add(" ".join(argv))
+    return lines
+
+
+class CommandLineWatch:
+    """Every command line seen, sampled every 50 ms on a thread until :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stopping.is_set():
+            self.seen |= _command_lines()
+            self._stopping.wait(0.05)
+
+    def stop(self) -> frozenset[str]:
+        self._stopping.set()
+        self._thread.join()
+        return frozenset(self.seen)
+
+
+@dataclass(frozen=True)
+class Started:
+    infra: LocalInfra
+    command_lines: frozenset[str]
+    """Every command line seen while ``up --secure`` formatted the storage and started the servers."""
+
+
 @pytest.fixture(scope="module")
-def secure_infra() -> Iterator[LocalInfra]:
-    """A secure broker of its own, its topics created as the administrator."""
-    with running_secure_infra(STATE_DIR, OFFSET) as infra:
-        yield infra
+def started() -> Iterator[Started]:
+    """A secure broker of its own on a fresh storage, its topics created as the administrator."""
+    watch = CommandLineWatch()
+    try:
+        with running_secure_infra(STATE_DIR, OFFSET, fresh_kafka=True) as infra:
+            yield Started(infra, watch.stop())
+    finally:
+        watch.stop()
+
+
+@pytest.fixture(scope="module")
+def secure_infra(started: Started) -> LocalInfra:
+    """The started secure broker."""
+    return started.infra
 
 
 def _config(infra: LocalInfra, user: str, **overrides: Any) -> dict[str, Any]:
@@ -64,6 +119,100 @@ def _produce(infra: LocalInfra, user: str, topic: str) -> KafkaError | None:
 def test_a_plaintext_client_is_refused(secure_infra: LocalInfra) -> None:
     """A client without TLS or SASL gets no metadata from the client listener."""
     _refused({"bootstrap.servers": secure_infra.kafka.bootstrap_servers, "socket.timeout.ms": 3000})
+
+
+def test_no_listener_is_plaintext_and_anonymous_is_no_super_user(secure_infra: LocalInfra) -> None:
+    """Every listener is SSL or SASL_SSL; the super users are the administrator and the node itself."""
+    lines = secure_infra.kafka.properties.read_text().splitlines()
+    settings = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert "PLAINTEXT" not in settings["listener.security.protocol.map"].replace("SASL_SSL", "")
+    assert settings["super.users"] == f"User:{ADMIN_USER};User:{BROKER_USER}"
+
+
+def _node_ports(infra: LocalInfra) -> dict[str, int]:
+    return {
+        "internal": internal_port(infra.kafka.port),
+        "controller": infra.kafka.controller_port,
+    }
+
+
+def _plaintext_answer(port: int) -> bytes:
+    """What the listener at ``port`` sends back, until it closes or 5 s pass, to a plaintext
+    ApiVersions request (v0, correlation id 7)."""
+    client_id = b"probe"
+    request = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id
+    answer = b""
+    with socket.create_connection((LOOPBACK, port), timeout=5) as conn:
+        conn.sendall(struct.pack(">i", len(request)) + request)
+        with suppress(TimeoutError, ConnectionError):
+            while chunk := conn.recv(4096):
+                answer += chunk
+    return answer
+
+
+def _create_topic(config: dict[str, Any]) -> tuple[str, KafkaError | None]:
+    """A new topic's name and why its creation with ``config`` failed (None: it was created)."""
+    name = f"probe-{uuid.uuid4().hex[:12]}"
+    admin = AdminClient(config)  # held until the answer: a collected client fails its futures
+    future = admin.create_topics([NewTopic(name, 1, 1)], request_timeout=8)[name]
+    try:
+        future.result(timeout=15)
+    except KafkaException as exc:
+        return name, exc.args[0]
+    return name, None
+
+
+@pytest.mark.parametrize("listener", ["internal", "controller"])
+def test_a_plaintext_client_on_the_nodes_own_ports_gets_nothing(
+    secure_infra: LocalInfra, listener: str
+) -> None:
+    """On the INTERNAL and CONTROLLER ports a plaintext client gets no Kafka answer, no metadata, no topic."""
+    port = _node_ports(secure_infra)[listener]
+    answer = _plaintext_answer(port)
+    assert answer[4:8] != struct.pack(">i", 7), f"a Kafka answer without TLS: {answer!r}"
+    plaintext = {"bootstrap.servers": f"{LOOPBACK}:{port}", "socket.timeout.ms": 3000}
+    _refused(plaintext)
+    name, error = _create_topic(plaintext)
+    assert error is not None
+    assert name not in AdminClient(_config(secure_infra, ADMIN_USER)).list_topics(timeout=10).topics
+
+
+@pytest.mark.parametrize("listener", ["internal", "controller"])
+def test_tls_without_a_client_certificate_is_refused_on_the_nodes_own_ports(
+    secure_infra: LocalInfra, listener: str
+) -> None:
+    """On the INTERNAL and CONTROLLER ports, TLS without a client certificate is refused."""
+    port = _node_ports(secure_infra)[listener]
+    config = {
+        "bootstrap.servers": f"{LOOPBACK}:{port}",
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(secure_infra.security.ca.cert),
+        "socket.timeout.ms": 3000,
+    }
+    _refused(config)
+
+
+def test_a_step_certificate_on_the_internal_port_is_bound_by_the_acls(secure_infra: LocalInfra) -> None:
+    """On the INTERNAL port CN=provision-schema is no super user: no topic made, no other step's written."""
+    config = {
+        **secure_infra.security.certificate_config(SCHEMA),
+        "bootstrap.servers": f"{LOOPBACK}:{internal_port(secure_infra.kafka.port)}",
+        "socket.timeout.ms": 3000,
+        "message.timeout.ms": 10000,
+    }
+    _, error = _create_topic(config)
+    assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
+    _assert_own_topic_only(config)
+
+
+def test_no_command_line_holds_a_password(started: Started) -> None:
+    """No process's arguments hold a password while `up --secure` formats and starts the broker, or after."""
+    seen = started.command_lines | _command_lines()
+    assert any("kafka.tools.StorageTool" in line for line in started.command_lines), "the format was not seen"
+    assert any("kafka.Kafka" in line for line in seen)
+    passwords = started.infra.security.passwords()
+    leaked = sorted(user for user, password in passwords.items() if any(password in line for line in seen))
+    assert not leaked, f"passwords on a command line: {leaked}"
 
 
 def test_a_wrong_password_is_refused(secure_infra: LocalInfra) -> None:
@@ -96,17 +245,9 @@ def test_mtls_takes_a_valid_client_certificate_and_refuses_an_expired_one(secure
     _refused({**base, "ssl.certificate.location": str(expired.cert), "ssl.key.location": str(expired.key)})
 
 
-def test_a_certificate_principal_is_bound_by_the_acls(secure_infra: LocalInfra) -> None:
-    """Over mTLS, CN=provision-schema is User:provision-schema: its own topic only."""
-    env = kafka_identity(secure_infra, SCHEMA, mtls=True)
-    config = {
-        "bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
-        "security.protocol": "SSL",
-        "ssl.ca.location": str(secure_infra.security.ca.cert),
-        "ssl.certificate.location": env["PROVISION_KAFKA_SSL_CERTIFICATE_LOCATION"],
-        "ssl.key.location": env["PROVISION_KAFKA_SSL_KEY_LOCATION"],
-        "message.timeout.ms": 10000,
-    }
+def _assert_own_topic_only(config: dict[str, Any]) -> None:
+    """A producer with ``config`` (provision-schema's) writes its completed topic and is refused
+    the database step's."""
     own, other = "provisioning.schema.completed", "provisioning.database.completed"
     outcomes: dict[str, KafkaError | None] = {}  # by topic: the two reports come in either order
     producer = Producer(config)
@@ -119,6 +260,20 @@ def test_a_certificate_principal_is_bound_by_the_acls(secure_infra: LocalInfra) 
     assert outcomes[own] is None
     failed = outcomes[other]
     assert failed is not None and failed.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_a_certificate_principal_is_bound_by_the_acls(secure_infra: LocalInfra) -> None:
+    """Over mTLS, CN=provision-schema is User:provision-schema: its own topic only."""
+    env = kafka_identity(secure_infra, SCHEMA, mtls=True)
+    config = {
+        "bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(secure_infra.security.ca.cert),
+        "ssl.certificate.location": env["PROVISION_KAFKA_SSL_CERTIFICATE_LOCATION"],
+        "ssl.key.location": env["PROVISION_KAFKA_SSL_KEY_LOCATION"],
+        "message.timeout.ms": 10000,
+    }
+    _assert_own_topic_only(config)
 
 
 def test_the_schema_principal_produces_to_its_own_completed_topic(secure_infra: LocalInfra) -> None:

@@ -1,6 +1,7 @@
 """A local certificate authority for the local servers' TLS: one CA, made once per state
 directory, and the certificates it issues (a server's for ``127.0.0.1`` and ``localhost``, a
-client's for mutual TLS, an expired one for the tests that must see it refused).
+client's for mutual TLS, a peer's that is both (a node that serves and connects to its own
+listeners), an expired one for the tests that must see it refused).
 
 Layout under its directory (``<state dir>/tls``, mode 0700; keys mode 0600)::
 
@@ -94,11 +95,13 @@ class LocalCA:
         *,
         hosts: tuple[str, ...] = LOCAL_HOSTS,
         client: bool = False,
+        peer: bool = False,
         expired: bool = False,
     ) -> Issued:
-        """A certificate for ``name`` signed by this CA: a server's (valid for ``hosts``), or
-        with ``client`` one for mutual TLS (its common name is ``name``). ``expired`` makes one
-        whose validity ended yesterday. Kept while valid; made again otherwise."""
+        """A certificate for ``name`` signed by this CA: a server's (valid for ``hosts``), with
+        ``client`` one for mutual TLS (its common name is ``name``), with ``peer`` both at once
+        (valid for ``hosts`` and as a client). ``expired`` makes one whose validity ended
+        yesterday. Kept while valid; made again otherwise."""
         self.ensure()
         issued = Issued(self.home / f"{name}.pem", self.home / f"{name}.key")
         if not expired and _still_valid(issued.cert):
@@ -113,7 +116,10 @@ class LocalCA:
             if expired
             else (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=825))
         )
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        usages = [
+            *([ExtendedKeyUsageOID.SERVER_AUTH] if peer or not client else []),
+            *([ExtendedKeyUsageOID.CLIENT_AUTH] if peer or client else []),
+        ]
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -123,9 +129,9 @@ class LocalCA:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
-        if not client:
+        if peer or not client:
             builder = builder.add_extension(x509.SubjectAlternativeName(_alt_names(hosts)), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
         _write_key(issued.key, key)

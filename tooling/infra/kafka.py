@@ -33,6 +33,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psutil
 from confluent_kafka import KafkaException
@@ -51,7 +52,7 @@ from tooling.infra._common import (
     quiet,
     tail,
 )
-from tooling.infra.secure import BrokerSecurity, internal_port, mtls_port
+from tooling.infra.secure import ADMIN_USER, BrokerSecurity, internal_port, mtls_port
 
 _HEAP = "-Xmx512m"
 _MAVEN_TIMEOUT_S = 900.0
@@ -87,7 +88,7 @@ def wait_until_ready(
     still_starting: Callable[[], str | None] | None = None,
     log_file: Path | None = None,
     node_id: int | None = None,
-    security: Mapping[str, str] | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> None:
     """Block until a broker at ``bootstrap_servers`` answers a metadata request (as a client
     with the ``security`` keys of :func:`shared.kafka.security.client_security`, if given;
@@ -202,14 +203,15 @@ class KafkaBroker:
 
     @property
     def probe_servers(self) -> str:
-        """Where readiness is probed without credentials: the client port, or in secure mode the
-        loopback inter-broker listener (the client listener wants SASL)."""
-        return self.bootstrap_servers if self.security is None else f"{LOOPBACK}:{internal_port(self.port)}"
+        """Where readiness is probed: the client port, or in secure mode the MTLS listener (as
+        provision-admin by its certificate: the client listener's users are set only once the
+        broker answers, see :meth:`_create_users`)."""
+        return self.bootstrap_servers if self.security is None else self.mtls_bootstrap_servers
 
     @property
-    def scram_marker(self) -> Path:
-        """Written when the storage was formatted with the secure mode's SCRAM users."""
-        return self.home / "scram.users"
+    def probe_security(self) -> dict[str, str]:
+        """The probe's client settings: none, or in secure mode the administrator's certificate."""
+        return {} if self.security is None else self.security.certificate_config(ADMIN_USER)
 
     @property
     def name(self) -> str:
@@ -350,14 +352,20 @@ class KafkaBroker:
                 )
             return None
 
+        def remaining() -> float:
+            return max(0.0, spawned_at + timeout - time.monotonic())
+
         try:
             wait_until_ready(
                 self.probe_servers,
-                max(0.0, spawned_at + timeout - time.monotonic()),
+                remaining(),
                 still_starting=still_starting,
                 log_file=self.log_file,
                 node_id=self.node_id if self.quorum is not None else None,
+                security=self.probe_security,
             )
+            if self.security is not None:
+                self._create_users(self.security, progress, remaining)
         except InfraError:
             # A failed start leaves nothing behind: no half-started JVM holding the ports,
             # no pid file for the next run to puzzle over.
@@ -367,6 +375,21 @@ class KafkaBroker:
             f"{self.name} ready on {self.bootstrap_servers} in {time.monotonic() - spawned_at:.1f} s "
             f"(pid {self.running_pid()})"
         )
+
+    def _create_users(
+        self, security: BrokerSecurity, progress: Progress, remaining: Callable[[], float]
+    ) -> None:
+        """Secure mode: set the SCRAM users over mTLS, then wait until the client listener takes
+        provision-admin's password (the broker applies the new credentials a moment after the
+        controller commits them)."""
+        count = security.create_users(self.mtls_bootstrap_servers, timeout=max(1.0, remaining()))
+        wait_until_ready(
+            self.bootstrap_servers,
+            remaining(),
+            log_file=self.log_file,
+            security=security.client_config(self.bootstrap_servers, ADMIN_USER),
+        )
+        progress(f"{self.name}: {count} SCRAM users set as {ADMIN_USER} over mTLS")
 
     def ensure_libs(self, progress: Progress = quiet) -> None:
         """Resolve the broker classpath with Maven unless this pom's jars are already cached."""
@@ -484,14 +507,8 @@ class KafkaBroker:
 
     def _ensure_formatted(self, java: str, progress: Progress) -> None:
         if (self.data / "meta.properties").is_file():
-            if self.security is not None and not self.scram_marker.is_file():
-                raise InfraError(
-                    f"{self.name}'s storage in {self.data} was formatted without --secure, so it has no "
-                    "SCRAM users; run `infra down` and delete that directory, or use another state dir"
-                )
             return
         cluster_id = self.cluster_id()
-        scram = self.security.scram_arguments() if self.security is not None else []
         progress(f"{self.name}: formatting storage in {self.data} (cluster id {cluster_id})")
         result = subprocess.run(
             [
@@ -504,7 +521,6 @@ class KafkaBroker:
                 # One argument: an id that starts with "-" (1 in 64) is otherwise an option.
                 f"--cluster-id={cluster_id}",
                 f"--config={self.properties}",
-                *scram,
             ],
             cwd=self.home,
             stdin=subprocess.DEVNULL,
@@ -516,8 +532,6 @@ class KafkaBroker:
         if result.returncode != 0:
             output = " | ".join(line.strip() for line in (result.stdout + result.stderr).splitlines() if line)
             raise InfraError(f"formatting kafka storage failed: {output[-600:]}")
-        if self.security is not None:
-            self.scram_marker.write_text(f"{len(scram)} SCRAM users added at format time\n")
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -556,7 +570,6 @@ class KafkaBroker:
         for path in (
             self.cluster_id_file,
             self.properties,
-            self.scram_marker,
             self.pid_file,
             self.log_file,
             self.log_file.with_name(self.log_file.name + ".1"),

@@ -6,19 +6,22 @@ Listeners of the one node (``kafka_port`` is the client port, as in plaintext mo
     MTLS        SSL        kafka_port + 2   a client certificate of the same CA is required;
                                             its CN is the principal (CN=provision-schema is
                                             User:provision-schema)
-    INTERNAL    PLAINTEXT  kafka_port + 3   inter-broker, loopback only
-    CONTROLLER  PLAINTEXT  controller_port  KRaft, loopback only
+    INTERNAL    SSL        kafka_port + 3   inter-broker; a client certificate is required
+    CONTROLLER  SSL        controller_port  KRaft; a client certificate is required
 
-A PLAINTEXT listener can only yield ``User:ANONYMOUS``; the node's own controller and
-inter-broker connections (its registration and heartbeats need CLUSTER_ACTION) come through
-those two listeners, so ``User:ANONYMOUS`` is a super user beside ``User:provision-admin``.
-Neither of the client listeners ever yields ANONYMOUS (SASL or a certificate is required), so
-the only door without identity is on loopback ports no client is told about.
+Every listener wants an identity, so none yields ``User:ANONYMOUS``, which is no super user.
+The node itself (its registration and heartbeats need CLUSTER_ACTION) connects to its INTERNAL
+and CONTROLLER listeners with its own certificate, CN=provision-broker, whence
+``super.users=User:provision-admin;User:provision-broker``; any other certificate of the CA on
+those ports (a step's) is only its principal, bound by the ACLs like everywhere else.
 
-The users are SCRAM-SHA-512 credentials written into the KRaft metadata when the storage is
-formatted (``--add-scram``), one per principal of :mod:`shared.domain.acls`; their passwords are
-generated once and kept in ``<state dir>/kafka.passwords`` (JSON, mode 0600), never in
-``local-env.json``, which only points at that file.
+The users are SCRAM-SHA-512 credentials, one per principal of :mod:`shared.domain.acls`, their
+passwords generated once and kept in ``<state dir>/kafka.passwords`` (JSON, mode 0600), never in
+``local-env.json``, which only points at that file. They are not written at format time
+(``kafka-storage format --add-scram`` takes them on its command line, where any local process
+can read them): once the node answers, :meth:`BrokerSecurity.create_users` sets them through the
+admin API over the MTLS listener, as provision-admin by its certificate, on every start, so the
+broker always holds the file's passwords. No password is ever in a process's arguments.
 
 With :class:`OAuthValidation` (a test's, as yet: ``infra up`` does not offer it) the CLIENT
 listener also takes ``OAUTHBEARER``: a JWT whose signature Kafka's
@@ -37,6 +40,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+# The public names are not re-exported for type checkers (as for shared.kafka's imports).
+from confluent_kafka.admin._scram import (
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialAlteration,
+    UserScramCredentialUpsertion,
+)
+
 from shared.domain.acls import ADMIN, ROLE_NAMES, user_name
 from tooling.infra._common import LOOPBACK, InfraError
 from tooling.infra.certs import LocalCA
@@ -49,8 +63,10 @@ ALLOWED_URLS_PROPERTY = "org.apache.kafka.sasl.oauthbearer.allowed.urls"
 _OAUTH = "org.apache.kafka.common.security.oauthbearer"
 PASSWORDS_FILE = "kafka.passwords"
 TLS_DIR = "tls"
-BROKER_CERT = "kafka"
 ADMIN_USER = user_name(ADMIN)
+BROKER_USER = "provision-broker"
+"""The node's own principal (its certificate's CN) on its INTERNAL and CONTROLLER listeners."""
+SCRAM_ITERATIONS = 8192
 USERS: tuple[str, ...] = tuple(user_name(role) for role in ROLE_NAMES)
 """Every SCRAM user: ``provision-<service>`` for the seven step services, then the roles."""
 
@@ -78,7 +94,7 @@ class OAuthValidation:
         """The CLIENT listener's OAUTHBEARER settings (the validator reads the global keys, and
         the TLS of its JWKS requests from the JAAS line's options, not the listener's)."""
         # With options, the broker's own (unsecured) login wants a subject; it is never used, the
-        # inter-broker listener being PLAINTEXT.
+        # inter-broker listener being SSL.
         options = (
             ""
             if self.truststore is None
@@ -140,7 +156,6 @@ class BrokerSecurity:
         passwords = {str(k): str(v) for k, v in known.items()}
         if any(user not in passwords for user in USERS):
             for user in USERS:
-                # Hex only: the format tool's --add-scram syntax has no quoting for , [ ] =.
                 passwords.setdefault(user, secrets.token_hex(24))
             partial = self.passwords_file.with_name(f".{PASSWORDS_FILE}.partial")
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -155,17 +170,31 @@ class BrokerSecurity:
             raise InfraError(f"no principal {user!r}; expected one of {', '.join(USERS)}")
         return self.passwords()[user]
 
-    def scram_arguments(self) -> list[str]:
-        """The ``kafka-storage format`` arguments that create every user."""
-        return [
-            f"--add-scram={MECHANISM}=[name={user},password={password}]"
+    def create_users(self, mtls_servers: str, timeout: float = 30.0) -> int:
+        """Set every user's SCRAM credential to its password in the file, as provision-admin by
+        its certificate on the MTLS listener at ``mtls_servers`` (the CLIENT listener has no
+        user before); how many. InfraError naming the first refusal."""
+        config: dict[str, Any] = {**self.certificate_config(ADMIN_USER), "bootstrap.servers": mtls_servers}
+        admin = AdminClient(config)
+        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+        upserts: list[UserScramCredentialAlteration] = [
+            UserScramCredentialUpsertion(user, info, password.encode())
             for user, password in sorted(self.passwords().items())
             if user in USERS
         ]
+        try:
+            for future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout).values():
+                future.result()
+        except KafkaException as exc:
+            raise InfraError(
+                f"kafka refused the SCRAM users as {ADMIN_USER}: {exc.args[0] if exc.args else exc}"
+            ) from None
+        return len(upserts)
 
     def keystore(self, home: Path) -> Path:
-        """The broker's PEM keystore (its key, then its certificate and the CA's), 0600 in ``home``."""
-        issued = self.ca.issue(BROKER_CERT)
+        """The broker's PEM keystore (its key, then its certificate and the CA's), 0600 in ``home``:
+        CN=provision-broker, which it serves every listener with and presents to its own."""
+        issued = self.ca.issue(BROKER_USER, peer=True)
         path = home / "keystore.pem"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
@@ -177,6 +206,16 @@ class BrokerSecurity:
         issued = self.ca.issue(user, client=True, expired=expired)
         return issued.cert, issued.key
 
+    def certificate_config(self, user: str) -> dict[str, str]:
+        """The librdkafka settings (no address) connecting over SSL as ``user`` by its certificate."""
+        cert, key = self.client_certificate(user)
+        return {
+            "security.protocol": "SSL",
+            "ssl.ca.location": str(self.ca.cert),
+            "ssl.certificate.location": str(cert),
+            "ssl.key.location": str(key),
+        }
+
     def properties(self, home: Path, port: int, controller_port: int) -> dict[str, str]:
         """The node's listener and authorizer settings in secure mode."""
         client = f"CLIENT://{LOOPBACK}:{port}"
@@ -187,9 +226,7 @@ class BrokerSecurity:
             "listeners": f"{client},{mtls},{internal},CONTROLLER://{LOOPBACK}:{controller_port}",
             # The client listener last: running_port() reads the last address.
             "advertised.listeners": f"{internal},{mtls},{client}",
-            "listener.security.protocol.map": (
-                "CLIENT:SASL_SSL,MTLS:SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
-            ),
+            "listener.security.protocol.map": "CLIENT:SASL_SSL,MTLS:SSL,INTERNAL:SSL,CONTROLLER:SSL",
             "inter.broker.listener.name": "INTERNAL",
             "sasl.enabled.mechanisms": self.mechanisms,
             "listener.name.client.sasl.enabled.mechanisms": self.mechanisms,
@@ -198,12 +235,15 @@ class BrokerSecurity:
             "ssl.keystore.location": str(self.keystore(home)),
             "ssl.truststore.type": "PEM",
             "ssl.truststore.location": str(self.ca.cert),
+            # The node's own connections to INTERNAL and CONTROLLER present the keystore's certificate.
             "listener.name.mtls.ssl.client.auth": "required",
+            "listener.name.internal.ssl.client.auth": "required",
+            "listener.name.controller.ssl.client.auth": "required",
             # CN=provision-schema is User:provision-schema.
             "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
             "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "allow.everyone.if.no.acl.found": "false",
-            "super.users": f"User:{ADMIN_USER};User:ANONYMOUS",
+            "super.users": f"User:{ADMIN_USER};User:{BROKER_USER}",
         }
         if self.oauth is not None:
             settings.update(self.oauth.properties())
