@@ -226,13 +226,24 @@ def scale(
     max_instances: Annotated[
         int, typer.Option("--max-instances", min=1, max=6, help="Database step instances of the last run.")
     ] = 3,
+    pool_size: Annotated[
+        int,
+        typer.Option(
+            "--pool-size",
+            min=0,
+            help="After k=1, another burst of M with one database instance and a warm pool of this "
+            "size (the worker restarted with it, the pool full first), compared with k=1's "
+            "ceiling; every other burst runs with the pool off. 0: no such burst.",
+        ),
+    ] = DEFAULT_POOL_SIZE,
     warmup: Warmup = 1,
     concurrency: Concurrency = 8,
     out: Out = DEFAULT_OUT,
     keep_infra: KeepInfra = False,
     check: Check = False,
 ) -> None:
-    """Throughput with 1..3 database step instances, each against k parallel psql sessions doing its SQL."""
+    """Throughput with 1..3 database step instances, each against k parallel psql sessions doing its SQL;
+    with a warm pool, k=1 once more."""
     from tooling.bench.scale import run as run_scale  # noqa: PLC0415 - keep --help fast
 
     plan = Plan(
@@ -244,7 +255,7 @@ def scale(
         keep_infra=keep_infra,
         check=check,
     )
-    run_scale(plan, max_instances)
+    run_scale(plan, max_instances, pool_size)
 
 
 @bench_app.command()

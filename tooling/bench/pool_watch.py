@@ -25,6 +25,12 @@ from tooling.bench.harness import BenchFailure
 from tooling.bench.stats import pool_use
 
 
+def set_pool_size(app: App, size: int) -> None:
+    """The warm pool's size for what the app does from now on (an in-process baseline) and
+    for the workers started with its settings from now on."""
+    app.settings = app.settings.model_copy(update={"tenant_pool_size": size})
+
+
 def pool_fill(app: App) -> dict[str, int | None]:
     """Each tenant cluster's pool fill, as ``provision clusters`` reads it (None: unreachable)."""
     return {c.name: app.pool_ready(c.name) for c in app.tenant_cluster_map.clusters}

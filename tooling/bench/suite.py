@@ -34,7 +34,7 @@ from tooling.bench.harness import CompletionWatcher, WorkerFleet, worker_env
 from tooling.bench.load_probe import LoadProbe, idle_commits
 from tooling.bench.measure import LatencyRun, ThroughputRun
 from tooling.bench.plan import Phase, Plan
-from tooling.bench.pool_watch import PoolWatch, pooled_or_created, wait_until_full
+from tooling.bench.pool_watch import PoolWatch, pooled_or_created, set_pool_size, wait_until_full
 from tooling.bench.projects import Sample, check_integrity, project_timeline
 from tooling.bench.report import dig
 from tooling.bench.run import BenchRun, ProjectIds, failures, progress_bars
@@ -301,12 +301,6 @@ class SuiteRun(BenchRun):
             highlight=False,
             soft_wrap=True,
         )
-
-
-def set_pool_size(app: App, size: int) -> None:
-    """The warm pool's size for what the app does from now on (the in-process baseline) and for
-    the workers started with its settings from now on."""
-    app.settings = app.settings.model_copy(update={"tenant_pool_size": size})
 
 
 def _refuse_map_pool_sizes(app: App) -> None:
