@@ -144,7 +144,8 @@ def test_phase_summary_reads_the_figures_a_phase_is_compared_on() -> None:
 
 
 def _result(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
-    return {"phases": {"pool_off": off, "pool_on": on}, "profile": {"hop_floor": {"ms": 2.0}}}
+    floor = report.hop_floor_of(_probes())
+    return {"phases": {"pool_off": off, "pool_on": on}, "profile": {"hop_floor": floor}}
 
 
 def _targets(result: dict[str, Any]) -> dict[str, Any]:
@@ -231,3 +232,10 @@ def test_run_refuses_a_burst_that_does_not_outrun_the_pool() -> None:
     result = CliRunner().invoke(bench_app, ["run", "--m", "10", "--pool-size", "8"])
     assert result.exit_code == 2
     assert "--m 16" in result.output
+
+
+def test_pool_findings_bound_what_the_pool_can_do_for_the_end_to_end() -> None:
+    """Without the database step at all the e2e would be the rest of the pool-off e2e."""
+    lines = report.pool_findings(_result(_section(0, 400.0, 100.0), _section(8, 300.0, 5.0, pooled=8)))
+    assert any("0.75x the pool-off figure" in line for line in lines)
+    assert any("8 took a pooled database and 12 created" in line for line in lines)

@@ -391,6 +391,14 @@ def pool_findings(result: dict[str, Any]) -> list[str]:
             f"theirs (the burst never waits for the refill); sequential: {summary['sequential_pooled']} "
             f"pooled, {summary['sequential_created']} created" + _log_check(section.get("pool_use") or {})
         )
+    off = dig(phase_of(result, "pool_off") or {}, "summary") or {}
+    if off.get("e2e_ms_p50") and off.get("database_step_ms_p50") is not None:
+        bound = (off["e2e_ms_p50"] - off["database_step_ms_p50"]) / off["e2e_ms_p50"]
+        lines.append(
+            f"the pool can only shorten the database step: with it taking no time at all, e2e p50 "
+            f"would still be {bound:.2f}x the pool-off figure ({off['e2e_ms_p50']:.0f} ms less its "
+            f"database step's {off['database_step_ms_p50']:.0f} ms)"
+        )
     floor = dig(result, "profile", "hop_floor")
     if floor:
         lines.append(
