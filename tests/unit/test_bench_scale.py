@@ -12,6 +12,8 @@ from tooling.bench.scale_figures import (
     bound_notes,
     cpu_seconds_each,
     cpu_usage,
+    pool_line,
+    pool_row,
     scale_rows,
     scale_table,
     scale_targets,
@@ -230,3 +232,20 @@ def test_bound_notes_compare_the_cpu_of_a_project_with_that_of_a_tenant() -> Non
         "CPU 0.200 core-s a project in the chain (every step, PostgreSQL, Kafka) "
         "against 0.050 a tenant in the ceiling"
     )
+
+
+def test_pool_row_compares_the_pooled_burst_with_k1_and_its_ceiling() -> None:
+    """The pool-on burst of one instance against k=1's pool-off burst and k=1's ceiling."""
+    pooled = {
+        "pool_size": 8,
+        "chain": {"projects_per_second": 12.0},
+        "database_step": {"per_second": 20.0},
+        "pool_use": {"pooled": 20, "created": 40},
+    }
+    one = {"chain": {"projects_per_second": 6.0}, "ceiling": {"tenants_per_second": 15.0}}
+    row = pool_row(pooled, one)
+    assert row["ratio_to_pool_off"] == 2.0
+    assert row["ratio_to_ceiling"] == 0.8
+    assert (row["pooled"], row["created"]) == (20, 40)
+    line = pool_line(row)
+    assert "20 pooled, 40 created" in line and "CREATE DATABASE" in line

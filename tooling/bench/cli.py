@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from tooling.bench.plan import DEFAULT_OUT, Plan
+from tooling.bench.plan import DEFAULT_OUT, DEFAULT_POOL_SIZE, Plan
 from tooling.bench.startup import startup
 
 bench_app = typer.Typer(
@@ -67,11 +67,29 @@ def run(
     idle_seconds: IdleSeconds = 5.0,
     warmup: Warmup = 2,
     concurrency: Concurrency = 8,
+    pool_size: Annotated[
+        int,
+        typer.Option(
+            "--pool-size",
+            min=1,
+            help="The warm pool of the second phase: the run measures everything with the pool "
+            "off (PROVISION_TENANT_POOL_SIZE=0), restarts the database worker with this size, "
+            "waits until the pool is full, and measures again; the burst (--m) must be at least "
+            "twice this, so that it outruns the pool.",
+        ),
+    ] = DEFAULT_POOL_SIZE,
     out: Out = DEFAULT_OUT,
     keep_infra: KeepInfra = False,
     check: Check = False,
 ) -> None:
-    """Everything: idle footprint, latency, throughput with the load footprint, integrity."""
+    """Everything, pool off then pool on: idle footprint, latency, throughput with the load
+    footprint and the Kafka and commit probes, integrity, the targets."""
+    if not skip_throughput and throughput_m < 2 * pool_size:
+        raise typer.BadParameter(
+            f"a burst of {throughput_m} does not outrun a pool of {pool_size}: use --m {2 * pool_size} "
+            "or more",
+            param_hint="--m",
+        )
     _execute(
         Plan(
             "run",
@@ -84,6 +102,7 @@ def run(
             out=out,
             keep_infra=keep_infra,
             check=check,
+            pool_size=pool_size,
         )
     )
 
@@ -207,13 +226,24 @@ def scale(
     max_instances: Annotated[
         int, typer.Option("--max-instances", min=1, max=6, help="Database step instances of the last run.")
     ] = 3,
+    pool_size: Annotated[
+        int,
+        typer.Option(
+            "--pool-size",
+            min=0,
+            help="After k=1, another burst of M with one database instance and a warm pool of this "
+            "size (the worker restarted with it, the pool full first), compared with k=1's "
+            "ceiling; every other burst runs with the pool off. 0: no such burst.",
+        ),
+    ] = DEFAULT_POOL_SIZE,
     warmup: Warmup = 1,
     concurrency: Concurrency = 8,
     out: Out = DEFAULT_OUT,
     keep_infra: KeepInfra = False,
     check: Check = False,
 ) -> None:
-    """Throughput with 1..3 database step instances, each against k parallel psql sessions doing its SQL."""
+    """Throughput with 1..3 database step instances, each against k parallel psql sessions doing its SQL;
+    with a warm pool, k=1 once more."""
     from tooling.bench.scale import run as run_scale  # noqa: PLC0415 - keep --help fast
 
     plan = Plan(
@@ -225,7 +255,7 @@ def scale(
         keep_infra=keep_infra,
         check=check,
     )
-    run_scale(plan, max_instances)
+    run_scale(plan, max_instances, pool_size)
 
 
 @bench_app.command()

@@ -111,6 +111,18 @@ class WorkerFleet(fleet.WorkerFleet):
         if exited is not None:
             raise BenchFailure(exited)
 
+    def restart(self, name: str, env: dict[str, str]) -> None:
+        """Stop the worker of step ``name`` (SIGTERM, as :meth:`stop` does) and start it again
+        with ``env``: the bench changes one worker's settings between two phases of a run."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        self.spawn(name, name, env)
+
 
 @contextmanager
 def running_workers(settings: Settings, app: App, log_dir: Path, say: Say) -> Iterator[WorkerFleet]:

@@ -26,6 +26,7 @@ from tooling.bench.harness import (
     CompletionWatcher,
     WorkerFleet,
 )
+from tooling.bench.load_probe import LoadProbe
 from tooling.bench.projects import DbProject, Sample, fetch_projects, payload, project_timeline
 from tooling.bench.stats import (
     Timeline,
@@ -113,14 +114,17 @@ def run_latency(
     *,
     region: str,
     tick: Tick = _nothing,
+    before_pair: Tick = _nothing,
 ) -> LatencyRun:
-    """Provision each pair (choreography id, in-process id) one after the other.
+    """Provision each pair (choreography id, in-process id) one after the other, after
+    ``before_pair`` (untimed: the bench waits there for the warm pool to refill).
 
     The two kinds alternate (and which goes first alternates too), so a drift of the
     machine or the database over the run affects both alike.
     """
     samples: list[Sample] = []
     for i, (chor_id, inproc_id) in enumerate(ids):
+        before_pair()
         order: list[Callable[[], Sample]] = [
             functools.partial(provision_choreography, app, watcher, fleet, chor_id, region, phase="latency"),
             functools.partial(provision_in_process, app, inproc_id, region, phase="latency"),
@@ -196,6 +200,8 @@ class ThroughputRun:
     request_concurrency: int
     projects: dict[str, DbProject] = field(default_factory=dict)
     checkpoints: dict[str, Any] = field(default_factory=dict)
+    under_load: dict[str, Any] | None = None
+    """What the :class:`LoadProbe` of the burst measured (None: no probe ran)."""
 
 
 def run_throughput(
@@ -210,12 +216,17 @@ def run_throughput(
     requested: Tick = _nothing,
     completed: Tick = _nothing,
     in_process_done: Tick = _nothing,
+    probe: LoadProbe | None = None,
 ) -> ThroughputRun:
     """Request every choreography project at once (``concurrency`` request threads), wait
-    for all, sampling the workers' footprint meanwhile; then the in-process baseline."""
+    for all, sampling the workers' footprint (and running ``probe``) meanwhile; then the
+    in-process baseline."""
     before_burst = checkpoint_counts(app)
     sampler = FootprintSampler(fleet.pids()).start()
+    if probe is not None:
+        probe.start()
     samples: list[Sample] = []
+    under_load = None
     try:
 
         def request(project_id: str) -> Sample:
@@ -240,6 +251,8 @@ def run_throughput(
             sample.observed = seen[sample.project_id].seen_at
     finally:
         load = sampler.stop()
+        if probe is not None:
+            under_load = probe.stop()
 
     before_baseline = checkpoint_counts(app)
     baseline: list[Sample] = []
@@ -252,7 +265,7 @@ def run_throughput(
         "choreography": checkpoint_delta(before_burst, before_baseline),
         "in_process": checkpoint_delta(before_baseline, after),
     }
-    return ThroughputRun(samples, baseline, load, concurrency, projects, checkpoints)
+    return ThroughputRun(samples, baseline, load, concurrency, projects, checkpoints, under_load)
 
 
 def checkpoint_counts(app: App) -> dict[str, float] | None:

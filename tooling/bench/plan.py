@@ -7,6 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_OUT = Path("bench-results")
+DEFAULT_POOL_SIZE = 8
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One part of a run with the warm pool at one size: ``pool_size`` None keeps the settings'."""
+
+    label: str
+    pool_size: int | None
 
 
 @dataclass(frozen=True)
@@ -23,3 +32,11 @@ class Plan:
     out: Path = DEFAULT_OUT
     keep_infra: bool = False
     check: bool = False
+    pool_size: int | None = None
+    """Measure everything twice, the warm pool off then at this size (None: once, as configured)."""
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        if self.pool_size is None:
+            return (Phase("as_configured", None),)
+        return (Phase("pool_off", 0), Phase("pool_on", self.pool_size))

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from shared.domain.steps import STEP_KEYS
 from tooling.bench.projects import DbProject, Sample, project_timeline
-from tooling.bench.stats import Target, epoch_to_utc, median_index, ms
+from tooling.bench.stats import Target, epoch_to_utc, hop_floor, median_index, ms, ratio
 
 
 def dig(data: dict[str, Any], *path: str) -> Any:
@@ -24,36 +24,120 @@ def dig(data: dict[str, Any], *path: str) -> Any:
     return node
 
 
+def phase_of(result: dict[str, Any], *labels: str) -> dict[str, Any] | None:
+    """The first of the phases ``labels`` the result holds (None: none of them)."""
+    phases = result.get("phases") or {}
+    return next((phases[label] for label in labels if label in phases), None)
+
+
+def last_phase(result: dict[str, Any]) -> dict[str, Any]:
+    """The phase the single-phase figures are read from: pool on, else the only one."""
+    phases = result.get("phases") or {}
+    return phase_of(result, "pool_on") or (list(phases.values())[-1] if phases else {})
+
+
+def phase_view(result: dict[str, Any], label: str) -> dict[str, Any]:
+    """The result as one phase sees it: the phase's latency, throughput and profile over the
+    run's own sections (footprint, integrity, the idle probes), for the tables and findings
+    written for one phase."""
+    section = result["phases"][label]
+    view = {k: v for k, v in result.items() if k != "phases"}
+    view.update({k: v for k, v in section.items() if k != "profile"})
+    view["profile"] = {**(result.get("profile") or {}), **(section.get("profile") or {})}
+    return view
+
+
+def phase_summary(section: dict[str, Any]) -> dict[str, Any]:
+    """The figures one phase is compared on: end to end and the database step (sequential),
+    the rate in a row (sequential: 1000 / mean end to end) and of the burst, what the burst
+    lost and how its projects got their database, the hops and their split."""
+    lat = section.get("latency")
+    burst = dig(section, "throughput", "choreography") or section.get("burst")
+    between = dig(section, "profile", "hops", "between_steps") or {}
+
+    def in_a_row(mode: str) -> float | None:
+        mean = dig(lat or {}, mode, "e2e_ms", "mean")
+        return round(1000.0 / mean, 3) if mean else None
+
+    return {
+        "e2e_ms_p50": dig(lat or {}, "choreography", "e2e_ms", "p50"),
+        "e2e_ms_p99": dig(lat or {}, "choreography", "e2e_ms", "p99"),
+        "in_process_e2e_ms_p50": dig(lat or {}, "in_process", "e2e_ms", "p50"),
+        "e2e_ratio_p50": dig(lat or {}, "e2e_ratio_p50"),
+        "database_step_ms_p50": dig(lat or {}, "choreography", "work_ms", "database", "p50"),
+        "in_a_row_projects_per_second": in_a_row("choreography"),
+        "in_process_in_a_row_projects_per_second": in_a_row("in_process"),
+        "burst_projects": dig(burst or {}, "projects"),
+        "burst_projects_per_second": dig(burst or {}, "projects_per_second"),
+        "burst_lost": dig(section, "burst_integrity", "lost"),
+        "burst_pooled": dig(section, "pool_use", "burst", "pooled"),
+        "burst_created": dig(section, "pool_use", "burst", "created"),
+        "sequential_pooled": dig(section, "pool_use", "sequential", "pooled"),
+        "sequential_created": dig(section, "pool_use", "sequential", "created"),
+        "hop_ms_p50": dig(lat or {}, "choreography", "hop_ms_all", "p50"),
+        "hop_ms_p99": dig(lat or {}, "choreography", "hop_ms_all", "p99"),
+        "hop_between_steps_p50_parts_ms": {
+            part: dig(between, f"{part}_ms", "p50") for part in ("finish_prev", "transit", "pre_claim")
+        },
+    }
+
+
+def hop_floor_of(prof: dict[str, Any]) -> dict[str, Any] | None:
+    """The hop floor of the run's idle probes (:func:`tooling.bench.stats.hop_floor`), with its
+    three parts; None when a probe measured nothing."""
+    parts = {
+        "produce_to_consumed_ms_p50": dig(prof, "kafka_probe", "produce_to_consumed_ms", "p50"),
+        "transaction_ms_p50": dig(prof, "db_probe", "transaction_ms", "p50"),
+        "checkout_query_ms_p50": dig(prof, "db_probe", "checkout_query_ms", "p50"),
+    }
+    values = [v for v in parts.values() if v is not None]
+    if len(values) < len(parts):
+        return None
+    return {"ms": round(hop_floor(*values), 3), **parts}
+
+
+def _over(value: float | None, base: float | None) -> float | None:
+    """``value / base`` when both are known and the base positive."""
+    return None if value is None or base is None else ratio(value, base)
+
+
 def targets(result: dict[str, Any]) -> list[Target]:
-    """Each figure beside its target (unmeasured figures have value None)."""
+    """Each figure beside its target (unmeasured figures have value None). The pool's figures
+    compare the phases of one run; the others are read from the pool-on phase (or the only one)."""
     idle = dig(result, "footprint", "idle") or {}
     cpu = max((w["cpu_percent"] for w in idle.values()), default=None)
     rss = max((w["rss_mb_max"] for w in idle.values()), default=None)
+    off = dig(phase_of(result, "pool_off") or {}, "summary") or {}
+    on = dig(phase_of(result, "pool_on") or {}, "summary") or {}
+    last = last_phase(result)
+    now = last.get("summary") or {}
+    floor = dig(result, "profile", "hop_floor", "ms")
+    pool = dig(last, "pool_size") or 0
+    lost = now.get("burst_lost")
+    big_burst = (now.get("burst_projects") or 0) >= 2 * pool > 0
     return [
         Target(
-            "hop p50 (choreography, all hops)",
-            dig(result, "latency", "choreography", "hop_ms_all", "p50"),
+            "e2e p50, pool on / pool off",
+            _over(on.get("e2e_ms_p50"), off.get("e2e_ms_p50")),
             "<=",
-            5,
-            " ms",
-        ),
-        Target(
-            "hop p99 (choreography, all hops)",
-            dig(result, "latency", "choreography", "hop_ms_all", "p99"),
-            "<=",
-            30,
-            " ms",
-        ),
-        Target(
-            "e2e p50 choreography / in-process",
-            dig(result, "latency", "e2e_ratio_p50"),
-            "<=",
-            1.3,
+            0.5,
             "x",
         ),
         Target(
-            "throughput choreography / in-process",
-            dig(result, "throughput", "ratio"),
+            "throughput in a row, pool on / pool off",
+            _over(on.get("in_a_row_projects_per_second"), off.get("in_a_row_projects_per_second")),
+            ">=",
+            2,
+            "x",
+        ),
+        Target("burst of 2x the pool or more: projects lost", lost if big_burst else None, "<=", 0),
+        Target("hop p50 / hop floor", _over(now.get("hop_ms_p50"), floor), "<=", 2, "x"),
+        Target("hop p99 / hop floor", _over(now.get("hop_ms_p99"), floor), "<=", 5, "x"),
+        Target("e2e p50 choreography / in-process", now.get("e2e_ratio_p50"), "<=", 1.15, "x"),
+        Target("database step p50, pool on", on.get("database_step_ms_p50"), "<=", 10, " ms"),
+        Target(
+            "throughput, burst / in-process in a row",
+            dig(phase_of(result, "pool_off", "as_configured") or {}, "throughput", "ratio"),
             ">=",
             1.5,
             "x",
@@ -94,9 +178,9 @@ def targets_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def figures_table(result: dict[str, Any]) -> Table:
+def figures_table(result: dict[str, Any], title: str = "latency and throughput") -> Table:
     """The main figures: end to end, totals and throughput, for both modes."""
-    table = Table(title="latency and throughput", title_justify="left")
+    table = Table(title=title, title_justify="left")
     for column in ("figure", "choreography", "in-process"):
         table.add_column(column, justify="right" if column != "figure" else "left")
     lat = result.get("latency")
@@ -132,10 +216,10 @@ def figures_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def steps_table(result: dict[str, Any]) -> Table:
+def steps_table(result: dict[str, Any], title: str = "per step, p50 (p99) in ms") -> Table:
     """Per step p50 (p99) of hop and work, both modes."""
     lat = result["latency"]
-    table = Table(title="per step, p50 (p99) in ms", title_justify="left")
+    table = Table(title=title, title_justify="left")
     for column in (
         "step",
         "hop chor.",
@@ -161,6 +245,89 @@ def steps_table(result: dict[str, Any]) -> Table:
             cell("in_process", "work_ms"),
             fmt(gap),
         )
+    return table
+
+
+PHASE_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("e2e p50 (sequential)", "e2e_ms_p50", " ms"),
+    ("e2e p99 (sequential)", "e2e_ms_p99", " ms"),
+    ("e2e p50 in-process", "in_process_e2e_ms_p50", " ms"),
+    ("database step p50", "database_step_ms_p50", " ms"),
+    ("in a row (1000 / mean e2e)", "in_a_row_projects_per_second", "/s"),
+    ("burst", "burst_projects_per_second", "/s"),
+    ("burst projects", "burst_projects", ""),
+    ("burst lost", "burst_lost", ""),
+    ("burst pooled / created", "burst_pooled", ""),
+    ("sequential pooled / created", "sequential_pooled", ""),
+    ("hop p50", "hop_ms_p50", " ms"),
+    ("hop p99", "hop_ms_p99", " ms"),
+)
+
+
+def phases_table(result: dict[str, Any]) -> Table:
+    """The phases side by side: what the warm pool changes."""
+    phases = result.get("phases") or {}
+    table = Table(title="the warm pool: phases of this run", title_justify="left")
+    table.add_column("figure")
+    for label, section in phases.items():
+        table.add_column(f"{label} ({section.get('pool_size', '-')})", justify="right")
+    for name, key, unit in PHASE_ROWS:
+        cells = []
+        for section in phases.values():
+            summary = section.get("summary") or {}
+            if key.endswith("_pooled"):
+                created = summary.get(key.replace("_pooled", "_created"))
+                cells.append(f"{fmt(summary.get(key))} / {fmt(created)}")
+            else:
+                cells.append(fmt(summary.get(key), unit))
+        table.add_row(name, *cells)
+
+    def split(section: dict[str, Any]) -> str:
+        parts = dig(section, "summary", "hop_between_steps_p50_parts_ms") or {}
+        return " / ".join(fmt(parts.get(p)) for p in ("finish_prev", "transit", "pre_claim"))
+
+    table.add_row("hop between steps p50: finish / transit / claim", *map(split, phases.values()))
+    return table
+
+
+UNDER_LOAD_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("producer int_latency (queue)", ("rdkafka", "producer", "int_latency_ms")),
+    ("producer outbuf_latency", ("rdkafka", "producer", "outbuf_latency_ms")),
+    ("producer rtt (produce, acks=all)", ("rdkafka", "producer", "rtt_ms")),
+    ("consumer rtt (fetch, long-polled)", ("rdkafka", "consumer", "rtt_ms")),
+)
+
+
+def under_load_table(result: dict[str, Any]) -> Table:
+    """During each burst: librdkafka's windows, produce to consumed and COMMIT, against idle."""
+    phases = result.get("phases") or {}
+    table = Table(title="a hop's Kafka and commits during the burst, p50 / p99 (ms)", title_justify="left")
+    table.add_column("figure")
+    for label in phases:
+        table.add_column(label, justify="right")
+    table.add_column("idle", justify="right")
+    loads = [dig(s, "profile", "under_load") or {} for s in phases.values()]
+    for name, path in UNDER_LOAD_ROWS:
+        cells = []
+        for load in loads:
+            w = dig(load, *path)
+            cells.append(f"{fmt(w['p50_ms'])} / {fmt(w['p99_ms'])}" if w else "-")
+        table.add_row(name, *cells, "-")
+
+    def pair(summary: dict[str, Any] | None) -> str:
+        return f"{fmt(summary['p50'])} / {fmt(summary['p99'])}" if summary else "-"
+
+    prof = result.get("profile") or {}
+    table.add_row(
+        "produce + flush -> consumed",
+        *(pair(load.get("produce_to_consumed_ms")) for load in loads),
+        pair(dig(prof, "kafka_probe", "produce_to_consumed_ms")),
+    )
+    table.add_row(
+        "COMMIT of a one-row update",
+        *(pair(load.get("commit_ms")) for load in loads),
+        pair(dig(prof, "db_probe", "commit_ms")),
+    )
     return table
 
 
@@ -209,6 +376,45 @@ def findings(result: dict[str, Any]) -> list[str]:
             f"the largest is {rss} at {idle[rss]['rss_mb_max']:.0f} MB RSS"
         )
     return lines
+
+
+def pool_findings(result: dict[str, Any]) -> list[str]:
+    """Sentences on the warm pool: how each phase's projects got their database, the floor."""
+    lines: list[str] = []
+    for label, section in (result.get("phases") or {}).items():
+        summary = section.get("summary") or {}
+        if summary.get("burst_pooled") is None:
+            continue
+        lines.append(
+            f"{label} (pool {section.get('pool_size')}): of the burst of {summary['burst_projects']}, "
+            f"{summary['burst_pooled']} took a pooled database and {summary['burst_created']} created "
+            f"theirs (the burst never waits for the refill); sequential: {summary['sequential_pooled']} "
+            f"pooled, {summary['sequential_created']} created" + _log_check(section.get("pool_use") or {})
+        )
+    off = dig(phase_of(result, "pool_off") or {}, "summary") or {}
+    if off.get("e2e_ms_p50") and off.get("database_step_ms_p50") is not None:
+        bound = (off["e2e_ms_p50"] - off["database_step_ms_p50"]) / off["e2e_ms_p50"]
+        lines.append(
+            f"the pool can only shorten the database step: with it taking no time at all, e2e p50 "
+            f"would still be {bound:.2f}x the pool-off figure ({off['e2e_ms_p50']:.0f} ms less its "
+            f"database step's {off['database_step_ms_p50']:.0f} ms)"
+        )
+    floor = dig(result, "profile", "hop_floor")
+    if floor:
+        lines.append(
+            f"hop floor {floor['ms']:.2f} ms = idle produce->consumed p50 "
+            f"{floor['produce_to_consumed_ms_p50']:.2f} + short transaction p50 "
+            f"{floor['transaction_ms_p50']:.2f} + pooled query p50 {floor['checkout_query_ms_p50']:.2f}"
+        )
+    return lines
+
+
+def _log_check(pool: dict[str, Any]) -> str:
+    """The refill log's count of takes beside the watch's, when both are known."""
+    logged, watched = pool.get("taken_by_the_refill_log"), pool.get("taken_by_the_watch")
+    if logged is None or watched is None:
+        return ""
+    return f"; the refill's log counts {logged} taken, the watch {watched}"
 
 
 def _latency_findings(lat: dict[str, Any], prof: dict[str, Any]) -> list[str]:

@@ -109,7 +109,8 @@ class BenchRun:
         app = None
         try:
             app = harness.prepare(self.settings, self.say)
-            check_quota(app, len(self.ids.every()))
+            check_quota(app, self._planned())
+            self._before_workers(app)
             self.result["machine"] = harness.machine_info(app, infra)
             self.result["settings"] = settings_used(self.settings, app)
             with harness.running_workers(self.settings, app, self.log_dir, self.say) as fleet:
@@ -145,6 +146,13 @@ class BenchRun:
                 )
 
     # --- what each run does its own way -------------------------------------------------------
+
+    def _planned(self) -> int:
+        """How many tenants the run adds to the cluster (its projects, by default)."""
+        return len(self.ids.every())
+
+    def _before_workers(self, app: App) -> None:
+        """Adjust the app's settings the workers are started with (nothing by default)."""
 
     def _measure(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
         """The run's measurements, with the workers running."""

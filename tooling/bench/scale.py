@@ -8,7 +8,9 @@ of every other step), completed projects per second from the first request call 
 the ceiling, M tenants created by k sessions. The CPU of PostgreSQL, the workers, Kafka and
 the machine is sampled through each phase, to say what bounds the scaling. Between runs the
 burst is deprovisioned through the chain and the ceiling's tenants dropped, so every run
-starts with the same tenant count.
+starts with the same tenant count. Every k runs with the warm pool off (the ceiling makes each
+tenant with ``CREATE DATABASE``); with ``--pool-size``, k=1 runs once more with the pool on, the
+database worker restarted with it and the pool full first, beside the same k=1 ceiling.
 
 The set-up (servers, migrations, topics, the seven workers, the completion watcher) is
 ``BenchRun``'s (:mod:`tooling.bench.run`). The pure parts are in
@@ -35,8 +37,9 @@ from shared.domain.naming import TenantNames
 from shared.domain.steps import STEPS
 from shared.settings import Settings
 from tooling.bench.charts import draw_scale_chart
-from tooling.bench.harness import BenchFailure, CompletionWatcher, WorkerFleet
+from tooling.bench.harness import BenchFailure, CompletionWatcher, WorkerFleet, worker_env
 from tooling.bench.plan import Plan
+from tooling.bench.pool_watch import PoolWatch, pooled_or_created, set_pool_size, wait_until_full
 from tooling.bench.projects import DbProject, check_integrity, fetch_projects, payload
 from tooling.bench.run import BenchRun, failures, progress_bars
 from tooling.bench.scale_figures import (
@@ -44,6 +47,8 @@ from tooling.bench.scale_figures import (
     bound_notes,
     cpu_seconds_each,
     cpu_usage,
+    pool_line,
+    pool_row,
     rounded,
     scale_rows,
     scale_table,
@@ -74,17 +79,29 @@ class Phase:
     started: float = 0.0
     ended: float = 0.0
     cpu: dict[str, Any] = field(default_factory=dict)
+    load_average: list[float] = field(default_factory=list)
 
 
 class ScaleRun(BenchRun):
     """The scale bench: ``BenchRun``'s set-up and result, its own phases, analysis and output."""
 
     def __init__(
-        self, plan: Plan, settings: Settings, out: Console, err: Console, *, max_instances: int
+        self,
+        plan: Plan,
+        settings: Settings,
+        out: Console,
+        err: Console,
+        *,
+        max_instances: int,
+        pool_size: int = 0,
     ) -> None:
         super().__init__(plan, settings, out, err)
         self.instance_counts = list(range(1, max_instances + 1))
+        self.pool_size = pool_size
         run_id = self.ids.run_id
+        self.pool_ids = [f"bench-{run_id}-pc{i:04d}" for i in range(plan.throughput_m if pool_size else 0)]
+        self.pool_warm_ids = [f"bench-{run_id}-pw{i}" for i in range(3 if pool_size else 0)]
+        self.pool_run: dict[str, Any] = {}
         self.burst_ids = {
             k: [f"bench-{run_id}-k{k}c{i:04d}" for i in range(plan.throughput_m)]
             for k in self.instance_counts
@@ -99,6 +116,13 @@ class ScaleRun(BenchRun):
         self.result["sizes"]["instance_counts"] = self.instance_counts
         self.sampler: CpuSampler | None = None
         self.cores = os.cpu_count() or 1
+
+    def _planned(self) -> int:
+        return super()._planned() + self.pool_size + len(self.pool_ids) + len(self.pool_warm_ids)
+
+    def _before_workers(self, app: App) -> None:
+        # Every k is compared with CREATE DATABASE by psql: its bursts run without the pool.
+        set_pool_size(app, 0)
 
     def execute(self) -> dict[str, Any]:
         """The run, then BenchFailure when ``--check`` and a target is missed."""
@@ -129,10 +153,38 @@ class ScaleRun(BenchRun):
             self.runs[k] = run
             run["ceiling"], run["ceiling_cpu"] = self._ceiling(app, k)
             self._warm(app, watcher, fleet, k)
-            phase = self._burst(app, watcher, fleet, k)
+            phase = self._burst(app, watcher, fleet, self.burst_ids[k], f"k={k}")
             run["chain_window"] = [phase.started, phase.ended]
             run["chain_cpu"] = phase.cpu
+            run["load_average_at_burst"] = phase.load_average
             run["cleanup"] = self._clean_up(app, fleet, [*self.warm_ids[k], *self.burst_ids[k]])
+            if k == 1 and self.pool_size:
+                self._pooled_burst(app, watcher, fleet)
+
+    def _pooled_burst(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet) -> None:
+        """k=1 again with the warm pool: the database worker restarted with it, the pool
+        full, a burst of M (more than the pool: the rest falls back to CREATE DATABASE), then
+        the worker back without it for the next k."""
+        with self.err.status(f"k=1 with a warm pool of {self.pool_size}: restarting the database worker"):
+            set_pool_size(app, self.pool_size)
+            fleet.restart(DATABASE_STEP.key, worker_env(self.settings, app))
+            request_all(app, self.pool_warm_ids, self.region)
+            watcher.wait(self.pool_warm_ids, timeout=180, while_waiting=fleet.check_alive)
+            wait_until_full(app, self.pool_size)
+        watch = PoolWatch(app).start()
+        try:
+            phase = self._burst(app, watcher, fleet, self.pool_ids, "k=1 pooled")
+        finally:
+            seen = watch.stop()
+        self.pool_run = {
+            "pool_size": self.pool_size,
+            "chain_window": [phase.started, phase.ended],
+            "chain_cpu": phase.cpu,
+            "pool_use": pooled_or_created(app, self.pool_ids, seen),
+        }
+        self.pool_run["cleanup"] = self._clean_up(app, fleet, [*self.pool_warm_ids, *self.pool_ids])
+        set_pool_size(app, 0)
+        fleet.restart(DATABASE_STEP.key, worker_env(self.settings, app))
 
     def _add_instance(self, app: App, fleet: WorkerFleet, k: int) -> None:
         start_database_instance(fleet, k)
@@ -178,14 +230,20 @@ class ScaleRun(BenchRun):
                 request_provisioning(payload(pid, self.region), app=app)
             watcher.wait(self.warm_ids[k], timeout=120, while_waiting=fleet.check_alive)
 
-    def _burst(self, app: App, watcher: CompletionWatcher, fleet: WorkerFleet, k: int) -> Phase:
-        ids = self.burst_ids[k]
+    def _burst(
+        self,
+        app: App,
+        watcher: CompletionWatcher,
+        fleet: WorkerFleet,
+        ids: Sequence[str],
+        label: str,
+    ) -> Phase:
         self._checkpoint(app)
         assert self.sampler is not None
         phase = Phase()
         with progress_bars(self.err) as progress:
-            sent = progress.add_task(f"k={k} burst: requesting {len(ids)}", total=len(ids))
-            done = progress.add_task(f"k={k} burst: completed", total=len(ids))
+            sent = progress.add_task(f"{label} burst: requesting {len(ids)}", total=len(ids))
+            done = progress.add_task(f"{label} burst: completed", total=len(ids))
 
             def request(project_id: str) -> None:
                 receipt = request_provisioning(payload(project_id, self.region), app=app)
@@ -194,7 +252,7 @@ class ScaleRun(BenchRun):
                 progress.advance(sent)
 
             before = self.sampler.read()
-            self.runs[k]["load_average_at_burst"] = [round(x, 2) for x in os.getloadavg()]
+            load_average = [round(x, 2) for x in os.getloadavg()]
             phase.started = time.time()
             with ThreadPoolExecutor(self.plan.concurrency, thread_name_prefix="bench-request") as pool:
                 list(pool.map(request, ids))
@@ -206,6 +264,7 @@ class ScaleRun(BenchRun):
             )
             phase.ended = time.time()
             phase.cpu = cpu_usage(before, self.sampler.read(), self.cores)
+        phase.load_average = load_average
         return phase
 
     def _clean_up(self, app: App, fleet: WorkerFleet, ids: Sequence[str]) -> dict[str, Any]:
@@ -239,8 +298,18 @@ class ScaleRun(BenchRun):
                 run["ceiling_cpu"], run["ceiling"]["tenants"]
             )
         rows = scale_rows(self.runs)
+        pooled = None
+        if self.pool_run and 1 in self.runs:
+            projects = fetch_projects(app, self.pool_ids)
+            self.pool_run["chain"] = burst_rate(
+                self.pool_run["chain_window"][0], [_final(projects.get(p)) for p in self.pool_ids]
+            )
+            self.pool_run["database_step"] = step_rate(_spans(projects, self.pool_ids, DATABASE_STEP.key))
+            pooled = pool_row(self.pool_run, self.runs[1])
         self.result["scale"] = {
             "rows": rows,
+            "pool_on_k1": pooled,
+            "pool_on_k1_run": self.pool_run or None,
             "runs": {str(k): run for k, run in self.runs.items()},
             "targets": [t.as_dict() for t in scale_targets(rows)],
             "bound": bound_notes(self.runs, rows),
@@ -264,6 +333,8 @@ class ScaleRun(BenchRun):
     def _print(self) -> None:
         scale = self.result["scale"]
         self.out.print(scale_table(scale["rows"]))
+        if scale.get("pool_on_k1"):
+            self.out.print(pool_line(scale["pool_on_k1"]), highlight=False, soft_wrap=True)
         for target in scale["targets"]:
             mark = {True: "met", False: "missed", None: "not measured"}[target["met"]]
             self.out.print(
@@ -296,7 +367,13 @@ def _spans(
     ]
 
 
-def run(plan: Plan, max_instances: int = 3) -> None:
+def request_all(app: App, project_ids: Sequence[str], region: str) -> None:
+    """Request each project (the warm-up's: the completions are waited for by the caller)."""
+    for pid in project_ids:
+        request_provisioning(payload(pid, region), app=app)
+
+
+def run(plan: Plan, max_instances: int = 3, pool_size: int = 0) -> None:
     """The command: the run, with the CLI's one-line errors and exit codes."""
     with errors(), failures():
-        ScaleRun(plan, local_settings(), out, err, max_instances=max_instances).execute()
+        ScaleRun(plan, local_settings(), out, err, max_instances=max_instances, pool_size=pool_size).execute()

@@ -117,6 +117,35 @@ def scale_rows(runs: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def pool_row(pooled: Mapping[str, Any], one: Mapping[str, Any]) -> dict[str, Any]:
+    """The pool-on burst of one instance beside k=1's pool-off burst and the ceiling it is
+    compared with: k=1's, one session making each tenant with ``CREATE DATABASE`` (what the
+    pool takes off the request path, so the chain may pass it)."""
+    chain = pooled["chain"]["projects_per_second"]
+    ceiling = one["ceiling"]["tenants_per_second"]
+    return {
+        "pool_size": pooled["pool_size"],
+        "projects_per_second": chain,
+        "database_step_per_second": (pooled.get("database_step") or {}).get("per_second"),
+        "pooled": pooled["pool_use"]["pooled"],
+        "created": pooled["pool_use"]["created"],
+        "ceiling_per_second": ceiling,
+        "ceiling": "k=1's: one psql session making each tenant with CREATE DATABASE",
+        "ratio_to_ceiling": _ratio(chain, ceiling),
+        "ratio_to_pool_off": _ratio(chain, one["chain"]["projects_per_second"]),
+    }
+
+
+def pool_line(row: Mapping[str, Any]) -> str:
+    """The pool-on burst in one printed line."""
+    return (
+        f"k=1 with a warm pool of {row['pool_size']}: {fmt(row['projects_per_second'])} projects/s "
+        f"({row['pooled']} pooled, {row['created']} created), {fmt(row['ratio_to_pool_off'], 'x')} the "
+        f"pool-off burst and {fmt(row['ratio_to_ceiling'], 'x')} the ceiling of "
+        f"{fmt(row['ceiling_per_second'])} tenants/s ({row['ceiling']})"
+    )
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None

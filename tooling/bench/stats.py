@@ -304,3 +304,83 @@ def saturated_gaps(completions: Sequence[Completion], margin_ms: float = 20.0) -
         for a, b in itertools.pairwise(ordered)
         if b.available_at + margin <= a.logged_at
     ]
+
+
+def pool_use(
+    tenant_oids: Mapping[str, tuple[str, int] | None], pool_oids: Mapping[str, set[int]]
+) -> dict[str, int]:
+    """How many projects took a pooled database: those whose tenant database (cluster, OID)
+    carries the OID of a pool entry seen on that cluster; the others made theirs, or have
+    none (``missing``)."""
+    pooled = created = missing = 0
+    for found in tenant_oids.values():
+        if found is None:
+            missing += 1
+        elif found[1] in pool_oids.get(found[0], set()):
+            pooled += 1
+        else:
+            created += 1
+    return {"projects": len(tenant_oids), "pooled": pooled, "created": created, "missing": missing}
+
+
+RDKAFKA_WINDOWS = ("int_latency", "outbuf_latency", "rtt")
+"""librdkafka's per-broker latency windows the bench reports (microseconds in its statistics):
+a request's wait in the client's queue before it is sent (``int_latency``: for a producer, the
+message's), in the broker's output buffer before it is written, and the round trip to the answer."""
+
+
+def rdkafka_windows(stats: Mapping[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """The latency windows of one librdkafka statistics document, by name: each real broker's
+    (not the bootstrap or internal pseudo-brokers) that counted anything in the interval."""
+    found: dict[str, list[dict[str, float]]] = {name: [] for name in RDKAFKA_WINDOWS}
+    for broker in (stats.get("brokers") or {}).values():
+        if not isinstance(broker, dict) or int(broker.get("nodeid", -1)) < 0:
+            continue
+        for name in RDKAFKA_WINDOWS:
+            window = broker.get(name)
+            if isinstance(window, dict) and window.get("cnt", 0) > 0:
+                found[name].append(window)
+    return found
+
+
+def window_summary(windows: Sequence[Mapping[str, float]]) -> dict[str, Any] | None:
+    """The windows of one metric in ms: the median of their p50s and of their p99s, the worst
+    p99, and how many windows (broker and interval) counted; None without any."""
+    if not windows:
+        return None
+    p50s = [w["p50"] / 1000 for w in windows]
+    p99s = [w["p99"] / 1000 for w in windows]
+    return {
+        "windows": len(windows),
+        "p50_ms": round(percentile(p50s, 50), 3),
+        "p99_ms": round(percentile(p99s, 50), 3),
+        "max_p99_ms": round(max(p99s), 3),
+    }
+
+
+def hop_floor(produce_to_consumed_p50: float, transaction_p50: float, pooled_query_p50: float) -> float:
+    """The least one hop can take here, idle: one message produced and consumed, one short
+    transaction (the claim's commit) and one pooled query (the claim's checkout)."""
+    return produce_to_consumed_p50 + transaction_p50 + pooled_query_p50
+
+
+def parse_refill(line: str) -> tuple[datetime, int] | None:
+    """When a ``pool_refilled`` line of the database worker's log was written and how many
+    databases its round made; None for any other line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("event") != "pool_refilled":
+        return None
+    try:
+        return parse_log_time(str(record["timestamp"])), int(record["made"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def refilled_between(lines: Iterable[str], start: datetime, end: datetime) -> int:
+    """Databases the refill rounds logged within ``(start, end]`` made. Between two moments
+    the pool was full, that is exactly how many were taken from it."""
+    found = (parse_refill(line) for line in lines)
+    return sum(made for record in found if record is not None for at, made in [record] if start < at <= end)
