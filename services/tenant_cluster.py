@@ -10,6 +10,7 @@ retry or a replay made just after the cluster came back.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import cached_property
@@ -57,9 +58,19 @@ class ClusterAddress:
         """The admin URL's ``sslmode``, if it names one: the tenants' connection strings carry it."""
         self.down = False
         """The last attempt to get a connection failed: the next one probes first."""
+        self._last_tenant_work = float("-inf")
 
     def __repr__(self) -> str:  # its parameters hold the admin password
         return f"ClusterAddress({self.host}:{self.port}/{self.admin_database})"
+
+    def note_tenant_work(self) -> None:
+        """A step of this process is changing a tenant on the cluster (now)."""
+        self._last_tenant_work = time.monotonic()
+
+    def quiet_for(self) -> float:
+        """Seconds since a step of this process last changed a tenant on the cluster (``inf``
+        when none has): the warm pool's refill waits for a quiet cluster."""
+        return time.monotonic() - self._last_tenant_work
 
     def _mark_down(self) -> None:
         self.down = True

@@ -199,10 +199,14 @@ class PostgresTenantCluster:
         """An admin connection holding an advisory lock on each of ``names`` (taken in order).
         Catalog changes to one role or database (CREATE, ALTER, GRANT, DROP) fail rather than
         wait when they race, so concurrent attempts for the same tenant take turns."""
-        with self.address.admin() as conn, ExitStack() as held:
-            for name in names:
-                held.enter_context(advisory_lock(conn, name))
-            yield conn
+        self.address.note_tenant_work()
+        try:
+            with self.address.admin() as conn, ExitStack() as held:
+                for name in names:
+                    held.enter_context(advisory_lock(conn, name))
+                yield conn
+        finally:
+            self.address.note_tenant_work()  # the quiet the refill waits for starts at the end
 
 
 class SqlCredentialStore(KeyedStore):

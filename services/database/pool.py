@@ -174,6 +174,10 @@ class PoolCluster(Protocol):
     down: bool
     """The cluster failed to answer moments ago: no refill until it answers again."""
 
+    def quiet_for(self) -> float:
+        """Seconds since this process's steps last changed a tenant on the cluster."""
+        ...
+
     def admin(self) -> AbstractContextManager[Conn]:
         """An autocommit admin connection."""
         ...
@@ -190,10 +194,18 @@ class PoolTarget:
     room: Callable[[], int]
 
 
-def refill_round(target: PoolTarget, *, batch: int, stopped: threading.Event | None = None) -> int:
+def refill_round(
+    target: PoolTarget, *, batch: int, stopped: threading.Event | None = None, quiet: float = 0.0
+) -> int:
     """Top ``target``'s pool up by at most ``batch`` entries, within its size and its room;
-    skipped while the cluster is taken as down or another refill holds it. How many were made."""
-    if target.size <= 0 or target.cluster.down:
+    skipped while the cluster is taken as down, another refill holds it, or this process's
+    steps changed a tenant there less than ``quiet`` seconds ago. How many were made.
+
+    The quiet keeps the refill's ``CREATE DATABASE`` (a copy of the template written to the WAL
+    and synced) from slowing the steps in flight: within a burst a pooled take is followed by
+    others, and their projects' next steps commit on the same server. A burst larger than the
+    pool falls back to creating databases, which the refill would only have competed with."""
+    if target.size <= 0 or target.cluster.down or target.cluster.quiet_for() < quiet:
         return 0
     made = 0
     with target.cluster.admin() as conn, advisory_lock(conn, _REFILL_LOCK, wait=False) as mine:
@@ -220,8 +232,10 @@ def pool_fill(conn: Conn) -> int:
 
 class PoolRefiller:
     """Tops every cluster's pool up on a thread of its own, off the request path: a round every
-    ``interval`` seconds, at most ``batch`` databases per cluster per round. An error on one
-    cluster (it went away) is logged and that cluster skipped until the next round."""
+    ``interval`` seconds, at most ``batch`` databases per cluster per round, on a cluster where
+    this process's steps have changed no tenant for ``interval`` seconds (see
+    :func:`refill_round`). An error on one cluster (it went away) is logged and that cluster
+    skipped until the next round."""
 
     def __init__(self, targets: Sequence[PoolTarget], *, interval: float, batch: int) -> None:
         self.targets = tuple(t for t in targets if t.size > 0)
@@ -250,7 +264,7 @@ class PoolRefiller:
             if self._stopped.is_set():
                 break
             try:
-                made += refill_round(target, batch=self.batch, stopped=self._stopped)
+                made += refill_round(target, batch=self.batch, stopped=self._stopped, quiet=self.interval)
             except psycopg.Error as exc:
                 if target.name not in self._failing:  # said once, not every round
                     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]

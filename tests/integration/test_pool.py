@@ -384,6 +384,22 @@ def test_the_refiller_thread_fills_every_cluster_and_stops(address: ClusterAddre
     assert PostgresTenantCluster(address, pool_size=POOL).pool_fill() == 3
 
 
+def test_the_refill_waits_until_the_steps_leave_the_cluster_quiet(address: ClusterAddress) -> None:
+    """A take marks the cluster busy: no refill round within the quiet period after it (the
+    steps in flight keep the server to themselves), one as soon as the period has passed."""
+    _fill(address, 1)
+    names = _names()
+    assert PostgresTenantCluster(address, pool_size=POOL).take_pooled(
+        names.database, names.role, generate_password(), archive=names.archive
+    )
+    assert address.quiet_for() < 5
+    refiller = PoolRefiller([_target(address, 2)], interval=5, batch=2)
+    assert refiller.run_once() == 0, "refilled right after a take"
+    assert refill_round(_target(address, 2), batch=2, quiet=0.2) == 0
+    time.sleep(0.3)
+    assert refill_round(_target(address, 2), batch=2, quiet=0.2) == 2
+
+
 def test_a_refill_failing_on_a_cluster_goes_on_with_the_others(address: ClusterAddress) -> None:
     """A cluster that refuses connections is skipped (logged once); the others are filled."""
     gone = ClusterAddress("postgresql://nobody:wrong@127.0.0.1:1/postgres", connect_timeout=1)
