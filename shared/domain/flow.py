@@ -223,11 +223,14 @@ def _failure(
 
 def _lost_claim(store: StepStore, project_id: str, step_name: str, attempt: int) -> Busy | None:
     """Busy (take the trigger again soon) when our claim at ``attempt`` is gone and nobody
-    claimed the step since: it is ``pending`` at an earlier attempt, which only a PostgreSQL
-    crash losing the claim's deferred commit leaves (``_DEFERRED_CLAIMS`` in
-    :mod:`shared.db.state_machine`). Dropping the trigger then would strand the step."""
+    claimed the step since: it is back as it was before our claim (``pending``, or ``running``
+    under the expired lease we took over) at an earlier attempt, which only a PostgreSQL crash
+    losing the claim's deferred commit leaves (``_DEFERRED_CLAIMS`` in
+    :mod:`shared.db.state_machine`): any claim since would have counted ``attempt`` again.
+    Dropping the trigger then would strand the step."""
     row = store.snapshot(project_id).step(step_name)
-    if row is not None and row.status is StepStatus.PENDING and row.attempt < attempt:
+    unclaimed = (StepStatus.PENDING, StepStatus.RUNNING)
+    if row is not None and row.status in unclaimed and row.attempt < attempt:
         return Busy(None, row.attempt)
     return None
 
