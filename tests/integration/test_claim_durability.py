@@ -1,6 +1,7 @@
 """What a PostgreSQL crash does to a hop's writes, on a server of these tests' own: the claim's
-deferred commit may be lost (and the step simply runs again), the success write never is; and a
-restarted server costs the pooled engine no failed statement.
+and the outbox mark's deferred commits may be lost (the step runs again, the row is published
+again), the success write and a skip never are; and a restarted server costs the pooled engine
+no failed statement.
 
 The server runs with ``wal_writer_delay = 10s`` and no autovacuum, so an asynchronous commit
 stays in PostgreSQL's WAL buffers (not yet written to the kernel) for seconds unless a
@@ -18,10 +19,12 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
+from services.bootstrap import App
 from shared.db import StepRepository, make_engine
 from shared.db.migrator import migrate
 from shared.domain.records import Claim
 from shared.domain.steps import StepStatus
+from shared.kafka import add_to_outbox, ensure_topics, read_to_end, relay_outbox
 from tests.conftest import TEST_PG_PORT, TEST_STATE_DIR
 from tooling.infra.postgres import LocalPostgres
 
@@ -189,3 +192,34 @@ def test_a_restarted_server_costs_the_pool_no_failed_statement(crash_server: Loc
                     pids.add(pid)
     finally:
         engine.dispose()
+
+
+def test_a_crash_losing_the_outbox_mark_publishes_the_row_again(
+    crash_server: LocalPostgres, app: App
+) -> None:
+    """The relay's mark commits asynchronously: a crash losing it leaves the row unpublished,
+    and the next relay publishes it again (the duplicate a crash between publish and mark always
+    made), then marks it for good."""
+    engine = make_engine(_hop_url(crash_server), pool_size=1)
+    topic = f"test.outbox-crash.{uuid.uuid4().hex[:12]}"
+    ensure_topics(app.bootstrap_servers, [topic], partitions=1, replication=1, security=app.kafka_config)
+    marker = uuid.uuid4().hex.encode()
+    try:
+        with engine.begin() as conn:
+            add_to_outbox(conn, topic, b"key", marker, [])
+        assert relay_outbox(engine, app.publisher, timeout=15) == 1
+
+        _crash(crash_server)
+        assert relay_outbox(engine, app.publisher, timeout=15) == 1
+        with engine.begin() as conn:  # a synchronous commit: flushes the second mark with it
+            conn.execute(text("SELECT txid_current()"))
+        _crash(crash_server)
+        assert relay_outbox(engine, app.publisher, timeout=15) == 0
+    finally:
+        engine.dispose()
+    copies = [
+        m
+        for m in read_to_end(app.bootstrap_servers, [topic], security=app.kafka_config)
+        if m.value() == marker
+    ]
+    assert len(copies) == 2
