@@ -112,16 +112,18 @@ FROM claimed
 # PostgreSQL crash may lose such a commit, never corrupt anything: recovery replays the WAL in
 # order, so the record comes back as it was just before the claim (the step ``pending``, or
 # ``running`` under the lease it had), claimable again, the attempt not counted. Nothing was
-# published for it and no offset stored: the worker learns of the crash on its next write (the
-# success or failure record, or a lease renewal: the database is away, the message is set aside
-# and taken again), and the handler's create-if-absent work, done or half done, is absorbed by
-# the next run as on any redelivery. Any later synchronous commit on the server (the step's own
+# published for it and no offset stored: the worker learns of the crash at its next write (the
+# success or failure record: the database is away, and the message is set aside; or, the
+# database back, the claim is found gone, and the flow takes the trigger again, ``_lost_claim``
+# in :mod:`shared.domain.flow`), and the handler's create-if-absent work, done or half done, is
+# absorbed by the next run as on any redelivery. Any later synchronous commit on the server (the step's own
 # success, any other step's) flushes the WAL up to it, so a claim is at risk only until the
 # next durable commit or the WAL writer's flush (at most 3 x ``wal_writer_delay``), and never
 # once anything has been built on it. Not deferred: a claim that records ``skipped`` (its
 # completion is published at once, the next step's claim must find it), the placing step's
 # (a lost placement could be made again elsewhere, after the work began on the first cluster),
-# and reverse or purge steps' (kept durable: other claims wait on them).
+# and reverse or purge steps' (left durable: their loss is not argued here, and they are not
+# the provisioning hop).
 # The one exposure beyond a redelivery: a deprovisioning registered *during* the claim
 # statement (the claim read the project before that commit, so the registration's flush does
 # not cover it), then a crash within that flush delay, and the forward step's work ending
