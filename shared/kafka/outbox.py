@@ -66,8 +66,16 @@ def relay_outbox(engine: Engine, publisher: Publisher, *, batch: int = 200, time
             # not go out as well, or a request would be published twice.
             publisher.withdraw()
             raise
+        # The mark commits with synchronous_commit off (set by the statement itself, no round
+        # trip): a PostgreSQL crash losing it is a crash between the publish and the mark,
+        # which the relay already absorbs (the rows are published again, the steps take them
+        # as a duplicate or a redelivery). Nothing else reads published_at.
         conn.execute(
-            text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"),
+            text(
+                "UPDATE outbox SET published_at = now() "
+                "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS deferred "
+                "WHERE id = ANY(:ids)"
+            ),
             {"ids": [row.id for row in rows]},
         )
     return len(rows)
