@@ -32,7 +32,7 @@ from shared.db.projects import ProjectStore
 from shared.domain.errors import InvalidTransitionError
 from shared.domain.payloads import ProvisionProjectPayload
 from shared.domain.records import ALLOWED_TRANSITIONS, Claim, ProjectRecord, Registration, Snapshot, StepRow
-from shared.domain.steps import PLACING_STEP, STEPS, Chain, StepStatus, chain_start, step_by_name
+from shared.domain.steps import PLACING_STEP, Chain, StepStatus, chain_start, step_by_name
 
 # Fragments of the claim statement (``s`` the step row, ``p`` its project).
 _CLAIMABLE = (
@@ -97,42 +97,10 @@ SELECT claimed.*,
         FROM provisioning_steps AS e
         WHERE e.project_id = claimed.project_id AND e.position >= :first_position
           AND e.position < claimed.position AND e.result IS NOT NULL) AS earlier_results,
-       (SELECT t.cluster FROM tenant_placements AS t WHERE t.project_id = claimed.project_id) AS placement,
-       set_config('synchronous_commit',
-                  CASE WHEN CAST(:defer_commit AS boolean) AND claimed.status = 'running' THEN 'off'
-                       ELSE current_setting('synchronous_commit') END,
-                  true) AS commit_mode
+       (SELECT t.cluster FROM tenant_placements AS t WHERE t.project_id = claimed.project_id) AS placement
 FROM claimed
 """
 
-
-# Which claims commit without waiting for their WAL to be flushed (``synchronous_commit = off``
-# for the claim's transaction, set by the claim statement itself: no extra round trip): a
-# provisioning step's ``pending -> running`` (or take-over), on steps that place nothing. A
-# PostgreSQL crash may lose such a commit, never corrupt anything: recovery replays the WAL in
-# order, so the record comes back as it was just before the claim (the step ``pending``, or
-# ``running`` under the lease it had), claimable again, the attempt not counted. Nothing was
-# published for it and no offset stored: the worker learns of the crash at its next write (the
-# success or failure record: the database is away, and the message is set aside; or, the
-# database back, the claim is found gone, and the flow takes the trigger again, ``_lost_claim``
-# in :mod:`shared.domain.flow`), and the handler's create-if-absent work, done or half done, is
-# absorbed by the next run as on any redelivery. Any later synchronous commit on the server (the step's own
-# success, any other step's) flushes the WAL up to it, so a claim is at risk only until the
-# next durable commit or the WAL writer's flush (at most 3 x ``wal_writer_delay``), and never
-# once anything has been built on it. Not deferred: a claim that records ``skipped`` (its
-# completion is published at once, the next step's claim must find it), the placing step's
-# (a lost placement could be made again elsewhere, after the work began on the first cluster),
-# and reverse or purge steps' (left durable: their loss is not argued here, and they are not
-# the provisioning hop).
-# The one exposure beyond a redelivery: a deprovisioning registered *during* the claim
-# statement (the claim read the project before that commit, so the registration's flush does
-# not cover it), then a crash within that flush delay, and the forward step's work ending
-# after the restart and after its reverse step ran: the reverse step, finding the step no longer
-# running, would not wait for it. The same exposure as a control-plane outage longer than the
-# lease (the lease keeper cannot renew, README "Reliability").
-_DEFERRED_CLAIMS = frozenset(
-    step.name for step in STEPS if step.chain is Chain.PROVISIONING and step is not PLACING_STEP
-)
 
 # Placement: the least filled cluster of the region with room (fill = live tenants / capacity,
 # ties in map order). Placements of one region are serialised by an advisory lock held to the
@@ -236,7 +204,6 @@ class StepRepository:
                         "lease_seconds": lease_seconds,
                         "skip_service": skip_service,
                         "skip_result": json.dumps(skip_result or {}),
-                        "defer_commit": step_name in _DEFERRED_CLAIMS,
                     },
                 )
                 .mappings()

@@ -122,9 +122,7 @@ def run_step(
         if clock.monotonic() - claimed_at > lease_seconds * LEASE_RECHECK_FRACTION and not store.renew_lease(
             trigger.project_id, step.name, owner=owner, lease_seconds=lease_seconds
         ):
-            return _lost_claim(store, trigger.project_id, step.name, claim.row.attempt) or Ignored(
-                "the lease ran out before the work (or the project is being deprovisioned)"
-            )
+            return Ignored("the lease ran out before the work (or the project is being deprovisioned)")
         with leases.holding(store, trigger.project_id, step.name, owner=owner, lease_seconds=lease_seconds):
             in_work()
             output = spec.handle(context)
@@ -217,22 +215,8 @@ def _failure(
         final=final,
     )
     if row is None:
-        return _lost_claim(store, context.project_id, spec.step.name, attempt) or Superseded(info)
+        return Superseded(info)
     return Failed(info, attempt) if final else Retry(info, attempt)
-
-
-def _lost_claim(store: StepStore, project_id: str, step_name: str, attempt: int) -> Busy | None:
-    """Busy (take the trigger again soon) when our claim at ``attempt`` is gone and nobody
-    claimed the step since: it is back as it was before our claim (``pending``, or ``running``
-    under the expired lease we took over) at an earlier attempt, which only a PostgreSQL crash
-    losing the claim's deferred commit leaves (``_DEFERRED_CLAIMS`` in
-    :mod:`shared.db.state_machine`): any claim since would have counted ``attempt`` again.
-    Dropping the trigger then would strand the step."""
-    row = store.snapshot(project_id).step(step_name)
-    unclaimed = (StepStatus.PENDING, StepStatus.RUNNING)
-    if row is not None and row.status in unclaimed and row.attempt < attempt:
-        return Busy(None, row.attempt)
-    return None
 
 
 def _unclaimed(
