@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from shared.domain.events import ParkedLetter, event_models
 from shared.domain.steps import ALL_STEPS, DEADLETTER_TOPIC, LETTER_TOPICS, PARKED_TOPIC, all_topics
 from shared.kafka.codec import encode, encode_dead_letter, encode_parked
 from shared.tracing import new_trace
+from tests import npm
 from tests.event_samples import T0, dead_letter_sample, sample
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,37 +41,17 @@ def _doc() -> dict[str, Any]:
     return document
 
 
+WHY = "the AsyncAPI document is checked with Node's @asyncapi/parser"
+
+
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: the AsyncAPI document is checked with Node's @asyncapi/parser")
-    return path
+    return npm.tool(name, why=WHY)
 
 
 @pytest.fixture(scope="module")
 def parser_dir() -> Path:
     """The directory whose node_modules holds @asyncapi/parser, installed on first use."""
-    _tool("node")
-    marker = PARSER_DIR / "installed"
-    if marker.exists():
-        return PARSER_DIR
-    npm = _tool("npm")
-    PARSER_DIR.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="asyncapi-parser-", dir=PARSER_DIR.parent))
-    done = subprocess.run(
-        [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund", "--loglevel=error",
-         f"@asyncapi/parser@{PARSER_VERSION}"],
-        capture_output=True, text=True, timeout=NODE_TIMEOUT, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        pytest.fail(f"npm install @asyncapi/parser@{PARSER_VERSION} failed: {done.stderr[-2000:]}")
-    (staging / "installed").write_text(PARSER_VERSION + "\n")
-    try:
-        os.rename(staging, PARSER_DIR)  # atomic: a concurrent run sees all of it or nothing
-    except OSError:  # another run got there first
-        shutil.rmtree(staging, ignore_errors=True)
-    return PARSER_DIR
+    return npm.installed(PARSER_DIR, [f"@asyncapi/parser@{PARSER_VERSION}"], why=WHY, timeout=NODE_TIMEOUT)
 
 
 BROKEN = {

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shared.observability import Metrics
+from tests import npm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "provisioning.json"
@@ -122,37 +122,18 @@ def test_dashboard_queries_only_metrics_the_workers_define() -> None:
         assert named <= defined, f"undefined in {expr!r}: {named - defined}"
 
 
+WHY = "the dashboard is checked with @grafana/schema and tsc"
+
+
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: the dashboard is checked with @grafana/schema and tsc")
-    return path
+    return npm.tool(name, why=WHY)
 
 
 @pytest.fixture(scope="module")
 def tools_dir() -> Path:
     """The directory whose node_modules holds @grafana/schema and typescript, installed on first use."""
-    _tool("node")
-    marker = TOOLS_DIR / "installed"
-    if marker.exists():
-        return TOOLS_DIR
-    TOOLS_DIR.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="grafana-schema-", dir=TOOLS_DIR.parent))
     packages = [f"@grafana/schema@{GRAFANA_SCHEMA_VERSION}", f"typescript@{TYPESCRIPT_VERSION}"]
-    done = subprocess.run(
-        [_tool("npm"), "install", "--prefix", str(staging), "--no-audit", "--no-fund", "--loglevel=error",
-         *packages],
-        capture_output=True, text=True, timeout=NPM_TIMEOUT, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        pytest.fail(f"npm install {' '.join(packages)} failed: {done.stderr[-2000:]}")
-    (staging / "installed").write_text(" ".join(packages) + "\n")
-    try:
-        os.rename(staging, TOOLS_DIR)  # atomic: a concurrent run sees all of it or nothing
-    except OSError:  # another run got there first
-        shutil.rmtree(staging, ignore_errors=True)
-    return TOOLS_DIR
+    return npm.installed(TOOLS_DIR, packages, why=WHY, timeout=NPM_TIMEOUT)
 
 
 def _tsc(tools: Path, dashboard: dict[str, Any]) -> subprocess.CompletedProcess[str]:
