@@ -22,9 +22,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from sqlalchemy import Engine, text
 
 from services.bootstrap import App
-from shared.kafka import consumer_config, ensure_topics, producer_config
+from shared.kafka import consumer_config, producer_config
 from tooling.bench.harness import end_offset
-from tooling.bench.profile import PROBE_TOPIC
+from tooling.bench.profile import PROBE_TOPIC, ensure_probe_topic
 from tooling.bench.stats import RDKAFKA_WINDOWS, rdkafka_windows, summarize_or_none, window_summary
 
 SCRATCH_TABLE = "bench_commit_probe"
@@ -83,14 +83,7 @@ class LoadProbe:
         ]
 
     def start(self) -> LoadProbe:
-        app = self.app
-        ensure_topics(
-            app.bootstrap_servers,
-            [PROBE_TOPIC],
-            partitions=1,
-            replication=app.settings.topic_replication,
-            security=app.kafka_config,
-        )
+        ensure_probe_topic(self.app)
         for thread in self._threads:
             thread.start()
         return self

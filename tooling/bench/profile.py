@@ -185,12 +185,8 @@ def replays(logs: dict[tuple[str, str], list[StepLog]], project_ids: Iterable[st
 # --- probes -------------------------------------------------------------------------------
 
 
-def kafka_probe(app: App, n: int = 50) -> dict[str, Any]:
-    """The floor of a hop's Kafka part, with the product's own client settings: produce and
-    flush (acks=all) one message, then receive it; also a synchronous offset commit.
-
-    Uses its own topic (``bench.probe``, one partition), so no worker sees the messages.
-    """
+def ensure_probe_topic(app: App) -> None:
+    """The bench's own topic (``bench.probe``, one partition), which no worker reads."""
     ensure_topics(
         app.bootstrap_servers,
         [PROBE_TOPIC],
@@ -198,6 +194,15 @@ def kafka_probe(app: App, n: int = 50) -> dict[str, Any]:
         replication=app.settings.topic_replication,
         security=app.kafka_config,
     )
+
+
+def kafka_probe(app: App, n: int = 50) -> dict[str, Any]:
+    """The floor of a hop's Kafka part, with the product's own client settings: produce and
+    flush (acks=all) one message, then receive it; also a synchronous offset commit.
+
+    Uses its own topic (``bench.probe``, one partition), so no worker sees the messages.
+    """
+    ensure_probe_topic(app)
     publisher = Publisher.connect(app.bootstrap_servers, security=app.kafka_config)
     consumer = Consumer(
         consumer_config(
