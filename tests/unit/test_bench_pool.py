@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from typer.testing import CliRunner
 
-from tooling.bench import report
+from tooling.bench import findings, report
 from tooling.bench.cli import bench_app
 from tooling.bench.plan import Phase, Plan
 from tooling.bench.stats import (
@@ -236,6 +236,6 @@ def test_run_refuses_a_burst_that_does_not_outrun_the_pool() -> None:
 
 def test_pool_findings_bound_what_the_pool_can_do_for_the_end_to_end() -> None:
     """Without the database step at all the e2e would be the rest of the pool-off e2e."""
-    lines = report.pool_findings(_result(_section(0, 400.0, 100.0), _section(8, 300.0, 5.0, pooled=8)))
+    lines = findings.pool_findings(_result(_section(0, 400.0, 100.0), _section(8, 300.0, 5.0, pooled=8)))
     assert any("0.75x the pool-off figure" in line for line in lines)
     assert any("8 took a pooled database and 12 created" in line for line in lines)

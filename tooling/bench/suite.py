@@ -27,7 +27,7 @@ from rich.console import Console
 
 from services.bootstrap import App
 from shared.settings import Settings
-from tooling.bench import measure, profile, report
+from tooling.bench import findings, measure, profile, report
 from tooling.bench.charts import draw_chart
 from tooling.bench.footprint import sample_idle
 from tooling.bench.harness import CompletionWatcher, WorkerFleet, worker_env
@@ -184,8 +184,8 @@ class SuiteRun(BenchRun):
         result["profile"] = prof
         result["samples"] = samples
         result["targets"] = [t.as_dict() for t in report.targets(result)]
-        result["findings"] = report.findings(report.phase_view(result, self.phase_runs[-1].phase.label))
-        result["findings"] += report.pool_findings(result)
+        result["findings"] = findings.findings(report.phase_view(result, self.phase_runs[-1].phase.label))
+        result["findings"] += findings.pool_findings(result)
 
     def _phase_section(
         self, app: App, run: PhaseRun, logs: dict[tuple[str, str], list[StepLog]]
