@@ -10,18 +10,17 @@ Helm's own state (its config, cache and data homes) is kept in the same cache, n
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tooling.errors import ToolingError
+from tooling.locks import directory_lock
 
 HELM_MODULE = "helm.sh/helm/v4"
 HELM_VERSION = "v4.3.2"
@@ -107,24 +106,12 @@ def built_version(binary: Path, go: Path, cache: Path) -> str | None:
     return None
 
 
-@contextmanager
-def _locked(cache: Path) -> Iterator[None]:
-    """One build at a time per cache (two test sessions of one worktree)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with (cache / ".lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_helm(cache: Path = DEFAULT_CACHE, *, progress: Progress = _print) -> Path:
     """The cache's helm binary, built by ``go install`` first when missing or of another version.
     ToolingError (one line, with the build's last output) when it cannot be built."""
     binary = helm_path(cache)
     go = find_go()
-    with _locked(cache):
+    with directory_lock(cache):  # one build at a time per cache (two test sessions)
         if binary.exists() and built_version(binary, go, cache) == HELM_VERSION:
             return binary
         _build(go, cache, progress)

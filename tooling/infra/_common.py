@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import socket
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tooling.errors import ToolingError
+from tooling.locks import directory_lock
 
 if TYPE_CHECKING:
     import psutil
@@ -135,10 +135,5 @@ def state_lock(state_dir: Path) -> Iterator[None]:
     Two ``up`` calls racing (say two pytest sessions) would otherwise both find the
     broker stopped and both try to start it on the same files.
     """
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with (state_dir / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with directory_lock(state_dir, mode=0o700):
+        yield
