@@ -34,11 +34,11 @@ from tooling.bench.harness import CompletionWatcher, WorkerFleet, worker_env
 from tooling.bench.load_probe import LoadProbe, idle_commits
 from tooling.bench.measure import LatencyRun, ThroughputRun
 from tooling.bench.plan import Phase, Plan
-from tooling.bench.pool_watch import PoolWatch, pooled_or_created, set_pool_size, wait_until_full
+from tooling.bench.pool_watch import PoolWatch, set_pool_size, tenant_oids, wait_until_full
 from tooling.bench.projects import Sample, check_integrity, project_timeline
 from tooling.bench.report import dig
 from tooling.bench.run import BenchRun, ProjectIds, failures, progress_bars
-from tooling.bench.stats import StepLog, epoch_to_utc, refilled_between, summarize_or_none
+from tooling.bench.stats import StepLog, epoch_to_utc, pool_use, refilled_between, summarize_or_none
 from tooling.output import Failure, UsageError, err, errors, local_settings, out
 
 
@@ -194,6 +194,11 @@ class SuiteRun(BenchRun):
         section: dict[str, Any] = {"pool_size": run.phase.pool_size, "refill_waits_s": None}
         prof: dict[str, Any] = {}
         pool: dict[str, Any] = {}
+        oids = tenant_oids(app, run.ids.every())  # one read of the clusters for the whole phase
+
+        def pool_use_of(project_ids: list[str]) -> dict[str, int]:
+            return pool_use({p: oids[p] for p in project_ids}, run.pool_oids)
+
         if run.refill_waits_s:
             section["refill_waits_s"] = summarize_or_none(run.refill_waits_s)
         if run.lat_run is not None:
@@ -210,7 +215,7 @@ class SuiteRun(BenchRun):
             prof["hops"] = profile.hop_breakdown(chor, lat_run.projects, logs)
             prof["first_hop"] = profile.first_hop_request_split(chor, lat_run.projects)
             sequential = [s.project_id for s in lat_run.samples]
-            pool["sequential"] = pooled_or_created(app, sequential, run.pool_oids)
+            pool["sequential"] = pool_use_of(sequential)
         if run.thr_run is not None:
             thr_run = run.thr_run
             thr = measure.throughput_report(thr_run)
@@ -221,10 +226,8 @@ class SuiteRun(BenchRun):
             prof["service_times"] = profile.service_times(thr_run.choreography, thr_run.projects, logs)
             prof["under_load"] = thr_run.under_load
             burst_ids = [s.project_id for s in thr_run.choreography]
-            pool["burst"] = pooled_or_created(app, burst_ids, run.pool_oids)
-            pool["in_process_baseline"] = pooled_or_created(
-                app, [s.project_id for s in thr_run.in_process], run.pool_oids
-            )
+            pool["burst"] = pool_use_of(burst_ids)
+            pool["in_process_baseline"] = pool_use_of([s.project_id for s in thr_run.in_process])
             integrity = check_integrity(app, burst_ids)
             section["burst_integrity"] = {
                 k: integrity[k] for k in ("lost", "duplicated_or_missing_side_effects", "projects_checked")
