@@ -227,8 +227,13 @@ class _Send:
         self.span.set_status(Status(StatusCode.ERROR, str(exc)))
 
 
+StartSend = Callable[[str, bytes | None], TraceContext]
+"""Starts a ``send <topic>`` span for a message (its topic, its key) and returns the context to
+write in its ``traceparent`` (see :func:`sends`)."""
+
+
 @contextmanager
-def sends(parent: TraceContext) -> Iterator[Callable[[str, bytes | None], TraceContext]]:
+def sends(parent: TraceContext) -> Iterator[StartSend]:
     """PRODUCER spans ``send <topic>``, children of ``parent``, for messages published together:
     yields ``open(topic, key)``, which starts one and returns the context to write in that
     message's ``traceparent``. All end when the block does (after the broker's acknowledgement,

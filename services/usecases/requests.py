@@ -4,7 +4,8 @@ transaction, then publishes the event through the outbox."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,7 @@ from shared.domain.records import (
 )
 from shared.domain.steps import DEPROVISIONING_REQUESTED_TOPIC, REQUESTED_TOPIC
 from shared.kafka import add_to_outbox, encode, relay_outbox
-from shared.tracing import TraceContext, request_span, sends
+from shared.tracing import StartSend, request_span, sends
 
 from .payloads import InvalidRequestError, parse_payload, validate_payload
 
@@ -97,7 +98,7 @@ def request_provisioning(
     model = validate_payload(payload, settings=app.settings)
     correlation_id = uuid.uuid4()
     # The root of the project's trace: the chain's steps run in it, as children of its send.
-    with request_span("provision request", **_project(model.project_id)) as trace, sends(trace) as send:
+    with _request_trace("provision request", model.project_id) as send:
         with app.engine.begin() as conn:
             registration, record = app.projects.register_request(
                 model, correlation_id, requested_by=requested_by, connection=conn
@@ -157,7 +158,7 @@ def request_deprovisioning(
     if reason is not None and (len(reason) > 2048 or "\x00" in reason):
         raise InvalidRequestError("reason must be at most 2048 characters, without NUL")
     correlation_id = uuid.uuid4()
-    with request_span("provision deprovision", **_project(project_id)) as trace, sends(trace) as send:
+    with _request_trace("provision deprovision", project_id) as send:
         with app.engine.begin() as conn:
             registered = app.projects.register_deprovisioning(
                 project_id,
@@ -211,7 +212,7 @@ def restore_project(project_id: str, *, app: App, publish_timeout: float = 5.0) 
     """
     project_id = validate_project_id(project_id)
     correlation_id = uuid.uuid4()
-    with request_span("provision restore", **_project(project_id)) as trace, sends(trace) as send:
+    with _request_trace("provision restore", project_id) as send:
         with app.engine.begin() as conn:
             record = app.projects.restore(project_id, correlation_id, connection=conn)
             assert record.request is not None  # restore refuses an orphan
@@ -234,16 +235,19 @@ def _requested(
     )
 
 
-def _project(project_id: str) -> dict[str, str]:
-    """A request span's attribute: the project it is about (the chain's message key)."""
-    return {"provision.project.id": project_id}
+@contextmanager
+def _request_trace(name: str, project_id: str) -> Iterator[StartSend]:
+    """The request's span ``name``, the root of the project's trace, with the project it is
+    about (the chain's message key); yields what makes the ``send <topic>`` span of an event."""
+    with request_span(name, **{"provision.project.id": project_id}) as trace, sends(trace) as send:
+        yield send
 
 
 def _queue(
     conn: Connection,
     topic: str,
     event: ProvisioningRequested | DeprovisioningRequested,
-    send: Callable[[str, bytes | None], TraceContext],
+    send: StartSend,
 ) -> None:
     """The event into the outbox, in the caller's transaction, its ``traceparent`` the context
     of a ``send <topic>`` span of the request's (ended once the relay returned)."""
